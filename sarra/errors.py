@@ -1,0 +1,124 @@
+"""The one exception tree of sarra.
+
+Every error raised across a package boundary is one of these. Library errors (socket,
+py-amqp, paramiko, http.client, OSError) are translated at the boundary with
+``raise ... from``. Each type says whether retrying the same operation may succeed
+(``retryable``) and, where it ends a notice's processing, which v02 report code it maps
+to (``report_code``)::
+
+    SarraError
+    ├── ConfigError                  bad option, value or file (names file, line, option)
+    │   └── CredentialsError         missing credential, or credentials file too open
+    ├── MessageError        (417)    a message that cannot be trusted or understood
+    │   ├── MalformedMessage (417)   bad body, timestamp, sum, parts, header types, bounds
+    │   └── HostilePath      (417)   a path that would escape the destination root
+    ├── PolicyRefused       (503)    a baseUrl/scheme/host the configuration does not allow
+    ├── TransferError       (499)    retryable by default
+    │   ├── NotFound        (499)    origin says the object does not exist (not retryable)
+    │   ├── IntegrityError  (499)    size or checksum mismatch, Range ignored, truncated body
+    │   └── TransportUnavailable     connection refused/reset, timeouts
+    ├── BrokerError                  retryable: connection lost, channel closed, publish nacked
+    │   └── AccessRefused            broker refused a permission (not retryable)
+    └── LocalError          (500)    local file system operation failed
+        └── DiskFull        (500)    ENOSPC/EDQUOT: retryable once space is freed
+"""
+
+from __future__ import annotations
+
+
+class SarraError(Exception):
+    """Base of every sarra error."""
+
+    retryable: bool = False
+    report_code: int = 500
+
+
+class ConfigError(SarraError):
+    """A configuration problem, located as precisely as possible."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        option: str | None = None,
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.option = option
+        where = ""
+        if path is not None:
+            where = path if line is None else f"{path}:{line}"
+        if option is not None:
+            where = f"{where}: option {option!r}" if where else f"option {option!r}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class CredentialsError(ConfigError):
+    """A credential is missing, or the credentials file is unsafe."""
+
+
+class MessageError(SarraError):
+    """A message that cannot be trusted or understood; rejected with 417."""
+
+    report_code = 417
+
+
+class MalformedMessage(MessageError):
+    """The message does not follow the v02 grammar or exceeds a bound."""
+
+
+class HostilePath(MessageError):
+    """A path in the message would escape the destination root."""
+
+
+class PolicyRefused(SarraError):
+    """The configuration does not allow fetching from this baseUrl (report 503)."""
+
+    report_code = 503
+
+
+class TransferError(SarraError):
+    """Moving bytes to or from a remote failed."""
+
+    retryable = True
+    report_code = 499
+
+
+class NotFound(TransferError):
+    """The origin says the object does not exist."""
+
+    retryable = False
+
+
+class IntegrityError(TransferError):
+    """Received bytes do not match what was announced (size, checksum, range)."""
+
+
+class TransportUnavailable(TransferError):
+    """The remote could not be reached or dropped the connection."""
+
+
+class BrokerError(SarraError):
+    """The AMQP broker connection or channel failed."""
+
+    retryable = True
+
+
+class AccessRefused(BrokerError):
+    """The broker refused an operation for lack of permission."""
+
+    retryable = False
+
+
+class LocalError(SarraError):
+    """A local file system operation failed."""
+
+    report_code = 500
+
+
+class DiskFull(LocalError):
+    """The local disk (or quota) is full; retrying after space is freed may succeed."""
+
+    retryable = True

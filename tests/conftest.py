@@ -1,0 +1,7 @@
+"""Shared fixtures. Real servers are started by tests/servers/* on free loopback ports."""
+
+pytest_plugins = [
+    "tests.servers.rabbitmq",
+    "tests.servers.nginx",
+    "tests.servers.sshd",
+]
