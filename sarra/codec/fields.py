@@ -1,0 +1,205 @@
+"""v02 header fields: input normalization and bounds, ``sum`` and ``parts`` grammar,
+emission order (spec 4, 5, 6.1-6.3, 9.5)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sarra.errors import MalformedMessage
+from sarra.notice import FILE_OP_SUMS, Checksum, PartSpec
+
+#: sr2's emission order of known headers (4.5); the rest follow in their own order
+SR2_ORDER = (
+    "to_clusters",
+    "from_cluster",
+    "source",
+    "rename",
+    "mtime",
+    "atime",
+    "mode",
+    "link",
+    "parts",
+    "sum",
+    "oldname",
+    "newname",
+)
+#: v03 field names never emitted as v02 headers (4.3)
+V03_NAMES = frozenset(
+    (
+        "identity",
+        "integrity",
+        "size",
+        "blocks",
+        "content",
+        "fileOp",
+        "pubTime",
+        "baseUrl",
+        "relPath",
+        "topic",
+    )
+)
+#: AMQP short string limit for header names
+HEADER_NAME_MAX = 255
+#: every sum letter we accept on input
+SUM_LETTERS = frozenset("dsn0azLRmr")
+
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}", re.ASCII)
+_HEX128 = re.compile(r"[0-9a-fA-F]{128}", re.ASCII)
+_SUM_VALUES: dict[str, re.Pattern[str]] = {
+    "d": _HEX32,
+    "n": _HEX32,
+    "s": _HEX128,
+    "L": _HEX128,
+    "R": _HEX128,
+    "m": _HEX128,
+    "r": _HEX128,
+    "0": re.compile(r"\d{1,4}", re.ASCII),
+    "a": re.compile(r"\S.*", re.DOTALL),
+    "z": re.compile(r"[ds]", re.ASCII),
+}
+_INT = re.compile(r"-?\d+", re.ASCII)
+_MODE = re.compile(r"[0-7]{1,6}", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Receiver bounds (spec 9.5); exceeding one gets 417."""
+
+    max_body: int = 64 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def normalize_headers(raw: Mapping[str, object] | None, limits: Limits) -> dict[str, str]:
+    """Turn AMQP application headers into strings, in order, within ``limits`` (4.1, 9.5).
+
+    Integers become decimal strings and bytes are decoded as UTF-8.
+
+    Raises:
+        MalformedMessage: another value type, undecodable bytes, or a bound exceeded.
+    """
+    if raw is None:
+        return {}
+    if len(raw) > limits.max_headers:
+        raise MalformedMessage(f"{len(raw)} headers, more than {limits.max_headers}")
+    out: dict[str, str] = {}
+    total = 0
+    for name, value in raw.items():
+        if not isinstance(name, str):
+            raise MalformedMessage(f"header name {name!r} is not a string")
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, bytes):
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MalformedMessage(f"header {name!r} is not valid UTF-8") from exc
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            raise MalformedMessage(f"header {name!r} has type {type(value).__name__}")
+        try:
+            total += len(name.encode("utf-8")) + len(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # lone surrogates from a lax client library
+            raise MalformedMessage(f"header {name!r} is not valid UTF-8") from exc
+        if total > limits.max_header_bytes:
+            raise MalformedMessage(f"headers exceed {limits.max_header_bytes} bytes")
+        out[name] = text
+    return out
+
+
+def parse_checksum(text: str) -> Checksum:
+    """Parse a ``sum`` header (spec 5.1); a bare ``n`` or ``0`` is accepted (Q6).
+
+    Raises:
+        MalformedMessage: unknown letter or malformed value.
+    """
+    letter, comma, value = text.partition(",")
+    if letter not in SUM_LETTERS:
+        raise MalformedMessage(f"unknown sum letter in {text[:40]!r}")
+    if not comma and letter in "n0":
+        return Checksum(letter, "")
+    if not _SUM_VALUES[letter].fullmatch(value):
+        raise MalformedMessage(f"malformed sum value {text[:140]!r}")
+    return Checksum(letter, value)
+
+
+def parse_parts(text: str) -> PartSpec:
+    """Parse a ``parts`` header and check it per spec 6.1/6.3.
+
+    Raises:
+        MalformedMessage: bad grammar, or values outside the rules of 6.3.
+    """
+    fields = text.split(",")
+    if len(fields) != 5 or fields[0] not in ("1", "i", "p"):
+        raise MalformedMessage(f"malformed parts {text[:80]!r}")
+    if not all(_INT.fullmatch(f) for f in fields[1:]):
+        raise MalformedMessage(f"malformed parts {text[:80]!r}")
+    bs, cnt, rem, n = (int(f) for f in fields[1:])
+    spec = PartSpec(fields[0], bs, cnt, rem, n)
+    if spec.method == "1":
+        if bs < 0 or cnt != 1 or n != 0:
+            raise MalformedMessage(f"inconsistent whole-file parts {text!r}")
+        return spec
+    if bs <= 0 or cnt <= 0 or not 0 <= n < cnt or rem < 0 or rem > bs:
+        raise MalformedMessage(f"inconsistent parts {text!r}")
+    return spec
+
+
+def check_known_headers(headers: Mapping[str, str]) -> None:
+    """Check the grammar of ``mode`` (timestamps are checked by the caller).
+
+    Raises:
+        MalformedMessage: ``mode`` is not octal.
+    """
+    mode = headers.get("mode")
+    if mode is not None and not _MODE.fullmatch(mode):
+        raise MalformedMessage(f"mode {mode[:20]!r} is not octal")
+
+
+def data_parts(
+    checksum: Checksum, headers: Mapping[str, str], *, required: bool
+) -> PartSpec | None:
+    """The parsed ``parts`` of a notice: None for file operations (Q7: stale parts ignored).
+
+    Raises:
+        MalformedMessage: ``parts`` missing on a data post (when ``required``) or malformed.
+    """
+    if checksum.letter in FILE_OP_SUMS:
+        return None
+    text = headers.get("parts")
+    if text is None:
+        if required:
+            raise MalformedMessage(f"data post (sum {checksum.letter}) without parts")
+        return None
+    return parse_parts(text)
+
+
+def ordered(headers: Mapping[str, str], drop: Iterable[str] = ()) -> dict[str, str]:
+    """``headers`` in sr2's order (4.5) without ``drop`` and the v03 names (4.3)."""
+    skip = V03_NAMES.union(drop)
+    out = {k: headers[k] for k in SR2_ORDER if k in headers and k not in skip}
+    out.update((k, v) for k, v in headers.items() if k not in out and k not in skip)
+    return out
+
+
+def check_emittable(headers: Mapping[str, str], value_max: int) -> None:
+    """Refuse headers sr2 would refuse (4.4): values over ``value_max`` bytes, long names.
+
+    Raises:
+        MalformedMessage: naming the header and its byte length.
+    """
+    for name, value in headers.items():
+        name_len = len(name.encode("utf-8"))
+        if name_len > HEADER_NAME_MAX:
+            raise MalformedMessage(f"header name {name[:40]!r}... is {name_len} bytes (max 255)")
+        value_len = len(value.encode("utf-8"))
+        if value_len > value_max:
+            raise MalformedMessage(
+                f"header {name!r} value is {value_len} bytes (max {value_max} for v02)"
+            )

@@ -1,0 +1,67 @@
+"""Reports about messages that could not be decoded (spec 3.1: 417 for malformed posts).
+
+A malformed post cannot become a :class:`~sarra.notice.Notice`, yet its source deserves a
+417 report when its body still names what it was about (three fields, a valid pubTime) and
+it carries a valid ``sum`` (a report without one would itself be malformed). The report has
+the three fields as received, the ``sum`` and, when valid, the ``parts`` of the bad message,
+and ``message``; no other header is copied, since they may be what was wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+from sarra.codec.fields import parse_checksum, parse_parts
+from sarra.codec.paths import report_topic
+from sarra.codec.timestamps import parse_timestamp
+from sarra.codec.v02 import HEADER_VALUE_MAX, _body, _wire
+from sarra.errors import MalformedMessage
+from sarra.notice import WireMessage
+
+
+def report_for_undecodable(
+    pubtime: str,
+    base_url: str,
+    rel_path: str,
+    routing_key: str,
+    headers: Mapping[str, object] | None,
+    *,
+    code: int,
+    message: str,
+    host: str,
+    user: str,
+    exchange: str,
+    elapsed: float = 0.0,
+) -> WireMessage:
+    """The wire form of a report about an undecodable post.
+
+    Raises:
+        MalformedMessage: the fields cannot even be written as a report body.
+    """
+    parse_timestamp(pubtime)  # a report must itself be decodable downstream
+    if any(ord(c) < 0x20 or c == "\x7f" for c in base_url + rel_path):
+        raise MalformedMessage("control characters in baseUrl or relPath")
+    if ":" not in base_url:
+        raise MalformedMessage(f"baseUrl {base_url[:80]!r} has no scheme")
+    raw = dict(headers or {})
+    sum_value = raw.get("sum")
+    if not isinstance(sum_value, str):
+        raise MalformedMessage("no usable sum header to report with")
+    out = {"sum": parse_checksum(sum_value).wire()}
+    parts = raw.get("parts")
+    if isinstance(parts, str):
+        with contextlib.suppress(MalformedMessage):
+            out["parts"] = parse_parts(parts).wire()
+    out["message"] = message[: HEADER_VALUE_MAX - 1]
+    body = _body(pubtime, base_url, rel_path, f"{code:03d}", host, user, f"{elapsed:f}")
+    topic = report_topic(routing_key) if routing_key.startswith("v02.") else "v02.report"
+    return _wire(
+        exchange,
+        topic,
+        body,
+        out,
+        HEADER_VALUE_MAX,
+        True,
+        None,
+    )

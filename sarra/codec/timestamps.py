@@ -1,0 +1,71 @@
+"""v02 timestamps (spec 3.2): lenient parsing, strict 9-digit output.
+
+Accepted: ``YYYYMMDD[T]HHMMSS[.digits][(e|E)[+-]digits]``. The fraction is read the way both
+peers read it, as ``float("0" + everything after the seconds)``, clamped to ``[0, 1)``.
+Emitted: ``YYYYMMDDHHMMSS.nnnnnnnnn``, nine digits truncated from integer nanoseconds.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import re
+import time
+
+from sarra.errors import MalformedMessage
+
+_TIMESTAMP = re.compile(
+    r"(?P<date>\d{8})T?(?P<time>\d{6})(?P<frac>(?:\.\d*)?(?:[eE][+-]?\d+)?)",
+    re.ASCII,
+)
+_NS_PER_S = 1_000_000_000
+#: fractions are clamped below 1; a float epoch near 2e9 resolves ~0.24 us, so a closer bound
+#: would round up into the next second once added
+_FRACTION_MAX = 0.999999
+
+
+def parse_timestamp(s: str) -> float:
+    """Return the UTC epoch seconds of a v02 timestamp.
+
+    Raises:
+        MalformedMessage: ``s`` does not follow the grammar or names an impossible date.
+    """
+    seconds, fraction = parse_timestamp_parts(s)
+    return seconds + fraction
+
+
+def parse_timestamp_parts(s: str) -> tuple[int, float]:
+    """Return (whole UTC epoch seconds, fraction in ``[0, 1)``) of a v02 timestamp.
+
+    Raises:
+        MalformedMessage: ``s`` does not follow the grammar or names an impossible date.
+    """
+    m = _TIMESTAMP.fullmatch(s)
+    if m is None:
+        raise MalformedMessage(f"bad timestamp {s[:64]!r}")
+    date, hms, frac = m.group("date"), m.group("time"), m.group("frac")
+    try:
+        tm = time.strptime(date + hms, "%Y%m%d%H%M%S")
+    except ValueError as exc:
+        raise MalformedMessage(f"bad timestamp {s!r}: {exc}") from exc
+    fraction = 0.0
+    if frac:
+        try:
+            fraction = float("0" + frac)
+        except ValueError as exc:  # the regex allows ".e5", which float() refuses
+            raise MalformedMessage(f"bad timestamp fraction {s!r}") from exc
+        if not math.isfinite(fraction):
+            raise MalformedMessage(f"bad timestamp fraction {s!r}")
+        fraction = min(max(fraction, 0.0), _FRACTION_MAX)
+    return calendar.timegm(tm), fraction
+
+
+def format_timestamp_ns(ns: int) -> str:
+    """Format integer nanoseconds since the epoch as ``YYYYMMDDHHMMSS.nnnnnnnnn`` (UTC)."""
+    seconds, nanos = divmod(ns, _NS_PER_S)
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds)) + f".{nanos:09d}"
+
+
+def now_timestamp() -> str:
+    """The current time as an emitted v02 timestamp."""
+    return format_timestamp_ns(time.time_ns())

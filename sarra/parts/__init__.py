@@ -1,0 +1,1 @@
+"""Part arithmetic (pure) and, later, the part tracker and reassembly."""
