@@ -1,0 +1,541 @@
+"""The option table: one source for the loader, the command line, ``--help`` and the man page.
+
+Each :class:`Option` has a canonical name (the sr2 snake_case spelling), its aliases (other sr2
+spellings and short flags), a :class:`Kind` that says how a value is parsed, a default (which
+may differ per component), a one-line help and the components it applies to.
+
+Value parsing lives here too (:func:`parse_value`), so the loader and the command line agree on
+what ``on``, ``10m`` or ``1G`` mean. Parsers raise :class:`ValueError`; the loader turns that
+into a :class:`~sarra.errors.ConfigError` naming file, line and option.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+#: Every component the table knows (sr2 program names without the ``sr_`` prefix).
+COMPONENTS: tuple[str, ...] = (
+    "subscribe",
+    "post",
+    "watch",
+    "sarra",
+    "sender",
+    "shovel",
+    "winnow",
+    "poll",
+    "report",
+)
+
+_ALL = frozenset(COMPONENTS)
+_CONSUMERS = frozenset({"subscribe", "sarra", "sender", "shovel", "winnow", "report"})
+_POSTERS = frozenset({"post", "watch", "poll"})
+_REPOSTERS = _ALL - {"report"}
+_DOWNLOADERS = frozenset({"subscribe", "sarra", "sender", "poll"})
+_WATCHERS = frozenset({"post", "watch"})
+
+
+class Kind(enum.Enum):
+    """How an option's value is written and parsed."""
+
+    BOOL = "bool"  # on/off/yes/no/true/false/1/0; alone means on
+    INT = "int"
+    SIZE = "size"  # bytes, binary suffixes K/M/G/T (optional trailing B)
+    DURATION = "duration"  # seconds (float); suffixes s/m/h/d/w
+    STR = "str"
+    URL = "url"
+    REGEX = "regex"  # validated with re.compile
+    MODE = "mode"  # octal file mode, e.g. 644
+    STRIP = "strip"  # a count of leading path elements, or a regex
+    INFLIGHT = "inflight"  # NONE, a suffix/prefix (.tmp, tmp/) or a minimum age in seconds
+    CACHING = "caching"  # on/off or a duration; stored as seconds, 0 meaning off
+    LIST = "list"  # repeatable; each occurrence appends its words
+    HEADER = "header"  # name=value, repeatable; value none/null deletes the header
+    PLUGIN = "plugin"  # repeatable hook spec; none/off clears the hook
+    MASK = "mask"  # accept/reject: order-sensitive, see sarra.config.masks
+    SUBTOPIC = "subtopic"  # order-sensitive binding on the exchange in force
+    INCLUDE = "include"  # read another file in place
+    DECLARE = "declare"  # declare env NAME=value, declare source|subscriber NAME, ...
+
+
+#: Kinds that may be given without a value (on the command line or alone on a line).
+FLAG_KINDS = frozenset({Kind.BOOL, Kind.CACHING})
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One configuration option. ``components`` is the set it applies to."""
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    components: frozenset[str] = _ALL
+    aliases: tuple[str, ...] = ()
+    per_component: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    choices: tuple[str, ...] = ()
+    #: Captured by each accept/reject when it appears (order matters).
+    captured: bool = False
+    metavar: str = ""
+
+    def default_for(self, component: str) -> Any:
+        """The default this option has for ``component``."""
+        return self.per_component.get(component, self.default)
+
+    def applies_to(self, component: str) -> bool:
+        """True if ``component`` uses this option (others accept it with a warning)."""
+        return component in self.components
+
+    @property
+    def takes_value(self) -> bool:
+        """False for options that, like ``mirror``, may be given without a value."""
+        return self.kind not in FLAG_KINDS
+
+    @property
+    def value_hint(self) -> str:
+        """What a value looks like, for --help and the man page."""
+        if self.metavar:
+            return self.metavar
+        if self.choices:
+            return "|".join(self.choices)
+        return _HINTS[self.kind]
+
+
+_HINTS = {
+    Kind.BOOL: "[on|off]",
+    Kind.INT: "N",
+    Kind.SIZE: "N[K|M|G]",
+    Kind.DURATION: "N[s|m|h|d|w]",
+    Kind.STR: "TEXT",
+    Kind.URL: "URL",
+    Kind.REGEX: "REGEX",
+    Kind.MODE: "OCTAL",
+    Kind.STRIP: "N|REGEX",
+    Kind.INFLIGHT: "NONE|.SUFFIX|PREFIX/|SECONDS",
+    Kind.CACHING: "[on|off|DURATION]",
+    Kind.LIST: "VALUE...",
+    Kind.HEADER: "NAME=VALUE",
+    Kind.PLUGIN: "PLUGIN",
+    Kind.MASK: "REGEX [FILENAME]",
+    Kind.SUBTOPIC: "PATTERN",
+    Kind.INCLUDE: "FILE",
+    Kind.DECLARE: "ROLE NAME",
+}
+
+_TRUE = frozenset({"on", "yes", "true", "1"})
+_FALSE = frozenset({"off", "no", "false", "0"})
+_SIZE_FACTORS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION_FACTORS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_NONE_WORDS = frozenset({"none", "null"})
+
+
+def parse_bool(text: str) -> bool:
+    """Parse on/off/yes/no/true/false/1/0 (any case). Raises ValueError otherwise."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected one of on/off/yes/no/true/false/1/0, got {text!r}")
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count with an optional binary suffix: ``10``, ``4K``, ``1M``, ``2GB``."""
+    word = text.strip().lower()
+    if word.endswith("b") and len(word) > 1 and not word[:-1].isdigit():
+        word = word[:-1]
+    factor = 1
+    if word and word[-1] in _SIZE_FACTORS:
+        factor = _SIZE_FACTORS[word[-1]]
+        word = word[:-1]
+    elif word.endswith("b"):
+        word = word[:-1]
+    try:
+        number = int(word)
+    except ValueError:
+        raise ValueError(f"expected a size such as 1024, 4K, 1M or 2G, got {text!r}") from None
+    if number < 0:
+        raise ValueError(f"a size cannot be negative: {text!r}")
+    return number * factor
+
+
+def parse_duration(text: str) -> float:
+    """Parse seconds with an optional s/m/h/d/w suffix: ``30``, ``1.5m``, ``7h``, ``2w``."""
+    word = text.strip().lower()
+    factor = 1.0
+    if word and word[-1] in _DURATION_FACTORS:
+        factor = _DURATION_FACTORS[word[-1]]
+        word = word[:-1]
+    try:
+        number = float(word)
+    except ValueError:
+        raise ValueError(f"expected a duration such as 30, 10m, 7h or 2w, got {text!r}") from None
+    if number < 0:
+        raise ValueError(f"a duration cannot be negative: {text!r}")
+    return number * factor
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _parse_mode(text: str) -> int:
+    try:
+        mode = int(text.strip(), 8)
+    except ValueError:
+        raise ValueError(f"expected an octal file mode such as 644, got {text!r}") from None
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"file mode out of range: {text!r}")
+    return mode
+
+
+def _parse_regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+def _parse_strip(text: str) -> int | str:
+    word = text.strip()
+    return int(word) if word.isdigit() else _parse_regex(word)
+
+
+def _parse_inflight(text: str) -> float | str | None:
+    word = text.strip()
+    if word.lower() in _NONE_WORDS:
+        return None
+    if word[:1].isdigit():
+        seconds = parse_duration(word)
+        # sr2: an age of one second or less means no age check at all.
+        return seconds if seconds > 1 else None
+    return word
+
+
+def _parse_caching(text: str) -> float:
+    word = text.strip().lower()
+    if word.isalpha() and word not in _DURATION_FACTORS:
+        return 300.0 if parse_bool(word) else 0.0
+    return parse_duration(word)
+
+
+def _parse_url(text: str) -> str | None:
+    word = text.strip()
+    if word.lower() in _NONE_WORDS:
+        return None
+    if "://" not in word and not word.startswith("file:"):
+        raise ValueError(f"expected a URL such as amqps://user@host/, got {text!r}")
+    return word
+
+
+def _parse_str(text: str) -> str | None:
+    word = text.strip()
+    return None if word.lower() in _NONE_WORDS else word
+
+
+def _parse_choice(option: Option, text: str) -> str:
+    word = text.strip().lower()
+    if word not in option.choices:
+        raise ValueError(f"expected one of {', '.join(option.choices)}, got {text!r}")
+    return word
+
+
+_SCALAR_PARSERS: Mapping[Kind, Any] = MappingProxyType(
+    {
+        Kind.BOOL: parse_bool,
+        Kind.INT: _parse_int,
+        Kind.SIZE: parse_size,
+        Kind.DURATION: parse_duration,
+        Kind.STR: _parse_str,
+        Kind.URL: _parse_url,
+        Kind.REGEX: _parse_regex,
+        Kind.MODE: _parse_mode,
+        Kind.STRIP: _parse_strip,
+        Kind.INFLIGHT: _parse_inflight,
+        Kind.CACHING: _parse_caching,
+    }
+)
+
+
+def parse_value(option: Option, text: str | None) -> Any:
+    """Parse ``text`` as a value of a scalar ``option``.
+
+    ``None`` (option given alone) means on for flag kinds. Raises ValueError with a message fit
+    for the user; list-like kinds (LIST, HEADER, PLUGIN, MASK, ...) are handled by the loader.
+    """
+    if text is None or text.strip() == "":
+        if option.kind in FLAG_KINDS:
+            return True if option.kind is Kind.BOOL else 300.0
+        raise ValueError("a value is required")
+    if option.choices:
+        return _parse_choice(option, text)
+    parser = _SCALAR_PARSERS.get(option.kind)
+    if parser is None:
+        raise ValueError(f"{option.kind.value} options are not scalar")
+    return parser(text)
+
+
+class OptionTable:
+    """The options by canonical name, with alias resolution and close-match suggestions."""
+
+    def __init__(self, options: Iterable[Option]) -> None:
+        self._options: dict[str, Option] = {}
+        self._lookup: dict[str, Option] = {}
+        for option in options:
+            if option.name in self._options:
+                raise ValueError(f"duplicate option {option.name!r}")
+            self._options[option.name] = option
+            for word in (option.name, *option.aliases):
+                if word in self._lookup:
+                    raise ValueError(f"{word!r} names both {self._lookup[word].name} and {option}")
+                self._lookup[word] = option
+
+    def __iter__(self) -> Any:
+        return iter(self._options.values())
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def __getitem__(self, name: str) -> Option:
+        return self._options[name]
+
+    def resolve(self, word: str) -> Option | None:
+        """The option named ``word`` (canonical name or alias; ``-`` and ``_`` equivalent)."""
+        option = self._lookup.get(word)
+        if option is None:
+            option = self._lookup.get(word.replace("-", "_"))
+        return option
+
+    def suggest(self, word: str) -> str | None:
+        """The closest known spelling of ``word``, if any is close."""
+        close = difflib.get_close_matches(word, list(self._lookup), n=1, cutoff=0.75)
+        return close[0] if close else None
+
+    def for_component(self, component: str) -> tuple[Option, ...]:
+        """The options ``component`` uses, in table order."""
+        return tuple(o for o in self._options.values() if o.applies_to(component))
+
+
+def _o(
+    name: str,
+    kind: Kind,
+    default: Any,
+    help: str,
+    components: frozenset[str] = _ALL,
+    aliases: tuple[str, ...] = (),
+    per: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Option:
+    return Option(
+        name, kind, default, help, components, aliases, MappingProxyType(per or {}), **extra
+    )
+
+
+B, N, SZ, D, S, U = Kind.BOOL, Kind.INT, Kind.SIZE, Kind.DURATION, Kind.STR, Kind.URL
+_NONE: frozenset[str] = frozenset()  # accepted for sr2 compatibility, ignored (warning)
+
+# fmt: off
+_SR2_PLUGIN_HOOKS = (
+    ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted"),
+    ("on_file", (), _DOWNLOADERS, "run after each file is downloaded"),
+    ("on_part", (), _DOWNLOADERS, "run after each part is downloaded"),
+    ("on_post", (), _REPOSTERS, "run before each notice is posted"),
+    ("on_heartbeat", ("on_hb",), _ALL, "run at each heartbeat"),
+    ("on_start", (), _ALL, "run when an instance starts"),
+    ("on_stop", (), _ALL, "run when an instance stops"),
+    ("on_report", ("on_rpt",), _CONSUMERS, "run on each report received"),
+    ("on_watch", (), _WATCHERS, "run at each watch pass"),
+    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing"),
+    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page"),
+    ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded"),
+    ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes"),
+    ("do_get", (), _DOWNLOADERS, "fetch with a plugin"),
+    ("do_put", (), frozenset({"sender"}), "send with a plugin"),
+    ("do_send", (), frozenset({"sender"}), "send with a plugin"),
+    ("do_poll", (), frozenset({"poll"}), "poll with a plugin"),
+    ("do_task", (), _ALL, "run a task with a plugin"),
+    ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name"),
+    ("plugin", (), _ALL, "load a plugin that declares its own hooks"),
+)
+
+#: The literal table, in the order --help and the man page show it.
+OPTIONS: tuple[Option, ...] = (
+    # -- input broker, exchange, queue
+    _o("broker", U, None, "input broker, amqp[s]://user@host[:port]/[vhost]", _CONSUMERS, ("b",)),
+    _o("exchange", S, None, "exchange to bind to (subscribe: xpublic)", _CONSUMERS, ("ex",),
+       {"subscribe": "xpublic", "sender": "xpublic"}),
+    _o("exchange_suffix", S, None, "bind to xs_<broker user>_<suffix>", _CONSUMERS),
+    _o("exchange_split", B, False, "each instance reads its own <exchange>NN", _CONSUMERS),
+    _o("topic_prefix", S, "v02.post", "topic prefix of bindings (v02.post)", _CONSUMERS, ("tp",),
+       {"report": "v02.report"}),
+    _o("subtopic", Kind.SUBTOPIC, "#", "bind to topic_prefix.<pattern> on the exchange in force",
+       _CONSUMERS, ("sub",)),
+    _o("queue_name", S, None, "queue name (default q_<user>.sr_<component>.<config>.<random>)",
+       _CONSUMERS, ("queue", "qn")),
+    _o("queue_suffix", S, None, "suffix appended to the default queue name", _CONSUMERS),
+    _o("durable", B, True, "declare the queue durable", _CONSUMERS),
+    _o("expire", D, 300.0, "delete the queue after this long unused (sr2 5m: override it)",
+       _CONSUMERS, ("expiry",)),
+    _o("message_ttl", D, None, "discard queued notices older than this", _CONSUMERS,
+       ("message-ttl",)),
+    _o("prefetch", N, 25, "notices fetched ahead of processing", _CONSUMERS),
+    _o("reset", B, False, "delete and re-declare the queue at start", _CONSUMERS),
+    _o("declare_queue", B, True, "declare the queue (off on locked-down brokers)", _CONSUMERS,
+       ("dq",)),
+    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS, ("bq",)),
+    _o("declare_exchange", B, True, "declare the exchanges used", _ALL, ("de", "dx")),
+    _o("persistent", B, True, "publish notices as persistent messages", _REPOSTERS),
+    # -- selection and destination (order-sensitive)
+    _o("accept", Kind.MASK, None, "accept URLs matching the regex (first match wins)", _ALL,
+       ("get",)),
+    _o("reject", Kind.MASK, None, "reject URLs matching the regex (first match wins)", _ALL),
+    _o("accept_unmatch", B, True, "accept URLs no accept/reject matched", _ALL,
+       ("accept_unmatched", "au"), {"subscribe": False, "sender": False, "poll": False}),
+    _o("log_reject", B, False, "log each rejected notice", _ALL),
+    _o("base_url_accept", Kind.LIST, (), "only fetch from baseUrls matching these regexes",
+       _DOWNLOADERS, metavar="REGEX..."),
+    _o("directory", S, None, "destination directory (captured by later accept/reject)",
+       _DOWNLOADERS | {"post", "watch"}, captured=True, metavar="DIR"),
+    _o("base_dir", S, None, "local directory the notice paths are relative to", _ALL, ("bd",),
+       captured=True, metavar="DIR"),
+    _o("mirror", B, False, "keep the relative path tree under directory", _DOWNLOADERS,
+       per={"sarra": True, "sender": True}, captured=True),
+    _o("strip", Kind.STRIP, 0, "drop N leading path elements, or the part matching a regex",
+       _ALL, captured=True),
+    _o("flatten", S, "/", "replace '/' by this in file names", _DOWNLOADERS, captured=True,
+       metavar="CHAR"),
+    _o("rename", S, None, "rename the file (a path; ending in / keeps the name)", _ALL, ("rn",),
+       captured=True, metavar="PATH"),
+    _o("filename", S, None, "sr2 file-name keyword captured by accept", _DOWNLOADERS,
+       captured=True),
+    _o("inflight", Kind.INFLIGHT, None,
+       "download under a temporary name (.tmp, tmp/); posting: skip files younger than N s",
+       _ALL),
+    _o("inplace", B, False, "assemble parts into the file in place", _ALL, ("in", "assemble"),
+       {"subscribe": True}),
+    _o("overwrite", B, False, "overwrite files that look unchanged", _DOWNLOADERS, ("o",)),
+    _o("delete", B, False, "delete the source after a successful download", _DOWNLOADERS),
+    _o("discard", B, False, "delete each file once on_file plugins ran", _DOWNLOADERS,
+       ("d", "download-and-discard")),
+    _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
+       ("n", "no_download")),
+    _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS, ("pt",)),
+    _o("preserve_mode", B, True, "set the file mode from the notice", _DOWNLOADERS, ("pm",)),
+    _o("chmod", Kind.MODE, 0, "mode of new files (0: leave it to the umask)", _DOWNLOADERS,
+       ("default_mode", "dm")),
+    _o("chmod_dir", Kind.MODE, 0o775, "mode of new directories", _DOWNLOADERS,
+       ("default_dir_mode", "ddm")),
+    _o("chmod_log", Kind.MODE, 0o600, "mode of log files", _ALL, ("default_log_mode", "dlm")),
+    _o("destination", U, None, "remote destination of a sender or poll",
+       frozenset({"sender", "poll"})),
+    _o("transfer_threads", N, 4, "parallel downloads (bounded pool, one connection each)",
+       _DOWNLOADERS),
+    # -- reliability
+    _o("instances", N, 1, "processes sharing the queue", _ALL - {"post"}, ("instance", "i")),
+    _o("attempts", N, 3, "download attempts before the retry queue", _DOWNLOADERS, ("at",)),
+    _o("retry", B, True, "keep failed notices in a disk retry queue", _CONSUMERS,
+       ("retry_mode",)),
+    _o("retry_ttl", D, None, "drop retries older than this (default: expire)", _CONSUMERS),
+    _o("timeout", D, 300.0, "transfer inactivity timeout", _ALL),
+    _o("batch", N, 100, "notices handled per batch", _ALL),
+    _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL),
+    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL),
+    _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL),
+    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL, ("sld",)),
+    _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
+    # -- reports and duplicates
+    _o("report_back", B, True, "publish a report for each notice handled", _CONSUMERS,
+       ("reportback", "rb"), {"report": False, "winnow": False, "shovel": False}),
+    _o("report_exchange", S, None, "exchange of reports (default xs_<broker user>)", _CONSUMERS,
+       ("lx", "le")),
+    _o("suppress_duplicates", Kind.CACHING, 0.0,
+       "drop notices seen within this time (on: 300 s)", _ALL,
+       ("caching", "cache", "no_duplicates", "noduplicates", "nd", "sd"),
+       {"winnow": 1200.0, "poll": 1200.0}),
+    _o("cache_basis", S, "path", "what identifies a duplicate", _ALL,
+       ("cb", "suppress_duplicates_basis", "sdb"), choices=("data", "name", "path")),
+    # -- posting
+    _o("post_broker", U, None, "broker to post to", _REPOSTERS, ("pb",)),
+    _o("post_exchange", S, None, "exchange to post to (default xs_<post_broker user>)",
+       _REPOSTERS, ("pe", "px"), {"sarra": "xpublic"}),
+    _o("post_exchange_suffix", S, None, "post to xs_<post_broker user>_<suffix>", _REPOSTERS),
+    _o("post_exchange_split", N, 0, "spread posts over N exchanges <post_exchange>NN",
+       _REPOSTERS, ("pes", "pxs")),
+    _o("post_topic_prefix", S, None, "topic prefix of posts (default topic_prefix, v02.post)",
+       _REPOSTERS, ("ptp",)),
+    _o("post_base_url", S, None, "baseUrl of the notices posted", _REPOSTERS,
+       ("pbu", "url", "u", "post_url")),
+    _o("post_base_dir", S, None, "local directory the posted paths are relative to",
+       _REPOSTERS, ("pbd", "document_root", "dr", "post_document_root", "pdr"), metavar="DIR"),
+    _o("path", Kind.LIST, (), "files or directories to post", _WATCHERS, ("p",),
+       metavar="PATH..."),
+    _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...)", _REPOSTERS),
+    _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole)",
+       _REPOSTERS, per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
+    _o("parts", S, None, "part specification (developers only)", _REPOSTERS),
+    _o("to_clusters", S, None, "destination clusters (default: the post_broker host)",
+       _REPOSTERS, ("to",)),
+    _o("cluster", S, None, "name of this cluster (from_cluster)", _ALL,
+       ("cl", "from_cluster", "fc")),
+    _o("cluster_aliases", Kind.LIST, (), "other names of this cluster", _ALL, ("ca",)),
+    _o("gateway_for", Kind.LIST, (), "clusters this one forwards to", _ALL, ("gf",)),
+    _o("source", S, None, "source attributed to the posts", _ALL),
+    _o("source_from_exchange", B, False, "take source from the exchange name", _CONSUMERS,
+       ("sfe",)),
+    _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS, ("e",)),
+    _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
+    _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
+       frozenset({"poll"})),
+    _o("follow_symlinks", B, False, "post the targets of symbolic links", _WATCHERS, ("fs",)),
+    _o("force_polling", B, False, "walk the tree instead of using file system events",
+       _WATCHERS, ("fp",)),
+    _o("post_on_start", B, True, "post the existing tree at start", _WATCHERS, ("pos",)),
+    _o("randomize", B, False, "post parts in random order", _WATCHERS, ("r",)),
+    _o("realpath_post", B, False, "resolve symbolic links in posted paths", _WATCHERS,
+       ("realpath", "real")),
+    _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS),
+    _o("outlet", S, "post", "post, or print json or url instead", _REPOSTERS,
+       choices=("post", "json", "url")),
+    _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _ALL,
+       ("xattr_disabled", "xd")),
+    _o("header", Kind.HEADER, None, "add a header to posts (value none: remove it)", _ALL),
+    # -- hooks
+    *(_o(n, Kind.PLUGIN, (), h, c, a) for n, a, c, h in _SR2_PLUGIN_HOOKS),
+    # -- files, roles, logging, housekeeping
+    _o("include", Kind.INCLUDE, None, "read another config file here", _ALL),
+    _o("config", Kind.INCLUDE, None, "config file (in a file: same as include)", _ALL, ("c",)),
+    _o("declare", Kind.DECLARE, None, "declare env NAME=value, or a pump role", _ALL, ("role",)),
+    _o("admin", U, None, "broker administrator account (pump)", _NONE),
+    _o("feeder", U, None, "pump-internal broker account", _NONE, ("manager",)),
+    _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL),
+    _o("statehost", B, False, "keep state under a per-host directory", _ALL),
+    _o("tls_rigour", S, "normal", "TLS certificate checking", _ALL, ("tls_rigor", "tlsr"),
+       choices=("lax", "normal", "strict")),
+    _o("loglevel", S, "info", "log level", _ALL, ("ll",),
+       choices=("debug", "info", "warning", "error", "critical", "none")),
+    _o("debug", B, False, "same as loglevel debug", _ALL),
+    _o("logrotate", N, 5, "log files kept (rotated daily)", _ALL, ("lr", "logdays", "ld")),
+    _o("help", B, False, "show this help and exit", _ALL, ("h",)),
+    # sr2 options kept so that old files still load; they only warn.
+    *(
+        _o(n, S, None, "sr2 option, ignored", _NONE)
+        for n in ("use_amqplib", "use_pika", "windows_run", "report_daemons", "cache_stat",
+                  "remote_config_url", "hb_memory_multiplier", "logrotate_interval",
+                  "destination_timezone", "poll_without_vip", "set_passwords", "hostname")
+    ),
+)
+# fmt: on
+
+
+def options_table() -> OptionTable:
+    """The option table built from :data:`OPTIONS` (cheap; callers may keep one)."""
+    return OptionTable(OPTIONS)
