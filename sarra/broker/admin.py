@@ -1,0 +1,37 @@
+"""Declarations and clean-up used by the ``declare`` and ``cleanup`` verbs.
+
+Thin helpers over :class:`~sarra.broker.session.BrokerSession`: they add logging and the
+order of operations (exchanges before the queues bound to them), nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from sarra.broker.base import QueueSpec
+from sarra.broker.session import BrokerSession
+
+log = logging.getLogger(__name__)
+
+
+def declare_exchanges(session: BrokerSession, names: Iterable[str]) -> None:
+    """Declare each exchange (topic, durable); AccessRefused when the user may not."""
+    for name in names:
+        session.declare_exchange(name)
+        log.info("declared exchange %s", name)
+
+
+def declare_and_bind(session: BrokerSession, spec: QueueSpec) -> tuple[int, int]:
+    """Declare the queue and its bindings; return its (message, consumer) counts."""
+    counts = session.declare_queue(spec)
+    for exchange, key in spec.bindings:
+        log.info("bound queue %s to %s with %s", spec.name, exchange, key)
+    log.info("declared queue %s (%d messages, %d consumers)", spec.name, *counts)
+    return counts
+
+
+def cleanup_queue(session: BrokerSession, name: str) -> None:
+    """Delete the queue (a missing queue is not an error: RabbitMQ deletes idempotently)."""
+    session.delete_queue(name)
+    log.info("deleted queue %s", name)
