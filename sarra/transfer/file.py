@@ -1,0 +1,149 @@
+"""The ``file:`` transport: local files by absolute path, with ranged reads.
+
+URLs are ``file:`` + a percent-encoded absolute path (see :mod:`sarra.transfer.url`). Remote
+paths given to :meth:`FileTransport.put`, ``rename`` and ``delete`` are plain local paths or
+``file:`` URLs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from io import BufferedReader
+
+from sarra.errors import DiskFull, IntegrityError, LocalError, NotFound, TransferError
+from sarra.transfer.base import Features, RemoteStat
+from sarra.transfer.url import server_path
+
+CHUNK_SIZE = 1 << 20
+
+_NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _path(url_or_path: str) -> str:
+    path = server_path(url_or_path) if url_or_path.startswith("file:") else url_or_path
+    if not os.path.isabs(path):
+        raise ValueError(f"file transport needs an absolute path, got {url_or_path!r}")
+    return path
+
+
+def _translate(err: OSError, what: str) -> TransferError | LocalError:
+    """Map an OSError from the origin side to our tree."""
+    if err.errno in _NOT_FOUND:
+        return NotFound(f"{what}: {err.strerror}")
+    if err.errno in _FULL:
+        return DiskFull(f"{what}: {err.strerror}")
+    failure = TransferError(f"{what}: {err.strerror or err}")
+    failure.retryable = err.errno in (errno.EAGAIN, errno.EINTR, errno.EIO)
+    return failure
+
+
+class FileTransport:
+    """Reads (and writes) local files; it has no connection to keep."""
+
+    features = Features(ranged_get=True, put=True, rename=True, delete=True, listing=False)
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    def get(self, url: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Yield the bytes of the file from ``offset``; exactly ``length`` bytes when given.
+
+        Raises NotFound when the file is missing (at call time), IntegrityError when it is
+        shorter than the range asked for.
+        """
+        path = _path(url)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        except OSError as err:
+            raise _translate(err, path) from err
+        return self._read(handle, path, offset, length)
+
+    @staticmethod
+    def _read(
+        handle: BufferedReader, path: str, offset: int, length: int | None
+    ) -> Iterator[bytes]:
+        with handle as f:
+            try:
+                f.seek(offset)
+                remaining = length
+                while remaining is None or remaining > 0:
+                    want = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
+                    data = f.read(want)
+                    if not data:
+                        break
+                    if remaining is not None:
+                        remaining -= len(data)
+                    yield data
+            except OSError as err:
+                raise _translate(err, path) from err
+            if remaining:
+                raise IntegrityError(
+                    f"{path}: {remaining} bytes short of the {length} asked at offset {offset}"
+                )
+
+    def stat(self, url: str) -> RemoteStat:
+        path = _path(url)
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise _translate(err, path) from err
+        return RemoteStat(size=st.st_size, mtime=st.st_mtime)
+
+    def put(
+        self, local_path: str, remote_path: str, offset: int = 0, length: int | None = None
+    ) -> int:
+        """Copy bytes of ``local_path`` (from ``offset``) into ``remote_path`` at ``offset``.
+
+        The target is created if missing and never truncated, so parts can land in any order.
+        Returns the number of bytes written.
+        """
+        target = _path(remote_path)
+        sent = 0
+        try:
+            with open(local_path, "rb") as src:
+                src.seek(offset)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+                with os.fdopen(fd, "wb") as dst:
+                    dst.seek(offset)
+                    while length is None or sent < length:
+                        want = CHUNK_SIZE if length is None else min(CHUNK_SIZE, length - sent)
+                        data = src.read(want)
+                        if not data:
+                            break
+                        dst.write(data)
+                        sent += len(data)
+        except OSError as err:
+            raise _translate(err, target) from err
+        if length is not None and sent != length:
+            raise LocalError(f"{local_path}: only {sent} of {length} bytes at offset {offset}")
+        return sent
+
+    def rename(self, old: str, new: str) -> None:
+        try:
+            os.replace(_path(old), _path(new))
+        except OSError as err:
+            raise _translate(err, old) from err
+
+    def delete(self, remote_path: str) -> None:
+        path = _path(remote_path)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError as err:
+            raise _translate(err, path) from err
+
+    def mkdirs(self, remote_path: str) -> None:
+        """Create a directory and its parents; an existing directory is fine."""
+        path = _path(remote_path)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as err:
+            raise _translate(err, path) from err
+
+    def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,394 @@
+"""HTTP(S) transport on one persistent ``http.client`` connection.
+
+A transport is bound to one origin and keeps one keep-alive connection to it. A request on a
+reused connection that the server has meanwhile closed is sent again once on a new connection
+(GET and HEAD are idempotent); any other failure is raised.
+
+Ranged reads are strict: when a range is asked for, only a ``206`` whose ``Content-Range``
+names exactly that range is accepted. A ``200`` means the server ignored ``Range`` and would
+send the whole object, which we refuse (IntegrityError) rather than slice: a part must be the
+bytes the notice announced, fetched as such.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import re
+import ssl
+from collections.abc import Generator, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from sarra.errors import IntegrityError, NotFound, TransferError, TransportUnavailable
+from sarra.transfer.base import Features, RemoteStat
+from sarra.transfer.url import Origin, origin_of, request_target
+
+CHUNK_SIZE = 1 << 20
+
+#: Failures that mean a kept-alive connection was closed by the server while idle.
+_DROPPED = (
+    http.client.RemoteDisconnected,
+    http.client.BadStatusLine,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+
+_RETRYABLE_STATUS = frozenset({408, 429})
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+_USER_AGENT = "sarra/0.1"
+
+
+def _nothing() -> Generator[bytes, None, None]:
+    yield from ()
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _CountingHTTPConnection(http.client.HTTPConnection):
+    """An HTTPConnection that counts its TCP connects (including http.client's auto-opens)."""
+
+    counter: _Counter
+
+    def connect(self) -> None:
+        super().connect()
+        self.counter.value += 1
+
+
+class _CountingHTTPSConnection(http.client.HTTPSConnection):
+    counter: _Counter
+
+    def connect(self) -> None:
+        super().connect()
+        self.counter.value += 1
+
+
+def _tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        # Explicitly asked for (e.g. self-signed test servers): no hostname or chain check.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _status_error(status: int, reason: str, what: str) -> TransferError:
+    """Translate an unwanted HTTP status into our tree."""
+    message = f"{what}: HTTP {status} {reason}"
+    if status in (404, 410):
+        return NotFound(message)
+    if status == 416:
+        return IntegrityError(message)
+    error = TransferError(message)
+    error.retryable = status >= 500 or status in _RETRYABLE_STATUS
+    return error
+
+
+class HttpTransport:
+    """Fetches from one HTTP(S) origin over one persistent connection.
+
+    Args:
+        url: any URL of the origin (scheme, host, port); its path is ignored.
+        credentials: any object; optional attributes ``password`` (Basic auth with the URL's
+            user, or ``user``/``username`` of the object), ``bearer_token`` (preferred over
+            Basic when set), ``tls_verify`` (default True).
+        timeout: socket timeout in seconds for connect and each read.
+        options: ``tls_verify`` (bool, overrides the credential's), ``ca_file`` (path of
+            trusted certificates for https).
+
+    Attributes:
+        connections_made: number of TCP connections opened so far (reuse is observable).
+    """
+
+    features = Features(ranged_get=True, put=False, rename=False, delete=False, listing=False)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        credentials: object | None = None,
+        timeout: float = 30,
+        options: Mapping[str, object] = {},
+    ) -> None:
+        self.origin: Origin = origin_of(url)
+        if self.origin.scheme not in ("http", "https"):
+            raise ValueError(f"HttpTransport cannot handle {url!r}")
+        self._timeout = timeout
+        verify = bool(options.get("tls_verify", getattr(credentials, "tls_verify", True)))
+        ca_file = options.get("ca_file")
+        self._tls = (
+            _tls_context(verify, str(ca_file) if ca_file else None)
+            if self.origin.scheme == "https"
+            else None
+        )
+        self._auth = self._authorization(credentials)
+        self._counter = _Counter()
+        self._conn: http.client.HTTPConnection | None = None
+        # The response whose body is still being read, if any: a new request must not be
+        # sent on the connection before it is finished.
+        self._pending: http.client.HTTPResponse | None = None
+        self._closed = False
+
+    @property
+    def connections_made(self) -> int:
+        return self._counter.value
+
+    def _authorization(self, credentials: object | None) -> str | None:
+        token = getattr(credentials, "bearer_token", None)
+        if token:
+            return f"Bearer {token}"
+        password = getattr(credentials, "password", None)
+        if password is None:
+            return None
+        user = (
+            self.origin.user
+            or getattr(credentials, "user", None)
+            or getattr(credentials, "username", None)
+            or ""
+        )
+        raw = f"{user}:{password}".encode()
+        return f"Basic {base64.b64encode(raw).decode('ascii')}"
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._closed:
+            raise TransportUnavailable(f"{self.origin}: transport is closed")
+        if self._pending is not None:
+            if not self._pending.isclosed():
+                # The previous body was abandoned half-read: the connection is unusable.
+                self._drop()
+            self._pending = None
+        if self._conn is None:
+            conn: http.client.HTTPConnection
+            port = self.origin.port
+            if self._tls is not None:
+                conn = _CountingHTTPSConnection(
+                    self.origin.host, port, timeout=self._timeout, context=self._tls
+                )
+            else:
+                conn = _CountingHTTPConnection(self.origin.host, port, timeout=self._timeout)
+            conn.counter = self._counter
+            self._conn = conn
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._pending = None
+
+    def _request(self, method: str, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """Send one request, reconnecting once if an idle kept-alive connection was dropped."""
+        url_origin = origin_of(url)
+        if (url_origin.scheme, url_origin.host, url_origin.port) != (
+            self.origin.scheme,
+            self.origin.host,
+            self.origin.port,
+        ):
+            raise ValueError(f"{url!r} is not on this transport's origin {self.origin}")
+        target = request_target(url)
+        headers = {"User-Agent": _USER_AGENT, **headers}
+        if self._auth is not None:
+            headers["Authorization"] = self._auth
+        for attempt in (1, 2):
+            conn = self._connection()
+            reused = conn.sock is not None
+            try:
+                conn.request(method, target, headers=headers)
+                response = conn.getresponse()
+            except _DROPPED as err:
+                self._drop()
+                if reused and attempt == 1:
+                    continue
+                raise TransportUnavailable(f"{method} {url}: connection lost: {err}") from err
+            except ssl.SSLCertVerificationError as err:
+                self._drop()
+                # A trust problem: retrying cannot help until the configuration changes.
+                failure = TransferError(f"{method} {url}: TLS verification failed: {err}")
+                failure.retryable = False
+                raise failure from err
+            except (OSError, http.client.HTTPException) as err:
+                self._drop()
+                raise TransportUnavailable(f"{method} {url}: {err}") from err
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- operations ---------------------------------------------------------------------
+
+    def get(
+        self, url: str, offset: int = 0, length: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """Fetch ``url`` from ``offset``; exactly ``length`` bytes when given.
+
+        The request is sent and its status checked before this returns, so NotFound and
+        status errors are raised here; the body errors (truncation) while iterating.
+
+        Raises:
+            NotFound: 404 or 410.
+            IntegrityError: Range ignored (200 to a ranged request), a Content-Range that is
+                not the one asked for, 416, or a body of the wrong length.
+            TransferError: any other status (retryable for 5xx, 408 and 429).
+            TransportUnavailable: connection failures and timeouts.
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"bad range offset={offset} length={length}")
+        if length == 0:
+            return _nothing()
+        ranged = offset > 0 or length is not None
+        headers: dict[str, str] = {}
+        if ranged:
+            last = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{last}"
+        response = self._request("GET", url, headers)
+        try:
+            expected = self._check_get(response, url, offset, length, ranged)
+        except BaseException:
+            self._finish_badly(response)
+            raise
+        self._pending = response
+        return self._body(response, url, expected)
+
+    def _check_get(
+        self,
+        response: http.client.HTTPResponse,
+        url: str,
+        offset: int,
+        length: int | None,
+        ranged: bool,
+    ) -> int | None:
+        """Check the status and headers of a GET; return the number of body bytes due."""
+        status = response.status
+        if ranged and status == 200:
+            raise IntegrityError(f"GET {url}: server ignored Range (answered 200)")
+        if status not in (200, 206) or (status == 206 and not ranged):
+            raise _status_error(status, response.reason, f"GET {url}")
+        declared = response.getheader("Content-Length")
+        declared_length = int(declared) if declared and declared.isdigit() else None
+        if not ranged:
+            return declared_length
+        content_range = response.getheader("Content-Range", "")
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if match is None:
+            raise IntegrityError(f"GET {url}: unusable Content-Range {content_range!r}")
+        first, last = int(match[1]), int(match[2])
+        total = None if match[3] == "*" else int(match[3])
+        want_last = offset + length - 1 if length is not None else None
+        if want_last is None and total is not None:
+            want_last = total - 1
+        if first != offset or (want_last is not None and last != want_last):
+            raise IntegrityError(
+                f"GET {url}: asked bytes {offset}-{want_last if want_last is not None else ''}"
+                f", got Content-Range {content_range!r}"
+            )
+        expected = last - first + 1
+        if declared_length is not None and declared_length != expected:
+            raise IntegrityError(
+                f"GET {url}: Content-Length {declared_length} disagrees with {content_range!r}"
+            )
+        return expected
+
+    def _finish_badly(self, response: http.client.HTTPResponse) -> None:
+        """Drain a small error body so the connection stays usable, or drop it."""
+        try:
+            declared = response.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) <= 65536:
+                response.read()
+                if not response.will_close:
+                    return
+        except (OSError, http.client.HTTPException):
+            pass
+        self._drop()
+
+    def _body(
+        self, response: http.client.HTTPResponse, url: str, expected: int | None
+    ) -> Generator[bytes, None, None]:
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
+        received = 0
+        complete = False
+        try:
+            while True:
+                filled = 0
+                # Fill the whole buffer (readinto may return short reads) so chunks are 1 MiB.
+                while filled < CHUNK_SIZE:
+                    n = response.readinto(view[filled:])
+                    if not n:
+                        break
+                    filled += n
+                if filled:
+                    received += filled
+                    yield bytes(view[:filled])
+                if filled < CHUNK_SIZE:
+                    break
+            if expected is not None and received != expected:
+                raise IntegrityError(f"GET {url}: truncated body, {received} of {expected} bytes")
+            complete = True
+        except http.client.IncompleteRead as err:
+            got = received + len(err.partial)
+            raise IntegrityError(f"GET {url}: truncated body, {got} of {expected} bytes") from err
+        except TimeoutError as err:
+            raise TransportUnavailable(f"GET {url}: timed out reading the body") from err
+        except (OSError, http.client.HTTPException) as err:
+            raise TransportUnavailable(f"GET {url}: connection lost in the body: {err}") from err
+        finally:
+            # Only touch the connection if no later request has replaced this response.
+            if self._pending is response:
+                self._pending = None
+                if not complete or response.will_close:
+                    self._drop()
+
+    def stat(self, url: str) -> RemoteStat:
+        """Size and mtime of ``url`` from a HEAD request (Content-Length, Last-Modified).
+
+        Raises NotFound, TransferError on other statuses (retryable as for get), IntegrityError
+        when the server sends no Content-Length, TransportUnavailable.
+        """
+        response = self._request("HEAD", url, {})
+        try:
+            response.read()
+        except (OSError, http.client.HTTPException) as err:
+            self._drop()
+            raise TransportUnavailable(f"HEAD {url}: {err}") from err
+        if response.will_close:
+            self._drop()
+        if response.status != 200:
+            raise _status_error(response.status, response.reason, f"HEAD {url}")
+        declared = response.getheader("Content-Length")
+        if declared is None or not declared.isdigit():
+            raise IntegrityError(f"HEAD {url}: no usable Content-Length")
+        mtime: float | None = None
+        modified = response.getheader("Last-Modified")
+        if modified:
+            try:
+                mtime = parsedate_to_datetime(modified).timestamp()
+            except (TypeError, ValueError):
+                mtime = None
+        return RemoteStat(size=int(declared), mtime=mtime)
+
+    def put(
+        self, local_path: str, remote_path: str, offset: int = 0, length: int | None = None
+    ) -> int:
+        raise TransferError(f"{self.origin}: HTTP transport cannot put")
+
+    def rename(self, old: str, new: str) -> None:
+        raise TransferError(f"{self.origin}: HTTP transport cannot rename")
+
+    def delete(self, remote_path: str) -> None:
+        raise TransferError(f"{self.origin}: HTTP transport cannot delete")
+
+    def close(self) -> None:
+        self._drop()
+        self._closed = True
+
+    def __enter__(self) -> HttpTransport:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,407 @@
+"""SFTP transport on one persistent paramiko session.
+
+A transport holds one SSHClient and one SFTPClient for its origin and reuses them. When the
+server has dropped the session, an idempotent operation (stat, the opening of a get, put,
+mkdirs) is tried once more on a new session; rename and delete are not repeated.
+
+Paths: operations take either an ``sftp://`` URL of this origin (decoded with
+:func:`sarra.transfer.url.server_path`: ``sftp://h/abs`` is absolute, ``sftp://h/~/rel`` is
+relative to the login directory) or a plain server path, used as it is.
+
+Host keys: with the option ``known_hosts`` (a file path), or ``state_dir`` (then the file is
+``<state_dir>/known_hosts``), unknown host keys are accepted on first use and saved there; a
+later mismatch is refused. Without either, keys are accepted on first use and kept in memory
+for this transport only. ``strict_host_keys=True`` refuses unknown hosts instead. Trust on
+first use is a stop-gap: it does not protect the first connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import getpass
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import paramiko
+
+from sarra.errors import (
+    IntegrityError,
+    LocalError,
+    NotFound,
+    SarraError,
+    TransferError,
+    TransportUnavailable,
+)
+from sarra.transfer.base import Features, RemoteStat
+from sarra.transfer.url import Origin, origin_of, server_path
+
+CHUNK_SIZE = 1 << 20
+#: Bytes requested ahead of the reader: bounds memory while keeping the pipe full.
+WINDOW_CHUNKS = 8
+
+_T = TypeVar("_T")
+_CONNECTION_ERRORS = (paramiko.SSHException, EOFError, socket.error)
+
+
+class SftpTransport:
+    """Reads and writes files on one SFTP origin over one persistent session.
+
+    Args:
+        url: any URL of the origin (``sftp://[user@]host[:port]``); the path is ignored.
+        credentials: any object; optional attributes ``ssh_keyfile`` (private key file),
+            ``password`` (password, or key passphrase with a key file), ``user``.
+        timeout: seconds for connecting, authenticating and each channel read.
+        options: ``known_hosts`` (path; default ``<state_dir>/known_hosts`` when the option
+            ``state_dir`` is given), ``strict_host_keys`` (bool), ``keepalive`` (seconds).
+
+    Attributes:
+        connections_made: sessions opened so far.
+    """
+
+    features = Features(ranged_get=True, put=True, rename=True, delete=True, listing=False)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        credentials: object | None = None,
+        timeout: float = 30,
+        options: Mapping[str, object] = {},
+    ) -> None:
+        self.origin: Origin = origin_of(url)
+        if self.origin.scheme != "sftp":
+            raise ValueError(f"SftpTransport cannot handle {url!r}")
+        self._user = self.origin.user or str(
+            getattr(credentials, "user", None) or getpass.getuser()
+        )
+        keyfile = getattr(credentials, "ssh_keyfile", None)
+        self._keyfile = str(keyfile) if keyfile else None
+        password = getattr(credentials, "password", None)
+        self._password = str(password) if password is not None else None
+        self._timeout = timeout
+        known_hosts = options.get("known_hosts")
+        if not known_hosts and options.get("state_dir"):
+            known_hosts = os.path.join(str(options["state_dir"]), "known_hosts")
+        self._known_hosts = str(known_hosts) if known_hosts else None
+        self._strict = bool(options.get("strict_host_keys", False))
+        keepalive = options.get("keepalive", 0)
+        self._keepalive = int(keepalive) if isinstance(keepalive, int | float | str) else 0
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._closed = False
+        self.connections_made = 0
+
+    # -- session ------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        if self._client is None:
+            return False
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def _connect(self) -> paramiko.SFTPClient:
+        client = paramiko.SSHClient()
+        if self._known_hosts is not None:
+            if not os.path.exists(self._known_hosts):
+                os.makedirs(os.path.dirname(self._known_hosts) or ".", exist_ok=True)
+                with open(os.open(self._known_hosts, os.O_WRONLY | os.O_CREAT, 0o600), "w"):
+                    pass
+            # Also makes AutoAddPolicy save newly accepted keys to this file.
+            client.load_host_keys(self._known_hosts)
+        policy: paramiko.MissingHostKeyPolicy = (
+            paramiko.RejectPolicy() if self._strict else paramiko.AutoAddPolicy()
+        )
+        client.set_missing_host_key_policy(policy)
+        where = f"{self.origin}"
+        try:
+            client.connect(
+                self.origin.host,
+                port=self.origin.port or 22,
+                username=self._user,
+                key_filename=self._keyfile,
+                password=self._password,
+                timeout=self._timeout,
+                banner_timeout=self._timeout,
+                auth_timeout=self._timeout,
+                allow_agent=False,
+                look_for_keys=self._keyfile is None and self._password is None,
+            )
+            sftp = client.open_sftp()
+        except paramiko.BadHostKeyException as err:
+            client.close()
+            failure = TransferError(f"{where}: host key does not match known_hosts: {err}")
+            failure.retryable = False
+            raise failure from err
+        except paramiko.AuthenticationException as err:
+            client.close()
+            failure = TransferError(f"{where}: authentication failed: {err}")
+            failure.retryable = False
+            raise failure from err
+        except (*_CONNECTION_ERRORS, OSError) as err:
+            client.close()
+            raise TransportUnavailable(f"{where}: cannot connect: {err}") from err
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(self._timeout)
+        transport = client.get_transport()
+        if transport is not None and self._keepalive > 0:
+            transport.set_keepalive(self._keepalive)
+        self._client = client
+        self._sftp = sftp
+        self.connections_made += 1
+        return sftp
+
+    def _drop(self) -> None:
+        sftp, client = self._sftp, self._client
+        self._sftp = self._client = None
+        try:
+            if sftp is not None:
+                sftp.close()
+        except (*_CONNECTION_ERRORS, OSError):
+            pass
+        if client is not None:
+            client.close()
+
+    def _session(self) -> tuple[paramiko.SFTPClient, bool]:
+        """The open session and whether it existed before this call."""
+        if self._closed:
+            raise TransportUnavailable(f"{self.origin}: transport is closed")
+        if self._sftp is not None and self._alive():
+            return self._sftp, True
+        self._drop()
+        return self._connect(), False
+
+    def _translate(self, err: BaseException, what: str) -> SarraError:
+        """Map a paramiko/OSError failure to our tree, judging connection loss by liveness."""
+        if isinstance(err, SarraError):
+            return err
+        if isinstance(err, paramiko.SSHException | EOFError) or not self._alive():
+            return TransportUnavailable(f"{what}: connection lost: {err}")
+        if isinstance(err, TimeoutError):
+            # A late answer would confuse the session: the caller drops it.
+            return TransportUnavailable(f"{what}: timed out")
+        if isinstance(err, OSError):
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                return NotFound(f"{what}: {err.strerror or err}")
+            failure = TransferError(f"{what}: {err.strerror or err}")
+            failure.retryable = err.errno not in (errno.EACCES, errno.EPERM)
+            return failure
+        return TransferError(f"{what}: {err}")
+
+    def _run(
+        self, what: str, operation: Callable[[paramiko.SFTPClient], _T], *, idempotent: bool
+    ) -> _T:
+        for attempt in (1, 2):
+            sftp, reused = self._session()
+            try:
+                return operation(sftp)
+            except (*_CONNECTION_ERRORS, OSError) as err:
+                failure = self._translate(err, what)
+                if isinstance(failure, TransportUnavailable):
+                    self._drop()
+                    if idempotent and reused and attempt == 1:
+                        continue
+                raise failure from err
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _path(self, url_or_path: str) -> str:
+        if "://" not in url_or_path:
+            return url_or_path
+        other = origin_of(url_or_path)
+        if (other.host, other.port) != (self.origin.host, self.origin.port) or (
+            other.user and other.user != self._user
+        ):
+            raise ValueError(f"{url_or_path!r} is not on this transport's origin {self.origin}")
+        return server_path(url_or_path)
+
+    # -- operations ---------------------------------------------------------------------
+
+    def get(self, url: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Yield the bytes of ``url`` from ``offset``; exactly ``length`` bytes when given.
+
+        The file is opened (and NotFound raised) before this returns. Reads are pipelined a
+        window ahead. A file shorter than the range raises IntegrityError while iterating.
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"bad range offset={offset} length={length}")
+        path = self._path(url)
+        what = f"get {self.origin}{path if path.startswith('/') else '/~/' + path}"
+
+        def open_it(sftp: paramiko.SFTPClient) -> tuple[paramiko.SFTPFile, int]:
+            handle = sftp.open(path, "rb")
+            try:
+                end = offset + length if length is not None else handle.stat().st_size or 0
+            except BaseException:
+                handle.close()
+                raise
+            return handle, end
+
+        handle, end = self._run(what, open_it, idempotent=True)
+        if end < offset:
+            handle.close()
+            raise IntegrityError(f"{what}: offset {offset} is past the end ({end})")
+        return self._read(handle, what, offset, end)
+
+    def _read(self, handle: paramiko.SFTPFile, what: str, offset: int, end: int) -> Iterator[bytes]:
+        position = offset
+        try:
+            while position < end:
+                window: list[tuple[int, int]] = []
+                start = position
+                while start < end and len(window) < WINDOW_CHUNKS:
+                    size = min(CHUNK_SIZE, end - start)
+                    window.append((start, size))
+                    start += size
+                for (chunk_offset, size), data in zip(window, handle.readv(window), strict=True):
+                    if len(data) != size:
+                        raise IntegrityError(
+                            f"{what}: file ends at {chunk_offset + len(data)}, before {end}"
+                        )
+                    position += size
+                    yield data
+        except EOFError as err:
+            if self._alive():
+                raise IntegrityError(f"{what}: file ends before {end}") from err
+            self._drop()
+            raise TransportUnavailable(f"{what}: connection lost") from err
+        except (paramiko.SSHException, OSError) as err:
+            failure = self._translate(err, what)
+            if isinstance(failure, TransportUnavailable):
+                self._drop()
+            raise failure from err
+        finally:
+            try:
+                handle.close()
+            except (*_CONNECTION_ERRORS, OSError):
+                pass
+
+    def stat(self, url: str) -> RemoteStat:
+        path = self._path(url)
+        attributes = self._run(f"stat {path}", lambda sftp: sftp.stat(path), idempotent=True)
+        return RemoteStat(size=attributes.st_size or 0, mtime=attributes.st_mtime)
+
+    def put(
+        self, local_path: str, remote_path: str, offset: int = 0, length: int | None = None
+    ) -> int:
+        """Write bytes of ``local_path`` from ``offset`` into ``remote_path`` at ``offset``.
+
+        A whole-file put (offset 0, no length) replaces the remote file; a ranged put creates
+        the file if needed and never truncates it, so parts may arrive in any order. Writes
+        are pipelined. Returns the number of bytes sent.
+
+        Raises LocalError when the local file cannot be read or is shorter than asked,
+        NotFound when the remote directory is missing, TransferError, TransportUnavailable.
+        """
+        path = self._path(remote_path)
+        whole = offset == 0 and length is None
+
+        def send(sftp: paramiko.SFTPClient) -> int:
+            try:
+                source = open(local_path, "rb")  # noqa: SIM115 - closed below
+            except OSError as err:
+                raise LocalError(f"put: cannot read {local_path}: {err.strerror}") from err
+            with source, self._open_for_write(sftp, path, whole) as remote:
+                remote.set_pipelined(True)
+                source.seek(offset)
+                remote.seek(offset)
+                sent = 0
+                while length is None or sent < length:
+                    want = CHUNK_SIZE if length is None else min(CHUNK_SIZE, length - sent)
+                    data = source.read(want)
+                    if not data:
+                        break
+                    remote.write(data)
+                    sent += len(data)
+            return sent
+
+        sent = self._run(f"put {path}", send, idempotent=True)
+        if length is not None and sent != length:
+            raise LocalError(f"put: {local_path} has only {sent} of {length} bytes at {offset}")
+        return sent
+
+    @staticmethod
+    def _open_for_write(sftp: paramiko.SFTPClient, path: str, whole: bool) -> paramiko.SFTPFile:
+        if whole:
+            return sftp.open(path, "wb")
+        # SFTP v3 has no "create but do not truncate" through paramiko's modes, and append mode
+        # ignores offsets on OpenSSH: open existing, else create exclusively, else (another
+        # writer created it meanwhile) open existing again.
+        try:
+            return sftp.open(path, "r+b")
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                raise
+        try:
+            return sftp.open(path, "x+b")
+        except OSError:
+            return sftp.open(path, "r+b")
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename ``old`` to ``new``, replacing ``new`` (posix-rename when the server has it)."""
+        old_path, new_path = self._path(old), self._path(new)
+
+        def move(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.posix_rename(old_path, new_path)
+                return
+            except OSError as err:
+                if err.errno is not None:
+                    raise
+            # No posix-rename extension (or a generic failure): plain SFTP rename refuses an
+            # existing target, so remove it first.
+            try:
+                sftp.remove(new_path)
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+            sftp.rename(old_path, new_path)
+
+        self._run(f"rename {old_path} -> {new_path}", move, idempotent=False)
+
+    def delete(self, remote_path: str) -> None:
+        """Remove a file, link or empty directory."""
+        path = self._path(remote_path)
+
+        def remove(sftp: paramiko.SFTPClient) -> None:
+            try:
+                sftp.remove(path)
+            except OSError as err:
+                if err.errno is not None:
+                    raise
+                sftp.rmdir(path)
+
+        self._run(f"delete {path}", remove, idempotent=False)
+
+    def mkdirs(self, remote_path: str, mode: int = 0o755) -> None:
+        """Create a directory and any missing parents; existing ones are fine."""
+        path = self._path(remote_path)
+
+        def make(sftp: paramiko.SFTPClient) -> None:
+            prefix = "/" if path.startswith("/") else ""
+            for part in [p for p in path.split("/") if p]:
+                prefix = f"{prefix}{part}"
+                try:
+                    sftp.stat(prefix)
+                except OSError as err:
+                    if err.errno != errno.ENOENT:
+                        raise
+                    try:
+                        sftp.mkdir(prefix, mode)
+                    except OSError:
+                        # Another writer may have made it meanwhile; fail only if still absent.
+                        sftp.stat(prefix)
+                prefix += "/"
+
+        self._run(f"mkdirs {path}", make, idempotent=True)
+
+    def close(self) -> None:
+        self._drop()
+        self._closed = True
+
+    def __enter__(self) -> SftpTransport:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,243 @@
+"""HttpTransport against a real nginx and the fault-injecting broken_http server."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+
+import pytest
+
+from sarra.errors import IntegrityError, NotFound, TransferError, TransportUnavailable
+from sarra.transfer import open_transport
+from sarra.transfer.http import CHUNK_SIZE, HttpTransport
+from sarra.transfer.url import retrieval_url
+from tests.servers.nginx import BrokenHttp, Nginx
+
+pytestmark = pytest.mark.servers
+
+BLOCK = 1 << 20
+DATA = os.urandom(3 * BLOCK + 12345)
+
+
+@pytest.fixture(scope="module")
+def served(nginx: Nginx) -> str:
+    """Put the test file into nginx's root; return its logical path."""
+    (nginx.root / "a").mkdir(exist_ok=True)
+    (nginx.root / "a" / "big.bin").write_bytes(DATA)
+    return "a/big.bin"
+
+
+@pytest.fixture
+def http(nginx: Nginx) -> Iterator[HttpTransport]:
+    transport = HttpTransport(nginx.base_url, timeout=10)
+    yield transport
+    transport.close()
+
+
+def test_a_whole_file_is_fetched_in_one_mebibyte_chunks(
+    nginx: Nginx, served: str, http: HttpTransport
+) -> None:
+    chunks = list(http.get(retrieval_url(nginx.base_url, served)))
+    assert b"".join(chunks) == DATA
+    assert [len(c) for c in chunks[:-1]] == [CHUNK_SIZE] * (len(chunks) - 1)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [(0, BLOCK), (BLOCK, BLOCK), (3 * BLOCK, 12345), (BLOCK - 1, 2)],
+    ids=["first", "middle", "last", "straddling"],
+)
+def test_ranged_gets_return_exactly_the_block(
+    nginx: Nginx, served: str, http: HttpTransport, offset: int, length: int
+) -> None:
+    data = b"".join(http.get(retrieval_url(nginx.base_url, served), offset, length))
+    assert data == DATA[offset : offset + length]
+
+
+def test_an_open_ended_range_reads_to_the_end(
+    nginx: Nginx, served: str, http: HttpTransport
+) -> None:
+    data = b"".join(http.get(retrieval_url(nginx.base_url, served), 2 * BLOCK))
+    assert data == DATA[2 * BLOCK :]
+
+
+def test_many_sequential_gets_reuse_one_connection(
+    nginx: Nginx, served: str, http: HttpTransport
+) -> None:
+    url = retrieval_url(nginx.base_url, served)
+    for i in range(40):
+        assert b"".join(http.get(url, i * 1000, 1000)) == DATA[i * 1000 : (i + 1) * 1000]
+    assert http.stat(url).size == len(DATA)
+    with pytest.raises(NotFound):
+        http.get(retrieval_url(nginx.base_url, "a/missing"))
+    assert b"".join(http.get(url, 0, 10)) == DATA[:10]
+    assert http.connections_made == 1
+
+
+def test_an_abandoned_body_does_not_poison_the_next_request(
+    nginx: Nginx, served: str, http: HttpTransport
+) -> None:
+    url = retrieval_url(nginx.base_url, served)
+    body = http.get(url)
+    next(body)  # read one chunk of four, then walk away
+    assert b"".join(http.get(url, 5, 5)) == DATA[5:10]
+    body.close()
+    assert b"".join(http.get(url, 7, 3)) == DATA[7:10]
+
+
+@pytest.mark.parametrize("name", ["sp ace.txt", "hash#tag.txt", "été 東京.txt", "100%.txt"])
+def test_awkward_names_are_fetched_percent_encoded(
+    nginx: Nginx, http: HttpTransport, name: str
+) -> None:
+    (nginx.root / "odd").mkdir(exist_ok=True)
+    (nginx.root / "odd" / name).write_bytes(name.encode())
+    url = retrieval_url(nginx.base_url, f"odd/{name}")
+    assert b"".join(http.get(url)) == name.encode()
+
+
+def test_stat_reports_size_and_mtime(nginx: Nginx, served: str, http: HttpTransport) -> None:
+    st = http.stat(retrieval_url(nginx.base_url, served))
+    assert st.size == len(DATA)
+    assert st.mtime == pytest.approx(int((nginx.root / served).stat().st_mtime))
+
+
+def test_https_verifies_certificates_unless_told_otherwise(nginx: Nginx, served: str) -> None:
+    url = retrieval_url(nginx.https_base_url, served)
+    with closing(open_transport(url, timeout=10)) as strict, pytest.raises(TransferError) as err:
+        strict.get(url, 0, 10)
+    assert "TLS verification failed" in str(err.value)
+    assert not err.value.retryable
+    options = {"ca_file": str(nginx.ca_file)}
+    with closing(open_transport(url, timeout=10, options=options)) as trusted:
+        assert b"".join(trusted.get(url, 0, 10)) == DATA[:10]
+
+    @dataclass
+    class Relaxed:
+        tls_verify: bool = False
+
+    with closing(open_transport(url, credentials=Relaxed(), timeout=10)) as relaxed:
+        assert b"".join(relaxed.get(url, BLOCK, BLOCK)) == DATA[BLOCK : 2 * BLOCK]
+
+
+# -- faults -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty(broken_http: BrokenHttp) -> BrokenHttp:
+    (broken_http.root / "f.bin").write_bytes(DATA)
+    return broken_http
+
+
+@pytest.fixture
+def bhttp(faulty: BrokenHttp) -> Iterator[HttpTransport]:
+    transport = HttpTransport(faulty.base_url, timeout=10)
+    yield transport
+    transport.close()
+
+
+def test_the_fault_server_serves_ranges_properly(faulty: BrokenHttp, bhttp: HttpTransport) -> None:
+    data = b"".join(bhttp.get(f"{faulty.base_url}/f.bin", BLOCK, BLOCK))
+    assert data == DATA[BLOCK : 2 * BLOCK]
+
+
+def test_a_server_ignoring_range_is_an_integrity_error(
+    faulty: BrokenHttp, bhttp: HttpTransport
+) -> None:
+    with pytest.raises(IntegrityError, match="ignored Range"):
+        bhttp.get(f"{faulty.base_url}/norange/f.bin", BLOCK, BLOCK)
+    # A whole-file get from the same server is fine: no Range was asked.
+    assert b"".join(bhttp.get(f"{faulty.base_url}/norange/f.bin")) == DATA
+
+
+def test_a_206_for_another_range_is_an_integrity_error(
+    faulty: BrokenHttp, bhttp: HttpTransport
+) -> None:
+    with pytest.raises(IntegrityError, match="Content-Range"):
+        bhttp.get(f"{faulty.base_url}/shiftrange/f.bin", BLOCK, BLOCK)
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, None), (BLOCK, BLOCK)])
+def test_a_truncated_body_is_an_integrity_error(
+    faulty: BrokenHttp, bhttp: HttpTransport, offset: int, length: int | None
+) -> None:
+    body = bhttp.get(f"{faulty.base_url}/truncate/f.bin", offset, length)
+    with pytest.raises(IntegrityError, match="truncated"):
+        b"".join(body)
+    # The transport recovers on a new connection.
+    assert b"".join(bhttp.get(f"{faulty.base_url}/f.bin", 0, 10)) == DATA[:10]
+
+
+def test_a_corrupted_body_is_delivered_as_sent(faulty: BrokenHttp, bhttp: HttpTransport) -> None:
+    # Bytes are checked by checksum upstream; the transport must not hide what it received.
+    data = b"".join(bhttp.get(f"{faulty.base_url}/corrupt/f.bin", 0, 100))
+    assert data[0] == DATA[0] ^ 0xFF
+    assert data[1:] == DATA[1:100]
+
+
+def test_404_is_not_found_and_not_retryable(faulty: BrokenHttp, bhttp: HttpTransport) -> None:
+    with pytest.raises(NotFound) as caught:
+        bhttp.get(f"{faulty.base_url}/status/404/x")
+    assert not caught.value.retryable
+    with pytest.raises(NotFound):
+        bhttp.stat(f"{faulty.base_url}/nothing-here")
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"), [(503, True), (500, True), (429, True), (403, False)]
+)
+def test_error_statuses_are_transfer_errors(
+    faulty: BrokenHttp, bhttp: HttpTransport, code: int, retryable: bool
+) -> None:
+    with pytest.raises(TransferError) as caught:
+        bhttp.get(f"{faulty.base_url}/status/{code}/x", 0, 10)
+    assert type(caught.value) is TransferError
+    assert caught.value.retryable is retryable
+    # The short error body was drained: the connection is still the first one.
+    assert b"".join(bhttp.get(f"{faulty.base_url}/f.bin", 0, 3)) == DATA[:3]
+    assert bhttp.connections_made == 1
+
+
+def test_a_dropped_keep_alive_connection_is_reopened_transparently(
+    faulty: BrokenHttp, bhttp: HttpTransport
+) -> None:
+    url = f"{faulty.base_url}/f.bin"
+    assert b"".join(bhttp.get(url, 0, 10)) == DATA[:10]
+    faulty.drop_connections()
+    assert b"".join(bhttp.get(url, 10, 10)) == DATA[10:20]
+    assert bhttp.connections_made == 2
+
+
+def test_an_unreachable_origin_is_transport_unavailable(nginx: Nginx) -> None:
+    from tests.servers.nginx import free_port
+
+    transport = HttpTransport(f"http://127.0.0.1:{free_port()}", timeout=5)
+    with pytest.raises(TransportUnavailable):
+        transport.get(f"http://127.0.0.1:{transport.origin.port}/x")
+
+
+def test_basic_and_bearer_credentials_are_sent(faulty: BrokenHttp) -> None:
+    @dataclass
+    class Cred:
+        password: str | None = None
+        bearer_token: str | None = None
+
+    url = f"{faulty.base_url}/f.bin"
+    with closing(
+        HttpTransport(f"http://bob@127.0.0.1:{faulty.port}", credentials=Cred("s3cret"))
+    ) as basic:
+        assert b"".join(basic.get(url, 0, 4)) == DATA[:4]
+    expected = "Basic " + base64.b64encode(b"bob:s3cret").decode()
+    assert faulty.last_headers["Authorization"] == expected
+    with closing(HttpTransport(faulty.base_url, credentials=Cred("pw", "tok"))) as bearer:
+        assert bearer.stat(url).size == len(DATA)
+    assert faulty.last_headers["Authorization"] == "Bearer tok"
+
+
+def test_a_closed_transport_refuses_work(faulty: BrokenHttp) -> None:
+    transport = HttpTransport(faulty.base_url)
+    transport.close()
+    with pytest.raises(TransportUnavailable):
+        transport.get(f"{faulty.base_url}/f.bin")
