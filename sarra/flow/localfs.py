@@ -1,0 +1,571 @@
+"""Confined local file system operations under one destination root (spec 9.1, 9.2).
+
+Every operation takes a path *relative* to the root. Paths are validated lexically first
+(:func:`check_relpath`), then parent directories are walked ``openat``-style: the root is
+opened with ``O_DIRECTORY`` and each component with ``O_DIRECTORY|O_NOFOLLOW`` relative to its
+parent's descriptor. A symlinked parent therefore can never redirect a write, link, rename or
+remove outside the root; meeting one raises :class:`HostilePath`.
+
+Data files are written in flight (:meth:`SafeRoot.open_inflight`): created ``O_EXCL|O_NOFOLLOW``
+under a name unique to the writer, fsync'd, then renamed over the final name, so the final name
+never shows partial data.
+
+OS errors are translated at this boundary: ``ENOSPC``/``EDQUOT`` become :class:`DiskFull`, all
+others :class:`LocalError`. POSIX only (``dir_fd`` is not available on Windows).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import secrets
+import stat as stat_mod
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+
+from sarra.errors import DiskFull, HostilePath, LocalError
+
+NAME_MAX = 255
+PATH_MAX = 4096
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: the writer token every in-flight name carries: ``~sr<pid>-<8 hex>-<counter>``
+_TOKEN_RE = re.compile(r"~sr[0-9]+-[0-9a-f]{8}-[0-9]+")
+
+
+def check_relpath(
+    rel: str,
+    *,
+    windows: bool = os.name == "nt",
+    name_max: int = NAME_MAX,
+    path_max: int = PATH_MAX,
+) -> tuple[str, ...]:
+    """Validate ``rel`` lexically and return its components (spec 9.1).
+
+    A leading ``/`` is read relative to the root. Empty and ``.`` components are dropped.
+    Raises :class:`HostilePath` for NUL, invalid UTF-8 (lone surrogates), an empty result,
+    any ``..`` component, a component longer than ``name_max`` bytes, a path longer than
+    ``path_max`` bytes and, when ``windows``, a backslash or ``:`` (drive prefixes, streams).
+    """
+    if "\0" in rel:
+        raise HostilePath(f"path contains NUL: {rel!r}")
+    try:
+        encoded = rel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HostilePath(f"path is not valid UTF-8: {rel!r}") from exc
+    if windows and ("\\" in rel or ":" in rel):
+        raise HostilePath(f"path has a backslash or drive prefix: {rel!r}")
+    if len(encoded) > path_max:
+        raise HostilePath(f"path too long ({len(encoded)} bytes): {rel[:64]!r}...")
+    parts = tuple(p for p in rel.split("/") if p not in ("", "."))
+    if not parts:
+        raise HostilePath(f"path is empty or names the root itself: {rel!r}")
+    for part in parts:
+        if part == "..":
+            raise HostilePath(f"path has a '..' component: {rel!r}")
+        if len(part.encode("utf-8")) > name_max:
+            raise HostilePath(f"path component too long: {part[:64]!r}...")
+    return parts
+
+
+def check_link_target(
+    link_parts: Sequence[str],
+    target: str,
+    *,
+    allow_absolute_prefixes: Sequence[str] = (),
+    windows: bool = os.name == "nt",
+) -> None:
+    """Refuse a symlink ``target`` that would point outside the root (spec 9.1).
+
+    ``link_parts`` are the validated components of the link itself. A relative target is
+    resolved lexically from the link's directory and must stay strictly below the root. An
+    absolute target is refused unless it lies under one of ``allow_absolute_prefixes``.
+    """
+    if not target or "\0" in target:
+        raise HostilePath(f"link target empty or contains NUL: {target!r}")
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HostilePath(f"link target is not valid UTF-8: {target!r}") from exc
+    if windows and ("\\" in target or ":" in target):
+        raise HostilePath(f"link target has a backslash or drive prefix: {target!r}")
+    if target.startswith("/"):
+        norm = os.path.normpath(target)
+        for prefix in allow_absolute_prefixes:
+            base = os.path.normpath(prefix)
+            if norm == base or norm.startswith(base.rstrip("/") + "/"):
+                return
+        raise HostilePath(f"absolute link target not allowed: {target!r}")
+    stack = list(link_parts[:-1])
+    for comp in target.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not stack:
+                raise HostilePath(f"link target escapes the root: {target!r}")
+            stack.pop()
+        else:
+            stack.append(comp)
+    if not stack:
+        raise HostilePath(f"link target names the root itself: {target!r}")
+
+
+def _translate(exc: OSError, what: str) -> LocalError:
+    """Our error for an OS error met while doing ``what``."""
+    text = f"{what}: {exc.strerror or exc}"
+    if exc.errno in _FULL_ERRNOS:
+        return DiskFull(text)
+    return LocalError(text)
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Re-raise any OSError inside the block as DiskFull or LocalError."""
+    try:
+        yield
+    except OSError as exc:
+        raise _translate(exc, what) from exc
+
+
+def _close(fd: int) -> None:
+    with suppress(OSError):
+        os.close(fd)
+
+
+class InflightFile:
+    """A file being written under a temporary name, unique to its writer.
+
+    Obtain one from :meth:`SafeRoot.open_inflight`. Either :meth:`commit` or :meth:`abort`
+    must end it; used as a context manager, leaving the block without committing aborts.
+    """
+
+    def __init__(self, owner: SafeRoot, dir_fd: int, name: str, fd: int, rel: str) -> None:
+        self._owner = owner
+        self._dir_fd = dir_fd
+        self._fd = fd
+        self.name = name
+        """the in-flight file's name within its directory"""
+        self.rel = rel
+        """the in-flight file's path relative to the root"""
+        self._closed = False
+
+    @property
+    def fd(self) -> int:
+        """The open, writable descriptor of the in-flight file."""
+        return self._fd
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` at the current position (all of it)."""
+        self._check_open()
+        view = memoryview(data)
+        with _translated(f"write {self.rel}"):
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        """Write ``data`` at byte ``offset`` without moving the position (all of it)."""
+        self._check_open()
+        view = memoryview(data)
+        with _translated(f"write {self.rel} at {offset}"):
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+
+    def truncate(self, size: int) -> None:
+        """Set the file's size to ``size`` bytes."""
+        self._check_open()
+        with _translated(f"truncate {self.rel}"):
+            os.ftruncate(self._fd, size)
+
+    def fsync(self) -> None:
+        """Make the written data durable."""
+        self._check_open()
+        with _translated(f"fsync {self.rel}"):
+            os.fsync(self._fd)
+
+    def commit(self, final_rel: str, mtime: float | None = None, mode: int | None = None) -> None:
+        """Move the data into place under ``final_rel``, atomically and durably.
+
+        Mode (masked by 0o777 and the root's chmod policy; no setuid/setgid/sticky) and
+        mtime are set on the open descriptor *before* the rename, so the final name appears
+        complete with its metadata and nothing can be redirected between the two steps.
+        Then: fsync the file, rename over the final name, fsync the directories.
+        """
+        self._check_open()
+        owner = self._owner
+        try:
+            parts = owner.check_relpath(final_rel)
+            with _translated(f"commit {self.rel} -> {final_rel}"):
+                os.fchmod(self._fd, owner.file_mode_for(mode))
+                if mtime is not None:
+                    os.utime(self._fd, (mtime, mtime))
+                os.fsync(self._fd)
+            dst_fd = owner._walk(parts[:-1], create=True)
+            assert dst_fd is not None
+            try:
+                with _translated(f"rename {self.rel} -> {final_rel}"):
+                    os.replace(self.name, parts[-1], src_dir_fd=self._dir_fd, dst_dir_fd=dst_fd)
+                    os.fsync(dst_fd)
+                    if not os.path.samestat(os.fstat(dst_fd), os.fstat(self._dir_fd)):
+                        os.fsync(self._dir_fd)
+            finally:
+                _close(dst_fd)
+        except BaseException:
+            self.abort()
+            raise
+        self._finish()
+
+    def abort(self) -> None:
+        """Discard the in-flight file (idempotent)."""
+        if self._closed:
+            return
+        # already gone (renamed by a commit that failed later): nothing to leave behind
+        with suppress(OSError):
+            os.unlink(self.name, dir_fd=self._dir_fd)
+        self._finish()
+
+    def _finish(self) -> None:
+        _close(self._fd)
+        _close(self._dir_fd)
+        self._owner._live.discard(self.name)
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalError(f"in-flight file {self.rel} already committed or aborted")
+
+    def __enter__(self) -> InflightFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class SafeRoot:
+    """A destination root; every operation stays strictly inside it.
+
+    ``dir_mode`` is the mode of directories this object creates. ``file_mode`` is used by
+    :meth:`InflightFile.commit` when the notice has no mode. ``chmod_mask`` is the chmod
+    policy: the bits a committed file may have (always within 0o777). ``create`` makes the
+    root itself (and its parents, by ordinary path resolution: the root is trusted
+    configuration) if it is missing.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        dir_mode: int = 0o755,
+        file_mode: int = 0o644,
+        chmod_mask: int = 0o777,
+        create: bool = True,
+        windows: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.dir_mode = dir_mode & 0o777
+        self.file_mode = file_mode & 0o777
+        self.chmod_mask = chmod_mask & 0o777
+        self._windows = windows
+        if create:
+            with _translated(f"create root {self.root}"):
+                self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._name_max = int(os.pathconf(self.root, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            self._name_max = NAME_MAX
+        self._path_max = max(PATH_MAX - len(os.fsencode(self.root)) - 1, 1)
+        # unique per writer: pid (live instances on this host) + random (other hosts on a
+        # shared file system, pid reuse) + counter (several files in one process)
+        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._counter = itertools.count(1)
+        self._live: set[str] = set()
+
+    # validation ---------------------------------------------------------------------------
+
+    def check_relpath(self, rel: str) -> tuple[str, ...]:
+        """Validate ``rel`` for this root; see :func:`check_relpath`."""
+        return check_relpath(
+            rel, windows=self._windows, name_max=self._name_max, path_max=self._path_max
+        )
+
+    def file_mode_for(self, mode: int | None) -> int:
+        """The mode a committed file gets for a notice ``mode`` (None: the default)."""
+        wanted = self.file_mode if mode is None else mode
+        return wanted & 0o777 & self.chmod_mask
+
+    # walking ------------------------------------------------------------------------------
+
+    def _open_root(self) -> int:
+        with _translated(f"open root {self.root}"):
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _open_child_dir(self, parent: int, name: str, create: bool) -> int | None:
+        """Open directory ``name`` under ``parent`` without following links; maybe create it."""
+        for _ in range(5):
+            try:
+                return os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                try:
+                    os.mkdir(name, self.dir_mode, dir_fd=parent)
+                except FileExistsError:
+                    continue  # another writer made it (or something else): reopen to see
+                except OSError as exc:
+                    raise _translate(exc, f"mkdir {name}") from exc
+                fd = self._open_child_dir(parent, name, create=False)
+                if fd is not None:
+                    with _translated(f"chmod {name}"):
+                        os.fchmod(fd, self.dir_mode)  # mkdir's mode is cut by the umask
+                    return fd
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    try:
+                        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                    except OSError:
+                        st = None
+                    if st is not None and stat_mod.S_ISLNK(st.st_mode):
+                        raise HostilePath(f"parent directory {name!r} is a symlink") from exc
+                raise _translate(exc, f"open directory {name}") from exc
+        raise LocalError(f"directory {name!r} keeps changing under us")
+
+    def _walk(self, dirs: Sequence[str], *, create: bool) -> int | None:
+        """Descriptor of the directory ``dirs`` below the root, or None if missing."""
+        fd = self._open_root()
+        try:
+            for name in dirs:
+                child = self._open_child_dir(fd, name, create)
+                _close(fd)
+                if child is None:
+                    return None
+                fd = child
+        except BaseException:
+            _close(fd)
+            raise
+        return fd
+
+    def _dir_parts(self, rel_dir: str) -> tuple[str, ...]:
+        """Components of a directory path; ``""``/``"."``/``"/"`` name the root itself."""
+        if rel_dir.strip("/.") == "" and ".." not in rel_dir:
+            return ()
+        return self.check_relpath(rel_dir)
+
+    # in-flight files ----------------------------------------------------------------------
+
+    def inflight_name(self, final_name: str, inflight: str | None) -> tuple[str | None, str]:
+        """(subdirectory or None, in-flight file name) for ``final_name``.
+
+        ``inflight``: a suffix (``.tmp``: ``name.<token>.tmp``), the prefix ``.``
+        (``.name.<token>``), a subdirectory (``tmp/``: ``tmp/name.<token>``). ``None``,
+        ``NONE``, empty or a number fall back to the ``.`` prefix, since a final name must
+        never show partial data. Names too long for the file system drop ``final_name``.
+        """
+        token = f"~sr{self._token}-{next(self._counter)}"
+        subdir: str | None = None
+        prefix, suffix = ".", ""
+        if inflight and inflight.endswith("/") and inflight.strip("/"):
+            subdir = inflight.strip("/")
+            prefix = ""
+        elif inflight and inflight.startswith(".") and len(inflight) > 1 and "/" not in inflight:
+            prefix, suffix = "", inflight
+        name = f"{prefix}{final_name}.{token}{suffix}"
+        if len(name.encode("utf-8")) > self._name_max:
+            name = f".{token}{suffix}"
+        return subdir, name
+
+    def open_inflight(self, rel: str, inflight: str | None = ".tmp") -> InflightFile:
+        """Create a new, empty in-flight file for the final path ``rel``.
+
+        The file is created ``O_CREAT|O_EXCL|O_NOFOLLOW`` with mode 0o600 in the final
+        directory (or its in-flight subdirectory), under a name no other writer uses.
+        """
+        parts = self.check_relpath(rel)
+        subdir, _ = self.inflight_name(parts[-1], inflight)
+        dirs = parts[:-1] if subdir is None else (*parts[:-1], *self.check_relpath(subdir))
+        dir_fd = self._walk(dirs, create=True)
+        assert dir_fd is not None
+        try:
+            for _ in range(100):
+                _, name = self.inflight_name(parts[-1], inflight)
+                try:
+                    fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise _translate(exc, f"create in-flight file for {rel}") from exc
+                self._live.add(name)
+                return InflightFile(self, dir_fd, name, fd, "/".join((*dirs, name)))
+            raise LocalError(f"could not pick a free in-flight name for {rel}")
+        except BaseException:
+            _close(dir_fd)
+            raise
+
+    def sweep_inflight(
+        self,
+        rel_dir: str,
+        older_than: float,
+        *,
+        inflight: str | None = None,
+        now: float | None = None,
+    ) -> list[str]:
+        """Remove in-flight leftovers in ``rel_dir`` not modified for ``older_than`` seconds.
+
+        Only names carrying a writer token are touched, never those this object has open.
+        With a subdirectory ``inflight`` style, that subdirectory is swept too. A live writer
+        keeps its file's mtime fresh, so pick ``older_than`` above any plausible stall.
+        Returns the relative paths removed.
+        """
+        now = time.time() if now is None else now
+        base = self._dir_parts(rel_dir)
+        dirs = [base]
+        if inflight and inflight.endswith("/") and inflight.strip("/"):
+            dirs.append((*base, *self.check_relpath(inflight.strip("/"))))
+        removed: list[str] = []
+        for parts in dirs:
+            fd = self._walk(parts, create=False)
+            if fd is None:
+                continue
+            try:
+                with _translated(f"sweep {'/'.join(parts) or '.'}"):
+                    for entry in os.scandir(fd):
+                        if not _TOKEN_RE.search(entry.name) or entry.name in self._live:
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                        if not stat_mod.S_ISREG(st.st_mode) or now - st.st_mtime < older_than:
+                            continue
+                        try:
+                            os.unlink(entry.name, dir_fd=fd)
+                        except FileNotFoundError:
+                            continue
+                        removed.append("/".join((*parts, entry.name)))
+            finally:
+                _close(fd)
+        return removed
+
+    # file operations ----------------------------------------------------------------------
+
+    def symlink(
+        self, rel: str, target: str, *, allow_absolute_prefixes: Sequence[str] = ()
+    ) -> None:
+        """Create or atomically replace the symlink ``rel`` pointing at ``target``.
+
+        ``target`` is checked by :func:`check_link_target`. A directory at ``rel`` is not
+        replaced (LocalError).
+        """
+        parts = self.check_relpath(rel)
+        check_link_target(
+            parts,
+            target,
+            allow_absolute_prefixes=allow_absolute_prefixes,
+            windows=self._windows,
+        )
+        dir_fd = self._walk(parts[:-1], create=True)
+        assert dir_fd is not None
+        try:
+            _, tmp = self.inflight_name(parts[-1], ".")
+            with _translated(f"symlink {rel} -> {target}"):
+                os.symlink(target, tmp, dir_fd=dir_fd)
+                try:
+                    os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except OSError:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                    raise
+                os.fsync(dir_fd)
+        finally:
+            _close(dir_fd)
+
+    def remove(self, rel: str) -> bool:
+        """Unlink a file or symlink, or rmdir an *empty* directory; never recursive.
+
+        Returns False when nothing was there (not an error).
+        """
+        parts = self.check_relpath(rel)
+        dir_fd = self._walk(parts[:-1], create=False)
+        if dir_fd is None:
+            return False
+        try:
+            with _translated(f"remove {rel}"):
+                try:
+                    st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+                    if stat_mod.S_ISDIR(st.st_mode):
+                        os.rmdir(parts[-1], dir_fd=dir_fd)
+                    else:
+                        os.unlink(parts[-1], dir_fd=dir_fd)
+                except FileNotFoundError:
+                    return False
+            return True
+        finally:
+            _close(dir_fd)
+
+    def rename(self, old_rel: str, new_rel: str) -> None:
+        """Rename ``old_rel`` to ``new_rel`` (replacing a file there), creating parents."""
+        old = self.check_relpath(old_rel)
+        new = self.check_relpath(new_rel)
+        src_fd = self._walk(old[:-1], create=False)
+        if src_fd is None:
+            raise LocalError(f"rename {old_rel}: parent directory does not exist")
+        try:
+            dst_fd = self._walk(new[:-1], create=True)
+            assert dst_fd is not None
+            try:
+                with _translated(f"rename {old_rel} -> {new_rel}"):
+                    os.replace(old[-1], new[-1], src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                    os.fsync(dst_fd)
+            finally:
+                _close(dst_fd)
+        finally:
+            _close(src_fd)
+
+    def mkdir(self, rel: str) -> None:
+        """Create directory ``rel`` and its parents (``mkdir -p``); existing is fine."""
+        fd = self._walk(self.check_relpath(rel), create=True)
+        if fd is not None:
+            _close(fd)
+
+    def stat(self, rel: str) -> os.stat_result | None:
+        """``lstat`` of ``rel`` (links not followed), or None when it does not exist."""
+        parts = self.check_relpath(rel)
+        dir_fd = self._walk(parts[:-1], create=False)
+        if dir_fd is None:
+            return None
+        try:
+            with _translated(f"stat {rel}"):
+                try:
+                    return os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return None
+        finally:
+            _close(dir_fd)
+
+    def open_read(self, rel: str) -> int:
+        """A read-only descriptor of the regular file ``rel``; the caller closes it.
+
+        A symlink at ``rel`` is refused (HostilePath): reading through it could leave the root.
+        """
+        parts = self.check_relpath(rel)
+        dir_fd = self._walk(parts[:-1], create=False)
+        if dir_fd is None:
+            raise LocalError(f"open {rel}: parent directory does not exist")
+        try:
+            try:
+                return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise HostilePath(f"open {rel}: is a symlink") from exc
+                raise _translate(exc, f"open {rel}") from exc
+        finally:
+            _close(dir_fd)
