@@ -1,0 +1,263 @@
+"""Instances of a configuration: pid files, liveness, spawning and stopping.
+
+Layout (sr2-compatible names, with 3+ digit instance numbers so 100+ instances work)::
+
+    <state_dir(component, config)>/sr_<component>_<config>_<NNN>.pid    one per daemon instance
+    <state_dir(component, config)>/sr_<component>_<config>_<NNN>.heart  touched by the instance
+    <log_dir>/sr_<component>_<config>_<NNN>.log
+
+A pid file is trusted only if the process it names is alive and its command line carries the
+component and config names: a pid recycled by an unrelated process reads as a stale pid file,
+and is never signalled.
+
+Starting is a double fork: ``start`` launches ``<launcher> <component> _instance <n> <config>``
+in a new session; that process forks the real instance, which writes its own pid file
+atomically and then tells its parent, which exits. So ``start`` returns once every pid file
+exists, and instances are not children of the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sarra.cli.logs import instance_tag, log_path
+
+
+class State(enum.StrEnum):
+    """What ``status`` reports for one instance."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    STALE = "stale pid"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One numbered instance of a configuration and where its files live."""
+
+    component: str
+    config: str
+    number: int
+    state_dir: Path
+    log_dir: Path
+
+    @property
+    def stem(self) -> str:
+        return f"sr_{self.component}_{self.config}_{instance_tag(self.number)}"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / f"{self.stem}.pid"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.state_dir / f"{self.stem}.heart"
+
+    @property
+    def log_path(self) -> Path:
+        return log_path(self.log_dir, self.component, self.config, self.number)
+
+    @property
+    def label(self) -> str:
+        return f"{self.component}/{self.config}/{instance_tag(self.number)}"
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Write ``pid`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, f"{pid}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid in ``path``, or None if the file is missing, empty or not a positive integer."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def remove_pid_file(path: Path, pid: int | None = None) -> None:
+    """Remove ``path``; if ``pid`` is given, only while the file still names that pid."""
+    if pid is not None and read_pid_file(path) != pid:
+        return
+    path.unlink(missing_ok=True)
+
+
+def process_matches(pid: int, markers: Sequence[str]) -> bool:
+    """True if ``pid`` is a live process whose argv contains every string in ``markers``.
+
+    Zombies have an empty command line, so they read as gone. Where /proc is missing, only
+    liveness is checked.
+    """
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self/cmdline").exists():
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return False
+        words = {a.decode(errors="replace") for a in args}
+        return all(m in words for m in markers)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _markers(inst: Instance) -> tuple[str, ...]:
+    return (inst.component, inst.config)
+
+
+def instance_pid(inst: Instance) -> tuple[State, int | None]:
+    """Liveness of one instance: (RUNNING, pid), (STALE, pid) or (STOPPED, None)."""
+    pid = read_pid_file(inst.pid_path)
+    if pid is None:
+        return (State.STALE, None) if inst.pid_path.exists() else (State.STOPPED, None)
+    if process_matches(pid, _markers(inst)):
+        return State.RUNNING, pid
+    return State.STALE, pid
+
+
+def last_activity(inst: Instance) -> float | None:
+    """Latest mtime of the instance's log and heartbeat files, or None if neither exists."""
+    times = []
+    for path in (inst.log_path, inst.heartbeat_path):
+        with contextlib.suppress(FileNotFoundError):
+            times.append(path.stat().st_mtime)
+    return max(times) if times else None
+
+
+def pid_file_numbers(state_dir: Path, component: str, config: str) -> list[int]:
+    """Instance numbers that have a pid file in ``state_dir``, sorted."""
+    pattern = re.compile(rf"sr_{re.escape(component)}_{re.escape(config)}_(\d{{3,}})\.pid")
+    if not state_dir.is_dir():
+        return []
+    found = (pattern.fullmatch(p.name) for p in state_dir.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def spawn(
+    instances: Sequence[Instance],
+    launcher: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+) -> dict[int, str | None]:
+    """Start each instance as a detached daemon; returns ``{number: None or error text}``.
+
+    All launches run in parallel; each is given ``timeout`` seconds to report that its pid
+    file is written.
+    """
+    procs: list[tuple[Instance, subprocess.Popen[bytes]]] = []
+    for inst in instances:
+        inst.log_dir.mkdir(parents=True, exist_ok=True)
+        inst.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(inst.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            argv = [*launcher, inst.component, "_instance", str(inst.number), inst.config]
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=dict(env),
+            )
+        finally:
+            os.close(fd)
+        procs.append((inst, proc))
+    results: dict[int, str | None] = {}
+    deadline = time.monotonic() + timeout
+    for inst, proc in procs:
+        try:
+            code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            results[inst.number] = f"did not start within {timeout:g} s, see {inst.log_path}"
+            continue
+        results[inst.number] = None if code == 0 else f"failed to start, see {inst.log_path}"
+    return results
+
+
+def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
+    """SIGTERM every running instance, SIGKILL those still alive after ``timeout`` seconds.
+
+    Pid files are removed. Returns ``{number: outcome}`` with outcome one of ``stopped``,
+    ``killed``, ``not running`` or ``stale pid removed``.
+    """
+    outcomes: dict[int, str] = {}
+    waiting: dict[int, tuple[Instance, int]] = {}
+    for inst in instances:
+        state, pid = instance_pid(inst)
+        if state is State.RUNNING and pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            waiting[inst.number] = (inst, pid)
+        else:
+            outcomes[inst.number] = "stale pid removed" if state is State.STALE else "not running"
+            remove_pid_file(inst.pid_path)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        for number, (inst, pid) in list(waiting.items()):
+            if not process_matches(pid, _markers(inst)):
+                outcomes[number] = "stopped"
+                remove_pid_file(inst.pid_path, pid)
+                del waiting[number]
+        if waiting:
+            time.sleep(0.05)
+    for number, (inst, pid) in waiting.items():
+        if process_matches(pid, _markers(inst)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            outcomes[number] = "killed"
+        else:
+            outcomes[number] = "stopped"
+        remove_pid_file(inst.pid_path, pid)
+    return dict(sorted(outcomes.items()))
+
+
+def daemonize(pid_path: Path) -> None:
+    """Detach into a grandchild that owns ``pid_path``; the calling process exits.
+
+    The parent exits 0 once the grandchild has written its pid file, 1 if the grandchild died
+    first. Where fork is unavailable, the current process just writes its pid file.
+    """
+    if not hasattr(os, "fork"):
+        write_pid_file(pid_path, os.getpid())
+        return
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as ready:
+            ok = ready.read(1) == b"1"
+        # os._exit: the parent must not run atexit hooks or flush state it shares with the
+        # grandchild.
+        os._exit(0 if ok else 1)
+    os.close(read_end)
+    with contextlib.suppress(OSError):
+        os.setsid()
+    write_pid_file(pid_path, os.getpid())
+    os.write(write_end, b"1")
+    os.close(write_end)

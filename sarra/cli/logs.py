@@ -1,0 +1,134 @@
+"""Logging of instances: file naming, rotation, format, secret masking.
+
+A daemon instance logs to ``<log_dir>/sr_<component>_<config>_<NNN>.log``, rotated at
+midnight keeping ``logrotate`` old files. Its stdout and stderr follow the current file across
+rotations, so tracebacks and stray prints land next to the log lines. The foreground instance
+logs to the console. Every line carries time, level and ``component/config/instance``, and any
+``scheme://user:password@`` in a line is masked.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import sys
+from logging.handlers import TimedRotatingFileHandler
+from pathlib import Path
+from typing import TextIO
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+
+LOG_FORMAT = "%(asctime)s [%(levelname)s] %(sr_context)s %(name)s: %(message)s"
+
+
+def instance_tag(instance: int) -> str:
+    """Instance number as used in file names: at least 3 digits (``007``, ``123``, ``1000``)."""
+    return f"{instance:03d}"
+
+
+def log_path(log_dir: Path, component: str, config: str, instance: int) -> Path:
+    """Path of the log file of one instance."""
+    return log_dir / f"sr_{component}_{config}_{instance_tag(instance)}.log"
+
+
+def redact(text: str) -> str:
+    """Mask passwords embedded in URLs (``amqp://u:secret@h`` -> ``amqp://u:***@h``)."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats with :data:`LOG_FORMAT` and masks URL passwords in the whole line."""
+
+    def __init__(self, context: str) -> None:
+        super().__init__(LOG_FORMAT)
+        self._context = context
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.sr_context = self._context
+        return redact(super().format(record))
+
+
+class _StdioFollowingHandler(TimedRotatingFileHandler):
+    """Moves file descriptors 1 and 2 onto the new file after each rollover."""
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.stream is not None:
+            fd = self.stream.fileno()
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+
+
+def _level(loglevel: str) -> int:
+    value = logging.getLevelName(loglevel.upper())
+    return value if isinstance(value, int) else logging.INFO
+
+
+def setup_file_logging(
+    path: Path,
+    *,
+    context: str,
+    loglevel: str = "info",
+    backups: int = 5,
+    mode: int = 0o600,
+    follow_stdio: bool = True,
+) -> logging.Handler:
+    """Route the root logger into ``path`` with midnight rotation; returns the handler.
+
+    Args:
+        path: the instance's log file; created with ``mode`` if missing.
+        context: ``component/config/instance`` shown on every line.
+        loglevel: a logging level name (``debug``, ``info``, ``warning``...).
+        backups: rotated files kept (the ``logrotate`` option).
+        follow_stdio: also point fds 1 and 2 at the current file after each rotation.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode))
+    cls = _StdioFollowingHandler if follow_stdio else TimedRotatingFileHandler
+    handler = cls(path, when="midnight", backupCount=max(backups, 0), encoding="utf-8")
+    _install(handler, context, loglevel)
+    return handler
+
+
+def setup_console_logging(*, context: str, loglevel: str = "info") -> logging.Handler:
+    """Route the root logger to stderr (foreground instance); returns the handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    _install(handler, context, loglevel)
+    return handler
+
+
+def _install(handler: logging.Handler, context: str, loglevel: str) -> None:
+    handler.setFormatter(RedactingFormatter(context))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(_level(loglevel))
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that masks URL passwords before writing to ``target``.
+
+    Installed as ``sys.stdout``/``sys.stderr`` of a daemon instance, so prints and tracebacks
+    in its log are masked like log lines.
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self._target = target
+
+    def write(self, text: str) -> int:
+        self._target.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+def remove_handler(handler: logging.Handler) -> None:
+    """Detach and close a handler made by the setup functions."""
+    logging.getLogger().removeHandler(handler)
+    handler.close()

@@ -1,0 +1,206 @@
+"""Entry points of the ``sr_*`` commands.
+
+``sr_<component> [options] <action> [config ...]``; see :data:`sarra.cli.verbs.ACTIONS`.
+Also runnable as ``python -m sarra.cli.main <component> [options] <action> [config ...]``.
+
+Exit status: the verb's (0 success), 2 for a usage or configuration error (one line on stderr,
+no traceback), the component's own status for ``foreground`` and one-shot runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from sarra.cli import configs as cf
+from sarra.cli import verbs
+from sarra.cli.instances import Instance, daemonize, remove_pid_file
+from sarra.cli.logs import RedactingStream, redact, remove_handler, setup_file_logging
+from sarra.cli.runtime import ARGV_ENV, INSTANCE_ACTION, Runtime, default_runtime, option
+from sarra.cli.signals import install_stop_handlers
+from sarra.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def main(
+    component: str,
+    argv: Sequence[str] | None = None,
+    *,
+    runtime: Runtime | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run ``sr_<component>`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        rt = runtime if runtime is not None else default_runtime()
+        if component not in rt.registry:
+            raise ConfigError(f"unknown component {component!r}")
+        try:
+            cmdline = rt.parse_command_line(component, args)
+        except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+            return exc.code if isinstance(exc.code, int) else 2
+        if getattr(cmdline, "help", False) is True:
+            print(help_text(rt, component), file=out)
+            return 0
+        ctx = verbs.Context(rt, component, rt.registry[component], cmdline, args, out, err)
+        return dispatch(ctx)
+    except ConfigError as exc:
+        print(f"sr_{component}: {redact(str(exc))}", file=err)
+        return 2
+
+
+def help_text(rt: Runtime, component: str) -> str:
+    """``--help``: the option help of ``rt.format_help`` followed by the actions."""
+    head = rt.format_help(component) if rt.format_help is not None else ""
+    actions = "\n".join(f"  {name:<11} {spec.help}" for name, spec in verbs.ACTIONS.items())
+    usage = f"usage: sr_{component} [options] <action> [config ...]"
+    return f"{head.rstrip()}\n\nactions:\n{actions}" if head else f"{usage}\n\nactions:\n{actions}"
+
+
+def dispatch(ctx: verbs.Context) -> int:
+    """Pick the verb for ``ctx.cmdline.action`` and the configs it applies to.
+
+    Raises:
+        ConfigError: unknown action, wrong number of configs, daemon verb on a one-shot run.
+    """
+    action = ctx.cmdline.action
+    configs = list(ctx.cmdline.configs)
+    if action is None:
+        if ctx.component.one_shot:
+            return run_one_shot(ctx, configs)
+        raise ConfigError(f"no action given; one of: {', '.join(verbs.ACTIONS)}")
+    spec = verbs.ACTIONS.get(action)
+    if spec is None:
+        raise ConfigError(f"unknown action {action!r}; one of: {', '.join(verbs.ACTIONS)}")
+    if spec.arity == "one" and len(configs) != 1:
+        raise ConfigError(f"{action} needs exactly one configuration")
+    if spec.arity == "some" and not configs:
+        raise ConfigError(f"{action} needs at least one configuration")
+    if not configs and spec.all_configs != "none":
+        found = cf.list_configs(ctx.runtime.config_dir(), ctx.name)
+        configs = [c.name for c in found if c.enabled or spec.all_configs == "all"]
+    if ctx.component.one_shot and action in {"start", "restart", "sanity"}:
+        for arg in configs:
+            _, cfg = verbs.load(ctx, arg)
+            if not _positive(option(cfg, "sleep", 0)):
+                raise ConfigError(
+                    f"sr_{ctx.name} is one-shot: {action} needs sleep > 0",
+                    path=str(getattr(cfg, "path", None) or arg),
+                    option="sleep",
+                )
+    return spec.run(ctx, configs)
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def run_one_shot(ctx: verbs.Context, configs: Sequence[str]) -> int:
+    """One-shot component (sr_post): run once in the foreground with the given paths."""
+    arg = configs[0] if configs else None
+    # paths (positional or -path) are the ``path`` option of the one-shot component
+    options = [*ctx.cmdline.options, *(("path", p) for p in ctx.cmdline.paths)]
+    cfg = ctx.runtime.load_config(ctx.name, arg, options)
+    label = f"{ctx.name}/{cf.config_name(arg) if arg else '-'}/000"
+    return verbs.run_instance(ctx.component, cfg, label, 0, console=True)
+
+
+def instance_main(component: str, number: int, config: str, runtime: Runtime | None = None) -> int:
+    """Body of one daemon instance, launched by ``start`` (internal action ``_instance``).
+
+    Loads the configuration with the options the user gave to ``start`` (passed in the
+    environment, never on the command line), detaches (see
+    :func:`sarra.cli.instances.daemonize`), logs to its rotating file and runs the component
+    until SIGTERM. The pid file is removed when the instance stops on request; after a crash it
+    stays, so ``status`` shows a stale pid and ``sanity`` restarts the instance.
+    """
+    rt = runtime if runtime is not None else default_runtime()
+    passed = json.loads(os.environ.get(ARGV_ENV) or "{}")
+    user_argv = [str(a) for a in passed.get("argv", [])]
+    try:
+        comp = rt.registry[component]
+        options = rt.parse_command_line(component, user_argv).options
+        cfg = rt.load_config(component, passed.get("config", config), options)
+    except (ConfigError, KeyError) as exc:
+        print(f"sr_{component}: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    inst = Instance(component, config, number, rt.state_dir(component, config), rt.log_dir())
+    daemonize(inst.pid_path)
+    handler = setup_file_logging(
+        inst.log_path,
+        context=inst.label,
+        loglevel=verbs.loglevel(cfg),
+        backups=int(option(cfg, "logrotate", 5)),
+        mode=_mode(option(cfg, "chmod_log", 0o600)),
+    )
+    sys.stdout = RedactingStream(sys.__stdout__ or sys.stdout)
+    sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
+    log.info("instance %s started, pid %d", inst.label, os.getpid())
+    try:
+        rc = comp.run(cfg, number, stop)
+    except Exception:  # the log is the only place a daemon can report a crash
+        log.exception("instance %s crashed", inst.label)
+        rc = 1
+    finally:
+        restore()
+        if stop.is_set():
+            remove_pid_file(inst.pid_path, os.getpid())
+    log.info("instance %s exiting with status %d", inst.label, rc)
+    remove_handler(handler)
+    return rc
+
+
+def _mode(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 8)
+    except ValueError:
+        return 0o600
+
+
+def module_main(argv: Sequence[str], runtime: Runtime | None = None) -> int:
+    """``python -m sarra.cli.main <component> ...`` (also the instance launcher)."""
+    if not argv:
+        print(
+            "usage: python -m sarra.cli.main <component> [options] <action> [config ...]",
+            file=sys.stderr,
+        )
+        return 2
+    component, rest = argv[0], list(argv[1:])
+    if len(rest) == 3 and rest[0] == INSTANCE_ACTION and rest[1].isdigit():
+        return instance_main(component, int(rest[1]), rest[2], runtime)
+    return main(component, rest, runtime=runtime)
+
+
+def sr_post() -> int:
+    """Entry point of ``sr_post``."""
+    return main("post")
+
+
+def sr_watch() -> int:
+    """Entry point of ``sr_watch``."""
+    return main("watch")
+
+
+def sr_subscribe() -> int:
+    """Entry point of ``sr_subscribe``."""
+    return main("subscribe")
+
+
+if __name__ == "__main__":
+    sys.exit(module_main(sys.argv[1:]))

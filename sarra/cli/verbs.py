@@ -1,0 +1,429 @@
+"""The management verbs of every ``sr_*`` command.
+
+Each verb is ``verb(ctx, configs) -> exit status``. :data:`ACTIONS` describes them for dispatch,
+``--help`` and the man page. Verbs print one line per thing they did to ``ctx.out``; problems go
+to ``ctx.err``. Configuration errors are raised as :class:`sarra.errors.ConfigError` and turned
+into exit status 2 by :func:`sarra.cli.main.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from sarra.cli import configs as cf
+from sarra.cli.instances import Instance, State, instance_pid, pid_file_numbers, spawn, terminate
+from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_logging
+from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime, option
+from sarra.cli.signals import install_stop_handlers
+from sarra.components.base import Component
+from sarra.errors import ConfigError, SarraError
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """One invocation: which component, its collaborators, the parsed and raw command line."""
+
+    runtime: Runtime
+    name: str
+    component: Component
+    cmdline: CommandLine
+    argv: Sequence[str]
+    out: TextIO
+    err: TextIO
+
+    def say(self, subject: str, text: str) -> None:
+        print(f"{self.name}/{subject}: {text}", file=self.out)
+
+    def complain(self, subject: str, text: str) -> None:
+        print(f"sr_{self.name}: {subject}: {redact(text)}", file=self.err)
+
+
+Verb = Callable[[Context, Sequence[str]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A verb and how it treats its configuration arguments."""
+
+    run: Verb
+    help: str
+    #: "one": exactly one config; "some": one or more; "any": none means all (see all_configs)
+    arity: str
+    #: when no config is given, the configs the verb applies to: "enabled", "all" (disabled
+    #: too) or "none" (the verb gets an empty list)
+    all_configs: str = "enabled"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def load(ctx: Context, arg: str) -> tuple[str, Any]:
+    """Load configuration ``arg``; returns (config name, Config). Raises ConfigError."""
+    cfg = ctx.runtime.load_config(ctx.name, arg, ctx.cmdline.options)
+    name = getattr(cfg, "name", None)
+    return (name if isinstance(name, str) and name else cf.config_name(arg)), cfg
+
+
+def instance(ctx: Context, config: str, number: int) -> Instance:
+    return Instance(
+        component=ctx.name,
+        config=config,
+        number=number,
+        state_dir=ctx.runtime.state_dir(ctx.name, config),
+        log_dir=ctx.runtime.log_dir(),
+    )
+
+
+def expected_count(cfg: Any) -> int:
+    count = option(cfg, "instances", 1)
+    return count if isinstance(count, int) and count > 0 else 1
+
+
+def running(ctx: Context, config: str) -> list[tuple[Instance, int]]:
+    """Instances of ``config`` with a live, verified pid."""
+    state_dir = ctx.runtime.state_dir(ctx.name, config)
+    found = []
+    for number in pid_file_numbers(state_dir, ctx.name, config):
+        inst = instance(ctx, config, number)
+        state, pid = instance_pid(inst)
+        if state is State.RUNNING and pid is not None:
+            found.append((inst, pid))
+    return found
+
+
+def is_disabled(ctx: Context, arg: str) -> bool:
+    try:
+        return not cf.find_config(ctx.runtime.config_dir(), ctx.name, arg).enabled
+    except ConfigError:
+        return False  # a path outside the config dir, or a name the loader resolves itself
+
+
+def _spawn(ctx: Context, arg: str, config: str, numbers: Sequence[int]) -> int:
+    if not numbers:
+        return 0
+    env = dict(os.environ)
+    env[ARGV_ENV] = json.dumps({"argv": list(ctx.argv), "config": arg})
+    env.update(ctx.runtime.extra_env or {})
+    todo = [instance(ctx, config, n) for n in numbers]
+    results = spawn(todo, ctx.runtime.launcher, env, ctx.runtime.start_timeout)
+    rc = 0
+    for inst in todo:
+        problem = results.get(inst.number)
+        if problem is None:
+            ctx.say(config, f"instance {inst.number:03d} started")
+        else:
+            ctx.complain(config, f"instance {inst.number:03d} {problem}")
+            rc = 1
+    return rc
+
+
+def _stop_extras(ctx: Context, config: str, count: int) -> None:
+    state_dir = ctx.runtime.state_dir(ctx.name, config)
+    extras = [n for n in pid_file_numbers(state_dir, ctx.name, config) if n > count]
+    if extras:
+        insts = [instance(ctx, config, n) for n in extras]
+        for number, outcome in terminate(insts, ctx.runtime.stop_timeout).items():
+            ctx.say(config, f"extra instance {number:03d} {outcome}")
+
+
+# -- daemon verbs --------------------------------------------------------------------------
+
+
+def start(ctx: Context, configs: Sequence[str]) -> int:
+    """Start the missing instances 1..instances of each config (idempotent)."""
+    rc = 0
+    for arg in configs:
+        if is_disabled(ctx, arg):
+            ctx.complain(cf.config_name(arg), "disabled, not started (use enable first)")
+            rc = 1
+            continue
+        config, cfg = load(ctx, arg)
+        count = expected_count(cfg)
+        _stop_extras(ctx, config, count)
+        missing = []
+        for number in range(1, count + 1):
+            inst = instance(ctx, config, number)
+            state, pid = instance_pid(inst)
+            if state is State.RUNNING:
+                ctx.say(config, f"instance {number:03d} already running (pid {pid})")
+            else:
+                inst.pid_path.unlink(missing_ok=True)
+                missing.append(number)
+        rc = max(rc, _spawn(ctx, arg, config, missing))
+    return rc
+
+
+def stop(ctx: Context, configs: Sequence[str]) -> int:
+    """SIGTERM all instances with pid files, SIGKILL after the timeout; remove pid files."""
+    for arg in configs:
+        config = cf.config_name(arg)
+        state_dir = ctx.runtime.state_dir(ctx.name, config)
+        insts = [instance(ctx, config, n) for n in pid_file_numbers(state_dir, ctx.name, config)]
+        if not insts:
+            ctx.say(config, "not running")
+        for number, outcome in terminate(insts, ctx.runtime.stop_timeout).items():
+            ctx.say(config, f"instance {number:03d} {outcome}")
+    return 0
+
+
+def restart(ctx: Context, configs: Sequence[str]) -> int:
+    """stop, then start."""
+    stop(ctx, configs)
+    return start(ctx, configs)
+
+
+def sanity(ctx: Context, configs: Sequence[str]) -> int:
+    """Restart missing or dead instances; remove stale pid files."""
+    rc = 0
+    for arg in configs:
+        if is_disabled(ctx, arg):
+            continue
+        config, cfg = load(ctx, arg)
+        count = expected_count(cfg)
+        state_dir = ctx.runtime.state_dir(ctx.name, config)
+        numbers = sorted(
+            set(range(1, count + 1)) | set(pid_file_numbers(state_dir, ctx.name, config))
+        )
+        missing = []
+        for number in numbers:
+            inst = instance(ctx, config, number)
+            state, _ = instance_pid(inst)
+            if state is State.STALE:
+                inst.pid_path.unlink(missing_ok=True)
+                ctx.say(config, f"instance {number:03d} stale pid file removed")
+            if state is not State.RUNNING and number <= count:
+                missing.append(number)
+        rc = max(rc, _spawn(ctx, arg, config, missing))
+    return rc
+
+
+def _ago(mtime: float | None) -> str:
+    if mtime is None:
+        return "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+    return f"{stamp} ({max(time.time() - mtime, 0):.0f} s ago)"
+
+
+def status(ctx: Context, configs: Sequence[str]) -> int:
+    """One line per instance; exit 0 only if every expected instance runs."""
+    from sarra.cli.instances import last_activity
+
+    rc = 0
+    print(f"{'config':<28} {'inst':>4} {'pid':>8}  {'state':<10} last activity", file=ctx.out)
+    for arg in configs:
+        label = f"{ctx.name}/{cf.config_name(arg)}"
+        disabled = is_disabled(ctx, arg)
+        cfg: Any = None
+        config = cf.config_name(arg)
+        count = 0
+        if not disabled:
+            try:
+                config, cfg = load(ctx, arg)
+                count = expected_count(cfg)
+            except ConfigError as exc:
+                print(f"{label:<28} config error: {redact(str(exc))}", file=ctx.out)
+                rc = 1
+        state_dir = ctx.runtime.state_dir(ctx.name, config)
+        numbers = sorted(
+            set(range(1, count + 1)) | set(pid_file_numbers(state_dir, ctx.name, config))
+        )
+        if disabled and not numbers:
+            print(f"{label:<28} {'-':>4} {'-':>8}  {State.DISABLED:<10} -", file=ctx.out)
+        for number in numbers:
+            inst = instance(ctx, config, number)
+            state, pid = instance_pid(inst)
+            shown = str(state)
+            if disabled and state is not State.RUNNING:
+                shown = str(State.DISABLED)
+            elif number > count and not disabled:
+                shown += " (extra)"
+            elif state is not State.RUNNING:
+                rc = 1
+            pid_text = str(pid) if pid is not None else "-"
+            seen = _ago(last_activity(inst))
+            tag = instance_tag(number)
+            print(f"{label:<28} {tag:>4} {pid_text:>8}  {shown:<10} {seen}", file=ctx.out)
+        if cfg is not None:
+            print(f"{label:<28} {_broker_status(ctx, cfg)}", file=ctx.out)
+    return rc
+
+
+def _broker_status(ctx: Context, cfg: Any) -> str:
+    try:
+        st = ctx.component.status(cfg)
+    except Exception as exc:  # status must always show liveness, whatever the broker side does
+        return f"queue status unavailable: {redact(str(exc)) or type(exc).__name__}"
+    parts = [
+        f"queue {st.queue or '-'}",
+        f"backlog {'-' if st.backlog is None else st.backlog}",
+        f"consumers {'-' if st.consumers is None else st.consumers}",
+    ]
+    parts += [f"{k} {v}" for k, v in st.extra.items()]
+    return redact("  ".join(parts))
+
+
+# -- one config verbs ----------------------------------------------------------------------
+
+
+def foreground(ctx: Context, configs: Sequence[str]) -> int:
+    """Run instance 0 in this process, logging to the console, until SIGTERM/SIGINT."""
+    arg = configs[0] if configs else None
+    if arg is None:
+        cfg = ctx.runtime.load_config(ctx.name, None, ctx.cmdline.options)
+        config = "-"
+    else:
+        config, cfg = load(ctx, arg)
+    return run_instance(ctx.component, cfg, f"{ctx.name}/{config}/000", 0, console=True)
+
+
+def run_instance(component: Component, cfg: Any, context: str, number: int, console: bool) -> int:
+    """Run one instance of ``component`` in this process until it returns or is signalled."""
+    handler = setup_console_logging(context=context, loglevel=loglevel(cfg)) if console else None
+    stop_event = threading.Event()
+    restore = install_stop_handlers(stop_event)
+    try:
+        return component.run(cfg, number, stop_event)
+    finally:
+        restore()
+        if handler is not None:
+            remove_handler(handler)
+
+
+def loglevel(cfg: Any) -> str:
+    if option(cfg, "debug", False) is True:
+        return "debug"
+    return str(option(cfg, "loglevel", "info"))
+
+
+def cleanup(ctx: Context, configs: Sequence[str]) -> int:
+    """Delete the broker-side queue and local state; refused while instances run."""
+    rc = 0
+    for arg in configs:
+        config, cfg = load(ctx, arg)
+        if running(ctx, config):
+            ctx.complain(config, "instances are running; stop them before cleanup")
+            rc = 1
+            continue
+        try:
+            ctx.component.cleanup(cfg)
+        except SarraError as exc:
+            ctx.complain(config, f"cleanup failed: {exc}")
+            rc = 1
+            continue
+        shutil.rmtree(ctx.runtime.state_dir(ctx.name, config), ignore_errors=True)
+        ctx.say(config, "cleaned up")
+    return rc
+
+
+def declare(ctx: Context, configs: Sequence[str]) -> int:
+    """Create the exchanges and queues each configuration uses."""
+    rc = 0
+    for arg in configs:
+        config, cfg = load(ctx, arg)
+        try:
+            ctx.component.declare(cfg)
+        except SarraError as exc:
+            ctx.complain(config, f"declare failed: {exc}")
+            rc = 1
+            continue
+        ctx.say(config, "declared")
+    return rc
+
+
+# -- config file verbs ---------------------------------------------------------------------
+
+
+def list_(ctx: Context, configs: Sequence[str]) -> int:
+    """Without a config: the component's configs; with one: print its file."""
+    config_dir = ctx.runtime.config_dir()
+    if configs:
+        for arg in configs:
+            found = cf.find_config(config_dir, ctx.name, arg)
+            ctx.out.write(found.path.read_text(encoding="utf-8", errors="replace"))
+        return 0
+    for found in cf.list_configs(config_dir, ctx.name):
+        suffix = "" if found.enabled else "  (disabled)"
+        print(f"{found.name}{suffix}", file=ctx.out)
+    return 0
+
+
+def edit(ctx: Context, configs: Sequence[str]) -> int:
+    """Open the config in $EDITOR (default vi)."""
+    found = cf.find_config(ctx.runtime.config_dir(), ctx.name, configs[0])
+    editor = shlex.split(os.environ.get("EDITOR") or "vi")
+    return subprocess.run([*editor, str(found.path)], check=False).returncode
+
+
+def add(ctx: Context, configs: Sequence[str]) -> int:
+    """Copy each file into the component's config directory."""
+    for arg in configs:
+        added = cf.add_config(ctx.runtime.config_dir(), ctx.name, Path(arg))
+        ctx.say(added.name, f"added as {added.path}")
+    return 0
+
+
+def remove(ctx: Context, configs: Sequence[str]) -> int:
+    """Delete config files; refused while their instances run."""
+    rc = 0
+    for arg in configs:
+        found = cf.find_config(ctx.runtime.config_dir(), ctx.name, arg)
+        if running(ctx, found.name):
+            ctx.complain(found.name, "instances are running; stop them before remove")
+            rc = 1
+            continue
+        found.path.unlink()
+        ctx.say(found.name, "removed")
+    return rc
+
+
+def enable(ctx: Context, configs: Sequence[str]) -> int:
+    """Rename ``<config>.conf.off`` back to ``<config>.conf``."""
+    for arg in configs:
+        found = cf.set_enabled(ctx.runtime.config_dir(), ctx.name, arg, True)
+        ctx.say(found.name, "enabled")
+    return 0
+
+
+def disable(ctx: Context, configs: Sequence[str]) -> int:
+    """Rename ``<config>.conf`` to ``<config>.conf.off``; refused while instances run."""
+    rc = 0
+    for arg in configs:
+        name = cf.find_config(ctx.runtime.config_dir(), ctx.name, arg).name
+        if running(ctx, name):
+            ctx.complain(name, "instances are running; stop them before disable")
+            rc = 1
+            continue
+        cf.set_enabled(ctx.runtime.config_dir(), ctx.name, arg, False)
+        ctx.say(name, "disabled")
+    return rc
+
+
+ACTIONS: dict[str, Action] = {
+    "start": Action(start, "start the missing instances in the background", "any"),
+    "stop": Action(stop, "stop all instances (SIGTERM, then SIGKILL)", "any", "all"),
+    "restart": Action(restart, "stop, then start", "any"),
+    "status": Action(status, "show instances, pids, last activity, queue backlog", "any", "all"),
+    "sanity": Action(sanity, "restart dead instances, remove stale pid files", "any"),
+    "foreground": Action(foreground, "run one instance here, logging to the console", "one"),
+    "cleanup": Action(cleanup, "delete the queue and local state (when stopped)", "some"),
+    "declare": Action(declare, "create the exchanges and queues used", "some"),
+    "list": Action(list_, "list configs, or print the given one", "any", "none"),
+    "edit": Action(edit, "open the config in $EDITOR", "one"),
+    "add": Action(add, "copy config files into the config directory", "some"),
+    "remove": Action(remove, "delete configs (when stopped)", "some"),
+    "enable": Action(enable, "re-enable disabled configs", "some"),
+    "disable": Action(disable, "disable configs (renamed to .conf.off)", "some"),
+}
+
+#: Verbs that need daemon instances; one-shot components accept them only with ``sleep > 0``.
+DAEMON_ACTIONS = frozenset({"start", "stop", "restart", "status", "sanity"})

@@ -1,0 +1,145 @@
+"""Lifecycle of real instance processes: start, status, sanity, stop, stale pid files.
+
+Instances are launched with ``python -m sarra.cli.testing`` (the CLI over a heartbeat test
+component), detached and in their own sessions, exactly as ``sr_subscribe start`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sarra.cli.instances import process_matches, read_pid_file
+from sarra.cli.main import main
+from sarra.cli.testing import standin_runtime
+
+
+class Cli:
+    def __init__(self, root: Path) -> None:
+        self.runtime = standin_runtime(stop_timeout=10.0)
+        self.config_dir = root / "config"
+        self.state = root / "state" / "subscribe" / "feed"
+        self.logs = root / "state" / "log"
+        self.out = ""
+
+    def __call__(self, *argv: str) -> int:
+        out, err = io.StringIO(), io.StringIO()
+        rc = main("subscribe", argv, runtime=self.runtime, out=out, err=err)
+        self.out = out.getvalue() + err.getvalue()
+        return rc
+
+    def pids(self) -> dict[int, int]:
+        found = {}
+        for path in sorted(self.state.glob("*.pid")):
+            pid = read_pid_file(path)
+            if pid is not None:
+                found[int(path.stem.rsplit("_", 1)[1])] = pid
+        return found
+
+    def states(self) -> list[str]:
+        return [line.split()[3] for line in self.out.splitlines()[1:] if line.split()[1].isdigit()]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SR_STATE_DIR", str(tmp_path / "state"))
+    cli = Cli(tmp_path)
+    (cli.config_dir / "subscribe").mkdir(parents=True)
+    (cli.config_dir / "subscribe" / "feed.conf").write_text(
+        "instances 3\nbroker amqps://feeder:TopSecret@broker.example/\n"
+    )
+    yield cli
+    for pid in cli.pids().values():  # never leave daemons behind, even if a test failed
+        if process_matches(pid, ["subscribe", "feed"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_until_gone(pid: int) -> None:
+    for _ in range(200):
+        if not process_matches(pid, ["subscribe", "feed"]):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} still alive")
+
+
+def test_start_status_sanity_and_stop_manage_three_real_instances(cli: Cli) -> None:
+    assert cli("start", "feed") == 0, cli.out
+    pids = cli.pids()
+    assert sorted(pids) == [1, 2, 3]
+    assert all(process_matches(pid, ["subscribe", "feed"]) for pid in pids.values())
+
+    assert cli("status") == 0, cli.out
+    assert cli.states() == ["running"] * 3
+    assert "backlog 7" in cli.out
+
+    assert cli("start") == 0  # idempotent: nothing new
+    assert cli.out.count("already running") == 3
+    assert cli.pids() == pids
+
+    os.kill(pids[2], signal.SIGKILL)
+    wait_until_gone(pids[2])
+    assert cli("status", "feed") == 1
+    assert cli.states() == ["running", "stale", "running"]  # "stale pid"
+
+    assert cli("sanity") == 0, cli.out
+    assert "instance 002 started" in cli.out
+    restarted = cli.pids()
+    assert restarted[1] == pids[1] and restarted[3] == pids[3]
+    assert restarted[2] != pids[2]
+    assert cli("status") == 0
+
+    assert cli("stop") == 0
+    assert cli.out.count("stopped") == 3
+    assert cli.pids() == {}
+    for number, pid in restarted.items():
+        wait_until_gone(pid)
+        marker = cli.state / f"sr_subscribe_feed_{number:03d}.stopped"
+        assert marker.read_text() == str(pid)  # each saw its stop event: a graceful stop
+
+    for number in (1, 2, 3):
+        text = (cli.logs / f"sr_subscribe_feed_{number:03d}.log").read_text()
+        assert f"subscribe/feed/{number:03d}" in text
+        assert "amqps://feeder:***@broker.example/" in text
+        assert "TopSecret" not in text
+
+
+def test_stale_pid_files_are_replaced_by_start_and_never_signal_another_process(
+    cli: Cli,
+) -> None:
+    cli.state.mkdir(parents=True)
+    (cli.state / "sr_subscribe_feed_001.pid").write_text(f"{os.getpid()}\n")  # recycled pid
+    (cli.state / "sr_subscribe_feed_002.pid").write_text("garbage\n")
+    assert cli("status", "feed") == 1
+    assert cli.states() == ["stale", "stale", "stopped"]
+
+    assert cli("start", "feed") == 0, cli.out
+    pids = cli.pids()
+    assert sorted(pids) == [1, 2, 3] and os.getpid() not in pids.values()
+
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 2\n")
+    assert cli("restart", "feed") == 0, cli.out
+    assert sorted(cli.pids()) == [1, 2]
+    assert cli("stop", "feed") == 0
+    assert cli.pids() == {}
+
+
+def test_disable_is_refused_while_running_and_cleanup_too(cli: Cli) -> None:
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\n")
+    assert cli("start", "feed") == 0, cli.out
+    assert cli("disable", "feed") == 1
+    assert cli("cleanup", "feed") == 1
+    assert cli("stop", "feed") == 0
+    assert cli("disable", "feed") == 0
+    assert cli("status") == 0
+    assert cli.out.splitlines()[1].split() == ["subscribe/feed", "-", "-", "disabled", "-"]
+    assert cli("start") == 0  # disabled configs are not part of "all"
+    assert cli.pids() == {}
