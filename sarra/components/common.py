@@ -1,0 +1,75 @@
+"""Pieces every component resolves the same way from its configuration."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sarra.broker.base import BrokerUrl, QueueSpec
+from sarra.broker.session import BrokerSession
+from sarra.config import paths
+from sarra.config.credentials import CredentialStore, to_broker_url
+from sarra.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def credential_store(cfg: Any) -> CredentialStore:
+    """The credentials of this configuration (empty when there is no credentials file)."""
+    store = getattr(cfg, "credentials", None)
+    if isinstance(store, CredentialStore):
+        return store
+    path = paths.credentials_path()
+    if Path(path).exists():
+        return CredentialStore.load(path)
+    return CredentialStore()
+
+
+def broker_url(cfg: Any, option: str = "broker") -> BrokerUrl:
+    """The broker URL of ``option`` with its password from the credentials file."""
+    text = cfg.get(option)
+    if not text:
+        raise ConfigError(f"{option} is not set", option=option)
+    return to_broker_url(str(text), credential_store(cfg))
+
+
+def session_for(url: BrokerUrl, cfg: Any, name: str) -> BrokerSession:
+    heartbeat = cfg.get("broker_heartbeat")
+    return BrokerSession(url, heartbeat=int(heartbeat) if heartbeat else 60, name=name)
+
+
+@lru_cache(maxsize=1)
+def fqdn() -> str:
+    """This host's name as reports carry it (computed once: getfqdn may be slow)."""
+    return socket.getfqdn()
+
+
+def seconds_to_ms(value: Any) -> int | None:
+    if value is None or value == "" or float(value) <= 0:
+        return None
+    return int(float(value) * 1000)
+
+
+def queue_spec(cfg: Any, queue_name: str, bindings: tuple[tuple[str, str], ...]) -> QueueSpec:
+    return QueueSpec(
+        name=queue_name,
+        bindings=bindings,
+        durable=bool(_get(cfg, "durable", True)),
+        expire_ms=seconds_to_ms(cfg.get("expire")),
+        message_ttl_ms=seconds_to_ms(cfg.get("message_ttl")),
+    )
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    value = cfg.get(name)
+    return default if value is None else value
+
+
+def instance_state_dir(cfg: Any) -> Path:
+    d = Path(paths.state_dir(cfg.component, cfg.name or "default"))
+    os.makedirs(d, exist_ok=True)
+    return d

@@ -1,0 +1,335 @@
+"""Building notices about local files, and publishing them: the core of sr_post and sr_watch.
+
+A :class:`NoticeBuilder` turns a local path into v02 notices (one per block for split files,
+a link notice for symlinks, a remove notice for deletions, the two halves of a rename). It
+reads each file once, hashing every block while streaming. A :class:`Publisher` sends
+notices in batches with publisher confirms.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import stat as statmod
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sarra.broker.session import BrokerSession
+from sarra.codec import v02
+from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
+from sarra.errors import AccessRefused, BrokerError, ConfigError, LocalError, MalformedMessage
+from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
+from sarra.notice import Checksum, Notice, PartSpec, WireMessage
+from sarra.parts.arithmetic import effective_block_size, split
+
+log = logging.getLogger(__name__)
+
+#: sum option values accepted for posting (spec 5.1)
+POST_SUMS = frozenset({"d", "s", "n", "0", "z,d", "z,s"})
+
+
+@dataclass(frozen=True, slots=True)
+class PostSettings:
+    """The options a poster needs, resolved once from the configuration."""
+
+    exchange: str
+    topic_prefix: str
+    base_url: str
+    base_dir: str | None
+    sum: str
+    blocksize: int
+    headers: tuple[tuple[str, str], ...]  # to_clusters, from_cluster, source, user headers
+    rename: str | None
+    preserve_time: bool
+    preserve_mode: bool
+    follow_symlinks: bool
+    randomize: bool
+    topic_override: str | None
+    header_value_max: int
+    persistent: bool
+    message_ttl_ms: int | None
+    exchange_split: int
+
+    @classmethod
+    def from_config(cls, cfg: Any, broker_user: str, broker_host: str) -> PostSettings:
+        """Resolve post options with the v2 defaults (exchange ``xs_<user>``, sum ``d``)."""
+        base_url = cfg.get("post_base_url")
+        if not base_url:
+            raise ConfigError("post_base_url (-pbu) is required", option="post_base_url")
+        exchange = cfg.get("post_exchange") or f"xs_{broker_user}"
+        suffix = cfg.get("post_exchange_suffix")
+        if suffix and not cfg.get("post_exchange"):
+            exchange = f"{exchange}_{suffix}"
+        sum_opt = str(cfg.get("sum") or "d")
+        if sum_opt not in POST_SUMS:
+            raise ConfigError(
+                f"unsupported sum {sum_opt!r}; use one of {', '.join(sorted(POST_SUMS))}",
+                option="sum",
+            )
+        headers: list[tuple[str, str]] = []
+        to_clusters = cfg.get("to_clusters") or broker_host
+        headers.append(("to_clusters", str(to_clusters)))
+        if cfg.get("cluster"):
+            headers.append(("from_cluster", str(cfg.get("cluster"))))
+        if cfg.get("source"):
+            headers.append(("source", str(cfg.get("source"))))
+        for name, value in dict(getattr(cfg, "headers_add", {}) or {}).items():
+            headers.append((name, value))
+        base_dir = cfg.get("post_base_dir")
+        ttl = cfg.get("message_ttl")
+        return cls(
+            exchange=exchange,
+            topic_prefix=str(cfg.get("post_topic_prefix") or "v02.post"),
+            base_url=str(base_url),
+            base_dir=str(base_dir) if base_dir else None,
+            sum=sum_opt,
+            blocksize=int(cfg.get("blocksize") if cfg.get("blocksize") is not None else 209715200),
+            headers=tuple(headers),
+            rename=cfg.get("rename") or None,
+            preserve_time=bool(_opt(cfg, "preserve_time", True)),
+            preserve_mode=bool(_opt(cfg, "preserve_mode", True)),
+            follow_symlinks=bool(_opt(cfg, "follow_symlinks", False)),
+            randomize=bool(_opt(cfg, "randomize", False)),
+            topic_override=cfg.get("subtopic_override") or None,
+            header_value_max=int(_opt(cfg, "header_value_max", 252)),
+            persistent=bool(_opt(cfg, "persistent", True)),
+            message_ttl_ms=int(float(ttl) * 1000) if ttl else None,
+            exchange_split=int(_opt(cfg, "post_exchange_split", 0) or 0),
+        )
+
+
+def _opt(cfg: Any, name: str, default: Any) -> Any:
+    value = cfg.get(name)
+    return default if value is None else value
+
+
+class NoticeBuilder:
+    """Makes notices about local files according to :class:`PostSettings`."""
+
+    def __init__(self, settings: PostSettings) -> None:
+        self.settings = settings
+        self._base_dir = os.path.abspath(settings.base_dir) if settings.base_dir else None
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def logical_path(self, abs_path: str) -> str:
+        """The announced path: relative to post_base_dir with a leading ``/`` (absolute for
+        ``file:`` URLs without a base dir).
+
+        Raises:
+            LocalError: the path is not under post_base_dir.
+        """
+        path = os.path.abspath(abs_path)
+        if self._base_dir is None or self._base_dir == "/":
+            return path
+        if path == self._base_dir:
+            raise LocalError(f"{abs_path}: is post_base_dir itself, not a file under it")
+        prefix = self._base_dir.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise LocalError(f"{abs_path}: not under post_base_dir {self._base_dir}")
+        return "/" + path[len(prefix) :]
+
+    def _headers(
+        self, st: os.stat_result | None, extra: Iterable[tuple[str, str]] = ()
+    ) -> dict[str, str]:
+        h = dict(self.settings.headers)
+        if self.settings.rename:
+            h["rename"] = self.settings.rename
+        if st is not None:
+            if self.settings.preserve_time:
+                h["mtime"] = format_timestamp_ns(st.st_mtime_ns)
+                h["atime"] = format_timestamp_ns(st.st_atime_ns)
+            if self.settings.preserve_mode:
+                h["mode"] = "%o" % (st.st_mode & 0o7777)
+        h.update(extra)
+        return h
+
+    def _notice(
+        self,
+        logical: str,
+        checksum: Checksum,
+        parts: PartSpec | None,
+        headers: dict[str, str],
+        pubtime: str,
+    ) -> Notice:
+        s = self.settings
+        return v02.make_notice(
+            exchange=s.exchange,
+            topic_prefix=s.topic_prefix,
+            pubtime=pubtime,
+            base_url=s.base_url,
+            path=logical,
+            checksum=checksum,
+            parts=parts,
+            headers=headers,
+            topic_override=s.topic_override,
+        )
+
+    # -- notices -------------------------------------------------------------------------------
+
+    def file_notices(self, abs_path: str, extra: Iterable[tuple[str, str]] = ()) -> list[Notice]:
+        """Notices for one regular file (one per block), or its link notice if it is a symlink.
+
+        Raises:
+            LocalError: the file cannot be read (missing, permission, not a regular file).
+        """
+        try:
+            st = os.lstat(abs_path)
+            if statmod.S_ISLNK(st.st_mode):
+                if not self.settings.follow_symlinks:
+                    return [self.link_notice(abs_path, extra)]
+                st = os.stat(abs_path)
+        except OSError as e:
+            raise LocalError(f"{abs_path}: cannot read: {e.strerror}") from e
+        if not statmod.S_ISREG(st.st_mode):
+            raise LocalError(f"{abs_path}: not a regular file")
+        logical = self.logical_path(abs_path)
+        pubtime = now_timestamp()
+        headers = self._headers(st, extra)
+        size = st.st_size
+        blocks = split(size, effective_block_size(self.settings.blocksize, size))
+        sums = self._block_sums(abs_path, blocks, logical)
+        notices = [
+            self._notice(logical, checksum, spec, headers, pubtime)
+            for spec, checksum in zip(blocks, sums, strict=True)
+        ]
+        if self.settings.randomize:
+            random.shuffle(notices)
+        return notices
+
+    def _block_sums(
+        self, abs_path: str, blocks: Sequence[PartSpec], logical: str
+    ) -> list[Checksum]:
+        algo = self.settings.sum
+        if algo == "n":
+            return [name_sum("n", os.path.basename(logical))] * len(blocks)
+        if algo == "0":
+            return [random_sum() for _ in blocks]
+        if algo.startswith("z,"):
+            return [Checksum("z", algo[2:])] * len(blocks)
+        sums: list[Checksum] = []
+        try:
+            with open(abs_path, "rb", buffering=0) as f:
+                buf = bytearray(min(BUFFER_SIZE, max(blocks[0].length, 1)))
+                view = memoryview(buf)
+                for spec in blocks:
+                    hasher = new_hasher(algo)
+                    remaining = spec.length
+                    while remaining > 0:
+                        n = f.readinto(view[: min(len(buf), remaining)])
+                        if not n:
+                            raise LocalError(f"{abs_path}: file shrank while being read")
+                        hasher.update(view[:n])  # type: ignore[arg-type]  # hashlib takes any buffer
+                        remaining -= n
+                    sums.append(Checksum(algo, hasher.hexdigest()))
+        except OSError as e:
+            raise LocalError(f"{abs_path}: cannot read: {e.strerror}") from e
+        return sums
+
+    def link_notice(self, abs_path: str, extra: Iterable[tuple[str, str]] = ()) -> Notice:
+        """The notice for a symlink: ``sum L`` of its target and a ``link`` header (spec 7.1)."""
+        try:
+            target = os.readlink(abs_path)
+        except OSError as e:
+            raise LocalError(f"{abs_path}: cannot read link: {e.strerror}") from e
+        headers = self._headers(None, extra)
+        headers["link"] = target
+        return self._notice(
+            self.logical_path(abs_path), name_sum("L", target), None, headers, now_timestamp()
+        )
+
+    def remove_notice(self, abs_path: str, extra: Iterable[tuple[str, str]] = ()) -> Notice:
+        """The notice for a removed path: ``sum R`` of its basename (spec 7.2)."""
+        logical = self.logical_path(abs_path)
+        headers = self._headers(None, extra)
+        return self._notice(
+            logical, name_sum("R", os.path.basename(logical)), None, headers, now_timestamp()
+        )
+
+    def rename_notices(self, old_abs: str, new_abs: str) -> list[Notice]:
+        """The v2 two-message rename (spec 7.3): R of the old name with ``newname``, then the
+        new name as a normal post with ``oldname``."""
+        old_logical = self.logical_path(old_abs)
+        new_logical = self.logical_path(new_abs)
+        first = self.remove_notice(old_abs, [("newname", new_logical)])
+        rest = self.file_notices(new_abs, [("oldname", old_logical)])
+        return [first, *rest]
+
+    def tree(self, abs_path: str) -> Iterator[str]:
+        """Every file and symlink under a directory, depth first, sorted by name."""
+        try:
+            entries = sorted(os.scandir(abs_path), key=lambda e: e.name)
+        except OSError as e:
+            raise LocalError(f"{abs_path}: cannot list: {e.strerror}") from e
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=self.settings.follow_symlinks):
+                yield from self.tree(entry.path)
+            else:
+                yield entry.path
+
+    def wire(self, notice: Notice) -> WireMessage:
+        """Encode a notice for publishing, applying post_exchange_split (spec 1.3)."""
+        s = self.settings
+        exchange = notice.exchange
+        if s.exchange_split > 1:
+            total = sum(notice.checksum.wire().encode("ascii", "replace"))
+            exchange = f"{exchange}{total % s.exchange_split:02d}"
+        return v02.to_wire(
+            notice,
+            exchange=exchange,
+            header_value_max=s.header_value_max,
+            persistent=s.persistent,
+            message_ttl_ms=s.message_ttl_ms,
+        )
+
+
+class Publisher:
+    """Publishes notices in batches with publisher confirms, reconnecting on broker faults."""
+
+    def __init__(self, session: BrokerSession, builder: NoticeBuilder, batch: int = 500) -> None:
+        self.session = session
+        self.builder = builder
+        self.batch = batch
+        self._pending: list[WireMessage] = []
+        self.published = 0
+        self._declared: set[str] = set()
+
+    def add(self, notices: Iterable[Notice]) -> None:
+        """Queue notices; full batches are published at once."""
+        for notice in notices:
+            try:
+                self._pending.append(self.builder.wire(notice))
+            except MalformedMessage as e:
+                log.error("not posting %s: %s", notice.path, e)
+                raise
+            if len(self._pending) >= self.batch:
+                self.flush()
+
+    def flush(self, attempts: int = 5) -> None:
+        """Publish everything queued and wait for the broker's confirms.
+
+        A batch is retried whole after a broker fault (duplicates are tolerable, loss is not).
+        """
+        if not self._pending:
+            return
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                if not self.session.connected:
+                    self.session.connect()
+                self.session.publish(self._pending)
+                break
+            except AccessRefused:
+                raise
+            except BrokerError as e:
+                if attempt == attempts:
+                    raise
+                log.warning("publish failed (%s); retrying in %.1fs", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+                self.session.close()
+        self.published += len(self._pending)
+        self._pending.clear()

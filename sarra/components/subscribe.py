@@ -1,0 +1,246 @@
+"""sr_subscribe: consume notices and download the files into local directories."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sarra.broker.session import BrokerSession
+from sarra.components.base import InstanceStatus
+from sarra.components.common import (
+    broker_url,
+    credential_store,
+    fqdn,
+    instance_state_dir,
+    queue_spec,
+    session_for,
+)
+from sarra.config.masks import destination_relpath, expand_directory, match
+from sarra.errors import BrokerError
+from sarra.flow.download import Destination, Downloader, DownloadSettings
+from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
+from sarra.flow.hooks import Plugins
+from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.retryqueue import RetryQueue
+from sarra.flow.work import WorkItem
+from sarra.notice import Notice
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPIC_PREFIX = "v02.post"
+
+
+def bindings_of(cfg: Any) -> tuple[tuple[str, str], ...]:
+    """(exchange, routing key pattern) for every subtopic (default ``#`` on ``xpublic``)."""
+    result: list[tuple[str, str]] = []
+    for b in getattr(cfg, "bindings", ()) or ():
+        result.append((b.exchange, b.routing_key))
+    if not result:
+        exchange = cfg.get("exchange") or "xpublic"
+        prefix = cfg.get("topic_prefix") or DEFAULT_TOPIC_PREFIX
+        result.append((exchange, f"{prefix}.#"))
+    return tuple(result)
+
+
+def _float(cfg: Any, name: str, default: float) -> float:
+    value = cfg.get(name)
+    return default if value is None else float(value)
+
+
+class _Resolver:
+    """Masks and path options: where a notice goes, or None when rejected."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.masks = tuple(getattr(cfg, "masks", ()) or ())
+        self.accept_unmatch = bool(cfg.get("accept_unmatch"))
+        self.default = getattr(cfg, "default_mask", None)
+        self.directory = str(cfg.get("directory") or os.getcwd())
+        self.log_reject = bool(cfg.get("log_reject"))
+
+    def __call__(self, notice: Notice) -> Destination | None:
+        mask = match(self.masks, notice.url, self.accept_unmatch, self.default)
+        if mask is None:
+            if self.log_reject:
+                log.info("rejected by masks: %s", notice.url)
+            return None
+        rel = destination_relpath(mask, notice.path)
+        directory = mask.directory or self.directory
+        if "${" in directory:
+            directory = expand_directory(directory, source=notice.header("source"))
+        return Destination(root=directory, rel=rel)
+
+
+class SubscribeComponent:
+    """sr_subscribe: the declaration (defaults live in the option table)."""
+
+    name = "subscribe"
+    one_shot = False
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def _queue_name(self, cfg: Any, user: str) -> str:
+        from sarra.config import resolve_queue_name
+
+        return str(resolve_queue_name(cfg))
+
+    def _session(self, cfg: Any) -> tuple[BrokerSession, str]:
+        url = broker_url(cfg)
+        return session_for(url, cfg, f"sr_subscribe {cfg.name}"), url.user
+
+    def _download_settings(self, cfg: Any) -> DownloadSettings:
+        store = credential_store(cfg)
+        inflight = cfg.get("inflight")
+        if isinstance(inflight, (int, float)) or inflight in (None, ""):
+            inflight = ".tmp"
+        events = cfg.get("events") or "create|delete|link|modify|mkdir|rmdir"
+        chmod = cfg.get("chmod") or 0o644
+        return DownloadSettings(
+            inflight=None if str(inflight).upper() == "NONE" else str(inflight),
+            events=frozenset(str(events).replace(",", "|").split("|")),
+            base_url_accept=tuple(re.compile(p) for p in (cfg.get("base_url_accept") or ())),
+            preserve_time=bool(
+                cfg.get("preserve_time") if cfg.get("preserve_time") is not None else True
+            ),
+            preserve_mode=bool(
+                cfg.get("preserve_mode") if cfg.get("preserve_mode") is not None else True
+            ),
+            chmod=int(chmod),
+            chmod_dir=int(cfg.get("chmod_dir") or 0o755),
+            timeout=_float(cfg, "timeout", 300.0),
+            credentials=store.find,
+        )
+
+    # -- Component protocol --------------------------------------------------------------------
+
+    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+        session, user = self._session(cfg)
+        state = instance_state_dir(cfg)
+        queue_name = self._queue_name(cfg, user)
+        retry_ttl = cfg.get("retry_ttl")
+        if retry_ttl is None:
+            retry_ttl = cfg.get("expire") or 3600.0
+        retry_queue = RetryQueue(state / f"retry_{instance:03d}.jsonl", ttl=float(retry_ttl))
+        nodupe_ttl = _float(cfg, "suppress_duplicates", 0.0)
+        nodupe = (
+            DuplicateCache(
+                state / f"recent_files_{instance:03d}.cache",
+                ttl=nodupe_ttl,
+                basis=str(cfg.get("cache_basis") or "path"),
+            )
+            if nodupe_ttl > 0
+            else None
+        )
+        plugins = Plugins.from_config(getattr(cfg, "plugins", {}))
+        downloader = Downloader(self._download_settings(cfg), _Resolver(cfg), plugins, nodupe)
+        report_exchange = cfg.get("report_exchange") or f"xs_{user}"
+        reports = ReportSettings(
+            enabled=bool(cfg.get("report_back") if cfg.get("report_back") is not None else True),
+            exchange=str(report_exchange),
+            host=fqdn(),
+            user=user,
+            source=cfg.get("source"),
+            cluster=cfg.get("cluster") or session.url.host,
+            to_clusters=cfg.get("to_clusters") or session.url.host,
+        )
+        loop_settings = LoopSettings(
+            queue=queue_spec(cfg, queue_name, bindings_of(cfg)),
+            prefetch=int(cfg.get("prefetch") or 25),
+            threads=int(cfg.get("transfer_threads") or 4),
+            attempts=int(cfg.get("attempts") or 3),
+            retry_ttl=float(retry_ttl),
+            declare_queue=bool(
+                cfg.get("declare_queue") if cfg.get("declare_queue") is not None else True
+            ),
+        )
+        heartbeat_file = state / f"heartbeat_{instance:03d}"
+
+        def heartbeat() -> None:
+            heartbeat_file.touch()
+
+        def housekeeping() -> None:
+            if nodupe is not None:
+                nodupe.expire()
+            for root in list(downloader._roots.values()):
+                try:
+                    root.sweep_inflight("", older_than=3600)
+                except Exception:
+                    log.debug("sweep failed", exc_info=True)
+
+        def on_settled(item: WorkItem) -> None:
+            if item.code in (201, 205):
+                log.info("%s %s %s (%d bytes)", item.code, item.message, item.local_path, item.size)
+            elif item.code and item.code >= 400:
+                log.error("%s %s: %s", item.code, item.notice.path, item.message)
+
+        loop = ConsumingLoop(
+            session,
+            loop_settings,
+            reports,
+            downloader.select,
+            downloader.work,
+            retry_queue,
+            stop=stop,
+            on_settled=on_settled,
+            housekeeping=housekeeping,
+            heartbeat=heartbeat,
+        )
+        plugins.on_start(cfg)
+        started = time.monotonic()
+        try:
+            loop.run()
+        finally:
+            plugins.on_stop(cfg)
+            downloader.close()
+            retry_queue.close()
+            if nodupe is not None:
+                nodupe.close()
+            log.info(
+                "stopped after %.1fs; outcomes: %s",
+                time.monotonic() - started,
+                ", ".join(f"{k}: {v}" for k, v in sorted(loop.counts.items())) or "none",
+            )
+        return 0
+
+    def declare(self, cfg: Any) -> None:
+        session, user = self._session(cfg)
+        try:
+            session.connect()
+            spec = queue_spec(cfg, self._queue_name(cfg, user), bindings_of(cfg))
+            session.declare_queue(spec)
+            print(
+                f"declared queue {spec.name} bound to "
+                + ", ".join(f"{x}:{k}" for x, k in spec.bindings)
+            )
+        finally:
+            session.close()
+
+    def cleanup(self, cfg: Any) -> None:
+        session, user = self._session(cfg)
+        name = self._queue_name(cfg, user)
+        try:
+            session.connect()
+            session.delete_queue(name)
+            print(f"deleted queue {name}")
+        finally:
+            session.close()
+        state = instance_state_dir(cfg)
+        for f in Path(state).glob("*"):
+            if f.is_file():
+                f.unlink()
+
+    def status(self, cfg: Any) -> InstanceStatus:
+        session, user = self._session(cfg)
+        name = self._queue_name(cfg, user)
+        try:
+            session.connect()
+            messages, consumers = session.queue_counts(name)
+        except BrokerError as e:
+            return InstanceStatus(queue=name, extra={"error": str(e)})
+        finally:
+            session.close()
+        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)

@@ -1,0 +1,289 @@
+"""What a subscriber does with one accepted notice: select it, then transfer it.
+
+:class:`Downloader` provides the two callables the :class:`~sarra.flow.engine.ConsumingLoop`
+needs: ``select`` (flow thread: masks, destination, confinement, policy, plugins, duplicate
+suppression) and ``work`` (pool thread: download, link, remove, mkdir, rmdir).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from sarra.codec.timestamps import parse_timestamp
+from sarra.errors import MalformedMessage, PolicyRefused
+from sarra.flow.hooks import Plugins
+from sarra.flow.localfs import SafeRoot
+from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.placement import download_to, is_unchanged
+from sarra.flow.work import WorkItem
+from sarra.notice import Notice
+from sarra.transfer import open_transport
+from sarra.transfer.base import Transport
+from sarra.transfer.url import origin_of, retrieval_url
+
+log = logging.getLogger(__name__)
+
+#: schemes fetched when no base_url_accept line is configured (spec 9.4)
+DEFAULT_SCHEMES = frozenset({"http", "https", "sftp", "ftp", "ftps"})
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where an accepted notice goes: a root directory and a path under it."""
+
+    root: str
+    rel: str
+
+
+Resolver = Callable[[Notice], "Destination | None"]
+"""Masks + path options: the destination of a notice, or None when it is rejected."""
+
+
+@dataclass(slots=True)
+class DownloadSettings:
+    inflight: str | None = ".tmp"
+    events: frozenset[str] = frozenset({"create", "modify", "delete", "link", "mkdir", "rmdir"})
+    base_url_accept: tuple[re.Pattern[str], ...] = ()
+    preserve_time: bool = True
+    preserve_mode: bool = True
+    chmod: int = 0o644
+    chmod_dir: int = 0o755
+    timeout: float = 30.0
+    link_absolute_allow: tuple[str, ...] = ()
+    credentials: Callable[[str], object | None] = field(default=lambda _url: None)
+    transport_options: dict[str, Any] = field(default_factory=dict)
+    progress_threshold: int = 8 << 20
+
+
+class Downloader:
+    """Selects and performs the work of a subscriber."""
+
+    def __init__(
+        self,
+        settings: DownloadSettings,
+        resolve: Resolver,
+        plugins: Plugins,
+        nodupe: DuplicateCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolve = resolve
+        self.plugins = plugins
+        self.nodupe = nodupe
+        self._roots: dict[str, SafeRoot] = {}
+        self._roots_lock = threading.Lock()
+        self._local = threading.local()
+        self._all_transports: list[Transport] = []
+        self._transports_lock = threading.Lock()
+
+    # -- flow thread ---------------------------------------------------------------------------
+
+    def select(self, item: WorkItem) -> bool:
+        """Decide whether ``item`` goes to the transfer pool; settle it if not."""
+        notice = item.notice
+        dest = self.resolve(notice)
+        if dest is None:
+            item.settle(0, "rejected by the configuration")
+            return False
+        root = self.root(dest.root)
+        rel = dest.rel
+        renamed = notice.header("rename")
+        if renamed:
+            rel = renamed.lstrip("/") if "/" in renamed else _replace_name(rel, renamed)
+        root.check_relpath(rel)  # HostilePath -> 417
+        item.dest_root, item.dest_rel = str(root.root), rel
+        self._check_policy(notice)
+        if not self.plugins.empty and not self.plugins.on_message(item):
+            item.settle(0, "dropped by an on_message plugin")
+            return False
+        if item.dest_rel is not None and item.dest_rel != rel:
+            root.check_relpath(item.dest_rel)  # plugins cannot escape either
+        if self.nodupe is not None and item.retry is None and self.nodupe.check(notice):
+            log.info("duplicate suppressed: %s", notice.path)
+            item.settle(0, "duplicate")
+            return False
+        letter = notice.checksum.letter
+        if letter == "R" and "delete" not in self.settings.events and not notice.header("newname"):
+            item.settle(0, "delete events are not processed")
+            return False
+        return True
+
+    def _check_policy(self, notice: Notice) -> None:
+        """Spec 9.4: only allowed baseUrls are fetched."""
+        base = notice.base_url
+        if self.settings.base_url_accept:
+            if not any(p.match(base) for p in self.settings.base_url_accept):
+                raise PolicyRefused(f"baseUrl {base} not accepted by base_url_accept")
+            return
+        if notice.checksum.file_op:
+            return  # nothing is fetched
+        scheme = base.split(":", 1)[0].lower()
+        if scheme not in DEFAULT_SCHEMES:
+            raise PolicyRefused(f"baseUrl scheme {scheme!r} not allowed (see base_url_accept)")
+        parts = urlsplit(base)
+        if parts.password:
+            raise PolicyRefused("baseUrl carries a password")
+
+    def root(self, directory: str) -> SafeRoot:
+        with self._roots_lock:
+            root = self._roots.get(directory)
+            if root is None:
+                root = SafeRoot(
+                    directory,
+                    dir_mode=self.settings.chmod_dir,
+                    file_mode=self.settings.chmod,
+                )
+                self._roots[directory] = root
+            return root
+
+    # -- pool threads --------------------------------------------------------------------------
+
+    def work(self, item: WorkItem) -> None:
+        """Perform the notice's operation; raises SarraError subclasses on failure."""
+        notice = item.notice
+        assert item.dest_root is not None and item.dest_rel is not None
+        root = self.root(item.dest_root)
+        rel = item.dest_rel
+        letter = notice.checksum.letter
+        if letter == "L":
+            target = notice.header("link")
+            if target is None:
+                raise MalformedMessage("link notice without a link header")
+            root.symlink(rel, target, allow_absolute_prefixes=self.settings.link_absolute_allow)
+            item.settle(201, "Linked")
+            return
+        if letter == "R":
+            existed = root.remove(rel)
+            if self.nodupe is not None:
+                self.nodupe.forget(notice.path)
+            item.settle(201, "removed" if existed else "removed (already absent)")
+            return
+        if letter == "m":
+            root.mkdir(rel)
+            item.settle(201, "directory created")
+            return
+        if letter == "r":
+            root.remove(rel)
+            item.settle(201, "directory removed")
+            return
+        parts = notice.parts
+        if parts is not None and not parts.whole:
+            # multi-part reassembly is tracked in its own issue; never place a partial file
+            item.settle(499, "multi-part (partitioned) notices are not supported yet")
+            return
+        oldname = notice.header("oldname")
+        if oldname is not None:
+            log.debug("%s: rename from %s; downloading the new name", rel, oldname)
+        if is_unchanged(root, rel, notice):
+            item.settle(304, "not modified")
+            return
+        url = retrieval_url(
+            notice.base_url, notice.path, rel_path_absolute=notice.rel_path.startswith("/")
+        )
+        size = parts.file_size if parts is not None else None
+        transport = self._transport(url)
+        mtime = _header_time(notice, "mtime") if self.settings.preserve_time else None
+        mode = _header_mode(notice) if self.settings.preserve_mode else None
+        progress = (
+            _Progress(rel, size) if size and size >= self.settings.progress_threshold else None
+        )
+        result = download_to(
+            root,
+            rel,
+            transport.get(url),
+            expected_size=size,
+            checksum=notice.checksum,
+            inflight=self.settings.inflight,
+            mtime=mtime,
+            mode=mode,
+            progress=progress,
+        )
+        item.size = result.size
+        item.computed = result.checksum
+        if not result.verified and notice.checksum.letter != "z":
+            log.info("%s: placed unverified (sum %s)", rel, notice.checksum.letter)
+        if notice.checksum.letter == "z":
+            item.settle(205, "Downloaded (checksum computed on download)")
+        else:
+            item.settle(201, "Downloaded")
+        if not self.plugins.empty:
+            try:
+                self.plugins.on_file(item)
+            except Exception as e:
+                log.exception("on_file plugin failed for %s", rel)
+                item.settle(500, f"on_file plugin failed: {e}")
+
+    def _transport(self, url: str) -> Transport:
+        cache: dict[Any, Transport] | None = getattr(self._local, "transports", None)
+        if cache is None:
+            cache = {}
+            self._local.transports = cache
+        origin = origin_of(url)
+        transport = cache.get(origin)
+        if transport is None:
+            transport = open_transport(
+                url,
+                credentials=self.settings.credentials(str(origin)),
+                timeout=self.settings.timeout,
+                options=self.settings.transport_options,
+            )
+            cache[origin] = transport
+            with self._transports_lock:
+                self._all_transports.append(transport)
+        return transport
+
+    def close(self) -> None:
+        """Close every transport of every thread."""
+        with self._transports_lock:
+            transports, self._all_transports = self._all_transports, []
+        for t in transports:
+            try:
+                t.close()
+            except Exception:  # closing is best effort
+                log.debug("closing a transport failed", exc_info=True)
+
+
+class _Progress:
+    """Logs progress of a large download about every 10%."""
+
+    def __init__(self, rel: str, size: int) -> None:
+        self.rel = rel
+        self.size = size
+        self.next = size // 10
+
+    def __call__(self, done: int) -> None:
+        if done >= self.next:
+            log.info(
+                "%s: %d%% (%d of %d bytes)", self.rel, done * 100 // self.size, done, self.size
+            )
+            self.next += max(self.size // 10, 1)
+
+
+def _replace_name(rel: str, name: str) -> str:
+    head = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    return f"{head}/{name}" if head else name
+
+
+def _header_time(notice: Notice, name: str) -> float | None:
+    value = notice.header(name)
+    if not value:
+        return None
+    try:
+        return parse_timestamp(value)
+    except MalformedMessage:
+        return None
+
+
+def _header_mode(notice: Notice) -> int | None:
+    value = notice.header("mode")
+    if not value:
+        return None
+    try:
+        return int(value, 8) & 0o777
+    except ValueError:
+        return None

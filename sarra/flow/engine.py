@@ -1,0 +1,431 @@
+"""The consuming loop shared by subscribe-like components.
+
+Data path (one thread owns the broker session; transfers run in a bounded pool)::
+
+    deliveries -> decode (malformed: 417) -> select (masks, confinement, policy, plugins,
+    duplicates) -> work in the pool (download, link, remove...) -> settle: publish reports
+    with confirms, then ack; retryable failures go to the disk retry queue (fsync'd) first.
+
+The ack rule (spec 1.4): a delivery is acked only once its outcome is durable. If the
+broker connection is lost, outcomes not yet acked are abandoned (their deliveries are stale)
+and the broker redelivers them; processing is idempotent (an unchanged file is a 304).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sarra.broker.base import Delivery, QueueSpec
+from sarra.broker.session import BrokerSession
+from sarra.codec import v02
+from sarra.codec.salvage import report_for_undecodable
+from sarra.errors import AccessRefused, BrokerError, MessageError, SarraError
+from sarra.flow.retryqueue import RetryItem, RetryQueue
+from sarra.flow.work import WorkItem
+from sarra.notice import Notice, Pulse, Report, WireMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    """Where and as whom reports are published (spec 8)."""
+
+    enabled: bool
+    exchange: str
+    host: str
+    user: str
+    source: str | None
+    cluster: str | None
+    to_clusters: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    queue: QueueSpec
+    prefetch: int
+    threads: int
+    attempts: int
+    retry_ttl: float
+    declare_queue: bool = True
+    bind_queue: bool = True
+
+
+Selector = Callable[[WorkItem], bool]
+"""Runs in the flow thread: returns True to send the item to the pool, False when the item
+was settled already (rejected, duplicate, unchanged, hostile...)."""
+
+Worker = Callable[[WorkItem], None]
+"""Runs in a pool thread: performs the transfer and settles the item (code/message), or
+raises; an exception is turned into an outcome by the loop."""
+
+
+class ConsumingLoop:
+    """Consume notices, process them in a pool, report and ack with no loss."""
+
+    def __init__(
+        self,
+        session: BrokerSession,
+        settings: LoopSettings,
+        reports: ReportSettings,
+        select: Selector,
+        work: Worker,
+        retry_queue: RetryQueue,
+        *,
+        stop: threading.Event,
+        on_settled: Callable[[WorkItem], None] | None = None,
+        housekeeping: Callable[[], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.reports = reports
+        self.select = select
+        self.work = work
+        self.retry_queue = retry_queue
+        self.stop = stop
+        self.on_settled = on_settled
+        self.housekeeping = housekeeping
+        self.heartbeat = heartbeat
+        self._done: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.threads), thread_name_prefix="transfer"
+        )
+        self._in_pool = 0
+        self._retrying: set[str] = set()
+        self._settle_reports: list[WireMessage] = []
+        self._settle_acks: list[Delivery] = []
+        self._settle_retries: list[WorkItem] = []
+        self.counts: dict[int, int] = {}
+        self.last_activity = time.time()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                self.session.connect()
+                if self.settings.declare_queue:
+                    self.session.declare_queue(self.settings.queue)
+                self.session.consume(
+                    self.settings.queue.name, self.settings.prefetch, self._on_delivery
+                )
+                log.info("consuming from %s queue %s", self.session.url, self.settings.queue.name)
+                return
+            except AccessRefused:
+                raise
+            except BrokerError as e:
+                log.warning("broker connection failed (%s); retrying in %.1fs", e, delay)
+                self.session.close()
+                self.stop.wait(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, 30.0)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Process until ``stop`` is set; then finish in-flight work, settle and return."""
+        self._connect()
+        next_hk = time.monotonic() + 5
+        try:
+            while not self.stop.is_set():
+                try:
+                    if not self.session.connected:
+                        self._connect()
+                        continue
+                    busy = self._in_pool > 0 or not self._done.empty()
+                    self.session.poll(0.02 if busy else 0.5)
+                    self._collect()
+                    self._flush_settled()
+                    now = time.monotonic()
+                    if now >= next_hk:
+                        next_hk = now + 5
+                        self._run_retries()
+                        if self.housekeeping is not None:
+                            self.housekeeping()
+                        if self.heartbeat is not None:
+                            self.heartbeat()
+                except AccessRefused:
+                    raise
+                except BrokerError as e:
+                    log.warning("broker connection lost: %s", e)
+                    self._abandon_unacked()
+                    self.session.close()
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self.session.close()
+
+    def _drain(self, timeout: float = 30.0) -> None:
+        """Finish in-flight transfers, report and ack them before stopping."""
+        with contextlib.suppress(BrokerError):  # the broker redelivers what is not acked
+            self.session.cancel(self.settings.queue.name)
+        deadline = time.monotonic() + timeout
+        while self._in_pool > 0 and time.monotonic() < deadline:
+            try:
+                self.session.poll(0.05)
+            except BrokerError:
+                break
+            self._collect()
+        self._collect()
+        try:
+            self._flush_settled()
+        except BrokerError as e:
+            log.warning("could not settle on stop (%s): the broker will redeliver", e)
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        try:
+            self._intake(delivery)
+        except BrokerError:
+            raise
+        except Exception:
+            # a bug must not stop the flow, nor loop on a poison message: log, ack
+            log.exception(
+                "internal error on a delivery (key %s); acking it", delivery.message.routing_key
+            )
+            self._count(500)
+            self._settle_acks.append(delivery)
+
+    def _intake(self, delivery: Delivery) -> None:
+        self.last_activity = time.time()
+        msg = delivery.message
+        try:
+            decoded = v02.decode(
+                msg.exchange, msg.routing_key, msg.body, msg.headers, msg.content_type
+            )
+        except MessageError as e:
+            log.error("rejected malformed message (key %s): %s", msg.routing_key, e)
+            self._count(417)
+            self._report_malformed(msg, str(e))
+            self._settle_acks.append(delivery)
+            return
+        if isinstance(decoded, Pulse):
+            if decoded.text:
+                log.info("pulse: %s", decoded.text)
+            self._settle_acks.append(delivery)
+            return
+        if isinstance(decoded, Report):
+            # a misrouted report on a post binding (spec 3.1, Q3): never act on it
+            log.debug("ignoring a report received on a post binding")
+            self._settle_acks.append(delivery)
+            return
+        self._admit(WorkItem(notice=decoded, delivery=delivery))
+
+    def _admit(self, item: WorkItem) -> None:
+        try:
+            go = self.select(item)
+        except SarraError as e:
+            item.settle(e.report_code, str(e))
+            go = False
+        except Exception as e:  # a plugin bug must not stop the flow
+            log.exception("selecting %s failed", item.notice.path)
+            item.settle(500, f"internal error: {e}")
+            go = False
+        if not go:
+            self._settled(item)
+            return
+        self._in_pool += 1
+        future = self._pool.submit(self._work_guarded, item)
+        future.add_done_callback(lambda _f: self._done.put(item))
+
+    def _work_guarded(self, item: WorkItem) -> None:
+        attempts = max(1, self.settings.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                item.error = None
+                self.work(item)
+                return
+            except SarraError as e:
+                item.error = e
+                if not e.retryable or attempt == attempts or self.stop.is_set():
+                    item.settle(e.report_code, str(e))
+                    item.requeue = e.retryable and self.settings.retry_ttl > 0
+                    return
+                log.info("%s: attempt %d failed (%s); retrying", item.notice.path, attempt, e)
+                time.sleep(min(0.2 * 2**attempt, 2.0))
+            except Exception as e:
+                log.exception("processing %s failed", item.notice.path)
+                item.error = e
+                item.settle(500, f"internal error: {e}")
+                return
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._in_pool -= 1
+            self._settled(item)
+
+    # -- settling ------------------------------------------------------------------------------
+
+    def _settled(self, item: WorkItem) -> None:
+        """Queue an outcome's report and ack (or retry bookkeeping) for the next flush."""
+        code = item.code if item.code is not None else 500
+        self._count(code)
+        self.last_activity = time.time()
+        if item.requeue and item.retry is None:
+            self._to_retry_queue(item)
+        if self.reports.enabled and code != 0:
+            self._settle_reports.append(self._report(item, code))
+        if self.on_settled is not None:
+            try:
+                self.on_settled(item)
+            except Exception:
+                log.exception("on_settled failed")
+        if item.delivery is not None:
+            self._settle_acks.append(item.delivery)
+        elif item.retry is not None:
+            self._settle_retries.append(item)
+
+    def _to_retry_queue(self, item: WorkItem) -> None:
+        wire = v02.to_wire(item.notice, exchange=item.notice.exchange, header_value_max=1 << 20)
+        now = time.time()
+        entry = RetryItem.from_wire(wire, now=now, error=item.message)
+        self.retry_queue.put(self.retry_queue.failed(entry, item.message, now))
+        item.message += " (queued for retry)"
+
+    def _flush_settled(self) -> None:
+        """Publish pending reports (confirmed), then ack and settle retry entries."""
+        if self._settle_reports:
+            self.session.publish(self._settle_reports)
+            self._settle_reports = []
+        acks, self._settle_acks = self._settle_acks, []
+        for delivery in acks:
+            self.session.ack(delivery)
+        retries, self._settle_retries = self._settle_retries, []
+        for item in retries:
+            assert item.retry is not None
+            self._retrying.discard(item.retry.id)
+            if item.requeue:
+                self.retry_queue.failed(item.retry, item.message, time.time())
+            else:
+                self.retry_queue.done(item.retry)
+
+    def _abandon_unacked(self) -> None:
+        """After a connection loss: outcomes not yet acked will be redelivered."""
+        self._settle_reports = []
+        dropped = len(self._settle_acks)
+        self._settle_acks = []
+        if dropped:
+            log.info(
+                "%d outcomes not acked before the connection was lost; "
+                "the broker will redeliver them",
+                dropped,
+            )
+
+    def _count(self, code: int) -> None:
+        self.counts[code] = self.counts.get(code, 0) + 1
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def _report(self, item: WorkItem, code: int) -> WireMessage:
+        r = self.reports
+        notice = item.notice
+        if item.computed is not None and notice.checksum.letter == "z":
+            notice = v02.derive(notice, checksum=item.computed)
+        report = v02.make_report(
+            notice,
+            code=code,
+            message=item.message or _DEFAULT_MESSAGES.get(code, ""),
+            host=r.host,
+            user=r.user,
+            elapsed=time.monotonic() - item.received,
+            source=r.source or r.user,
+            from_cluster=r.cluster,
+            to_clusters=r.to_clusters,
+        )
+        return v02.report_to_wire(report, r.exchange)
+
+    def _report_malformed(self, msg: WireMessage, reason: str) -> None:
+        """Report a 417 about a message that could not be decoded, when its body allows."""
+        if not self.reports.enabled:
+            return
+        try:
+            line = msg.body.decode("utf-8").split("\n", 1)[0].rstrip("\r")
+            fields = line.split(" ")
+        except UnicodeDecodeError:
+            return
+        if len(fields) != 3 or not all(fields):
+            return
+        r = self.reports
+        try:
+            wire = report_for_undecodable(
+                fields[0],
+                fields[1],
+                fields[2],
+                msg.routing_key,
+                msg.headers,
+                code=417,
+                message=f"invalid message: {reason}"[:200],
+                host=r.host,
+                user=r.user,
+                exchange=r.exchange,
+            )
+        except MessageError:
+            return
+        self._settle_reports.append(wire)
+
+    # -- retries from disk -----------------------------------------------------------------
+
+    def _run_retries(self) -> None:
+        now = time.time()
+        for entry in self.retry_queue.expired(now):
+            log.error(
+                "giving up on %s after %d attempts: %s",
+                entry.routing_key,
+                entry.attempts,
+                entry.last_error,
+            )
+            self.retry_queue.done(entry)
+        capacity = self.settings.threads * 2 - self._in_pool
+        if capacity <= 0:
+            return
+        for entry in self.retry_queue.due(now):
+            if capacity <= 0:
+                break
+            if entry.id in self._retrying:
+                continue
+            wire = entry.to_wire()
+            try:
+                notice = v02.decode(
+                    wire.exchange, wire.routing_key, wire.body, wire.headers, wire.content_type
+                )
+            except MessageError as e:
+                log.error("dropping unreadable retry entry: %s", e)
+                self.retry_queue.done(entry)
+                continue
+            if not isinstance(notice, Notice):
+                self.retry_queue.done(entry)
+                continue
+            self._retrying.add(entry.id)
+            capacity -= 1
+            self._admit(WorkItem(notice=notice, retry=entry))
+
+
+_DEFAULT_MESSAGES = {
+    201: "Downloaded",
+    205: "checksum computed on download",
+    304: "not modified",
+    417: "invalid message",
+    499: "transfer failed",
+    500: "local operation failed",
+    503: "not allowed",
+}
+
+
+def publish_all(session: BrokerSession, messages: Sequence[WireMessage]) -> None:
+    """Publish with confirms (helper for components that only post)."""
+    if messages:
+        session.publish(messages)

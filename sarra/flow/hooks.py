@@ -1,0 +1,151 @@
+"""The plugin contract: every hook a plugin may implement, declared in this one file.
+
+A plugin is a Python module (a ``.py`` file path, or a dotted module name) that defines
+functions named after these hooks; ``on_message``/``on_file``/... config lines name plugins.
+Signatures are checked by pluggy when the plugin is registered: a function whose argument
+names are not those declared here is refused with a :class:`~sarra.errors.ConfigError`.
+
+Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work``):
+
+``on_message(work) -> bool | None``
+    Called in the flow thread after a notice is accepted by the masks, before any transfer.
+    Return ``False`` to drop the notice (it is acked, nothing is downloaded). A plugin may set
+    ``work.dest_dir``/``work.dest_name`` to change where the file goes (still confined under
+    the configured directory).
+``on_file(work) -> None``
+    Called once, in a transfer thread, after a file is verified and placed under its final name
+    (``work.local_path``). An exception is logged and reported as 500; the file stays.
+``on_start(config) -> None`` / ``on_stop(config) -> None``
+    Called when an instance starts and stops.
+
+Plugins run inside the component's process with its privileges: install only trusted ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from sarra.errors import ConfigError
+
+PROJECT = "sarra"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class HookSpecs:
+    """Declarations only (pluggy reads the signatures)."""
+
+    @hookspec
+    def on_message(self, work: Any) -> bool | None:
+        """Accept (None/True) or drop (False) a notice before transfer."""
+
+    @hookspec
+    def on_file(self, work: Any) -> None:
+        """A file was placed and verified."""
+
+    @hookspec
+    def on_start(self, config: Any) -> None:
+        """The instance starts."""
+
+    @hookspec
+    def on_stop(self, config: Any) -> None:
+        """The instance stops."""
+
+
+HOOK_NAMES = ("on_message", "on_file", "on_start", "on_stop")
+
+
+class _PlainFunctionManager(pluggy.PluginManager):
+    """Accepts plain module functions named after a hook, so plugins need no decorator."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in HOOK_NAMES and callable(getattr(plugin, name, None)):
+            return {}
+        return opts
+
+
+def load_module(spec: str) -> ModuleType:
+    """Import a plugin from a file path or a dotted module name."""
+    if spec.endswith(".py") or os.sep in spec:
+        path = os.path.expanduser(spec)
+        if not os.path.isfile(path):
+            raise ConfigError(f"plugin file not found: {path}")
+        name = "sarra_plugin_" + os.path.splitext(os.path.basename(path))[0]
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ConfigError(f"cannot load plugin {path}")
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as e:
+            raise ConfigError(f"plugin {path} failed to load: {e}") from e
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ImportError as e:
+        raise ConfigError(f"plugin module {spec!r} cannot be imported: {e}") from e
+
+
+class Plugins:
+    """The plugins of one instance, called in configuration order."""
+
+    def __init__(self) -> None:
+        self._pm = _PlainFunctionManager(PROJECT)
+        self._pm.add_hookspecs(HookSpecs)
+        self._specs: list[str] = []
+
+    @classmethod
+    def from_config(cls, plugins: dict[str, tuple[str, ...]] | Any) -> Plugins:
+        """Load every plugin named by ``on_*``/``plugin`` options, in order."""
+        self = cls()
+        seen: list[str] = []
+        for _hook, specs in dict(plugins or {}).items():
+            for spec in specs:
+                if spec not in seen:
+                    seen.append(spec)
+        # pluggy calls the most recently registered first: register in reverse for config order
+        for spec in reversed(seen):
+            self.register(spec, load_module(spec))
+        return self
+
+    def register(self, name: str, plugin: object) -> None:
+        """Register a module or object; its hook signatures are validated now."""
+        try:
+            self._pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as e:
+            raise ConfigError(f"plugin {name}: {e}") from e
+        unknown = [
+            attr
+            for attr in dir(plugin)
+            if attr.startswith(("on_", "do_"))
+            and attr not in HOOK_NAMES
+            and not attr.startswith("__")
+        ]
+        if unknown and not self._pm.get_hookcallers(plugin):
+            raise ConfigError(f"plugin {name} defines no known hook (has {', '.join(unknown)})")
+        self._specs.append(name)
+
+    @property
+    def empty(self) -> bool:
+        return not self._specs
+
+    def on_message(self, work: Any) -> bool:
+        """False if any plugin drops the notice."""
+        results = self._pm.hook.on_message(work=work)
+        return all(r is not False for r in results)
+
+    def on_file(self, work: Any) -> None:
+        self._pm.hook.on_file(work=work)
+
+    def on_start(self, config: Any) -> None:
+        self._pm.hook.on_start(config=config)
+
+    def on_stop(self, config: Any) -> None:
+        self._pm.hook.on_stop(config=config)

@@ -1,0 +1,50 @@
+"""The per-message work item: all working state of one notice on its way through a flow."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sarra.broker.base import Delivery
+from sarra.flow.retryqueue import RetryItem
+from sarra.notice import Checksum, Notice
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """One notice being processed. Exactly one of ``delivery``/``retry`` says where it came from.
+
+    ``code``/``message`` hold the outcome once known; the flow reports it (when reporting is
+    on) and then acks the delivery or settles the retry entry. A work item is never dropped
+    without an outcome.
+    """
+
+    notice: Notice
+    delivery: Delivery | None = None
+    retry: RetryItem | None = None
+    received: float = field(default_factory=time.monotonic)
+    #: destination root (directory) and path under it, once resolved
+    dest_root: str | None = None
+    dest_rel: str | None = None
+    #: filled by plugins or the flow
+    code: int | None = None
+    message: str = ""
+    computed: Checksum | None = None
+    size: int = 0
+    error: BaseException | None = None
+    #: queue this item for a later retry from disk instead of settling it as failed
+    requeue: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def local_path(self) -> str | None:
+        """Absolute local path of the destination, when resolved."""
+        if self.dest_root is None or self.dest_rel is None:
+            return None
+        return self.dest_root.rstrip("/") + "/" + self.dest_rel
+
+    def settle(self, code: int, message: str) -> None:
+        """Record the outcome."""
+        self.code = code
+        self.message = message

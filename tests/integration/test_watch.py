@@ -1,0 +1,314 @@
+"""sr_watch against a real throwaway RabbitMQ: what is posted for each kind of change."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sarra.broker import BrokerSession, Delivery, QueueSpec
+from sarra.broker.admin import declare_and_bind
+from sarra.codec import v02
+from sarra.components.watch import WatchComponent
+from sarra.config.loader import load_config
+from sarra.integrity.sums import name_sum
+from sarra.notice import Notice
+from tests.servers.rabbitmq import RabbitNode
+
+pytestmark = pytest.mark.servers
+
+SLEEP = "0.5"  # coalescing interval and polling period
+WAIT = 20.0  # upper bound for a notice to arrive (never asserted as a timing)
+BASE_URL = "sftp://user@host"
+
+
+class Watching:
+    """One sr_watch instance on ``<tmp>/wdir`` and a queue bound to what it posts."""
+
+    def __init__(self, rabbitmq: RabbitNode, root: Path, options: dict[str, str]) -> None:
+        self.root = root
+        self.wdir = root / "wdir"
+        self.wdir.mkdir()
+        suffix = secrets.token_hex(4)
+        self.exchange = f"xs_guest_{suffix}"
+        cmdline = [
+            ("post_broker", rabbitmq.url()),
+            ("post_exchange_suffix", suffix),
+            ("post_base_url", BASE_URL),
+            ("post_base_dir", str(root)),
+            ("path", str(self.wdir)),
+            ("sleep", SLEEP),
+            *options.items(),
+        ]
+        self.cfg = load_config("watch", None, cmdline)
+        self.consumer = BrokerSession(rabbitmq.broker_url(), name="watch-test")
+        self.consumer.connect()
+        self.consumer.declare_exchange(self.exchange)
+        queue = f"q_guest.watchtest.{suffix}"
+        declare_and_bind(
+            self.consumer,
+            QueueSpec(queue, ((self.exchange, "#"),), durable=False, auto_delete=True),
+        )
+        self.received: list[Notice] = []
+        self.consumer.consume(queue, 100, self._on_delivery)
+        self.stop = threading.Event()
+        self.status: list[int] = []
+        self.thread = threading.Thread(target=self._run, name="sr_watch", daemon=True)
+
+    def _on_delivery(self, d: Delivery) -> None:
+        m = d.message
+        notice = v02.decode(m.exchange, m.routing_key, m.body, m.headers)
+        assert isinstance(notice, Notice)
+        self.received.append(notice)
+        self.consumer.ack(d)
+
+    def _run(self) -> None:
+        self.status.append(WatchComponent().run(self.cfg, 1, self.stop))
+
+    def start(self) -> None:
+        """Start watching; returns once the watcher is active (its start-up post arrived)."""
+        (self.wdir / ".ready").write_text("ready\n")
+        self.thread.start()
+        ready = self.collect(1)
+        assert ready[0].path.endswith("wdir/.ready")
+
+    def collect(self, n: int) -> list[Notice]:
+        """The next ``n`` notices (fails if they do not come)."""
+        deadline = time.monotonic() + WAIT
+        while len(self.received) < n and time.monotonic() < deadline:
+            self.consumer.poll(0.2)
+        got, self.received = self.received[:n], self.received[n:]
+        assert len(got) == n, f"expected {n} notices, got {[x.path for x in got]}"
+        return got
+
+    def nothing_more(self, seconds: float = 1.5) -> None:
+        """No further notice within ``seconds`` (over two coalescing intervals)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.consumer.poll(0.2)
+        assert [n.path for n in self.received] == []
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        self.consumer.close()
+
+
+WatchFactory = Callable[..., Watching]
+
+
+@pytest.fixture
+def watching(
+    rabbitmq: RabbitNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WatchFactory]:
+    monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SR_STATE_DIR", str(tmp_path / "state"))
+    made: list[Watching] = []
+
+    def make(**options: str) -> Watching:
+        w = Watching(rabbitmq, tmp_path, options)
+        made.append(w)
+        w.start()
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+        assert not w.thread.is_alive()
+        assert w.status == [0]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def test_a_created_file_is_posted_with_its_checksum_and_metadata(watching: WatchFactory) -> None:
+    w = watching()
+    (w.wdir / "hello.txt").write_bytes(b"hello world\n")
+    [n] = w.collect(1)
+    assert n.exchange == w.exchange
+    assert n.topic == "v02.post.wdir"
+    assert n.rel_path == "/wdir/hello.txt"
+    assert n.base_url == BASE_URL
+    assert n.header("sum") == "d,6f5902ac237024bdd0c176cb93063dc4"
+    assert n.header("parts") == "1,12,1,0,0"
+    assert n.header("mode") and n.header("mtime")
+    w.nothing_more()
+
+
+def test_a_modified_file_is_posted_again_with_the_new_checksum(watching: WatchFactory) -> None:
+    w = watching()
+    f = w.wdir / "m.txt"
+    f.write_bytes(b"one")
+    assert w.collect(1)[0].header("sum") == f"d,{md5(b'one')}"
+    with f.open("ab") as out:
+        out.write(b" two")
+    assert w.collect(1)[0].header("sum") == f"d,{md5(b'one two')}"
+
+
+def test_a_file_written_slowly_is_posted_once_when_complete(watching: WatchFactory) -> None:
+    w = watching()
+    chunks = [bytes([65 + i]) * 4096 for i in range(12)]
+    with (w.wdir / "slow.bin").open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            out.flush()
+            time.sleep(0.15)
+    [n] = w.collect(1)
+    data = b"".join(chunks)
+    assert n.header("sum") == f"d,{md5(data)}"
+    assert n.header("parts") == f"1,{len(data)},1,0,0"
+    w.nothing_more()
+
+
+def test_a_symlink_is_posted_as_a_link(watching: WatchFactory) -> None:
+    w = watching()
+    os.symlink("hello.txt", w.wdir / "link.txt")
+    [n] = w.collect(1)
+    assert n.rel_path == "/wdir/link.txt"
+    assert n.header("link") == "hello.txt"
+    assert n.header("sum") == name_sum("L", "hello.txt").wire()
+    assert n.parts is None and n.header("mode") is None
+
+
+def test_a_deleted_file_is_posted_as_a_remove(watching: WatchFactory) -> None:
+    w = watching()
+    f = w.wdir / "f2.txt"
+    f.write_text("bye\n")
+    w.collect(1)
+    f.unlink()
+    [n] = w.collect(1)
+    assert n.rel_path == "/wdir/f2.txt"
+    assert n.header("sum") == name_sum("R", "f2.txt").wire()  # GM-9
+    assert n.parts is None
+
+
+def test_a_rename_gives_the_old_name_removed_then_the_new_name_posted(
+    watching: WatchFactory,
+) -> None:
+    w = watching()
+    (w.wdir / "f1.txt").write_bytes(b"hello world\n")
+    w.collect(1)
+    os.rename(w.wdir / "f1.txt", w.wdir / "f2.txt")
+    first, second = w.collect(2)  # GM-8, in this order
+    assert first.rel_path == "/wdir/f1.txt"
+    assert first.header("sum") == name_sum("R", "f1.txt").wire()
+    assert first.header("newname") == "/wdir/f2.txt"
+    assert second.rel_path == "/wdir/f2.txt"
+    assert second.header("sum") == "d,6f5902ac237024bdd0c176cb93063dc4"
+    assert second.header("oldname") == "/wdir/f1.txt"
+    w.nothing_more()
+
+
+def test_a_directory_rename_gives_a_pair_per_file_then_the_old_directory(
+    watching: WatchFactory,
+) -> None:
+    w = watching()
+    (w.wdir / "d1").mkdir()
+    (w.wdir / "d1" / "a.txt").write_text("a")
+    (w.wdir / "d1" / "b.txt").write_text("b")
+    w.collect(2)
+    os.rename(w.wdir / "d1", w.wdir / "d2")
+    got = w.collect(5)
+    assert [(n.rel_path, n.header("newname"), n.header("oldname")) for n in got] == [
+        ("/wdir/d1/a.txt", "/wdir/d2/a.txt", None),
+        ("/wdir/d2/a.txt", None, "/wdir/d1/a.txt"),
+        ("/wdir/d1/b.txt", "/wdir/d2/b.txt", None),
+        ("/wdir/d2/b.txt", None, "/wdir/d1/b.txt"),
+        ("/wdir/d1", "/wdir/d2", None),
+    ]
+    assert got[-1].header("sum") == name_sum("R", "d1").wire()
+
+
+def test_inflight_suffix_files_are_posted_only_under_their_final_name(
+    watching: WatchFactory,
+) -> None:
+    w = watching(inflight=".tmp")
+    (w.wdir / "data.csv.tmp").write_text("1,2,3\n")
+    time.sleep(1.5)
+    os.rename(w.wdir / "data.csv.tmp", w.wdir / "data.csv")
+    [n] = w.collect(1)
+    assert n.rel_path == "/wdir/data.csv"
+    assert n.header("oldname") is None
+    w.nothing_more()
+
+
+def test_events_can_restrict_posting_to_deletions(watching: WatchFactory) -> None:
+    w = watching(events="delete")
+    (w.wdir / ".ready").unlink()
+    [n] = w.collect(1)
+    assert n.header("sum") == name_sum("R", ".ready").wire()
+    (w.wdir / "new.txt").write_text("ignored\n")
+    w.nothing_more()
+
+
+def test_polling_detects_creations_and_deletions(watching: WatchFactory) -> None:
+    w = watching(force_polling="on")
+    (w.wdir / "sub").mkdir()
+    (w.wdir / "sub" / "p.txt").write_bytes(b"polled")
+    [n] = w.collect(1)
+    assert n.rel_path == "/wdir/sub/p.txt"
+    assert n.header("sum") == f"d,{md5(b'polled')}"
+    (w.wdir / "sub" / "p.txt").unlink()
+    [r] = w.collect(1)
+    assert r.rel_path == "/wdir/sub/p.txt"
+    assert r.header("sum") == name_sum("R", "p.txt").wire()
+
+
+def test_duplicate_suppression_skips_an_unchanged_rewrite(watching: WatchFactory) -> None:
+    w = watching(suppress_duplicates="on")
+    f = w.wdir / "same.txt"
+    f.write_text("same\n")
+    w.collect(1)
+    f.write_text("same\n")  # same content, same path: a duplicate
+    w.nothing_more()
+    f.unlink()
+    assert w.collect(1)[0].header("sum") == name_sum("R", "same.txt").wire()
+
+
+def test_a_directory_moved_in_from_outside_is_posted_file_by_file(watching: WatchFactory) -> None:
+    w = watching()
+    outside = w.root / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "one.txt").write_text("1")
+    (outside / "deep" / "two.txt").write_text("2")
+    os.rename(outside, w.wdir / "inside")
+    got = sorted(n.rel_path for n in w.collect(2))
+    assert got == ["/wdir/inside/deep/two.txt", "/wdir/inside/one.txt"]
+    w.nothing_more()
+
+
+def test_mkdir_and_rmdir_are_posted_when_events_asks(watching: WatchFactory) -> None:
+    w = watching(events="create|delete|link|modify|mkdir|rmdir")
+    (w.wdir / "newdir").mkdir()
+    [m] = w.collect(1)
+    assert (m.rel_path, m.header("sum")) == ("/wdir/newdir", name_sum("m", "newdir").wire())
+    (w.wdir / "newdir").rmdir()
+    [r] = w.collect(1)
+    assert (r.rel_path, r.header("sum")) == ("/wdir/newdir", name_sum("r", "newdir").wire())
+
+
+class _BrokenObserver:
+    """An observer that cannot watch (as when the inotify watch limit is reached)."""
+
+    def schedule(self, *args: object, **kw: object) -> None:
+        raise OSError(28, "inotify watch limit reached")
+
+    def stop(self) -> None:
+        pass
+
+
+def test_watching_falls_back_to_polling_when_events_are_unavailable(
+    watching: WatchFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sarra.components.watch.Observer", _BrokenObserver)
+    w = watching()
+    (w.wdir / "polled.txt").write_bytes(b"by polling")
+    [n] = w.collect(1)
+    assert n.header("sum") == f"d,{md5(b'by polling')}"
