@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sarra.broker.admin import ensure_exchanges
 from sarra.broker.session import BrokerSession
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
@@ -25,6 +26,7 @@ from sarra.errors import BrokerError
 from sarra.flow.download import Destination, Downloader, DownloadSettings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.hooks import Plugins
+from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
@@ -50,6 +52,12 @@ def bindings_of(cfg: Any) -> tuple[tuple[str, str], ...]:
 def _float(cfg: Any, name: str, default: float) -> float:
     value = cfg.get(name)
     return default if value is None else float(value)
+
+
+def _exchanges_to_declare(cfg: Any, bindings: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    if cfg.get("declare_exchange") is False:
+        return ()
+    return tuple(exchange for exchange, _key in bindings)
 
 
 class _Resolver:
@@ -136,7 +144,11 @@ class SubscribeComponent:
             else None
         )
         plugins = Plugins.from_config(getattr(cfg, "plugins", {}))
-        downloader = Downloader(self._download_settings(cfg), _Resolver(cfg), plugins, nodupe)
+        journal = InflightJournal(state / f"inflight_{instance:03d}.journal")
+        downloader = Downloader(
+            self._download_settings(cfg), _Resolver(cfg), plugins, nodupe, journal
+        )
+        downloader.recover_leftovers()
         report_exchange = cfg.get("report_exchange") or f"xs_{user}"
         reports = ReportSettings(
             enabled=bool(cfg.get("report_back") if cfg.get("report_back") is not None else True),
@@ -147,8 +159,10 @@ class SubscribeComponent:
             cluster=cfg.get("cluster") or session.url.host,
             to_clusters=cfg.get("to_clusters") or session.url.host,
         )
+        bindings = bindings_of(cfg)
         loop_settings = LoopSettings(
-            queue=queue_spec(cfg, queue_name, bindings_of(cfg)),
+            queue=queue_spec(cfg, queue_name, bindings),
+            exchanges=_exchanges_to_declare(cfg, bindings),
             prefetch=int(cfg.get("prefetch") or 25),
             threads=int(cfg.get("transfer_threads") or 4),
             attempts=int(cfg.get("attempts") or 3),
@@ -157,7 +171,7 @@ class SubscribeComponent:
                 cfg.get("declare_queue") if cfg.get("declare_queue") is not None else True
             ),
         )
-        heartbeat_file = state / f"heartbeat_{instance:03d}"
+        heartbeat_file = state / f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
 
         def heartbeat() -> None:
             heartbeat_file.touch()
@@ -196,6 +210,7 @@ class SubscribeComponent:
         finally:
             plugins.on_stop(cfg)
             downloader.close()
+            journal.close()
             retry_queue.close()
             if nodupe is not None:
                 nodupe.close()
@@ -210,7 +225,9 @@ class SubscribeComponent:
         session, user = self._session(cfg)
         try:
             session.connect()
-            spec = queue_spec(cfg, self._queue_name(cfg, user), bindings_of(cfg))
+            bindings = bindings_of(cfg)
+            spec = queue_spec(cfg, self._queue_name(cfg, user), bindings)
+            ensure_exchanges(session, _exchanges_to_declare(cfg, bindings))
             session.declare_queue(spec)
             print(
                 f"declared queue {spec.name} bound to "

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import MalformedMessage, PolicyRefused
 from sarra.flow.hooks import Plugins
+from sarra.flow.journal import InflightJournal
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.placement import download_to, is_unchanged
@@ -70,8 +71,10 @@ class Downloader:
         resolve: Resolver,
         plugins: Plugins,
         nodupe: DuplicateCache | None = None,
+        journal: InflightJournal | None = None,
     ) -> None:
         self.settings = settings
+        self.journal = journal
         self.resolve = resolve
         self.plugins = plugins
         self.nodupe = nodupe
@@ -133,10 +136,16 @@ class Downloader:
         with self._roots_lock:
             root = self._roots.get(directory)
             if root is None:
+                journal = self.journal
                 root = SafeRoot(
                     directory,
                     dir_mode=self.settings.chmod_dir,
                     file_mode=self.settings.chmod,
+                    on_inflight=(
+                        None
+                        if journal is None
+                        else lambda rel, created: journal.note(directory, rel, created)
+                    ),
                 )
                 self._roots[directory] = root
             return root
@@ -236,6 +245,16 @@ class Downloader:
             with self._transports_lock:
                 self._all_transports.append(transport)
         return transport
+
+    def recover_leftovers(self) -> int:
+        """Remove in-flight files a killed predecessor left behind (see the journal)."""
+        if self.journal is None:
+            return 0
+
+        def remove(directory: str, rel: str) -> bool:
+            return SafeRoot(directory, create=False).remove(rel)
+
+        return len(self.journal.recover(remove))
 
     def close(self) -> None:
         """Close every transport of every thread."""

@@ -23,7 +23,7 @@ import re
 import secrets
 import stat as stat_mod
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -237,6 +237,8 @@ class InflightFile:
         _close(self._fd)
         _close(self._dir_fd)
         self._owner._live.discard(self.name)
+        if self._owner.on_inflight is not None:
+            self._owner.on_inflight(self.rel, False)
         self._closed = True
 
     def _check_open(self) -> None:
@@ -274,7 +276,11 @@ class SafeRoot:
         chmod_mask: int = 0o777,
         create: bool = True,
         windows: bool = False,
+        on_inflight: Callable[[str, bool], None] | None = None,
     ) -> None:
+        #: told (in-flight path, True) when an in-flight file is created and (path, False)
+        #: when it is committed or aborted, so a crashed writer's leftovers can be found
+        self.on_inflight = on_inflight
         self.root = Path(root)
         self.dir_mode = dir_mode & 0o777
         self.file_mode = file_mode & 0o777
@@ -408,7 +414,10 @@ class SafeRoot:
                 except OSError as exc:
                     raise _translate(exc, f"create in-flight file for {rel}") from exc
                 self._live.add(name)
-                return InflightFile(self, dir_fd, name, fd, "/".join((*dirs, name)))
+                inflight_rel = "/".join((*dirs, name))
+                if self.on_inflight is not None:
+                    self.on_inflight(inflight_rel, True)
+                return InflightFile(self, dir_fd, name, fd, inflight_rel)
             raise LocalError(f"could not pick a free in-flight name for {rel}")
         except BaseException:
             _close(dir_fd)

@@ -1,0 +1,147 @@
+"""Faults on the subscribe path: broker outages and a killed instance lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.flowkit import (
+    Site,
+    make_files,
+    md5_tree,
+    post,
+    running_subscriber,
+    site_env,
+    unique,
+    wait_for,
+)
+
+
+@pytest.fixture
+def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
+    return Site(tmp_path / "site", rabbitmq.port).setup()
+
+
+def _tree(root: Path, count: int, size: int) -> list[Path]:
+    return make_files(root, [f"d{i % 5}/f{i:04d}.bin" for i in range(count)], size=size)
+
+
+def _subscription(site: Site, tag: str, dest: Path) -> str:
+    name = f"sub_{tag}"
+    site.write_subscribe(
+        name,
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
+        "expire 10m\nreport_back off\nprefetch 10\naccept .*\n",
+    )
+    return name
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and "~sr" in p.name]
+
+
+def _queue_empty(site: Site, name: str) -> bool:
+    from sarra.broker.session import BrokerSession
+    from sarra.config.loader import resolve_queue_name
+
+    cfg = site.load("subscribe", name)
+    s = BrokerSession(site.broker_url())
+    s.connect()
+    try:
+        messages, _ = s.queue_counts(resolve_queue_name(cfg, env={**os.environ, **site.env}))
+    finally:
+        s.close()
+    return messages == 0
+
+
+def _count_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*.bin") if "~sr" not in p.name) if root.exists() else 0
+
+
+def test_connections_closed_by_the_broker_mid_flow_lose_nothing(site, rabbitmq, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("cut")
+    src = nginx.root / tag
+    _tree(src, 300, 20000)
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest)
+    with running_subscriber(site, name):
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: _count_files(dest) >= 30, what="the first downloads")
+        rabbitmq.close_all_connections("fault test 1")
+        wait_for(lambda: _count_files(dest) >= 150, timeout=60, what="downloads to resume")
+        rabbitmq.close_all_connections("fault test 2")
+        wait_for(lambda: _count_files(dest) >= 300, timeout=90, what="every file")
+        wait_for(lambda: _queue_empty(site, name), timeout=60, what="every message acked")
+    assert md5_tree(dest) == md5_tree(src)
+    assert _leftovers(dest) == []
+
+
+def test_a_broker_restart_mid_flow_loses_nothing(site, rabbitmq, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("restart")
+    src = nginx.root / tag
+    _tree(src, 200, 20000)
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest)
+    with running_subscriber(site, name):
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: _count_files(dest) >= 20, what="the first downloads")
+        rabbitmq.stop_app()
+        time.sleep(2)
+        rabbitmq.start_app()
+        wait_for(lambda: _count_files(dest) >= 200, timeout=120, what="every file")
+        wait_for(lambda: _queue_empty(site, name), timeout=60, what="every message acked")
+    assert md5_tree(dest) == md5_tree(src)
+    assert _leftovers(dest) == []
+
+
+def _foreground(site: Site, name: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **site.env}
+    bindir = Path(sys.executable).parent
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [str(bindir / "sr_subscribe"), "foreground", name],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_an_instance_killed_with_sigkill_and_restarted_delivers_every_file(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path
+):
+    tag = unique("kill")
+    src = nginx.root / tag
+    _tree(src, 200, 400_000)
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest)
+    with site_env(site):
+        from sarra.components.subscribe import SubscribeComponent
+
+        SubscribeComponent().declare(site.load("subscribe", name))
+    log = tmp_path / "subscribe.log"
+    proc = _foreground(site, name, log)
+    try:
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: _count_files(dest) >= 40, timeout=60, what="the first downloads")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        killed_at = _count_files(dest)
+        assert killed_at < 200, "the kill came too late to test anything"
+        proc = _foreground(site, name, log)
+        wait_for(lambda: _count_files(dest) >= 200, timeout=120, what="every file")
+        wait_for(lambda: _queue_empty(site, name), timeout=60, what="every message acked")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert md5_tree(dest) == md5_tree(src), log.read_text()[-2000:]
+    assert _leftovers(dest) == []

@@ -1,0 +1,42 @@
+"""The in-flight journal lets a restarted instance remove what a killed one left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sarra.flow.journal import InflightJournal
+from sarra.flow.localfs import SafeRoot
+
+
+def test_files_left_in_flight_by_a_dead_writer_are_removed_at_recovery(tmp_path: Path) -> None:
+    journal_path = tmp_path / "state" / "inflight_000.journal"
+    journal_path.parent.mkdir()
+    root_dir = tmp_path / "dest"
+    journal = InflightJournal(journal_path)
+    root = SafeRoot(root_dir, on_inflight=lambda rel, c: journal.note(str(root_dir), rel, c))
+    finished = root.open_inflight("a/done.txt")
+    finished.write(b"complete")
+    finished.commit("a/done.txt")
+    abandoned = root.open_inflight("a/partial.txt")
+    abandoned.write(b"half")
+    abandoned.fsync()
+    left_behind = root_dir / abandoned.rel
+    # simulate SIGKILL: the process never finishes the file nor closes the journal
+    assert left_behind.exists()
+
+    successor = InflightJournal(journal_path)
+    handled = successor.recover(lambda d, rel: SafeRoot(d, create=False).remove(rel))
+
+    assert handled == [(str(root_dir), abandoned.rel)]
+    assert not left_behind.exists()
+    assert (root_dir / "a" / "done.txt").read_bytes() == b"complete"
+    assert journal_path.read_bytes() == b""
+    abandoned.abort()
+
+
+def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    path.write_text('[true, "/r", "x.tmp"]\n[false, "/r", "x.t')
+    removed: list[tuple[str, str]] = []
+    InflightJournal(path).recover(lambda d, rel: removed.append((d, rel)) is None)
+    assert removed == [("/r", "x.tmp")]
