@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from sarra.broker.base import QueueSpec
 from sarra.broker.session import BrokerSession
+from sarra.errors import AccessRefused
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,20 @@ def declare_exchanges(session: BrokerSession, names: Iterable[str]) -> None:
     for name in names:
         session.declare_exchange(name)
         log.info("declared exchange %s", name)
+
+
+def ensure_exchanges(session: BrokerSession, names: Iterable[str]) -> None:
+    """Declare the exchanges a configuration uses, when the broker lets this user do so.
+
+    On a pump, exchanges usually belong to the administrator and an ordinary user may not
+    declare them: a refusal is not an error here (publishing or binding will say clearly if
+    the exchange really is missing).
+    """
+    for name in dict.fromkeys(names):
+        try:
+            session.declare_exchange(name)
+        except AccessRefused:
+            log.debug("not allowed to declare exchange %s; assuming it exists", name)
 
 
 def declare_and_bind(session: BrokerSession, spec: QueueSpec) -> tuple[int, int]:

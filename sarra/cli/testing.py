@@ -38,7 +38,7 @@ _ACTIONS = frozenset(
 class StandInCommandLine:
     action: str | None
     configs: Sequence[str]
-    options: dict[str, str]
+    options: tuple[tuple[str, str], ...]
     paths: Sequence[str]
 
 
@@ -61,7 +61,7 @@ def parse_standin(component: str, argv: Sequence[str]) -> StandInCommandLine:
     action = words.pop(0) if words and words[0] in _ACTIONS else None
     configs = words if action is not None else []
     paths = words if action is None else []
-    return StandInCommandLine(action, configs, options, paths)
+    return StandInCommandLine(action, configs, tuple(options.items()), paths)
 
 
 @dataclass(slots=True)

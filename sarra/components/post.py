@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, session_for
 from sarra.components.poster import NoticeBuilder, PostSettings, Publisher
@@ -44,6 +45,8 @@ class PostComponent:
         builder = NoticeBuilder(settings)
         session = session_for(url, cfg, "sr_post")
         session.connect()
+        if cfg.get("declare_exchange") is not False:
+            ensure_exchanges(session, [settings.exchange])
         publisher = Publisher(session, builder)
         failures = 0
         started = time.monotonic()

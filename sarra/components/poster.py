@@ -93,12 +93,18 @@ class PostSettings:
             preserve_mode=bool(_opt(cfg, "preserve_mode", True)),
             follow_symlinks=bool(_opt(cfg, "follow_symlinks", False)),
             randomize=bool(_opt(cfg, "randomize", False)),
-            topic_override=cfg.get("subtopic_override") or None,
+            topic_override=_topic_override(cfg),
             header_value_max=int(_opt(cfg, "header_value_max", 252)),
             persistent=bool(_opt(cfg, "persistent", True)),
             message_ttl_ms=int(float(ttl) * 1000) if ttl else None,
             exchange_split=int(_opt(cfg, "post_exchange_split", 0) or 0),
         )
+
+
+def _topic_override(cfg: Any) -> str | None:
+    """sr_post ``-sub``: the last ``subtopic`` given replaces the topic derived from the path."""
+    bindings = tuple(getattr(cfg, "bindings", ()) or ())
+    return str(bindings[-1].subtopic) if bindings else None
 
 
 def _opt(cfg: Any, name: str, default: Any) -> Any:

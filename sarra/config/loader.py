@@ -341,6 +341,9 @@ class _Loader:
                     "no exchange given", path=str(path) if path else None, option="exchange"
                 )
             bindings = [Binding(ex or "", tp, sub) for ex, tp, sub in raw]
+        elif "subtopic" in self.explicit:
+            # posters: the topic to post with (sr_post -sub); no exchange to bind
+            bindings = [Binding(ex or "", tp, sub) for ex, tp, sub in self.bindings]
         for hook, specs in self.plugins.items():
             v[hook] = tuple(specs)
         default_mask = Mask(

@@ -377,8 +377,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("exchange_split", B, False, "each instance reads its own <exchange>NN", _CONSUMERS),
     _o("topic_prefix", S, "v02.post", "topic prefix of bindings (v02.post)", _CONSUMERS, ("tp",),
        {"report": "v02.report"}),
-    _o("subtopic", Kind.SUBTOPIC, "#", "bind to topic_prefix.<pattern> on the exchange in force",
-       _CONSUMERS, ("sub",)),
+    _o("subtopic", Kind.SUBTOPIC, "#",
+       "consumers: bind to topic_prefix.<pattern> on the exchange in force; "
+       "sr_post/sr_watch: the topic to post with, instead of the path's directories",
+       _CONSUMERS | _WATCHERS, ("sub",)),
     _o("queue_name", S, None, "queue name (default q_<user>.sr_<component>.<config>.<random>)",
        _CONSUMERS, ("queue", "qn")),
     _o("queue_suffix", S, None, "suffix appended to the default queue name", _CONSUMERS),

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
@@ -57,6 +58,8 @@ class LoopSettings:
     retry_ttl: float
     declare_queue: bool = True
     bind_queue: bool = True
+    #: exchanges to declare (when allowed) before binding: see components.common
+    exchanges: tuple[str, ...] = ()
 
 
 Selector = Callable[[WorkItem], bool]
@@ -105,20 +108,28 @@ class ConsumingLoop:
         self._settle_acks: list[Delivery] = []
         self._settle_retries: list[WorkItem] = []
         self.counts: dict[int, int] = {}
+        self._consuming = False
         self.last_activity = time.time()
 
     # -- connection ----------------------------------------------------------------------------
 
     def _connect(self) -> None:
+        """Connect (with backoff); the first time, declare the queue and start consuming.
+
+        The session re-declares and re-consumes by itself on later connects.
+        """
         delay = 0.5
         while not self.stop.is_set():
             try:
                 self.session.connect()
-                if self.settings.declare_queue:
-                    self.session.declare_queue(self.settings.queue)
-                self.session.consume(
-                    self.settings.queue.name, self.settings.prefetch, self._on_delivery
-                )
+                if not self._consuming:
+                    ensure_exchanges(self.session, self.settings.exchanges)
+                    if self.settings.declare_queue:
+                        self.session.declare_queue(self.settings.queue)
+                    self.session.consume(
+                        self.settings.queue.name, self.settings.prefetch, self._on_delivery
+                    )
+                    self._consuming = True
                 log.info("consuming from %s queue %s", self.session.url, self.settings.queue.name)
                 return
             except AccessRefused:
