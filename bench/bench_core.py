@@ -1,0 +1,662 @@
+"""Core benchmark: our sr_post and sr_subscribe against the reference peers, in one run.
+
+Run through ``bench/run`` (installs what is missing first), from the repo root. One throwaway
+RabbitMQ node and one nginx serve every side, and every side gets the same files:
+
+A. **post**: one post command announces N small files (given as N paths on the command line,
+   so that no side adds directory messages). Measured: wall time of the command, messages/s
+   on the wall clock and excluding start-up (from the side's own log), peak RSS of the process
+   tree. A counting queue bound to the side's exchange before posting must then hold exactly
+   N messages.
+B. **subscribe**: the side's own subscriber pre-declares its queue, *our* sr_post fills it
+   with the N notices (the same messages for every side; checked by a passive declare), then
+   one subscriber instance starts with a fresh destination. Measured: spawn until all N files
+   are in the destination (the directory is polled), files/s on that wall time and excluding
+   start-up (first to last download line in its log), peak RSS of its process tree. Then every
+   file's size and md5 are checked against the source.
+
+A benchmark, not a test: it prints figures and ratios and writes them as JSON to
+``bench/out/core-<timestamp>.json``; it asserts no timing. It exits non-zero only when a side
+could not do the work (wrong message count, missing or corrupt files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import amqp  # noqa: E402
+
+from bench.peers import TreeSampler, declare_queue, log_timestamps  # noqa: E402
+from tests.interop.peers import (  # noqa: E402
+    SR2_POSTED_LINE,
+    SR3_POSTED_LINE,
+    PeerError,
+    Sr2Subscriber,
+    Sr3Subscriber,
+    _split_broker,
+    _write_config,
+    mgmt_bindings,
+    peer_bin,
+    peer_env,
+    write_credentials,
+)
+from tests.servers import rabbitmq as rabbit_mod  # noqa: E402
+from tests.servers.nginx import start_nginx  # noqa: E402
+
+SIDES = ("ours", "sr3", "sr2")
+OURS_DOWNLOADED = "201 Downloaded"
+OURS_POSTED = "posted "  # "posted N notices to X in S s (R/s)", the one summary line
+DEFAULT_CHECKSUM = {"ours": "d (md5)", "sr2": "d (md5)", "sr3": "s (sha512)"}
+
+
+# -- environment -----------------------------------------------------------------------------
+
+
+def start_broker() -> Any:
+    """A throwaway RabbitMQ node (``start_rabbitmq()`` when the module has it)."""
+    starter = getattr(rabbit_mod, "start_rabbitmq", None)
+    if starter is not None:
+        return starter()
+    node = rabbit_mod._make_node()
+    node.start()
+    return node
+
+
+def make_tree(www: Path, count: int, size: int, dirs: int) -> list[Path]:
+    """``count`` files of ``size`` distinct bytes in ``dirs`` directories under www/bench."""
+    paths = []
+    for i in range(count):
+        d = www / "bench" / f"d{i % dirs:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"f{i:06d}.bin"
+        seed = hashlib.sha256(str(i).encode()).digest()
+        p.write_bytes((seed * (size // len(seed) + 1))[:size])
+        paths.append(p)
+    return paths
+
+
+class Amqp:
+    """A py-amqp connection for the bench's own bookkeeping (independent of our code)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = amqp.Connection(host=f"127.0.0.1:{port}", userid="guest", password="guest")
+        self.conn.connect()
+        self.ch = self.conn.channel()
+
+    def exchange(self, name: str) -> None:
+        # as sr2 and sr3 declare theirs, or their own declare would fail
+        self.ch.exchange_declare(name, "topic", durable=True, auto_delete=False)
+
+    def counting_queue(self, exchange: str) -> str:
+        name = f"q_guest.bench.count.{secrets.token_hex(4)}"
+        self.ch.queue_declare(name, durable=False, auto_delete=False)
+        self.ch.queue_bind(name, exchange, "#")
+        return name
+
+    def depth(self, queue: str) -> int:
+        return int(self.ch.queue_declare(queue, passive=True).message_count)
+
+    def settled_depth(self, queue: str, want: int, timeout: float = 15.0) -> int:
+        """The queue depth once it reaches ``want`` or stops changing for 1 s."""
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            n = self.depth(queue)
+            if n == want:
+                return n
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since > 1.0:
+                return n
+            time.sleep(0.1)
+        return self.depth(queue)
+
+    def delete(self, queue: str) -> None:
+        with contextlib.suppress(Exception):
+            self.ch.queue_delete(queue)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+# -- our side ---------------------------------------------------------------------------------
+
+
+@dataclass
+class OurSite:
+    """An SR_CONFIG_DIR/SR_STATE_DIR pair with credentials for the bench broker."""
+
+    root: Path
+    broker_port: int
+
+    def __post_init__(self) -> None:
+        conf = self.root / "config"
+        for sub in ("post", "subscribe"):
+            (conf / sub).mkdir(parents=True, exist_ok=True)
+        cred = conf / "credentials.conf"
+        cred.write_text(f"amqp://guest:guest@127.0.0.1:{self.broker_port}/\n")
+        cred.chmod(0o600)
+
+    @property
+    def broker(self) -> str:
+        return f"amqp://guest@127.0.0.1:{self.broker_port}/"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = ours_env()
+        env.update(SR_CONFIG_DIR=str(self.root / "config"), SR_STATE_DIR=str(self.root / "state"))
+        return env
+
+    def write(self, component: str, name: str, lines: list[str]) -> Path:
+        path = self.root / "config" / component / f"{name}.conf"
+        path.write_text("".join(f"{line}\n" for line in lines))
+        return path
+
+
+def ours_env() -> dict[str, str]:
+    """Our commands' environment: the caller's less ``PYTHON*`` and ``SR_*``, as the peers get
+    it (``peer_env``). In particular PYTHONDONTWRITEBYTECODE would make every run of ours
+    compile its modules again (about 0.2 s) while the peers run from their installed .pyc."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SR_"))}
+
+
+def warm_up() -> None:
+    """Import our commands once so that their bytecode is cached, like the peers' is."""
+    for name in ("sr_post", "sr_subscribe"):
+        subprocess.run([ours_bin(name), "--help"], env=ours_env(), check=True,
+                       capture_output=True)  # fmt: skip
+
+
+def ours_bin(name: str) -> str:
+    return str(ROOT / ".venv" / "bin" / name)
+
+
+def ours_post_cmd(site: OurSite, base_url: str, www: Path, exchange: str,
+                  paths: list[Path]) -> list[str]:  # fmt: skip
+    cfg = site.write("post", f"bench_{exchange}", [
+        f"post_broker {site.broker}", f"post_exchange {exchange}",
+        f"post_base_url {base_url}", f"post_base_dir {www}",
+    ])  # fmt: skip
+    return [ours_bin("sr_post"), "-c", str(cfg), *map(str, paths)]
+
+
+def ours_posted_rate(text: str) -> float:
+    """Notices/s from our summary line (timed from connected to last confirm)."""
+    for line in text.splitlines():
+        if OURS_POSTED in line and " notices to " in line:
+            words = line.split(OURS_POSTED, 1)[1].split()
+            n, seconds = int(words[0]), float(words[words.index("in") + 1].rstrip("s"))
+            return n / seconds if seconds > 0 else 0.0
+    return 0.0
+
+
+# -- A: posting ------------------------------------------------------------------------------
+
+
+@dataclass
+class PostFigures:
+    side: str
+    messages: int  # counted on the broker
+    seconds: float
+    steady_rate: float  # messages/s excluding start-up, from the side's log
+    peak_rss_kib: int
+    checksum: str
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+def measured(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[float, int]:
+    """Run ``cmd`` to completion; (wall seconds, peak RSS KiB of its process tree).
+
+    Not ``bench.peers.run_measured``: the ``ru_maxrss`` that one takes from ``wait4`` carries
+    the *forking* process's high-water mark across exec (Linux keeps it in the signal
+    struct), so it reports this bench's own ~40 MiB for every command (``/bin/true``
+    included). The peak here is the largest of the sampled tree sum of VmRSS and any process's
+    VmHWM, both per exec'd image.
+    """
+    with log.open("wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        sampler = TreeSampler(proc.pid, interval=0.02).start()
+        try:
+            rc = proc.wait(600)
+        finally:
+            peak = sampler.stop()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd, log.read_text(errors="replace")[-2000:])
+    return seconds, peak
+
+
+def peer_post_cmd(side: str, home: Path, ctx: Ctx, exchange: str, paths: list[Path]) -> list[str]:
+    """The same post configs as ``bench.peers.bench_post`` (v02 output, -c/--config file)."""
+    bare, full, _user = _split_broker(ctx.node.url())
+    common = [f"post_broker {bare}", f"post_exchange {exchange}"]
+    if side == "sr2":
+        cfg_dir = home / ".config" / "sarra"
+        lines = [*common, f"post_base_url {ctx.base_url}", f"post_base_dir {ctx.www}"]
+        flag, cmd = "-c", "sr_post"
+    else:
+        cfg_dir = home / ".config" / "sr3"
+        lines = [*common, f"post_baseUrl {ctx.base_url}", f"post_baseDir {ctx.www}",
+                 "post_format v02", "post_topicPrefix v02.post"]  # fmt: skip
+        flag, cmd = "--config", "sr3_post"
+    write_credentials(cfg_dir, [full])
+    cfg = _write_config(cfg_dir / "post" / "bench.conf", lines)
+    return [str(peer_bin(cmd)), flag, str(cfg), *map(str, paths)]
+
+
+def run_post(side: str, ctx: Ctx, paths: list[Path]) -> PostFigures:
+    exchange = f"x_bench_a_{side}_{secrets.token_hex(3)}"
+    ctx.amqp.exchange(exchange)
+    counter = ctx.amqp.counting_queue(exchange)
+    try:
+        home = ctx.fresh(f"a_{side}")
+        log = home / "post.log"
+        if side == "ours":
+            site = OurSite(home, ctx.node.port)
+            cmd, env = ours_post_cmd(site, ctx.base_url, ctx.www, exchange, paths), site.env
+        else:
+            cmd, env = peer_post_cmd(side, home, ctx, exchange, paths), peer_env(home)
+        seconds, peak = measured(cmd, env, home, log)
+        text = log.read_text(errors="replace")
+        if side == "ours":
+            steady = ours_posted_rate(text)
+        else:
+            stamps = log_timestamps(text, SR2_POSTED_LINE if side == "sr2" else SR3_POSTED_LINE)
+            span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+            steady = (len(stamps) - 1) / span if span > 0 else 0.0
+        got = ctx.amqp.settled_depth(counter, len(paths))
+    finally:
+        ctx.amqp.delete(counter)
+    return PostFigures(side, got, seconds, steady, peak, DEFAULT_CHECKSUM[side])
+
+
+# -- B: subscribing ---------------------------------------------------------------------------
+
+
+@dataclass
+class SubFigures:
+    side: str
+    files: int  # in the destination with the right size and md5
+    seconds: float  # spawn until all files were in the destination
+    first_file_seconds: float  # spawn until the first file appeared (start-up)
+    steady_rate: float  # files/s from the side's log (first to last download line)
+    peak_rss_kib: int
+    settings: str
+    queued: int  # queue depth before the subscriber started
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.seconds if self.seconds else 0.0
+
+
+class Runner:
+    """A subscriber process, one of the three sides, with a uniform start/stop."""
+
+    def __init__(self, side: str, ctx: Ctx, exchange: str, dest: Path) -> None:
+        self.side, self.ctx, self.exchange, self.dest = side, ctx, exchange, dest
+        self.queue = f"q_guest.bench.{side}.{secrets.token_hex(4)}"
+        self.root = ctx.fresh(f"b_{side}")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.peer: Sr2Subscriber | Sr3Subscriber | None = None
+        if side == "ours":
+            self.site = OurSite(self.root, ctx.node.port)
+            self.site.write("subscribe", "bench", [
+                f"broker {self.site.broker}", f"exchange {exchange}",
+                f"queue_name {self.queue}", "expire 1h", "subtopic #", "report_back off",
+                *([f"transfer_threads {ctx.threads}"] if ctx.threads else []),
+                "mirror on", f"directory {dest}", "accept .*",
+            ])  # fmt: skip
+            self.settings = f"transfer_threads {ctx.threads or 'default (4)'}, report_back off"
+        elif side == "sr2":
+            self.settings = "report_back False (single-threaded)"
+        else:
+            self.settings = "defaults (single flow process, no reports)"
+
+    def declare(self) -> None:
+        if self.side == "ours":
+            subprocess.run([ours_bin("sr_subscribe"), "declare", "bench"], env=self.site.env,
+                           check=True, capture_output=True)  # fmt: skip
+        else:
+            declare_queue(self.side, self.root / "declare", self.ctx.node.url(), self.exchange,
+                          self.root / "declare_dest", queue=self.queue,
+                          bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
+
+    def start(self) -> int:
+        """Spawn; return the pid of the process tree's root."""
+        if self.side == "ours":
+            log = (self.root / "subscribe.log").open("wb")
+            self.proc = subprocess.Popen(
+                [ours_bin("sr_subscribe"), "foreground", "bench"], env=self.site.env,
+                cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            log.close()
+            return self.proc.pid
+        cls = Sr2Subscriber if self.side == "sr2" else Sr3Subscriber
+        extra = ["report_back False"] if self.side == "sr2" else []
+        self.peer = cls(self.root / "run", self.ctx.node.url(), self.exchange, self.dest,
+                        queue=self.queue, extra=extra,
+                        bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
+        self.peer.start()  # the queue is bound already: returns after one probe
+        return self.peer.pid
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.peer is not None and self.peer.process is not None and \
+            self.peer.process.poll() is None  # fmt: skip
+
+    def stop(self) -> None:
+        if self.peer is not None:
+            self.peer.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log_text(self) -> str:
+        if self.peer is not None:
+            return self.peer.log_text()
+        return (self.root / "subscribe.log").read_text(errors="replace")
+
+    def downloaded_line(self) -> str:
+        return self.peer.downloaded_line if self.peer is not None else OURS_DOWNLOADED
+
+
+def count_done(dest: Path, suffix: str = ".bin") -> int:
+    """Files with their final name (not in-flight temporaries) under ``dest``."""
+    n = 0
+    for _dirpath, _dirs, files in os.walk(dest):
+        n += sum(1 for f in files if f.endswith(suffix) and not f.startswith("."))
+    return n
+
+
+def verify(www: Path, dest: Path, paths: list[Path]) -> int:
+    """How many source files have an identical copy (same relative path and md5) in dest."""
+    ok = 0
+    for src in paths:
+        copy = dest / src.relative_to(www)
+        with contextlib.suppress(OSError):
+            if hashlib.md5(copy.read_bytes()).digest() == hashlib.md5(src.read_bytes()).digest():
+                ok += 1
+    return ok
+
+
+def run_subscribe(side: str, ctx: Ctx, paths: list[Path]) -> SubFigures:
+    exchange = f"x_bench_b_{side}_{secrets.token_hex(3)}"
+    ctx.amqp.exchange(exchange)
+    dest = ctx.fresh(f"dest_{side}") / "dest"
+    runner = Runner(side, ctx, exchange, dest)
+    runner.declare()
+    # the same messages for every side: our poster fills the queue
+    poster = OurSite(ctx.fresh(f"b_post_{side}"), ctx.node.port)
+    subprocess.run(ours_post_cmd(poster, ctx.base_url, ctx.www, exchange, paths),
+                   env=poster.env, check=True, capture_output=True)  # fmt: skip
+    queued = ctx.amqp.settled_depth(runner.queue, len(paths))
+    want = len(paths)
+    first = 0.0
+    t0 = time.monotonic()
+    pid = runner.start()
+    sampler = TreeSampler(pid).start()
+    try:
+        deadline = t0 + ctx.timeout
+        while True:
+            n = count_done(dest) if dest.exists() else 0
+            now = time.monotonic()
+            if n and not first:
+                first = now - t0
+            if n >= want:
+                break
+            if not runner.alive():
+                raise PeerError(f"{side} subscriber exited early\n{runner.log_text()[-3000:]}")
+            if now > deadline:
+                raise PeerError(f"{side}: {n} of {want} files after {ctx.timeout:.0f}s\n"
+                                f"{runner.log_text()[-3000:]}")  # fmt: skip
+            time.sleep(0.05)
+        seconds = time.monotonic() - t0
+    finally:
+        peak = sampler.stop()
+        runner.stop()
+    stamps = log_timestamps(runner.log_text(), runner.downloaded_line())
+    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+    steady = (len(stamps) - 1) / span if span > 0 else 0.0
+    good = verify(ctx.www, dest, paths)
+    ctx.amqp.delete(runner.queue)
+    shutil.rmtree(dest, ignore_errors=True)
+    return SubFigures(side, good, seconds, first, steady, peak, runner.settings, queued)
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    work: Path
+    node: Any
+    base_url: str
+    www: Path
+    amqp: Amqp
+    threads: int | None
+    timeout: float
+
+    def fresh(self, prefix: str) -> Path:
+        """A new empty directory in the work area (every run of every side gets its own)."""
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=self.work))
+
+
+def mib(kib: float) -> float:
+    return kib / 1024
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if a and b else None
+
+
+def fmt_ratio(r: float | None) -> str:
+    return f"{r:.2f}" if r is not None else "-"
+
+
+def median_of(runs: list[Any], attr: str) -> float:
+    return float(statistics.median(getattr(r, attr) for r in runs))
+
+
+def summarize(name: str, runs: dict[str, list[Any]], unit: str) -> list[dict[str, Any]]:
+    """Rows (medians over repeats) for one benchmark; ratios are ours / sr3."""
+    rows = []
+    for side, rs in runs.items():
+        if not rs:
+            continue
+        rows.append({
+            "bench": name, "side": side, "unit": unit, "runs": len(rs),
+            "count": min(getattr(r, "messages", getattr(r, "files", 0)) for r in rs),
+            "seconds": median_of(rs, "seconds"), "rate": median_of(rs, "rate"),
+            "steady_rate": median_of(rs, "steady_rate"),
+            "peak_rss_mib": mib(max(r.peak_rss_kib for r in rs)),
+        })  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
+    head = (f"{'bench':<10} {'side':<5} {'count':>5} {'wall s':>7} {'rate':>8} "
+            f"{'steady':>8} {'peak MiB':>8}  unit")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['bench']:<10} {r['side']:<5} {r['count']:>5} {r['seconds']:>7.2f} "
+              f"{r['rate']:>8.1f} {r['steady_rate']:>8.1f} {r['peak_rss_mib']:>8.1f}  "
+              f"{r['unit']}")  # fmt: skip
+    print()
+    print("ratios ours / sr3 (rate: wall clock incl. start-up; steady: from the logs)")
+    for bench in dict.fromkeys(r["bench"] for r in rows):
+        by = {r["side"]: r for r in rows if r["bench"] == bench}
+        if "ours" not in by or "sr3" not in by:
+            print(f"  {bench}: no ours/sr3 pair")
+            continue
+        o, s = by["ours"], by["sr3"]
+        rr, sr = ratio(o["rate"], s["rate"]), ratio(o["steady_rate"], s["steady_rate"])
+        mr = ratio(o["peak_rss_mib"], s["peak_rss_mib"])
+        tgt = targets[bench]
+        ok_rate = "met" if rr is not None and rr >= tgt else "NOT met"
+        ok_mem = "met" if mr is not None and mr <= 1.0 else "NOT met"
+        print(
+            f"  {bench}: rate x{fmt_ratio(rr)}, steady x{fmt_ratio(sr)} (target >= {tgt:g}: "
+            f"{ok_rate} on wall rate); peak RSS x{fmt_ratio(mr)} (target <= 1: {ok_mem})"
+        )
+
+
+def peer_versions() -> dict[str, str]:
+    from tests.interop.peers import peers_dir
+
+    out = {}
+    for side, pkg in (("sr2", "metpx_sarracenia"), ("sr3", "metpx_sr3")):
+        found = sorted((peers_dir() / side).glob(f"lib/python*/site-packages/{pkg}-*.dist-info"))
+        out[side] = found[0].name.removesuffix(".dist-info").split("-", 1)[1] if found else "?"
+    return out
+
+
+@contextlib.contextmanager
+def environment(args: argparse.Namespace) -> Iterator[Ctx]:
+    work = Path(tempfile.mkdtemp(prefix="sarra-bench-"))
+    node = None
+    stop_web: Callable[[], None] | None = None
+    broker = None
+    try:
+        print(f"bench directory {work}; starting RabbitMQ and nginx on loopback ...", flush=True)
+        node = start_broker()
+        www = work / "www"
+        web, stop_web = start_nginx(work / "nginx", www)
+        broker = Amqp(node.port)
+        yield Ctx(work, node, web.base_url, www, broker, args.threads, args.timeout)
+    finally:
+        if broker is not None:
+            broker.close()
+        if stop_web is not None:
+            stop_web()
+        if node is not None:
+            node.stop()
+            shutil.rmtree(node.base_dir, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=2048, help="bytes per file")
+    ap.add_argument("--dirs", type=int, default=4, help="subdirectories the files are spread over")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated: ours,sr3,sr2")
+    ap.add_argument("--only", choices=("post", "subscribe"), help="run one benchmark only")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side (medians reported)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="our transfer_threads (default: our default, 4)"
+    )
+    ap.add_argument("--timeout", type=float, default=240.0, help="per subscriber run, seconds")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    sides = [s for s in args.sides.split(",") if s]
+    started = time.time()
+    post_runs: dict[str, list[PostFigures]] = {s: [] for s in sides}
+    sub_runs: dict[str, list[SubFigures]] = {s: [] for s in sides}
+    problems: list[str] = []
+    with environment(args) as ctx:
+        paths = make_tree(ctx.www, args.files, args.size, args.dirs)
+        warm_up()
+        print(f"{len(paths)} files of {args.size} B in {args.dirs} directories; "
+              f"sides {', '.join(sides)}", flush=True)  # fmt: skip
+        for rep in range(args.repeat):
+            for side in sides if args.only != "subscribe" else []:
+                print(f"[{rep + 1}] A post      {side} ...", end=" ", flush=True)
+                try:
+                    pf = run_post(side, ctx, paths)
+                except (PeerError, subprocess.SubprocessError, OSError) as e:
+                    problems.append(f"post {side}: {str(e)[:2000]}")
+                    print("FAILED")
+                    continue
+                post_runs[side].append(pf)
+                print(f"{pf.seconds:.2f}s, {pf.messages} msgs on the broker")
+                if pf.messages != len(paths):
+                    problems.append(f"post {side}: broker got {pf.messages} of {len(paths)}")
+            for side in sides if args.only != "post" else []:
+                print(f"[{rep + 1}] B subscribe {side} ...", end=" ", flush=True)
+                try:
+                    sf = run_subscribe(side, ctx, paths)
+                except (PeerError, subprocess.SubprocessError, OSError) as e:
+                    problems.append(f"subscribe {side}: {str(e)[:2000]}")
+                    print("FAILED")
+                    continue
+                sub_runs[side].append(sf)
+                print(f"{sf.seconds:.2f}s, {sf.files} files verified (queued {sf.queued})")
+                if sf.files != len(paths) or sf.queued != len(paths):
+                    problems.append(f"subscribe {side}: {sf.files} of {len(paths)} verified, "
+                                    f"queue held {sf.queued}")  # fmt: skip
+    rows = summarize("post", post_runs, "msg/s") + summarize("subscribe", sub_runs, "files/s")
+    print()
+    print(f"{args.files} files x {args.size} B; host {platform.node()}, {os.cpu_count()} cpus, "
+          f"load {os.getloadavg()[0]:.1f}; total {time.time() - started:.0f}s")  # fmt: skip
+    print_table(rows, {"post": 3.0, "subscribe": 3.0})
+    for side, subs in sub_runs.items():
+        if subs:
+            print(f"  subscribe {side}: {subs[0].settings}; start-up to first file "
+                  f"{statistics.median(r.first_file_seconds for r in subs):.2f}s")  # fmt: skip
+    for side, posts in post_runs.items():
+        if posts:
+            print(f"  post {side}: default checksum {posts[0].checksum}")
+    for p in problems:
+        print(f"PROBLEM: {p.splitlines()[0]}")
+    out_dir = ROOT / "bench" / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"core-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps({
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "host": platform.node(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+        "python": platform.python_version(), "peers": peer_versions(),
+        "files": args.files, "size": args.size, "dirs": args.dirs, "repeat": args.repeat,
+        "subscribe_messages_posted_by": "ours (sr_post, sum d)",
+        "summary": rows,
+        "runs": {"post": {s: [asdict(r) | {"rate": r.rate} for r in rs]
+                          for s, rs in post_runs.items()},
+                 "subscribe": {s: [asdict(r) | {"rate": r.rate} for r in rs]
+                               for s, rs in sub_runs.items()}},
+        "problems": problems,
+    }, indent=2))  # fmt: skip
+    print(f"results: {out.relative_to(ROOT)}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
