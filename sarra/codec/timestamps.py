@@ -8,6 +8,7 @@ Emitted: ``YYYYMMDDHHMMSS.nnnnnnnnn``, nine digits truncated from integer nanose
 from __future__ import annotations
 
 import calendar
+import datetime
 import math
 import re
 import time
@@ -44,8 +45,16 @@ def parse_timestamp_parts(s: str) -> tuple[int, float]:
     if m is None:
         raise MalformedMessage(f"bad timestamp {s[:64]!r}")
     date, hms, frac = m.group("date"), m.group("time"), m.group("frac")
-    try:
-        tm = time.strptime(date + hms, "%Y%m%d%H%M%S")
+    fields = (
+        int(date[0:4]),
+        int(date[4:6]),
+        int(date[6:8]),
+        int(hms[0:2]),
+        int(hms[2:4]),
+        int(hms[4:6]),
+    )
+    try:  # validates the calendar (strptime is ~6x slower on this hot path)
+        datetime.datetime(*fields)
     except ValueError as exc:
         raise MalformedMessage(f"bad timestamp {s!r}: {exc}") from exc
     fraction = 0.0
@@ -57,7 +66,7 @@ def parse_timestamp_parts(s: str) -> tuple[int, float]:
         if not math.isfinite(fraction):
             raise MalformedMessage(f"bad timestamp fraction {s!r}")
         fraction = min(max(fraction, 0.0), _FRACTION_MAX)
-    return calendar.timegm(tm), fraction
+    return calendar.timegm((*fields, 0, 0, 0)), fraction
 
 
 def format_timestamp_ns(ns: int) -> str:

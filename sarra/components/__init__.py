@@ -1,14 +1,42 @@
-"""The sr_* components: each a short declaration (defaults + behaviour)."""
+"""The sr_* components: each a short declaration (defaults + behaviour).
+
+The registry is an explicit literal table; a component's module is imported only when it is
+used, so a one-shot ``sr_post`` does not pay for watchdog or the download path at start-up.
+"""
 
 from __future__ import annotations
 
-from sarra.components.base import Component
-from sarra.components.post import PostComponent
-from sarra.components.subscribe import SubscribeComponent
-from sarra.components.watch import WatchComponent
+import importlib
+from collections.abc import Iterator, Mapping
 
-REGISTRY: dict[str, Component] = {
-    "post": PostComponent(),
-    "watch": WatchComponent(),
-    "subscribe": SubscribeComponent(),
+from sarra.components.base import Component
+
+#: component name -> "module:class"
+COMPONENTS: dict[str, str] = {
+    "post": "sarra.components.post:PostComponent",
+    "watch": "sarra.components.watch:WatchComponent",
+    "subscribe": "sarra.components.subscribe:SubscribeComponent",
 }
+
+
+class _Registry(Mapping[str, Component]):
+    """Instantiates each component on first use."""
+
+    def __init__(self, table: Mapping[str, str]) -> None:
+        self._table = dict(table)
+        self._made: dict[str, Component] = {}
+
+    def __getitem__(self, name: str) -> Component:
+        if name not in self._made:
+            module, _, cls = self._table[name].partition(":")
+            self._made[name] = getattr(importlib.import_module(module), cls)()
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+REGISTRY: Mapping[str, Component] = _Registry(COMPONENTS)

@@ -20,14 +20,13 @@ log = logging.getLogger(__name__)
 
 def post_paths(cfg: Any) -> list[str]:
     """Paths given with ``path``/``-path`` options and on the command line, in order."""
-    result: list[str] = []
+    result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
     for source in (cfg.get("path"), getattr(cfg, "paths", None)):
         if not source:
             continue
         for p in [source] if isinstance(source, str) else source:
-            if p not in result:
-                result.append(str(p))
-    return result
+            result.setdefault(str(p), None)
+    return list(result)
 
 
 class PostComponent:

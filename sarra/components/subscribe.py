@@ -200,6 +200,7 @@ class SubscribeComponent:
             retry_queue,
             stop=stop,
             on_settled=on_settled,
+            before_settle=downloader.sync,
             housekeeping=housekeeping,
             heartbeat=heartbeat,
         )

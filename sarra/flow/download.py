@@ -211,6 +211,7 @@ class Downloader:
             mtime=mtime,
             mode=mode,
             progress=progress,
+            sync_dir=False,  # group commit: see sync()
         )
         item.size = result.size
         item.computed = result.checksum
@@ -245,6 +246,13 @@ class Downloader:
             with self._transports_lock:
                 self._all_transports.append(transport)
         return transport
+
+    def sync(self) -> None:
+        """Make every rename since the last call durable (before reports and acks)."""
+        with self._roots_lock:
+            roots = list(self._roots.values())
+        for root in roots:
+            root.sync_dirs()
 
     def recover_leftovers(self) -> int:
         """Remove in-flight files a killed predecessor left behind (see the journal)."""

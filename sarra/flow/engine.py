@@ -85,6 +85,7 @@ class ConsumingLoop:
         *,
         stop: threading.Event,
         on_settled: Callable[[WorkItem], None] | None = None,
+        before_settle: Callable[[], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
@@ -96,6 +97,7 @@ class ConsumingLoop:
         self.retry_queue = retry_queue
         self.stop = stop
         self.on_settled = on_settled
+        self.before_settle = before_settle
         self.housekeeping = housekeeping
         self.heartbeat = heartbeat
         self._done: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
@@ -109,6 +111,8 @@ class ConsumingLoop:
         self._settle_retries: list[WorkItem] = []
         self.counts: dict[int, int] = {}
         self._consuming = False
+        #: deliveries of the current connection not yet acked, in delivery-tag order
+        self._outstanding: dict[int, Delivery] = {}
         self.last_activity = time.time()
 
     # -- connection ----------------------------------------------------------------------------
@@ -209,6 +213,7 @@ class ConsumingLoop:
 
     def _intake(self, delivery: Delivery) -> None:
         self.last_activity = time.time()
+        self._outstanding[delivery.delivery_tag] = delivery
         msg = delivery.message
         try:
             decoded = v02.decode(
@@ -308,13 +313,21 @@ class ConsumingLoop:
         item.message += " (queued for retry)"
 
     def _flush_settled(self) -> None:
-        """Publish pending reports (confirmed), then ack and settle retry entries."""
+        """Make outcomes durable, publish pending reports (confirmed), then ack and settle
+        retry entries."""
+        if not (self._settle_reports or self._settle_acks or self._settle_retries):
+            return
+        if self.before_settle is not None:
+            try:
+                self.before_settle()  # e.g. fsync the directories of files just placed
+            except SarraError as e:
+                log.error("cannot make placed files durable (%s); acks wait", e)
+                return
         if self._settle_reports:
             self.session.publish(self._settle_reports)
             self._settle_reports = []
         acks, self._settle_acks = self._settle_acks, []
-        for delivery in acks:
-            self.session.ack(delivery)
+        self._ack(acks)
         retries, self._settle_retries = self._settle_retries, []
         for item in retries:
             assert item.retry is not None
@@ -324,8 +337,27 @@ class ConsumingLoop:
             else:
                 self.retry_queue.done(item.retry)
 
+    def _ack(self, acks: list[Delivery]) -> None:
+        """Ack settled deliveries: one ``multiple`` ack for the settled prefix (in tag order),
+        single acks for the others so a slow transfer never holds the prefetch window."""
+        settled = {d.delivery_tag for d in acks if d.generation == self.session.generation}
+        last: Delivery | None = None
+        while self._outstanding:
+            tag = next(iter(self._outstanding))
+            if tag not in settled:
+                break
+            last = self._outstanding.pop(tag)
+            settled.discard(tag)
+        if last is not None:
+            self.session.ack(last, multiple=True)
+        for d in acks:
+            if d.delivery_tag in settled:
+                self._outstanding.pop(d.delivery_tag, None)
+                self.session.ack(d)
+
     def _abandon_unacked(self) -> None:
         """After a connection loss: outcomes not yet acked will be redelivered."""
+        self._outstanding.clear()
         self._settle_reports = []
         dropped = len(self._settle_acks)
         self._settle_acks = []

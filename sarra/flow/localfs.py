@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import stat as stat_mod
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -192,13 +193,22 @@ class InflightFile:
         with _translated(f"fsync {self.rel}"):
             os.fsync(self._fd)
 
-    def commit(self, final_rel: str, mtime: float | None = None, mode: int | None = None) -> None:
+    def commit(
+        self,
+        final_rel: str,
+        mtime: float | None = None,
+        mode: int | None = None,
+        *,
+        sync_dir: bool = True,
+    ) -> None:
         """Move the data into place under ``final_rel``, atomically and durably.
 
         Mode (masked by 0o777 and the root's chmod policy; no setuid/setgid/sticky) and
         mtime are set on the open descriptor *before* the rename, so the final name appears
         complete with its metadata and nothing can be redirected between the two steps.
-        Then: fsync the file, rename over the final name, fsync the directories.
+        Then: fsync the file, rename over the final name, fsync the directories. With
+        ``sync_dir`` false the directories are only noted, and :meth:`SafeRoot.sync_dirs` makes
+        every noted rename durable at once (group commit: one fsync per directory per batch).
         """
         self._check_open()
         owner = self._owner
@@ -214,9 +224,15 @@ class InflightFile:
             try:
                 with _translated(f"rename {self.rel} -> {final_rel}"):
                     os.replace(self.name, parts[-1], src_dir_fd=self._dir_fd, dst_dir_fd=dst_fd)
-                    os.fsync(dst_fd)
-                    if not os.path.samestat(os.fstat(dst_fd), os.fstat(self._dir_fd)):
-                        os.fsync(self._dir_fd)
+                    same_dir = os.path.samestat(os.fstat(dst_fd), os.fstat(self._dir_fd))
+                    if sync_dir:
+                        os.fsync(dst_fd)
+                        if not same_dir:
+                            os.fsync(self._dir_fd)
+                    else:
+                        owner._note_dirty(parts[:-1])
+                        if not same_dir:
+                            owner._note_dirty(tuple(self.rel.split("/")[:-1]))
             finally:
                 _close(dst_fd)
         except BaseException:
@@ -281,6 +297,8 @@ class SafeRoot:
         #: told (in-flight path, True) when an in-flight file is created and (path, False)
         #: when it is committed or aborted, so a crashed writer's leftovers can be found
         self.on_inflight = on_inflight
+        self._dirty: set[tuple[str, ...]] = set()
+        self._dirty_lock = threading.Lock()
         self.root = Path(root)
         self.dir_mode = dir_mode & 0o777
         self.file_mode = file_mode & 0o777
@@ -407,16 +425,21 @@ class SafeRoot:
         try:
             for _ in range(100):
                 _, name = self.inflight_name(parts[-1], inflight)
+                inflight_rel = "/".join((*dirs, name))
+                # noted before it exists, so a writer killed at any point leaves a trace
+                if self.on_inflight is not None:
+                    self.on_inflight(inflight_rel, True)
                 try:
                     fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
                 except FileExistsError:
+                    if self.on_inflight is not None:
+                        self.on_inflight(inflight_rel, False)
                     continue
                 except OSError as exc:
+                    if self.on_inflight is not None:
+                        self.on_inflight(inflight_rel, False)
                     raise _translate(exc, f"create in-flight file for {rel}") from exc
                 self._live.add(name)
-                inflight_rel = "/".join((*dirs, name))
-                if self.on_inflight is not None:
-                    self.on_inflight(inflight_rel, True)
                 return InflightFile(self, dir_fd, name, fd, inflight_rel)
             raise LocalError(f"could not pick a free in-flight name for {rel}")
         except BaseException:
@@ -464,6 +487,37 @@ class SafeRoot:
             finally:
                 _close(fd)
         return removed
+
+    # group commit -------------------------------------------------------------------------
+
+    def _note_dirty(self, parts: tuple[str, ...]) -> None:
+        with self._dirty_lock:
+            self._dirty.add(parts)
+
+    def sync_dirs(self) -> int:
+        """fsync every directory noted by ``commit(sync_dir=False)``; returns how many.
+
+        Raises:
+            LocalError: a directory cannot be synced (the renames may not be durable).
+        """
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        pending = set(dirty)
+        try:
+            for parts in dirty:
+                fd = self._walk(parts, create=False)
+                if fd is not None:  # None: removed since, nothing of ours to make durable
+                    try:
+                        with _translated(f"sync directory {'/'.join(parts) or '.'}"):
+                            os.fsync(fd)
+                    finally:
+                        _close(fd)
+                pending.discard(parts)
+        finally:
+            if pending:  # keep what was not synced for the next call
+                with self._dirty_lock:
+                    self._dirty |= pending
+        return len(dirty)
 
     # file operations ----------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ def download_to(
     mtime: float | None,
     mode: int | None,
     progress: Callable[[int], None] | None = None,
+    sync_dir: bool = True,
 ) -> PlacementResult:
     """Stream ``chunks`` into ``rel`` under ``root``, verifying before anything is placed.
 
@@ -83,7 +84,8 @@ def download_to(
     algorithm (returned in the result); ``n``/``0``/``a`` are placed unverified. When
     ``expected_size`` is given the data must be exactly that long (reading stops as soon as
     it is exceeded). ``progress`` gets the byte count after each chunk. On success the file
-    is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`).
+    is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
+    ``sync_dir`` false the caller must call ``root.sync_dirs()`` before relying on it).
 
     Raises :class:`IntegrityError` on size or sum mismatch, :class:`MalformedMessage` for a
     sum that does not describe data, :class:`HostilePath`, :class:`LocalError` or
@@ -122,7 +124,7 @@ def download_to(
             raise IntegrityError(
                 f"{rel}: checksum mismatch: expected {checksum.wire()}, got {computed.wire()}"
             )
-        out.commit(rel, mtime=mtime, mode=mode)
+        out.commit(rel, mtime=mtime, mode=mode, sync_dir=sync_dir)
     return PlacementResult(
         size=size, checksum=computed, verified=verified, elapsed=time.monotonic() - started
     )
