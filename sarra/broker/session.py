@@ -362,6 +362,17 @@ class BrokerSession:
             consumer.queue, no_ack=False, callback=on_message, on_cancel=on_cancel
         )
 
+    def fileno(self) -> int | None:
+        """The connection's socket, for ``select`` beside other descriptors; None when it
+        cannot be used that way (not connected, or TLS, whose buffered records a select on
+        the socket would not see). After select says readable, call :meth:`poll` with 0.
+        """
+        conn = self._conn
+        if conn is None or not conn.connected or self.url.tls:
+            return None
+        sock = getattr(conn.transport, "sock", None)
+        return None if sock is None else int(sock.fileno())
+
     def poll(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for deliveries, dispatch them; return how many.
 

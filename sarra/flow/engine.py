@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import random
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -113,6 +115,9 @@ class ConsumingLoop:
         self._consuming = False
         #: deliveries of the current connection not yet acked, in delivery-tag order
         self._outstanding: dict[int, Delivery] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.last_activity = time.time()
 
     # -- connection ----------------------------------------------------------------------------
@@ -156,8 +161,7 @@ class ConsumingLoop:
                     if not self.session.connected:
                         self._connect()
                         continue
-                    busy = self._in_pool > 0 or not self._done.empty()
-                    self.session.poll(0.02 if busy else 0.5)
+                    self._wait_and_poll()
                     self._collect()
                     self._flush_settled()
                     now = time.monotonic()
@@ -178,6 +182,33 @@ class ConsumingLoop:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=False)
             self.session.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _wait_and_poll(self) -> None:
+        """Dispatch deliveries; sleep until the broker sends something or a transfer ends.
+
+        Workers wake the flow thread through a pipe, so finished transfers are settled (and
+        acked, which reopens the prefetch window) at once, without busy polling.
+        """
+        if self.session.poll(0) or not self._done.empty():
+            return
+        fd = self.session.fileno()
+        if fd is None:  # TLS: short polls while transfers run
+            self.session.poll(0.002 if self._in_pool > 0 else 0.5)
+            return
+        readable, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        if fd in readable:
+            self.session.poll(0)
+
+    def _finished(self, item: WorkItem) -> None:
+        """In a pool thread: hand the item back and wake the flow thread."""
+        self._done.put(item)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
 
     def _drain(self, timeout: float = 30.0) -> None:
         """Finish in-flight transfers, report and ack them before stopping."""
@@ -252,7 +283,7 @@ class ConsumingLoop:
             return
         self._in_pool += 1
         future = self._pool.submit(self._work_guarded, item)
-        future.add_done_callback(lambda _f: self._done.put(item))
+        future.add_done_callback(lambda _f: self._finished(item))
 
     def _work_guarded(self, item: WorkItem) -> None:
         attempts = max(1, self.settings.attempts)

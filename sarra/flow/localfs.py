@@ -219,7 +219,9 @@ class InflightFile:
                 if mtime is not None:
                     os.utime(self._fd, (mtime, mtime))
                 os.fsync(self._fd)
-            dst_fd = owner._walk(parts[:-1], create=True)
+            # the usual case: the in-flight file sits in the final directory (no second walk)
+            same_parent = tuple(self.rel.split("/")[:-1]) == parts[:-1]
+            dst_fd = os.dup(self._dir_fd) if same_parent else owner._walk(parts[:-1], create=True)
             assert dst_fd is not None
             try:
                 with _translated(f"rename {self.rel} -> {final_rel}"):
