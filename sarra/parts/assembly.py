@@ -1,0 +1,252 @@
+"""Confined file operations for in-place reassembly of parts (spec 6.7, 9.2).
+
+One *data file* per file version collects the verified blocks of a multi-part file at their
+offsets. Unlike :meth:`SafeRoot.open_inflight` (one writer, one descriptor), the data file is
+shared: every process and thread that receives a block of the version opens it read-write and
+``pwrite``\\s its block. So:
+
+- it is created ``O_CREAT|O_EXCL|O_NOFOLLOW`` (mode 0o600) under a fresh random name beside
+  the final name (same file system, so the final rename is atomic), and later opened
+  ``O_RDWR|O_NOFOLLOW`` by name; a symlink or non-regular file there is refused;
+- its name (``.<final name>.<random>.sr-part``) deliberately carries no in-flight writer token,
+  so :meth:`SafeRoot.sweep_inflight` never removes it: the part tracker owns its expiry;
+- parents are walked through the root's confined walker (no symlinked parent is followed).
+
+Also here: :class:`Ticket`, a writer's handle on the data file for one block, and the
+``parts`` checks the tracker applies (:func:`check_spec`, :func:`known_size`).
+
+OS errors become :class:`DiskFull` (ENOSPC/EDQUOT) or :class:`LocalError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat as stat_mod
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import TracebackType
+
+from sarra.errors import DiskFull, HostilePath, LocalError, MalformedMessage
+from sarra.flow.localfs import SafeRoot
+from sarra.notice import PartSpec
+
+#: suffix of shared reassembly data files
+DATA_SUFFIX = ".sr-part"
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NAME_MAX = 255
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Re-raise an OSError inside the block as :class:`DiskFull` or :class:`LocalError`."""
+    try:
+        yield
+    except OSError as exc:
+        text = f"{what}: {exc.strerror or exc}"
+        if exc.errno in _FULL_ERRNOS:
+            raise DiskFull(text) from exc
+        raise LocalError(text) from exc
+
+
+def data_rel_for(root: SafeRoot, final_rel: str) -> str:
+    """A fresh data-file path (relative to the root) beside ``final_rel``.
+
+    Raises :class:`HostilePath` when ``final_rel`` is not a confined path.
+    """
+    parts = root.check_relpath(final_rel)
+    token = secrets.token_hex(6)
+    name = f".{parts[-1]}.{token}{DATA_SUFFIX}"
+    if len(name.encode("utf-8")) > _NAME_MAX:
+        name = f".{token}{DATA_SUFFIX}"
+    return "/".join((*parts[:-1], name))
+
+
+def _open_dir(root: SafeRoot, dirs: tuple[str, ...], create: bool) -> int | None:
+    # SafeRoot has no public "open this directory confined" yet; its walker is the one
+    # place that knows how to descend without following links, so reuse it rather than
+    # duplicate it (see the report: a public SafeRoot.open_dir would remove this access).
+    return root._walk(dirs, create=create)
+
+
+def open_data(root: SafeRoot, data_rel: str, *, create: bool) -> int | None:
+    """A read-write descriptor of the data file ``data_rel``; the caller closes it.
+
+    ``create``: make it (exclusively: an existing name is an error, never adopted) and its
+    parent directories. Without ``create``, returns None when it (or a parent) is missing.
+    Raises :class:`HostilePath` for a symlink or a non-regular file at ``data_rel``.
+    """
+    parts = root.check_relpath(data_rel)
+    dir_fd = _open_dir(root, parts[:-1], create)
+    if dir_fd is None:
+        return None
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    if create:
+        flags |= os.O_CREAT | os.O_EXCL
+    try:
+        try:
+            fd = os.open(parts[-1], flags, 0o600, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HostilePath(f"data file {data_rel} is a symlink") from exc
+            with translated(f"open data file {data_rel}"):
+                raise
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise HostilePath(f"data file {data_rel} is not a regular file")
+        return fd
+    finally:
+        os.close(dir_fd)
+
+
+def presize(fd: int, size: int, what: str) -> None:
+    """Grow the data file to ``size`` bytes (sparse); never shrinks it."""
+    with translated(f"size {what}"):
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int, what: str) -> None:
+    """Write all of ``data`` at ``offset``."""
+    view = memoryview(data)
+    with translated(f"write {what} at {offset}"):
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+
+
+def place(
+    root: SafeRoot,
+    fd: int,
+    data_rel: str,
+    final_rel: str,
+    *,
+    size: int,
+    mtime: float | None,
+    mode: int | None,
+) -> None:
+    """Put the complete data file in place under ``final_rel``, atomically and durably.
+
+    In order: cut to exactly ``size`` bytes, set mode (masked by the root's policy) and
+    mtime on the descriptor, fsync, then rename over the final name (which fsyncs the
+    directory). Metadata is set before the rename so the final name appears complete.
+    Idempotent up to the rename: after a crash it may be called again with a fresh ``fd``.
+    """
+    with translated(f"finish {data_rel}"):
+        os.ftruncate(fd, size)
+        os.fchmod(fd, root.file_mode_for(mode))
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        os.fsync(fd)
+    root.rename(data_rel, final_rel)
+
+
+def remove_data(root: SafeRoot, data_rel: str) -> bool:
+    """Unlink the data file (False when already gone; never raises for a missing parent)."""
+    with suppress(HostilePath):
+        return root.remove(data_rel)
+    return False
+
+
+class Ticket:
+    """One caller's handle on a version while it writes one block.
+
+    Check :attr:`done` (304, nothing to write) and :meth:`needs` (False: the block is already
+    present; skip the download but still :meth:`PartTracker.mark`). Write the verified block
+    with :meth:`write_block` (or stream with :meth:`pwrite` then :meth:`fsync`), then mark it.
+    Close the ticket afterwards (context manager).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        spec: PartSpec,
+        version: str,
+        final_rel: str,
+        present: bytes | None,
+        fd: int | None,
+    ) -> None:
+        self.key = key
+        self.spec = spec
+        self.version = version
+        self.final_rel = final_rel
+        self.done = present is None
+        """the version is already complete: report 304, write nothing"""
+        self._present = present or b""
+        self._fd = fd
+
+    def needs(self, block_number: int | None = None) -> bool:
+        """True when the block (default: this ticket's) still has to be written."""
+        n = self.spec.block_number if block_number is None else block_number
+        if self.done:
+            return False
+        return not (n >> 3 < len(self._present) and self._present[n >> 3] & (1 << (n & 7)))
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset`` in the data file (for streaming a block)."""
+        if self._fd is None:
+            raise LocalError(f"no data file open for {self.final_rel} (done or closed)")
+        pwrite_all(self._fd, data, offset, self.final_rel)
+
+    def fsync(self) -> None:
+        """Make the written data durable; required before marking."""
+        if self._fd is not None:
+            with translated(f"fsync data of {self.final_rel}"):
+                os.fsync(self._fd)
+
+    def write_block(self, data: bytes | memoryview) -> None:
+        """Write this ticket's verified block at its offset and fsync.
+
+        Raises :class:`MalformedMessage` when ``data`` is not exactly the block's length.
+        """
+        if len(data) != self.spec.length:
+            raise MalformedMessage(
+                f"block {self.spec.block_number} of {self.final_rel}: {len(data)} bytes, "
+                f"expected {self.spec.length}"
+            )
+        self.pwrite(data, self.spec.offset)
+        self.fsync()
+
+    def close(self) -> None:
+        """Close the data file descriptor (idempotent)."""
+        if self._fd is not None:
+            with suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def check_spec(spec: PartSpec) -> None:
+    """Refuse a ``parts`` value the tracker cannot take (spec 6.3): MalformedMessage."""
+    bs, cnt, rem, n = spec.block_size, spec.block_count, spec.remainder, spec.block_number
+    if spec.method != "i":
+        raise MalformedMessage(f"part tracker takes only 'i' parts, not {spec.wire()!r}")
+    if bs <= 0 or cnt <= 0 or not 0 <= n < cnt or not 0 <= rem <= bs:
+        raise MalformedMessage(f"impossible parts {spec.wire()!r}")
+
+
+def known_size(spec: PartSpec) -> tuple[int | None, bool]:
+    """(file size if this block tells it, whether that size is final).
+
+    The last block's message is authoritative (6.3). Earlier blocks tell it only in sr2 form
+    (rem < bs); rem == bs is sr3's form (rem = this block's length) and says nothing.
+    """
+    if spec.last:
+        return spec.file_size, True
+    if spec.remainder < spec.block_size:
+        return spec.file_size, False
+    return None, False
