@@ -1,0 +1,90 @@
+"""``sr_scheduler [--force] [--teardown] {run,status,stop} spec.toml``.
+
+* ``run``: run one scheduler copy in the foreground (systemd or Marathon keep it up).
+* ``status``: print the leader's status document (JSON) from its status endpoint.
+* ``stop``: ask the leader to stop; refused while workers are allocated unless ``--force``.
+  With ``--teardown`` the framework is removed and every worker killed (explicit removal).
+
+Exit codes: 0 done, 1 failure, 2 usage or spec error, 3 framework removed (not re-registered),
+4 stop refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from types import FrameType
+from typing import TextIO
+
+from sarra.errors import ConfigError
+from sarra.scheduler.service import SchedulerService
+from sarra.scheduler.spec import PumpSpec, load_spec
+
+
+def _leader_url(spec: PumpSpec) -> str:
+    path = spec.scheduler.state_dir / "leader.addr"
+    try:
+        return "http://" + path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"no running leader known ({path}: {e.strerror})") from e
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(prog="sr_scheduler", description=__doc__.split("\n")[0])
+    parser.add_argument("--force", action="store_true", help="stop even with workers allocated")
+    parser.add_argument("--teardown", action="store_true", help="stop: remove the framework")
+    parser.add_argument("--debug", action="store_true", help="log at debug level")
+    parser.add_argument("verb", choices=("run", "status", "stop"))
+    parser.add_argument("spec", help="the pump specification (TOML)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s [%(levelname)s] %(name)s %(message)s",
+    )
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    try:
+        spec = load_spec(args.spec)
+        if args.verb == "run":
+            service = SchedulerService(spec)
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                service.stop()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            return service.run()
+        base = _leader_url(spec)
+        if args.verb == "status":
+            with urllib.request.urlopen(base + "/status.json", timeout=10) as resp:
+                out.write(resp.read().decode() + "\n")
+            return 0
+        query = f"force={int(args.force)}&teardown={int(args.teardown)}"
+        req = urllib.request.Request(f"{base}/stop?{query}", method="POST", data=b"")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                out.write(json.load(resp)["result"] + "\n")
+            return 0
+        except urllib.error.HTTPError as e:
+            out.write(json.load(e)["result"] + "\n")
+            return 4 if e.code == 409 else 1
+    except ConfigError as e:
+        sys.stderr.write(f"sr_scheduler: {e}\n")
+        return 2
+    except OSError as e:
+        sys.stderr.write(f"sr_scheduler: cannot reach the scheduler: {e}\n")
+        return 1
+
+
+def sr_scheduler() -> int:
+    """Console entry point."""
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Placement: which pending worker goes onto which agent. A pure function, no I/O.
+
+This is the seam between the pump's intent and a cluster engine: the Mesos adapter turns
+offers into :class:`OfferView` values and the decisions back into ACCEPT/DECLINE calls; another
+engine can feed the same function from its own notion of free capacity.
+
+Rules, in order:
+
+* offers never span agents; all offers of one agent are combined (Mesos allows one ACCEPT
+  over several offers of the same agent and role);
+* a worker fits an agent when the agent's combined free resources (minus what this round
+  already placed there) cover its cpus/mem/disk, the offer's role is the worker's role, the
+  hostname is allowed and every required attribute matches;
+* agents in ``avoid`` (until a time later than ``now``) are skipped;
+* a worker with a ``prefer_agent`` (relaunch in place) goes there when it fits;
+* otherwise the agent running the fewest workers of that type wins (spreading), ties broken
+  by most free cpus, then agent id (deterministic);
+* offers of agents that receive nothing are declined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Scalar resources (cpus, MB of memory, MB of disk)."""
+
+    cpus: float = 0.0
+    mem: float = 0.0
+    disk: float = 0.0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.mem + other.mem, self.disk + other.disk)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.mem - other.mem, self.disk - other.disk)
+
+    def covers(self, need: Resources) -> bool:
+        eps = 1e-9
+        return (
+            self.cpus + eps >= need.cpus
+            and self.mem + eps >= need.mem
+            and self.disk + eps >= need.disk
+        )
+
+
+@dataclass(frozen=True)
+class Need:
+    """A worker slot waiting for a place."""
+
+    slot: str  # e.g. "feed-2"
+    worker_type: str
+    resources: Resources
+    role: str = "*"
+    hostnames: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+    prefer_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class OfferView:
+    """What placement needs to know of one offer."""
+
+    offer_id: str
+    agent_id: str
+    hostname: str
+    resources: Resources
+    role: str = "*"
+    attributes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Launch these slots on one agent using (all of) these offers."""
+
+    agent_id: str
+    offer_ids: tuple[str, ...]
+    slots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """The outcome of one placement round."""
+
+    launches: tuple[Launch, ...] = ()
+    decline: tuple[str, ...] = ()
+    unplaced: tuple[str, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict)  # slot -> why it was not placed
+
+
+@dataclass
+class _Agent:
+    agent_id: str
+    hostname: str
+    role: str
+    attributes: dict[str, str]
+    free: Resources
+    offer_ids: list[str]
+    placed: list[str]
+
+
+def _fits(need: Need, agent: _Agent) -> str | None:
+    """None when the need fits the agent, else the reason it does not."""
+    if need.role != agent.role:
+        return "role"
+    if need.hostnames and agent.hostname not in need.hostnames:
+        return "hostname"
+    for k, v in need.attributes:
+        if agent.attributes.get(k) != v:
+            return f"attribute {k}"
+    if not agent.free.covers(need.resources):
+        return "resources"
+    return None
+
+
+def place(
+    desired: Sequence[Need],
+    running: Mapping[str, Mapping[str, int]],
+    offers: Sequence[OfferView],
+    now: float,
+    avoid: Mapping[str, float],
+) -> Decisions:
+    """Place ``desired`` onto ``offers``.
+
+    ``running`` maps agent id -> worker type -> number of that type already there (spreading);
+    ``avoid`` maps agent id -> time until which it must not receive new workers.
+    """
+    agents: dict[tuple[str, str], _Agent] = {}
+    for o in offers:
+        key = (o.agent_id, o.role)
+        a = agents.get(key)
+        if a is None:
+            a = agents[key] = _Agent(
+                o.agent_id, o.hostname, o.role, dict(o.attributes), Resources(), [], []
+            )
+        a.free = a.free + o.resources
+        a.offer_ids.append(o.offer_id)
+    counts: dict[str, dict[str, int]] = {k: dict(v) for k, v in running.items()}
+    reasons: dict[str, str] = {}
+    unplaced: list[str] = []
+    for need in desired:
+        candidates: list[_Agent] = []
+        why = "no offers"
+        for a in agents.values():
+            if avoid.get(a.agent_id, 0.0) > now:
+                why = "agent avoided"
+                continue
+            r = _fits(need, a)
+            if r is None:
+                candidates.append(a)
+            else:
+                why = r
+        if not candidates:
+            unplaced.append(need.slot)
+            reasons[need.slot] = why
+            continue
+        preferred = [a for a in candidates if a.agent_id == need.prefer_agent]
+        if preferred:
+            chosen = preferred[0]
+        else:
+            chosen = min(
+                candidates,
+                key=lambda a: (
+                    counts.get(a.agent_id, {}).get(need.worker_type, 0),
+                    -a.free.cpus,
+                    a.agent_id,
+                ),
+            )
+        chosen.free = chosen.free - need.resources
+        chosen.placed.append(need.slot)
+        per = counts.setdefault(chosen.agent_id, {})
+        per[need.worker_type] = per.get(need.worker_type, 0) + 1
+    launches = tuple(
+        Launch(a.agent_id, tuple(a.offer_ids), tuple(a.placed))
+        for a in sorted(agents.values(), key=lambda a: (a.agent_id, a.role))
+        if a.placed
+    )
+    decline = tuple(oid for a in agents.values() if not a.placed for oid in a.offer_ids)
+    return Decisions(launches, decline, tuple(unplaced), reasons)

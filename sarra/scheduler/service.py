@@ -1,0 +1,271 @@
+"""The long-running ``sr_scheduler run``: leader election, the subscribe loop, status endpoint.
+
+Several copies may run with the same spec. With ``zookeeper`` set in ``[scheduler]`` they
+elect one leader through a kazoo ``Election`` at ``election_path``; only the leader subscribes
+to Mesos. A leader that loses its ZooKeeper session, or that the master tells "Framework failed
+over" (another copy subscribed), steps down and rejoins the election. Without ``zookeeper`` the
+copy leads at once (single-copy deployments kept up by systemd or Marathon).
+
+Every copy serves ``GET /status.json`` (and a small HTML page at ``/``) on ``status_listen``;
+the leader writes its address to ``<state_dir>/leader.addr`` so ``sr_scheduler status`` and
+``stop`` find it. ``POST /stop`` is refused (409) while workers are allocated unless
+``force=1``; ``teardown=1`` removes the framework (kills every worker) — the only TEARDOWN.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from sarra.errors import SarraError
+from sarra.scheduler.core import Deposed, PumpScheduler
+from sarra.scheduler.mesos import FrameworkRemoved, MesosClient, SubscriptionRefused
+from sarra.scheduler.spec import PumpSpec
+from sarra.scheduler.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService:
+    """One copy of the scheduler process."""
+
+    def __init__(self, spec: PumpSpec) -> None:
+        self.spec = spec
+        self.store = StateStore(spec.scheduler.state_dir)
+        self.stop_event = threading.Event()
+        self.zk_lost = threading.Event()
+        self.leading = False
+        self.scheduler: PumpScheduler | None = None
+        self.exit_code = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._election: Any = None
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.status: dict[str, Any] = {
+            "pump": spec.scheduler.name,
+            "leader": False,
+            "copy": self.identity,
+        }
+        self.address = ""
+
+    # -- status endpoint -------------------------------------------------------------------
+    def start_http(self) -> tuple[str, int]:
+        host, _, port = self.spec.scheduler.status_listen.rpartition(":")
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("status endpoint: " + format, *args)
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                doc = service.status
+                if self.path.startswith("/status.json"):
+                    self._send(200, json.dumps(doc, indent=1).encode(), "application/json")
+                elif self.path in ("/", "/index.html"):
+                    self._send(200, render_html(doc).encode(), "text/html; charset=utf-8")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def do_POST(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                q = urllib.parse.parse_qs(url.query)
+                if url.path != "/stop":
+                    self._send(404, b"not found\n", "text/plain")
+                    return
+                code, text = service.request_stop(
+                    force=q.get("force") == ["1"], teardown=q.get("teardown") == ["1"]
+                )
+                self._send(code, json.dumps({"result": text}).encode(), "application/json")
+
+        self._httpd = ThreadingHTTPServer((host or "127.0.0.1", int(port or 0)), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, name="status-http", daemon=True).start()
+        addr = self._httpd.server_address
+        return str(addr[0]), int(addr[1])
+
+    def request_stop(self, force: bool, teardown: bool) -> tuple[int, str]:
+        """Decide a stop request (from the status endpoint)."""
+        allocated = int(self.status.get("allocated", 0))
+        if allocated and not force:
+            return 409, f"refused: {allocated} worker(s) allocated; use --force"
+        sched = self.scheduler
+        if sched is not None:
+            sched.teardown_requested = teardown
+            sched.stop_requested = True
+        self.stop_event.set()
+        if self._election is not None:
+            self._election.cancel()
+        return 200, "stopping" + (" and tearing the framework down" if teardown else "")
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped; the process exit code."""
+        host, port = self.start_http()
+        self.address = f"{host}:{port}"
+        log.info("status endpoint on http://%s/ (copy %s)", self.address, self.identity)
+        try:
+            zk_hosts = self.spec.scheduler.zookeeper
+            if zk_hosts:
+                self._run_elected(zk_hosts)
+            else:
+                self._lead()
+        finally:
+            if self._httpd is not None:
+                self._httpd.shutdown()
+                self._httpd.server_close()
+        return self.exit_code
+
+    def stop(self) -> None:
+        """Ask the run to end (signal handlers); never tears the framework down."""
+        self.stop_event.set()
+        if self.scheduler is not None:
+            self.scheduler.stop_requested = True
+        if self._election is not None:
+            self._election.cancel()
+
+    def _run_elected(self, hosts: str) -> None:
+        from kazoo.client import KazooClient, KazooState  # type: ignore[import-untyped]
+
+        zk = KazooClient(hosts=hosts, timeout=self.spec.scheduler.zk_session_timeout)
+
+        def listener(state: str) -> None:
+            if state == KazooState.LOST:
+                log.error("ZooKeeper session lost: stepping down")
+                self.zk_lost.set()
+            elif state == KazooState.SUSPENDED:
+                log.warning("ZooKeeper connection suspended")
+
+        zk.add_listener(listener)
+        zk.start(timeout=30)
+        try:
+            while not self.stop_event.is_set():
+                self.zk_lost.clear()
+                self._election = zk.Election(self.spec.scheduler.election_path, self.identity)
+                log.info("waiting to be elected leader at %s", self.spec.scheduler.election_path)
+                self._election.run(self._lead)
+                if not self.stop_event.is_set():
+                    time.sleep(1.0)
+        finally:
+            zk.stop()
+            zk.close()
+
+    def _lead(self) -> None:
+        if self.stop_event.is_set():
+            return
+        log.info("this copy (%s) leads pump %s", self.identity, self.spec.scheduler.name)
+        self.leading = True
+        self.status = {**self.status, "leader": True, "connected": False}
+        self._write_leader_addr()
+        s = self.spec.scheduler
+        sched = PumpScheduler(self.spec, self.store, MesosClient(s.master, s.call_timeout))
+        self.scheduler = sched
+        backoff = 0.5
+        try:
+            while not self.stop_event.is_set() and not self.zk_lost.is_set():
+                try:
+                    sched.connect()
+                    backoff = 0.5
+                except FrameworkRemoved as e:
+                    if s.on_framework_removed != "register":
+                        log.error(
+                            "framework %s was removed (%s); not registering a new one "
+                            "(on_framework_removed = \"stop\")",
+                            sched.state.framework_id, e,
+                        )  # fmt: skip
+                        self.exit_code = 3
+                        self.stop_event.set()
+                        break
+                    sched.forget_framework()
+                    continue
+                except SubscriptionRefused as e:
+                    log.error("subscription refused: %s", e)
+                    self._wait(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+                except SarraError as e:
+                    log.warning("cannot subscribe (%s); retrying in %.1fs", e, backoff)
+                    self._wait(backoff)
+                    backoff = min(backoff * 2, 15.0)
+                    continue
+                while not sched.stop_requested and not self.zk_lost.is_set():
+                    alive = sched.step(0.2)
+                    self.status = {**sched.snapshot(), "leader": True, "copy": self.identity}
+                    if not alive:
+                        break
+                if sched.stop_requested:
+                    self._finish(sched)
+                    break
+        except Deposed:
+            log.warning("deposed: another copy holds the framework now")
+        finally:
+            sched.close()
+            self.leading = False
+            self.scheduler = None
+            self.status = {"pump": s.name, "leader": False, "copy": self.identity}
+
+    def _finish(self, sched: PumpScheduler) -> None:
+        if sched.teardown_requested:
+            log.warning("explicit removal: TEARDOWN of framework %s", sched.state.framework_id)
+            try:
+                sched.client.teardown()
+            except SarraError as e:
+                log.error("TEARDOWN failed: %s", e)
+                self.exit_code = 1
+                return
+            sched.state.framework_id = None
+            sched.state.tasks.clear()
+            self.store.save(sched.state)
+        else:
+            log.info("scheduler stopping; workers keep running until failover_timeout")
+
+    def _wait(self, seconds: float) -> None:
+        self.stop_event.wait(seconds)
+
+    def _write_leader_addr(self) -> None:
+        d = self.spec.scheduler.state_dir
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f"leader.addr.{os.getpid()}"
+        tmp.write_text(self.address + "\n")
+        os.replace(tmp, d / "leader.addr")
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """A small human page of the status document."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(t['slot'])}</td><td>{e(t['task_id'])}</td><td>{e(t['hostname'])}</td>"
+        f"<td>{e(t['agent_id'])}</td><td>{e(t['state'])}</td><td>{t['age']}</td>"
+        f"<td>{'yes' if t['started'] else 'no'}</td></tr>"
+        for t in doc.get("tasks", [])
+    )
+    spec = "".join(
+        f"<li>{e(n)}: {w['count']} x <code>{e(w['command'])}</code> ({w['cpus']} cpus, "
+        f"{w['mem']} MB)</li>"
+        for n, w in doc.get("spec", {}).items()
+    )
+    pending = ", ".join(e(p) for p in doc.get("pending", [])) or "none"
+    role = "leader" if doc.get("leader") else "standby"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>sr_scheduler "
+        f"{e(str(doc.get('pump')))}</title></head><body>"
+        f"<h1>Pump {e(str(doc.get('pump')))} ({role})</h1>"
+        f"<p>framework {e(str(doc.get('framework_id')))} on master "
+        f"{e(str(doc.get('master')))}</p><h2>Spec</h2><ul>{spec}</ul>"
+        f"<h2>Tasks</h2><table border='1'><tr><th>slot</th><th>task</th><th>host</th>"
+        f"<th>agent</th><th>state</th><th>age (s)</th><th>started</th></tr>{rows}</table>"
+        f"<h2>Pending</h2><p>{pending}</p></body></html>"
+    )

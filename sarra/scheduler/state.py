@@ -1,0 +1,116 @@
+"""Durable scheduler state: the framework id and one record per task the scheduler launched.
+
+Write-ahead rule: a task record is written (and fsynced) *before* the ACCEPT that launches it,
+so whichever copy leads next knows every task that might exist and reconciles it instead of
+launching a second one. The framework id is written as soon as SUBSCRIBED brings it.
+
+Storage is one JSON document replaced atomically (temporary file, fsync, rename, fsync of the
+directory). With several scheduler copies on different hosts the state directory must be on
+storage they all see (the copies never write at the same time: only the elected leader writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sarra.errors import LocalError
+
+NOT_TERMINAL = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING")
+
+
+@dataclass
+class TaskRecord:
+    """What the scheduler knows of one task (launched, or about to be)."""
+
+    task_id: str
+    slot: str  # "<worker type>-<index>"
+    worker_type: str
+    version: str  # the worker type's version the task was launched from
+    agent_id: str
+    hostname: str = ""
+    state: str = "TASK_STAGING"
+    launched_at: float = 0.0
+    running_since: float | None = None
+    last_update: float = 0.0
+    reconcile_sent: float | None = None
+    kill_requested: float | None = None  # last KILL sent (kills are repeated until terminal)
+    started: bool = False  # RUNNING for at least min_running_seconds
+    message: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state not in NOT_TERMINAL and self.state not in (
+            "TASK_UNREACHABLE",
+            "TASK_UNKNOWN",
+        )
+
+
+@dataclass
+class SchedulerState:
+    """The persisted document."""
+
+    framework_id: str | None = None
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    avoid: dict[str, float] = field(default_factory=dict)  # agent id -> until (epoch seconds)
+    last_agent: dict[str, str] = field(default_factory=dict)  # slot -> agent of its last task
+
+
+class StateStore:
+    """Load and save :class:`SchedulerState` under ``directory/state.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "state.json"
+
+    def load(self) -> SchedulerState:
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return SchedulerState()
+        except OSError as e:
+            raise LocalError(f"cannot read scheduler state {self.path}: {e}") from e
+        try:
+            doc: dict[str, Any] = json.loads(raw)
+            tasks = {k: TaskRecord(**v) for k, v in doc.get("tasks", {}).items()}
+        except (ValueError, TypeError) as e:
+            raise LocalError(f"scheduler state {self.path} is corrupt: {e}") from e
+        return SchedulerState(
+            framework_id=doc.get("framework_id"),
+            tasks=tasks,
+            avoid={str(k): float(v) for k, v in doc.get("avoid", {}).items()},
+            last_agent={str(k): str(v) for k, v in doc.get("last_agent", {}).items()},
+        )
+
+    def save(self, state: SchedulerState) -> None:
+        """Replace the document atomically and durably."""
+        doc = {
+            "framework_id": state.framework_id,
+            "tasks": {k: asdict(v) for k, v in state.tasks.items()},
+            "avoid": state.avoid,
+            "last_agent": state.last_agent,
+        }
+        data = json.dumps(doc, indent=1, sort_keys=True).encode()
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dfd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise LocalError(f"cannot write scheduler state {self.path}: {e}") from e
