@@ -89,6 +89,7 @@ class ConsumingLoop:
         on_settled: Callable[[WorkItem], None] | None = None,
         before_settle: Callable[[], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
+        post_session: BrokerSession | None = None,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.session = session
@@ -100,6 +101,8 @@ class ConsumingLoop:
         self.stop = stop
         self.on_settled = on_settled
         self.before_settle = before_settle
+        #: where ``WorkItem.outgoing`` is published (None: the consuming session)
+        self.post_session = post_session
         self.housekeeping = housekeeping
         self.heartbeat = heartbeat
         self._done: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
@@ -109,6 +112,7 @@ class ConsumingLoop:
         self._in_pool = 0
         self._retrying: set[str] = set()
         self._settle_reports: list[WireMessage] = []
+        self._settle_posts: list[WireMessage] = []
         self._settle_acks: list[Delivery] = []
         self._settle_retries: list[WorkItem] = []
         self.counts: dict[int, int] = {}
@@ -182,6 +186,8 @@ class ConsumingLoop:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=False)
             self.session.close()
+            if self.post_session is not None:
+                self.post_session.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -326,6 +332,7 @@ class ConsumingLoop:
             self._to_retry_queue(item)
         if self.reports.enabled and code != 0:
             self._settle_reports.append(self._report(item, code))
+        self._settle_posts.extend(item.outgoing)
         if self.on_settled is not None:
             try:
                 self.on_settled(item)
@@ -346,7 +353,9 @@ class ConsumingLoop:
     def _flush_settled(self) -> None:
         """Make outcomes durable, publish pending reports (confirmed), then ack and settle
         retry entries."""
-        if not (self._settle_reports or self._settle_acks or self._settle_retries):
+        if not (
+            self._settle_reports or self._settle_acks or self._settle_retries or self._settle_posts
+        ):
             return
         if self.before_settle is not None:
             try:
@@ -354,6 +363,12 @@ class ConsumingLoop:
             except SarraError as e:
                 log.error("cannot make placed files durable (%s); acks wait", e)
                 return
+        if self._settle_posts:  # re-announcements first: they are the work's outcome
+            target = self.post_session or self.session
+            if not target.connected:
+                target.connect()
+            target.publish(self._settle_posts)
+            self._settle_posts = []
         if self._settle_reports:
             self.session.publish(self._settle_reports)
             self._settle_reports = []
@@ -390,6 +405,9 @@ class ConsumingLoop:
         """After a connection loss: outcomes not yet acked will be redelivered."""
         self._outstanding.clear()
         self._settle_reports = []
+        self._settle_posts = []
+        if self.post_session is not None:
+            self.post_session.close()
         dropped = len(self._settle_acks)
         self._settle_acks = []
         if dropped:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sarra.broker.base import Delivery
 from sarra.flow.retryqueue import RetryItem
-from sarra.notice import Checksum, Notice
+from sarra.notice import Checksum, Notice, WireMessage
 
 
 @dataclass(slots=True)
@@ -35,6 +35,9 @@ class WorkItem:
     error: BaseException | None = None
     #: queue this item for a later retry from disk instead of settling it as failed
     requeue: bool = False
+    #: messages to publish (re-announcements, forwarded notices) on the post broker before
+    #: the delivery is acked; filled by the component's select or work step
+    outgoing: list[WireMessage] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
