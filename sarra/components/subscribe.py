@@ -145,8 +145,15 @@ class SubscribeComponent:
         )
         plugins = Plugins.from_config(getattr(cfg, "plugins", {}))
         journal = InflightJournal(state / f"inflight_{instance:03d}.journal")
+        inplace = cfg.get("inplace")
         downloader = Downloader(
-            self._download_settings(cfg), _Resolver(cfg), plugins, nodupe, journal
+            self._download_settings(cfg),
+            _Resolver(cfg),
+            plugins,
+            nodupe,
+            journal,
+            parts_state=state,
+            inplace=True if inplace is None else bool(inplace),
         )
         downloader.recover_leftovers()
         report_exchange = cfg.get("report_exchange") or f"xs_{user}"
@@ -179,6 +186,8 @@ class SubscribeComponent:
         def housekeeping() -> None:
             if nodupe is not None:
                 nodupe.expire()
+            if downloader.parts is not None:
+                downloader.parts.housekeeping()
             for root in list(downloader._roots.values()):
                 try:
                     root.sweep_inflight("", older_than=3600)

@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.partial import PartReceiver
 from sarra.flow.placement import download_to, is_unchanged
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
@@ -72,9 +74,21 @@ class Downloader:
         plugins: Plugins,
         nodupe: DuplicateCache | None = None,
         journal: InflightJournal | None = None,
+        parts_state: Path | None = None,
+        inplace: bool = True,
     ) -> None:
         self.settings = settings
         self.journal = journal
+        self.parts = (
+            PartReceiver(
+                parts_state,
+                inplace=inplace,
+                inflight=settings.inflight,
+                on_file=self.run_on_file,
+            )
+            if parts_state is not None
+            else None
+        )
         self.resolve = resolve
         self.plugins = plugins
         self.nodupe = nodupe
@@ -182,8 +196,7 @@ class Downloader:
             return
         parts = notice.parts
         if parts is not None and not parts.whole:
-            # multi-part reassembly is tracked in its own issue; never place a partial file
-            item.settle(499, "multi-part (partitioned) notices are not supported yet")
+            self._receive_part(item, root, rel)
             return
         oldname = notice.header("oldname")
         if oldname is not None:
@@ -221,12 +234,34 @@ class Downloader:
             item.settle(205, "Downloaded (checksum computed on download)")
         else:
             item.settle(201, "Downloaded")
-        if not self.plugins.empty:
-            try:
-                self.plugins.on_file(item)
-            except Exception as e:
-                log.exception("on_file plugin failed for %s", rel)
-                item.settle(500, f"on_file plugin failed: {e}")
+        self.run_on_file(item)
+
+    def _receive_part(self, item: WorkItem, root: SafeRoot, rel: str) -> None:
+        notice = item.notice
+        if self.parts is None:
+            raise MalformedMessage("multi-part notices need a part receiver (state directory)")
+        url = retrieval_url(
+            notice.base_url, notice.path, rel_path_absolute=notice.rel_path.startswith("/")
+        )
+        self.parts.receive(
+            item,
+            root,
+            rel,
+            url,
+            self._transport(url),
+            mtime=_header_time(notice, "mtime") if self.settings.preserve_time else None,
+            mode=_header_mode(notice) if self.settings.preserve_mode else None,
+        )
+
+    def run_on_file(self, item: WorkItem) -> None:
+        """The once-per-file hook: plugins' on_file (a failure is reported 500)."""
+        if self.plugins.empty:
+            return
+        try:
+            self.plugins.on_file(item)
+        except Exception as e:
+            log.exception("on_file plugin failed for %s", item.dest_rel)
+            item.settle(500, f"on_file plugin failed: {e}")
 
     def _transport(self, url: str) -> Transport:
         cache: dict[Any, Transport] | None = getattr(self._local, "transports", None)

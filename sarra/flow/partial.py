@@ -1,0 +1,234 @@
+"""Receiving the blocks of a multi-part file (spec 6.6 to 6.8).
+
+``inplace on``: each block is fetched (an HTTP range for ``i``, the whole ``.Part`` object for
+``p``), hashed while streaming into the version's shared in-flight data file at its offset,
+verified against the block's sum, fsync'd, and only then marked present in the
+:class:`~sarra.parts.tracker.PartTracker`. Exactly one caller gets the completion: the file
+is then already under its final name; that caller runs ``on_file`` once and records it.
+
+``inplace off``: each block is kept as its own verified ``.Part`` file (spec 6.7 naming).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sarra.errors import IntegrityError, MalformedMessage
+from sarra.flow.localfs import SafeRoot
+from sarra.flow.placement import download_to
+from sarra.flow.work import WorkItem
+from sarra.integrity.sums import new_hasher
+from sarra.notice import Checksum, Notice, PartSpec
+from sarra.parts.arithmetic import parse_part_suffix, part_suffix
+from sarra.parts.tracker import DEFAULT_EXPIRY, MarkStatus, PartTracker
+from sarra.transfer.base import Transport
+
+log = logging.getLogger(__name__)
+
+_VERIFIED = frozenset("ds")
+
+
+class PartReceiver:
+    """Places the blocks of multi-part files for one component instance.
+
+    ``state_dir`` holds the trackers (one per destination root); ``on_file`` is the
+    component's once-per-file hook (plugins), called with the work item of the block that
+    completed the file.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        inplace: bool,
+        inflight: str | None,
+        on_file: Callable[[WorkItem], None],
+        expiry: float = DEFAULT_EXPIRY,
+    ) -> None:
+        self.state_dir = state_dir
+        self.inplace = inplace
+        self.inflight = inflight
+        self.on_file = on_file
+        self.expiry = expiry
+        self._trackers: dict[str, PartTracker] = {}
+        self._lock = threading.Lock()
+
+    def tracker(self, root: SafeRoot) -> PartTracker:
+        key = hashlib.sha256(str(root.root).encode()).hexdigest()[:16]
+        with self._lock:
+            tracker = self._trackers.get(key)
+            if tracker is None:
+                tracker = PartTracker(self.state_dir / "parts" / key, root)
+                self._trackers[key] = tracker
+            return tracker
+
+    # -- one block -----------------------------------------------------------------------------
+
+    def receive(
+        self,
+        item: WorkItem,
+        root: SafeRoot,
+        rel: str,
+        url: str,
+        transport: Transport,
+        *,
+        mtime: float | None,
+        mode: int | None,
+    ) -> None:
+        """Fetch, verify and place one block; settle ``item`` with the outcome."""
+        notice = item.notice
+        spec = notice.parts
+        assert spec is not None and not spec.whole
+        if spec.method == "p":
+            parsed = parse_part_suffix(rel)
+            if parsed is None:
+                raise MalformedMessage(f"p block {rel!r} has no .Part suffix")
+            target_rel = parsed[0]
+            remote_offset = 0  # a p block is its own object
+        else:
+            target_rel = rel
+            remote_offset = spec.offset
+        if not self.inplace:
+            self._keep_part(item, root, rel, target_rel, url, transport, remote_offset, mtime)
+            return
+        tracker = self.tracker(root)
+        version = notice_version(notice)
+        with tracker.begin(target_rel, spec, version, mtime=mtime, mode=mode) as ticket:
+            if ticket.done:
+                item.settle(304, "not modified (this version is complete)")
+                return
+            if ticket.needs():
+                computed = _stream_block(
+                    transport.get(url, remote_offset, spec.length),
+                    notice.checksum,
+                    spec,
+                    lambda data, at: ticket.pwrite(data, at),
+                    f"{target_rel} block {spec.block_number}",
+                )
+                ticket.fsync()  # durable before it is marked present
+                item.computed = computed
+            marked = tracker.mark(ticket)
+        item.dest_rel = target_rel
+        status = marked.status
+        if status is MarkStatus.COMPLETE:
+            completion = marked.completion
+            assert completion is not None
+            item.size = completion.file_size
+            item.settle(201, "Downloaded")
+            try:
+                self.on_file(item)
+            finally:
+                tracker.finish(completion)  # on_file is never offered again
+            return
+        if status is MarkStatus.RECORDED:
+            item.size = spec.length
+            item.settle(201, f"Inserted (block {marked.present} of {marked.count})")
+        elif status is MarkStatus.STALE:
+            item.settle(304, "superseded by a newer version of the file")
+        else:
+            item.settle(304, f"not modified (block {status.value})")
+
+    def _keep_part(
+        self,
+        item: WorkItem,
+        root: SafeRoot,
+        rel: str,
+        target_rel: str,
+        url: str,
+        transport: Transport,
+        remote_offset: int,
+        mtime: float | None,
+    ) -> None:
+        """inplace off: the block becomes its own verified ``.Part`` file."""
+        notice = item.notice
+        spec = notice.parts
+        assert spec is not None
+        if spec.method == "p":
+            part_rel = rel
+        else:
+            name = target_rel.rsplit("/", 1)
+            suffix = part_suffix(name[-1], spec, notice.checksum.letter)
+            part_rel = f"{name[0]}/{suffix}" if len(name) == 2 else suffix
+        root.check_relpath(part_rel)
+        result = download_to(
+            root,
+            part_rel,
+            transport.get(url, remote_offset, spec.length),
+            expected_size=spec.length,
+            checksum=notice.checksum,
+            inflight=self.inflight,
+            mtime=mtime,
+            mode=None,
+            sync_dir=False,
+        )
+        item.dest_rel = part_rel
+        item.size = result.size
+        item.computed = result.checksum
+        item.settle(201, "Downloaded (part kept as .Part)")
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def housekeeping(self, make_item: Callable[[str], WorkItem] | None = None) -> None:
+        """Finish completions of dead instances; expire versions that never complete."""
+        with self._lock:
+            trackers = list(self._trackers.values())
+        for tracker in trackers:
+            for completion in tracker.recover():
+                log.info("%s: completing a file left by a stopped instance", completion.final_rel)
+                tracker.finish(completion)
+            for expired in tracker.expire(self.expiry):
+                log.error(
+                    "499 %s: gave up on version %s after %.0fs: %d of %d blocks arrived",
+                    expired.final_rel,
+                    expired.version,
+                    self.expiry,
+                    expired.present,
+                    expired.block_count,
+                )
+
+
+def _stream_block(
+    chunks: Iterator[bytes],
+    checksum: Checksum,
+    spec: PartSpec,
+    write: Callable[[bytes, int], None],
+    what: str,
+) -> Checksum | None:
+    """Write a block's chunks at their offsets while hashing; verify length and sum."""
+    letter = checksum.letter
+    algo = letter if letter in _VERIFIED else (checksum.value if letter == "z" else None)
+    if algo is not None and algo not in _VERIFIED:
+        raise MalformedMessage(f"{what}: sum {checksum.wire()!r} does not describe data")
+    hasher = new_hasher(algo) if algo is not None else None
+    got = 0
+    try:
+        for chunk in chunks:
+            if got + len(chunk) > spec.length:
+                raise IntegrityError(f"{what}: more than the block's {spec.length} bytes")
+            if hasher is not None:
+                hasher.update(chunk)
+            write(chunk, spec.offset + got)
+            got += len(chunk)
+    finally:
+        close = getattr(chunks, "close", None)  # a generator holding a connection
+        if close is not None:
+            close()
+    if got != spec.length:
+        raise IntegrityError(f"{what}: {got} bytes, expected {spec.length}")
+    if hasher is None or algo is None:
+        return None
+    computed = Checksum(algo, hasher.hexdigest())
+    if letter in _VERIFIED and computed.value != checksum.value.lower():
+        raise IntegrityError(
+            f"{what}: checksum mismatch: expected {checksum.wire()}, got {computed.wire()}"
+        )
+    return computed
+
+
+def notice_version(notice: Notice) -> str:
+    """The version of a file a block belongs to: its mtime header, else its pubTime."""
+    return notice.header("mtime") or notice.pubtime
