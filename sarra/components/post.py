@@ -11,9 +11,10 @@ from typing import Any
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
-from sarra.components.common import broker_url, session_for
+from sarra.components.common import broker_url, instance_state_dir, session_for
 from sarra.components.poster import NoticeBuilder, PostSettings, Publisher
 from sarra.errors import ConfigError, LocalError, MessageError
+from sarra.flow.nodupe import DuplicateCache
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,17 @@ class PostComponent:
         session.connect()
         if cfg.get("declare_exchange") is not False:
             ensure_exchanges(session, [settings.exchange])
-        publisher = Publisher(session, builder)
+        ttl = float(cfg.get("suppress_duplicates") or 0)
+        nodupe = (
+            DuplicateCache(
+                instance_state_dir(cfg) / "recent_posts.cache",
+                ttl=ttl,
+                basis=str(cfg.get("cache_basis") or "path"),
+            )
+            if ttl > 0
+            else None
+        )
+        publisher = Publisher(session, builder, nodupe=nodupe)
         failures = 0
         started = time.monotonic()
         try:
@@ -57,6 +68,8 @@ class PostComponent:
             publisher.flush()
         finally:
             session.close()
+            if nodupe is not None:
+                nodupe.close()
         elapsed = time.monotonic() - started
         log.info(
             "posted %d notices to %s in %.2fs (%.0f/s)%s",
@@ -66,6 +79,10 @@ class PostComponent:
             publisher.published / elapsed if elapsed > 0 else 0.0,
             f"; {failures} path(s) failed" if failures else "",
         )
+        if publisher.suppressed:
+            log.info(
+                "%d unchanged notices not posted again (suppress_duplicates)", publisher.suppressed
+            )
         return 1 if failures else 0
 
     def _post_one(

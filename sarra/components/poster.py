@@ -21,6 +21,7 @@ from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.errors import AccessRefused, BrokerError, ConfigError, LocalError, MalformedMessage
+from sarra.flow.nodupe import DuplicateCache
 from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.parts.arithmetic import effective_block_size, split
@@ -295,17 +296,31 @@ class NoticeBuilder:
 class Publisher:
     """Publishes notices in batches with publisher confirms, reconnecting on broker faults."""
 
-    def __init__(self, session: BrokerSession, builder: NoticeBuilder, batch: int = 500) -> None:
+    def __init__(
+        self,
+        session: BrokerSession,
+        builder: NoticeBuilder,
+        batch: int = 500,
+        nodupe: DuplicateCache | None = None,
+    ) -> None:
         self.session = session
         self.builder = builder
         self.batch = batch
+        self.nodupe = nodupe
         self._pending: list[WireMessage] = []
+        self._pending_paths: list[str] = []
         self.published = 0
+        self.suppressed = 0
         self._declared: set[str] = set()
 
     def add(self, notices: Iterable[Notice]) -> None:
         """Queue notices; full batches are published at once."""
         for notice in notices:
+            if self.nodupe is not None and self.nodupe.check(notice):
+                log.info("not posting %s: unchanged since it was last posted", notice.path)
+                self.suppressed += 1
+                continue
+            self._pending_paths.append(notice.path)
             try:
                 self._pending.append(self.builder.wire(notice))
             except MalformedMessage as e:
@@ -321,6 +336,18 @@ class Publisher:
         """
         if not self._pending:
             return
+        try:
+            self._publish(attempts)
+        except BaseException:
+            if self.nodupe is not None:  # not posted: must not count as seen
+                for path in self._pending_paths:
+                    self.nodupe.forget(path)
+            raise
+        self.published += len(self._pending)
+        self._pending.clear()
+        self._pending_paths.clear()
+
+    def _publish(self, attempts: int) -> None:
         delay = 0.5
         for attempt in range(1, attempts + 1):
             try:
@@ -337,5 +364,3 @@ class Publisher:
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
                 self.session.close()
-        self.published += len(self._pending)
-        self._pending.clear()

@@ -1,0 +1,173 @@
+"""sr_post against a real broker: the v2 command line, errors, caching, topics."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sarra.broker.base import Delivery, QueueSpec
+from sarra.broker.session import BrokerSession
+from sarra.codec import v02
+from sarra.notice import Notice
+from tests.integration.flowkit import Site, make_files, unique
+
+
+@pytest.fixture
+def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
+    return Site(tmp_path / "site", rabbitmq.port).setup()
+
+
+class Capture:
+    """A queue bound to an exchange; collects decoded notices."""
+
+    def __init__(self, site: Site, exchange: str, key: str = "#") -> None:
+        self.session = BrokerSession(site.broker_url())
+        self.session.connect()
+        self.session.declare_exchange(exchange)
+        self.queue = f"q_guest.capture.{secrets.token_hex(4)}"
+        self.session.declare_queue(
+            QueueSpec(self.queue, ((exchange, key),), durable=False, auto_delete=True)
+        )
+        self.notices: list[Notice] = []
+        self.session.consume(self.queue, 1000, self._on)
+
+    def _on(self, d: Delivery) -> None:
+        m = d.message
+        decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        assert isinstance(decoded, Notice)
+        self.notices.append(decoded)
+        self.session.ack(d)
+
+    def collect(self, count: int, timeout: float = 20) -> list[Notice]:
+        deadline = time.monotonic() + timeout
+        while len(self.notices) < count and time.monotonic() < deadline:
+            self.session.poll(0.2)
+        self.session.poll(0.3)  # anything extra would show up now
+        return self.notices
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _sr_post(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "sr_post"), *args],
+        env={**os.environ, **site.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_v2_command_line_of_existing_scripts_posts_a_tree(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("cli")
+    data = tmp_path / "data"
+    make_files(data / tag, ["a/one.txt", "a/b/two.txt", "three.txt"])
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}.#")
+    try:
+        done = _sr_post(
+            site, "-pb", site.broker, "-pbu", "sftp://user@files.example.com/", "-pbd",
+            str(data), "-to", "pumpA", "-sum", "s", "-blocksize", "0", "-path", str(data / tag),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        notices = cap.collect(3)
+    finally:
+        cap.close()
+    assert sorted(n.path for n in notices) == sorted(
+        f"{tag}/{p}" for p in ["a/one.txt", "a/b/two.txt", "three.txt"]
+    )
+    for n in notices:
+        assert n.base_url == "sftp://user@files.example.com"
+        assert n.rel_path.startswith("/")
+        assert n.checksum.letter == "s" and len(n.checksum.value) == 128
+        assert n.header("to_clusters") == "pumpA"
+        assert n.header("mode") and n.header("mtime") and n.header("atime")
+        assert n.parts is not None and n.parts.whole
+    assert {n.topic for n in notices} == {
+        f"v02.post.{tag}.a",
+        f"v02.post.{tag}.a.b",
+        f"v02.post.{tag}",
+    }
+
+
+def test_an_unreadable_file_is_named_and_the_others_are_still_posted(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("unread")
+    data = tmp_path / "data"
+    (good,) = make_files(data / tag, ["good.txt"])
+    fifo = data / tag / "pipe.fifo"  # not a regular file: cannot be posted
+    os.mkfifo(fifo)
+    missing = data / tag / "missing.txt"
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}")
+    try:
+        done = _sr_post(
+            site, "-pb", site.broker, "-pbu", "http://h", "-pbd", str(data), str(fifo),
+            str(missing), str(good),
+        )  # fmt: skip
+        notices = cap.collect(1)
+    finally:
+        cap.close()
+    assert done.returncode == 1
+    assert "missing.txt" in done.stderr and "pipe.fifo" in done.stderr
+    assert [n.path for n in notices] == [f"{tag}/good.txt"]
+
+
+def test_caching_suppresses_reposting_unchanged_files_but_not_changed_ones(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("cache")
+    data = tmp_path / "data"
+    _a, b = make_files(data / tag, ["a.txt", "b.txt"])
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}")
+    args = ["-pb", site.broker, "-pbu", "http://h", "-pbd", str(data), "-caching", "1h"]
+    try:
+        assert _sr_post(site, *args, str(data / tag)).returncode == 0
+        b.write_bytes(b"changed")
+        assert _sr_post(site, *args, str(data / tag)).returncode == 0
+        notices = cap.collect(3)
+    finally:
+        cap.close()
+    assert sorted(n.path.rsplit("/", 1)[1] for n in notices) == ["a.txt", "b.txt", "b.txt"]
+
+
+def test_sub_overrides_the_topic_and_file_urls_announce_absolute_paths(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("sub")
+    (f,) = make_files(tmp_path / "abs", ["x.txt"])
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}.special")
+    try:
+        done = _sr_post(site, "-pb", site.broker, "-pbu", "file:", "-sub", f"{tag}.special",
+                        "-path", str(f))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        (n,) = cap.collect(1)
+    finally:
+        cap.close()
+    assert n.base_url == "file:"
+    assert n.rel_path == str(f)
+    assert n.topic == f"v02.post.{tag}.special"
+
+
+def test_a_missing_broker_password_is_a_clear_error_naming_the_credentials(site, tmp_path):  # type: ignore[no-untyped-def]
+    (site.config_dir / "credentials.conf").write_text("")
+    (f,) = make_files(tmp_path / "d", ["x.txt"])
+    done = _sr_post(site, "-pb", site.broker, "-pbu", "http://h", "-pbd", str(tmp_path), str(f))
+    assert done.returncode == 2
+    assert "credentials" in done.stderr and "guest" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_three_hundred_paths_on_the_command_line_are_each_posted_once(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("many")
+    files = make_files(tmp_path / tag, [f"f{i:04d}.txt" for i in range(300)], size=100)
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}")
+    try:
+        args = ["-pb", site.broker, "-pbu", "http://h", "-pbd", str(tmp_path)]
+        done = _sr_post(site, *args, *map(str, files))
+        assert done.returncode == 0, done.stderr
+        notices = cap.collect(300)
+    finally:
+        cap.close()
+    assert len(notices) == 300
+    assert len({n.path for n in notices}) == 300
