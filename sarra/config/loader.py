@@ -1,8 +1,9 @@
 """Load a component's configuration: defaults, files, includes, variables, command line.
 
 Read order (later wins): built-in defaults, the component's defaults (both from the option
-table), ``<config_dir>/default.conf``, ``<config_dir>/<component>.conf`` (if present), the
-config file, then the command-line options. The command line winning is a deliberate change:
+table), ``<config_dir>/default.conf``, ``<config_dir>/admin.conf`` (pump roles, as in sr2),
+``<config_dir>/<component>.conf`` (if present), the config file, then the command-line
+options. The command line winning is a deliberate change:
 sr2 read the config file *after* the command line, so there the file won.
 
 The language is sr2's: one ``keyword value`` per line (the value is the rest of the line),
@@ -35,7 +36,9 @@ _TABLE = options_table()
 _CONSUMER_INFLIGHT = frozenset({"subscribe", "sender"})
 _EVENTS = frozenset({"create", "delete", "link", "modify", "move", "mkdir", "rmdir"})
 _NONE_WORDS = frozenset({"none", "off", "false", "0"})
-_URL_OPTIONS = frozenset({"broker", "post_broker", "destination", "admin", "feeder"})
+_URL_OPTIONS = frozenset(
+    {"broker", "post_broker", "destination", "admin", "feeder", "management_url"}
+)
 CMDLINE = "<command line>"
 _COMPOUND = frozenset(
     {Kind.MASK, Kind.SUBTOPIC, Kind.INCLUDE, Kind.DECLARE, Kind.HEADER, Kind.PLUGIN, Kind.LIST}
@@ -426,6 +429,9 @@ def load_config(
     default_conf = paths.default_conf_path(environment)
     if default_conf.is_file():
         loader.read_file(default_conf)
+    admin_conf = paths.admin_conf_path(environment)
+    if admin_conf.is_file():
+        loader.read_file(admin_conf)
     loader.strict_components = True
     component_conf = paths.component_conf_path(component, environment)
     if component_conf.is_file():
@@ -435,6 +441,30 @@ def load_config(
     for word, value in cmdline:
         loader.apply(word, value if value != "" else None, CMDLINE, None)
     return loader.finish(file)
+
+
+def load_pump_config(
+    env: Mapping[str, str] | None = None, *, admin_conf: Path | None = None
+) -> Config:
+    """The pump-wide settings: ``default.conf`` then ``admin.conf`` of the config directory.
+
+    This is what ``sr_police`` reads: ``admin``, ``feeder``, ``cluster``, the ``declare``
+    lines (in :attr:`Config.declared`, role -> names) and ``management_url``/``mgmt_port``.
+    ``admin_conf`` replaces ``<config_dir>/admin.conf``. Missing files are not an error.
+
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    environment: Mapping[str, str] = os.environ if env is None else env
+    loader = _Loader("police", None, environment, None)
+    loader.strict_components = False  # these files hold options of every component
+    for file in (
+        paths.default_conf_path(environment),
+        admin_conf or paths.admin_conf_path(environment),
+    ):
+        if file.is_file():
+            loader.read_file(file)
+    return loader.finish(None)
 
 
 def resolve_queue_name(cfg: Config, env: Mapping[str, str] | None = None) -> str:

@@ -30,12 +30,13 @@ COMPONENTS: tuple[str, ...] = (
     "winnow",
     "poll",
     "report",
+    "log",
 )
 
 _ALL = frozenset(COMPONENTS)
-_CONSUMERS = frozenset({"subscribe", "sarra", "sender", "shovel", "winnow", "report"})
+_CONSUMERS = frozenset({"subscribe", "sarra", "sender", "shovel", "winnow", "report", "log"})
 _POSTERS = frozenset({"post", "watch", "poll"})
-_REPOSTERS = _ALL - {"report"}
+_REPOSTERS = _ALL - {"report", "log"}
 _DOWNLOADERS = frozenset({"subscribe", "sarra", "sender", "poll"})
 _WATCHERS = frozenset({"post", "watch"})
 
@@ -371,12 +372,15 @@ _SR2_PLUGIN_HOOKS = (
 OPTIONS: tuple[Option, ...] = (
     # -- input broker, exchange, queue
     _o("broker", U, None, "input broker, amqp[s]://user@host[:port]/[vhost]", _CONSUMERS, ("b",)),
-    _o("exchange", S, None, "exchange to bind to (subscribe: xpublic)", _CONSUMERS, ("ex",),
-       {"subscribe": "xpublic", "sender": "xpublic"}),
+    _o("exchange", S, None, "exchange to bind to (subscribe, sarra: xpublic)", _CONSUMERS,
+       ("ex",), {"subscribe": "xpublic", "sender": "xpublic", "sarra": "xpublic",
+                 "log": "xr_${BROKER_USER}"}),
+    _o("read_sources", B, False, "bind to xs_<u> of every declared source (pump sarra)",
+       frozenset({"sarra"})),
     _o("exchange_suffix", S, None, "bind to xs_<broker user>_<suffix>", _CONSUMERS),
     _o("exchange_split", B, False, "each instance reads its own <exchange>NN", _CONSUMERS),
     _o("topic_prefix", S, "v02.post", "topic prefix of bindings (v02.post)", _CONSUMERS, ("tp",),
-       {"report": "v02.report"}),
+       {"report": "v02.report", "log": "v02.report"}),
     _o("subtopic", Kind.SUBTOPIC, "#",
        "consumers: bind to topic_prefix.<pattern> on the exchange in force; "
        "sr_post/sr_watch: the topic to post with, instead of the path's directories",
@@ -447,6 +451,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("retry", B, True, "keep failed notices in a disk retry queue", _CONSUMERS,
        ("retry_mode",)),
     _o("retry_ttl", D, None, "drop retries older than this (default: expire)", _CONSUMERS),
+    _o("retry_delay", D, 30.0,
+       "first delay before retrying a failed notice from disk; doubles on each failure",
+       _CONSUMERS),
+    _o("retry_delay_max", D, 3600.0, "longest delay between retries from disk", _CONSUMERS),
     _o("timeout", D, 300.0, "transfer inactivity timeout", _ALL),
     _o("batch", N, 100, "notices handled per batch", _ALL),
     _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL),
@@ -456,7 +464,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
     # -- reports and duplicates
     _o("report_back", B, True, "publish a report for each notice handled", _CONSUMERS,
-       ("reportback", "rb"), {"report": False, "winnow": False, "shovel": False}),
+       ("reportback", "rb"),
+       {"report": False, "winnow": False, "shovel": False, "sarra": False, "log": False}),
     _o("report_exchange", S, None, "exchange of reports (default xs_<broker user>)", _CONSUMERS,
        ("lx", "le")),
     _o("suppress_duplicates", Kind.CACHING, 0.0,
@@ -490,9 +499,17 @@ OPTIONS: tuple[Option, ...] = (
        ("cl", "from_cluster", "fc")),
     _o("cluster_aliases", Kind.LIST, (), "other names of this cluster", _ALL, ("ca",)),
     _o("gateway_for", Kind.LIST, (), "clusters this one forwards to", _ALL, ("gf",)),
+    _o("cluster_route", Kind.LIST, (),
+       "report routing: reports of cluster NAME go to xs_<user> on BROKER (NAME BROKER)",
+       frozenset({"report"}), metavar="NAME BROKER"),
+    _o("peer_accounts", Kind.LIST, (),
+       "report routing: users relaying other pumps' reports (passed as is)",
+       frozenset({"report"}), metavar="USER..."),
+    _o("log_summary", B, False, "sr_log: print a summary of what is queued, then exit",
+       frozenset({"log"})),
     _o("source", S, None, "source attributed to the posts", _ALL),
-    _o("source_from_exchange", B, False, "take source from the exchange name", _CONSUMERS,
-       ("sfe",)),
+    _o("source_from_exchange", B, False, "take source from the exchange name (xs_<u>)",
+       _CONSUMERS, ("sfe",), {"sarra": True}),
     _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS, ("e",)),
     _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
     _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
@@ -518,6 +535,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("declare", Kind.DECLARE, None, "declare env NAME=value, or a pump role", _ALL, ("role",)),
     _o("admin", U, None, "broker administrator account (pump)", _NONE),
     _o("feeder", U, None, "pump-internal broker account", _NONE, ("manager",)),
+    _o("management_url", U, None, "RabbitMQ management API URL (sr_police; default: the "
+       "admin host on mgmt_port)", _NONE),
+    _o("mgmt_port", N, 15672, "RabbitMQ management API port (sr_police)", _NONE),
     _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL),
     _o("statehost", B, False, "keep state under a per-host directory", _ALL),
     _o("tls_rigour", S, "normal", "TLS certificate checking", _ALL, ("tls_rigor", "tlsr"),

@@ -64,6 +64,11 @@ def default_conf_path(env: Mapping[str, str] | None = None) -> Path:
     return config_dir(env) / "default.conf"
 
 
+def admin_conf_path(env: Mapping[str, str] | None = None) -> Path:
+    """``<config_dir>/admin.conf``: pump roles (admin, feeder, declare), read after default.conf."""
+    return config_dir(env) / "admin.conf"
+
+
 def component_conf_path(component: str, env: Mapping[str, str] | None = None) -> Path:
     """``<config_dir>/<component>.conf``: defaults for one component (optional)."""
     return config_dir(env) / f"{component}.conf"
