@@ -1,12 +1,15 @@
-"""``sr_scheduler [--force] [--teardown] {run,status,stop} spec.toml``.
+"""``sr_scheduler [--force] [--teardown] {run,status,reload,stop} spec.toml``.
 
 * ``run``: run one scheduler copy in the foreground (systemd or Marathon keep it up).
 * ``status``: print the leader's status document (JSON) from its status endpoint.
+* ``reload``: make the running leader re-read its spec file (the file given here is checked
+  first); a bad spec is refused with the reason and the running one kept. SIGHUP to a ``run``
+  process does the same.
 * ``stop``: ask the leader to stop; refused while workers are allocated unless ``--force``.
   With ``--teardown`` the framework is removed and every worker killed (explicit removal).
 
-Exit codes: 0 done, 1 failure, 2 usage or spec error, 3 framework removed (not re-registered),
-4 stop refused.
+Exit codes: 0 done, 1 failure, 2 usage or spec error (also a refused reload), 3 framework
+removed (not re-registered), 4 stop refused.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser.add_argument("--force", action="store_true", help="stop even with workers allocated")
     parser.add_argument("--teardown", action="store_true", help="stop: remove the framework")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
-    parser.add_argument("verb", choices=("run", "status", "stop"))
+    parser.add_argument("verb", choices=("run", "status", "reload", "stop"))
     parser.add_argument("spec", help="the pump specification (TOML)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -51,19 +54,32 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         spec = load_spec(args.spec)
         if args.verb == "run":
-            service = SchedulerService(spec)
+            service = SchedulerService(spec, args.spec)
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
                 service.stop()
 
+            def on_hup(signum: int, frame: FrameType | None) -> None:
+                service.reload_requested.set()  # served by the leader loop, not here
+
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
+            signal.signal(signal.SIGHUP, on_hup)
             return service.run()
         base = _leader_url(spec)
         if args.verb == "status":
             with urllib.request.urlopen(base + "/status.json", timeout=10) as resp:
                 out.write(resp.read().decode() + "\n")
             return 0
+        if args.verb == "reload":
+            req = urllib.request.Request(f"{base}/reload", method="POST", data=b"")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    out.write(json.load(resp)["result"] + "\n")
+                return 0
+            except urllib.error.HTTPError as e:
+                out.write(json.load(e)["result"] + "\n")
+                return 2 if e.code == 400 else 1
         query = f"force={int(args.force)}&teardown={int(args.teardown)}"
         req = urllib.request.Request(f"{base}/stop?{query}", method="POST", data=b"")
         try:

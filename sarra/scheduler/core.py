@@ -8,7 +8,9 @@ or raises :class:`Deposed` (another copy took the framework over).
 Slots: worker type ``feed`` with ``count = 3`` has slots ``feed-0..feed-2``. A slot is
 *pending* when it has no live task (STAGING/STARTING/RUNNING and not being killed). A slot's
 task is *started* after RUNNING for ``min_running_seconds``; a task that ends before that makes
-its agent avoided for ``avoid_seconds``. Every decision is logged with its reason.
+its agent avoided for ``avoid_seconds``. Every decision is logged with its reason (placement,
+decline and kill decisions on lines starting ``decision:``). :meth:`PumpScheduler.apply_spec`
+swaps in a reloaded spec: counts scale and changed worker types roll at the next ticks.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class PumpScheduler:
         self.stop_requested = False
         self.teardown_requested = False
         self.events_seen = 0
+        self.slot_why: dict[str, str] = {}  # slot -> why it is pending (logged at its launch)
 
     # -- framework info and connection ---------------------------------------------------
     def framework_info(self) -> dict[str, Any]:
@@ -224,7 +227,10 @@ class PumpScheduler:
         reason = status.get("reason", "")
         if rec is None:
             if st in NOT_TERMINAL:
-                log.warning("task %s is %s but unknown to us: killing it", task_id, st)
+                log.warning(
+                    "decision: kill task %s (%s on agent %s): unknown to us (not in the state)",
+                    task_id, st, agent_id or "?",
+                )  # fmt: skip
                 self._send_kill(task_id, agent_id or None)
             else:
                 log.info("update %s for forgotten task %s (duplicate): ignored", st, task_id)
@@ -253,12 +259,11 @@ class PumpScheduler:
         if st == "TASK_RUNNING" and rec.running_since is None:
             rec.running_since = now
         if st == "TASK_RUNNING" and rec.kill_requested is None and self._slot_taken(rec):
-            log.warning(
-                "task %s came back but %s has another task: killing it", rec.task_id, rec.slot
-            )
-            rec.kill_requested = 0.0
+            self._decide_kill(rec, f"it came back but slot {rec.slot} has another live task")
         if rec.terminal:
             self.state.last_agent[rec.slot] = rec.agent_id
+            if rec.kill_requested is None:
+                self.slot_why[rec.slot] = f"its task {rec.task_id} ended {st} {reason}".rstrip()
             # only a worker that really ran and died makes its agent suspect; a launch that
             # never happened (LOST/DROPPED/GONE from the master) says nothing about the agent
             failed_there = st in ("TASK_FAILED", "TASK_FINISHED")
@@ -303,10 +308,7 @@ class PumpScheduler:
                 dirty = True
                 log.info("task %s (%s) counts as started", rec.task_id, rec.slot)
             if rec.kill_requested is None and rec.slot not in slots and rec.state in NOT_TERMINAL:
-                log.info(
-                    "task %s: slot %s is no longer in the spec: killing", rec.task_id, rec.slot
-                )
-                rec.kill_requested = 0.0
+                self._decide_kill(rec, f"slot {rec.slot} is no longer in the spec (scale down)")
             if (
                 rec.state in ("TASK_STAGING", "TASK_STARTING")
                 and rec.kill_requested is None
@@ -319,8 +321,8 @@ class PumpScheduler:
                     self._call(self.client.reconcile, pair)
                     dirty = True
                 elif now - rec.reconcile_sent > s.staging_timeout:
-                    log.warning("task %s still %s: killing, will relaunch", rec.task_id, rec.state)
-                    rec.kill_requested = 0.0
+                    self._decide_kill(rec, f"still {rec.state} after reconciliation: will relaunch")
+                    self.slot_why[rec.slot] = f"its task {rec.task_id} was stuck in {rec.state}"
         # more than one live task on a slot (adopted duplicates): keep the oldest started one
         by_slot: dict[str, list[TaskRecord]] = {}
         for rec in self.state.tasks.values():
@@ -329,16 +331,21 @@ class PumpScheduler:
         for live in by_slot.values():
             live.sort(key=lambda r: (not r.started, r.state != "TASK_RUNNING", r.launched_at))
             for extra in live[1:]:
-                log.warning("slot %s has two tasks: killing %s", extra.slot, extra.task_id)
-                extra.kill_requested = 0.0
+                self._decide_kill(extra, f"slot {extra.slot} has two live tasks; keeping one")
         self._rolling_step(slots, by_slot)
         live_slots = {r.slot for r in self.state.tasks.values() if self._live(r)}
         for rec in self.state.tasks.values():
             if rec.kill_requested is not None and now - rec.kill_requested >= s.kill_retry_seconds:
                 if rec.state not in NOT_TERMINAL and rec.state != "TASK_UNREACHABLE":
                     continue
+                first = rec.kill_requested == 0.0
                 rec.kill_requested = now
                 dirty = True
+                log.log(
+                    logging.INFO if first else logging.WARNING,
+                    "KILL %s (%s)%s: %s", rec.task_id, rec.slot,
+                    "" if first else " again, not dead yet", rec.kill_reason or "requested",
+                )  # fmt: skip
                 self._send_kill(rec.task_id, rec.agent_id, self._grace(rec))
         self.state.avoid = {a: t for a, t in self.state.avoid.items() if t > now}
         if dirty:
@@ -364,11 +371,9 @@ class PumpScheduler:
             if not all(t is not None and t.started for t in tasks):
                 continue  # wait: the previous replacement (or another slot) is not healthy yet
             victim = outdated[0]
-            log.info(
-                "rolling update of %s: replacing %s (version %s -> %s)",
-                w.name, victim.task_id, victim.version, w.version,
-            )  # fmt: skip
-            victim.kill_requested = 0.0
+            why = f"rolling update of {w.name}: version {victim.version} -> {w.version}"
+            self._decide_kill(victim, why + ", every other slot healthy")
+            self.slot_why[victim.slot] = why
 
     def _reconcile(self, now: float) -> None:
         remaining = [
@@ -408,6 +413,10 @@ class PumpScheduler:
             if self.offers:
                 ids = list(self.offers)
                 self.offers.clear()
+                log.info(
+                    "decision: decline %d offer(s) for %.0fs: nothing pending",
+                    len(ids), s.refuse_seconds,
+                )  # fmt: skip
                 self._call(self.client.decline, ids, s.refuse_seconds)
             if self.suppressed is not True and self._call(self.client.suppress, roles):
                 log.info("nothing pending: offers suppressed")
@@ -438,10 +447,19 @@ class PumpScheduler:
         for slot, why in decisions.reasons.items():
             log.info("slot %s not placed this round: %s", slot, why)
         for launch in decisions.launches:
-            self._launch(launch, slots, views, now)
+            self._launch(launch, slots, views, now, decisions.placed)
         if decisions.decline:
             refuse = SHORT_REFUSE if decisions.unplaced else s.refuse_seconds
             ids = list(decisions.decline)
+            why = (
+                f"slot(s) {', '.join(decisions.unplaced[:5])} still unplaced, want new offers soon"
+                if decisions.unplaced
+                else "every pending slot placed elsewhere"
+            )
+            log.info(
+                "decision: decline %d offer(s) (%s) for %.0fs: %s",
+                len(ids), ", ".join(sorted({views[o].hostname for o in ids})), refuse, why,
+            )  # fmt: skip
             self._call(self.client.decline, ids, refuse)
 
     def _launch(
@@ -450,6 +468,7 @@ class PumpScheduler:
         slots: dict[str, WorkerType],
         views: dict[str, placement.OfferView],
         now: float,
+        placed: dict[str, str],
     ) -> None:
         view = views[launch.offer_ids[0]]
         infos = []
@@ -465,13 +484,14 @@ class PumpScheduler:
             self.state.tasks[rec.task_id] = rec
         self.store.save(self.state)
         for rec in records:
+            verb = "relaunch" if rec.slot in self.state.last_agent else "launch"
             log.info(
-                "launching %s for slot %s on %s (%s)",
-                rec.task_id,
-                rec.slot,
-                view.hostname,
-                launch.agent_id,
-            )
+                "decision: %s %s for slot %s on %s (%s) using %d offer(s): slot pending because "
+                "%s; placed there because %s",
+                verb, rec.task_id, rec.slot, view.hostname, launch.agent_id,
+                len(launch.offer_ids), self.slot_why.pop(rec.slot, "it has no live task"),
+                placed.get(rec.slot, "it fits"),
+            )  # fmt: skip
         try:
             self.client.accept(launch.offer_ids, infos, SHORT_REFUSE)
         except CallRefused as e:
@@ -512,6 +532,26 @@ class PumpScheduler:
         }
 
     # -- helpers ---------------------------------------------------------------------------
+    def _decide_kill(self, rec: TaskRecord, reason: str) -> None:
+        """Mark ``rec`` for killing (KILL is sent, and repeated, by :meth:`tick`)."""
+        log.info(
+            "decision: kill task %s (%s on %s): %s", rec.task_id, rec.slot, rec.hostname, reason
+        )
+        rec.kill_requested = 0.0
+        rec.kill_reason = reason
+
+    def apply_spec(self, spec: PumpSpec) -> None:
+        """Make ``spec`` the one kept true (a reload already validated by the caller).
+
+        Counts scale at the next tick; tasks whose worker type changed version are replaced by
+        :meth:`_rolling_step`, one at a time. Pending slots make the next tick revive offers.
+        """
+        old = set(self.desired_slots())
+        self.spec = spec
+        self.settings = spec.scheduler
+        for slot in sorted(set(self.desired_slots()) - old):
+            self.slot_why[slot] = "new slot in the reloaded spec (scale up)"
+
     def _send_kill(self, task_id: str, agent_id: str | None, grace: float | None = None) -> None:
         self._call(self.client.kill, task_id, agent_id, grace)
 

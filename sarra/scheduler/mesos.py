@@ -114,11 +114,9 @@ def split_zk_url(url: str) -> tuple[str, str]:
 
 
 def _leader_from_zookeeper(url: str, timeout: float) -> str:
-    from kazoo.client import KazooClient  # type: ignore[import-untyped]
-    from kazoo.exceptions import KazooException  # type: ignore[import-untyped]
-    from kazoo.handlers.threading import (  # type: ignore[import-untyped]
-        KazooTimeoutError,
-    )
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import KazooException
+    from kazoo.handlers.threading import KazooTimeoutError
 
     hosts, path = split_zk_url(url)
     zk = KazooClient(hosts=hosts, timeout=timeout)

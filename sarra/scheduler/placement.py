@@ -89,6 +89,7 @@ class Decisions:
     decline: tuple[str, ...] = ()
     unplaced: tuple[str, ...] = ()
     reasons: dict[str, str] = field(default_factory=dict)  # slot -> why it was not placed
+    placed: dict[str, str] = field(default_factory=dict)  # slot -> why it went where it did
 
 
 @dataclass
@@ -140,6 +141,7 @@ def place(
         a.offer_ids.append(o.offer_id)
     counts: dict[str, dict[str, int]] = {k: dict(v) for k, v in running.items()}
     reasons: dict[str, str] = {}
+    placed: dict[str, str] = {}
     unplaced: list[str] = []
     for need in desired:
         candidates: list[_Agent] = []
@@ -160,6 +162,7 @@ def place(
         preferred = [a for a in candidates if a.agent_id == need.prefer_agent]
         if preferred:
             chosen = preferred[0]
+            placed[need.slot] = "back on the agent of its previous task"
         else:
             chosen = min(
                 candidates,
@@ -168,6 +171,12 @@ def place(
                     -a.free.cpus,
                     a.agent_id,
                 ),
+            )
+            there = counts.get(chosen.agent_id, {}).get(need.worker_type, 0)
+            placed[need.slot] = (
+                f"fits; fewest {need.worker_type} workers there ({there}) of "
+                f"{len(candidates)} fitting agent(s)"
+                + ("" if need.prefer_agent is None else ", its previous agent not offered or full")
             )
         chosen.free = chosen.free - need.resources
         chosen.placed.append(need.slot)
@@ -179,4 +188,4 @@ def place(
         if a.placed
     )
     decline = tuple(oid for a in agents.values() if not a.placed for oid in a.offer_ids)
-    return Decisions(launches, decline, tuple(unplaced), reasons)
+    return Decisions(launches, decline, tuple(unplaced), reasons, placed)

@@ -10,6 +10,12 @@ Every copy serves ``GET /status.json`` (and a small HTML page at ``/``) on ``sta
 the leader writes its address to ``<state_dir>/leader.addr`` so ``sr_scheduler status`` and
 ``stop`` find it. ``POST /stop`` is refused (409) while workers are allocated unless
 ``force=1``; ``teardown=1`` removes the framework (kills every worker) — the only TEARDOWN.
+
+Live reload: ``POST /reload`` (``sr_scheduler reload``), SIGHUP, or with ``watch_spec = true``
+a change of the spec file's mtime, re-reads the spec file. A spec that does not parse, or that
+changes a setting only a restart can apply, is refused with the reason and the running spec is
+kept; otherwise the leader scales to the new counts and rolls changed worker types through,
+one worker at a time. A copy that becomes leader reads the file afresh.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from sarra.errors import SarraError
+from sarra.errors import ConfigError, SarraError
 from sarra.scheduler.core import Deposed, PumpScheduler
 from sarra.scheduler.mesos import FrameworkRemoved, MesosClient, SubscriptionRefused
-from sarra.scheduler.spec import PumpSpec
+from sarra.scheduler.spec import PumpSpec, load_spec, reload_changes
 from sarra.scheduler.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,15 @@ log = logging.getLogger(__name__)
 class SchedulerService:
     """One copy of the scheduler process."""
 
-    def __init__(self, spec: PumpSpec) -> None:
+    def __init__(self, spec: PumpSpec, spec_path: str | Path | None = None) -> None:
         self.spec = spec
+        self.spec_path = spec_path
+        self.reload_requested = threading.Event()  # set by SIGHUP, served by the leader loop
+        self._reload_lock = threading.Lock()
+        self._pending_spec: PumpSpec | None = None
+        self._spec_mtime = self._mtime()
+        self._last_watch = 0.0
+        self.last_reload = ""  # outcome of the last reload, shown in the status document
         self.store = StateStore(spec.scheduler.state_dir)
         self.stop_event = threading.Event()
         self.zk_lost = threading.Event()
@@ -83,6 +97,11 @@ class SchedulerService:
             def do_POST(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 q = urllib.parse.parse_qs(url.query)
+                if url.path == "/reload":
+                    ok, text = service.reload("reload request")
+                    body = json.dumps({"result": text}).encode()
+                    self._send(200 if ok else 400, body, "application/json")
+                    return
                 if url.path != "/stop":
                     self._send(404, b"not found\n", "text/plain")
                     return
@@ -111,6 +130,57 @@ class SchedulerService:
             self._election.cancel()
         return 200, "stopping" + (" and tearing the framework down" if teardown else "")
 
+    # -- live reload -------------------------------------------------------------------------
+    def _mtime(self) -> float | None:
+        if self.spec_path is None:
+            return None
+        try:
+            return os.stat(self.spec_path).st_mtime
+        except OSError:
+            return None
+
+    def reload(self, why: str) -> tuple[bool, str]:
+        """Re-read the spec file; apply it if valid. (accepted, what happened or why not)."""
+        if self.spec_path is None:
+            return False, "reload refused: this scheduler was not started from a spec file"
+        with self._reload_lock:
+            self._spec_mtime = self._mtime()  # a refused file is not retried until it changes
+            try:
+                new = load_spec(self.spec_path)
+                changes = reload_changes(self.spec, new)
+            except ConfigError as e:
+                text = f"reload refused ({why}): {e}; keeping the running spec"
+                log.error("%s", text)
+                self.last_reload = text
+                return False, text
+            if not changes:
+                text = f"reload ({why}): no change"
+                log.info("%s", text)
+                self.last_reload = text
+                return True, text
+            for line in changes:
+                log.info("reload (%s): %s", why, line)
+            self.spec = new
+            self._pending_spec = new
+            text = f"reloaded ({why}): " + "; ".join(changes)
+            self.last_reload = text
+            return True, text
+
+    def _serve_reloads(self, sched: PumpScheduler | None) -> None:
+        """In the leader's loop: SIGHUP, the mtime watch, then hand a new spec over."""
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload("SIGHUP")
+        now = time.monotonic()
+        if self.spec.scheduler.watch_spec and now - self._last_watch >= 1.0:
+            self._last_watch = now
+            if self._mtime() != self._spec_mtime:
+                self.reload("spec file changed")
+        with self._reload_lock:
+            new, self._pending_spec = self._pending_spec, None
+        if new is not None and sched is not None:
+            sched.apply_spec(new)
+
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped; the process exit code."""
@@ -138,7 +208,7 @@ class SchedulerService:
             self._election.cancel()
 
     def _run_elected(self, hosts: str) -> None:
-        from kazoo.client import KazooClient, KazooState  # type: ignore[import-untyped]
+        from kazoo.client import KazooClient, KazooState
 
         zk = KazooClient(hosts=hosts, timeout=self.spec.scheduler.zk_session_timeout)
 
@@ -167,6 +237,9 @@ class SchedulerService:
         if self.stop_event.is_set():
             return
         log.info("this copy (%s) leads pump %s", self.identity, self.spec.scheduler.name)
+        if self.spec_path is not None:
+            self.reload("elected leader")  # the file may have changed while this copy waited
+            self._pending_spec = None  # applied below: the scheduler is made from self.spec
         self.leading = True
         self.status = {**self.status, "leader": True, "connected": False}
         self._write_leader_addr()
@@ -176,11 +249,12 @@ class SchedulerService:
         backoff = 0.5
         try:
             while not self.stop_event.is_set() and not self.zk_lost.is_set():
+                self._serve_reloads(sched)
                 try:
                     sched.connect()
                     backoff = 0.5
                 except FrameworkRemoved as e:
-                    if s.on_framework_removed != "register":
+                    if self.spec.scheduler.on_framework_removed != "register":
                         log.error(
                             "framework %s was removed (%s); not registering a new one "
                             "(on_framework_removed = \"stop\")",
@@ -202,8 +276,14 @@ class SchedulerService:
                     backoff = min(backoff * 2, 15.0)
                     continue
                 while not sched.stop_requested and not self.zk_lost.is_set():
+                    self._serve_reloads(sched)
                     alive = sched.step(0.2)
-                    self.status = {**sched.snapshot(), "leader": True, "copy": self.identity}
+                    self.status = {
+                        **sched.snapshot(),
+                        "leader": True,
+                        "copy": self.identity,
+                        "last_reload": self.last_reload,
+                    }
                     if not alive:
                         break
                 if sched.stop_requested:

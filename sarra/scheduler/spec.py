@@ -104,6 +104,15 @@ class SchedulerSettings:
     call_timeout: float = 30.0
     zk_session_timeout: float = 10.0
     on_framework_removed: str = "stop"
+    watch_spec: bool = False  # reload the spec file by itself when its mtime changes
+
+
+# Settings a running scheduler cannot take over: they name the framework, where it talks or
+# what it subscribed with. A reload that changes one is refused (restart the copies instead).
+RESTART_ONLY = (
+    "name", "master", "user", "state_dir", "zookeeper", "election_path", "failover_timeout",
+    "checkpoint", "status_listen", "call_timeout", "zk_session_timeout",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,12 @@ def parse_spec(text: str, path: str = "<spec>") -> PumpSpec:
     if not isinstance(sched, dict):
         raise ConfigError("[scheduler] must be a table", path=path)
     where = f"{path}: [scheduler]"
+    unknown = set(sched) - set(SchedulerSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    extra = set(doc) - {"scheduler", "workers"}
+    if extra:
+        raise ConfigError(f"unknown tables {sorted(extra)}", path=path)
     stem = Path(path).stem
     name = _get(sched, "name", str, where) or (stem if _NAME.match(stem) else "pump")
     if not _NAME.match(name):
@@ -220,6 +235,7 @@ def parse_spec(text: str, path: str = "<spec>") -> PumpSpec:
         zookeeper=_get(sched, "zookeeper", str, where) or "",
         election_path=_get(sched, "election_path", str, where) or f"/sarra/scheduler/{name}",
         checkpoint=bool(_get(sched, "checkpoint", bool, where) in (None, True)),
+        watch_spec=bool(_get(sched, "watch_spec", bool, where)),
         status_listen=_get(sched, "status_listen", str, where) or "127.0.0.1:0",
         on_framework_removed=on_removed,
         **numbers,
@@ -243,3 +259,44 @@ def load_spec(path: str | Path) -> PumpSpec:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror}", path=str(p)) from e
     return parse_spec(text, str(p))
+
+
+def reload_changes(old: PumpSpec, new: PumpSpec) -> list[str]:
+    """What replacing ``old`` by ``new`` in a running scheduler does, one line per change.
+
+    Raises :class:`ConfigError` when ``new`` changes something only a restart can apply
+    (a setting in :data:`RESTART_ONLY`, or the set of roles the framework subscribed with).
+    """
+    fixed = [k for k in RESTART_ONLY if getattr(old.scheduler, k) != getattr(new.scheduler, k)]
+    if old.roles != new.roles:
+        fixed.append("roles")
+    if fixed:
+        raise ConfigError(
+            f"cannot change {', '.join(fixed)} in a running scheduler: restart it instead"
+        )
+    out = []
+    for k in SchedulerSettings.__dataclass_fields__:
+        a, b = getattr(old.scheduler, k), getattr(new.scheduler, k)
+        if a != b:
+            out.append(f"setting {k}: {a} -> {b}")
+    for name in sorted(set(old.workers) | set(new.workers)):
+        ow, nw = old.workers.get(name), new.workers.get(name)
+        if ow is None and nw is not None:
+            out.append(f"worker type {name} added: {nw.count} to launch")
+        elif nw is None and ow is not None:
+            out.append(f"worker type {name} removed: its {ow.count} worker(s) will be killed")
+        elif ow is not None and nw is not None:
+            if nw.count != ow.count:
+                verb = "scale up" if nw.count > ow.count else "scale down"
+                out.append(f"worker type {name} count {ow.count} -> {nw.count} ({verb})")
+            if nw.version != ow.version:
+                out.append(
+                    f"worker type {name} changed (version {ow.version} -> {nw.version}): "
+                    "rolling replacement, one worker at a time"
+                )
+            if nw.kill_grace_seconds != ow.kill_grace_seconds:
+                out.append(
+                    f"worker type {name} kill_grace_seconds {ow.kill_grace_seconds} -> "
+                    f"{nw.kill_grace_seconds} (no replacement needed)"
+                )
+    return out

@@ -39,6 +39,7 @@ class TaskRecord:
     last_update: float = 0.0
     reconcile_sent: float | None = None
     kill_requested: float | None = None  # last KILL sent (kills are repeated until terminal)
+    kill_reason: str = ""  # why the scheduler decided to kill it (logged with every KILL)
     started: bool = False  # RUNNING for at least min_running_seconds
     message: str = ""
 

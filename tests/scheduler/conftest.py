@@ -82,7 +82,7 @@ class Runner:
 
     def __init__(self, spec_path: Path) -> None:
         self.spec_path = spec_path
-        self.service = SchedulerService(load_spec(spec_path))
+        self.service = SchedulerService(load_spec(spec_path), spec_path)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.rc: int | None = None
         self.thread.start()

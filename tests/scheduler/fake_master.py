@@ -171,6 +171,8 @@ class Cluster:
         self.drop_next_accept = False
         self.drop_accepts_for_agent: str | None = None
         self.rescind_next_accept = False
+        self.split_offers = False
+        self.accepts: list[list[str]] = []  # offer ids of every ACCEPT, in order
         self.calls: list[tuple[str, str]] = []  # (master port, call type)
         self.launches: list[str] = []  # task ids, in launch order
         self._stop = threading.Event()
@@ -753,6 +755,7 @@ class FakeMaster:
             c.drop_next_accept = False
             return  # lost on the way: nothing happens
         offer_ids = [o["value"] for o in body.get("offer_ids", [])]
+        c.accepts.append(offer_ids)
         agents = {fw.offers[o][0] for o in offer_ids if o in fw.offers}
         if c.drop_accepts_for_agent is not None and c.drop_accepts_for_agent in agents:
             return  # lost on the way
@@ -951,22 +954,27 @@ class FakeMaster:
                 free = (a.spec.cpus - used[0], a.spec.mem - used[1], a.spec.disk - used[2])
                 if free[0] < 0.01 or free[1] < 1:
                     continue
-                self.offer_counter += 1
-                oid = f"{c.master_id}-O{self.offer_counter}"
-                fw.offers[oid] = (a.agent_id, free, role)
-                alloc = {"role": role}
-                offers.append({
-                    "id": {"value": oid}, "framework_id": {"value": fw.framework_id},
-                    "agent_id": {"value": a.agent_id}, "hostname": a.spec.hostname,
-                    "allocation_info": alloc,
-                    "resources": [
-                        {"name": n, "type": "SCALAR", "scalar": {"value": v}, "allocation_info": alloc}  # noqa: E501
-                        for n, v in zip(("cpus", "mem", "disk"), free, strict=True)
-                    ],
-                    "attributes": [
-                        {"name": k, "type": "TEXT", "text": {"value": v}} for k, v in a.spec.attributes.items()  # noqa: E501
-                    ],
-                })  # fmt: skip
+                # split_offers: the agent's free resources come as two offers (as when the
+                # allocator offers freed resources separately); the scheduler must combine them
+                parts = 2 if c.split_offers else 1
+                for _ in range(parts):
+                    part = (free[0] / parts, free[1] / parts, free[2] / parts)
+                    self.offer_counter += 1
+                    oid = f"{c.master_id}-O{self.offer_counter}"
+                    fw.offers[oid] = (a.agent_id, part, role)
+                    alloc = {"role": role}
+                    offers.append({
+                        "id": {"value": oid}, "framework_id": {"value": fw.framework_id},
+                        "agent_id": {"value": a.agent_id}, "hostname": a.spec.hostname,
+                        "allocation_info": alloc,
+                        "resources": [
+                            {"name": n, "type": "SCALAR", "scalar": {"value": v}, "allocation_info": alloc}  # noqa: E501
+                            for n, v in zip(("cpus", "mem", "disk"), part, strict=True)
+                        ],
+                        "attributes": [
+                            {"name": k, "type": "TEXT", "text": {"value": v}} for k, v in a.spec.attributes.items()  # noqa: E501
+                        ],
+                    })  # fmt: skip
             if offers:
                 fw.stream.send({"type": "OFFERS", "offers": {"offers": offers}})
 

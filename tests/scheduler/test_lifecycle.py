@@ -36,6 +36,8 @@ def test_the_example_spec_loads_and_bad_specs_name_the_problem(tmp_path: Path) -
         parse_spec("[scheduler]\n")
     with pytest.raises(ConfigError, match="TOML"):
         parse_spec("[scheduler\n")
+    with pytest.raises(ConfigError, match=r"unknown keys.*watch_spc"):
+        parse_spec('[scheduler]\nmaster = "http://m:5050"\nwatch_spc = true\n')
     base = '[scheduler]\nmaster = "http://m:5050"\n[workers.a]\nconfig = "x"\ncount = 1\n'
     assert parse_spec(base).workers["a"].command == "sr_subscribe foreground x"
     bigger = parse_spec(base.replace("count = 1", "count = 5")).workers["a"]
@@ -101,8 +103,11 @@ def test_after_failover_timeout_the_framework_is_removed_and_not_silently_recrea
     assert StateStore(tmp_path / "st").load().framework_id == fid  # untouched, for the operator
     again = text.replace("[scheduler]\n", '[scheduler]\non_framework_removed = "register"\n')
     r = start_scheduler(again)
+    # the persisted records of the removed framework count as started until the copy learns
+    # the framework is gone: wait for the new framework id, then for its own two workers
+    wait_for(lambda: r.sched and r.sched.state.framework_id not in (None, fid), 30, "new id")
     wait_for(lambda: started(r) == 2, 30, "a new framework with 2 started")
-    assert r.sched.state.framework_id != fid
+    assert r.sched.state.framework_id != fid and len(cluster.running_tasks()) == 2
 
 
 def test_stop_is_refused_while_workers_are_allocated_unless_forced(

@@ -235,3 +235,22 @@ def test_a_launch_lost_on_the_way_is_reconciled_after_the_staging_timeout_and_re
     steady(cluster, runner, 1)
     assert len(cluster.launches) == 1
     assert [k for _, k in cluster.calls].count("ACCEPT") >= 2
+
+
+def test_offers_of_one_agent_are_combined_in_one_accept_and_unneeded_ones_are_filtered(
+    cluster: Cluster, start_scheduler: Callable[[str], Runner], tmp_path: Path
+) -> None:
+    cluster.split_offers = True  # every agent's 4 cpus come as two offers of 2
+    workers = SLEEPER.format(count=2).replace("cpus = 0.5", "cpus = 3")
+    runner = start_scheduler(spec_text(cluster.masters[0].url, tmp_path / "st", workers))
+    steady(cluster, runner, 2)
+    assert len(cluster.launches) == 2
+    combined = [ids for ids in cluster.accepts if len(ids) == 2]
+    assert combined, "no ACCEPT combined two offers"
+    agents = {t.agent_id for t in cluster.running_tasks().values()}
+    assert len(agents) == 2  # one worker per agent: 3 cpus never fit beside another 3
+    # the third agent's offers were declined with the spec's refuse_seconds (30): filtered
+    fid = runner.sched.state.framework_id
+    idle = next(a for a in cluster.agents if a not in agents)
+    filters = cluster.state()["frameworks"][fid]["filters"]
+    assert filters.get(idle, 0.0) - time.monotonic() > 20
