@@ -132,7 +132,12 @@ class SubscribeComponent:
         retry_ttl = cfg.get("retry_ttl")
         if retry_ttl is None:
             retry_ttl = cfg.get("expire") or 3600.0
-        retry_queue = RetryQueue(state / f"retry_{instance:03d}.jsonl", ttl=float(retry_ttl))
+        retry_queue = RetryQueue(
+            state / f"retry_{instance:03d}.jsonl",
+            ttl=float(retry_ttl),
+            base_delay=_float(cfg, "retry_delay", 30.0),
+            max_delay=_float(cfg, "retry_delay_max", 3600.0),
+        )
         nodupe_ttl = _float(cfg, "suppress_duplicates", 0.0)
         nodupe = (
             DuplicateCache(

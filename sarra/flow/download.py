@@ -300,7 +300,11 @@ class Downloader:
         return len(self.journal.recover(remove))
 
     def close(self) -> None:
-        """Close every transport of every thread."""
+        """Close every transport of every thread, and the roots' descriptors."""
+        with self._roots_lock:
+            roots = list(self._roots.values())
+        for root in roots:
+            root.close()
         with self._transports_lock:
             transports, self._all_transports = self._all_transports, []
         for t in transports:

@@ -301,6 +301,7 @@ class SafeRoot:
         self.on_inflight = on_inflight
         self._dirty: set[tuple[str, ...]] = set()
         self._dirty_lock = threading.Lock()
+        self._cached_root: int | None = None
         self.root = Path(root)
         self.dir_mode = dir_mode & 0o777
         self.file_mode = file_mode & 0o777
@@ -370,19 +371,42 @@ class SafeRoot:
         raise LocalError(f"directory {name!r} keeps changing under us")
 
     def _walk(self, dirs: Sequence[str], *, create: bool) -> int | None:
-        """Descriptor of the directory ``dirs`` below the root, or None if missing."""
-        fd = self._open_root()
+        """Descriptor of the directory ``dirs`` below the root, or None if missing.
+
+        The root's own descriptor is opened once and kept (the root is trusted
+        configuration); every directory below it is opened afresh, without following links.
+        """
+        root = self._root_fd()
+        if not dirs:
+            with _translated(f"open root {self.root}"):
+                return os.dup(root)
+        fd = root
         try:
             for name in dirs:
                 child = self._open_child_dir(fd, name, create)
-                _close(fd)
+                if fd != root:
+                    _close(fd)
                 if child is None:
                     return None
                 fd = child
         except BaseException:
-            _close(fd)
+            if fd != root:
+                _close(fd)
             raise
         return fd
+
+    def _root_fd(self) -> int:
+        with self._dirty_lock:
+            if self._cached_root is None:
+                self._cached_root = self._open_root()
+            return self._cached_root
+
+    def close(self) -> None:
+        """Release the root's descriptor (the object reopens it if used again)."""
+        with self._dirty_lock:
+            if self._cached_root is not None:
+                _close(self._cached_root)
+                self._cached_root = None
 
     def _dir_parts(self, rel_dir: str) -> tuple[str, ...]:
         """Components of a directory path; ``""``/``"."``/``"/"`` name the root itself."""

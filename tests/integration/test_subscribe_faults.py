@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -145,3 +146,72 @@ def test_an_instance_killed_with_sigkill_and_restarted_delivers_every_file(  # t
             proc.wait(10)
     assert md5_tree(dest) == md5_tree(src), log.read_text()[-2000:]
     assert _leftovers(dest) == []
+
+
+class _FlakyOrigin:
+    """A real HTTP server that answers 503 until told to serve, then serves its files."""
+
+    def __init__(self, root: Path) -> None:
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        origin = self
+        self.failing = True
+        self.requests = 0
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self) -> None:
+                origin.requests += 1
+                if origin.failing:
+                    self.send_error(503, "try later")
+                    return
+                super().do_GET()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_retry_queued_on_disk_survives_a_restart_and_succeeds_later(site, tmp_path):  # type: ignore[no-untyped-def]
+    from tests.integration.flowkit import ReportTap
+
+    tag = unique("retry")
+    www = tmp_path / "www"
+    (f,) = make_files(www / tag, ["late.bin"], size=5000)
+    origin = _FlakyOrigin(www)
+    dest = tmp_path / "dest"
+    name = f"sub_{tag}"
+    site.write_subscribe(
+        name,
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
+        "expire 10m\nattempts 1\nretry_delay 1s\nretry_delay_max 2s\naccept .*\n",
+    )
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            assert post(site, origin.base_url, www, [f]) == 0
+            wait_for(lambda: any(r.code == 499 for r in tap.about("late.bin")), what="499")
+        # stopped: the notice is acked and lives only in the disk retry queue now
+        assert _queue_empty(site, name)
+        assert not (dest / "late.bin").exists()
+        origin.failing = False
+        with running_subscriber(site, name):
+            wait_for(lambda: (dest / "late.bin").exists(), timeout=60, what="the retried file")
+            wait_for(lambda: any(r.code == 201 for r in tap.about("late.bin")), what="201")
+    finally:
+        tap.stop()
+        origin.close()
+    assert (dest / "late.bin").read_bytes() == f.read_bytes()
+    codes = [r.code for r in tap.about("late.bin")]
+    assert codes[0] == 499 and codes[-1] == 201
+    assert "queued for retry" in tap.about("late.bin")[0].message

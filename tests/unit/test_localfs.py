@@ -378,6 +378,7 @@ def test_a_full_disk_raises_disk_full_and_leaves_no_inflight_file(
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.retryable
     assert list(root.iterdir()) == []
+    sr.close()  # the root's descriptor would keep the tmpfs busy
 
 
 def test_other_os_errors_become_local_errors(tree: tuple[SafeRoot, Path, Path]) -> None:
