@@ -31,6 +31,21 @@ from tests.servers.rabbitmq import start_rabbitmq  # noqa: E402
 NAMES = ["report", "obs data", "résumé", "a#b", "plain"]
 
 
+LARGE = "large/big archive.bin"
+BLOCK = 4 << 20
+
+
+def make_large(root: Path, size: int) -> None:
+    """One large file, posted in 4 MiB blocks and reassembled by the subscriber."""
+    path = root / LARGE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chunk = hashlib.sha512(b"large").digest() * (1 << 14)  # 1 MiB
+    with path.open("wb") as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+        f.write(chunk[: size % len(chunk)] + b"end")
+
+
 def make_tree(root: Path, count: int) -> tuple[int, int]:
     """A sample tree: nested directories, awkward names, sizes from bytes to a few MiB."""
     total = 0
@@ -53,6 +68,10 @@ def md5s(root: Path) -> dict[str, str]:
     return out
 
 
+def _in_flight(name: str) -> bool:
+    return "~sr" in name or name.endswith(".sr-part")
+
+
 def bar(done: int, total: int, width: int = 40) -> str:
     filled = width * done // max(total, 1)
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
@@ -61,6 +80,7 @@ def bar(done: int, total: int, width: int = 40) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--files", type=int, default=200, help="files in the sample tree")
+    ap.add_argument("--large-mb", type=int, default=48, help="size of the file sent in parts")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
@@ -77,7 +97,15 @@ def main() -> int:
     try:
         tree = www / "data"
         nfiles, nbytes = make_tree(tree, args.files)
-        print(f"sample tree: {nfiles} files, {nbytes / 1e6:.1f} MB under {tree}")
+        make_large(tree, args.large_mb << 20)
+        large_size = (tree / LARGE).stat().st_size
+        nblocks = -(-large_size // BLOCK)
+        nfiles += 1
+        nbytes += large_size
+        print(
+            f"sample tree: {nfiles} files, {nbytes / 1e6:.1f} MB under {tree} "
+            f"(one of {large_size / 1e6:.0f} MB, posted in {nblocks} blocks of 4 MiB)"
+        )
 
         conf = work / "config"
         (conf / "subscribe").mkdir(parents=True)
@@ -101,6 +129,7 @@ def main() -> int:
 
         # a report listener: counts reports about our files as the subscriber sends them
         reports: dict[int, int] = {}
+        large_blocks = [0]
         stop_listen = threading.Event()
         listener_ready = threading.Event()
 
@@ -121,6 +150,8 @@ def main() -> int:
                 r = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
                 if isinstance(r, Report):
                     reports[r.code] = reports.get(r.code, 0) + 1
+                    if r.notice.path.endswith(LARGE):
+                        large_blocks[0] += 1
                 s.ack(d)
 
             s.consume(q.name, 200, on)
@@ -151,6 +182,8 @@ def main() -> int:
             web,
             "-pbd",
             str(www),
+            "-blocksize",
+            "4M",
             "-path",
             str(tree),
         ]
@@ -163,14 +196,18 @@ def main() -> int:
         done = 0
         while time.monotonic() < deadline:
             done = (
-                sum(1 for p in dest.rglob("*") if p.is_file() and ".tmp" not in p.name)
+                sum(1 for p in dest.rglob("*") if p.is_file() and not _in_flight(p.name))
                 if dest.exists()
                 else 0
             )
             print(
-                "\r" + bar(done, nfiles) + f"  reports: {sum(reports.values())}", end="", flush=True
+                "\r" + bar(done, nfiles) + f"  reports: {sum(reports.values())}"
+                f"  {Path(LARGE).name}: {large_blocks[0]}/{nblocks} blocks",
+                end="",
+                flush=True,
             )
-            if done >= nfiles and sum(reports.values()) >= nfiles:
+            expected_reports = nfiles - 1 + nblocks  # one per block of the large file
+            if done >= nfiles and sum(reports.values()) >= expected_reports:
                 break
             if sub.poll() is not None:
                 break
@@ -186,6 +223,7 @@ def main() -> int:
         got = md5s(dest)
         verified = sum(1 for k, v in src.items() if got.get(k) == v)
         got_bytes = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+        leftovers = [p for p in dest.rglob("*") if p.is_file() and _in_flight(p.name)]
         print("\nsummary")
         print(f"  files downloaded   {len(got)} of {nfiles}")
         print(f"  bytes              {got_bytes} ({got_bytes / 1e6:.1f} MB)")
@@ -198,7 +236,12 @@ def main() -> int:
             + ", ".join(f"{k}: {v}" for k, v in sorted(reports.items()))
         )
         print(f"  checksums verified {verified} of {nfiles} (md5 of source and copy)")
-        ok = verified == nfiles and len(got) == nfiles
+        print(
+            f"  large file         {Path(LARGE).name}: {nblocks} blocks reassembled, "
+            + ("identical" if got.get(LARGE) == src.get(LARGE) else "NOT identical")
+        )
+        print(f"  left in flight     {len(leftovers)}")
+        ok = verified == nfiles and len(got) == nfiles and not leftovers
         print("  result             " + ("OK" if ok else "INCOMPLETE (see subscribe.log)"))
         if not ok:
             print((work / "subscribe.log").read_text()[-3000:])
