@@ -202,5 +202,20 @@ def sr_subscribe() -> int:
     return main("subscribe")
 
 
+def sr_sarra() -> int:
+    """Entry point of ``sr_sarra``."""
+    return main("sarra")
+
+
+def sr_report() -> int:
+    """Entry point of ``sr_report`` (the report router)."""
+    return main("report")
+
+
+def sr_log() -> int:
+    """Entry point of ``sr_log``."""
+    return main("log")
+
+
 if __name__ == "__main__":
     sys.exit(module_main(sys.argv[1:]))

@@ -16,6 +16,9 @@ COMPONENTS: dict[str, str] = {
     "post": "sarra.components.post:PostComponent",
     "watch": "sarra.components.watch:WatchComponent",
     "subscribe": "sarra.components.subscribe:SubscribeComponent",
+    "sarra": "sarra.components.sarra:SarraComponent",
+    "report": "sarra.components.report_router:ReportRouterComponent",
+    "log": "sarra.components.log:LogComponent",
 }
 
 

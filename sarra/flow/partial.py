@@ -97,7 +97,11 @@ class PartReceiver:
             return
         tracker = self.tracker(root)
         version = notice_version(notice)
-        with tracker.begin(target_rel, spec, version, mtime=mtime, mode=mode) as ticket:
+        # a p block (its own .Part object upstream) lands at its offset like an i block
+        tracked = PartSpec(
+            "i", spec.block_size, spec.block_count, spec.remainder, spec.block_number
+        )
+        with tracker.begin(target_rel, tracked, version, mtime=mtime, mode=mode) as ticket:
             if ticket.done:
                 item.settle(304, "not modified (this version is complete)")
                 return
@@ -114,7 +118,9 @@ class PartReceiver:
             marked = tracker.mark(ticket)
         item.dest_rel = target_rel
         status = marked.status
+        item.extra["part"] = "inserted"
         if status is MarkStatus.COMPLETE:
+            item.extra["part"] = "complete"
             completion = marked.completion
             assert completion is not None
             item.size = completion.file_size
@@ -166,6 +172,7 @@ class PartReceiver:
             sync_dir=False,
         )
         item.dest_rel = part_rel
+        item.extra["part"] = "kept"
         item.size = result.size
         item.computed = result.checksum
         item.settle(201, "Downloaded (part kept as .Part)")

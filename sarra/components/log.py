@@ -1,0 +1,230 @@
+"""sr_log: show a user the reports about their own data (who got which file, when, how).
+
+Reads only ``xr_<broker user>`` (spec 8.7 (4); the broker's permissions refuse any other
+``xr_`` exchange, and this component refuses to be configured for one). Reports whose
+``source`` is not the user are skipped as well, in case an exchange is misrouted.
+
+``sr_log foreground [config]`` prints one line per report as it arrives, and a summary when
+stopped. With ``log_summary on`` it reads what is queued, stops once the queue has been idle
+for ``SUMMARY_IDLE`` seconds, and prints the summary (per code, per consumer, per file).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from sarra.broker.admin import ensure_exchanges
+from sarra.broker.base import Delivery
+from sarra.broker.session import BrokerSession
+from sarra.codec import v02
+from sarra.components.base import InstanceStatus
+from sarra.components.common import broker_url, instance_state_dir, queue_spec, session_for
+from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
+from sarra.notice import Report
+
+log = logging.getLogger(__name__)
+
+#: seconds without a delivery after which a summary run ends
+SUMMARY_IDLE = 2.0
+#: the option table's default exchange for sr_log, replaced by xr_<broker user>
+DEFAULT_EXCHANGE = "xr_${BROKER_USER}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One report as a line of sr_log: a consumer's outcome for one file."""
+
+    when: str  # when sr_log received the report (UTC), close to when the consumer acted
+    posted: str  # pubTime of the post the report is about
+    path: str
+    code: int
+    consumer: str  # user@host
+    message: str
+    elapsed: float
+
+    @classmethod
+    def of(cls, report: Report) -> Delivered:
+        return cls(
+            when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            posted=report.notice.pubtime,
+            path=report.notice.path,
+            code=report.code,
+            consumer=f"{report.user}@{report.host}",
+            message=report.message,
+            elapsed=report.elapsed,
+        )
+
+    def line(self) -> str:
+        return (
+            f"{self.when} {self.code} {self.consumer} {self.path} "
+            f"({self.elapsed:.3f}s) {self.message}"
+        ).rstrip()
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counts per code and per consumer, and who got each file."""
+
+    by_code: Counter[int] = field(default_factory=Counter)
+    by_consumer: Counter[str] = field(default_factory=Counter)
+    files: dict[str, list[Delivered]] = field(default_factory=dict)
+    skipped: int = 0
+
+    def add(self, d: Delivered) -> None:
+        self.by_code[d.code] += 1
+        self.by_consumer[d.consumer] += 1
+        self.files.setdefault(d.path, []).append(d)
+
+    def render(self) -> str:
+        lines = [f"reports: {sum(self.by_code.values())}"]
+        lines.append(
+            "per code: " + (", ".join(f"{c}: {n}" for c, n in sorted(self.by_code.items())) or "-")
+        )
+        lines.append("per consumer:")
+        lines += [f"  {who}: {n}" for who, n in sorted(self.by_consumer.items())]
+        lines.append("per file:")
+        for path in sorted(self.files):
+            who = ", ".join(f"{d.consumer} {d.code}" for d in self.files[path])
+            lines.append(f"  {path}: {who}")
+        if self.skipped:
+            lines.append(f"skipped (not about your data): {self.skipped}")
+        return "\n".join(lines)
+
+
+def log_exchange(cfg: Any, user: str) -> str:
+    """``xr_<user>``; any other configured exchange is refused.
+
+    Raises:
+        ConfigError: the configuration names another exchange.
+    """
+    own = f"xr_{user}"
+    configured = cfg.get("exchange")
+    if configured in (None, DEFAULT_EXCHANGE, own):
+        return own
+    raise ConfigError(
+        f"sr_log reads only the reports about your own data ({own}), not {configured}",
+        option="exchange",
+    )
+
+
+class LogComponent:
+    """sr_log: the reader of ``xr_<self>``."""
+
+    name = "log"
+    one_shot = False
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out
+
+    def _session(self, cfg: Any) -> tuple[BrokerSession, str]:
+        url = broker_url(cfg)
+        return session_for(url, cfg, f"sr_log {cfg.name}"), url.user
+
+    def _bindings(self, cfg: Any, user: str) -> tuple[tuple[str, str], ...]:
+        exchange = log_exchange(cfg, user)
+        keys = [b.routing_key for b in getattr(cfg, "bindings", ()) or ()]
+        return tuple((exchange, k) for k in dict.fromkeys(keys or ["v02.report.#"]))
+
+    def _queue_name(self, cfg: Any) -> str:
+        from sarra.config import resolve_queue_name
+
+        return str(resolve_queue_name(cfg))
+
+    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+        out = self.out or sys.stdout
+        session, user = self._session(cfg)
+        bindings = self._bindings(cfg, user)
+        spec = queue_spec(cfg, self._queue_name(cfg), bindings)
+        summary_only = bool(cfg.get("log_summary"))
+        summary = Summary()
+        pending: list[Delivery] = []
+        session.connect()
+        ensure_exchanges(session, [x for x, _ in bindings])
+        session.declare_queue(spec)
+        session.consume(spec.name, int(cfg.get("prefetch") or 100), pending.append)
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    session.poll(0.2)
+                except AccessRefused:
+                    raise
+                except BrokerError as e:
+                    log.warning("broker connection lost (%s); reconnecting", e)
+                    pending.clear()
+                    session.close()
+                    stop.wait(1.0)
+                    session.connect()
+                    continue
+                if pending:
+                    last = time.monotonic()
+                for d in pending:
+                    self._show(d, user, summary, out, live=not summary_only)
+                    session.ack(d)
+                pending.clear()
+                if summary_only and time.monotonic() - last > SUMMARY_IDLE:
+                    break
+        finally:
+            session.close()
+        print(summary.render(), file=out, flush=True)
+        return 0
+
+    def _show(self, d: Delivery, user: str, summary: Summary, out: TextIO, *, live: bool) -> None:
+        m = d.message
+        try:
+            decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        except MessageError as e:
+            log.info("skipping an undecodable report: %s", e)
+            return
+        if not isinstance(decoded, Report):
+            return
+        if decoded.notice.header("source") != user:
+            summary.skipped += 1
+            return
+        entry = Delivered.of(decoded)
+        summary.add(entry)
+        if live:
+            print(entry.line(), file=out, flush=True)
+
+    def declare(self, cfg: Any) -> None:
+        session, user = self._session(cfg)
+        bindings = self._bindings(cfg, user)
+        try:
+            session.connect()
+            ensure_exchanges(session, [x for x, _ in bindings])
+            spec = queue_spec(cfg, self._queue_name(cfg), bindings)
+            session.declare_queue(spec)
+            print(f"declared queue {spec.name} bound to {bindings[0][0]}")
+        finally:
+            session.close()
+
+    def cleanup(self, cfg: Any) -> None:
+        session, _user = self._session(cfg)
+        name = self._queue_name(cfg)
+        try:
+            session.connect()
+            session.delete_queue(name)
+            print(f"deleted queue {name}")
+        finally:
+            session.close()
+        for f in instance_state_dir(cfg).glob("*"):
+            if f.is_file():
+                f.unlink()
+
+    def status(self, cfg: Any) -> InstanceStatus:
+        session, _user = self._session(cfg)
+        name = self._queue_name(cfg)
+        try:
+            session.connect()
+            messages, consumers = session.queue_counts(name)
+        except BrokerError as e:
+            return InstanceStatus(queue=name, extra={"error": str(e)})
+        finally:
+            session.close()
+        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)

@@ -1,0 +1,314 @@
+"""What a pump's sarra does with one notice: police it, download it, re-announce it.
+
+:class:`Republisher` wraps a :class:`~sarra.flow.download.Downloader` (which selects and places
+files exactly as a subscriber does) with the pump's rules:
+
+- anti-spoofing (spec 9.3): on an ``xs_*`` exchange the owner is the longest declared user
+  ``u`` with exchange ``xs_u`` or ``xs_u_*``; ``source`` is overwritten with it,
+  ``from_cluster`` replaced by the local cluster, a missing ``to_clusters`` added. A notice
+  whose exchange no declared user owns is not forwarded (acked, logged, counted, recorded).
+  On any other exchange (another pump's ``xpublic``) ``source``/``from_cluster`` are kept and
+  a notice whose ``from_cluster`` is the local cluster is dropped (a loop);
+- ``to_clusters`` (spec 9.3): the pump takes notices naming it, an alias, a cluster it is a
+  gateway for, or ``ALL``;
+- baseUrl policy for republishers (spec 9.4): hosts resolving to loopback, link-local or
+  unspecified addresses are refused (503) unless the baseUrl matches a ``base_url_accept``
+  line or its host is the host of the pump's broker, post_broker or ``post_base_url``;
+- re-announcement: each placed file (and each link, removal, mkdir, rmdir carried out) is
+  re-announced with the pump's ``post_base_url`` and its path under ``post_base_dir``, on
+  ``post_exchange``, through ``WorkItem.outgoing``: the loop publishes it with confirms
+  before the delivery is acked.
+
+Kill safety: a delivery is acked only after its re-announcement is confirmed. An instance
+killed after placing a file but before the announcement was confirmed leaves the delivery
+unacked, so the broker redelivers it (``redelivered`` set). The redelivered notice finds the
+file unchanged (304): **an unchanged file is re-announced when the delivery is marked
+redelivered, or comes from the disk retry queue**; a fresh duplicate of an unchanged file is
+not (its first copy was announced before being acked). Duplicates downstream are possible
+after a crash, losses are not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sarra.codec import v02
+from sarra.errors import LocalError, PolicyRefused
+from sarra.flow.download import Downloader
+from sarra.flow.work import WorkItem
+from sarra.notice import Notice, PartSpec, WireMessage
+
+log = logging.getLogger(__name__)
+
+#: outcomes that placed something (or carried out a file operation)
+_DONE = frozenset({201, 205})
+
+
+@dataclass(frozen=True, slots=True)
+class PumpIdentity:
+    """Who this pump is: its cluster names and its declared users (any role)."""
+
+    cluster: str
+    aliases: frozenset[str] = frozenset()
+    gateway_for: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+
+    def is_local(self, cluster: str | None) -> bool:
+        """True when ``cluster`` names this pump."""
+        return cluster is not None and (cluster == self.cluster or cluster in self.aliases)
+
+    def accepts(self, to_clusters: str | None) -> bool:
+        """True when a notice with this ``to_clusters`` is for this pump (None: no header)."""
+        if to_clusters is None:
+            return True
+        wanted = {c.strip() for c in to_clusters.split(",") if c.strip()}
+        mine = {self.cluster, "ALL", *self.aliases, *self.gateway_for}
+        return bool(wanted & mine)
+
+    def owner_of(self, exchange: str) -> str | None:
+        """The longest declared user ``u`` whose exchange this is (``xs_u`` or ``xs_u_*``)."""
+        if not exchange.startswith("xs_"):
+            return None
+        rest = exchange[3:]
+        best: str | None = None
+        for u in self.users:
+            if (rest == u or rest.startswith(u + "_")) and (best is None or len(u) > len(best)):
+                best = u
+        return best
+
+
+@dataclass(frozen=True, slots=True)
+class RepublishSettings:
+    """Where and how re-announcements are made."""
+
+    post_exchange: str
+    post_base_url: str
+    post_base_dir: str
+    exchange_split: int = 0
+    header_value_max: int = 252
+    persistent: bool = True
+    message_ttl_ms: int | None = None
+    source_from_exchange: bool = True
+    #: hosts a loopback/link-local baseUrl may name (the pump's own broker and web server)
+    trusted_hosts: frozenset[str] = frozenset()
+    base_url_accept: tuple[re.Pattern[str], ...] = ()
+    #: headers added to every re-announcement (``header`` option)
+    extra_headers: tuple[tuple[str, str], ...] = ()
+    drop_headers: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class RepublishCounts:
+    """What was refused or dropped, for logs and the final summary."""
+
+    forged: int = 0
+    loops: int = 0
+    not_for_us: int = 0
+    announced: int = 0
+    reannounced: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+
+Resolver = Callable[[str], Iterable[str]]
+"""host -> its addresses (tests replace DNS with a table)."""
+
+
+def resolve_host(host: str) -> list[str]:
+    """The addresses ``host`` resolves to (an unresolvable name: none)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return [str(info[4][0]) for info in infos]
+
+
+def is_internal(address: str) -> bool:
+    """True for loopback, link-local and unspecified addresses (spec 9.4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+
+def record_forged(exchange: str, claimed: str | None, reason: str) -> None:
+    """Tell sr_police about a refused notice, when the police module is installed."""
+    try:
+        from sarra.police import events  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        return
+    try:
+        events.record_event("forged_source", exchange=exchange, claimed=claimed, reason=reason)
+    except Exception:  # the police record is best effort; the refusal stands regardless
+        log.debug("could not record the forged_source event", exc_info=True)
+
+
+class Republisher:
+    """select/work/sync for sr_sarra, around a subscriber's :class:`Downloader`."""
+
+    def __init__(
+        self,
+        downloader: Downloader,
+        pump: PumpIdentity,
+        settings: RepublishSettings,
+        *,
+        resolver: Resolver = resolve_host,
+    ) -> None:
+        self.downloader = downloader
+        self.pump = pump
+        self.settings = settings
+        self.resolver = resolver
+        self.counts = RepublishCounts()
+        self._internal_cache: dict[str, bool] = {}
+
+    # -- flow thread ---------------------------------------------------------------------------
+
+    def select(self, item: WorkItem) -> bool:
+        """Police the notice (rewriting its routing headers), then select it as a subscriber."""
+        notice = self._police(item)
+        if notice is None:
+            return False
+        item.notice = notice
+        self._check_base_url(notice)
+        return self.downloader.select(item)
+
+    def _police(self, item: WorkItem) -> Notice | None:
+        """The notice with its routing headers fixed, or None when it was settled (dropped)."""
+        notice = item.notice
+        exchange = notice.exchange
+        if self.settings.source_from_exchange and exchange.startswith("xs_"):
+            owner = self.pump.owner_of(exchange)
+            if owner is None:
+                claimed = notice.header("source")
+                log.warning(
+                    "not forwarding %s from %s: no declared user owns that exchange "
+                    "(claimed source %r)",
+                    notice.path,
+                    exchange,
+                    claimed,
+                )
+                self.counts.add("forged")
+                record_forged(exchange, claimed, "no declared user owns the exchange")
+                item.settle(0, "exchange owned by no declared user")
+                return None
+            claimed = notice.header("source")
+            if claimed is not None and claimed != owner:
+                log.warning(
+                    "%s on %s claimed source %r: overwritten with %r",
+                    notice.path,
+                    exchange,
+                    claimed,
+                    owner,
+                )
+                self.counts.add("forged")
+                record_forged(exchange, claimed, f"source overwritten with {owner}")
+            fixed = {"source": owner, "from_cluster": self.pump.cluster}
+            if notice.header("to_clusters") is None:
+                fixed["to_clusters"] = self.pump.cluster
+            notice = v02.derive(notice, set_headers=fixed)
+        elif self.pump.is_local(notice.header("from_cluster")):
+            self.counts.add("loops")
+            item.settle(0, "from_cluster is this pump (loop)")
+            log.info("dropping %s: it came from this cluster (loop)", notice.path)
+            return None
+        if not self.pump.accepts(notice.header("to_clusters")):
+            self.counts.add("not_for_us")
+            item.settle(0, "to_clusters does not name this pump")
+            log.info("%s: to_clusters %s is not for us", notice.path, notice.header("to_clusters"))
+            return None
+        return notice
+
+    def _check_base_url(self, notice: Notice) -> None:
+        """Spec 9.4, republishers: no fetching of internal services on a source's word."""
+        if notice.checksum.file_op:
+            return
+        base = notice.base_url
+        if any(p.match(base) for p in self.settings.base_url_accept):
+            return  # listed explicitly
+        host = (urlsplit(base).hostname or "").lower()
+        if not host or host in self.settings.trusted_hosts:
+            return
+        internal = self._internal_cache.get(host)
+        if internal is None:
+            internal = any(is_internal(a) for a in self.resolver(host)) or is_internal(host)
+            self._internal_cache[host] = internal
+        if internal:
+            raise PolicyRefused(
+                f"baseUrl host {host} is loopback/link-local (list it in base_url_accept)"
+            )
+
+    # -- pool threads --------------------------------------------------------------------------
+
+    def work(self, item: WorkItem) -> None:
+        """Download (or apply the file operation), then queue the re-announcement."""
+        self.downloader.work(item)
+        code = item.code
+        if item.extra.get("part") in ("inserted", "complete"):
+            # inplace on: blocks were assembled here; announcing them needs every block's
+            # sum (spec 6.8), which is not kept: sarra re-announces parts with inplace off
+            log.warning(
+                "%s: not re-announced (inplace on); use inplace off on a pump", item.notice.path
+            )
+            return
+        if code in _DONE:
+            item.outgoing.append(self.announcement(item))
+            self.counts.add("announced")
+        elif code == 304 and (
+            item.retry is not None or (item.delivery is not None and item.delivery.redelivered)
+        ):
+            # a predecessor may have placed it and died before its announcement was confirmed
+            item.outgoing.append(self.announcement(item))
+            self.counts.add("reannounced")
+            item.message = "not modified (re-announced after a redelivery)"
+
+    def announcement(self, item: WorkItem) -> WireMessage:
+        """The re-announcement of the file ``item`` placed, as the pump publishes it."""
+        s = self.settings
+        local = item.local_path
+        if local is None:
+            raise LocalError(f"{item.notice.path}: no local path to announce")
+        rel = os.path.relpath(local, s.post_base_dir)
+        if rel == ".." or rel.startswith("../"):
+            raise LocalError(f"{local} is outside post_base_dir {s.post_base_dir}")
+        notice = item.notice
+        computed = item.computed if notice.checksum.letter == "z" else None
+        parts = notice.parts
+        if item.extra.get("part") == "kept" and parts is not None:
+            # a block kept as its own .Part object is announced as such (spec 6.7, GM-11)
+            parts = PartSpec(
+                "p", parts.block_size, parts.block_count, parts.remainder, parts.block_number
+            )
+        out = v02.derive(
+            notice,
+            exchange=s.post_exchange,
+            base_url=s.post_base_url,
+            path=rel,
+            set_headers=dict(s.extra_headers),
+            drop_headers=("rename", *s.drop_headers),
+            checksum=computed,
+            parts=parts,
+        )
+        exchange = v02.split_exchange(s.post_exchange, out.checksum, s.exchange_split)
+        return v02.to_wire(
+            out,
+            exchange=exchange,
+            header_value_max=s.header_value_max,
+            persistent=s.persistent,
+            message_ttl_ms=s.message_ttl_ms,
+        )
+
+    def sync(self) -> None:
+        """Make placed files durable before their announcements and acks."""
+        self.downloader.sync()

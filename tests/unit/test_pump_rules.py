@@ -1,0 +1,206 @@
+"""Pump rules without a broker: anti-spoofing, clusters, baseUrl policy, report routing,
+sr_log's summary and its refusal of other users' reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+
+from sarra.broker.base import BrokerUrl
+from sarra.codec import v02
+from sarra.components.log import Delivered, Summary, log_exchange
+from sarra.components.report_router import ReportRouter, Route
+from sarra.errors import ConfigError, PolicyRefused
+from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings, is_internal
+from sarra.flow.work import WorkItem
+from sarra.notice import Checksum, Notice, PartSpec, Report, WireMessage
+
+PUMP = PumpIdentity("pumpa", frozenset({"alias"}), frozenset({"pumpb"}), frozenset({"al", "alice"}))
+
+
+def notice(exchange: str = "xs_alice", base: str = "http://example.org", **headers: str) -> Notice:
+    return v02.make_notice(
+        exchange=exchange,
+        topic_prefix="v02.post",
+        pubtime="20260101T000000.000",
+        base_url=base,
+        path="d/f.txt",
+        checksum=Checksum("d", "6f5902ac237024bdd0c176cb93063dc4"),
+        parts=PartSpec("1", 12, 1, 0, 0),
+        headers=headers,
+    )
+
+
+class _NoDownload:
+    """Stands in for the Downloader: records what select saw."""
+
+    def __init__(self) -> None:
+        self.selected: list[Notice] = []
+
+    def select(self, item: WorkItem) -> bool:
+        self.selected.append(item.notice)
+        return True
+
+
+def republisher(
+    resolver: Any = lambda host: ["93.184.216.34"], **kw: Any
+) -> tuple[Republisher, _NoDownload]:
+    d = _NoDownload()
+    settings = RepublishSettings("xpublic", "http://pump/", "/srv", **kw)
+    return Republisher(d, PUMP, settings, resolver=resolver), d  # type: ignore[arg-type]
+
+
+def test_the_owner_of_an_exchange_is_the_longest_declared_user() -> None:
+    assert PUMP.owner_of("xs_alice") == "alice"
+    assert PUMP.owner_of("xs_alice_public") == "alice"
+    assert PUMP.owner_of("xs_al") == "al"
+    assert PUMP.owner_of("xs_al_x") == "al"
+    assert PUMP.owner_of("xs_alicex") is None
+    assert PUMP.owner_of("xpublic") is None
+
+
+def test_a_pump_takes_notices_for_itself_its_aliases_its_gateways_or_all() -> None:
+    for ok in ("pumpa", "alias", "pumpb", "ALL", "x,pumpa", None):
+        assert PUMP.accepts(ok)
+    assert not PUMP.accepts("elsewhere")
+
+
+def test_a_forged_source_is_overwritten_from_the_exchange_and_from_cluster_replaced() -> None:
+    r, d = republisher()
+    item = WorkItem(notice(source="bob", from_cluster="faraway"))
+    assert r.select(item)
+    got = d.selected[0]
+    assert got.header("source") == "alice"
+    assert got.header("from_cluster") == "pumpa"
+    assert got.header("to_clusters") == "pumpa"
+    assert r.counts.forged == 1
+
+
+def test_a_notice_on_an_exchange_no_declared_user_owns_is_not_forwarded() -> None:
+    r, d = republisher()
+    item = WorkItem(notice(exchange="xs_mallory"))
+    assert not r.select(item)
+    assert item.code == 0 and d.selected == []
+    assert r.counts.forged == 1
+
+
+def test_a_notice_from_another_pump_keeps_its_source_and_a_loop_is_dropped() -> None:
+    r, d = republisher()
+    assert r.select(WorkItem(notice(exchange="xpublic", source="zed", from_cluster="pumpz")))
+    assert d.selected[0].header("source") == "zed"
+    loop = WorkItem(notice(exchange="xpublic", from_cluster="alias"))
+    assert not r.select(loop)
+    assert r.counts.loops == 1
+
+
+def test_a_notice_for_another_cluster_is_not_taken() -> None:
+    r, _ = republisher()
+    item = WorkItem(notice(exchange="xpublic", to_clusters="elsewhere"))
+    assert not r.select(item)
+    assert r.counts.not_for_us == 1
+
+
+def test_loopback_and_link_local_base_urls_are_refused_unless_trusted_or_listed() -> None:
+    assert is_internal("127.0.0.1") and is_internal("::1") and is_internal("169.254.1.1")
+    assert is_internal("fe80::1") and is_internal("0.0.0.0") and not is_internal("8.8.8.8")
+    table = {"intranet": ["10.0.0.1", "127.0.0.2"], "self": ["127.0.0.1"]}
+    r, _ = republisher(lambda h: table.get(h, []), trusted_hosts=frozenset({"self"}))
+    with pytest.raises(PolicyRefused):
+        r.select(WorkItem(notice(base="http://intranet/")))
+    with pytest.raises(PolicyRefused):
+        r.select(WorkItem(notice(base="http://169.254.169.254/")))
+    assert r.select(WorkItem(notice(base="http://self:8080/")))
+    listed, _ = republisher(
+        lambda h: table.get(h, []), base_url_accept=(re.compile(r"http://intranet"),)
+    )
+    assert listed.select(WorkItem(notice(base="http://intranet/")))
+
+
+def _report(user: str, **headers: str) -> WireMessage:
+    r = v02.make_report(
+        notice(**headers),
+        code=201,
+        message="Downloaded",
+        host="h",
+        user=user,
+        elapsed=0.1,
+        source=None,
+        from_cluster=None,
+        to_clusters=None,
+    )
+    return v02.report_to_wire(r, "xs_" + user)
+
+
+def _router() -> ReportRouter:
+    own = BrokerUrl("pumpa.example", 5672, "feeder", "x")
+    peer = BrokerUrl("pumpz.example", 5672, "link", "x")
+    users = frozenset({"alice", "sub", "link"})
+    return ReportRouter(
+        PumpIdentity("pumpa", users=users),
+        frozenset({"link"}),
+        {"pumpz": Route("pumpz", peer)},
+        own,
+    )
+
+
+def _on(exchange: str, m: WireMessage) -> WireMessage:
+    return WireMessage(exchange, m.routing_key, m.body, m.headers)
+
+
+def test_a_users_own_report_goes_to_xreport_and_a_forged_one_is_dropped() -> None:
+    router = _router()
+    good = router.handle(_on("xs_sub", _report("sub", source="alice", from_cluster="pumpa")))
+    assert [(t, m.exchange) for t, m in good] == [(None, "xreport")]
+    assert router.handle(_on("xs_sub", _report("alice", source="alice"))) == []
+    assert router.counts.forged == 1
+    relayed = router.handle(_on("xs_link", _report("someone", source="x", from_cluster="pumpa")))
+    assert [m.exchange for _, m in relayed] == ["xreport"]
+
+
+def test_xreport_reports_go_to_the_source_locally_or_towards_their_cluster() -> None:
+    router = _router()
+    local = router.handle(_on("xreport", _report("sub", source="alice", from_cluster="pumpa")))
+    assert [(t, m.exchange) for t, m in local] == [(None, "xr_alice")]
+    remote = router.handle(_on("xreport", _report("sub", source="bob", from_cluster="pumpz")))
+    assert [(t.cluster if t else None, m.exchange) for t, m in remote] == [("pumpz", "xs_link")]
+    assert router.handle(_on("xreport", _report("sub", source="bob", from_cluster="nowhere"))) == []
+    assert router.counts.unknown_cluster == 1
+    again = router.handle(_on("xreport", _report("sub", source="bob", from_cluster="pumpz")))
+    assert again == [] and router.counts.loops == 1
+
+
+def test_sr_log_reads_only_the_users_own_report_exchange() -> None:
+    class Cfg:
+        def __init__(self, exchange: str | None) -> None:
+            self.exchange = exchange
+
+        def get(self, name: str) -> str | None:
+            return self.exchange
+
+    assert log_exchange(Cfg(None), "alice") == "xr_alice"
+    assert log_exchange(Cfg("xr_${BROKER_USER}"), "alice") == "xr_alice"
+    with pytest.raises(ConfigError):
+        log_exchange(Cfg("xr_bob"), "alice")
+    with pytest.raises(ConfigError):
+        log_exchange(Cfg("xreport"), "alice")
+
+
+def _decoded_report(user: str, code: int = 201) -> Report:
+    m = _report(user, source="alice")
+    r = v02.decode("xr_alice", m.routing_key, m.body, m.headers)
+    assert isinstance(r, Report)
+    return dataclasses.replace(r, code=code)
+
+
+def test_the_sr_log_summary_counts_per_code_and_consumer_and_lists_who_got_each_file() -> None:
+    s = Summary()
+    for user, code in (("u1", 201), ("u2", 201), ("u2", 499)):
+        s.add(Delivered.of(_decoded_report(user, code)))
+    text = s.render()
+    assert "per code: 201: 2, 499: 1" in text
+    assert "u2@h: 2" in text
+    assert "d/f.txt: u1@h 201, u2@h 201, u2@h 499" in text
+    assert " 201 u1@h d/f.txt " in Delivered.of(_decoded_report("u1")).line()
