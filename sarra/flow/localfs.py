@@ -221,12 +221,14 @@ class InflightFile:
                 os.fsync(self._fd)
             # the usual case: the in-flight file sits in the final directory (no second walk)
             same_parent = tuple(self.rel.split("/")[:-1]) == parts[:-1]
-            dst_fd = os.dup(self._dir_fd) if same_parent else owner._walk(parts[:-1], create=True)
+            dst_fd = self._dir_fd if same_parent else owner._walk(parts[:-1], create=True)
             assert dst_fd is not None
             try:
                 with _translated(f"rename {self.rel} -> {final_rel}"):
                     os.replace(self.name, parts[-1], src_dir_fd=self._dir_fd, dst_dir_fd=dst_fd)
-                    same_dir = os.path.samestat(os.fstat(dst_fd), os.fstat(self._dir_fd))
+                    same_dir = same_parent or os.path.samestat(
+                        os.fstat(dst_fd), os.fstat(self._dir_fd)
+                    )
                     if sync_dir:
                         os.fsync(dst_fd)
                         if not same_dir:
@@ -236,7 +238,8 @@ class InflightFile:
                         if not same_dir:
                             owner._note_dirty(tuple(self.rel.split("/")[:-1]))
             finally:
-                _close(dst_fd)
+                if dst_fd != self._dir_fd:
+                    _close(dst_fd)
         except BaseException:
             self.abort()
             raise
