@@ -202,6 +202,16 @@ def sr_subscribe() -> int:
     return main("subscribe")
 
 
+def sr_sender() -> int:
+    """Entry point of ``sr_sender``."""
+    return main("sender")
+
+
+def sr_winnow() -> int:
+    """Entry point of ``sr_winnow``."""
+    return main("winnow")
+
+
 def sr_sarra() -> int:
     """Entry point of ``sr_sarra``."""
     return main("sarra")

@@ -16,6 +16,8 @@ COMPONENTS: dict[str, str] = {
     "post": "sarra.components.post:PostComponent",
     "watch": "sarra.components.watch:WatchComponent",
     "subscribe": "sarra.components.subscribe:SubscribeComponent",
+    "sender": "sarra.components.sender:SenderComponent",
+    "winnow": "sarra.components.winnow:WinnowComponent",
     "sarra": "sarra.components.sarra:SarraComponent",
     "report": "sarra.components.report_router:ReportRouterComponent",
     "log": "sarra.components.log:LogComponent",

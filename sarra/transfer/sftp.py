@@ -314,6 +314,15 @@ class SftpTransport:
                         break
                     remote.write(data)
                     sent += len(data)
+            # paramiko drops the server's error replies to pipelined writes (a full disk
+            # shows up only as a short file): check what really landed
+            landed = sftp.stat(path).st_size or 0
+            expected = offset + sent
+            if landed < expected or (whole and landed != expected):
+                raise TransferError(
+                    f"put {path}: the server kept {landed} bytes of {expected} "
+                    "(disk full or quota?)"
+                )
             return sent
 
         sent = self._run(f"put {path}", send, idempotent=True)

@@ -1,0 +1,294 @@
+"""What a sender does with one accepted notice: select it, then push the local file.
+
+:class:`Sender` provides the ``select``/``work`` pair for the
+:class:`~sarra.flow.engine.ConsumingLoop`. The notices are about **local** files (posted by
+sr_post, sr_watch or a sarra on this host): the local file is ``base_dir`` + the notice's
+logical path (or, for a ``file:`` baseUrl without ``base_dir``, the absolute path itself).
+
+Each file is written to an in-flight name on the remote side and renamed when complete, so
+the final remote name never shows a partial file; on failure the in-flight file is removed
+(best effort) so a full remote disk is not kept full by our own leftovers.
+
+Confinement: both the local path (under ``base_dir``) and the remote path (under the
+configured remote ``directory``) are checked with :func:`sarra.flow.localfs.check_relpath`
+(no ``..``, NUL, invalid UTF-8...): a hostile notice is refused with 417 before any I/O.
+
+Partitioned notices (``parts`` with ``i``/``p`` blocks) are refused with 499 for now: sending
+blocks at their offsets needs a tracker to know when the remote file is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sarra.codec import v02
+from sarra.errors import HostilePath, LocalError, NotFound, SarraError, TransferError
+from sarra.flow.hooks import Plugins
+from sarra.flow.localfs import check_relpath
+from sarra.flow.work import WorkItem
+from sarra.notice import Notice, WireMessage
+from sarra.transfer import open_transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTarget:
+    """Where an accepted notice goes on the remote side: a directory and a path under it.
+
+    ``directory`` is a server path: absolute (``/data/in``) or relative to the login
+    directory (``incoming``); ``""`` is the login directory itself.
+    """
+
+    directory: str
+    rel: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.directory.rstrip('/')}/{self.rel}" if self.directory else self.rel
+
+
+RemoteResolver = Callable[[Notice], "RemoteTarget | None"]
+"""Masks + path options: the remote target of a notice, or None when it is rejected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """How a sender announces what it sent (``post_broker`` set)."""
+
+    exchange: str
+    base_url: str
+    #: remote directory the announced paths are relative to (``post_base_dir``)
+    base_dir: str | None = None
+    exchange_split: int = 0
+    to_clusters: str | None = None
+    header_value_max: int = 252
+    persistent: bool = True
+
+
+@dataclass(slots=True)
+class SendSettings:
+    destination: str
+    #: ``.suffix``, ``prefix``, ``subdir/``; None writes the final name directly (unsafe)
+    inflight: str | None = ".tmp"
+    #: local directory the notice paths are relative to
+    base_dir: str | None = None
+    timeout: float = 30.0
+    credentials: Callable[[str], object | None] = field(default=lambda _url: None)
+    transport_options: dict[str, Any] = field(default_factory=dict)
+    announce: Announce | None = None
+
+
+class _Pusher(Protocol):
+    def put(
+        self, local_path: str, remote_path: str, offset: int = 0, length: int | None = None
+    ) -> int: ...
+
+    def rename(self, old: str, new: str) -> None: ...
+
+    def delete(self, remote_path: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def inflight_path(final: str, inflight: str | None) -> str:
+    """The in-flight remote path for ``final`` (sr2 forms: ``.tmp`` suffix, ``tmp/``
+    subdirectory of the file's directory, any other word a prefix)."""
+    if not inflight:
+        return final
+    head, _, name = final.rpartition("/")
+    prefix = f"{head}/" if head else ("/" if final.startswith("/") else "")
+    if inflight.startswith("."):
+        return f"{final}{inflight}"
+    return f"{prefix}{inflight}{name}"  # "tmp/" puts it in a subdirectory, "tmp_" prefixes
+
+
+class Sender:
+    """Selects and performs the work of a sender (one transport per pool thread)."""
+
+    def __init__(
+        self, settings: SendSettings, resolve: RemoteResolver, plugins: Plugins | None = None
+    ) -> None:
+        self.settings = settings
+        self.resolve = resolve
+        self.plugins = plugins or Plugins.from_config({})
+        self._local = threading.local()
+        self._all: list[_Pusher] = []
+        self._lock = threading.Lock()
+        self._made_dirs: set[str] = set()
+
+    # -- flow thread ---------------------------------------------------------------------------
+
+    def local_path(self, notice: Notice) -> str:
+        """The local file a notice is about, confined to ``base_dir`` when that is set."""
+        parts = check_relpath(notice.path)  # HostilePath -> 417
+        base = self.settings.base_dir
+        if base:
+            return os.path.join(base, *parts)
+        if notice.base_url == "file:":
+            return "/" + "/".join(parts)
+        raise HostilePath(
+            f"cannot locate {notice.url} locally: baseUrl is not file: and base_dir is not set"
+        )
+
+    def select(self, item: WorkItem) -> bool:
+        """Decide whether ``item`` goes to the transfer pool; settle it if not."""
+        notice = item.notice
+        target = self.resolve(notice)
+        if target is None:
+            item.settle(0, "rejected by the configuration")
+            return False
+        check_relpath(target.rel)  # the remote path stays under the remote directory
+        item.dest_root, item.dest_rel = target.directory, target.rel
+        letter = notice.checksum.letter
+        if letter in ("L", "r"):
+            item.settle(0, "links and directory removals are not sent")
+            return False
+        if letter not in ("R", "m"):
+            item.extra["local"] = self.local_path(notice)
+        if not self.plugins.empty and not self.plugins.on_message(item):
+            item.settle(0, "dropped by an on_message plugin")
+            return False
+        if item.dest_rel != target.rel:
+            check_relpath(item.dest_rel or "")  # plugins cannot escape either
+        parts = notice.parts
+        if parts is not None and not parts.whole:
+            item.settle(499, "partitioned notices are not supported by sr_sender yet")
+            return False
+        return True
+
+    # -- pool threads --------------------------------------------------------------------------
+
+    def work(self, item: WorkItem) -> None:
+        """Push the file (or apply the file operation); raises SarraError on failure."""
+        notice = item.notice
+        assert item.dest_root is not None and item.dest_rel is not None
+        final = RemoteTarget(item.dest_root, item.dest_rel).path
+        transport = self._transport()
+        letter = notice.checksum.letter
+        if letter == "R":
+            with contextlib.suppress(NotFound):  # already absent: the goal is reached
+                transport.delete(final)
+            item.settle(201, "removed")
+            self._announce(item, final)
+            return
+        if letter == "m":
+            self._mkdirs(transport, final, force=True)
+            item.settle(201, "directory created")
+            return
+        local = str(item.extra["local"])
+        if not os.path.isfile(local):
+            raise LocalError(f"local file {local} is missing or not a regular file")
+        tmp = inflight_path(final, self.settings.inflight)
+        self._mkdirs(transport, _parent(tmp))
+        if _parent(final) != _parent(tmp):
+            self._mkdirs(transport, _parent(final))
+        try:
+            try:
+                item.size = transport.put(local, tmp)
+            except NotFound:
+                # a directory we made earlier was removed remotely: make it again, once
+                self._mkdirs(transport, _parent(tmp), force=True)
+                item.size = transport.put(local, tmp)
+            self._verify(transport, tmp, item.size)
+            if tmp != final:
+                transport.rename(tmp, final)
+        except SarraError:
+            self._discard(transport, tmp)
+            raise
+        item.settle(201, "Delivered")
+        self._announce(item, final)
+
+    def _announce(self, item: WorkItem, final: str) -> None:
+        a = self.settings.announce
+        if a is None:
+            return
+        path = final
+        if a.base_dir and (final + "/").startswith(a.base_dir.rstrip("/") + "/"):
+            path = final[len(a.base_dir.rstrip("/")) :]
+        elif not final.startswith("/") and a.base_url.startswith("sftp:"):
+            path = "~/" + final  # relative to the login directory (sftp URL convention)
+        notice = item.notice
+        missing = a.to_clusters is not None and notice.header("to_clusters") is None
+        derived = v02.derive(
+            notice,
+            exchange=v02.split_exchange(a.exchange, notice.checksum, a.exchange_split),
+            base_url=a.base_url,
+            path=path,
+            set_headers={"to_clusters": str(a.to_clusters)} if missing else None,
+        )
+        item.outgoing.append(self._wire(derived, a))
+
+    @staticmethod
+    def _wire(notice: Notice, a: Announce) -> WireMessage:
+        return v02.to_wire(notice, header_value_max=a.header_value_max, persistent=a.persistent)
+
+    def _mkdirs(self, transport: _Pusher, directory: str, force: bool = False) -> None:
+        if not directory or directory == "/":
+            return
+        with self._lock:
+            known = directory in self._made_dirs
+        if known and not force:
+            return
+        mkdirs = getattr(transport, "mkdirs", None)
+        if mkdirs is not None:
+            mkdirs(directory)
+        with self._lock:
+            self._made_dirs.add(directory)
+
+    @staticmethod
+    def _verify(transport: _Pusher, path: str, size: int) -> None:
+        """Check the remote size before the rename: SFTP servers may fail pipelined writes
+        (ENOSPC) without the client noticing, and a short file must never get its final name."""
+        stat = getattr(transport, "stat", None)
+        if stat is None:
+            return
+        got = stat(path).size
+        if got != size:
+            raise TransferError(f"{path}: remote has {got} of {size} bytes (remote disk full?)")
+
+    @staticmethod
+    def _discard(transport: _Pusher, tmp: str) -> None:
+        """Remove a partial in-flight file (best effort: it may not exist)."""
+        try:
+            transport.delete(tmp)
+        except SarraError as e:
+            log.debug("could not remove in-flight %s: %s", tmp, e)
+
+    def _transport(self) -> _Pusher:
+        transport: _Pusher | None = getattr(self._local, "transport", None)
+        if transport is None:
+            s = self.settings
+            made: Any = open_transport(
+                s.destination,
+                credentials=s.credentials(s.destination),
+                timeout=s.timeout,
+                options=s.transport_options,
+            )
+            transport = made
+            assert transport is not None
+            self._local.transport = transport
+            with self._lock:
+                self._all.append(transport)
+        return transport
+
+    def close(self) -> None:
+        """Close every thread's transport."""
+        with self._lock:
+            transports, self._all = self._all, []
+        for t in transports:
+            try:
+                t.close()
+            except Exception:  # closing is best effort
+                log.debug("closing a transport failed", exc_info=True)
+
+
+def _parent(path: str) -> str:
+    head, sep, _ = path.rpartition("/")
+    return head if head else ("/" if sep else "")

@@ -1,0 +1,213 @@
+"""Fast checks of sr_sender and sr_winnow pieces (the real paths are in tests/integration)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from sarra.codec import v02
+from sarra.components.sender import SenderComponent, send_settings
+from sarra.components.winnow import (
+    WinnowCache,
+    WinnowComponent,
+    Winnower,
+    input_bindings,
+    shard_of,
+)
+from sarra.config.loader import load_config
+from sarra.errors import ConfigError, HostilePath
+from sarra.flow.send import RemoteTarget, Sender, SendSettings, inflight_path
+from sarra.flow.work import WorkItem
+from sarra.notice import Checksum, Notice, PartSpec, WireMessage
+
+ETC = Path(__file__).resolve().parents[2] / "etc"
+
+
+def _notice(path: str, content: str = "x", base: str = "http://a.example", **kw: str) -> Notice:
+    return v02.make_notice(
+        exchange="xwinnow",
+        topic_prefix="v02.post",
+        pubtime="20261125120000.5",
+        base_url=base,
+        path=path,
+        checksum=Checksum("d", hashlib.md5(content.encode()).hexdigest()),
+        parts=PartSpec("1", 10, 1, 0, 0),
+        headers=kw or None,
+    )
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": "/home/u"}
+
+
+# -- sender --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("final", "inflight", "expected"),
+    [
+        ("/in/a/b.txt", ".tmp", "/in/a/b.txt.tmp"),
+        ("/in/a/b.txt", "tmp/", "/in/a/tmp/b.txt"),
+        ("/in/a/b.txt", "_part_", "/in/a/_part_b.txt"),
+        ("b.txt", "tmp/", "tmp/b.txt"),
+        ("/b.txt", ".tmp", "/b.txt.tmp"),
+        ("/in/b.txt", None, "/in/b.txt"),
+    ],
+)
+def test_the_inflight_name_follows_the_sr2_forms(
+    final: str, inflight: str | None, expected: str
+) -> None:
+    assert inflight_path(final, inflight) == expected
+
+
+def _sender(base_dir: str | None = "/srv/pump") -> Sender:
+    settings = SendSettings(destination="sftp://u@h/", base_dir=base_dir)
+    return Sender(settings, lambda n: RemoteTarget("/incoming", n.path))
+
+
+def test_a_sender_reads_local_files_under_base_dir_only() -> None:
+    sender = _sender()
+    assert sender.local_path(_notice("a/b.txt")) == "/srv/pump/a/b.txt"
+    with pytest.raises(HostilePath):
+        sender.local_path(_notice("a/../../etc/shadow"))
+
+
+def test_a_sender_without_base_dir_only_locates_file_urls() -> None:
+    sender = _sender(None)
+    assert sender.local_path(_notice("data/x", base="file:")) == "/data/x"
+    with pytest.raises(HostilePath):
+        sender.local_path(_notice("data/x"))
+
+
+def test_a_remote_path_that_would_leave_the_remote_directory_is_refused() -> None:
+    settings = SendSettings(destination="sftp://u@h/", base_dir="/srv")
+    sender = Sender(settings, lambda n: RemoteTarget("/incoming", "../outside/x"))
+    with pytest.raises(HostilePath):
+        sender.select(WorkItem(notice=_notice("a/x")))
+
+
+def test_a_partitioned_notice_is_reported_as_not_supported_yet() -> None:
+    notice = v02.derive(_notice("a/x"), parts=PartSpec("i", 10, 3, 0, 1))
+    item = WorkItem(notice=notice)
+    assert _sender().select(item) is False
+    assert item.code == 499 and "not supported" in item.message
+
+
+def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
+    cfg = load_config("sender", str(ETC / "sender" / "to_partner.conf"), env=_env(tmp_path))
+    assert cfg.get("mirror") is True and cfg.get("accept_unmatch") is False
+    settings = send_settings(cfg)
+    assert settings.inflight == ".tmp" and settings.base_dir == "/srv/pump"
+    assert settings.announce is not None and settings.announce.exchange == "xs_pumpa"
+    assert settings.announce.base_url == "sftp://ingest@partner.example.com/"
+
+
+def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:
+    conf = tmp_path / "nodest.conf"
+    conf.write_text("broker amqp://u@localhost/\nexchange xpublic\n")
+    cfg = load_config("sender", str(conf), env=_env(tmp_path))
+    with pytest.raises(ConfigError, match="destination"):
+        SenderComponent().run(cfg, 0, threading.Event())
+
+
+# -- winnow --------------------------------------------------------------------------------
+
+
+class _PostDouble:
+    """Records what would be published (the real broker path is in tests/integration)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.published: list[WireMessage] = []
+
+    def connect(self) -> None:
+        self.connected = True
+
+    def publish(self, messages: Sequence[WireMessage]) -> None:
+        self.published.extend(messages)
+
+
+def test_the_winnow_passes_each_file_once_whatever_its_base_url() -> None:
+    post = _PostDouble()
+    winnower = Winnower(WinnowCache(None, ttl=1200), post, "xout")  # type: ignore[arg-type]
+    items = [
+        WorkItem(notice=_notice("a/f1", "one", x_extra="kept")),
+        WorkItem(notice=_notice("a/f1", "one", base="sftp://b.example")),  # same file
+        WorkItem(notice=_notice("a/f2", "one")),  # same content, other path
+        WorkItem(notice=_notice("a/f1", "changed")),  # same path, new content
+    ]
+    for item in items:
+        assert winnower.select(item) is False
+    assert [i.code for i in items] == [201, 304, 201, 201]
+    assert post.published == []  # nothing before the settle step
+    winnower.before_settle()
+    assert len(post.published) == 3
+    first = post.published[0]
+    assert first.exchange == "xout"
+    assert first.headers["x_extra"] == "kept"
+    assert first.body == v02.to_wire(items[0].notice).body  # otherwise unchanged
+    again = WorkItem(notice=_notice("a/f1", "one", base="http://c.example"))
+    winnower.select(again)
+    assert again.code == 304
+
+
+def test_the_winnow_splits_its_posts_by_checksum_as_sr2() -> None:
+    post = _PostDouble()
+    winnower = Winnower(WinnowCache(None, ttl=1200), post, "xout", split=2)  # type: ignore[arg-type]
+    notice = _notice("a/f1")
+    assert winnower.target_exchange(notice) == v02.split_exchange("xout", notice.checksum, 2)
+    assert winnower.target_exchange(notice) in ("xout00", "xout01")
+
+
+def test_the_winnow_cache_persists_across_restarts_and_expires_by_age(tmp_path: Path) -> None:
+    path = tmp_path / "recent_files_000.cache"
+    notice = _notice("a/f1")
+    cache = WinnowCache(path, ttl=60)
+    assert not cache.seen(notice)
+    cache.record(notice)
+    cache.sync()
+    cache.close()
+    reopened = WinnowCache(path, ttl=60)
+    assert reopened.seen(notice)
+    import time
+
+    assert not reopened.seen(notice, now=time.time() + 61)
+    reopened.expire(time.time() + 61)
+    assert len(reopened) == 0
+    reopened.close()
+
+
+def test_winnow_instances_each_read_their_own_shard(tmp_path: Path) -> None:
+    cfg = load_config("winnow", str(ETC / "winnow" / "sharded.conf"), env=_env(tmp_path))
+    assert shard_of(cfg, 0) == 0 and shard_of(cfg, 3) == 2
+    assert input_bindings(cfg, 2) == (("xwinnow02", "v02.post.#"),)
+    single = load_config("winnow", str(ETC / "winnow" / "radar.conf"), env=_env(tmp_path))
+    assert shard_of(single, 1) is None
+    assert input_bindings(single, None) == (("xwinnow", "v02.post.#"),)
+    assert single.get("suppress_duplicates") == 1200
+
+
+def test_a_winnow_without_an_input_exchange_does_not_start(tmp_path: Path) -> None:
+    conf = tmp_path / "noin.conf"
+    conf.write_text("broker amqp://u@localhost/\npost_exchange xpublic\n")
+    with pytest.raises(ConfigError, match="exchange"):
+        load_config("winnow", str(conf), env=_env(tmp_path))
+
+
+def test_a_winnow_without_a_post_exchange_or_with_caching_off_does_not_start(
+    tmp_path: Path,
+) -> None:
+    for name, body, why in [
+        ("nopost", "exchange xwinnow\n", "post_exchange"),
+        ("nocache", "exchange xwinnow\npost_exchange xp\ncaching off\n", "suppress_dup"),
+    ]:
+        conf = tmp_path / f"{name}.conf"
+        conf.write_text("broker amqp://u@localhost/\n" + body)
+        cfg = load_config("winnow", str(conf), env=_env(tmp_path))
+        with pytest.raises(ConfigError, match=why):
+            WinnowComponent().declare(cfg)
