@@ -122,6 +122,9 @@ class Sender:
         self._all: list[_Pusher] = []
         self._lock = threading.Lock()
         self._made_dirs: set[str] = set()
+        #: (remote final path, version) of multi-part files already delivered whole
+        self._sent_versions: set[tuple[str, str]] = set()
+        self._file_locks: dict[str, threading.Lock] = {}
 
     # -- flow thread ---------------------------------------------------------------------------
 
@@ -159,8 +162,19 @@ class Sender:
             check_relpath(item.dest_rel or "")  # plugins cannot escape either
         parts = notice.parts
         if parts is not None and not parts.whole:
-            item.settle(499, "partitioned notices are not supported by sr_sender yet")
-            return False
+            if parts.method != "i":
+                item.settle(417, "a sender sends local files: .Part (p) blocks are not sent")
+                return False
+            local = str(item.extra["local"])
+            try:
+                size = os.stat(local).st_size
+            except OSError:
+                size = -1
+            if size != parts.file_size:
+                item.settle(
+                    499, f"local file {local} is {size} bytes, not the {parts.file_size} announced"
+                )
+                return False
         return True
 
     # -- pool threads --------------------------------------------------------------------------
@@ -185,6 +199,34 @@ class Sender:
         local = str(item.extra["local"])
         if not os.path.isfile(local):
             raise LocalError(f"local file {local} is missing or not a regular file")
+        parts = notice.parts
+        if parts is not None and not parts.whole:
+            self._send_block(item, transport, local, final)
+            return
+        self._put_whole(item, transport, local, final)
+        item.settle(201, "Delivered")
+        self._announce(item, final)
+
+    def _send_block(self, item: WorkItem, transport: _Pusher, local: str, final: str) -> None:
+        """A block of a local file: the whole file is delivered once per version (under a
+        temporary name, then renamed), then every block is announced against the final name
+        with its own fields and sum (spec 6.8)."""
+        notice = item.notice
+        parts = notice.parts
+        assert parts is not None
+        version = notice.header("mtime") or notice.pubtime
+        with self._lock:
+            lock = self._file_locks.setdefault(final, threading.Lock())
+        with lock:
+            if (final, version) not in self._sent_versions:
+                self._put_whole(item, transport, local, final)
+                with self._lock:
+                    self._sent_versions.add((final, version))
+        item.size = parts.length
+        item.settle(201, f"Delivered (block {parts.block_number + 1} of {parts.block_count})")
+        self._announce(item, final)
+
+    def _put_whole(self, item: WorkItem, transport: _Pusher, local: str, final: str) -> None:
         tmp = inflight_path(final, self.settings.inflight)
         self._mkdirs(transport, _parent(tmp))
         if _parent(final) != _parent(tmp):
@@ -202,8 +244,6 @@ class Sender:
         except SarraError:
             self._discard(transport, tmp)
             raise
-        item.settle(201, "Delivered")
-        self._announce(item, final)
 
     def _announce(self, item: WorkItem, final: str) -> None:
         a = self.settings.announce

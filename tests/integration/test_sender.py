@@ -96,11 +96,9 @@ class Setup:
             f"{extra}accept .*\n"
         )
 
-    def post(self, files: list[Path]) -> None:
-        assert (
-            post(self.site, "http://localhost", self.local, files, ("post_exchange", self.exchange))
-            == 0
-        )
+    def post(self, files: list[Path], *extra: tuple[str, str]) -> None:
+        options = (("post_exchange", self.exchange), *extra)
+        assert post(self.site, "http://localhost", self.local, files, *options) == 0
 
     def leftovers(self) -> list[str]:
         return [str(p) for p in self.remote.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
@@ -232,3 +230,18 @@ def test_a_full_remote_disk_is_retried_from_the_queue_and_completes_once_space_i
         assert s.leftovers() == []
     finally:
         subprocess.run(["umount", str(s.remote)], check=True)
+
+
+def test_a_file_announced_in_blocks_is_delivered_whole_once_and_each_block_reported(
+    site: Site, sshd: Sshd, tmp_path: Path, tap: ReportTap
+) -> None:
+    s = Setup(site, sshd, tmp_path)
+    s.write("")
+    (big,) = make_files(s.local, [f"{s.tag}/big.bin"], size=300_000)
+    with running_sender(site, s.name):
+        s.post([big], ("blocksize", "65536"), ("randomize", "on"))
+        wait_for(lambda: _codes(tap, s.tag).get(201) == 5, 60, "a 201 report per block")
+    assert md5_tree(s.remote) == md5_tree(s.local)
+    assert s.leftovers() == []
+    messages = {r.message for r in tap.reports if s.tag in r.notice.path}
+    assert messages == {f"Delivered (block {n} of 5)" for n in range(1, 6)}

@@ -90,11 +90,18 @@ def test_a_remote_path_that_would_leave_the_remote_directory_is_refused() -> Non
         sender.select(WorkItem(notice=_notice("a/x")))
 
 
-def test_a_partitioned_notice_is_reported_as_not_supported_yet() -> None:
+def test_a_block_of_a_local_file_that_is_not_complete_is_not_sent() -> None:
     notice = v02.derive(_notice("a/x"), parts=PartSpec("i", 10, 3, 0, 1))
     item = WorkItem(notice=notice)
     assert _sender().select(item) is False
-    assert item.code == 499 and "not supported" in item.message
+    assert item.code == 499 and "not the 30 announced" in item.message
+
+
+def test_a_part_object_block_is_refused_by_a_sender() -> None:
+    notice = v02.derive(_notice("a/x.10.3.0.1.d.Part"), parts=PartSpec("p", 10, 3, 0, 1))
+    item = WorkItem(notice=notice)
+    assert _sender().select(item) is False
+    assert item.code == 417
 
 
 def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
