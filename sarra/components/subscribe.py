@@ -159,6 +159,7 @@ class SubscribeComponent:
             journal,
             parts_state=state,
             inplace=True if inplace is None else bool(inplace),
+            batch_commit=True,
         )
         downloader.recover_leftovers()
         report_exchange = cfg.get("report_exchange") or f"xs_{user}"
@@ -215,6 +216,7 @@ class SubscribeComponent:
             stop=stop,
             on_settled=on_settled,
             before_settle=downloader.sync,
+            commit_batch=downloader.commit_batch,
             housekeeping=housekeeping,
             heartbeat=heartbeat,
         )

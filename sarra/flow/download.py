@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sarra.codec.timestamps import parse_timestamp
-from sarra.errors import MalformedMessage, PolicyRefused
+from sarra.errors import MalformedMessage, PolicyRefused, SarraError
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.localfs import SafeRoot
@@ -76,8 +76,11 @@ class Downloader:
         journal: InflightJournal | None = None,
         parts_state: Path | None = None,
         inplace: bool = True,
+        batch_commit: bool = False,
     ) -> None:
         self.settings = settings
+        #: stage verified whole files for :meth:`commit_batch` (the loop must call it)
+        self.batch_commit = batch_commit
         self.journal = journal
         self.parts = (
             PartReceiver(
@@ -225,7 +228,11 @@ class Downloader:
             mode=mode,
             progress=progress,
             sync_dir=False,  # group commit: see sync()
+            # batch commit (see commit_batch) unless on_file must run right after placement
+            stage=self.batch_commit and self.plugins.empty,
         )
+        if result.staged is not None:
+            item.extra["staged"] = (root, result.staged, rel, mtime, mode)
         item.size = result.size
         item.computed = result.checksum
         if not result.verified and notice.checksum.letter != "z":
@@ -281,6 +288,39 @@ class Downloader:
             with self._transports_lock:
                 self._all_transports.append(transport)
         return transport
+
+    def commit_batch(self, items: list[WorkItem]) -> None:
+        """Place the files staged by ``work`` for these items: one file-system sync for the
+        batch (instead of an fsync per file), then each rename. An item whose file cannot be
+        placed gets that outcome instead (retried from disk when the error is retryable).
+
+        Raises:
+            LocalError: the sync failed; nothing was renamed and the call can be repeated.
+        """
+        staged = [i for i in items if "staged" in i.extra]
+        if not staged:
+            return
+        roots = {id(i.extra["staged"][0]): i.extra["staged"][0] for i in staged}
+        for root in roots.values():
+            root.sync_filesystem()
+        for item in staged:
+            root, inflight, rel, mtime, mode = item.extra.pop("staged")
+            try:
+                inflight.commit(
+                    rel, mtime=mtime, mode=mode, sync_dir=False, data_synced=True, metadata_set=True
+                )
+            except SarraError as e:
+                log.error("%s: cannot place the file: %s", rel, e)
+                item.settle(e.report_code, f"cannot place the file: {e}")
+                item.requeue = e.retryable
+
+    def abort_staged(self, items: list[WorkItem]) -> None:
+        """Discard staged files of items that will not be committed (their deliveries are
+        redelivered)."""
+        for item in items:
+            staged = item.extra.pop("staged", None)
+            if staged is not None:
+                staged[1].abort()
 
     def sync(self) -> None:
         """Make every rename since the last call durable (before reports and acks)."""

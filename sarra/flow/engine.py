@@ -64,6 +64,9 @@ class LoopSettings:
     exchanges: tuple[str, ...] = ()
 
 
+#: longest time a settled item waits for its batch to be committed (seconds)
+BATCH_WAIT = 0.05
+
 Selector = Callable[[WorkItem], bool]
 """Runs in the flow thread: returns True to send the item to the pool, False when the item
 was settled already (rejected, duplicate, unchanged, hostile...)."""
@@ -88,6 +91,7 @@ class ConsumingLoop:
         stop: threading.Event,
         on_settled: Callable[[WorkItem], None] | None = None,
         before_settle: Callable[[], None] | None = None,
+        commit_batch: Callable[[list[WorkItem]], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
         post_session: BrokerSession | None = None,
         heartbeat: Callable[[], None] | None = None,
@@ -101,6 +105,12 @@ class ConsumingLoop:
         self.stop = stop
         self.on_settled = on_settled
         self.before_settle = before_settle
+        #: called at each flush with the items settled since the last one, before their
+        #: outcomes are reported (it may change them); items stay pending while it raises
+        self.commit_batch = commit_batch
+        self._pending_items: list[WorkItem] = []
+        self._pending_since = 0.0
+        self._batch_size = max(2, min(settings.prefetch // 2, 64))
         #: where ``WorkItem.outgoing`` is published (None: the consuming session)
         self.post_session = post_session
         self.housekeeping = housekeeping
@@ -167,7 +177,8 @@ class ConsumingLoop:
                         continue
                     self._wait_and_poll()
                     self._collect()
-                    self._flush_settled()
+                    if self._flush_due():
+                        self._flush_settled()
                     now = time.monotonic()
                     if now >= next_hk:
                         next_hk = now + 5
@@ -203,7 +214,10 @@ class ConsumingLoop:
         if fd is None:  # TLS: short polls while transfers run
             self.session.poll(0.002 if self._in_pool > 0 else 0.5)
             return
-        readable, _, _ = select.select([fd, self._wake_r], [], [], 0.5)
+        timeout = 0.5
+        if self._pending_items:  # wake in time to commit the batch
+            timeout = max(0.0, min(timeout, self._pending_since + BATCH_WAIT - time.monotonic()))
+        readable, _, _ = select.select([fd, self._wake_r], [], [], timeout)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
@@ -323,7 +337,26 @@ class ConsumingLoop:
 
     # -- settling ------------------------------------------------------------------------------
 
+    def _flush_due(self) -> bool:
+        """Whether to flush now: at once without a batch committer; with one, when the pool
+        is idle, the batch is large enough, or its oldest item waited BATCH_WAIT."""
+        if not self._pending_items:
+            return True
+        if self._in_pool == 0 or len(self._pending_items) >= self._batch_size:
+            return True
+        return time.monotonic() - self._pending_since >= BATCH_WAIT
+
     def _settled(self, item: WorkItem) -> None:
+        """An item's processing ended: with a batch committer, its outcome waits for the
+        batch commit at the next flush (which may still change it); else it is queued now."""
+        if self.commit_batch is not None:
+            if not self._pending_items:
+                self._pending_since = time.monotonic()
+            self._pending_items.append(item)
+        else:
+            self._outcome(item)
+
+    def _outcome(self, item: WorkItem) -> None:
         """Queue an outcome's report and ack (or retry bookkeeping) for the next flush."""
         code = item.code if item.code is not None else 500
         self._count(code)
@@ -353,6 +386,18 @@ class ConsumingLoop:
     def _flush_settled(self) -> None:
         """Make outcomes durable, publish pending reports (confirmed), then ack and settle
         retry entries."""
+        if self._pending_items:
+            assert self.commit_batch is not None
+            try:
+                # e.g. one file system sync for the batch, then the renames: an item whose
+                # file could not be placed gets its real outcome before anything is reported
+                self.commit_batch(self._pending_items)
+            except SarraError as e:
+                log.error("cannot commit placed files (%s); acks wait", e)
+                return
+            pending, self._pending_items = self._pending_items, []
+            for item in pending:
+                self._outcome(item)
         if not (
             self._settle_reports or self._settle_acks or self._settle_retries or self._settle_posts
         ):

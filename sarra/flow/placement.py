@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sarra.errors import IntegrityError, LocalError, MalformedMessage
-from sarra.flow.localfs import SafeRoot
+from sarra.flow.localfs import InflightFile, SafeRoot
 from sarra.integrity.sums import Hasher, new_hasher
 from sarra.notice import Checksum, Notice
 
@@ -50,6 +50,8 @@ class PlacementResult:
     checksum: Checksum | None
     verified: bool
     elapsed: float
+    #: with ``stage=True``: the verified in-flight file, still to be committed by the caller
+    staged: InflightFile | None = None
 
 
 def _algorithm_for(checksum: Checksum) -> str | None:
@@ -77,6 +79,7 @@ def download_to(
     mode: int | None,
     progress: Callable[[int], None] | None = None,
     sync_dir: bool = True,
+    stage: bool = False,
 ) -> PlacementResult:
     """Stream ``chunks`` into ``rel`` under ``root``, verifying before anything is placed.
 
@@ -86,6 +89,8 @@ def download_to(
     it is exceeded). ``progress`` gets the byte count after each chunk. On success the file
     is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
     ``sync_dir`` false the caller must call ``root.sync_dirs()`` before relying on it).
+    With ``stage`` the verified in-flight file is returned open in ``staged`` instead: the
+    caller commits it (or aborts it) later, e.g. after one file-system sync for a batch.
 
     Raises :class:`IntegrityError` on size or sum mismatch, :class:`MalformedMessage` for a
     sum that does not describe data, :class:`HostilePath`, :class:`LocalError` or
@@ -96,7 +101,8 @@ def download_to(
     letter = _algorithm_for(checksum)
     hasher = _new_hasher(letter) if letter is not None else None
     size = 0
-    with root.open_inflight(rel, inflight) as out:  # leaving without commit aborts
+    out = root.open_inflight(rel, inflight)
+    try:
         for chunk in chunks:
             if not chunk:
                 continue
@@ -124,9 +130,19 @@ def download_to(
             raise IntegrityError(
                 f"{rel}: checksum mismatch: expected {checksum.wire()}, got {computed.wire()}"
             )
-        out.commit(rel, mtime=mtime, mode=mode, sync_dir=sync_dir)
+        if stage:
+            out.set_metadata(mtime, mode)  # here, in the transfer thread
+        else:
+            out.commit(rel, mtime=mtime, mode=mode, sync_dir=sync_dir)
+    except BaseException:
+        out.abort()  # nothing unverified is ever placed
+        raise
     return PlacementResult(
-        size=size, checksum=computed, verified=verified, elapsed=time.monotonic() - started
+        size=size,
+        checksum=computed,
+        verified=verified,
+        elapsed=time.monotonic() - started,
+        staged=out if stage else None,
     )
 
 
