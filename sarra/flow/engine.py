@@ -30,7 +30,7 @@ from sarra.broker.base import Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.codec.salvage import report_for_undecodable
-from sarra.errors import AccessRefused, BrokerError, MessageError, SarraError
+from sarra.errors import AccessRefused, BrokerError, MessageError, NotFound, SarraError
 from sarra.flow.retryqueue import RetryItem, RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, Pulse, Report, WireMessage
@@ -316,7 +316,10 @@ class ConsumingLoop:
                 item.error = e
                 if not e.retryable or attempt == attempts or self.stop.is_set():
                     item.settle(e.report_code, str(e))
-                    item.requeue = e.retryable and self.settings.retry_ttl > 0
+                    # a 404 is not retried at once, but later from disk: on a pump a file may
+                    # be announced before every web server sees it
+                    later = e.retryable or isinstance(e, NotFound)
+                    item.requeue = later and self.settings.retry_ttl > 0
                     return
                 log.info("%s: attempt %d failed (%s); retrying", item.notice.path, attempt, e)
                 time.sleep(min(0.2 * 2**attempt, 2.0))
