@@ -11,9 +11,10 @@ from typing import Any
 
 from sarra.broker.base import BrokerUrl, QueueSpec
 from sarra.broker.session import BrokerSession
+from sarra.components.base import InstanceStatus
 from sarra.config import paths
 from sarra.config.credentials import CredentialStore, to_broker_url
-from sarra.errors import ConfigError
+from sarra.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,28 @@ def instance_state_dir(cfg: Any) -> Path:
     d = Path(paths.state_dir(cfg.component, cfg.name or "default"))
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def remove_queue_and_state(session: BrokerSession, name: str, cfg: Any) -> None:
+    """``cleanup``: delete the configuration's queue on the broker and its local state files."""
+    try:
+        session.connect()
+        session.delete_queue(name)
+        print(f"deleted queue {name}")
+    finally:
+        session.close()
+    for f in instance_state_dir(cfg).glob("*"):
+        if f.is_file():
+            f.unlink()
+
+
+def queue_status(session: BrokerSession, name: str) -> InstanceStatus:
+    """``status``: the queue's backlog and consumers (an unreachable broker is reported)."""
+    try:
+        session.connect()
+        messages, consumers = session.queue_counts(name)
+    except BrokerError as e:
+        return InstanceStatus(queue=name, extra={"error": str(e)})
+    finally:
+        session.close()
+    return InstanceStatus(queue=name, backlog=messages, consumers=consumers)

@@ -24,7 +24,13 @@ from sarra.broker.base import Delivery
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components.base import InstanceStatus
-from sarra.components.common import broker_url, instance_state_dir, queue_spec, session_for
+from sarra.components.common import (
+    broker_url,
+    queue_spec,
+    queue_status,
+    remove_queue_and_state,
+    session_for,
+)
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.notice import Report
 
@@ -207,24 +213,9 @@ class LogComponent:
     def cleanup(self, cfg: Any) -> None:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            session.delete_queue(name)
-            print(f"deleted queue {name}")
-        finally:
-            session.close()
-        for f in instance_state_dir(cfg).glob("*"):
-            if f.is_file():
-                f.unlink()
+        remove_queue_and_state(session, name, cfg)
 
     def status(self, cfg: Any) -> InstanceStatus:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            messages, consumers = session.queue_counts(name)
-        except BrokerError as e:
-            return InstanceStatus(queue=name, extra={"error": str(e)})
-        finally:
-            session.close()
-        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+        return queue_status(session, name)

@@ -35,8 +35,9 @@ from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
     credential_store,
-    instance_state_dir,
     queue_spec,
+    queue_status,
+    remove_queue_and_state,
     session_for,
 )
 from sarra.components.sarra import declared_users
@@ -317,24 +318,9 @@ class ReportRouterComponent:
     def cleanup(self, cfg: Any) -> None:
         session = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            session.delete_queue(name)
-            print(f"deleted queue {name}")
-        finally:
-            session.close()
-        for f in instance_state_dir(cfg).glob("*"):
-            if f.is_file():
-                f.unlink()
+        remove_queue_and_state(session, name, cfg)
 
     def status(self, cfg: Any) -> InstanceStatus:
         session = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            messages, consumers = session.queue_counts(name)
-        except BrokerError as e:
-            return InstanceStatus(queue=name, extra={"error": str(e)})
-        finally:
-            session.close()
-        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+        return queue_status(session, name)

@@ -32,6 +32,8 @@ from sarra.components.common import (
     fqdn,
     instance_state_dir,
     queue_spec,
+    queue_status,
+    remove_queue_and_state,
     session_for,
 )
 from sarra.components.subscribe import SubscribeComponent
@@ -322,24 +324,9 @@ class SarraComponent:
     def cleanup(self, cfg: Any) -> None:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            session.delete_queue(name)
-            print(f"deleted queue {name}")
-        finally:
-            session.close()
-        for f in Path(instance_state_dir(cfg)).glob("*"):
-            if f.is_file():
-                f.unlink()
+        remove_queue_and_state(session, name, cfg)
 
     def status(self, cfg: Any) -> InstanceStatus:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            messages, consumers = session.queue_counts(name)
-        except BrokerError as e:
-            return InstanceStatus(queue=name, extra={"error": str(e)})
-        finally:
-            session.close()
-        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+        return queue_status(session, name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from sarra.broker.admin import ensure_exchanges
@@ -24,12 +23,14 @@ from sarra.components.common import (
     fqdn,
     instance_state_dir,
     queue_spec,
+    queue_status,
+    remove_queue_and_state,
     session_for,
 )
 from sarra.components.subscribe import bindings_of
 from sarra.config.credentials import parse_url
 from sarra.config.masks import destination_relpath, expand_directory, match
-from sarra.errors import BrokerError, ConfigError
+from sarra.errors import ConfigError
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.hooks import Plugins
 from sarra.flow.retryqueue import RetryQueue
@@ -226,24 +227,9 @@ class SenderComponent:
     def cleanup(self, cfg: Any) -> None:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            session.delete_queue(name)
-            print(f"deleted queue {name}")
-        finally:
-            session.close()
-        for f in Path(instance_state_dir(cfg)).glob("*"):
-            if f.is_file():
-                f.unlink()
+        remove_queue_and_state(session, name, cfg)
 
     def status(self, cfg: Any) -> InstanceStatus:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
-        try:
-            session.connect()
-            messages, consumers = session.queue_counts(name)
-        except BrokerError as e:
-            return InstanceStatus(queue=name, extra={"error": str(e)})
-        finally:
-            session.close()
-        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+        return queue_status(session, name)

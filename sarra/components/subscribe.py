@@ -7,7 +7,6 @@ import os
 import re
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from sarra.broker.admin import ensure_exchanges
@@ -19,10 +18,11 @@ from sarra.components.common import (
     fqdn,
     instance_state_dir,
     queue_spec,
+    queue_status,
+    remove_queue_and_state,
     session_for,
 )
 from sarra.config.masks import destination_relpath, expand_directory, match
-from sarra.errors import BrokerError
 from sarra.flow.download import Destination, Downloader, DownloadSettings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.hooks import Plugins
@@ -256,25 +256,9 @@ class SubscribeComponent:
     def cleanup(self, cfg: Any) -> None:
         session, user = self._session(cfg)
         name = self._queue_name(cfg, user)
-        try:
-            session.connect()
-            session.delete_queue(name)
-            print(f"deleted queue {name}")
-        finally:
-            session.close()
-        state = instance_state_dir(cfg)
-        for f in Path(state).glob("*"):
-            if f.is_file():
-                f.unlink()
+        remove_queue_and_state(session, name, cfg)
 
     def status(self, cfg: Any) -> InstanceStatus:
         session, user = self._session(cfg)
         name = self._queue_name(cfg, user)
-        try:
-            session.connect()
-            messages, consumers = session.queue_counts(name)
-        except BrokerError as e:
-            return InstanceStatus(queue=name, extra={"error": str(e)})
-        finally:
-            session.close()
-        return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+        return queue_status(session, name)
