@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sarra.errors import IntegrityError, MalformedMessage
@@ -212,14 +213,24 @@ def _stream_block(
         raise MalformedMessage(f"{what}: sum {checksum.wire()!r} does not describe data")
     hasher = new_hasher(algo) if algo is not None else None
     got = 0
+    # Hashing overlaps writing this chunk and reading the next: hashlib releases the GIL on
+    # large buffers, so one helper thread hashes chunk k while this one writes it and fetches
+    # k+1. Chunks are hashed strictly in order (each waits for the previous one's hash) and
+    # the last hash is waited for before the digest is read, so every byte is still verified.
+    hashing: Future[None] | None = None
     try:
-        for chunk in chunks:
-            if got + len(chunk) > spec.length:
-                raise IntegrityError(f"{what}: more than the block's {spec.length} bytes")
-            if hasher is not None:
-                hasher.update(chunk)
-            write(chunk, spec.offset + got)
-            got += len(chunk)
+        with ThreadPoolExecutor(1, thread_name_prefix="block-hash") as pool:
+            for chunk in chunks:
+                if got + len(chunk) > spec.length:
+                    raise IntegrityError(f"{what}: more than the block's {spec.length} bytes")
+                if hasher is not None:
+                    if hashing is not None:
+                        hashing.result()
+                    hashing = pool.submit(hasher.update, chunk)
+                write(chunk, spec.offset + got)
+                got += len(chunk)
+            if hashing is not None:
+                hashing.result()
     finally:
         close = getattr(chunks, "close", None)  # a generator holding a connection
         if close is not None:

@@ -36,6 +36,8 @@ from sarra.notice import PartSpec
 DATA_SUFFIX = ".sr-part"
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NAME_MAX = 255
+#: bytes of a block kept in the page cache behind its writer (see :meth:`Ticket.pwrite`)
+WRITEBACK_LAG = 8 << 20
 
 
 @contextmanager
@@ -178,6 +180,8 @@ class Ticket:
         """the version is already complete: report 304, write nothing"""
         self._present = present or b""
         self._fd = fd
+        # start of the range this writer has not yet asked the kernel to drop (see pwrite)
+        self._kept_from: int | None = None
 
     def needs(self, block_number: int | None = None) -> bool:
         """True when the block (default: this ticket's) still has to be written."""
@@ -187,10 +191,38 @@ class Ticket:
         return not (n >> 3 < len(self._present) and self._present[n >> 3] & (1 << (n & 7)))
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
-        """Write ``data`` at ``offset`` in the data file (for streaming a block)."""
+        """Write ``data`` at ``offset`` in the data file (for streaming a block).
+
+        The written range starts going to disk at once, so a block streams to the disk while
+        it arrives: the :meth:`fsync` before marking finds little left to flush, and dirty
+        pages never pile up until the kernel stalls the writer. This is advice only; the
+        durability guarantee is still :meth:`fsync`'s.
+        """
         if self._fd is None:
             raise LocalError(f"no data file open for {self.final_rel} (done or closed)")
         pwrite_all(self._fd, data, offset, self.final_rel)
+        self._write_behind(offset, len(data))
+
+    def _write_behind(self, offset: int, nbytes: int) -> None:
+        # On Linux, POSIX_FADV_DONTNEED starts writeback of the dirty pages in the range
+        # (without waiting) and drops the clean ones. So: advise the range just written
+        # (writeback starts), and once WRITEBACK_LAG lies behind, the older range (written
+        # back by now: dropped, so the block does not linger in the page cache). Unlike
+        # sync_file_range, it never reports or consumes a writeback error: those stay for
+        # the fsync to raise. Errors of the advice itself are ignored (advice only).
+        if self._fd is None or nbytes <= 0 or not hasattr(os, "posix_fadvise"):
+            return
+        end = offset + nbytes
+        kept = self._kept_from
+        if kept is None or not kept <= offset <= kept + 2 * WRITEBACK_LAG:
+            kept = offset  # first write, or not sequential: start over from here
+        with suppress(OSError):
+            os.posix_fadvise(self._fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+            if end - kept > 2 * WRITEBACK_LAG:
+                drop = end - WRITEBACK_LAG - kept
+                os.posix_fadvise(self._fd, kept, drop, os.POSIX_FADV_DONTNEED)
+                kept += drop
+        self._kept_from = kept
 
     def fsync(self) -> None:
         """Make the written data durable; required before marking."""

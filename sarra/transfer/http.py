@@ -309,23 +309,18 @@ class HttpTransport:
     def _body(
         self, response: http.client.HTTPResponse, url: str, expected: int | None
     ) -> Generator[bytes, None, None]:
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
         received = 0
         complete = False
         try:
             while True:
-                filled = 0
-                # Fill the whole buffer (readinto may return short reads) so chunks are 1 MiB.
-                while filled < CHUNK_SIZE:
-                    n = response.readinto(view[filled:])
-                    if not n:
-                        break
-                    filled += n
-                if filled:
-                    received += filled
-                    yield bytes(view[:filled])
-                if filled < CHUNK_SIZE:
+                # read(n) returns a fresh bytes object filled straight from the socket (its
+                # buffered reader loops over short reads until n bytes or the end of the
+                # body): every chunk but the last is CHUNK_SIZE long, never a copy.
+                chunk = response.read(CHUNK_SIZE)
+                if chunk:
+                    received += len(chunk)
+                    yield chunk
+                if len(chunk) < CHUNK_SIZE:
                     break
             if expected is not None and received != expected:
                 raise IntegrityError(f"GET {url}: truncated body, {received} of {expected} bytes")
