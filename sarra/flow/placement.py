@@ -177,6 +177,15 @@ def is_unchanged(root: SafeRoot, rel: str, notice: Notice) -> bool:
     sum_ = notice.checksum
     if sum_.letter not in _ALGORITHMS:
         return False
+    # fast negative answer for the common case of a new file: one lstat by path. It can
+    # only send us to download (the confined write path then does the real checks); a
+    # positive answer is confirmed by the confined walk below
+    try:
+        os.lstat(os.path.join(root.root, rel))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
     try:
         st = root.stat(rel)
     except LocalError:
