@@ -205,6 +205,7 @@ class SarraComponent:
             journal,
             parts_state=state,
             inplace=bool(cfg.get("inplace")),  # off by default on a pump: segments kept
+            batch_commit=True,
         )
         downloader.recover_leftovers()
         republisher = Republisher(downloader, pump, settings)
@@ -258,6 +259,7 @@ class SarraComponent:
             stop=stop,
             on_settled=on_settled,
             before_settle=before_settle,
+            commit_batch=downloader.commit_batch,
             heartbeat=heartbeat_file.touch,
             post_session=post_session,
         )

@@ -313,6 +313,7 @@ class Downloader:
                 log.error("%s: cannot place the file: %s", rel, e)
                 item.settle(e.report_code, f"cannot place the file: {e}")
                 item.requeue = e.retryable
+                item.outgoing.clear()  # never announce a file that is not in place
 
     def abort_staged(self, items: list[WorkItem]) -> None:
         """Discard staged files of items that will not be committed (their deliveries are
