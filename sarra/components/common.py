@@ -15,6 +15,7 @@ from sarra.components.base import InstanceStatus
 from sarra.config import paths
 from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.errors import BrokerError, ConfigError
+from sarra.flow.retryqueue import RetryQueue
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +100,18 @@ def queue_status(session: BrokerSession, name: str) -> InstanceStatus:
     finally:
         session.close()
     return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+
+
+def retry_queue_for(cfg: Any, instance: int) -> RetryQueue:
+    """The instance's disk retry queue, timed by ``retry_ttl`` (default ``expire``, else an
+    hour), ``retry_delay`` and ``retry_delay_max``; its ``ttl`` is the retry_ttl in force."""
+    ttl = cfg.get("retry_ttl")
+    if ttl is None:
+        ttl = cfg.get("expire") or 3600.0
+    delay, delay_max = cfg.get("retry_delay"), cfg.get("retry_delay_max")
+    return RetryQueue(
+        instance_state_dir(cfg) / f"retry_{instance:03d}.jsonl",
+        ttl=float(ttl),
+        base_delay=30.0 if delay is None else float(delay),
+        max_delay=3600.0 if delay_max is None else float(delay_max),
+    )

@@ -34,6 +34,7 @@ from sarra.components.common import (
     queue_spec,
     queue_status,
     remove_queue_and_state,
+    retry_queue_for,
     session_for,
 )
 from sarra.components.subscribe import SubscribeComponent
@@ -44,7 +45,6 @@ from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
-from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
 
@@ -192,8 +192,7 @@ class SarraComponent:
         pump = self.pump_identity(cfg)
         settings = self.republish_settings(cfg)
         state = instance_state_dir(cfg)
-        retry_ttl = float(cfg.get("retry_ttl") or cfg.get("expire") or 3600.0)
-        retry_queue = RetryQueue(state / f"retry_{instance:03d}.jsonl", ttl=retry_ttl)
+        retry_queue = retry_queue_for(cfg, instance)
         plugins = Plugins.from_config(getattr(cfg, "plugins", {}))
         journal = InflightJournal(state / f"inflight_{instance:03d}.journal")
         directory = str(cfg.get("directory") or settings.post_base_dir)
@@ -229,7 +228,7 @@ class SarraComponent:
             prefetch=int(cfg.get("prefetch") or 25),
             threads=int(cfg.get("transfer_threads") or 4),
             attempts=int(cfg.get("attempts") or 3),
-            retry_ttl=retry_ttl,
+            retry_ttl=retry_queue.ttl,
             declare_queue=_bool(cfg, "declare_queue", True),
         )
         hold = os.environ.get(HOLD_ENV)

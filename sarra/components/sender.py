@@ -25,6 +25,7 @@ from sarra.components.common import (
     queue_spec,
     queue_status,
     remove_queue_and_state,
+    retry_queue_for,
     session_for,
 )
 from sarra.components.subscribe import bindings_of
@@ -33,7 +34,6 @@ from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.errors import ConfigError
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.hooks import Plugins
-from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.send import Announce, RemoteTarget, Sender, SendSettings
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
@@ -151,8 +151,7 @@ class SenderComponent:
             if cfg.get("declare_exchange") is not False:
                 ensure_exchanges(post_session, (settings.announce.exchange,))
         state = instance_state_dir(cfg)
-        retry_ttl = float(_opt(cfg, "retry_ttl", None) or cfg.get("expire") or 3600.0)
-        retry_queue = RetryQueue(state / f"retry_{instance:03d}.jsonl", ttl=retry_ttl)
+        retry_queue = retry_queue_for(cfg, instance)
         plugins = Plugins.from_config(getattr(cfg, "plugins", {}))
         sender = Sender(settings, _RemoteResolver(cfg), plugins)
         reports = ReportSettings(
@@ -171,7 +170,7 @@ class SenderComponent:
             prefetch=int(_opt(cfg, "prefetch", 25)),
             threads=int(_opt(cfg, "transfer_threads", 4)),
             attempts=int(_opt(cfg, "attempts", 3)),
-            retry_ttl=retry_ttl if _opt(cfg, "retry", True) else 0.0,
+            retry_ttl=retry_queue.ttl if _opt(cfg, "retry", True) else 0.0,
             declare_queue=bool(_opt(cfg, "declare_queue", True)),
         )
         heartbeat_file = state / f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"

@@ -20,6 +20,7 @@ from sarra.components.common import (
     queue_spec,
     queue_status,
     remove_queue_and_state,
+    retry_queue_for,
     session_for,
 )
 from sarra.config.masks import destination_relpath, expand_directory, match
@@ -28,7 +29,6 @@ from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
 
@@ -129,15 +129,7 @@ class SubscribeComponent:
         session, user = self._session(cfg)
         state = instance_state_dir(cfg)
         queue_name = self._queue_name(cfg, user)
-        retry_ttl = cfg.get("retry_ttl")
-        if retry_ttl is None:
-            retry_ttl = cfg.get("expire") or 3600.0
-        retry_queue = RetryQueue(
-            state / f"retry_{instance:03d}.jsonl",
-            ttl=float(retry_ttl),
-            base_delay=_float(cfg, "retry_delay", 30.0),
-            max_delay=_float(cfg, "retry_delay_max", 3600.0),
-        )
+        retry_queue = retry_queue_for(cfg, instance)
         nodupe_ttl = _float(cfg, "suppress_duplicates", 0.0)
         nodupe = (
             DuplicateCache(
@@ -179,7 +171,7 @@ class SubscribeComponent:
             prefetch=int(cfg.get("prefetch") or 25),
             threads=int(cfg.get("transfer_threads") or 4),
             attempts=int(cfg.get("attempts") or 3),
-            retry_ttl=float(retry_ttl),
+            retry_ttl=retry_queue.ttl,
             declare_queue=bool(
                 cfg.get("declare_queue") if cfg.get("declare_queue") is not None else True
             ),
