@@ -261,6 +261,7 @@ class SarraComponent:
             commit_batch=downloader.commit_batch,
             heartbeat=heartbeat_file.touch,
             post_session=post_session,
+            housekeeping=lambda: downloader.housekeeping(loop.report),
         )
         plugins.on_start(cfg)
         started = time.monotonic()

@@ -31,6 +31,7 @@ from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
+from sarra.parts.tracker import DEFAULT_EXPIRY
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class SubscribeComponent:
             chmod_dir=int(cfg.get("chmod_dir") or 0o755),
             timeout=_float(cfg, "timeout", 300.0),
             credentials=store.find,
+            part_expiry=_float(cfg, "part_expiry", DEFAULT_EXPIRY),
         )
 
     # -- Component protocol --------------------------------------------------------------------
@@ -184,13 +186,7 @@ class SubscribeComponent:
         def housekeeping() -> None:
             if nodupe is not None:
                 nodupe.expire()
-            if downloader.parts is not None:
-                downloader.parts.housekeeping()
-            for root in list(downloader._roots.values()):
-                try:
-                    root.sweep_inflight("", older_than=3600)
-                except Exception:
-                    log.debug("sweep failed", exc_info=True)
+            downloader.housekeeping(loop.report)
 
         def on_settled(item: WorkItem) -> None:
             if item.code in (201, 205):

@@ -26,6 +26,7 @@ from sarra.flow.partial import PartReceiver
 from sarra.flow.placement import download_to, is_unchanged
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
+from sarra.parts.tracker import DEFAULT_EXPIRY
 from sarra.transfer import open_transport
 from sarra.transfer.base import Transport
 from sarra.transfer.url import origin_of, retrieval_url
@@ -62,6 +63,8 @@ class DownloadSettings:
     credentials: Callable[[str], object | None] = field(default=lambda _url: None)
     transport_options: dict[str, Any] = field(default_factory=dict)
     progress_threshold: int = 8 << 20
+    #: a multi-part file with no progress for this long is abandoned and reported (499)
+    part_expiry: float = DEFAULT_EXPIRY
 
 
 class Downloader:
@@ -88,6 +91,7 @@ class Downloader:
                 inplace=inplace,
                 inflight=settings.inflight,
                 on_file=self.run_on_file,
+                expiry=settings.part_expiry,
             )
             if parts_state is not None
             else None
@@ -329,6 +333,24 @@ class Downloader:
             roots = list(self._roots.values())
         for root in roots:
             root.sync_dirs()
+
+    def housekeeping(
+        self,
+        report: Callable[[Notice, int, str], None] | None = None,
+        *,
+        inflight_age: float = 3600,
+    ) -> None:
+        """Periodic upkeep: finish or expire multi-part files (expired ones are reported
+        through ``report``), and remove in-flight files older than ``inflight_age``."""
+        if self.parts is not None:
+            self.parts.housekeeping(report)
+        with self._roots_lock:
+            roots = list(self._roots.values())
+        for root in roots:
+            try:
+                root.sweep_inflight("", older_than=inflight_age)
+            except Exception:
+                log.debug("sweep of %s failed", root.root, exc_info=True)
 
     def recover_leftovers(self) -> int:
         """Remove in-flight files a killed predecessor left behind (see the journal)."""

@@ -488,6 +488,16 @@ class ConsumingLoop:
         )
         return v02.report_to_wire(report, r.exchange)
 
+    def report(self, notice: Notice, code: int, message: str) -> None:
+        """Queue a report about ``notice`` that belongs to no delivery (e.g. housekeeping
+        giving up on a multi-part file); it is published, confirmed, at the next flush.
+        Call it from the loop's thread (the housekeeping callback runs there)."""
+        if not self.reports.enabled:
+            return
+        item = WorkItem(notice)
+        item.settle(code, message)
+        self._settle_reports.append(self._report(item, code))
+
     def _report_malformed(self, msg: WireMessage, reason: str) -> None:
         """Report a 417 about a message that could not be decoded, when its body allows."""
         if not self.reports.enabled:

@@ -17,8 +17,10 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from sarra.errors import IntegrityError, MalformedMessage
+from sarra.codec import v02
+from sarra.errors import IntegrityError, MalformedMessage, MessageError
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.placement import download_to
 from sarra.flow.work import WorkItem
@@ -102,7 +104,9 @@ class PartReceiver:
         tracked = PartSpec(
             "i", spec.block_size, spec.block_count, spec.remainder, spec.block_number
         )
-        with tracker.begin(target_rel, tracked, version, mtime=mtime, mode=mode) as ticket:
+        with tracker.begin(
+            target_rel, tracked, version, mtime=mtime, mode=mode, about=_about(notice)
+        ) as ticket:
             if ticket.done:
                 item.settle(304, "not modified (this version is complete)")
                 return
@@ -180,8 +184,12 @@ class PartReceiver:
 
     # -- housekeeping --------------------------------------------------------------------------
 
-    def housekeeping(self, make_item: Callable[[str], WorkItem] | None = None) -> None:
-        """Finish completions of dead instances; expire versions that never complete."""
+    def housekeeping(self, report: Callable[[Notice, int, str], None] | None = None) -> None:
+        """Finish completions of dead instances; expire versions that never complete.
+
+        Each expired version is logged and, with ``report``, reported 499 about the notice of
+        the block that started it (spec 6.8).
+        """
         with self._lock:
             trackers = list(self._trackers.values())
         for tracker in trackers:
@@ -197,6 +205,39 @@ class PartReceiver:
                     expired.present,
                     expired.block_count,
                 )
+                notice = _notice_from(expired.about)
+                if report is not None and notice is not None:
+                    report(
+                        notice,
+                        499,
+                        f"gave up after {self.expiry:.0f}s: "
+                        f"{expired.present} of {expired.block_count} blocks arrived",
+                    )
+
+
+def _about(notice: Notice) -> dict[str, Any]:
+    """A JSON-able copy of ``notice`` kept by the tracker, to report an expired version."""
+    wire = v02.to_wire(notice, header_value_max=1 << 20)
+    return {
+        "exchange": wire.exchange,
+        "routing_key": wire.routing_key,
+        "body": wire.body.decode("utf-8"),
+        "headers": dict(wire.headers),
+    }
+
+
+def _notice_from(about: dict[str, Any] | None) -> Notice | None:
+    """The notice kept by :func:`_about`; None for records made without one."""
+    if not about:
+        return None
+    try:
+        decoded = v02.decode(
+            about["exchange"], about["routing_key"], about["body"].encode(), about["headers"]
+        )
+    except (MessageError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("cannot rebuild the notice of an expired version: %s", exc)
+        return None
+    return decoded if isinstance(decoded, Notice) else None
 
 
 def _stream_block(

@@ -117,6 +117,8 @@ class Expired:
     block_count: int
     present: int
     updated: float
+    #: what :meth:`PartTracker.begin` was given as ``about`` (e.g. the first block's notice)
+    about: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -133,6 +135,7 @@ class _Record:
     mtime: float | None = None
     mode: int | None = None
     updated: float = 0.0
+    about: dict[str, Any] | None = None
 
     def same_version(self, version: str, spec: PartSpec) -> bool:
         return (self.version, self.block_size, self.block_count) == (
@@ -264,12 +267,14 @@ class PartTracker:
         *,
         mtime: float | None = None,
         mode: int | None = None,
+        about: dict[str, Any] | None = None,
     ) -> Ticket:
         """Open (or start) tracking of a version for the block ``spec`` describes.
 
         ``version`` is the notice's mtime header, or else its pubTime. A different version
         of the same final path discards the one being received (data and record, never
-        mixed). ``mtime``/``mode`` are applied at completion.
+        mixed). ``mtime``/``mode`` are applied at completion. ``about`` (JSON-able) is kept
+        with a new version and handed back if it expires, so its loss can be reported.
 
         Raises :class:`MalformedMessage` for impossible ``parts`` or when ``max_open``
         versions are already tracked, :class:`HostilePath`, :class:`LocalError`/
@@ -296,7 +301,7 @@ class PartTracker:
                         self._discard(key, rec)
                         rec = None
                 if rec is None:
-                    rec, fd = self._create(key, norm, spec, version)
+                    rec, fd = self._create(key, norm, spec, version, about)
                 changed = False
                 if size is not None and (not rec.size_final) and rec.file_size != size:
                     rec.file_size, changed = size, True
@@ -314,7 +319,9 @@ class PartTracker:
                     os.close(fd)
                 raise
 
-    def _create(self, key: str, norm: str, spec: PartSpec, version: str) -> tuple[_Record, int]:
+    def _create(
+        self, key: str, norm: str, spec: PartSpec, version: str, about: dict[str, Any] | None
+    ) -> tuple[_Record, int]:
         with self._lock(".new"):
             tracked = len(self._keys("open"))
             if tracked >= self.max_open:
@@ -339,6 +346,7 @@ class PartTracker:
                     data_rel=data_rel,
                     present=bytearray((spec.block_count + 7) // 8),
                     updated=time.time(),
+                    about=about,
                 )
                 try:
                     self._write("open", key, rec)
@@ -518,6 +526,7 @@ class PartTracker:
                         rec.block_count,
                         rec.count_present(),
                         rec.updated,
+                        rec.about,
                     )
                 )
         for key in self._keys("done"):

@@ -157,3 +157,40 @@ def test_truncated_block_responses_are_retried_then_499_and_nothing_is_placed(  
     assert not on_file_log.exists()
     placed = [p.name for p in dest.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert placed == [], placed  # no final name, no .Part: only hidden in-flight data
+
+
+def test_a_file_whose_other_blocks_never_come_is_expired_reported_499_and_cleaned_up(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path
+):
+    tag = unique("never")
+    data = _content(5 * BLOCK + 77)
+    src = nginx.root / tag / "big.bin"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(data)
+    dest = tmp_path / "dest"
+    messages = _part_notices(tag, nginx.base_url, data, BLOCK)
+    sent = [messages[0], messages[1], messages[3]]  # blocks 2, 4 and 5 never come
+    plugin, on_file_log = _on_file_plugin(tmp_path)
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    name = _subscription(site, tag, dest, plugin, "report_back on\npart_expiry 2s\n")
+    try:
+        with running_subscriber(site, name):
+            publish_raw(site.broker_url(), sent)
+            # housekeeping runs every 5 s; the version expires 2 s after its last block
+            wait_for(
+                lambda: 499 in [r.code for r in tap.about("big.bin")],
+                timeout=60,
+                what="the 499 report about the abandoned file",
+            )
+    finally:
+        tap.stop()
+    reports = tap.about("big.bin")
+    codes = sorted(r.code for r in reports)
+    assert codes == [201, 201, 201, 499], codes
+    expired = next(r for r in reports if r.code == 499)
+    assert expired.notice.rel_path.endswith(f"{tag}/big.bin")
+    assert "3 of 6 blocks arrived" in expired.message
+    assert not (dest / "big.bin").exists()
+    assert not on_file_log.exists()
+    assert _leftovers(dest) == []
+    assert [p for p in site.state_dir.rglob("open/*.json")] == []  # no tracking record left
