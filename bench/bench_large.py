@@ -235,7 +235,7 @@ def run_ours(ctx: Ctx, src: Path, want_md5: str, instances: int) -> Figures:
     site.write("subscribe", "large", [
         f"broker {site.broker}", f"exchange {exchange}", f"queue_name {queue}", "expire 1h",
         "subtopic #", "report_back off", f"instances {instances}", "mirror on",
-        f"directory {dest}", "accept .*",
+        f"directory {dest}", "accept .*", *os.environ.get("BENCH_EXTRA", "").split(";"),
     ])  # fmt: skip
     env = site.env
     subprocess.run([ours_bin("sr_subscribe"), "declare", "large"], env=env, check=True,

@@ -229,7 +229,7 @@ class NoticeBuilder:
                         n = f.readinto(view[: min(len(buf), remaining)])
                         if not n:
                             raise LocalError(f"{abs_path}: file shrank while being read")
-                        hasher.update(view[:n])  # type: ignore[arg-type]  # hashlib takes any buffer
+                        hasher.update(view[:n])
                         remaining -= n
                     sums.append(Checksum(algo, hasher.hexdigest()))
         except OSError as e:

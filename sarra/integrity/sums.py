@@ -27,7 +27,7 @@ BUFFER_SIZE = 1 << 20
 class Hasher(Protocol):
     """A streaming digest."""
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | memoryview, /) -> None:
         """Add ``data`` to the digest."""
 
     def hexdigest(self) -> str:

@@ -16,7 +16,7 @@ import base64
 import http.client
 import re
 import ssl
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -43,6 +43,10 @@ _USER_AGENT = "sarra/0.1"
 
 
 def _nothing() -> Generator[bytes, None, None]:
+    yield from ()
+
+
+def _nothing_into() -> Generator[memoryview, None, None]:
     yield from ()
 
 
@@ -254,6 +258,81 @@ class HttpTransport:
             raise
         self._pending = response
         return self._body(response, url, expected)
+
+    def get_into(
+        self,
+        url: str,
+        buffers: Sequence[memoryview],
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Generator[memoryview, None, None]:
+        """Like :meth:`get`, but the body is read straight into ``buffers`` (``readinto``, no
+        allocation per chunk), used in turn: each yielded view is a prefix of the next
+        buffer, filled completely except for the last. A view stays valid until its buffer
+        comes round again, ``len(buffers)`` chunks later. Same checks and errors as get.
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"bad range offset={offset} length={length}")
+        if not buffers or any(len(b) == 0 for b in buffers):
+            raise ValueError("get_into needs non-empty buffers")
+        if length == 0:
+            return _nothing_into()
+        ranged = offset > 0 or length is not None
+        headers: dict[str, str] = {}
+        if ranged:
+            last = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{last}"
+        response = self._request("GET", url, headers)
+        try:
+            expected = self._check_get(response, url, offset, length, ranged)
+        except BaseException:
+            self._finish_badly(response)
+            raise
+        self._pending = response
+        return self._body_into(response, url, expected, buffers)
+
+    def _body_into(
+        self,
+        response: http.client.HTTPResponse,
+        url: str,
+        expected: int | None,
+        buffers: Sequence[memoryview],
+    ) -> Generator[memoryview, None, None]:
+        received = 0
+        complete = False
+        turn = 0
+        try:
+            while True:
+                buf = buffers[turn % len(buffers)]
+                turn += 1
+                filled = 0
+                while filled < len(buf):
+                    n = response.readinto(buf[filled:])
+                    if not n:
+                        break
+                    filled += n
+                if filled:
+                    received += filled
+                    if expected is not None and received > expected:
+                        raise IntegrityError(f"GET {url}: body longer than {expected} bytes")
+                    yield buf[:filled]
+                if filled < len(buf):
+                    break
+            if expected is not None and received != expected:
+                raise IntegrityError(f"GET {url}: truncated body, {received} of {expected} bytes")
+            complete = True
+        except http.client.IncompleteRead as err:
+            got = received + len(err.partial)
+            raise IntegrityError(f"GET {url}: truncated body, {got} of {expected} bytes") from err
+        except TimeoutError as err:
+            raise TransportUnavailable(f"GET {url}: timed out reading the body") from err
+        except (OSError, http.client.HTTPException) as err:
+            raise TransportUnavailable(f"GET {url}: connection lost in the body: {err}") from err
+        finally:
+            if self._pending is response:
+                self._pending = None
+                if not complete or response.will_close:
+                    self._drop()
 
     def _check_get(
         self,

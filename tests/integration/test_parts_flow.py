@@ -73,13 +73,21 @@ def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and ("~sr" in p.name or "sr-part" in p.name)]
 
 
+#: blocks this long take the direct I/O path (sarra.flow.partial.DIRECT_BLOCK_MIN)
+BIG_BLOCK = 2 * 1024 * 1024
+
+
 @pytest.mark.parametrize(
-    "size",
-    [10 * BLOCK + 12345, 8 * BLOCK],  # a short last block, and rem 0 (sr2's Q5 case)
-    ids=["short-last-block", "exact-multiple"],
+    ("size", "block"),
+    [
+        (10 * BLOCK + 12345, BLOCK),  # a short last block
+        (8 * BLOCK, BLOCK),  # rem 0 (sr2's Q5 case)
+        (6 * BIG_BLOCK + 4097, BIG_BLOCK),  # page-aligned buffers, O_DIRECT, unaligned tail
+    ],
+    ids=["short-last-block", "exact-multiple", "direct-io-blocks"],
 )
 def test_a_file_posted_in_shuffled_blocks_is_reassembled_by_two_instances_once(  # type: ignore[no-untyped-def]
-    site, nginx, tmp_path, size
+    site, nginx, tmp_path, size, block
 ):
     tag = unique("parts")
     data = _content(size)
@@ -98,7 +106,7 @@ def test_a_file_posted_in_shuffled_blocks_is_reassembled_by_two_instances_once( 
                 nginx.base_url,
                 nginx.root,
                 [src],
-                ("blocksize", str(BLOCK)),
+                ("blocksize", str(block)),
                 ("randomize", "on"),
             )
             == 0
@@ -125,15 +133,18 @@ def _part_notices(tag: str, base_url: str, data: bytes, bs: int, sums: str = "d"
     return out
 
 
-def test_a_corrupt_block_is_never_placed_and_the_file_does_not_appear(site, broken_http, tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("block", [BLOCK, BIG_BLOCK], ids=["page-cache", "direct-io"])
+def test_a_corrupt_block_is_never_placed_and_the_file_does_not_appear(
+    site, broken_http, tmp_path, block
+):  # type: ignore[no-untyped-def]
     tag = unique("corrupt")
-    data = _content(4 * BLOCK + 100)
+    data = _content(4 * block + 100)
     target = broken_http.root / tag / "big.bin"
     target.parent.mkdir(parents=True)
     target.write_bytes(data)
     dest = tmp_path / "dest"
     # the server flips a byte in every response under /corrupt/: every block fails its sum
-    messages = _part_notices(tag, f"{broken_http.base_url}/corrupt", data, BLOCK)
+    messages = _part_notices(tag, f"{broken_http.base_url}/corrupt", data, block)
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     name = _subscription(site, tag, dest, None, "report_back on\nattempts 2\n")
     try:

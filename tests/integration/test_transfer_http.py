@@ -241,3 +241,49 @@ def test_a_closed_transport_refuses_work(faulty: BrokenHttp) -> None:
     transport.close()
     with pytest.raises(TransportUnavailable):
         transport.get(f"{faulty.base_url}/f.bin")
+
+
+# -- get_into: reading into caller-owned buffers ----------------------------------------------
+
+
+def _buffers(size: int) -> list[memoryview]:
+    return [memoryview(bytearray(size)) for _ in range(2)]
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [(0, None), (BLOCK, 2 * BLOCK), (3 * BLOCK, 12345), (BLOCK - 1, 2)],
+    ids=["whole", "two-blocks", "last", "straddling"],
+)
+def test_get_into_fills_the_buffers_in_turn_with_exactly_the_range(
+    nginx: Nginx, served: str, http: HttpTransport, offset: int, length: int | None
+) -> None:
+    buffers = _buffers(300_000)
+    got = bytearray()
+    sizes = []
+    seen = []
+    for view in http.get_into(retrieval_url(nginx.base_url, served), buffers, offset, length):
+        got += view  # copy now: the buffer is reused two chunks later
+        sizes.append(len(view))
+        seen.append(view.obj)
+    end = len(DATA) if length is None else offset + length
+    assert bytes(got) == DATA[offset:end]
+    assert all(n == 300_000 for n in sizes[:-1])  # every chunk but the last fills its buffer
+    assert seen == [buffers[i % 2].obj for i in range(len(seen))]  # used in turn
+    assert http.connections_made == 1
+
+
+def test_get_into_detects_ignored_ranges_and_truncation(
+    faulty: BrokenHttp, bhttp: HttpTransport
+) -> None:
+    buffers = _buffers(1 << 16)
+    with pytest.raises(IntegrityError, match="ignored Range"):
+        bhttp.get_into(f"{faulty.base_url}/norange/f.bin", buffers, BLOCK, BLOCK)
+    body = bhttp.get_into(f"{faulty.base_url}/truncate/f.bin", buffers, BLOCK, BLOCK)
+    with pytest.raises(IntegrityError, match="truncated"):
+        for _ in body:
+            pass
+    # the transport recovers on a new connection
+    assert (
+        bytes(next(iter(bhttp.get_into(f"{faulty.base_url}/f.bin", buffers, 0, 10)))) == (DATA[:10])
+    )

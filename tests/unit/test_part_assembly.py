@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from pathlib import Path
@@ -121,3 +122,83 @@ def test_the_last_block_length_follows_the_receiving_rules() -> None:
 def test_impossible_parts_are_refused(spec: PartSpec) -> None:
     with pytest.raises(MalformedMessage):
         check_spec(spec)
+
+
+def _direct_flag_of(fd: int) -> bool:
+    flags = next(
+        line
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+        if line.startswith("flags:")
+    )
+    return bool(int(flags.split()[1], 8) & os.O_DIRECT)
+
+
+@pytest.mark.parametrize(
+    ("offset", "size"),
+    [(0, 3 * 4096), (8192, 2 * 4096 + 100), (100, 5000), (4096, 10)],
+    ids=["aligned", "aligned-with-tail", "unaligned-offset", "shorter-than-a-page"],
+)
+def test_aligned_writes_land_exactly_whatever_their_alignment(
+    root: SafeRoot, offset: int, size: int
+) -> None:
+    rel = assembly.data_rel_for(root, "big.bin")
+    fd = assembly.open_data(root, rel, create=True)
+    assert fd is not None
+    assembly.presize(fd, 64 * 1024, rel)
+    payload = os.urandom(size)
+    buf = mmap.mmap(-1, 4 * 4096)
+    buf[:size] = payload
+    with assembly.Ticket("k", PartSpec("i", 4096, 16, 0, 0), "v", "big.bin", b"", fd) as ticket:
+        ticket.pwrite_aligned(memoryview(buf)[:size], offset)
+        ticket.fsync()
+    data = (root.root / rel).read_bytes()
+    assert data[offset : offset + size] == payload
+    assert data[:offset] == bytes(offset) and data[offset + size :] == bytes(
+        len(data) - offset - size
+    )
+
+
+def test_aligned_writes_go_by_direct_io_where_the_file_system_allows(root: SafeRoot) -> None:
+    rel = assembly.data_rel_for(root, "big.bin")
+    fd = assembly.open_data(root, rel, create=True)
+    assert fd is not None
+    buf = mmap.mmap(-1, 8192)
+    with assembly.Ticket("k", PartSpec("i", 8192, 2, 0, 0), "v", "big.bin", b"", fd) as ticket:
+        ticket.pwrite_aligned(memoryview(buf), 0)
+        direct = ticket._direct_fd
+        assert direct is not None
+        if direct >= 0:  # the file system took O_DIRECT: the data went through that descriptor
+            assert _direct_flag_of(direct)
+        else:  # refused (tmpfs on older kernels): the page cache took the write instead
+            assert not _direct_flag_of(fd)
+    assert ticket._direct_fd == -1  # closed with the ticket
+
+
+def test_presize_allocates_the_space_where_it_can_and_never_shrinks(root: SafeRoot) -> None:
+    rel = assembly.data_rel_for(root, "big.bin")
+    fd = assembly.open_data(root, rel, create=True)
+    assert fd is not None
+    try:
+        assembly.presize(fd, 1 << 20, rel)
+        st = os.fstat(fd)
+        assert st.st_size == 1 << 20
+        if assembly._FALLOCATE is not None and assembly._allocate(fd, 1 << 20):
+            assert st.st_blocks * 512 >= 1 << 20  # reserved, not sparse
+        assembly.presize(fd, 1000, rel)
+        assert os.fstat(fd).st_size == 1 << 20
+    finally:
+        os.close(fd)
+
+
+def test_chunks_of_any_size_are_regrouped_into_full_buffers_in_turn() -> None:
+    from sarra.flow.partial import _copy_into
+
+    data = os.urandom(10_000)
+    pieces = [data[i : i + 777] for i in range(0, len(data), 777)]
+    buffers = [memoryview(bytearray(4096)) for _ in range(2)]
+    out = []
+    for view in _copy_into(iter(pieces), buffers):
+        out.append((view.obj is buffers[len(out) % 2].obj, bytes(view)))
+    assert all(same for same, _ in out)
+    assert [len(b) for _, b in out] == [4096, 4096, 10_000 - 8192]
+    assert b"".join(b for _, b in out) == data
