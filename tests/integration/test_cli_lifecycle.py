@@ -1,6 +1,6 @@
 """Lifecycle of real instance processes: start, status, sanity, stop, stale pid files.
 
-Instances are launched with ``python -m sarra.cli.testing`` (the CLI over a heartbeat test
+Instances are launched with ``python -m tests.cli_doubles`` (the CLI over a heartbeat test
 component), detached and in their own sessions, exactly as ``sr_subscribe start`` does.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from sarra.cli.instances import process_matches, read_pid_file
 from sarra.cli.main import main
-from sarra.cli.testing import standin_runtime
+from tests.cli_doubles import standin_runtime
 
 
 class Cli:

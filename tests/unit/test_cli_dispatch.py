@@ -1,4 +1,4 @@
-"""Argument dispatch and the in-process verbs of the CLI, over the doubles of sarra.cli.testing."""
+"""Argument dispatch and the in-process verbs of the CLI, over the doubles of tests.cli_doubles."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from sarra.cli.main import main
 from sarra.cli.runtime import Runtime
-from sarra.cli.testing import HeartbeatComponent, standin_runtime
+from tests.cli_doubles import HeartbeatComponent, standin_runtime
 
 
 @dataclass

@@ -5,7 +5,7 @@ A stand-in command-line parser and config loader (``key value`` lines, enough fo
 heartbeat file every 0.1 s until its stop event is set and then records that it saw it.
 Directories come from ``SR_CONFIG_DIR`` and ``SR_STATE_DIR`` as in the real layout.
 
-``python -m sarra.cli.testing <component> ...`` runs the CLI with these doubles; it is the
+``python -m tests.cli_doubles <component> ...`` runs the CLI with these doubles; it is the
 instance launcher of :func:`standin_runtime`, so lifecycle tests run real processes.
 """
 
@@ -173,12 +173,12 @@ class HeartbeatComponent:
 
 
 def standin_runtime(stop_timeout: float = 10.0) -> Runtime:
-    """A runtime over the doubles; instances are launched with ``python -m sarra.cli.testing``."""
+    """A runtime over the doubles; instances are launched with ``python -m tests.cli_doubles``."""
     registry: dict[str, Component] = {
         "subscribe": HeartbeatComponent("subscribe"),
         "post": HeartbeatComponent("post", one_shot=True),
     }
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     python_path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
     return Runtime(
         registry=registry,
@@ -187,7 +187,7 @@ def standin_runtime(stop_timeout: float = 10.0) -> Runtime:
         config_dir=_config_dir,
         state_dir=_state_dir,
         log_dir=_log_dir,
-        launcher=(sys.executable, "-m", "sarra.cli.testing"),
+        launcher=(sys.executable, "-m", "tests.cli_doubles"),
         extra_env={"PYTHONPATH": python_path},
         stop_timeout=stop_timeout,
     )
