@@ -18,7 +18,8 @@ to (``report_code``)::
     │   ├── IntegrityError  (499)    size or checksum mismatch, Range ignored, truncated body
     │   └── TransportUnavailable     connection refused/reset, timeouts
     ├── BrokerError                  retryable: connection lost, channel closed, publish nacked
-    │   └── AccessRefused            broker refused a permission (not retryable)
+    │   ├── AccessRefused            broker refused a permission (not retryable)
+    │   └── BrokerNotFound           no such exchange or queue on the broker
     └── LocalError          (500)    local file system operation failed
         └── DiskFull        (500)    ENOSPC/EDQUOT: retryable once space is freed
 """
@@ -110,6 +111,11 @@ class AccessRefused(BrokerError):
     """The broker refused an operation for lack of permission."""
 
     retryable = False
+
+
+class BrokerNotFound(BrokerError):
+    """The broker has no such exchange or queue (AMQP 404); the channel was closed, the
+    connection kept."""
 
 
 class LocalError(SarraError):

@@ -35,7 +35,7 @@ import amqp
 import amqp.exceptions
 
 from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
-from sarra.errors import AccessRefused, BrokerError
+from sarra.errors import AccessRefused, BrokerError, BrokerNotFound
 from sarra.notice import WireMessage
 
 log = logging.getLogger(__name__)
@@ -598,4 +598,6 @@ def _translate(exc: BaseException, what: str) -> BrokerError:
     text = getattr(exc, "reply_text", None) or str(exc) or type(exc).__name__
     if isinstance(exc, amqp.exceptions.AccessRefused) or code == 403:
         return AccessRefused(f"{what}: access refused: {text}")
+    if isinstance(exc, amqp.exceptions.NotFound) or code == 404:
+        return BrokerNotFound(f"{what}: {text}")
     return BrokerError(f"{what}: {text}")

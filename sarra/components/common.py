@@ -8,6 +8,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sarra.broker.base import BrokerUrl, QueueSpec
 from sarra.broker.session import BrokerSession
@@ -29,6 +30,19 @@ def credential_store(cfg: Any) -> CredentialStore:
     if Path(path).exists():
         return CredentialStore.load(path)
     return CredentialStore()
+
+
+def report_exchange(cfg: Any, user: str) -> str:
+    """Where a consumer's reports go (spec 8.2): ``report_exchange`` when set explicitly,
+    else ``xreport`` for the pump's admin or feeder account, else ``xs_<user>``."""
+    explicit = set(getattr(cfg, "explicit", ()) or ())
+    if "report_exchange" in explicit and cfg.get("report_exchange"):
+        return str(cfg.get("report_exchange"))
+    for option in ("admin", "feeder"):
+        text = cfg.get(option)
+        if text and urlsplit(str(text)).username == user:
+            return "xreport"
+    return str(cfg.get("report_exchange") or f"xs_{user}")
 
 
 def broker_url(cfg: Any, option: str = "broker") -> BrokerUrl:

@@ -34,6 +34,7 @@ from sarra.components.common import (
     queue_spec,
     queue_status,
     remove_queue_and_state,
+    report_exchange,
     retry_queue_for,
     session_for,
 )
@@ -174,17 +175,6 @@ class SarraComponent:
             drop_headers=tuple(getattr(cfg, "headers_del", ()) or ()),
         )
 
-    def _report_exchange(self, cfg: Any, user: str) -> str:
-        """Spec 8.2: ``xs_<user>``, or ``xreport`` for the pump's admin or feeder account."""
-        explicit = set(getattr(cfg, "explicit", ()) or ())
-        if "report_exchange" in explicit and cfg.get("report_exchange"):
-            return str(cfg.get("report_exchange"))
-        for option in ("admin", "feeder"):
-            text = cfg.get(option)
-            if text and urlsplit(str(text)).username == user:
-                return "xreport"
-        return str(cfg.get("report_exchange") or f"xs_{user}")
-
     # -- Component protocol --------------------------------------------------------------------
 
     def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
@@ -214,12 +204,13 @@ class SarraComponent:
         self._declare_post_exchange(cfg, post_session or session, settings)
         reports = ReportSettings(
             enabled=_bool(cfg, "report_back", False),
-            exchange=self._report_exchange(cfg, user),
+            exchange=report_exchange(cfg, user),
             host=fqdn(),
             user=user,
             source=cfg.get("source"),
             cluster=pump.cluster,
             to_clusters=cfg.get("to_clusters") or pump.cluster,
+            declare=cfg.get("declare_exchange") is not False,
         )
         bindings = sarra_bindings(cfg)
         loop_settings = LoopSettings(

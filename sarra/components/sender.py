@@ -25,6 +25,7 @@ from sarra.components.common import (
     queue_spec,
     queue_status,
     remove_queue_and_state,
+    report_exchange,
     retry_queue_for,
     session_for,
 )
@@ -156,12 +157,13 @@ class SenderComponent:
         sender = Sender(settings, _RemoteResolver(cfg), plugins)
         reports = ReportSettings(
             enabled=bool(_opt(cfg, "report_back", True)),
-            exchange=str(cfg.get("report_exchange") or f"xs_{user}"),
+            exchange=report_exchange(cfg, user),
             host=fqdn(),
             user=user,
             source=cfg.get("source"),
             cluster=cfg.get("cluster") or session.url.host,
             to_clusters=cfg.get("to_clusters") or session.url.host,
+            declare=cfg.get("declare_exchange") is not False,
         )
         bindings = bindings_of(cfg)
         loop_settings = LoopSettings(

@@ -20,6 +20,7 @@ from sarra.components.common import (
     queue_spec,
     queue_status,
     remove_queue_and_state,
+    report_exchange,
     retry_queue_for,
     session_for,
 )
@@ -156,15 +157,16 @@ class SubscribeComponent:
             batch_commit=True,
         )
         downloader.recover_leftovers()
-        report_exchange = cfg.get("report_exchange") or f"xs_{user}"
+
         reports = ReportSettings(
             enabled=bool(cfg.get("report_back") if cfg.get("report_back") is not None else True),
-            exchange=str(report_exchange),
+            exchange=report_exchange(cfg, user),
             host=fqdn(),
             user=user,
             source=cfg.get("source"),
             cluster=cfg.get("cluster") or session.url.host,
             to_clusters=cfg.get("to_clusters") or session.url.host,
+            declare=cfg.get("declare_exchange") is not False,
         )
         bindings = bindings_of(cfg)
         loop_settings = LoopSettings(

@@ -43,6 +43,7 @@ from sarra.components.common import (
     fqdn,
     instance_state_dir,
     queue_spec,
+    report_exchange,
     session_for,
 )
 from sarra.errors import BrokerError, ConfigError, MessageError
@@ -264,13 +265,14 @@ class WinnowComponent:
         log.info("journal: %d forwarded posts known from earlier runs", replayed)
         winnower = Winnower(cache, post_session, post_exchange, split)
         reports = ReportSettings(
-            enabled=bool(_opt(cfg, "report_back", False)),
-            exchange=str(cfg.get("report_exchange") or f"xs_{user}"),
+            enabled=bool(_opt(cfg, "report_back", True)),
+            exchange=report_exchange(cfg, user),
             host=fqdn(),
             user=user,
             source=cfg.get("source"),
             cluster=cfg.get("cluster") or session.url.host,
             to_clusters=cfg.get("to_clusters") or session.url.host,
+            declare=cfg.get("declare_exchange") is not False,
         )
         bindings = input_bindings(cfg, shard)
         loop_settings = LoopSettings(

@@ -468,7 +468,7 @@ OPTIONS: tuple[Option, ...] = (
     # -- reports and duplicates
     _o("report_back", B, True, "publish a report for each notice handled", _CONSUMERS,
        ("reportback", "rb"),
-       {"report": False, "winnow": False, "shovel": False, "sarra": False, "log": False}),
+       {"report": False, "sarra": False, "log": False}),
     _o("report_exchange", S, None, "exchange of reports (default xs_<broker user>)", _CONSUMERS,
        ("lx", "le")),
     _o("suppress_duplicates", Kind.CACHING, 0.0,

@@ -30,7 +30,14 @@ from sarra.broker.base import Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.codec.salvage import report_for_undecodable
-from sarra.errors import AccessRefused, BrokerError, MessageError, NotFound, SarraError
+from sarra.errors import (
+    AccessRefused,
+    BrokerError,
+    BrokerNotFound,
+    MessageError,
+    NotFound,
+    SarraError,
+)
 from sarra.flow.retryqueue import RetryItem, RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, Pulse, Report, WireMessage
@@ -49,6 +56,12 @@ class ReportSettings:
     source: str | None
     cluster: str | None
     to_clusters: str | None
+    #: declare ``exchange`` at start (when the broker allows; off with declare_exchange off)
+    declare: bool = True
+
+
+#: how often, at most, the loss of reports to a missing report exchange is logged (seconds)
+REPORT_LOSS_LOG_EVERY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +146,11 @@ class ConsumingLoop:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.last_activity = time.time()
+        self._reports_lost = 0
+        self._reports_lost_logged = -REPORT_LOSS_LOG_EVERY
+        #: connection losses in a row, each soon after connecting (they back off)
+        self._quick_losses = 0
+        self._connected_at = 0.0
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -146,7 +164,10 @@ class ConsumingLoop:
             try:
                 self.session.connect()
                 if not self._consuming:
-                    ensure_exchanges(self.session, self.settings.exchanges)
+                    exchanges = list(self.settings.exchanges)
+                    if self.reports.enabled and self.reports.declare:
+                        exchanges.append(self.reports.exchange)
+                    ensure_exchanges(self.session, exchanges)
                     if self.settings.declare_queue:
                         self.session.declare_queue(self.settings.queue)
                     self.session.consume(
@@ -154,6 +175,7 @@ class ConsumingLoop:
                     )
                     self._consuming = True
                 log.info("consuming from %s queue %s", self.session.url, self.settings.queue.name)
+                self._connected_at = time.monotonic()
                 return
             except AccessRefused:
                 raise
@@ -162,6 +184,17 @@ class ConsumingLoop:
                 self.session.close()
                 self.stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, 30.0)
+
+    def _back_off_if_repeating(self) -> None:
+        """Wait before reconnecting when the connection keeps failing soon after it is made
+        (a persistent error, not a broker restart): 0.5 s doubling to 30 s."""
+        if time.monotonic() - self._connected_at > 10.0:
+            self._quick_losses = 0
+            return
+        self._quick_losses += 1
+        delay = min(0.5 * 2 ** (self._quick_losses - 1), 30.0)
+        log.warning("the same failure keeps coming back; reconnecting in %.1fs", delay)
+        self.stop.wait(delay + random.uniform(0, delay / 4))
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -193,6 +226,7 @@ class ConsumingLoop:
                     log.warning("broker connection lost: %s", e)
                     self._abandon_unacked()
                     self.session.close()
+                    self._back_off_if_repeating()
             self._drain()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=False)
@@ -418,7 +452,12 @@ class ConsumingLoop:
             target.publish(self._settle_posts)
             self._settle_posts = []
         if self._settle_reports:
-            self.session.publish(self._settle_reports)
+            try:
+                self.session.publish(self._settle_reports)
+            except BrokerNotFound as e:
+                # the report exchange does not exist (and could not be declared): the reports
+                # cannot go anywhere, and holding the acks would stall the flow for good
+                self._lose_reports(len(self._settle_reports), e)
             self._settle_reports = []
         acks, self._settle_acks = self._settle_acks, []
         self._ack(acks)
@@ -430,6 +469,19 @@ class ConsumingLoop:
                 self.retry_queue.failed(item.retry, item.message, time.time())
             else:
                 self.retry_queue.done(item.retry)
+
+    def _lose_reports(self, count: int, error: BrokerNotFound) -> None:
+        self._reports_lost += count
+        now = time.monotonic()
+        if now - self._reports_lost_logged >= REPORT_LOSS_LOG_EVERY:
+            log.error(
+                "report exchange %s is missing: %d reports dropped so far (%s); "
+                "declare it (sr_police declare) or set report_exchange / report_back off",
+                self.reports.exchange,
+                self._reports_lost,
+                error,
+            )
+            self._reports_lost_logged = now
 
     def _ack(self, acks: list[Delivery]) -> None:
         """Ack settled deliveries: one ``multiple`` ack for the settled prefix (in tag order),

@@ -215,3 +215,39 @@ def test_a_retry_queued_on_disk_survives_a_restart_and_succeeds_later(site, tmp_
     codes = [r.code for r in tap.about("late.bin")]
     assert codes[0] == 499 and codes[-1] == 201
     assert "queued for retry" in tap.about("late.bin")[0].message
+
+
+def test_a_missing_report_exchange_drops_reports_with_one_error_and_the_files_still_flow(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path, caplog
+):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    tag = unique("norx")
+    src = nginx.root / tag
+    _tree(src, 40, 1000)
+    dest = tmp_path / "dest"
+    name = f"sub_{tag}"
+    # the input exchange exists; the report exchange does not and, with declare_exchange
+    # off, is not declared: the broker refuses every report
+    from sarra.broker.session import BrokerSession
+
+    admin = BrokerSession(site.broker_url())
+    admin.connect()
+    admin.declare_exchange("xs_guest")
+    admin.close()
+    site.write_subscribe(
+        name,
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
+        f"expire 10m\nreport_back on\nreport_exchange xs_guest_gone_{tag}\n"
+        "declare_exchange off\nprefetch 10\naccept .*\n",
+    )
+    with running_subscriber(site, name):
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: _count_files(dest) >= 40, timeout=60, what="every file")
+        wait_for(lambda: _queue_empty(site, name), timeout=60, what="every message acked")
+    assert md5_tree(dest) == md5_tree(src)
+    messages = [r.getMessage() for r in caplog.records]
+    missing = [m for m in messages if f"report exchange xs_guest_gone_{tag} is missing" in m]
+    assert len(missing) == 1, missing  # said once (at most once a minute), not per batch
+    assert not [m for m in messages if "broker connection lost" in m]  # no reconnect storm
