@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import math
 import re
 import time
@@ -44,17 +45,9 @@ def parse_timestamp_parts(s: str) -> tuple[int, float]:
     m = _TIMESTAMP.fullmatch(s)
     if m is None:
         raise MalformedMessage(f"bad timestamp {s[:64]!r}")
-    date, hms, frac = m.group("date"), m.group("time"), m.group("frac")
-    fields = (
-        int(date[0:4]),
-        int(date[4:6]),
-        int(date[6:8]),
-        int(hms[0:2]),
-        int(hms[2:4]),
-        int(hms[4:6]),
-    )
-    try:  # validates the calendar (strptime is ~6x slower on this hot path)
-        datetime.datetime(*fields)
+    date, hms, frac = m.group("date", "time", "frac")
+    try:
+        seconds = _whole_seconds(date, hms)
     except ValueError as exc:
         raise MalformedMessage(f"bad timestamp {s!r}: {exc}") from exc
     fraction = 0.0
@@ -66,13 +59,36 @@ def parse_timestamp_parts(s: str) -> tuple[int, float]:
         if not math.isfinite(fraction):
             raise MalformedMessage(f"bad timestamp fraction {s!r}")
         fraction = min(max(fraction, 0.0), _FRACTION_MAX)
-    return calendar.timegm((*fields, 0, 0, 0)), fraction
+    return seconds, fraction
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(date: str, hms: str) -> int:
+    """UTC epoch seconds of ``YYYYMMDD`` + ``HHMMSS``; ValueError for an impossible date.
+
+    Cached: the timestamps of a burst of messages share few distinct seconds.
+    """
+    fields = (
+        int(date[0:4]),
+        int(date[4:6]),
+        int(date[6:8]),
+        int(hms[0:2]),
+        int(hms[2:4]),
+        int(hms[4:6]),
+    )
+    datetime.datetime(*fields)  # validates the calendar (strptime is ~6x slower)
+    return calendar.timegm((*fields, 0, 0, 0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _formatted_seconds(seconds: int) -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds))
 
 
 def format_timestamp_ns(ns: int) -> str:
     """Format integer nanoseconds since the epoch as ``YYYYMMDDHHMMSS.nnnnnnnnn`` (UTC)."""
     seconds, nanos = divmod(ns, _NS_PER_S)
-    return time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds)) + f".{nanos:09d}"
+    return _formatted_seconds(seconds) + f".{nanos:09d}"
 
 
 def now_timestamp() -> str:
