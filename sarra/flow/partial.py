@@ -114,6 +114,10 @@ class PartReceiver:
             target_rel, tracked, version, mtime=mtime, mode=mode, about=_about(notice)
         ) as ticket:
             if ticket.done:
+                item.dest_rel = target_rel
+                item.extra["part"] = "done"
+                # for a pump that announces it again after a redelivery
+                item.extra["whole"] = tracker.block_sums(ticket)
                 item.settle(304, "not modified (this version is complete)")
                 return
             if ticket.needs():
@@ -134,7 +138,8 @@ class PartReceiver:
                 )
                 ticket.fsync()  # durable before it is marked present
                 item.computed = computed
-            marked = tracker.mark(ticket)
+            kept_sum = item.computed or notice.checksum
+            marked = tracker.mark(ticket, block_sum=kept_sum.wire())
         item.dest_rel = target_rel
         status = marked.status
         item.extra["part"] = "inserted"
@@ -143,6 +148,8 @@ class PartReceiver:
             completion = marked.completion
             assert completion is not None
             item.size = completion.file_size
+            if completion.block_sums is not None:
+                item.extra["whole"] = (completion.file_size, completion.block_sums)
             item.settle(201, "Downloaded")
             try:
                 self.on_file(item)

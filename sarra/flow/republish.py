@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sarra.codec import v02
+from sarra.codec.fields import parse_checksum
 from sarra.errors import LocalError, PolicyRefused
 from sarra.flow.download import Downloader
 from sarra.flow.work import WorkItem
-from sarra.notice import Notice, PartSpec, WireMessage
+from sarra.notice import Checksum, Notice, PartSpec, WireMessage
+from sarra.parts.arithmetic import split
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +257,16 @@ class Republisher:
         """Download (or apply the file operation), then queue the re-announcement."""
         self.downloader.work(item)
         code = item.code
-        if item.extra.get("part") in ("inserted", "complete"):
-            # inplace on: blocks were assembled here; announcing them needs every block's
-            # sum (spec 6.8), which is not kept: sarra re-announces parts with inplace off
-            log.warning(
-                "%s: not re-announced (inplace on); use inplace off on a pump", item.notice.path
+        part = item.extra.get("part")
+        if part in ("inserted", "complete", "done"):
+            # inplace on: blocks are assembled here. Each block's own announcement would point
+            # at a file that is not there yet, so the whole file is announced once complete,
+            # block by block with their verified sums (spec 6.8), like a poster would.
+            redelivered = item.retry is not None or (
+                item.delivery is not None and item.delivery.redelivered
             )
+            if part == "complete" or (part == "done" and redelivered):
+                self._announce_blocks(item)
             return
         if code in _DONE:
             item.outgoing.append(self.announcement(item))
@@ -273,7 +279,32 @@ class Republisher:
             self.counts.add("reannounced")
             item.message = "not modified (re-announced after a redelivery)"
 
-    def announcement(self, item: WorkItem) -> WireMessage:
+    def _announce_blocks(self, item: WorkItem) -> None:
+        whole = item.extra.get("whole")
+        if whole is None:
+            log.warning(
+                "%s: complete, but not every block's sum is known (blocks received before an "
+                "upgrade?): not announced",
+                item.notice.path,
+            )
+            return
+        file_size, sums = whole
+        spec = item.notice.parts
+        assert spec is not None
+        for block, text in zip(split(file_size, spec.block_size), sums, strict=True):
+            wire = self.announcement(item, parts=block, checksum=parse_checksum(text))
+            item.outgoing.append(wire)
+        self.counts.add("announced" if item.code in _DONE else "reannounced")
+        if item.code == 304:
+            item.message = "not modified (re-announced after a redelivery)"
+
+    def announcement(
+        self,
+        item: WorkItem,
+        *,
+        parts: PartSpec | None = None,
+        checksum: Checksum | None = None,
+    ) -> WireMessage:
         """The re-announcement of the file ``item`` placed, as the pump publishes it."""
         s = self.settings
         local = item.local_path
@@ -284,7 +315,10 @@ class Republisher:
             raise LocalError(f"{local} is outside post_base_dir {s.post_base_dir}")
         notice = item.notice
         computed = item.computed if notice.checksum.letter == "z" else None
-        parts = notice.parts
+        if checksum is not None:
+            computed = checksum
+        if parts is None:
+            parts = notice.parts
         if item.extra.get("part") == "kept" and parts is not None:
             # a block kept as its own .Part object is announced as such (spec 6.7, GM-11)
             parts = PartSpec(

@@ -105,6 +105,8 @@ class Completion:
     resumed: bool
     key: str = field(repr=False)
     owner_fd: int = field(repr=False)
+    #: every block's sum (wire form, by block number) when each was given to :meth:`mark`
+    block_sums: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,7 @@ class PartTracker:
         self.root = root
         self.max_open = max_open
         self._root_id = os.fsencode(os.path.realpath(root.root))
-        for sub in ("locks", "open", "done", "owners"):
+        for sub in ("locks", "open", "done", "owners", "sums"):
             with translated(f"create state directory {self.state_dir / sub}"):
                 (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -252,9 +254,10 @@ class PartTracker:
             os.unlink(path)
 
     def _discard(self, key: str, rec: _Record) -> None:
-        """Drop a version being received: its data file, owner lock and record."""
+        """Drop a version being received: its data file, owner lock, block sums and record."""
         assembly.remove_data(self.root, rec.data_rel)
         self._unlink(self.state_dir / "owners" / f"{key}.owner")
+        self._unlink(self._sums_path(key))
         self._unlink(self._path("open", key))
 
     # public API ---------------------------------------------------------------------------
@@ -293,6 +296,7 @@ class PartTracker:
                 rec = None
             if done is not None:
                 self._unlink(self._path("done", key))  # a newer version replaces it
+                self._unlink(self._sums_path(key))
             fd: int | None = None
             try:
                 if rec is not None and rec.step == _RECEIVING:
@@ -357,12 +361,17 @@ class PartTracker:
                 return rec, fd
             raise LocalError(f"could not pick a free data file name for {norm}")
 
-    def mark(self, ticket: Ticket, block_number: int | None = None) -> Marked:
+    def mark(
+        self, ticket: Ticket, block_number: int | None = None, *, block_sum: str | None = None
+    ) -> Marked:
         """Record a verified, fsync'd block as present; complete the file if it was the last.
 
         "Mark present" and "was it the last" are one step under the lock, so exactly one
         caller, across processes and threads, gets ``COMPLETE`` with a :class:`Completion`
         (the file is then in place). ``block_number`` defaults to the ticket's block.
+        ``block_sum`` (the block's verified sum, wire form) is kept with the version so the
+        whole file can be announced block by block once complete (:attr:`Completion.block_sums`,
+        :meth:`block_sums`).
         """
         n = ticket.spec.block_number if block_number is None else block_number
         if not 0 <= n < ticket.spec.block_count:
@@ -376,6 +385,8 @@ class PartTracker:
                 return Marked(MarkStatus.STALE, 0, ticket.spec.block_count)
             duplicate = rec.has(n)
             if not duplicate:
+                if block_sum is not None:
+                    self._append_sum(ticket.key, rec.version, n, block_sum)
                 rec.present[n >> 3] |= 1 << (n & 7)
                 rec.updated = time.time()
             present = rec.count_present()
@@ -410,6 +421,7 @@ class PartTracker:
                 resumed=not fresh,
                 key=key,
                 owner_fd=owner,
+                block_sums=self._read_sums(key, rec.version, rec.block_count),
             )
         except BaseException:
             os.close(owner)
@@ -536,8 +548,53 @@ class PartTracker:
                     continue
                 self._unlink(self._path("done", key))
                 if not self._path("open", key).exists():
+                    self._unlink(self._sums_path(key))
                     self._unlink(self.state_dir / "locks" / f"{key}.lock")
         return expired
+
+    def block_sums(self, ticket: Ticket) -> tuple[int, tuple[str, ...]] | None:
+        """(file size, every block's sum) of the complete version ``ticket`` found done, when
+        all sums were kept; None otherwise (e.g. to announce it again after a redelivery)."""
+        with self._lock(f"{ticket.key}.lock"):
+            done = self._read("done", ticket.key)
+            if done is None or not done.same_version(ticket.version, ticket.spec):
+                return None
+            if done.file_size is None:
+                return None
+            sums = self._read_sums(ticket.key, done.version, done.block_count)
+            return None if sums is None else (done.file_size, sums)
+
+    def _sums_path(self, key: str) -> Path:
+        return self.state_dir / "sums" / f"{key}.txt"
+
+    def _append_sum(self, key: str, version: str, n: int, block_sum: str) -> None:
+        """Add one line ``<version> <n> <sum>`` (made durable before the block is marked)."""
+        if any(c.isspace() for c in block_sum) or any(c.isspace() for c in version):
+            return  # not representable in this format; the file will not be announced
+        path = self._sums_path(key)
+        with translated(f"write block sums {path}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, f"{version} {n} {block_sum}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _read_sums(self, key: str, version: str, count: int) -> tuple[str, ...] | None:
+        try:
+            text = self._sums_path(key).read_text("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LocalError(f"read block sums of {key}: {exc.strerror}") from exc
+        found: dict[int, str] = {}
+        for line in text.splitlines():
+            fields_ = line.split(" ")
+            if len(fields_) == 3 and fields_[0] == version and fields_[1].isdigit():
+                found[int(fields_[1])] = fields_[2]
+        if len(found) != count or any(n not in found for n in range(count)):
+            return None
+        return tuple(found[n] for n in range(count))
 
     def tracked(self) -> int:
         """How many versions are being received now."""

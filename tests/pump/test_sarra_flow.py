@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -202,4 +203,58 @@ def test_a_file_in_blocks_is_kept_as_parts_by_sarra_and_reassembled_downstream(
         assert not (tree / "d" / "big.bin").exists()
         assert {n.parts.method for n in tap.notices if n.parts} == {"p"}
         assert all(n.path.endswith(".Part") for n in tap.notices)
+        assert (dl / "d" / "big.bin").read_bytes() == big.read_bytes()
+
+
+def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_complete(
+    home: Home, rabbitmq: Any, tmp_path: Path
+) -> None:
+    tag = unique("")
+    block = 64 * 1024
+    with pump_nginx(tmp_path / "nginx", tmp_path / "www") as web:
+        src = web.root / "src"
+        (big,) = make_files(src, ["d/big.bin"], size=9 * block + 777)
+        tree = web.root / "pub"
+        home.write(
+            "sarra",
+            "feed",
+            _sarra_conf(rabbitmq, tag, tree, web.base_url, f"alice{tag}") + "inplace on\n",
+        )
+        dl = tmp_path / "dl"
+        home.write(
+            "subscribe",
+            "down",
+            f"broker {_broker(rabbitmq)}\nexchange xpub{tag}\nsubtopic #\nexpire 10m\n"
+            f"directory {dl}\nmirror on\naccept .*\nreport_back off\n",
+        )
+        tap = Tap(rabbitmq.broker_url(), f"xpub{tag}").start()
+        try:
+            with running(home, "sarra", "feed"), running(home, "subscribe", "down"):
+                assert (
+                    post_files(
+                        home,
+                        _broker(rabbitmq),
+                        f"xs_alice{tag}",
+                        f"{web.base_url}/src",
+                        src,
+                        [big],
+                        ("blocksize", str(block)),
+                        ("randomize", "on"),
+                        ("to_clusters", f"pump{tag}"),
+                    )
+                    == 0
+                )
+                wait_for(lambda: (dl / "d" / "big.bin").exists(), 60, "the file downstream")
+        finally:
+            tap.stop()
+        # the pump holds the assembled file and announced its 10 blocks once, all at the end
+        assert (tree / "d" / "big.bin").read_bytes() == big.read_bytes()
+        assert not list((tree / "d").glob("*.Part"))
+        assert sorted(n.parts.block_number for n in tap.notices if n.parts) == list(range(10))
+        assert {n.path for n in tap.notices} == {"d/big.bin"}
+        assert {n.parts.method for n in tap.notices if n.parts} == {"i"}
+        for n in tap.notices:
+            assert n.parts is not None
+            piece = big.read_bytes()[n.parts.offset : n.parts.offset + n.parts.length]
+            assert n.checksum.value == hashlib.md5(piece).hexdigest()
         assert (dl / "d" / "big.bin").read_bytes() == big.read_bytes()

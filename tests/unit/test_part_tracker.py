@@ -356,3 +356,52 @@ def test_a_process_killed_holding_the_lock_does_not_wedge_the_file(tmp_path: Pat
     data = make_data(2 * BS)
     statuses = [deliver(tracker, "sub/big.bin", data, s)[0] for s in split(len(data), BS)]
     assert statuses == [MarkStatus.RECORDED, MarkStatus.COMPLETE]
+
+
+# block sums ---------------------------------------------------------------------------------
+
+
+def _mark_with_sum(
+    tracker: PartTracker, data: bytes, spec: PartSpec, version: str
+) -> Completion | None:
+    with tracker.begin("f.bin", spec, version) as ticket:
+        ticket.write_block(data[spec.offset : spec.offset + spec.length])
+        return tracker.mark(ticket, block_sum=f"d,sum{spec.block_number}{version}").completion
+
+
+def test_every_block_sum_comes_back_with_the_completion_and_stays_until_the_version_goes(
+    env: tuple[PartTracker, Path],
+) -> None:
+    tracker, _root = env
+    data = make_data(3 * BS + 10)
+    specs = split(len(data), BS)
+    completion = None
+    for spec in reversed(specs):
+        completion = _mark_with_sum(tracker, data, spec, "v1") or completion
+    assert completion is not None
+    assert completion.block_sums == tuple(f"d,sum{n}v1" for n in range(4))
+    tracker.finish(completion)
+    # a redelivered block finds the version done: the sums are still there to announce it
+    with tracker.begin("f.bin", specs[2], "v1") as ticket:
+        assert ticket.done
+        assert tracker.block_sums(ticket) == (len(data), completion.block_sums)
+    # a newer version replaces the old one's sums; its own come back when it completes
+    newer = None
+    for spec in specs:
+        newer = _mark_with_sum(tracker, data, spec, "v2") or newer
+    assert newer is not None and newer.block_sums == tuple(f"d,sum{n}v2" for n in range(4))
+    tracker.finish(newer)
+    # expiry of the completed version removes its sums too
+    tracker.expire(older_than=0, now=10**12)
+    assert not list((tracker.state_dir / "sums").iterdir())
+
+
+def test_a_completion_without_every_block_sum_has_none(env: tuple[PartTracker, Path]) -> None:
+    tracker, _root = env
+    data = make_data(2 * BS)
+    specs = split(len(data), BS)
+    _mark_with_sum(tracker, data, specs[0], "v1")
+    with tracker.begin("f.bin", specs[1], "v1") as ticket:
+        ticket.write_block(data[BS:])
+        completion = tracker.mark(ticket).completion  # no sum given for this block
+    assert completion is not None and completion.block_sums is None
