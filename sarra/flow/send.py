@@ -13,8 +13,10 @@ Confinement: both the local path (under ``base_dir``) and the remote path (under
 configured remote ``directory``) are checked with :func:`sarra.flow.localfs.check_relpath`
 (no ``..``, NUL, invalid UTF-8...): a hostile notice is refused with 417 before any I/O.
 
-Partitioned notices (``parts`` with ``i``/``p`` blocks) are refused with 499 for now: sending
-blocks at their offsets needs a tracker to know when the remote file is complete.
+Blocks (``parts`` ``i``) of a local file: the whole file is pushed once per file version
+(under the in-flight name, then renamed) when its first block is handled, provided the local
+file has the announced size; every block is then reported and announced against the final
+name with its own fields and sum. ``p`` blocks (``.Part`` objects) are refused with 417.
 """
 
 from __future__ import annotations
