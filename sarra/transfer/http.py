@@ -13,10 +13,12 @@ bytes the notice announced, fetched as such.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import re
 import ssl
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -48,6 +50,14 @@ def _nothing() -> Generator[bytes, None, None]:
 
 def _nothing_into() -> Generator[memoryview, None, None]:
     yield from ()
+
+
+@dataclass(slots=True)
+class _Body:
+    """Progress of one GET body: bytes due (None: unknown) and received so far."""
+
+    expected: int | None
+    received: int = 0
 
 
 class _Counter:
@@ -241,23 +251,10 @@ class HttpTransport:
             TransferError: any other status (retryable for 5xx, 408 and 429).
             TransportUnavailable: connection failures and timeouts.
         """
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"bad range offset={offset} length={length}")
-        if length == 0:
+        opened = self._open_get(url, offset, length)
+        if opened is None:
             return _nothing()
-        ranged = offset > 0 or length is not None
-        headers: dict[str, str] = {}
-        if ranged:
-            last = "" if length is None else str(offset + length - 1)
-            headers["Range"] = f"bytes={offset}-{last}"
-        response = self._request("GET", url, headers)
-        try:
-            expected = self._check_get(response, url, offset, length, ranged)
-        except BaseException:
-            self._finish_badly(response)
-            raise
-        self._pending = response
-        return self._body(response, url, expected)
+        return self._body(*opened, url)
 
     def get_into(
         self,
@@ -271,12 +268,21 @@ class HttpTransport:
         buffer, filled completely except for the last. A view stays valid until its buffer
         comes round again, ``len(buffers)`` chunks later. Same checks and errors as get.
         """
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"bad range offset={offset} length={length}")
         if not buffers or any(len(b) == 0 for b in buffers):
             raise ValueError("get_into needs non-empty buffers")
-        if length == 0:
+        opened = self._open_get(url, offset, length)
+        if opened is None:
             return _nothing_into()
+        return self._body_into(*opened, url, buffers)
+
+    def _open_get(
+        self, url: str, offset: int, length: int | None
+    ) -> tuple[http.client.HTTPResponse, _Body] | None:
+        """Send the GET and check its status and headers; None when nothing is asked for."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"bad range offset={offset} length={length}")
+        if length == 0:
+            return None
         ranged = offset > 0 or length is not None
         headers: dict[str, str] = {}
         if ranged:
@@ -289,19 +295,44 @@ class HttpTransport:
             self._finish_badly(response)
             raise
         self._pending = response
-        return self._body_into(response, url, expected, buffers)
+        return response, _Body(expected)
+
+    @contextlib.contextmanager
+    def _reading(self, response: http.client.HTTPResponse, url: str, body: _Body) -> Iterator[None]:
+        """Around reading a body: translate errors, check the length at the end, and keep
+        the connection only after a complete body (unless a later request replaced it)."""
+        complete = False
+        try:
+            yield
+            if body.expected is not None and body.received != body.expected:
+                raise IntegrityError(
+                    f"GET {url}: truncated body, {body.received} of {body.expected} bytes"
+                )
+            complete = True
+        except http.client.IncompleteRead as err:
+            got = body.received + len(err.partial)
+            raise IntegrityError(
+                f"GET {url}: truncated body, {got} of {body.expected} bytes"
+            ) from err
+        except TimeoutError as err:
+            raise TransportUnavailable(f"GET {url}: timed out reading the body") from err
+        except (OSError, http.client.HTTPException) as err:
+            raise TransportUnavailable(f"GET {url}: connection lost in the body: {err}") from err
+        finally:
+            if self._pending is response:
+                self._pending = None
+                if not complete or response.will_close:
+                    self._drop()
 
     def _body_into(
         self,
         response: http.client.HTTPResponse,
+        body: _Body,
         url: str,
-        expected: int | None,
         buffers: Sequence[memoryview],
     ) -> Generator[memoryview, None, None]:
-        received = 0
-        complete = False
         turn = 0
-        try:
+        with self._reading(response, url, body):
             while True:
                 buf = buffers[turn % len(buffers)]
                 turn += 1
@@ -312,27 +343,10 @@ class HttpTransport:
                         break
                     filled += n
                 if filled:
-                    received += filled
-                    if expected is not None and received > expected:
-                        raise IntegrityError(f"GET {url}: body longer than {expected} bytes")
+                    body.received += filled
                     yield buf[:filled]
                 if filled < len(buf):
                     break
-            if expected is not None and received != expected:
-                raise IntegrityError(f"GET {url}: truncated body, {received} of {expected} bytes")
-            complete = True
-        except http.client.IncompleteRead as err:
-            got = received + len(err.partial)
-            raise IntegrityError(f"GET {url}: truncated body, {got} of {expected} bytes") from err
-        except TimeoutError as err:
-            raise TransportUnavailable(f"GET {url}: timed out reading the body") from err
-        except (OSError, http.client.HTTPException) as err:
-            raise TransportUnavailable(f"GET {url}: connection lost in the body: {err}") from err
-        finally:
-            if self._pending is response:
-                self._pending = None
-                if not complete or response.will_close:
-                    self._drop()
 
     def _check_get(
         self,
@@ -386,37 +400,19 @@ class HttpTransport:
         self._drop()
 
     def _body(
-        self, response: http.client.HTTPResponse, url: str, expected: int | None
+        self, response: http.client.HTTPResponse, body: _Body, url: str
     ) -> Generator[bytes, None, None]:
-        received = 0
-        complete = False
-        try:
+        with self._reading(response, url, body):
             while True:
                 # read(n) returns a fresh bytes object filled straight from the socket (its
                 # buffered reader loops over short reads until n bytes or the end of the
                 # body): every chunk but the last is CHUNK_SIZE long, never a copy.
                 chunk = response.read(CHUNK_SIZE)
                 if chunk:
-                    received += len(chunk)
+                    body.received += len(chunk)
                     yield chunk
                 if len(chunk) < CHUNK_SIZE:
                     break
-            if expected is not None and received != expected:
-                raise IntegrityError(f"GET {url}: truncated body, {received} of {expected} bytes")
-            complete = True
-        except http.client.IncompleteRead as err:
-            got = received + len(err.partial)
-            raise IntegrityError(f"GET {url}: truncated body, {got} of {expected} bytes") from err
-        except TimeoutError as err:
-            raise TransportUnavailable(f"GET {url}: timed out reading the body") from err
-        except (OSError, http.client.HTTPException) as err:
-            raise TransportUnavailable(f"GET {url}: connection lost in the body: {err}") from err
-        finally:
-            # Only touch the connection if no later request has replaced this response.
-            if self._pending is response:
-                self._pending = None
-                if not complete or response.will_close:
-                    self._drop()
 
     def stat(self, url: str) -> RemoteStat:
         """Size and mtime of ``url`` from a HEAD request (Content-Length, Last-Modified).
