@@ -6,11 +6,13 @@ import hashlib
 import os
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sarra.notice import Notice
 from tests.integration.flowkit import make_files, md5_tree, unique, wait_for
 from tests.pump.pumpkit import Home, Tap, foreground, kill, post_files, pump_nginx, running
 
@@ -159,56 +161,21 @@ def test_a_sarra_killed_after_placing_files_still_announces_every_one_after_rest
             assert any(n.path == rel and n.base_url.rstrip("/") == pump_url for n in tap.notices)
 
 
-def test_a_file_in_blocks_is_kept_as_parts_by_sarra_and_reassembled_downstream(
-    home: Home, rabbitmq: Any, tmp_path: Path
-) -> None:
-    tag = unique("")
-    block = 64 * 1024
-    with pump_nginx(tmp_path / "nginx", tmp_path / "www") as web:
-        src = web.root / "src"
-        (big,) = make_files(src, ["d/big.bin"], size=9 * block + 777)
-        tree = web.root / "pub"
-        home.write("sarra", "feed", _sarra_conf(rabbitmq, tag, tree, web.base_url, f"alice{tag}"))
-        dl = tmp_path / "dl"
-        home.write(
-            "subscribe",
-            "down",
-            f"broker {_broker(rabbitmq)}\nexchange xpub{tag}\nsubtopic #\nexpire 10m\n"
-            f"directory {dl}\nmirror on\naccept .*\nreport_back off\n",
-        )
-        tap = Tap(rabbitmq.broker_url(), f"xpub{tag}").start()
-        try:
-            with running(home, "sarra", "feed"), running(home, "subscribe", "down"):
-                assert (
-                    post_files(
-                        home,
-                        _broker(rabbitmq),
-                        f"xs_alice{tag}",
-                        f"{web.base_url}/src",
-                        src,
-                        [big],
-                        ("blocksize", str(block)),
-                        ("randomize", "on"),
-                        ("to_clusters", f"pump{tag}"),
-                    )
-                    == 0
-                )
-                wait_for(lambda: len(tap.notices) >= 10, 60, "ten p re-announcements")
-                wait_for(lambda: (dl / "d" / "big.bin").exists(), 60, "the reassembled file")
-        finally:
-            tap.stop()
-        # the pump holds segments only (inplace off, the sarra default), announced as p
-        parts = sorted(p.name for p in (tree / "d").glob("*.Part"))
-        assert len(parts) == 10
-        assert not (tree / "d" / "big.bin").exists()
-        assert {n.parts.method for n in tap.notices if n.parts} == {"p"}
-        assert all(n.path.endswith(".Part") for n in tap.notices)
-        assert (dl / "d" / "big.bin").read_bytes() == big.read_bytes()
+@dataclass
+class _Pumped:
+    """What one pumping of a file in blocks left behind."""
+
+    source: bytes
+    tree: Path  # the pump's web tree
+    downstream: Path  # the file as the subscriber behind the pump got it
+    notices: list[Notice]  # what the pump announced
 
 
-def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_complete(
-    home: Home, rabbitmq: Any, tmp_path: Path
-) -> None:
+def _pump_in_blocks(
+    home: Home, rabbitmq: Any, tmp_path: Path, sarra_extra: str, announced: int
+) -> _Pumped:
+    """Post a 10-block file (shuffled) to a sarra with ``sarra_extra`` options, wait for
+    ``announced`` announcements and the file behind the pump, and collect what happened."""
     tag = unique("")
     block = 64 * 1024
     with pump_nginx(tmp_path / "nginx", tmp_path / "www") as web:
@@ -218,7 +185,7 @@ def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_
         home.write(
             "sarra",
             "feed",
-            _sarra_conf(rabbitmq, tag, tree, web.base_url, f"alice{tag}") + "inplace on\n",
+            _sarra_conf(rabbitmq, tag, tree, web.base_url, f"alice{tag}") + sarra_extra,
         )
         dl = tmp_path / "dl"
         home.write(
@@ -244,17 +211,38 @@ def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_
                     )
                     == 0
                 )
+                wait_for(lambda: len(tap.notices) >= announced, 60, "the announcements")
                 wait_for(lambda: (dl / "d" / "big.bin").exists(), 60, "the file downstream")
         finally:
             tap.stop()
-        # the pump holds the assembled file and announced its 10 blocks once, all at the end
-        assert (tree / "d" / "big.bin").read_bytes() == big.read_bytes()
-        assert not list((tree / "d").glob("*.Part"))
-        assert sorted(n.parts.block_number for n in tap.notices if n.parts) == list(range(10))
-        assert {n.path for n in tap.notices} == {"d/big.bin"}
-        assert {n.parts.method for n in tap.notices if n.parts} == {"i"}
-        for n in tap.notices:
-            assert n.parts is not None
-            piece = big.read_bytes()[n.parts.offset : n.parts.offset + n.parts.length]
-            assert n.checksum.value == hashlib.md5(piece).hexdigest()
-        assert (dl / "d" / "big.bin").read_bytes() == big.read_bytes()
+        return _Pumped(big.read_bytes(), tree, dl / "d" / "big.bin", list(tap.notices))
+
+
+def test_a_file_in_blocks_is_kept_as_parts_by_sarra_and_reassembled_downstream(
+    home: Home, rabbitmq: Any, tmp_path: Path
+) -> None:
+    got = _pump_in_blocks(home, rabbitmq, tmp_path, "", announced=10)
+    # the pump holds segments only (inplace off, the sarra default), announced as p
+    parts = sorted(p.name for p in (got.tree / "d").glob("*.Part"))
+    assert len(parts) == 10
+    assert not (got.tree / "d" / "big.bin").exists()
+    assert {n.parts.method for n in got.notices if n.parts} == {"p"}
+    assert all(n.path.endswith(".Part") for n in got.notices)
+    assert got.downstream.read_bytes() == got.source
+
+
+def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_complete(
+    home: Home, rabbitmq: Any, tmp_path: Path
+) -> None:
+    got = _pump_in_blocks(home, rabbitmq, tmp_path, "inplace on\n", announced=10)
+    # the pump holds the assembled file and announced its 10 blocks once it was complete
+    assert (got.tree / "d" / "big.bin").read_bytes() == got.source
+    assert not list((got.tree / "d").glob("*.Part"))
+    assert sorted(n.parts.block_number for n in got.notices if n.parts) == list(range(10))
+    assert {n.path for n in got.notices} == {"d/big.bin"}
+    assert {n.parts.method for n in got.notices if n.parts} == {"i"}
+    for n in got.notices:
+        assert n.parts is not None
+        piece = got.source[n.parts.offset : n.parts.offset + n.parts.length]
+        assert n.checksum.value == hashlib.md5(piece).hexdigest()
+    assert got.downstream.read_bytes() == got.source
