@@ -24,6 +24,7 @@ from sarra.flow.localfs import SafeRoot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
 from sarra.flow.placement import download_to, is_unchanged
+from sarra.flow.streaming import DIRECT_MIN, aligned_chunks
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
 from sarra.parts.tracker import DEFAULT_EXPIRY
@@ -224,7 +225,7 @@ class Downloader:
         result = download_to(
             root,
             rel,
-            transport.get(url),
+            aligned_chunks(transport, url) if size and size >= DIRECT_MIN else transport.get(url),
             expected_size=size,
             checksum=notice.checksum,
             inflight=self.settings.inflight,

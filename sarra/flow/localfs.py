@@ -179,7 +179,7 @@ class InflightFile:
         """The open, writable descriptor of the in-flight file."""
         return self._fd
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` at the current position (all of it)."""
         self._check_open()
         view = memoryview(data)
@@ -188,7 +188,7 @@ class InflightFile:
                 written = os.write(self._fd, view)
                 view = view[written:]
 
-    def pwrite(self, data: bytes, offset: int) -> None:
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         """Write ``data`` at byte ``offset`` without moving the position (all of it)."""
         self._check_open()
         view = memoryview(data)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mmap
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +22,17 @@ from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.placement import download_to
+from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, stream
 from sarra.flow.work import WorkItem
 from sarra.integrity.sums import new_hasher
 from sarra.notice import Checksum, Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
-from sarra.parts.assembly import DIRECT_ALIGN
 from sarra.parts.tracker import DEFAULT_EXPIRY, MarkStatus, PartTracker
 from sarra.transfer.base import Transport
 
 log = logging.getLogger(__name__)
 
 _VERIFIED = frozenset("ds")
-#: blocks at least this long are read into page-aligned buffers and written by direct I/O
-DIRECT_BLOCK_MIN = 1 << 20
-#: size of each of the two read buffers of such a block
-BUFFER_SIZE = 1 << 20
 
 
 class PartReceiver:
@@ -123,8 +117,8 @@ class PartReceiver:
             if ticket.needs():
                 chunks: Iterator[bytes | memoryview]
                 write: Callable[[memoryview, int], None]
-                if spec.length >= DIRECT_BLOCK_MIN:
-                    chunks = _aligned_chunks(transport, url, remote_offset, spec.length)
+                if spec.length >= DIRECT_MIN:
+                    chunks = aligned_chunks(transport, url, remote_offset, spec.length)
                     write = ticket.pwrite_aligned
                 else:
                     chunks = iter(transport.get(url, remote_offset, spec.length))
@@ -189,7 +183,11 @@ class PartReceiver:
         result = download_to(
             root,
             part_rel,
-            transport.get(url, remote_offset, spec.length),
+            (
+                aligned_chunks(transport, url, remote_offset, spec.length)
+                if spec.length >= DIRECT_MIN
+                else transport.get(url, remote_offset, spec.length)
+            ),
             expected_size=spec.length,
             checksum=notice.checksum,
             inflight=self.inflight,
@@ -261,46 +259,6 @@ def _notice_from(about: dict[str, Any] | None) -> Notice | None:
     return decoded if isinstance(decoded, Notice) else None
 
 
-def _aligned_chunks(
-    transport: Transport, url: str, offset: int, length: int
-) -> Iterator[memoryview]:
-    """The block's bytes in page-aligned buffers (two, used in turn: see
-    :meth:`HttpTransport.get_into`); read straight into them where the transport can."""
-    size = min(BUFFER_SIZE, -(-length // DIRECT_ALIGN) * DIRECT_ALIGN)
-    # anonymous maps start on a page boundary, as direct I/O needs; they are unmapped when
-    # the last view goes (never closed here: a view may still be held by the hasher)
-    buffers = [memoryview(mmap.mmap(-1, size)) for _ in range(2)]
-    get_into = getattr(transport, "get_into", None)
-    if get_into is not None:
-        return iter(get_into(url, buffers, offset, length))
-    return _copy_into(transport.get(url, offset, length), buffers)
-
-
-def _copy_into(chunks: Iterable[bytes], buffers: list[memoryview]) -> Iterator[memoryview]:
-    """Re-chunk ``chunks`` into ``buffers`` in turn (for transports without get_into)."""
-    turn = 0
-    buf = buffers[0]
-    filled = 0
-    try:
-        for chunk in chunks:
-            data = memoryview(chunk)
-            while data:
-                k = min(len(data), len(buf) - filled)
-                buf[filled : filled + k] = data[:k]
-                filled += k
-                data = data[k:]
-                if filled == len(buf):
-                    yield buf
-                    turn += 1
-                    buf, filled = buffers[turn % len(buffers)], 0
-        if filled:
-            yield buf[:filled]
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-
-
 def _stream_block(
     chunks: Iterator[bytes | memoryview],
     checksum: Checksum,
@@ -314,32 +272,7 @@ def _stream_block(
     if algo is not None and algo not in _VERIFIED:
         raise MalformedMessage(f"{what}: sum {checksum.wire()!r} does not describe data")
     hasher = new_hasher(algo) if algo is not None else None
-    got = 0
-    # Hashing overlaps writing this chunk and reading the next: hashlib releases the GIL on
-    # large buffers, so one helper thread hashes chunk k while this one writes it and fetches
-    # k+1. Chunks are hashed strictly in order (each waits for the previous one's hash) and
-    # the last hash is waited for before the digest is read, so every byte is still verified.
-    # Chunks that are views of reused buffers stay intact meanwhile: a buffer is refilled
-    # only two chunks later, after its hash was waited for and its write returned.
-    hashing: Future[None] | None = None
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="block-hash") as pool:
-            for data in chunks:
-                chunk = memoryview(data)
-                if got + len(chunk) > spec.length:
-                    raise IntegrityError(f"{what}: more than the block's {spec.length} bytes")
-                if hasher is not None:
-                    if hashing is not None:
-                        hashing.result()
-                    hashing = pool.submit(hasher.update, chunk)
-                write(chunk, spec.offset + got)
-                got += len(chunk)
-            if hashing is not None:
-                hashing.result()
-    finally:
-        close = getattr(chunks, "close", None)  # a generator holding a connection
-        if close is not None:
-            close()
+    got = stream(chunks, hasher, write, start=spec.offset, limit=spec.length, what=what)
     if got != spec.length:
         raise IntegrityError(f"{what}: {got} bytes, expected {spec.length}")
     if hasher is None or algo is None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from sarra.errors import IntegrityError, LocalError, MalformedMessage
 from sarra.flow.localfs import InflightFile, SafeRoot
+from sarra.flow.streaming import DIRECT_MIN, DirectWriter, allocate, stream
 from sarra.integrity.sums import Hasher, new_hasher
 from sarra.notice import Checksum, Notice
 
@@ -70,7 +71,7 @@ def _algorithm_for(checksum: Checksum) -> str | None:
 def download_to(
     root: SafeRoot,
     rel: str,
-    chunks: Iterable[bytes],
+    chunks: Iterable[bytes] | Iterable[memoryview],
     *,
     expected_size: int | None,
     checksum: Checksum,
@@ -86,7 +87,10 @@ def download_to(
     ``checksum`` is the notice's sum: ``d``/``s`` are verified; ``z,d``/``z,s`` compute that
     algorithm (returned in the result); ``n``/``0``/``a`` are placed unverified. When
     ``expected_size`` is given the data must be exactly that long (reading stops as soon as
-    it is exceeded). ``progress`` gets the byte count after each chunk. On success the file
+    it is exceeded); from :data:`~sarra.flow.streaming.DIRECT_MIN` bytes on, the file's space
+    is allocated first and the chunks (best given page-aligned, see
+    :func:`~sarra.flow.streaming.aligned_chunks`) are written by direct I/O while a helper
+    thread hashes them. ``progress`` gets the byte count after each chunk. On success the file
     is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
     ``sync_dir`` false the caller must call ``root.sync_dirs()`` before relying on it).
     With ``stage`` the verified in-flight file is returned open in ``staged`` instead: the
@@ -103,19 +107,36 @@ def download_to(
     size = 0
     out = root.open_inflight(rel, inflight)
     try:
-        for chunk in chunks:
-            if not chunk:
-                continue
-            size += len(chunk)
-            if expected_size is not None and size > expected_size:
-                raise IntegrityError(
-                    f"{rel}: size mismatch: expected {expected_size} bytes, got more ({size}+)"
+        if expected_size is not None and expected_size >= DIRECT_MIN:
+            # large: space reserved up front (a full disk shows now), hashing overlapped
+            # with writing, aligned chunks written by direct I/O (see sarra.flow.streaming)
+            allocate(out.fd, expected_size)
+            writer = DirectWriter(out.fd, out.pwrite, rel)
+            try:
+                size = stream(
+                    iter(chunks),
+                    hasher,
+                    writer.pwrite,
+                    limit=expected_size,
+                    what=f"{rel}: size mismatch",
+                    progress=progress,
                 )
-            if hasher is not None:
-                hasher.update(chunk)
-            out.write(chunk)
-            if progress is not None:
-                progress(size)
+            finally:
+                writer.close()
+        else:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if expected_size is not None and size > expected_size:
+                    raise IntegrityError(
+                        f"{rel}: size mismatch: expected {expected_size} bytes, got more ({size}+)"
+                    )
+                if hasher is not None:
+                    hasher.update(chunk)
+                out.write(chunk)
+                if progress is not None:
+                    progress(size)
         if expected_size is not None and size != expected_size:
             raise IntegrityError(
                 f"{rel}: size mismatch: expected {expected_size} bytes, got {size}"

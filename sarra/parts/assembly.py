@@ -20,17 +20,17 @@ OS errors become :class:`DiskFull` (ENOSPC/EDQUOT) or :class:`LocalError`.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import secrets
 import stat as stat_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from types import TracebackType
 
 from sarra.errors import DiskFull, HostilePath, LocalError, MalformedMessage
 from sarra.flow.localfs import SafeRoot
+from sarra.flow.streaming import DirectWriter, allocate
 from sarra.notice import PartSpec
 
 #: suffix of shared reassembly data files
@@ -39,37 +39,6 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NAME_MAX = 255
 #: bytes of a block kept in the page cache behind its writer (see :meth:`Ticket.pwrite`)
 WRITEBACK_LAG = 8 << 20
-#: offset, length and memory alignment that direct I/O (O_DIRECT) writes keep
-DIRECT_ALIGN = 4096
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-
-
-def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = getattr(libc, "fallocate64", None) or libc.fallocate
-    except (OSError, AttributeError, TypeError):  # not Linux/glibc: sparse files then
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_FALLOCATE = _libc_fallocate()
-
-
-def _allocate(fd: int, size: int) -> bool:
-    """Reserve ``[0, size)`` on disk and grow the file to ``size``, with the fallocate(2)
-    system call (never glibc's emulation, which would write the whole file). False when the
-    file system cannot."""
-    if _FALLOCATE is None:
-        return False
-    if _FALLOCATE(fd, 0, 0, size) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
-        return False
-    raise OSError(err, os.strerror(err))
 
 
 @contextmanager
@@ -144,7 +113,7 @@ def presize(fd: int, size: int, what: str) -> None:
     direct I/O land in allocated extents. Elsewhere the file is grown sparse.
     """
     with translated(f"size {what}"):
-        if os.fstat(fd).st_size < size and not _allocate(fd, size):
+        if os.fstat(fd).st_size < size and not allocate(fd, size):
             os.ftruncate(fd, size)
 
 
@@ -219,8 +188,7 @@ class Ticket:
         self._fd = fd
         # start of the range this writer has not yet asked the kernel to drop (see pwrite)
         self._kept_from: int | None = None
-        # O_DIRECT descriptor of the data file: None until first needed, -1 when unusable
-        self._direct_fd: int | None = None
+        self._direct = DirectWriter(fd, self.pwrite, final_rel) if fd is not None else None
 
     def needs(self, block_number: int | None = None) -> bool:
         """True when the block (default: this ticket's) still has to be written."""
@@ -243,46 +211,18 @@ class Ticket:
         self._write_behind(offset, len(data))
 
     def pwrite_aligned(self, view: memoryview, offset: int) -> None:
-        """Write ``view`` at ``offset``, bypassing the page cache where possible.
+        """Write ``view`` (starting on a page boundary in memory, e.g. a prefix of an
+        ``mmap`` buffer) at ``offset``, by direct I/O where possible (see
+        :class:`~sarra.flow.streaming.DirectWriter`); :meth:`fsync` is still what makes the
+        block durable."""
+        if self._direct is None:
+            raise LocalError(f"no data file open for {self.final_rel} (done or closed)")
+        self._direct.pwrite(view, offset)
 
-        ``view`` must start on a page boundary in memory (a prefix of an ``mmap`` buffer).
-        Its largest prefix of whole :data:`DIRECT_ALIGN` units, when ``offset`` is aligned,
-        goes by direct I/O (O_DIRECT: straight to the device, no dirty pages to flush later,
-        no page cache evicted); the rest, and everything when the file system refuses direct
-        I/O, by :meth:`pwrite`. :meth:`fsync` is still what makes the block durable.
-        """
-        n = len(view)
-        head = n - n % DIRECT_ALIGN if offset % DIRECT_ALIGN == 0 else 0
-        fd = self._direct() if head else -1
-        if fd >= 0:
-            try:
-                pwrite_all(fd, view[:head], offset, self.final_rel)
-            except LocalError as exc:
-                if not (isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EINVAL):
-                    raise
-                self._drop_direct()  # alignment refused by this device: page cache from now
-                head = 0
-            if head:
-                view, offset = view[head:], offset + head
-        if len(view):
-            self.pwrite(view, offset)
-
-    def _direct(self) -> int:
-        if self._direct_fd is None:
-            self._direct_fd = -1
-            if _O_DIRECT and self._fd is not None:
-                # reopen this very inode (no path lookup, no race) with O_DIRECT
-                with suppress(OSError):
-                    self._direct_fd = os.open(
-                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | _O_DIRECT | os.O_CLOEXEC
-                    )
-        return self._direct_fd
-
-    def _drop_direct(self) -> None:
-        if self._direct_fd is not None and self._direct_fd >= 0:
-            with suppress(OSError):
-                os.close(self._direct_fd)
-        self._direct_fd = -1
+    @property
+    def direct_fd(self) -> int | None:
+        """The O_DIRECT descriptor in use (-1: refused or closed; None: not used yet)."""
+        return None if self._direct is None else self._direct.direct_fd
 
     def _write_behind(self, offset: int, nbytes: int) -> None:
         # On Linux, POSIX_FADV_DONTNEED starts writeback of the dirty pages in the range
@@ -326,7 +266,8 @@ class Ticket:
 
     def close(self) -> None:
         """Close the data file descriptors (idempotent)."""
-        self._drop_direct()
+        if self._direct is not None:
+            self._direct.close()
         if self._fd is not None:
             with suppress(OSError):
                 os.close(self._fd)

@@ -245,3 +245,22 @@ def test_origin_failures_are_reported_499_and_nothing_is_placed(  # type: ignore
         tap.stop()
     assert not (dest / "f.bin").exists()
     assert _leftovers(dest) == [] if dest.exists() else True
+
+
+def test_large_whole_files_take_the_direct_path_and_arrive_identical(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("whole")
+    src = nginx.root / tag
+    # over sarra.flow.streaming.DIRECT_MIN, one with an unaligned tail; posted unsplit
+    make_files(src, ["a.bin"], size=3 * 1024 * 1024)
+    make_files(src, ["b.bin"], size=2 * 1024 * 1024 + 12345)
+    dest = tmp_path / "dest"
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, _subscription(site, tag, dest)):
+            assert post(site, nginx.base_url, nginx.root, [src], ("blocksize", "1")) == 0
+            wait_for(lambda: len(tap.about(".bin")) >= 2, what="a report per file")
+    finally:
+        tap.stop()
+    assert {r.code for r in tap.about(".bin")} == {201}
+    assert md5_tree(dest) == md5_tree(src)
+    assert _leftovers(dest) == []

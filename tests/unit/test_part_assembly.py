@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sarra.errors import HostilePath, LocalError, MalformedMessage
+from sarra.flow import streaming
 from sarra.flow.localfs import SafeRoot
 from sarra.notice import PartSpec
 from sarra.parts import assembly
@@ -165,13 +166,13 @@ def test_aligned_writes_go_by_direct_io_where_the_file_system_allows(root: SafeR
     buf = mmap.mmap(-1, 8192)
     with assembly.Ticket("k", PartSpec("i", 8192, 2, 0, 0), "v", "big.bin", b"", fd) as ticket:
         ticket.pwrite_aligned(memoryview(buf), 0)
-        direct = ticket._direct_fd
+        direct = ticket.direct_fd
         assert direct is not None
         if direct >= 0:  # the file system took O_DIRECT: the data went through that descriptor
             assert _direct_flag_of(direct)
         else:  # refused (tmpfs on older kernels): the page cache took the write instead
             assert not _direct_flag_of(fd)
-    assert ticket._direct_fd == -1  # closed with the ticket
+    assert ticket.direct_fd == -1  # closed with the ticket
 
 
 def test_presize_allocates_the_space_where_it_can_and_never_shrinks(root: SafeRoot) -> None:
@@ -182,7 +183,7 @@ def test_presize_allocates_the_space_where_it_can_and_never_shrinks(root: SafeRo
         assembly.presize(fd, 1 << 20, rel)
         st = os.fstat(fd)
         assert st.st_size == 1 << 20
-        if assembly._FALLOCATE is not None and assembly._allocate(fd, 1 << 20):
+        if streaming.allocate(fd, 1 << 20):
             assert st.st_blocks * 512 >= 1 << 20  # reserved, not sparse
         assembly.presize(fd, 1000, rel)
         assert os.fstat(fd).st_size == 1 << 20
@@ -191,13 +192,13 @@ def test_presize_allocates_the_space_where_it_can_and_never_shrinks(root: SafeRo
 
 
 def test_chunks_of_any_size_are_regrouped_into_full_buffers_in_turn() -> None:
-    from sarra.flow.partial import _copy_into
+    from sarra.flow.streaming import copy_into
 
     data = os.urandom(10_000)
     pieces = [data[i : i + 777] for i in range(0, len(data), 777)]
     buffers = [memoryview(bytearray(4096)) for _ in range(2)]
     out = []
-    for view in _copy_into(iter(pieces), buffers):
+    for view in copy_into(iter(pieces), buffers):
         out.append((view.obj is buffers[len(out) % 2].obj, bytes(view)))
     assert all(same for same, _ in out)
     assert [len(b) for _, b in out] == [4096, 4096, 10_000 - 8192]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -240,3 +241,51 @@ def test_v02_timestamps_parse_with_fraction_t_and_exponent() -> None:
     assert parse_v02_time("19700101000001.00679016e-05") == pytest.approx(1.0000000679)
     assert parse_v02_time("1970010100000") is None
     assert parse_v02_time("19701301000000") is None
+
+
+# -- large files: allocated up front, hashed alongside, aligned chunks by direct I/O ---------
+
+BIG = os.urandom(3 * 1024 * 1024 + 4321)  # over DIRECT_MIN, with an unaligned tail
+
+
+def _big_chunks(data: bytes = BIG) -> Iterator[memoryview]:
+    from sarra.flow.streaming import BUFFER_SIZE, copy_into
+
+    buffers = [memoryview(mmap.mmap(-1, BUFFER_SIZE)) for _ in range(2)]
+    return copy_into(chunks(data, 100_000), buffers)
+
+
+def _place_big(sr: SafeRoot, data: bytes, sum_: Checksum, seen: list[int]) -> PlacementResult:
+    return download_to(
+        sr,
+        "big/file.bin",
+        _big_chunks(data),
+        expected_size=len(BIG),
+        checksum=sum_,
+        inflight=".tmp",
+        mtime=None,
+        mode=None,
+        progress=seen.append,
+    )
+
+
+def test_a_large_download_is_placed_exactly_and_verified(sr: SafeRoot, tmp_path: Path) -> None:
+    seen: list[int] = []
+    res = _place_big(sr, BIG, Checksum("d", hashlib.md5(BIG).hexdigest()), seen)
+    assert res.verified and res.size == len(BIG)
+    assert (tmp_path / "big" / "file.bin").read_bytes() == BIG
+    assert seen[-1] == len(BIG) and seen == sorted(seen)
+    assert entries(tmp_path) == ["big/file.bin"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [BIG[:-1], BIG + b"x", BIG[:100] + b"?" + BIG[101:]],
+    ids=["short", "long", "corrupt"],
+)
+def test_a_large_download_that_does_not_verify_leaves_nothing_behind(
+    sr: SafeRoot, tmp_path: Path, data: bytes
+) -> None:
+    with pytest.raises(IntegrityError):
+        _place_big(sr, data, Checksum("d", hashlib.md5(BIG).hexdigest()), [])
+    assert entries(tmp_path) == []

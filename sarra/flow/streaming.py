@@ -1,0 +1,230 @@
+"""Streaming a large body into a file: page-aligned buffers, overlapped hashing, direct I/O.
+
+Used for every transfer of at least :data:`DIRECT_MIN` bytes, whole files
+(:func:`sarra.flow.placement.download_to`) and blocks of multi-part files
+(:mod:`sarra.flow.partial`) alike:
+
+- the body is read into two page-aligned buffers in turn (``readinto`` where the transport
+  has ``get_into``; other transports' chunks are copied into them), so nothing is allocated
+  per chunk;
+- a helper thread hashes chunk *k* while this thread writes it and reads *k+1* (hashlib
+  releases the GIL on large buffers); chunks are hashed strictly in order;
+- the aligned part of each chunk is written with ``O_DIRECT`` (:class:`DirectWriter`): it goes
+  to the device as it arrives instead of piling up as dirty pages for the final fsync, and
+  evicts nothing from the page cache. Where the file system refuses direct I/O, the page
+  cache is used. Durability is still the caller's fsync.
+
+Small transfers keep the plain path: a thread per transfer would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from typing import Protocol
+
+from sarra.errors import DiskFull, IntegrityError, LocalError
+
+#: transfers at least this long take the aligned, overlapped, direct path
+DIRECT_MIN = 1 << 20
+#: offset, length and memory alignment that direct I/O writes keep
+DIRECT_ALIGN = 4096
+#: size of each of the two read buffers of a transfer
+BUFFER_SIZE = 1 << 20
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class _Getter(Protocol):
+    def get(self, url: str, offset: int = 0, length: int | None = None) -> Iterable[bytes]: ...
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+def aligned_chunks(
+    transport: _Getter, url: str, offset: int = 0, length: int | None = None
+) -> Iterator[memoryview]:
+    """The body of ``url`` (from ``offset``, ``length`` bytes when given) in page-aligned
+    buffers used in turn: a view stays valid for one more chunk (see
+    :meth:`sarra.transfer.http.HttpTransport.get_into`)."""
+    size = BUFFER_SIZE
+    if length is not None:
+        size = min(size, max(DIRECT_ALIGN, -(-length // DIRECT_ALIGN) * DIRECT_ALIGN))
+    # anonymous maps start on a page boundary, as direct I/O needs; they are unmapped when
+    # the last view goes (never closed here: the hasher may still hold a view)
+    buffers = [memoryview(mmap.mmap(-1, size)) for _ in range(2)]
+    get_into = getattr(transport, "get_into", None)
+    if get_into is not None:
+        return iter(get_into(url, buffers, offset, length))
+    return copy_into(transport.get(url, offset, length), buffers)
+
+
+def copy_into(chunks: Iterable[bytes], buffers: list[memoryview]) -> Iterator[memoryview]:
+    """Re-chunk ``chunks`` into ``buffers`` in turn (for transports without get_into)."""
+    turn = 0
+    buf = buffers[0]
+    filled = 0
+    try:
+        for chunk in chunks:
+            data = memoryview(chunk)
+            while data:
+                k = min(len(data), len(buf) - filled)
+                buf[filled : filled + k] = data[:k]
+                filled += k
+                data = data[k:]
+                if filled == len(buf):
+                    yield buf
+                    turn += 1
+                    buf, filled = buffers[turn % len(buffers)], 0
+        if filled:
+            yield buf[:filled]
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def stream(
+    chunks: Iterator[bytes | memoryview],
+    hasher: _Hasher | None,
+    write: Callable[[memoryview, int], None],
+    *,
+    start: int = 0,
+    limit: int | None = None,
+    what: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write ``chunks`` at ``start`` onwards while ``hasher`` hashes them; return the count.
+
+    Raises :class:`IntegrityError` as soon as more than ``limit`` bytes arrive, and whatever
+    ``chunks`` and ``write`` raise. ``chunks`` is closed in every case. The hash of the last
+    chunk is complete when this returns.
+    """
+    got = 0
+    hashing: Future[None] | None = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
+            for data in chunks:
+                chunk = memoryview(data)
+                if limit is not None and got + len(chunk) > limit:
+                    raise IntegrityError(f"{what}: more than the {limit} bytes announced")
+                if hasher is not None:
+                    # a buffer is refilled only two chunks later: by then its hash was
+                    # waited for here and its write has returned
+                    if hashing is not None:
+                        hashing.result()
+                    hashing = pool.submit(hasher.update, chunk)
+                write(chunk, start + got)
+                got += len(chunk)
+                if progress is not None:
+                    progress(got)
+            if hashing is not None:
+                hashing.result()
+    finally:
+        close = getattr(chunks, "close", None)  # a generator holding a connection
+        if close is not None:
+            close()
+    return got
+
+
+class DirectWriter:
+    """Writes page-aligned views to a file by direct I/O where it can.
+
+    ``fd`` is the file's ordinary descriptor: the same inode is reopened with ``O_DIRECT``
+    through ``/proc/self/fd`` (no path lookup, so no race) on first use. ``buffered`` writes
+    whatever cannot go direct (an unaligned offset or tail; every write once the file system
+    refused). Close it before closing ``fd``.
+    """
+
+    def __init__(self, fd: int, buffered: Callable[[memoryview, int], None], what: str) -> None:
+        self._fd = fd
+        self._buffered = buffered
+        self._what = what
+        self._direct: int | None = None  # None: not opened yet; -1: unusable
+
+    @property
+    def direct_fd(self) -> int | None:
+        """The O_DIRECT descriptor (-1 when refused, None before first use)."""
+        return self._direct
+
+    def pwrite(self, view: memoryview, offset: int) -> None:
+        """Write ``view`` (starting on a page boundary in memory) at ``offset``."""
+        n = len(view)
+        head = n - n % DIRECT_ALIGN if offset % DIRECT_ALIGN == 0 else 0
+        fd = self._open() if head else -1
+        if fd >= 0:
+            try:
+                _pwrite_all(fd, view[:head], offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise _translated(exc, f"write {self._what} at {offset}") from exc
+                self.close()  # alignment refused by this device: page cache from now on
+            else:
+                view, offset = view[head:], offset + head
+        if len(view):
+            self._buffered(view, offset)
+
+    def _open(self) -> int:
+        if self._direct is None:
+            self._direct = -1
+            if _O_DIRECT:
+                with suppress(OSError):
+                    self._direct = os.open(
+                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | _O_DIRECT | os.O_CLOEXEC
+                    )
+        return self._direct
+
+    def close(self) -> None:
+        """Close the direct descriptor (idempotent); later writes use the page cache."""
+        if self._direct is not None and self._direct >= 0:
+            with suppress(OSError):
+                os.close(self._direct)
+        self._direct = -1
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError, TypeError):  # not Linux/glibc: sparse files then
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_FALLOCATE = _libc_fallocate()
+
+
+def allocate(fd: int, size: int) -> bool:
+    """Reserve ``[0, size)`` on disk and grow the file to ``size``, with the fallocate(2)
+    system call (never glibc's emulation, which would write the whole file). False when the
+    file system cannot."""
+    if _FALLOCATE is None:
+        return False
+    if _FALLOCATE(fd, 0, 0, size) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _translated(exc: OSError, what: str) -> LocalError:
+    text = f"{what}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(text)
+    return LocalError(text)
