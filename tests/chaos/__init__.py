@@ -1,0 +1,1 @@
+"""Black-box fault scenarios against real servers (the ``chaos`` pytest marker)."""
