@@ -156,30 +156,42 @@ def queue_depth(node: RabbitNode, queue: str) -> int | None:
 
 @dataclass
 class Batch:
-    """Files of known content under an origin directory; ``expected`` maps the path below
-    ``src`` (which is the path below the destination, with ``strip 1``) to its md5."""
+    """Files of known content under ``src`` (``www/tag``); ``expected`` maps the path below
+    ``src`` (which is the path below the destination, with ``strip 1``) to its md5;
+    ``paths`` are what to give sr_post to announce exactly these files."""
 
     tag: str
     src: Path
     expected: dict[str, str]
+    paths: list[Path]
 
     @property
     def announced(self) -> int:
         return len(self.expected)
 
+    def __add__(self, other: Batch) -> Batch:
+        assert other.src == self.src, "only batches of one tag add up"
+        return Batch(
+            self.tag, self.src, {**self.expected, **other.expected}, self.paths + other.paths
+        )
 
-def make_batch(www: Path, tag: str, count: int, size: int = 2000, subdirs: int = 4) -> Batch:
-    """Write ``count`` files of ``size`` bytes under ``www/tag`` (served by nginx)."""
+
+def make_batch(
+    www: Path, tag: str, count: int, size: int = 2000, subdirs: int = 4, sub: str = ""
+) -> Batch:
+    """Write ``count`` files of ``size`` bytes under ``www/tag`` (or ``www/tag/sub``)."""
     src = www / tag
-    names = [f"d{i % subdirs}/f{i:05d}.bin" for i in range(count)]
-    paths = make_files(src, names, size=size)
-    expected = {str(p.relative_to(src)): hashlib.md5(p.read_bytes()).hexdigest() for p in paths}
-    return Batch(tag, src, expected)
+    top = src / sub if sub else src
+    prefix = f"{sub}/" if sub else ""
+    names = [f"{prefix}d{i % subdirs}/f{i:05d}.bin" for i in range(count)]
+    files = make_files(src, names, size=size)
+    expected = {str(p.relative_to(src)): hashlib.md5(p.read_bytes()).hexdigest() for p in files}
+    return Batch(tag, src, expected, [top])
 
 
 def post_batch(site: Site, base_url: str, www: Path, batch: Batch, *extra: tuple[str, str]) -> int:
     """Announce every file of ``batch`` with sr_post in this process; its exit code."""
-    return post(site, base_url, www, [batch.src], *extra)
+    return post(site, base_url, www, batch.paths, *extra)
 
 
 def post_process(
@@ -230,6 +242,7 @@ class Fleet:
         count: int = 2,
         prefetch: int = 10,
         extra: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.site = site
         self.tag = tag
@@ -237,6 +250,7 @@ class Fleet:
         self.logs = logs
         self.count = count
         self.prefetch = prefetch
+        self.env = {**os.environ, **site.env, **(env or {})}
         self.queue = f"q_guest.chaos.{tag}"
         self.names = [f"chaos_{tag}_{i}" for i in range(count)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -263,7 +277,7 @@ class Fleet:
             with self.log_path(n).open("ab") as out:  # the child keeps its own descriptor
                 self.procs[n] = subprocess.Popen(
                     [str(BIN / "sr_subscribe"), "foreground", self.names[n]],
-                    env={**os.environ, **self.site.env},
+                    env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -8,6 +8,7 @@ chosen by path prefix, for fault tests:
 * ``/truncate/<path>``: headers as usual (200 or 206) but only half the body, then closes;
 * ``/corrupt/<path>``: as usual, with the first byte of the body flipped;
 * ``/shiftrange/<path>``: answers a Range with 206 but the range one byte further on;
+* ``/slow/<path>``: as usual, after waiting ``slow_seconds`` (settable while it runs);
 * ``/status/<code>/...``: answers that status with a short body;
 * anything else: the file under ``root`` with proper Range support.
 
@@ -183,6 +184,8 @@ class BrokenHttp:
     server: ThreadingHTTPServer
     connections: list[socket.socket] = field(default_factory=list)
     accepted: int = 0
+    #: how long ``/slow/`` requests wait before answering (a test may change it any time)
+    slow_seconds: float = 0.0
     last_headers: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -237,7 +240,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_status(int(status[1]))
             return
         mode, _, rest = path.lstrip("/").partition("/")
-        if mode not in ("norange", "truncate", "corrupt", "shiftrange"):
+        if mode == "slow":
+            time.sleep(self.state.slow_seconds)
+        if mode not in ("norange", "truncate", "corrupt", "shiftrange", "slow"):
             mode, rest = "", path.lstrip("/")
         file = (self.state.root / rest).resolve()
         if not file.is_relative_to(self.state.root.resolve()) or not file.is_file():

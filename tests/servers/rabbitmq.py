@@ -79,6 +79,9 @@ class RabbitNode:
     base_dir: Path
     env: dict[str, str] = field(repr=False)
     process: subprocess.Popen[bytes] | None = None
+    #: the amqps listener's port when started with ``tls=``; its PEM files are
+    #: ``base_dir/tls/{ca,cert,key}.pem`` (replace them, then ``reload_tls()``)
+    tls_port: int | None = None
 
     # -- addresses ---------------------------------------------------------------------
     def url(self, user: str = "guest", password: str = "guest", vhost: str = "/") -> str:
@@ -114,6 +117,10 @@ class RabbitNode:
         self, user: str, configure: str, write: str, read: str, vhost: str = "/"
     ) -> None:
         self.ctl("set_permissions", "-p", vhost, user, configure, write, read)
+
+    def reload_tls(self) -> None:
+        """Make new amqps connections use the PEM files as they are now on disk."""
+        self.ctl("eval", "ssl:clear_pem_cache().")
 
     def close_all_connections(self, reason: str = "test") -> None:
         self.ctl("close_all_connections", reason)
@@ -211,8 +218,8 @@ class RabbitNode:
         self.process = None
 
 
-def _make_node() -> RabbitNode:
-    port, mgmt_port, dist_port = _free_ports(3)
+def _make_node(tls: tuple[bytes, bytes, bytes] | None = None) -> RabbitNode:
+    port, mgmt_port, dist_port, tls_port = _free_ports(4)
     base = Path(tempfile.mkdtemp(prefix="sarra-rabbit-"))
     nodename = f"sarra_test_{os.getpid()}_{secrets.token_hex(2)}@localhost"
     (base / "mnesia").mkdir()
@@ -224,6 +231,19 @@ def _make_node() -> RabbitNode:
         "management.tcp.ip = 127.0.0.1\n"
         "loopback_users.guest = true\n"
     )
+    if tls is not None:
+        (base / "tls").mkdir()
+        for pem, data in zip(("ca", "cert", "key"), tls, strict=True):
+            (base / "tls" / f"{pem}.pem").write_bytes(data)
+        with (base / "rabbitmq.conf").open("a") as conf:
+            conf.write(
+                f"listeners.ssl.default = 127.0.0.1:{tls_port}\n"
+                f"ssl_options.cacertfile = {base}/tls/ca.pem\n"
+                f"ssl_options.certfile = {base}/tls/cert.pem\n"
+                f"ssl_options.keyfile = {base}/tls/key.pem\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
     # our own (empty) env file: the system one names the default node
     (base / "rabbitmq-env.conf").write_text("")
     base.chmod(0o755)
@@ -256,18 +276,22 @@ def _make_node() -> RabbitNode:
         nodename=nodename,
         base_dir=base,
         env=env,
+        tls_port=tls_port if tls is not None else None,
     )
 
 
-def start_rabbitmq() -> RabbitNode:
+def start_rabbitmq(tls: tuple[bytes, bytes, bytes] | None = None) -> RabbitNode:
     """Start a throwaway node (guest/guest on loopback); ``stop()`` it when done.
+
+    ``tls``: PEM bytes of (CA, server certificate, server key) to add an amqps listener on
+    ``node.tls_port`` (client certificates are not asked for).
 
     Raises:
         RuntimeError: RabbitMQ is not installed.
     """
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
         raise RuntimeError("RabbitMQ is not installed: run `apt-get install -y rabbitmq-server`")
-    node = _make_node()
+    node = _make_node(tls)
     try:
         node.start()
     except BaseException:
