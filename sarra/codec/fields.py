@@ -60,6 +60,10 @@ _SUM_VALUES: dict[str, re.Pattern[str]] = {
     "z": re.compile(r"[ds]", re.ASCII),
 }
 _INT = re.compile(r"-?\d+", re.ASCII)
+#: largest file size (and so any part value) a ``parts`` header may describe: what a signed
+#: 64-bit offset holds, as the file system calls that use these values (ftruncate,
+#: fallocate, pwrite) take it; beyond it they raise OverflowError instead of refusing
+PARTS_VALUE_MAX = (1 << 63) - 1
 _MODE = re.compile(r"[0-7]{1,6}", re.ASCII)
 
 
@@ -133,14 +137,19 @@ def parse_parts(text: str) -> PartSpec:
     """Parse a ``parts`` header and check it per spec 6.1/6.3.
 
     Raises:
-        MalformedMessage: bad grammar, or values outside the rules of 6.3.
+        MalformedMessage: bad grammar, values outside the rules of 6.3, or a value (or the
+            file size the values imply) over :data:`PARTS_VALUE_MAX`.
     """
     fields = text.split(",")
     if len(fields) != 5 or fields[0] not in ("1", "i", "p"):
         raise MalformedMessage(f"malformed parts {text[:80]!r}")
-    if not all(_INT.fullmatch(f) for f in fields[1:]):
+    # 20 digits at most: enough for any value up to PARTS_VALUE_MAX, and it keeps int()
+    # away from its digit limit (a ValueError, not a MalformedMessage)
+    if not all(_INT.fullmatch(f) and len(f.lstrip("-")) <= 20 for f in fields[1:]):
         raise MalformedMessage(f"malformed parts {text[:80]!r}")
     bs, cnt, rem, n = (int(f) for f in fields[1:])
+    if max(bs, cnt, rem, n) > PARTS_VALUE_MAX:
+        raise MalformedMessage(f"parts value out of range in {text!r}")
     spec = PartSpec(fields[0], bs, cnt, rem, n)
     if spec.method == "1":
         if bs < 0 or cnt != 1 or n != 0:
@@ -148,6 +157,10 @@ def parse_parts(text: str) -> PartSpec:
         return spec
     if bs <= 0 or cnt <= 0 or not 0 <= n < cnt or rem < 0 or rem > bs:
         raise MalformedMessage(f"inconsistent parts {text!r}")
+    # block count times block size is the file size: a claim no file can have is refused
+    # here, before any component computes an offset from it
+    if spec.file_size > PARTS_VALUE_MAX:
+        raise MalformedMessage(f"parts {text!r} describe a file over {PARTS_VALUE_MAX} bytes")
     return spec
 
 
@@ -185,6 +198,31 @@ def ordered(headers: Mapping[str, str], drop: Iterable[str] = ()) -> dict[str, s
     skip = V03_NAMES.union(drop)
     out = {k: headers[k] for k in SR2_ORDER if k in headers and k not in skip}
     out.update((k, v) for k, v in headers.items() if k not in out and k not in skip)
+    return out
+
+
+#: what replaces the end of a text shortened to fit a header (then the bytes cut)
+SHORTENED_MARK = "...[{cut} bytes cut]"
+
+
+def fit_header_value(text: str, value_max: int) -> str:
+    """``text`` if it fits in ``value_max`` UTF-8 bytes, else its start cut on a character
+    boundary and marked with :data:`SHORTENED_MARK` (how many bytes were cut), so the
+    result always fits and encodes.
+
+    Used for free text only (a report's ``message``): a value with meaning (a sum, a path)
+    is never shortened.
+    """
+    raw = text.encode("utf-8", "replace")  # a lone surrogate (undecodable name) becomes "?"
+    if len(raw) <= value_max:
+        return raw.decode("utf-8")
+    mark = SHORTENED_MARK.format(cut=len(raw))  # an upper bound on the real mark's length
+    keep = max(0, value_max - len(mark.encode("utf-8")))
+    head = raw[:keep].decode("utf-8", "ignore")  # drops a character cut in the middle
+    cut = len(raw) - len(head.encode("utf-8"))
+    out = head + SHORTENED_MARK.format(cut=cut)
+    if len(out.encode("utf-8")) > value_max:  # no room even for the mark
+        return raw[:value_max].decode("utf-8", "ignore")
     return out
 
 

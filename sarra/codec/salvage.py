@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
-from sarra.codec.fields import parse_checksum, parse_parts
+from sarra.codec.fields import fit_header_value, parse_checksum, parse_parts
 from sarra.codec.paths import report_topic
 from sarra.codec.timestamps import parse_timestamp
 from sarra.codec.v02 import HEADER_VALUE_MAX, _body, _wire
@@ -53,7 +53,7 @@ def report_for_undecodable(
     if isinstance(parts, str):
         with contextlib.suppress(MalformedMessage):
             out["parts"] = parse_parts(parts).wire()
-    out["message"] = message[: HEADER_VALUE_MAX - 1]
+    out["message"] = fit_header_value(message, HEADER_VALUE_MAX)
     body = _body(pubtime, base_url, rel_path, f"{code:03d}", host, user, f"{elapsed:f}")
     topic = report_topic(routing_key) if routing_key.startswith("v02.") else "v02.report"
     return _wire(

@@ -18,6 +18,7 @@ from sarra.codec.fields import (
     V03_NAMES,
     Limits,
     check_emittable,
+    fit_header_value,
     normalize_headers,
     ordered,
 )
@@ -360,7 +361,8 @@ def report_to_wire(
         f"{report.elapsed:f}",
     )
     hdrs = {k: v for k, v in n.headers.items() if k not in V03_NAMES and k != "message"}
-    hdrs["message"] = report.message
+    # the message quotes URLs, paths, sums: it is shortened to fit, never a reason to refuse
+    hdrs["message"] = fit_header_value(report.message, header_value_max)
     return _wire(
         exchange,
         report_topic(n.topic),
