@@ -12,12 +12,13 @@ import logging
 import os
 import random
 import stat as statmod
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sarra.broker.session import BrokerSession
+from sarra.broker.session import BrokerSession, backoff_delays
 from sarra.codec import v02
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.errors import AccessRefused, BrokerError, ConfigError, LocalError, MalformedMessage
@@ -100,6 +101,13 @@ class PostSettings:
             message_ttl_ms=int(float(ttl) * 1000) if ttl else None,
             exchange_split=int(_opt(cfg, "post_exchange_split", 0) or 0),
         )
+
+
+def outage_max(cfg: Any) -> float | None:
+    """``post_outage_max``: how long posting waits for an unreachable broker (None: forever)."""
+    value = cfg.get("post_outage_max")
+    seconds = float(value) if value not in (None, "") else 0.0
+    return seconds if seconds > 0 else None
 
 
 def _topic_override(cfg: Any) -> str | None:
@@ -293,8 +301,28 @@ class NoticeBuilder:
         )
 
 
+#: longest pause between two attempts to reach an unreachable broker: a refused connection
+#: costs nothing, and posting should resume within seconds of the broker's return
+RETRY_CAP = 5.0
+#: how often a continuing outage is reported in the log (each attempt is logged at debug)
+PROGRESS_EVERY = 30.0
+
+
 class Publisher:
-    """Publishes notices in batches with publisher confirms, reconnecting on broker faults."""
+    """Publishes notices in batches with publisher confirms and rides out broker outages.
+
+    A notice counts as posted only once the broker confirmed it; until then it stays queued
+    here, and a batch that failed is republished whole (duplicates are tolerable, loss is
+    not). After a failure, attempts are spaced by jittered backoff capped at
+    :data:`RETRY_CAP`, and the outage is logged with what is waiting every
+    :data:`PROGRESS_EVERY` seconds. ``outage_max`` (seconds, None or 0: forever) bounds how
+    long :meth:`flush` waits and when :meth:`exhausted` turns true.
+
+    Callers may name an *item* (a file) with each :meth:`add`; items whose notices were all
+    confirmed are counted in ``items_posted``, the others are listed by
+    :meth:`pending_items`. ``on_connect`` runs after every (re)connect, before publishing
+    (declaring exchanges: a broker that lost its state gets them back).
+    """
 
     def __init__(
         self,
@@ -302,65 +330,193 @@ class Publisher:
         builder: NoticeBuilder,
         batch: int = 500,
         nodupe: DuplicateCache | None = None,
+        *,
+        outage_max: float | None = None,
+        on_connect: Callable[[BrokerSession], None] | None = None,
+        stop: threading.Event | None = None,
+        backlog: Callable[[], str] | None = None,
     ) -> None:
         self.session = session
         self.builder = builder
         self.batch = batch
         self.nodupe = nodupe
+        self.outage_max = outage_max if outage_max and outage_max > 0 else None
+        self.on_connect = on_connect
+        self.stop = stop
+        self.backlog = backlog  # what else waits, for the progress lines (sr_watch)
         self._pending: list[WireMessage] = []
         self._pending_paths: list[str] = []
+        self._pending_items: list[str] = []
         self.published = 0
+        self.items_posted = 0
         self.suppressed = 0
-        self._declared: set[str] = set()
+        self._outage_since: float | None = None
+        self._next_attempt = 0.0
+        self._delays: Iterator[float] = iter(())
+        self._last_report = 0.0
+        self.last_error = ""
 
-    def add(self, notices: Iterable[Notice]) -> None:
-        """Queue notices; full batches are published at once."""
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Notices queued and not yet confirmed."""
+        return len(self._pending)
+
+    @property
+    def in_outage(self) -> bool:
+        """True from a failed publish until the next confirmed one."""
+        return self._outage_since is not None
+
+    def outage_seconds(self, now: float | None = None) -> float:
+        if self._outage_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self._outage_since
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether the backoff allows the next attempt now."""
+        return (time.monotonic() if now is None else now) >= self._next_attempt
+
+    def exhausted(self, now: float | None = None) -> bool:
+        """The broker has been unreachable for longer than ``outage_max``."""
+        return self.outage_max is not None and self.outage_seconds(now) > self.outage_max
+
+    def pending_items(self) -> list[str]:
+        """Items (as given to :meth:`add`) whose notices are not all confirmed yet."""
+        return list(self._pending_items)
+
+    def pending_paths(self) -> list[str]:
+        """The notice paths not confirmed yet."""
+        return list(self._pending_paths)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def add(self, notices: Iterable[Notice], item: str | None = None, *, wait: bool = True) -> None:
+        """Queue the notices of one item; once a batch is full, publish it: with
+        :meth:`flush` when ``wait`` (raising as it does), else with one :meth:`try_flush`
+        (a failure leaves everything queued)."""
+        wires: list[WireMessage] = []
+        paths: list[str] = []
         for notice in notices:
             if self.nodupe is not None and self.nodupe.check(notice):
                 log.info("not posting %s: unchanged since it was last posted", notice.path)
                 self.suppressed += 1
                 continue
-            self._pending_paths.append(notice.path)
             try:
-                self._pending.append(self.builder.wire(notice))
+                wires.append(self.builder.wire(notice))
             except MalformedMessage as e:
                 log.error("not posting %s: %s", notice.path, e)
                 raise
-            if len(self._pending) >= self.batch:
+            paths.append(notice.path)
+        # all of an item's notices or none: a half-queued file would be half announced
+        self._pending.extend(wires)
+        self._pending_paths.extend(paths)
+        if item is not None:
+            self._pending_items.append(item)
+        if len(self._pending) >= self.batch:
+            if wait:
                 self.flush()
+            else:
+                self.try_flush()
 
-    def flush(self, attempts: int = 5) -> None:
-        """Publish everything queued and wait for the broker's confirms.
+    def flush(self) -> None:
+        """Publish everything queued and return once the broker confirmed it all, waiting
+        through broker outages.
 
-        A batch is retried whole after a broker fault (duplicates are tolerable, loss is not).
+        Raises:
+            AccessRefused: the broker refused the login or the exchange (at once).
+            BrokerError: the broker stayed unreachable longer than ``outage_max``, or ``stop``
+                was set while waiting; the unconfirmed notices stay queued
+                (:meth:`pending_items`) and are forgotten by the duplicate cache.
+        """
+        while not self.try_flush():
+            if self.exhausted():
+                self._give_up()
+                raise BrokerError(
+                    f"broker unreachable for {self.outage_seconds():.0f}s "
+                    f"(post_outage_max {self.outage_max:g}s): {self.last_error}"
+                )
+            delay = max(0.0, self._next_attempt - time.monotonic())
+            if self.outage_max is not None:  # do not sleep past the bound
+                delay = min(delay, max(0.0, self.outage_max - self.outage_seconds()) + 0.01)
+            if self.stop is not None:
+                if self.stop.wait(delay):
+                    self._give_up()
+                    raise BrokerError(
+                        f"stopped while the broker was unreachable: {self.last_error}"
+                    )
+            else:
+                time.sleep(delay)
+
+    def try_flush(self) -> bool:
+        """One attempt to publish what is queued: True once nothing is left unconfirmed.
+
+        A broker fault starts (or continues) an outage and returns False; the notices stay
+        queued for the next attempt (see :meth:`due`).
+
+        Raises:
+            AccessRefused: retrying cannot help (the queued notices stay queued).
         """
         if not self._pending:
-            return
+            self._confirmed()
+            return True
+        now = time.monotonic()
         try:
-            self._publish(attempts)
-        except BaseException:
-            if self.nodupe is not None:  # not posted: must not count as seen
-                for path in self._pending_paths:
-                    self.nodupe.forget(path)
+            if not self.session.connected:
+                self.session.connect()
+                if self.on_connect is not None:
+                    self.on_connect(self.session)
+            self.session.publish(self._pending)
+        except AccessRefused:
+            self.session.close()
             raise
+        except BrokerError as e:
+            self.session.close()
+            self._failed(e, now)
+            return False
+        self._confirmed()
+        return True
+
+    def _confirmed(self) -> None:
+        if self._outage_since is not None:
+            log.info(
+                "broker %s reachable again after %.0fs; %d waiting notice(s) posted",
+                self.session.url,
+                self.outage_seconds(),
+                len(self._pending),
+            )
+            self._outage_since = None
         self.published += len(self._pending)
+        self.items_posted += len(self._pending_items)
         self._pending.clear()
         self._pending_paths.clear()
+        self._pending_items.clear()
 
-    def _publish(self, attempts: int) -> None:
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
-            try:
-                if not self.session.connected:
-                    self.session.connect()
-                self.session.publish(self._pending)
-                break
-            except AccessRefused:
-                raise
-            except BrokerError as e:
-                if attempt == attempts:
-                    raise
-                log.warning("publish failed (%s); retrying in %.1fs", e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10)
-                self.session.close()
+    def _failed(self, error: BrokerError, now: float) -> None:
+        self.last_error = str(error)
+        more = f", {self.backlog()}" if self.backlog is not None else ""
+        if self._outage_since is None:
+            self._outage_since = self._last_report = now
+            self._delays = backoff_delays(0.5, RETRY_CAP)
+            log.warning(
+                "cannot publish: %s; %d notice(s) waiting%s; retrying", error, self.waiting, more
+            )
+        elif now - self._last_report >= PROGRESS_EVERY:
+            self._last_report = now
+            log.warning(
+                "broker %s unreachable for %.0fs, %d notice(s) waiting%s; retrying (%s)",
+                self.session.url,
+                now - self._outage_since,
+                self.waiting,
+                more,
+                error,
+            )
+        else:
+            log.debug("publish attempt failed: %s", error)
+        self._next_attempt = now + next(self._delays)
+
+    def _give_up(self) -> None:
+        # not posted: must not count as seen, so a later run posts them
+        if self.nodupe is not None:
+            for path in self._pending_paths:
+                self.nodupe.forget(path)

@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,12 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from sarra.broker.admin import ensure_exchanges
 from sarra.codec import v02
 from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, instance_state_dir, session_for
 from sarra.components.post import post_paths
-from sarra.components.poster import NoticeBuilder, PostSettings, Publisher
+from sarra.components.poster import NoticeBuilder, PostSettings, Publisher, outage_max
 from sarra.errors import ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.watching import (
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SLEEP = 3.0
 #: longest the run loop blocks, so ``stop`` is noticed promptly
 MAX_WAIT = 0.25
+#: unposted changes named one by one in the log when stopping; the rest are counted
+UNPOSTED_SHOWN = 20
 
 
 def watch_sleep(cfg: Any) -> float:
@@ -138,7 +142,19 @@ class _Watcher:
         self.url = broker_url(cfg, "post_broker")
         self.builder = NoticeBuilder(PostSettings.from_config(cfg, self.url.user, self.url.host))
         self.session = session_for(self.url, cfg, "sr_watch")
-        self.publisher = Publisher(self.session, self.builder)
+        exchange = self.builder.settings.exchange
+        declare = _flag(cfg, "declare_exchange", True)
+        self.publisher = Publisher(
+            self.session,
+            self.builder,
+            outage_max=outage_max(cfg),
+            # declared at every (re)connect: the broker may come back without it
+            on_connect=(lambda s: ensure_exchanges(s, [exchange])) if declare else None,
+            backlog=self._backlog_text,
+        )
+        # actions released by the coalescer and not yet handed to the publisher: only
+        # non-empty while the broker is unreachable (see _pump)
+        self.backlog: deque[Action] = deque()
         self.queue: queue.Queue[FsEvent] = queue.Queue()
         self.cache: DuplicateCache | None = None
         ttl = cfg.get("suppress_duplicates")
@@ -218,8 +234,18 @@ class _Watcher:
         )
 
     def announce(self, actions: Iterable[Action]) -> int:
+        """Post ``actions`` (after any still waiting); returns the notices handed over.
+
+        Never waits for the broker: when it is unreachable, what is not confirmed stays
+        with the publisher and the actions not yet built stay in ``backlog``.
+        """
+        self.backlog.extend(actions)
+        return self._pump()
+
+    def _pump(self) -> int:
         count = 0
-        for action in actions:
+        while self.backlog and not self.publisher.in_outage:
+            action = self.backlog.popleft()
             try:
                 notices = self.notices_for(action)
             except (LocalError, MessageError) as e:
@@ -227,14 +253,33 @@ class _Watcher:
                 continue
             notices = self._not_duplicates(notices)
             try:
-                self.publisher.add(notices)
+                self.publisher.add(notices, item=action.path, wait=False)
             except MessageError as e:
                 log.error("not posting %s: %s", action.path, e)
                 continue
             count += len(notices)
             log.debug("%s %s: %d notice(s)", action.kind, action.path, len(notices))
-        self.publisher.flush()
+        if not self.publisher.in_outage:
+            self.publisher.try_flush()
         return count
+
+    def _backlog_text(self) -> str:
+        return (
+            f"{len(self.backlog) + len(self.coalescer)} change(s) not yet announced "
+            "(kept until the broker is back)"
+        )
+
+    @property
+    def held(self) -> bool:
+        """The broker is unreachable or something still waits for it: new changes keep
+        folding in the coalescer (one entry per path, so memory is bounded by the number
+        of paths changed) instead of being released."""
+        return self.publisher.in_outage or bool(self.backlog)
+
+    def retry(self, now: float) -> None:
+        """During an outage: try again when the backoff allows, then post what waited."""
+        if not self.publisher.in_outage or (self.publisher.due(now) and self.publisher.try_flush()):
+            self._pump()
 
     def _not_duplicates(self, notices: list[Notice]) -> list[Notice]:
         if self.cache is None:
@@ -277,7 +322,13 @@ class _Watcher:
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.session.connect()
+        """Watch until ``stop``; 0 once everything seen was posted, 1 if notices were left
+        unposted (the broker unreachable at stop, or for longer than post_outage_max).
+
+        The broker is reached only to publish, so a broker down at start, or going away
+        later, is waited out (see :class:`~sarra.components.poster.Publisher`).
+        """
+        gave_up = False
         try:
             if not self.polling and not self.start_observer():
                 self.polling = True
@@ -292,19 +343,45 @@ class _Watcher:
             )
             if self.post_on_start:
                 self.announce(self.initial_actions())
-            self._loop()
+            gave_up = not self._loop()
         finally:
             self.stop_observer()
             try:
-                self.publisher.flush()
+                left = self._finish(gave_up)
             finally:
                 self.session.close()
                 if self.cache is not None:
                     self.cache.close()
         log.info("published %d notices", self.publisher.published)
-        return 0
+        return 1 if left else 0
 
-    def _loop(self) -> None:
+    def _finish(self, gave_up: bool) -> int:
+        """Last attempt to post what waits (unless giving up); name what is left unposted
+        and let the duplicate cache forget it, so the next start posts it. Returns how many
+        changes were left."""
+        # one more attempt when stopping during an outage: the broker may be back already
+        if not gave_up and (not self.publisher.in_outage or self.publisher.try_flush()):
+            self._pump()
+        left = self.publisher.pending_items() + [a.path for a in self.backlog]
+        if not left and not gave_up:
+            return 0
+        if self.cache is not None:
+            for path in self.publisher.pending_paths():
+                self.cache.forget(path)
+        unsettled = len(self.coalescer)
+        log.error(
+            "%d change(s) not posted (broker unreachable: %s)%s: %s%s",
+            len(left) + unsettled,
+            self.publisher.last_error,
+            f", {unsettled} of them still settling" if unsettled else "",
+            ", ".join(left[:UNPOSTED_SHOWN]),
+            f" ... and {len(left) - UNPOSTED_SHOWN} more" if len(left) > UNPOSTED_SHOWN else "",
+        )
+        return len(left) + unsettled
+
+    def _loop(self) -> bool:
+        """Fold events and announce until ``stop`` (True), or until the broker has been
+        unreachable longer than post_outage_max (False)."""
         next_scan = time.monotonic() + self.sleep
         check_every = max(0.05, min(self.sleep / 4, 1.0))
         next_check = time.monotonic() + check_every
@@ -320,15 +397,25 @@ class _Watcher:
             if self.polling and now >= next_scan:
                 self.scan()
                 next_scan = now + self.sleep
-            if now >= next_check:
+            if self.held:
+                self.retry(now)
+                if self.publisher.exhausted(now):
+                    log.error(
+                        "giving up: broker unreachable for %.0fs (post_outage_max)",
+                        self.publisher.outage_seconds(now),
+                    )
+                    return False
+            elif now >= next_check:
                 self.announce(self.coalescer.ready(now, time.time()))
                 next_check = now + check_every
         # stopping: take what has arrived, announce what is already complete
         with contextlib.suppress(queue.Empty):
             self._drain(self.queue.get_nowait())
-        self.announce(self.coalescer.ready(time.monotonic(), time.time()))
+        if not self.held:
+            self.announce(self.coalescer.ready(time.monotonic(), time.time()))
         if len(self.coalescer):
             log.info("%d change(s) still settling at stop: not posted", len(self.coalescer))
+        return True
 
     def _drain(self, first: FsEvent) -> None:
         now = time.monotonic()
