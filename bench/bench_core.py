@@ -333,7 +333,8 @@ class Runner:
                 f"broker {self.site.broker}", f"exchange {exchange}",
                 f"queue_name {self.queue}", "expire 1h", "subtopic #", "report_back off",
                 *([f"transfer_threads {ctx.threads}"] if ctx.threads else []),
-                "mirror on", f"directory {dest}", "accept .*",
+                "mirror on", "base_url_private on",  # the bench web server is on loopback
+                f"directory {dest}", "accept .*",
             ])  # fmt: skip
             self.settings = f"transfer_threads {ctx.threads or 'default (4)'}, report_back off"
         elif side == "sr2":

@@ -235,6 +235,7 @@ def run_ours(ctx: Ctx, src: Path, want_md5: str, instances: int) -> Figures:
     site.write("subscribe", "large", [
         f"broker {site.broker}", f"exchange {exchange}", f"queue_name {queue}", "expire 1h",
         "subtopic #", "report_back off", f"instances {instances}", "mirror on",
+        "base_url_private on",  # the bench web server is on loopback
         f"directory {dest}", "accept .*", *os.environ.get("BENCH_EXTRA", "").split(";"),
     ])  # fmt: skip
     env = site.env

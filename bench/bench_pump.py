@@ -235,6 +235,7 @@ def ours_plan(ctx: Ctx, n: Names, home: Path, paths: list[Path]) -> Plan:
     write("subscribe", [
         f"broker {broker}", f"exchange {n.public_exchange}", f"queue_name {sub_q}",
         "expire 1h", "subtopic #", "report_back off", *threads, "mirror on",
+        "base_url_private on",  # the bench web server is on loopback
         f"directory {dest}", "accept .*",
     ])  # fmt: skip
     post_cfg = write("post", [

@@ -122,6 +122,8 @@ def main() -> int:
             "strip 1\n"
             "accept .*\n"
             "expire 1h\n"
+            # the demo's web server listens on loopback, which subscribers refuse by default
+            "base_url_private on\n"
         )
         env = dict(os.environ)
         env.update(SR_CONFIG_DIR=str(conf), SR_STATE_DIR=str(work / "state"))

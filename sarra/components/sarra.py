@@ -20,6 +20,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -187,7 +188,9 @@ class SarraComponent:
         journal = InflightJournal(state / f"inflight_{instance:03d}.journal")
         directory = str(cfg.get("directory") or settings.post_base_dir)
         downloader = Downloader(
-            SubscribeComponent()._download_settings(cfg),
+            # the Republisher applies the pump's own baseUrl host policy (sources are often
+            # on private networks; its own hosts are trusted), so not the subscriber's
+            replace(SubscribeComponent()._download_settings(cfg), base_url_private=True),
             _Resolver(cfg, directory),
             plugins,
             None,

@@ -124,6 +124,8 @@ class SubscribeComponent:
             timeout=_float(cfg, "timeout", 300.0),
             credentials=store.find,
             part_expiry=_float(cfg, "part_expiry", DEFAULT_EXPIRY),
+            base_url_private=bool(cfg.get("base_url_private")),
+            file_size_max=int(cfg.get("file_size_max") or 0),
         )
 
     # -- Component protocol --------------------------------------------------------------------

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import MalformedMessage, PolicyRefused, SarraError
+from sarra.flow import baseurl
+from sarra.flow.baseurl import SUBSCRIBER_REFUSED, HostGuard, resolve_host
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.localfs import SafeRoot
@@ -66,6 +68,11 @@ class DownloadSettings:
     progress_threshold: int = 8 << 20
     #: a multi-part file with no progress for this long is abandoned and reported (499)
     part_expiry: float = DEFAULT_EXPIRY
+    #: fetch from baseUrls on loopback/link-local/private/unspecified addresses (spec 9.4);
+    #: off, such a notice is refused (503) unless it matches ``base_url_accept``
+    base_url_private: bool = False
+    #: refuse (503) a notice whose parts claim a file larger than this; 0: no bound
+    file_size_max: int = 0
 
 
 class Downloader:
@@ -81,8 +88,18 @@ class Downloader:
         parts_state: Path | None = None,
         inplace: bool = True,
         batch_commit: bool = False,
+        resolver: baseurl.Resolver = resolve_host,
     ) -> None:
         self.settings = settings
+        self._hosts = (
+            None
+            if settings.base_url_private
+            else HostGuard(
+                SUBSCRIBER_REFUSED,
+                hint="set base_url_private on, or list it in base_url_accept",
+                resolver=resolver,
+            )
+        )
         #: stage verified whole files for :meth:`commit_batch` (the loop must call it)
         self.batch_commit = batch_commit
         self.journal = journal
@@ -139,7 +156,19 @@ class Downloader:
         return True
 
     def _check_policy(self, notice: Notice) -> None:
-        """Spec 9.4: only allowed baseUrls are fetched."""
+        """Spec 9.4: only allowed baseUrls are fetched, and no file over ``file_size_max``.
+
+        A baseUrl matching ``base_url_accept`` is allowed as listed; otherwise its scheme
+        must be a known one and (unless ``base_url_private``) its host must not be, or
+        resolve to, a loopback/link-local/private/unspecified address
+        (:mod:`sarra.flow.baseurl`). Raises :class:`PolicyRefused` (503).
+        """
+        limit = self.settings.file_size_max
+        if limit > 0 and notice.parts is not None and notice.parts.file_size > limit:
+            raise PolicyRefused(
+                f"parts {notice.parts.wire()} claim a file of {notice.parts.file_size} bytes, "
+                f"over file_size_max {limit}"
+            )
         base = notice.base_url
         if self.settings.base_url_accept:
             if not any(p.match(base) for p in self.settings.base_url_accept):
@@ -153,6 +182,8 @@ class Downloader:
         parts = urlsplit(base)
         if parts.password:
             raise PolicyRefused("baseUrl carries a password")
+        if self._hosts is not None:
+            self._hosts.check(base)
 
     def root(self, directory: str) -> SafeRoot:
         with self._roots_lock:

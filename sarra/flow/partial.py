@@ -27,7 +27,7 @@ from sarra.flow.work import WorkItem
 from sarra.integrity.sums import new_hasher
 from sarra.notice import Checksum, Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
-from sarra.parts.tracker import DEFAULT_EXPIRY, MarkStatus, PartTracker
+from sarra.parts.tracker import DEFAULT_EXPIRY, Marked, MarkStatus, PartTracker, Ticket
 from sarra.transfer.base import Transport
 
 log = logging.getLogger(__name__)
@@ -104,37 +104,20 @@ class PartReceiver:
         tracked = PartSpec(
             "i", spec.block_size, spec.block_count, spec.remainder, spec.block_number
         )
-        with tracker.begin(
+        ticket = tracker.begin(
             target_rel, tracked, version, mtime=mtime, mode=mode, about=_about(notice)
-        ) as ticket:
-            if ticket.done:
-                item.dest_rel = target_rel
-                item.extra["part"] = "done"
-                # for a pump that announces it again after a redelivery
-                item.extra["whole"] = tracker.block_sums(ticket)
-                item.settle(304, "not modified (this version is complete)")
-                return
-            if ticket.needs():
-                chunks: Iterator[bytes | memoryview]
-                write: Callable[[memoryview, int], None]
-                if spec.length >= DIRECT_MIN:
-                    chunks = aligned_chunks(transport, url, remote_offset, spec.length)
-                    write = ticket.pwrite_aligned
-                else:
-                    chunks = iter(transport.get(url, remote_offset, spec.length))
-                    write = ticket.pwrite
-                computed = _stream_block(
-                    chunks,
-                    notice.checksum,
-                    spec,
-                    write,
-                    f"{target_rel} block {spec.block_number}",
-                )
-                ticket.fsync()  # durable before it is marked present
-                item.computed = computed
-            kept_sum = item.computed or notice.checksum
-            marked = tracker.mark(ticket, block_sum=kept_sum.wire())
+        )
+        try:
+            marked = self._write_block(item, tracker, ticket, transport, url, remote_offset)
+        except BaseException:
+            # a failed block (416, short, corrupt, disk full...) of a version with nothing
+            # else in it releases the data file and record now, not after part_expiry
+            if tracker.abandon(ticket):
+                log.info("%s: released the reassembly file of a failed block", target_rel)
+            raise
         item.dest_rel = target_rel
+        if marked is None:
+            return
         status = marked.status
         item.extra["part"] = "inserted"
         if status is MarkStatus.COMPLETE:
@@ -157,6 +140,52 @@ class PartReceiver:
             item.settle(304, "superseded by a newer version of the file")
         else:
             item.settle(304, f"not modified (block {status.value})")
+
+    def _write_block(
+        self,
+        item: WorkItem,
+        tracker: PartTracker,
+        ticket: Ticket,
+        transport: Transport,
+        url: str,
+        remote_offset: int,
+    ) -> Marked | None:
+        """Fetch, verify and write ``ticket``'s block, then mark it present; None when the
+        version was already complete (``item`` is then settled 304). Closes the ticket.
+
+        Space for the block is reserved only once its data arrives (:meth:`Ticket.reserve`).
+        """
+        notice = item.notice
+        spec = notice.parts
+        assert spec is not None
+        with ticket:
+            if ticket.done:
+                item.extra["part"] = "done"
+                # for a pump that announces it again after a redelivery
+                item.extra["whole"] = tracker.block_sums(ticket)
+                item.settle(304, "not modified (this version is complete)")
+                return None
+            if ticket.needs():
+                chunks: Iterator[bytes | memoryview]
+                write: Callable[[memoryview, int], None]
+                if spec.length >= DIRECT_MIN:
+                    chunks = aligned_chunks(transport, url, remote_offset, spec.length)
+                    write = ticket.pwrite_aligned
+                else:
+                    chunks = iter(transport.get(url, remote_offset, spec.length))
+                    write = ticket.pwrite
+                computed = _stream_block(
+                    chunks,
+                    notice.checksum,
+                    spec,
+                    write,
+                    f"{ticket.final_rel} block {spec.block_number}",
+                    reserve=ticket.reserve,
+                )
+                ticket.fsync()  # durable before it is marked present
+                item.computed = computed
+            kept_sum = item.computed or notice.checksum
+            return tracker.mark(ticket, block_sum=kept_sum.wire())
 
     def _keep_part(
         self,
@@ -265,14 +294,18 @@ def _stream_block(
     spec: PartSpec,
     write: Callable[[memoryview, int], None],
     what: str,
+    reserve: Callable[[], object] | None = None,
 ) -> Checksum | None:
-    """Write a block's chunks at their offsets while hashing; verify length and sum."""
+    """Write a block's chunks at their offsets while hashing; verify length and sum.
+    ``reserve`` is called when the first bytes arrive (see :func:`stream`)."""
     letter = checksum.letter
     algo = letter if letter in _VERIFIED else (checksum.value if letter == "z" else None)
     if algo is not None and algo not in _VERIFIED:
         raise MalformedMessage(f"{what}: sum {checksum.wire()!r} does not describe data")
     hasher = new_hasher(algo) if algo is not None else None
-    got = stream(chunks, hasher, write, start=spec.offset, limit=spec.length, what=what)
+    got = stream(
+        chunks, hasher, write, start=spec.offset, limit=spec.length, what=what, reserve=reserve
+    )
     if got != spec.length:
         raise IntegrityError(f"{what}: {got} bytes, expected {spec.length}")
     if hasher is None or algo is None:

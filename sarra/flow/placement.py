@@ -7,6 +7,7 @@ leftover) and raises :class:`IntegrityError` naming the expected and received va
 
 from __future__ import annotations
 
+import functools
 import os
 import stat as stat_mod
 import time
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 
 from sarra.errors import IntegrityError, LocalError, MalformedMessage
 from sarra.flow.localfs import InflightFile, SafeRoot
-from sarra.flow.streaming import DIRECT_MIN, DirectWriter, allocate, stream
+from sarra.flow.streaming import DIRECT_MIN, DirectWriter, reserve, stream
 from sarra.integrity.sums import Hasher, new_hasher
 from sarra.notice import Checksum, Notice
 
@@ -88,7 +89,8 @@ def download_to(
     algorithm (returned in the result); ``n``/``0``/``a`` are placed unverified. When
     ``expected_size`` is given the data must be exactly that long (reading stops as soon as
     it is exceeded); from :data:`~sarra.flow.streaming.DIRECT_MIN` bytes on, the file's space
-    is allocated first and the chunks (best given page-aligned, see
+    is reserved when the first bytes arrive, if the free space allows
+    (:func:`~sarra.flow.streaming.reserve`), and the chunks (best given page-aligned, see
     :func:`~sarra.flow.streaming.aligned_chunks`) are written by direct I/O while a helper
     thread hashes them. ``progress`` gets the byte count after each chunk. On success the file
     is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
@@ -108,9 +110,9 @@ def download_to(
     out = root.open_inflight(rel, inflight)
     try:
         if expected_size is not None and expected_size >= DIRECT_MIN:
-            # large: space reserved up front (a full disk shows now), hashing overlapped
-            # with writing, aligned chunks written by direct I/O (see sarra.flow.streaming)
-            allocate(out.fd, expected_size)
+            # large: space reserved once the origin serves data, within the free space
+            # (the notice's size alone reserves nothing), hashing overlapped with writing,
+            # aligned chunks written by direct I/O (see sarra.flow.streaming)
             writer = DirectWriter(out.fd, out.pwrite, rel)
             try:
                 size = stream(
@@ -120,6 +122,7 @@ def download_to(
                     limit=expected_size,
                     what=f"{rel}: size mismatch",
                     progress=progress,
+                    reserve=functools.partial(reserve, out.fd, 0, expected_size, rel),
                 )
             finally:
                 writer.close()

@@ -30,19 +30,16 @@ after a crash, losses are not.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
-import socket
 import threading
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from sarra.codec import v02
 from sarra.codec.fields import parse_checksum
-from sarra.errors import LocalError, PolicyRefused
+from sarra.errors import LocalError
+from sarra.flow.baseurl import REPUBLISHER_REFUSED, HostGuard, Resolver, resolve_host
 from sarra.flow.download import Downloader
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
@@ -123,28 +120,6 @@ class RepublishCounts:
             setattr(self, name, getattr(self, name) + 1)
 
 
-Resolver = Callable[[str], Iterable[str]]
-"""host -> its addresses (tests replace DNS with a table)."""
-
-
-def resolve_host(host: str) -> list[str]:
-    """The addresses ``host`` resolves to (an unresolvable name: none)."""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return []
-    return [str(info[4][0]) for info in infos]
-
-
-def is_internal(address: str) -> bool:
-    """True for loopback, link-local and unspecified addresses (spec 9.4)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
-
-
 def record_forged(exchange: str, claimed: str | None, reason: str) -> None:
     """Tell sr_police about a refused notice, when the police module is installed."""
     try:
@@ -173,7 +148,12 @@ class Republisher:
         self.settings = settings
         self.resolver = resolver
         self.counts = RepublishCounts()
-        self._internal_cache: dict[str, bool] = {}
+        self._hosts = HostGuard(
+            REPUBLISHER_REFUSED,
+            hint="list it in base_url_accept",
+            trusted_hosts=settings.trusted_hosts,
+            resolver=resolver,
+        )
 
     # -- flow thread ---------------------------------------------------------------------------
 
@@ -239,17 +219,7 @@ class Republisher:
         base = notice.base_url
         if any(p.match(base) for p in self.settings.base_url_accept):
             return  # listed explicitly
-        host = (urlsplit(base).hostname or "").lower()
-        if not host or host in self.settings.trusted_hosts:
-            return
-        internal = self._internal_cache.get(host)
-        if internal is None:
-            internal = any(is_internal(a) for a in self.resolver(host)) or is_internal(host)
-            self._internal_cache[host] = internal
-        if internal:
-            raise PolicyRefused(
-                f"baseUrl host {host} is loopback/link-local (list it in base_url_accept)"
-            )
+        self._hosts.check(base)
 
     # -- pool threads --------------------------------------------------------------------------
 

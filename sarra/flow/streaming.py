@@ -37,6 +37,8 @@ DIRECT_ALIGN = 4096
 #: size of each of the two read buffers of a transfer
 BUFFER_SIZE = 1 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: free space a reservation must leave on the file system (see :func:`reserve`)
+RESERVE_MARGIN = 64 << 20
 
 
 class _Getter(Protocol):
@@ -99,12 +101,17 @@ def stream(
     limit: int | None = None,
     what: str,
     progress: Callable[[int], None] | None = None,
+    reserve: Callable[[], object] | None = None,
 ) -> int:
     """Write ``chunks`` at ``start`` onwards while ``hasher`` hashes them; return the count.
 
+    ``reserve`` is called once, when the first non-empty chunk has arrived and before it is
+    written: space is reserved for what the origin actually serves, never on a notice's word
+    alone (an origin answering 416 or nothing costs no disk).
+
     Raises :class:`IntegrityError` as soon as more than ``limit`` bytes arrive, and whatever
-    ``chunks`` and ``write`` raise. ``chunks`` is closed in every case. The hash of the last
-    chunk is complete when this returns.
+    ``chunks``, ``write`` and ``reserve`` raise. ``chunks`` is closed in every case. The
+    hash of the last chunk is complete when this returns.
     """
     got = 0
     hashing: Future[None] | None = None
@@ -114,6 +121,9 @@ def stream(
                 chunk = memoryview(data)
                 if limit is not None and got + len(chunk) > limit:
                     raise IntegrityError(f"{what}: more than the {limit} bytes announced")
+                if reserve is not None and len(chunk):
+                    reserve()
+                    reserve = None
                 if hasher is not None:
                     # a buffer is refilled only two chunks later: by then its hash was
                     # waited for here and its write has returned
@@ -202,18 +212,38 @@ def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
 _FALLOCATE = _libc_fallocate()
 
 
-def allocate(fd: int, size: int) -> bool:
-    """Reserve ``[0, size)`` on disk and grow the file to ``size``, with the fallocate(2)
-    system call (never glibc's emulation, which would write the whole file). False when the
-    file system cannot."""
-    if _FALLOCATE is None:
+def allocate(fd: int, size: int, offset: int = 0) -> bool:
+    """Reserve ``[offset, size)`` on disk and grow the file to at least ``size``, with the
+    fallocate(2) system call (never glibc's emulation, which would write the whole file).
+    False when the file system cannot, or when the range is empty."""
+    if _FALLOCATE is None or size <= offset:
         return False
-    if _FALLOCATE(fd, 0, 0, size) == 0:
+    if _FALLOCATE(fd, 0, offset, size - offset) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
         return False
     raise OSError(err, os.strerror(err))
+
+
+def reserve(fd: int, offset: int, length: int, what: str, *, margin: int = RESERVE_MARGIN) -> bool:
+    """Reserve ``[offset, offset + length)`` of ``fd`` (see :func:`allocate`) if the file
+    system keeps ``margin`` bytes free after it; True when reserved.
+
+    The bounded reservation policy: a claim larger than the free space (a lying or simply
+    wrong notice, or a file that cannot fit) reserves nothing; the data is then written as it
+    arrives, and a disk that really fills fails the write with :class:`DiskFull`. So no claim
+    can take the last free bytes of a file system before its data exists.
+
+    Raises :class:`DiskFull`/:class:`LocalError` when the file system refuses.
+    """
+    try:
+        st = os.fstatvfs(fd)
+        if length > st.f_bavail * st.f_frsize - margin:
+            return False
+        return allocate(fd, offset + length, offset)
+    except OSError as exc:
+        raise _translated(exc, f"reserve {length} bytes for {what}") from exc
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:

@@ -30,13 +30,15 @@ from types import TracebackType
 
 from sarra.errors import DiskFull, HostilePath, LocalError, MalformedMessage
 from sarra.flow.localfs import SafeRoot
-from sarra.flow.streaming import DirectWriter, allocate
+from sarra.flow.streaming import DirectWriter, allocate, reserve
 from sarra.notice import PartSpec
 
 #: suffix of shared reassembly data files
 DATA_SUFFIX = ".sr-part"
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NAME_MAX = 255
+#: most blocks a tracked file may have: a 2 MiB record bitmap (1 TiB in 64 KiB blocks)
+MAX_BLOCKS = 1 << 24
 #: bytes of a block kept in the page cache behind its writer (see :meth:`Ticket.pwrite`)
 WRITEBACK_LAG = 8 << 20
 
@@ -197,6 +199,13 @@ class Ticket:
             return False
         return not (n >> 3 < len(self._present) and self._present[n >> 3] & (1 << (n & 7)))
 
+    def reserve(self) -> bool:
+        """Reserve this ticket's block range in the data file if the free space allows it
+        (:func:`sarra.flow.streaming.reserve`); call it once the block's data arrives."""
+        if self._fd is None:
+            return False
+        return reserve(self._fd, self.spec.offset, self.spec.length, self.final_rel)
+
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         """Write ``data`` at ``offset`` in the data file (for streaming a block).
 
@@ -286,12 +295,19 @@ class Ticket:
 
 
 def check_spec(spec: PartSpec) -> None:
-    """Refuse a ``parts`` value the tracker cannot take (spec 6.3): MalformedMessage."""
+    """Refuse a ``parts`` value the tracker cannot take (spec 6.3): MalformedMessage.
+
+    Besides the rules of 6.3, the block count is bounded by :data:`MAX_BLOCKS`: the record
+    keeps a bit per block, so a claim of 10**15 blocks would otherwise allocate that much
+    memory (and write it to disk) before any byte of data arrived.
+    """
     bs, cnt, rem, n = spec.block_size, spec.block_count, spec.remainder, spec.block_number
     if spec.method != "i":
         raise MalformedMessage(f"part tracker takes only 'i' parts, not {spec.wire()!r}")
     if bs <= 0 or cnt <= 0 or not 0 <= n < cnt or not 0 <= rem <= bs:
         raise MalformedMessage(f"impossible parts {spec.wire()!r}")
+    if cnt > MAX_BLOCKS:
+        raise MalformedMessage(f"parts {spec.wire()!r}: more than {MAX_BLOCKS} blocks")
 
 
 def known_size(spec: PartSpec) -> tuple[int | None, bool]:

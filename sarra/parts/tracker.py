@@ -21,6 +21,10 @@ State directory layout (``state_dir`` should be per component/config, on local d
     owners/<key>.owner   flock held by the caller running on_file (released by death)
     locks/.new           flock serializing the open-tracker bound check
 
+Every writer of a version holds a shared ``flock`` on its data file while its ticket is
+open; :meth:`PartTracker.abandon` discards a version whose only block failed when it can take
+that lock exclusively (no other writer at work), so a bogus claim leaves nothing behind.
+
 Records are rewritten whole under the lock: temp file, fsync, rename, fsync directory. The
 caller fsyncs block data *before* :meth:`PartTracker.mark`, so a recorded block is durable.
 
@@ -315,13 +319,52 @@ class PartTracker:
                     rec.mtime, rec.mode, changed = mtime, mode, True
                 if changed:
                     self._write("open", key, rec)
-                if fd is not None and rec.file_size is not None:
-                    assembly.presize(fd, rec.file_size, norm)
+                # Nothing is reserved here on the notice's word: each block reserves its own
+                # range once its data arrives (Ticket.reserve). The shared lock says "a writer
+                # is at work on this data file" to abandon(), and is taken under the key lock
+                # so abandon() (also under it) cannot miss a writer that has just begun.
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
                 return Ticket(key, spec, version, norm, bytes(rec.present), fd)
             except BaseException:
                 if fd is not None:
                     os.close(fd)
                 raise
+
+    def abandon(self, ticket: Ticket) -> bool:
+        """Release what was created for ``ticket``'s version when its block failed.
+
+        Closes the ticket. The version (data file and record) is discarded when no block of
+        it is present and no other writer has it open (each holds a shared ``flock`` on the
+        data file from :meth:`begin` until it closes its ticket): a bogus claim then leaves
+        nothing behind, while a version with a verified block, or another block in
+        progress, is kept for its other blocks (and expires as usual if they never come).
+        Returns True when the version was discarded.
+        """
+        ticket.close()
+        if ticket.done:
+            return False
+        with self._lock(f"{ticket.key}.lock"):
+            rec = self._read("open", ticket.key)
+            if (
+                rec is None
+                or not rec.same_version(ticket.version, ticket.spec)
+                or rec.step != _RECEIVING
+                or rec.count_present() > 0
+            ):
+                return False
+            fd = assembly.open_data(self.root, rec.data_rel, create=False)
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # another writer is at work on a block of this version
+                finally:
+                    os.close(fd)
+            self._discard(ticket.key, rec)
+            if self._read("done", ticket.key) is None:
+                self._unlink(self.state_dir / "locks" / f"{ticket.key}.lock")
+            return True
 
     def _create(
         self, key: str, norm: str, spec: PartSpec, version: str, about: dict[str, Any] | None

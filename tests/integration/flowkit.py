@@ -59,8 +59,11 @@ class Site:
         return self
 
     def write_subscribe(self, name: str, body: str) -> Path:
+        """Write a subscriber config: ``broker`` and ``base_url_private on`` (the test servers
+        listen on loopback, which subscribers refuse by default), then ``body``, which may
+        turn it off again."""
         path = self.config_dir / "subscribe" / f"{name}.conf"
-        path.write_text(f"broker {self.broker}\n" + body)
+        path.write_text(f"broker {self.broker}\nbase_url_private on\n" + body)
         return path
 
     def load(self, component: str, name: str | None, options: list[tuple[str, str]] = ()) -> Any:  # type: ignore[assignment]

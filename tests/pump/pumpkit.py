@@ -110,8 +110,12 @@ class Home:
         path.chmod(0o600)
 
     def write(self, component: str, name: str, body: str) -> str:
+        """Write a config; a subscriber's starts with ``base_url_private on``: the test pump's
+        web server listens on loopback, which subscribers refuse by default."""
         folder = self.root / "config" / component
         folder.mkdir(parents=True, exist_ok=True)
+        if component == "subscribe":
+            body = "base_url_private on\n" + body
         (folder / f"{name}.conf").write_text(body)
         return name
 

@@ -14,7 +14,8 @@ from sarra.codec import v02
 from sarra.components.log import Delivered, Summary, log_exchange
 from sarra.components.report_router import ReportRouter, Route
 from sarra.errors import ConfigError, PolicyRefused
-from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings, is_internal
+from sarra.flow.baseurl import is_internal
+from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, Report, WireMessage
 
