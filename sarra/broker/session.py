@@ -97,6 +97,7 @@ class BrokerSession:
         self._generation = 0
         self._tick_every = _MAX_WAIT
         self._consumers: dict[str, _Consumer] = {}
+        self._created_queues: list[str] = []
         self._queues: dict[str, QueueSpec] = {}
         self._ready: deque[tuple[Callable[[Delivery], None], Delivery]] = deque()
         self._cancelled: list[str] = []
@@ -161,6 +162,7 @@ class BrokerSession:
             for consumer in list(self._consumers.values()):
                 spec = self._queues.get(consumer.queue)
                 if spec is not None:
+                    self._note_if_missing(spec.name)
                     self._declare_queue_on(self._control(), spec)
                 self._start_consumer(consumer)
         except _LIBRARY_ERRORS as exc:
@@ -282,13 +284,36 @@ class BrokerSession:
     def declare_queue(self, spec: QueueSpec) -> tuple[int, int]:
         """Declare ``spec`` and bind it; return its (message, consumer) counts.
 
-        The spec is remembered so a consumer of that queue re-declares it on reconnect.
+        The spec is remembered so a consumer of that queue re-declares it on reconnect. A
+        queue that did not exist before (first use, or lost: expired, deleted) is noted for
+        :meth:`take_created_queues`, here and at every reconnect.
         """
+        self._note_if_missing(spec.name)
         counts: tuple[int, int] = self._call(
             f"cannot declare queue {spec.name!r}", lambda ch: self._declare_queue_on(ch, spec)
         )
         self._queues[spec.name] = spec
         return counts
+
+    def queue_exists(self, name: str) -> bool:
+        """Whether queue ``name`` exists (a passive declare; the connection is kept)."""
+        try:
+            self._call(
+                f"cannot inspect queue {name!r}", lambda ch: ch.queue_declare(name, passive=True)
+            )
+        except BrokerNotFound:
+            return False
+        return True
+
+    def _note_if_missing(self, name: str) -> None:
+        if not self.queue_exists(name):
+            self._created_queues.append(name)
+
+    def take_created_queues(self) -> list[str]:
+        """Names of the queues found missing (then created) by declarations and reconnects
+        since the last call: the consumer decides whether that lost anything."""
+        names, self._created_queues = self._created_queues, []
+        return names
 
     @staticmethod
     def _declare_queue_on(ch: Any, spec: QueueSpec) -> tuple[int, int]:

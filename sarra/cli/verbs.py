@@ -217,6 +217,7 @@ def _ago(mtime: float | None) -> str:
 def status(ctx: Context, configs: Sequence[str]) -> int:
     """One line per instance; exit 0 only if every expected instance runs."""
     from sarra.cli.instances import last_activity
+    from sarra.flow.heartbeat import read_note
 
     rc = 0
     print(f"{'config':<28} {'inst':>4} {'pid':>8}  {'state':<10} last activity", file=ctx.out)
@@ -251,6 +252,10 @@ def status(ctx: Context, configs: Sequence[str]) -> int:
                 rc = 1
             pid_text = str(pid) if pid is not None else "-"
             seen = _ago(last_activity(inst))
+            note = read_note(inst.heartbeat_path) if state is State.RUNNING else ""
+            if note:  # e.g. "paused: retry queue: ... No space left on device"
+                shown = note.split(":", 1)[0]
+                seen = f"{seen}; {redact(note)}"
             tag = instance_tag(number)
             print(f"{label:<28} {tag:>4} {pid_text:>8}  {shown:<10} {seen}", file=ctx.out)
         if cfg is not None:

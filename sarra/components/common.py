@@ -16,6 +16,7 @@ from sarra.components.base import InstanceStatus
 from sarra.config import paths
 from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.errors import BrokerError, ConfigError
+from sarra.flow.heartbeat import HeartbeatFile
 from sarra.flow.retryqueue import RetryQueue
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ def instance_state_dir(cfg: Any) -> Path:
     d = Path(paths.state_dir(cfg.component, cfg.name or "default"))
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def heartbeat_for(cfg: Any, instance: int) -> HeartbeatFile:
+    """The heartbeat file of an instance, where ``status`` looks (cli.instances)."""
+    name = f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
+    return HeartbeatFile(instance_state_dir(cfg) / name)
 
 
 def remove_queue_and_state(session: BrokerSession, name: str, cfg: Any) -> None:

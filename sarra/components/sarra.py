@@ -31,6 +31,7 @@ from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
     fqdn,
+    heartbeat_for,
     instance_state_dir,
     queue_spec,
     queue_status,
@@ -234,7 +235,7 @@ class SarraComponent:
                 while not stop.wait(0.1):
                     pass
 
-        heartbeat_file = state / f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
+        heartbeat_file = heartbeat_for(cfg, instance)
 
         def on_settled(item: WorkItem) -> None:
             if item.code in (201, 205):
@@ -253,7 +254,7 @@ class SarraComponent:
             on_settled=on_settled,
             before_settle=before_settle,
             commit_batch=downloader.commit_batch,
-            heartbeat=heartbeat_file.touch,
+            heartbeat=heartbeat_file.beat,
             post_session=post_session,
             housekeeping=lambda: downloader.housekeeping(loop.report),
         )

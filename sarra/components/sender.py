@@ -21,6 +21,7 @@ from sarra.components.common import (
     broker_url,
     credential_store,
     fqdn,
+    heartbeat_for,
     instance_state_dir,
     queue_spec,
     queue_status,
@@ -151,7 +152,6 @@ class SenderComponent:
             post_session.connect()
             if cfg.get("declare_exchange") is not False:
                 ensure_exchanges(post_session, (settings.announce.exchange,))
-        state = instance_state_dir(cfg)
         retry_queue = retry_queue_for(cfg, instance)
         plugins = Plugins.from_config(getattr(cfg, "plugins", {}))
         sender = Sender(settings, _RemoteResolver(cfg), plugins)
@@ -175,7 +175,7 @@ class SenderComponent:
             retry_ttl=retry_queue.ttl if _opt(cfg, "retry", True) else 0.0,
             declare_queue=bool(_opt(cfg, "declare_queue", True)),
         )
-        heartbeat_file = state / f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
+        heartbeat_file = heartbeat_for(cfg, instance)
 
         def on_settled(item: WorkItem) -> None:
             if item.code == 201:
@@ -192,7 +192,7 @@ class SenderComponent:
             retry_queue,
             stop=stop,
             on_settled=on_settled,
-            heartbeat=heartbeat_file.touch,
+            heartbeat=heartbeat_file.beat,
             post_session=post_session,
         )
         plugins.on_start(cfg)

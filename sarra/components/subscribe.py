@@ -16,6 +16,7 @@ from sarra.components.common import (
     broker_url,
     credential_store,
     fqdn,
+    heartbeat_for,
     instance_state_dir,
     queue_spec,
     queue_status,
@@ -182,10 +183,7 @@ class SubscribeComponent:
                 cfg.get("declare_queue") if cfg.get("declare_queue") is not None else True
             ),
         )
-        heartbeat_file = state / f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
-
-        def heartbeat() -> None:
-            heartbeat_file.touch()
+        heartbeat_file = heartbeat_for(cfg, instance)
 
         def housekeeping() -> None:
             if nodupe is not None:
@@ -210,7 +208,7 @@ class SubscribeComponent:
             before_settle=downloader.sync,
             commit_batch=downloader.commit_batch,
             housekeeping=housekeeping,
-            heartbeat=heartbeat,
+            heartbeat=heartbeat_file.beat,
         )
         plugins.on_start(cfg)
         started = time.monotonic()

@@ -41,6 +41,7 @@ from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
     fqdn,
+    heartbeat_for,
     instance_state_dir,
     queue_spec,
     report_exchange,
@@ -285,7 +286,7 @@ class WinnowComponent:
             declare_queue=bool(_opt(cfg, "declare_queue", True)),
         )
         retry_queue = RetryQueue(state / f"retry_{tag:03d}.jsonl", ttl=3600.0)
-        heartbeat_file = state / f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
+        heartbeat_file = heartbeat_for(cfg, instance)
         loop = ConsumingLoop(
             session,
             loop_settings,
@@ -296,7 +297,7 @@ class WinnowComponent:
             stop=stop,
             before_settle=winnower.before_settle,
             housekeeping=winnower.housekeeping,
-            heartbeat=heartbeat_file.touch,
+            heartbeat=heartbeat_file.beat,
             post_session=post_session,
         )
         started = time.monotonic()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Delivery, QueueSpec
@@ -77,6 +78,9 @@ class LoopSettings:
     exchanges: tuple[str, ...] = ()
 
 
+#: how often a paused loop checks whether its state directory is writable again (seconds)
+PROBE_EVERY = 5.0
+
 #: longest time a settled item waits for its batch to be committed (seconds)
 BATCH_WAIT = 0.05
 
@@ -107,7 +111,7 @@ class ConsumingLoop:
         commit_batch: Callable[[list[WorkItem]], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
         post_session: BrokerSession | None = None,
-        heartbeat: Callable[[], None] | None = None,
+        heartbeat: Callable[[str], None] | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
@@ -151,6 +155,18 @@ class ConsumingLoop:
         #: connection losses in a row, each soon after connecting (they back off)
         self._quick_losses = 0
         self._connected_at = 0.0
+        #: why consuming is paused (an outcome could not be made durable), or None
+        self._paused: str | None = None
+        self._paused_at = 0.0
+        self._next_probe = 0.0
+        #: deliveries held unacked while paused
+        self._held = 0
+        self._internal_errors = 0
+        #: when the queue was last known to exist (consuming); losses of it detected
+        self._queue_known_at: float | None = None
+        self.queue_losses = 0
+        #: reports that could not be built (e.g. a notice header too long to emit)
+        self.reports_unbuildable = 0
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -176,6 +192,7 @@ class ConsumingLoop:
                     self._consuming = True
                 log.info("consuming from %s queue %s", self.session.url, self.settings.queue.name)
                 self._connected_at = time.monotonic()
+                self._check_queue_continuity()
                 return
             except AccessRefused:
                 raise
@@ -184,6 +201,47 @@ class ConsumingLoop:
                 self.session.close()
                 self.stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, 30.0)
+
+    @property
+    def _seen_path(self) -> Path:
+        """Its mtime is the last time this configuration's queue was known to exist."""
+        return self.retry_queue.path.parent / f"queue_seen_{self.settings.queue.name}"
+
+    def _check_queue_continuity(self) -> None:
+        """Say loudly when the queue had to be created although it existed before (it
+        expired during an outage, or was deleted): what was published meanwhile is lost."""
+        name = self.settings.queue.name
+        if name in self.session.take_created_queues():
+            try:
+                last_seen: float | None = self._seen_path.stat().st_mtime
+            except OSError:
+                last_seen = None
+            if last_seen is None and self._queue_known_at is None:
+                log.info("queue %s created (first use)", name)
+            else:
+                since = max(t for t in (last_seen, self._queue_known_at) if t is not None)
+                expire = self.settings.queue.expire_ms
+                self.queue_losses += 1
+                log.error(
+                    "QUEUE LOST: %s did not exist on the broker any more (it expired after "
+                    "%s unused, or was deleted) and was created afresh; it was last known "
+                    "to exist at %s, %.0f s ago: notices published since it vanished were "
+                    "never queued and are lost. Set expire longer than your longest outage "
+                    "(see man sr_config, expire).",
+                    name,
+                    "expire" if expire is None else f"{expire / 1000:.0f} s",
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since)),
+                    time.time() - since,
+                )
+        self._queue_seen()
+
+    def _queue_seen(self) -> None:
+        """Record that the queue exists now (in memory, and on disk for the next run)."""
+        self._queue_known_at = time.time()
+        try:
+            self._seen_path.touch()
+        except OSError as e:  # only the loss diagnosis after a restart depends on it
+            log.debug("cannot mark %s: %s", self._seen_path, e)
 
     def _back_off_if_repeating(self) -> None:
         """Wait before reconnecting when the connection keeps failing soon after it is made
@@ -213,17 +271,28 @@ class ConsumingLoop:
                     if self._flush_due():
                         self._flush_settled()
                     now = time.monotonic()
+                    if self._paused is not None and now >= self._next_probe:
+                        self._next_probe = now + PROBE_EVERY
+                        self._try_resume()
                     if now >= next_hk:
                         next_hk = now + 5
-                        self._run_retries()
-                        if self.housekeeping is not None:
-                            self.housekeeping()
-                        if self.heartbeat is not None:
-                            self.heartbeat()
+                        self._periodic()
                 except AccessRefused:
                     raise
                 except BrokerError as e:
                     log.warning("broker connection lost: %s", e)
+                    self._abandon_unacked()
+                    self.session.close()
+                    self._back_off_if_repeating()
+                except Exception:
+                    # a bug in settling or in a callback must not stop the instance, nor ack
+                    # work that is not done: drop the connection, the broker redelivers
+                    self._internal_errors += 1
+                    log.exception(
+                        "internal error in the flow (%d so far); reconnecting, "
+                        "unacked notices will be redelivered",
+                        self._internal_errors,
+                    )
                     self._abandon_unacked()
                     self.session.close()
                     self._back_off_if_repeating()
@@ -235,6 +304,82 @@ class ConsumingLoop:
                 self.post_session.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _periodic(self) -> None:
+        """Retries from disk and the components' callbacks, every few seconds; a failure in
+        one is logged and never stops the others nor the flow."""
+        steps: list[tuple[str, Callable[[], None] | None]] = [
+            ("retry queue", None if self._paused is not None else self._run_retries),
+            ("housekeeping", self.housekeeping),
+            ("heartbeat", self._beat),
+            ("queue mark", self._queue_seen if self.session.connected else None),
+        ]
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except BrokerError:
+                raise
+            except Exception:
+                self._internal_errors += 1
+                log.exception("%s failed; carrying on", what)
+
+    def _beat(self) -> None:
+        """Tell the heartbeat what ``status`` should show (the reason of a pause)."""
+        if self.heartbeat is not None:
+            self.heartbeat("" if self._paused is None else f"paused: {self._paused}")
+
+    # -- pausing while outcomes cannot be made durable ----------------------------------
+
+    def _pause(self, reason: str) -> None:
+        """An outcome could not be written to disk (e.g. the state file system is full):
+        its delivery is held unacked, and so is every later one that needs the disk, until
+        :meth:`_try_resume` succeeds; the broker then redelivers them. Held deliveries fill
+        the prefetch window, which stops consumption; the consumer stays attached so the
+        queue does not expire meanwhile."""
+        self._held += 1
+        if self._paused is not None:
+            return
+        self._paused = reason
+        self._paused_at = time.monotonic()
+        self._next_probe = self._paused_at + PROBE_EVERY
+        log.error(
+            "PAUSED: cannot make outcomes durable (%s); consuming stopped and nothing is "
+            "acked until %s is writable again (checked every %.0f s)",
+            reason,
+            self.retry_queue.path.parent,
+            PROBE_EVERY,
+        )
+
+    def _try_resume(self) -> None:
+        """Resume once the state directory takes a synced write again and no transfer is in
+        flight: the connection is dropped so the broker redelivers every held notice, then
+        consuming starts afresh."""
+        if self._in_pool > 0:
+            return
+        problem = self.retry_queue.probe()
+        if problem is not None:
+            waited = time.monotonic() - self._paused_at
+            log.warning(
+                "still paused after %.0f s, %d notices held: %s", waited, self._held, problem
+            )
+            return
+        log.warning(
+            "resuming after %.0f s paused (%s): %d held notices will be redelivered",
+            time.monotonic() - self._paused_at,
+            self._paused,
+            self._held,
+        )
+        self._paused = None
+        self._held = 0
+        self._abandon_unacked()
+        self.session.close()
+
+    @property
+    def paused(self) -> str | None:
+        """Why consuming is paused (outcomes cannot be made durable), or None."""
+        return self._paused
 
     def _wait_and_poll(self) -> None:
         """Dispatch deliveries; sleep until the broker sends something or a transfer ends.
@@ -328,9 +473,10 @@ class ConsumingLoop:
         except SarraError as e:
             item.settle(e.report_code, str(e))
             go = False
-        except Exception as e:  # a plugin bug must not stop the flow
+        except Exception as e:  # a plugin bug must not stop the flow nor lose the notice
             log.exception("selecting %s failed", item.notice.path)
-            item.settle(500, f"internal error: {e}")
+            item.settle(500, f"internal error: {type(e).__name__}: {e}")
+            item.requeue = self.settings.retry_ttl > 0
             go = False
         if not go:
             self._settled(item)
@@ -358,9 +504,12 @@ class ConsumingLoop:
                 log.info("%s: attempt %d failed (%s); retrying", item.notice.path, attempt, e)
                 time.sleep(min(0.2 * 2**attempt, 2.0))
             except Exception as e:
+                # a bug (ours or a plugin's) or an unexpected OSError: never an ack of lost
+                # work; the notice is retried later from disk like any retryable failure
                 log.exception("processing %s failed", item.notice.path)
                 item.error = e
-                item.settle(500, f"internal error: {e}")
+                item.settle(500, f"internal error: {type(e).__name__}: {e}")
+                item.requeue = self.settings.retry_ttl > 0
                 return
 
     def _collect(self) -> None:
@@ -396,12 +545,17 @@ class ConsumingLoop:
     def _outcome(self, item: WorkItem) -> None:
         """Queue an outcome's report and ack (or retry bookkeeping) for the next flush."""
         code = item.code if item.code is not None else 500
-        self._count(code)
         self.last_activity = time.time()
         if item.requeue and item.retry is None:
-            self._to_retry_queue(item)
+            try:
+                self._to_retry_queue(item)
+            except Exception as e:  # not durable: hold the delivery unacked, stop consuming
+                log.error("%s: cannot queue for retry (%s); holding it", item.notice.path, e)
+                self._pause(f"retry queue: {e}")
+                return
+        self._count(code)
         if self.reports.enabled and code != 0:
-            self._settle_reports.append(self._report(item, code))
+            self._queue_report(item, code)
         self._settle_posts.extend(item.outgoing)
         if self.on_settled is not None:
             try:
@@ -465,10 +619,13 @@ class ConsumingLoop:
         for item in retries:
             assert item.retry is not None
             self._retrying.discard(item.retry.id)
-            if item.requeue:
-                self.retry_queue.failed(item.retry, item.message, time.time())
-            else:
-                self.retry_queue.done(item.retry)
+            try:
+                if item.requeue:
+                    self.retry_queue.failed(item.retry, item.message, time.time())
+                else:
+                    self.retry_queue.done(item.retry)
+            except SarraError as e:  # the entry stays on disk as it was: tried again later
+                self._pause(f"retry queue: {e}")
 
     def _lose_reports(self, count: int, error: BrokerNotFound) -> None:
         self._reports_lost += count
@@ -522,6 +679,21 @@ class ConsumingLoop:
 
     # -- reports -------------------------------------------------------------------------------
 
+    def _queue_report(self, item: WorkItem, code: int) -> None:
+        """Queue the report of an outcome; one that cannot be built is a logged, counted
+        loss of that report only (the outcome itself stands)."""
+        try:
+            self._settle_reports.append(self._report(item, code))
+        except Exception as e:
+            self.reports_unbuildable += 1
+            log.error(
+                "cannot build the %d report about %s (%d so far): %s",
+                code,
+                item.notice.path,
+                self.reports_unbuildable,
+                e,
+            )
+
     def _report(self, item: WorkItem, code: int) -> WireMessage:
         r = self.reports
         notice = item.notice
@@ -548,7 +720,7 @@ class ConsumingLoop:
             return
         item = WorkItem(notice)
         item.settle(code, message)
-        self._settle_reports.append(self._report(item, code))
+        self._queue_report(item, code)
 
     def _report_malformed(self, msg: WireMessage, reason: str) -> None:
         """Report a 417 about a message that could not be decoded, when its body allows."""

@@ -17,6 +17,7 @@ before anything new is appended. Unparseable lines elsewhere are skipped with a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -207,6 +208,24 @@ class RetryQueue:
             self._append(_line({"op": "done", "id": item.id}))
             del self._items[item.id]
             self._maybe_compact()
+
+    def probe(self, size: int = 64 * 1024) -> str | None:
+        """Whether the queue's directory takes a synced write of ``size`` bytes now (the
+        room a few entries need): None if so, else why not. Leaves nothing behind."""
+        probe = self.path.with_name(f".{self.path.name}.{os.getpid()}.probe")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, b"\0" * size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return f"{self.path.parent}: {exc.strerror or exc}"
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+        return None
 
     def next_due(self) -> float | None:
         """Earliest ``next_at`` among pending items, or None when empty."""
