@@ -460,22 +460,30 @@ class Publisher:
         if not self._pending:
             self._confirmed()
             return True
-        now = time.monotonic()
-        try:
-            if not self.session.connected:
-                self.session.connect()
-                if self.on_connect is not None:
-                    self.on_connect(self.session)
-            self.session.publish(self._pending)
-        except AccessRefused:
-            self.session.close()
-            raise
-        except BrokerError as e:
-            self.session.close()
-            self._failed(e, now)
-            return False
-        self._confirmed()
-        return True
+        # a connection left idle may have been closed by the broker meanwhile (missed
+        # heartbeats): that alone is no outage, so a fresh connection is tried at once
+        fresh_retry = self.session.connected and self._outage_since is None
+        while True:
+            now = time.monotonic()
+            try:
+                if not self.session.connected:
+                    self.session.connect()
+                    if self.on_connect is not None:
+                        self.on_connect(self.session)
+                self.session.publish(self._pending)
+            except AccessRefused:
+                self.session.close()
+                raise
+            except BrokerError as e:
+                self.session.close()
+                if fresh_retry:
+                    fresh_retry = False
+                    log.debug("publishing on an old connection failed (%s); reconnecting", e)
+                    continue
+                self._failed(e, now)
+                return False
+            self._confirmed()
+            return True
 
     def _confirmed(self) -> None:
         if self._outage_since is not None:
