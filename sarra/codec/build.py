@@ -42,6 +42,12 @@ def build_notice(
     parse_timestamp(pubtime)
     if not _SCHEME.fullmatch(base_url):
         raise MalformedMessage(f"bad baseUrl {base_url[:80]!r}")
+    try:
+        # an unbalanced IPv6 bracket or a port out of range would only surface later, as a
+        # ValueError deep in the transfer: refuse it here, with the other malformed fields
+        urlsplit(base_url).port  # noqa: B018 (evaluated for its ValueError)
+    except ValueError as exc:
+        raise MalformedMessage(f"bad baseUrl {base_url[:80]!r}: {exc}") from exc
     if not rel_path or any(c in rel_path for c in " \n\r"):
         raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
     path = logical_path(rel_path)

@@ -188,6 +188,11 @@ def test_a_bad_base_url_is_refused() -> None:
     refused("baseUrl", body=b"20261123071900.07 //host /a.txt")
 
 
+@pytest.mark.parametrize("base", ["http://[::1", "http://h:99999", "sftp://h:x/"])
+def test_a_base_url_that_does_not_parse_is_refused(base: str) -> None:
+    refused("baseUrl", body=f"20261123071900.07 {base} /a.txt".encode())
+
+
 def test_a_link_post_without_a_link_header_is_refused() -> None:
     h = {"to_clusters": "ALL", "sum": name_sum("L", "hello.txt").wire()}
     refused("link header", headers=h)
