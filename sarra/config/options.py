@@ -468,6 +468,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL),
     _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL),
     _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL),
+    _o("broker_heartbeat", D, 60.0,
+       "AMQP heartbeat proposed to the broker: a connection silent for about twice this "
+       "long (a frozen broker, a blackholed link) is dropped and made again", _ALL),
     _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL, ("sld",)),
     _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
     # -- reports and duplicates
