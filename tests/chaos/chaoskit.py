@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 
 #: the columns of the counts table, in ``Tally.row()`` order
 HEADER = (
-    f"{'scenario':<34} {'announced':>9} {'verified':>8} {'lost':>5} {'dup':>5} "
+    f"{'scenario':<38} {'announced':>9} {'verified':>8} {'lost':>5} {'dup':>5} "
     f"{'corrupt':>7} {'leftover':>8} {'crashes':>7}"
 )
 
@@ -61,7 +61,7 @@ class Tally:
     def row(self) -> str:
         """One line of the counts table (columns as :data:`HEADER`)."""
         return (
-            f"{self.scenario:<34} {self.announced:>9} {self.arrived_verified:>8} "
+            f"{self.scenario:<38} {self.announced:>9} {self.arrived_verified:>8} "
             f"{self.lost:>5} {self.duplicated:>5} {self.corrupt_visible:>7} "
             f"{self.leftovers:>8} {self.crashes:>7}"
         )
@@ -124,18 +124,11 @@ def own_node() -> Iterator[RabbitNode]:
 
 
 def beam_pid(node: RabbitNode) -> int | None:
-    """The pid of the node's Erlang VM (``beam.smp``), found by its node name."""
-    name = node.nodename.split("@", 1)[0]
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"beam.smp") and any(name.encode() in a for a in argv):
-            return int(proc.name)
-    return None
+    """The pid of the node's Erlang VM (``beam.smp``), as the node wrote it in its pid file."""
+    try:
+        return int((node.base_dir / "pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def queue_depth(node: RabbitNode, queue: str) -> int | None:

@@ -8,7 +8,8 @@ chosen by path prefix, for fault tests:
 * ``/truncate/<path>``: headers as usual (200 or 206) but only half the body, then closes;
 * ``/corrupt/<path>``: as usual, with the first byte of the body flipped;
 * ``/shiftrange/<path>``: answers a Range with 206 but the range one byte further on;
-* ``/slow/<path>``: as usual, after waiting ``slow_seconds`` (settable while it runs);
+* ``/slow/<path>``: as usual, but waits ``slow_seconds`` (settable while it runs) halfway
+  through the body, so the client holds a partly written file meanwhile;
 * ``/status/<code>/...``: answers that status with a short body;
 * anything else: the file under ``root`` with proper Range support.
 
@@ -184,7 +185,7 @@ class BrokenHttp:
     server: ThreadingHTTPServer
     connections: list[socket.socket] = field(default_factory=list)
     accepted: int = 0
-    #: how long ``/slow/`` requests wait before answering (a test may change it any time)
+    #: how long ``/slow/`` answers pause mid-body (a test may change it any time)
     slow_seconds: float = 0.0
     last_headers: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -240,8 +241,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_status(int(status[1]))
             return
         mode, _, rest = path.lstrip("/").partition("/")
-        if mode == "slow":
-            time.sleep(self.state.slow_seconds)
         if mode not in ("norange", "truncate", "corrupt", "shiftrange", "slow"):
             mode, rest = "", path.lstrip("/")
         file = (self.state.root / rest).resolve()
@@ -276,6 +275,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if mode == "slow":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(self.state.slow_seconds)
+            body = body[len(body) // 2 :]
         if mode == "corrupt" and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         self.wfile.write(body)
