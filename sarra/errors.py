@@ -13,6 +13,7 @@ to (``report_code``)::
     │   ├── MalformedMessage (417)   bad body, timestamp, sum, parts, header types, bounds
     │   └── HostilePath      (417)   a path that would escape the destination root
     ├── PolicyRefused       (503)    a baseUrl/scheme/host the configuration does not allow
+    ├── Interrupted                  the instance is stopping: work abandoned, not settled
     ├── TransferError       (499)    retryable by default
     │   ├── NotFound        (499)    origin says the object does not exist (not retryable)
     │   ├── IntegrityError  (499)    size or checksum mismatch, Range ignored, truncated body
@@ -78,6 +79,12 @@ class PolicyRefused(SarraError):
     """The configuration does not allow fetching from this baseUrl (report 503)."""
 
     report_code = 503
+
+
+class Interrupted(SarraError):
+    """The instance is stopping: a transfer was abandoned midway. Not an outcome: the
+    notice is neither reported nor acked, so the broker gives it to another instance or to
+    this one after its restart; what was written so far is removed by the failure path."""
 
 
 class TransferError(SarraError):

@@ -199,6 +199,7 @@ class SarraComponent:
             parts_state=state,
             inplace=bool(cfg.get("inplace")),  # off by default on a pump: segments kept
             batch_commit=True,
+            interrupt=stop,
         )
         downloader.recover_leftovers()
         republisher = Republisher(downloader, pump, settings)
@@ -255,6 +256,7 @@ class SarraComponent:
             before_settle=before_settle,
             commit_batch=downloader.commit_batch,
             heartbeat=heartbeat_file.beat,
+            abort=downloader.abort,
             post_session=post_session,
             housekeeping=lambda: downloader.housekeeping(loop.report),
         )

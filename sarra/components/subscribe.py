@@ -158,6 +158,7 @@ class SubscribeComponent:
             parts_state=state,
             inplace=True if inplace is None else bool(inplace),
             batch_commit=True,
+            interrupt=stop,
         )
         downloader.recover_leftovers()
 
@@ -209,6 +210,7 @@ class SubscribeComponent:
             commit_batch=downloader.commit_batch,
             housekeeping=housekeeping,
             heartbeat=heartbeat_file.beat,
+            abort=downloader.abort,
         )
         plugins.on_start(cfg)
         started = time.monotonic()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from sarra.flow.localfs import SafeRoot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
 from sarra.flow.placement import download_to, is_unchanged
-from sarra.flow.streaming import DIRECT_MIN, aligned_chunks
+from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
 from sarra.parts.tracker import DEFAULT_EXPIRY
@@ -89,8 +89,11 @@ class Downloader:
         inplace: bool = True,
         batch_commit: bool = False,
         resolver: baseurl.Resolver = resolve_host,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        #: set when the instance stops: transfers are abandoned between two chunks
+        self.interrupt = interrupt
         self._hosts = (
             None
             if settings.base_url_private
@@ -110,6 +113,7 @@ class Downloader:
                 inflight=settings.inflight,
                 on_file=self.run_on_file,
                 expiry=settings.part_expiry,
+                interrupt=interrupt,
             )
             if parts_state is not None
             else None
@@ -253,10 +257,13 @@ class Downloader:
         progress = (
             _Progress(rel, size) if size and size >= self.settings.progress_threshold else None
         )
+        chunks: Iterable[bytes | memoryview] = (
+            aligned_chunks(transport, url) if size and size >= DIRECT_MIN else transport.get(url)
+        )
         result = download_to(
             root,
             rel,
-            aligned_chunks(transport, url) if size and size >= DIRECT_MIN else transport.get(url),
+            interruptible(chunks, self.interrupt),
             expected_size=size,
             checksum=notice.checksum,
             inflight=self.settings.inflight,
@@ -393,6 +400,18 @@ class Downloader:
             return SafeRoot(directory, create=False).remove(rel)
 
         return len(self.journal.recover(remove))
+
+    def abort(self) -> None:
+        """From the flow thread, when stopping: make every transfer still blocked on the
+        network fail now (see :func:`~sarra.flow.streaming.interruptible`); the transports
+        are not used again."""
+        with self._transports_lock:
+            transports = list(self._all_transports)
+        for t in transports:
+            try:
+                t.abort()
+            except Exception:  # best effort: the instance is stopping
+                log.debug("aborting a transport failed", exc_info=True)
 
     def close(self) -> None:
         """Close every transport of every thread, and the roots' descriptors."""

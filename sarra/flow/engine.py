@@ -35,6 +35,7 @@ from sarra.errors import (
     AccessRefused,
     BrokerError,
     BrokerNotFound,
+    Interrupted,
     MessageError,
     NotFound,
     SarraError,
@@ -78,6 +79,10 @@ class LoopSettings:
     exchanges: tuple[str, ...] = ()
 
 
+#: how long a stopping loop lets running transfers end by themselves before aborting them
+#: (well within the 10 s that ``stop`` waits before SIGKILL)
+STOP_GRACE = 2.0
+
 #: how often a paused loop checks whether its state directory is writable again (seconds)
 PROBE_EVERY = 5.0
 
@@ -112,6 +117,7 @@ class ConsumingLoop:
         housekeeping: Callable[[], None] | None = None,
         post_session: BrokerSession | None = None,
         heartbeat: Callable[[str], None] | None = None,
+        abort: Callable[[], None] | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
@@ -132,6 +138,9 @@ class ConsumingLoop:
         self.post_session = post_session
         self.housekeeping = housekeeping
         self.heartbeat = heartbeat
+        #: on stop, after STOP_GRACE: make transfers blocked on the network fail (they are
+        #: abandoned unacked, see errors.Interrupted)
+        self.abort = abort
         self._done: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, settings.threads), thread_name_prefix="transfer"
@@ -410,11 +419,18 @@ class ConsumingLoop:
             os.write(self._wake_w, b"!")
 
     def _drain(self, timeout: float = 30.0) -> None:
-        """Finish in-flight transfers, report and ack them before stopping."""
+        """Settle what finishes before stopping: transfers are abandoned between chunks
+        (``stop`` is their interrupt), and those still blocked after :data:`STOP_GRACE` are
+        aborted; abandoned ones stay unacked for redelivery and leave no in-flight file."""
         with contextlib.suppress(BrokerError):  # the broker redelivers what is not acked
             self.session.cancel(self.settings.queue.name)
         deadline = time.monotonic() + timeout
+        abort_at = time.monotonic() + STOP_GRACE
         while self._in_pool > 0 and time.monotonic() < deadline:
+            if self.abort is not None and time.monotonic() >= abort_at:
+                abort, self.abort = self.abort, None
+                log.info("stopping: aborting %d transfers still running", self._in_pool)
+                abort()
             try:
                 self.session.poll(0.05)
             except BrokerError:
@@ -492,6 +508,10 @@ class ConsumingLoop:
                 item.error = None
                 self.work(item)
                 return
+            except Interrupted:
+                # stopping: no outcome; the broker redelivers (a retry entry stays on disk)
+                item.abandoned = True
+                return
             except SarraError as e:
                 item.error = e
                 if not e.retryable or attempt == attempts or self.stop.is_set():
@@ -544,6 +564,10 @@ class ConsumingLoop:
 
     def _outcome(self, item: WorkItem) -> None:
         """Queue an outcome's report and ack (or retry bookkeeping) for the next flush."""
+        if item.abandoned:
+            if item.retry is not None:
+                self._retrying.discard(item.retry.id)
+            return
         code = item.code if item.code is not None else 500
         self.last_activity = time.time()
         if item.requeue and item.retry is None:

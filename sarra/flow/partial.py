@@ -22,7 +22,7 @@ from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.placement import download_to
-from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, stream
+from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible, stream
 from sarra.flow.work import WorkItem
 from sarra.integrity.sums import new_hasher
 from sarra.notice import Checksum, Notice, PartSpec
@@ -51,8 +51,11 @@ class PartReceiver:
         inflight: str | None,
         on_file: Callable[[WorkItem], None],
         expiry: float = DEFAULT_EXPIRY,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.state_dir = state_dir
+        #: set when the instance stops: transfers are abandoned between two chunks
+        self.interrupt = interrupt
         self.inplace = inplace
         self.inflight = inflight
         self.on_file = on_file
@@ -175,7 +178,7 @@ class PartReceiver:
                     chunks = iter(transport.get(url, remote_offset, spec.length))
                     write = ticket.pwrite
                 computed = _stream_block(
-                    chunks,
+                    interruptible(chunks, self.interrupt),
                     notice.checksum,
                     spec,
                     write,
@@ -212,10 +215,13 @@ class PartReceiver:
         result = download_to(
             root,
             part_rel,
-            (
-                aligned_chunks(transport, url, remote_offset, spec.length)
-                if spec.length >= DIRECT_MIN
-                else transport.get(url, remote_offset, spec.length)
+            interruptible(
+                (
+                    aligned_chunks(transport, url, remote_offset, spec.length)
+                    if spec.length >= DIRECT_MIN
+                    else transport.get(url, remote_offset, spec.length)
+                ),
+                self.interrupt,
             ),
             expected_size=spec.length,
             checksum=notice.checksum,

@@ -72,7 +72,7 @@ def _algorithm_for(checksum: Checksum) -> str | None:
 def download_to(
     root: SafeRoot,
     rel: str,
-    chunks: Iterable[bytes] | Iterable[memoryview],
+    chunks: Iterable[bytes | memoryview],
     *,
     expected_size: int | None,
     checksum: Checksum,

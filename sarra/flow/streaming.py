@@ -23,12 +23,15 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from sarra.errors import DiskFull, IntegrityError, LocalError
+from sarra.errors import DiskFull, IntegrityError, Interrupted, LocalError
+
+_T = TypeVar("_T")
 
 #: transfers at least this long take the aligned, overlapped, direct path
 DIRECT_MIN = 1 << 20
@@ -88,6 +91,30 @@ def copy_into(chunks: Iterable[bytes], buffers: list[memoryview]) -> Iterator[me
             yield buf[:filled]
     finally:
         close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def interruptible(chunks: Iterable[_T], stop: threading.Event | None) -> Iterator[_T]:
+    """``chunks`` as they come until ``stop`` is set; then :class:`Interrupted` is raised
+    between two chunks (the caller's failure path removes what it wrote) and the source is
+    closed. A stopping instance thus leaves within a chunk, not after the whole file; a
+    failure of the source once ``stop`` is set (its connection aborted to unblock a read)
+    is an :class:`Interrupted` too."""
+    source = iter(chunks)
+    try:
+        for chunk in source:
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopping: transfer abandoned, the notice will be redelivered")
+            yield chunk
+    except Interrupted:
+        raise
+    except Exception as exc:
+        if stop is not None and stop.is_set():  # the connection was aborted by the stop
+            raise Interrupted(f"stopping: transfer abandoned ({exc})") from exc
+        raise
+    finally:
+        close = getattr(source, "close", None)
         if close is not None:
             close()
 

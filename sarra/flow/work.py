@@ -35,6 +35,8 @@ class WorkItem:
     error: BaseException | None = None
     #: queue this item for a later retry from disk instead of settling it as failed
     requeue: bool = False
+    #: abandoned by a stop: no outcome, neither reported nor acked (redelivered later)
+    abandoned: bool = False
     #: messages to publish (re-announcements, forwarded notices) on the post broker before
     #: the delivery is acked; filled by the component's select or work step
     outgoing: list[WireMessage] = field(default_factory=list)

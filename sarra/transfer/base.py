@@ -60,3 +60,8 @@ class Transport(Protocol):
     def close(self) -> None:
         """Release the connection; the transport may not be used afterwards."""
         ...
+
+    def abort(self) -> None:
+        """From another thread: make a transfer blocked on the network fail at once (the
+        connection is shut down); the transport may not be used afterwards."""
+        ...

@@ -147,3 +147,6 @@ class FileTransport:
 
     def close(self) -> None:
         self._closed = True
+
+    def abort(self) -> None:
+        self._closed = True  # local reads do not block: nothing to wake

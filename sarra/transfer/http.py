@@ -16,6 +16,7 @@ import base64
 import contextlib
 import http.client
 import re
+import socket
 import ssl
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -456,6 +457,15 @@ class HttpTransport:
     def close(self) -> None:
         self._drop()
         self._closed = True
+
+    def abort(self) -> None:
+        self._closed = True
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            # shutdown, not close: it wakes a thread blocked reading this socket
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> HttpTransport:
         return self

@@ -17,6 +17,7 @@ first use is a stop-gap: it does not protect the first connection.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import os
@@ -408,6 +409,16 @@ class SftpTransport:
     def close(self) -> None:
         self._drop()
         self._closed = True
+
+    def abort(self) -> None:
+        self._closed = True
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        sock = getattr(transport, "sock", None)
+        if sock is not None:
+            # shutdown wakes paramiko's reader thread, which fails the blocked SFTP request
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> SftpTransport:
         return self

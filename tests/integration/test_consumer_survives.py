@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -278,3 +279,43 @@ def test_a_queue_that_vanished_between_runs_is_reported_loudly(  # type: ignore[
             thread.join(30)
     (lost,) = [r.getMessage() for r in caplog.records if "QUEUE LOST" in r.getMessage()]
     assert queue in lost and "600 s" in lost and "expire" in lost
+
+
+def test_a_stop_during_a_stalled_download_is_prompt_leaves_nothing_and_loses_nothing(  # type: ignore[no-untyped-def]
+    site, broken_http, tmp_path
+):
+    """A stop waited for a stalled transfer (past the 10 s after which ``stop`` kills) and
+    left its in-flight file behind. Now the transfer is abandoned at once, unacked, with
+    nothing left in the destination, and the next run fetches the file."""
+    tag = unique("stall")
+    (src,) = make_files(broken_http.root / tag, ["big.bin"], size=200_000)
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest, "report_back off\n")
+    _declare(site, name)
+    broken_http.slow_seconds = 60.0  # the origin stalls halfway through the body
+    base = f"{broken_http.base_url}/slow"
+    assert post(site, base, broken_http.root, [src]) == 0
+    stop = threading.Event()
+    with site_env(site):
+        cfg = site.load("subscribe", name)
+        thread = threading.Thread(target=SubscribeComponent().run, args=(cfg, 0, stop), daemon=True)
+        thread.start()
+        try:
+            wait_for(
+                lambda: any("~sr" in p.name for p in dest.rglob("*")) if dest.exists() else False,
+                timeout=30,
+                what="the download to be in flight",
+            )
+        finally:
+            stopped_at = time.monotonic()
+            stop.set()
+            thread.join(30)
+    took = time.monotonic() - stopped_at
+    assert not thread.is_alive()
+    assert took < 8, f"stop took {took:.1f} s: stop would have escalated to SIGKILL"
+    assert [p for p in dest.rglob("*") if p.is_file()] == []
+    wait_for(lambda: _ready(site, name) == 1, timeout=30, what="the notice back in the queue")
+    broken_http.slow_seconds = 0.0
+    with running_subscriber(site, name):
+        wait_for(lambda: (dest / "big.bin").exists(), timeout=60, what="the file")
+    assert (dest / "big.bin").read_bytes() == src.read_bytes()
