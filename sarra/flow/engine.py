@@ -79,6 +79,9 @@ class LoopSettings:
     exchanges: tuple[str, ...] = ()
 
 
+#: an ``expire`` under this (ms) is warned about at start: it does not ride out a long outage
+SHORT_EXPIRY_MS = 3_600_000
+
 #: how long a stopping loop lets running transfers end by themselves before aborting them
 #: (well within the 10 s that ``stop`` waits before SIGKILL)
 STOP_GRACE = 2.0
@@ -189,6 +192,7 @@ class ConsumingLoop:
             try:
                 self.session.connect()
                 if not self._consuming:
+                    self._warn_short_expiry()
                     exchanges = list(self.settings.exchanges)
                     if self.reports.enabled and self.reports.declare:
                         exchanges.append(self.reports.exchange)
@@ -210,6 +214,16 @@ class ConsumingLoop:
                 self.session.close()
                 self.stop.wait(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, 30.0)
+
+    def _warn_short_expiry(self) -> None:
+        expire = self.settings.queue.expire_ms
+        if expire is not None and expire < SHORT_EXPIRY_MS:
+            log.warning(
+                "expire is %.0f s: if this configuration is stopped, or the broker "
+                "unreachable, for longer than that, the queue and the notices in it are "
+                "deleted by the broker; set expire longer than your longest outage",
+                expire / 1000,
+            )
 
     @property
     def _seen_path(self) -> Path:

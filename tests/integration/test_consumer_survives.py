@@ -254,6 +254,8 @@ def test_a_queue_that_vanished_between_runs_is_reported_loudly(  # type: ignore[
             what="the first run to consume",
         )
     assert not [r for r in caplog.records if "QUEUE LOST" in r.getMessage()]
+    # 10 minutes does not ride out a long outage: said at start
+    assert [r for r in caplog.records if "expire is 600 s" in r.getMessage()]
     cfg = site.load("subscribe", name)
     queue = resolve_queue_name(cfg, env={**os.environ, **site.env})
     s = BrokerSession(site.broker_url())
