@@ -18,6 +18,7 @@ import pytest
 
 from sarra.cli.instances import process_matches, read_pid_file
 from sarra.cli.main import main
+from sarra.flow.heartbeat import HeartbeatFile
 from tests.cli_doubles import standin_runtime
 
 
@@ -80,6 +81,16 @@ def test_start_status_sanity_and_stop_manage_three_real_instances(cli: Cli) -> N
     assert cli("status") == 0, cli.out
     assert cli.states() == ["running"] * 3
     assert "backlog 7" in cli.out
+
+    # an instance that cannot make outcomes durable says so in its heartbeat (engine._pause)
+    heart = HeartbeatFile(cli.state / "sr_subscribe_feed_001.heart")
+    heart.beat("paused: retry queue: No space left on device")
+    assert cli("status") == 0, cli.out
+    assert cli.states() == ["paused", "running", "running"]
+    assert "No space left on device" in cli.out
+    heart.beat("")
+    assert cli("status") == 0
+    assert cli.states() == ["running"] * 3
 
     assert cli("start") == 0  # idempotent: nothing new
     assert cli.out.count("already running") == 3
