@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from sarra.codec.fields import fit_header_value, parse_checksum, parse_parts
 from sarra.codec.paths import report_topic
 from sarra.codec.timestamps import parse_timestamp
-from sarra.codec.v02 import HEADER_VALUE_MAX, _body, _wire
+from sarra.codec.v02 import HEADER_VALUE_MAX, _body, _wire, decode
 from sarra.errors import MalformedMessage
 from sarra.notice import WireMessage
 
@@ -37,7 +37,8 @@ def report_for_undecodable(
     """The wire form of a report about an undecodable post.
 
     Raises:
-        MalformedMessage: the fields cannot even be written as a report body.
+        MalformedMessage: the fields cannot even be written as a report body, or the report
+            would not decode (e.g. a baseUrl that does not parse).
     """
     parse_timestamp(pubtime)  # a report must itself be decodable downstream
     if any(ord(c) < 0x20 or c == "\x7f" for c in base_url + rel_path):
@@ -56,12 +57,21 @@ def report_for_undecodable(
     out["message"] = fit_header_value(message, HEADER_VALUE_MAX)
     body = _body(pubtime, base_url, rel_path, f"{code:03d}", host, user, f"{elapsed:f}")
     topic = report_topic(routing_key) if routing_key.startswith("v02.") else "v02.report"
-    return _wire(
-        exchange,
-        topic,
-        body,
-        out,
-        HEADER_VALUE_MAX,
-        True,
-        None,
-    )
+    wire = _wire(exchange, topic, body, out, HEADER_VALUE_MAX, True, None)
+    try:
+        _check_decodable(wire)
+    except MalformedMessage:
+        if "parts" not in out:
+            raise
+        # the bad post's parts may be what made it malformed (a p part without a .Part
+        # relPath): the report goes without them
+        del out["parts"]
+        wire = _wire(exchange, topic, body, out, HEADER_VALUE_MAX, True, None)
+        _check_decodable(wire)
+    return wire
+
+
+def _check_decodable(wire: WireMessage) -> None:
+    """Raise MalformedMessage unless a receiver (sr_report, the source) can decode ``wire``:
+    a report that is itself malformed would only be refused again downstream."""
+    decode(wire.exchange, wire.routing_key, wire.body, wire.headers, wire.content_type)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sarra.codec import v02
 from sarra.codec.fields import SHORTENED_MARK, fit_header_value
 from sarra.codec.salvage import report_for_undecodable
-from sarra.notice import Checksum, Notice, PartSpec, Report
+from sarra.errors import MalformedMessage
+from sarra.notice import Checksum, Notice, PartSpec, Report, WireMessage
 
 LIMIT = v02.HEADER_VALUE_MAX
 
@@ -104,3 +106,32 @@ def test_a_417_about_an_undecodable_post_fits_whatever_its_reason() -> None:
     )
     value = wire.headers["message"]
     assert isinstance(value, str) and len(value.encode("utf-8")) <= LIMIT
+
+
+def _salvaged(base_url: str, rel_path: str, parts: str | None) -> WireMessage:
+    headers = {"sum": "d,00000000000000000000000000000000"}
+    if parts is not None:
+        headers["parts"] = parts
+    return report_for_undecodable(
+        "20261206032000.123",
+        base_url,
+        rel_path,
+        "v02.post.a",
+        headers,
+        code=417,
+        message="invalid message",
+        host="h",
+        user="u",
+        exchange="xs_u",
+    )
+
+
+def test_a_417_about_an_undecodable_post_is_itself_decodable_or_not_sent() -> None:
+    # a p part without a .Part relPath: the report goes, without the parts
+    wire = _salvaged("http://h", "/a/b", "p,10,2,0,0")
+    assert "parts" not in wire.headers
+    decoded = v02.decode(wire.exchange, wire.routing_key, wire.body, wire.headers)
+    assert isinstance(decoded, Report) and decoded.code == 417
+    # a baseUrl that does not parse cannot be reported at all
+    with pytest.raises(MalformedMessage):
+        _salvaged("http://[::1", "/a/b", None)
