@@ -552,6 +552,7 @@ def test_fuzzed_notices_at_a_high_rate_stop_no_instance_and_every_good_notice_ar
             extra="report_back on\nattempts 1\nretry_delay 10m\n",
         ) as f,
     ):
+        tap = ReportTap(site.broker_url(), "xs_guest").start()
         f.start()
         publisher = BrokerSession(site.broker_url(), name="fuzzer")
         publisher.connect()
@@ -579,8 +580,20 @@ def test_fuzzed_notices_at_a_high_rate_stop_no_instance_and_every_good_notice_ar
         alive = f.running()
         log_text = f.log_text()
         f.stop()
-    print(f"{fuzzed} fuzzed notices")
+        tap.stop()
+    print(f"{fuzzed} fuzzed notices; reports by code {sorted(tap.codes().items())}")
     assert fuzzed >= 1000
+    # every report was published within the protocol's bounds (sr2 refuses longer headers)
+    too_long = [
+        (name, len(str(value).encode()))
+        for m in tap.raw
+        for name, value in m.headers.items()
+        if len(str(value).encode()) > v02.HEADER_VALUE_MAX
+    ]
+    assert not too_long, too_long[:10]
+    assert not tap.undecodable, sorted({u[:60] for u in tap.undecodable})
+    codes = tap.codes()
+    assert codes.get(201, 0) >= batch.announced and codes.get(417, 0) > 0, codes
     assert alive == [0, 1], f.crashed
     assert "Traceback" not in log_text, log_text[log_text.index("Traceback") - 2000 :][:6000]
     tally.assert_clean(prefetch * count)
