@@ -303,20 +303,24 @@ class Fleet:
         self.procs[i] = None
 
     def stop(self, i: int | None = None, timeout: float = 30.0) -> dict[int, int]:
-        """SIGTERM (a graceful stop, as ``sr_subscribe stop`` sends) and wait; exit codes."""
-        codes = {}
-        for n in range(self.count) if i is None else [i]:
+        """SIGTERM (a graceful stop, as ``sr_subscribe stop`` sends) to instance ``i`` (all
+        at once if None) and wait up to ``timeout`` s; their exit codes. One still running
+        then is killed and counted as a crash (``stop`` would have killed it too)."""
+        chosen = list(range(self.count)) if i is None else [i]
+        for n in chosen:
             self._check(n)
-            proc = self.procs[n]
-            if proc is None:
-                continue
+        procs = {n: p for n in chosen if (p := self.procs[n]) is not None}
+        for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = {}
+        for n, proc in procs.items():
             try:
-                codes[n] = proc.wait(timeout)
+                codes[n] = proc.wait(max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 codes[n] = proc.wait(10)
-                self.crashed.append(f"instance {n} ignored SIGTERM for {timeout:g} s")
+                self.crashed.append(f"instance {n} still running {timeout:g} s after SIGTERM")
             self.procs[n] = None
         return codes
 
