@@ -4,8 +4,9 @@ A scenario posts a batch of files of known content (:func:`make_batch`, :func:`p
 to a broker, runs N ``sr_subscribe foreground`` processes on one shared queue
 (:class:`Fleet`), injects its fault, waits for the flow to settle (:func:`settle`) and gets a
 :class:`Tally`: announced / arrived verified / lost / duplicated / corrupt-visible /
-leftovers / crashes. ``Tally.report()`` prints one table row (seen with ``pytest -s`` and in
-the CI log) and appends it to the file named by ``$CHAOS_TABLE`` if set;
+leftovers / crashes. ``Tally.report()`` prints one table row (seen with ``pytest -s``),
+keeps it for the "chaos counts" section at the end of the session (so the CI log shows the
+table) and appends it to the file named by ``$CHAOS_TABLE`` if set;
 ``Tally.assert_clean(dup_bound)`` is the verdict every scenario ends with.
 
 Each instance is a real ``sr_subscribe foreground`` process started from the venv's bin
@@ -42,6 +43,9 @@ HEADER = (
     f"{'corrupt':>7} {'leftover':>8} {'crashes':>7}"
 )
 
+#: every row reported in this test session, for the summary at the end (see conftest.py)
+TABLE: list[str] = []
+
 
 @dataclass
 class Tally:
@@ -67,8 +71,10 @@ class Tally:
         )
 
     def report(self) -> None:
-        """Print the row (with the header) and append it to ``$CHAOS_TABLE`` if set."""
+        """Print the row (with the header), keep it for the session's summary and append it
+        to ``$CHAOS_TABLE`` if set."""
         print(f"\n{HEADER}\n{self.row()}", flush=True)
+        TABLE.append(self.row())
         table = os.environ.get("CHAOS_TABLE")
         if table:
             path = Path(table)
