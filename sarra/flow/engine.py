@@ -540,7 +540,10 @@ class ConsumingLoop:
             except Exception as e:
                 # a bug (ours or a plugin's) or an unexpected OSError: never an ack of lost
                 # work; the notice is retried later from disk like any retryable failure
-                log.exception("processing %s failed", item.notice.path)
+                if isinstance(e, OSError):  # the environment, not a bug: no traceback
+                    log.error("processing %s failed: %s", item.notice.path, e)
+                else:
+                    log.exception("processing %s failed", item.notice.path)
                 item.error = e
                 item.settle(500, f"internal error: {type(e).__name__}: {e}")
                 item.requeue = self.settings.retry_ttl > 0
