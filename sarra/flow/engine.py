@@ -21,6 +21,7 @@ import random
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,6 +151,8 @@ class ConsumingLoop:
         )
         self._in_pool = 0
         self._retrying: set[str] = set()
+        #: retry entries due at the last housekeeping, admitted as the pool has room
+        self._due: deque[RetryItem] = deque()
         self._settle_reports: list[WireMessage] = []
         self._settle_posts: list[WireMessage] = []
         self._settle_acks: list[Delivery] = []
@@ -293,6 +296,8 @@ class ConsumingLoop:
                     self._collect()
                     if self._flush_due():
                         self._flush_settled()
+                    if self._due and self._paused is None:
+                        self._feed_retries()
                     now = time.monotonic()
                     if self._paused is not None and now >= self._next_probe:
                         self._next_probe = now + PROBE_EVERY
@@ -795,6 +800,8 @@ class ConsumingLoop:
     # -- retries from disk -----------------------------------------------------------------
 
     def _run_retries(self) -> None:
+        """Every few seconds: give up on expired entries (reported 499), and list the due
+        ones; :meth:`_feed_retries` admits them as fast as the pool takes them."""
         now = time.time()
         for entry in self.retry_queue.expired(now):
             log.error(
@@ -803,30 +810,43 @@ class ConsumingLoop:
                 entry.attempts,
                 entry.last_error,
             )
+            notice = self._retry_notice(entry)
             self.retry_queue.done(entry)
-        capacity = self.settings.threads * 2 - self._in_pool
-        if capacity <= 0:
-            return
-        for entry in self.retry_queue.due(now):
-            if capacity <= 0:
-                break
-            if entry.id in self._retrying:
-                continue
-            wire = entry.to_wire()
-            try:
-                notice = v02.decode(
-                    wire.exchange, wire.routing_key, wire.body, wire.headers, wire.content_type
+            if notice is not None:
+                self.report(
+                    notice, 499, f"gave up after {entry.attempts} attempts: {entry.last_error}"
                 )
-            except MessageError as e:
-                log.error("dropping unreadable retry entry: %s", e)
-                self.retry_queue.done(entry)
-                continue
-            if not isinstance(notice, Notice):
+        self._due = deque(e for e in self.retry_queue.due(now) if e.id not in self._retrying)
+        self._feed_retries()
+
+    def _feed_retries(self) -> None:
+        """Admit due retry entries while the pool has room (two per transfer thread), so a
+        backlog drains at the speed of the transfers, not of the housekeeping period."""
+        capacity = self.settings.threads * 2 - self._in_pool
+        while capacity > 0 and self._due:
+            entry = self._due.popleft()
+            if entry.id in self._retrying or entry not in self.retry_queue:
+                continue  # already running, or settled since it was listed
+            notice = self._retry_notice(entry)
+            if notice is None:
                 self.retry_queue.done(entry)
                 continue
             self._retrying.add(entry.id)
             capacity -= 1
             self._admit(WorkItem(notice=notice, retry=entry))
+
+    @staticmethod
+    def _retry_notice(entry: RetryItem) -> Notice | None:
+        """The notice of a retry entry, or None (logged) when it cannot be read back."""
+        wire = entry.to_wire()
+        try:
+            notice = v02.decode(
+                wire.exchange, wire.routing_key, wire.body, wire.headers, wire.content_type
+            )
+        except MessageError as e:
+            log.error("dropping unreadable retry entry: %s", e)
+            return None
+        return notice if isinstance(notice, Notice) else None
 
 
 _DEFAULT_MESSAGES = {

@@ -588,12 +588,6 @@ def test_a_kill_during_the_retry_queue_drain_loses_nothing(node, broken_http, tm
         run.finish(dup_bound=WAVE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: ConsumingLoop._run_retries (sarra/flow/engine.py) takes at most "
-    "transfer_threads x 2 entries from the disk retry queue per 5 s housekeeping period, "
-    "whatever the backlog: 1.6 notices/s per instance by default",
-)
 def test_the_retry_queue_drains_at_the_speed_of_the_flow_once_the_origin_is_back(  # type: ignore[no-untyped-def]
     node, broken_http, tmp_path
 ):

@@ -21,6 +21,7 @@ from sarra.broker.session import BrokerSession
 from sarra.components.subscribe import SubscribeComponent
 from sarra.config.loader import resolve_queue_name
 from sarra.flow.heartbeat import read_note
+from sarra.flow.retryqueue import RetryQueue
 from tests.integration.flowkit import (
     ReportTap,
     Site,
@@ -321,3 +322,33 @@ def test_a_stop_during_a_stalled_download_is_prompt_leaves_nothing_and_loses_not
     with running_subscriber(site, name):
         wait_for(lambda: (dest / "big.bin").exists(), timeout=60, what="the file")
     assert (dest / "big.bin").read_bytes() == src.read_bytes()
+
+
+def test_a_notice_that_outlives_retry_ttl_is_reported_499_about_giving_up(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path
+):
+    """An expired retry entry was dropped with a log line only: the source never heard."""
+    tag = unique("ttl")
+    (gone,) = make_files(nginx.root / tag, ["gone.bin"], size=100)
+    dest = tmp_path / "dest"
+    name = _subscription(
+        site, tag, dest, "report_back on\nattempts 1\nretry_ttl 3s\nretry_delay 1s\n"
+    )
+    _declare(site, name)
+    assert post(site, nginx.base_url, nginx.root, [gone]) == 0
+    gone.unlink()
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            wait_for(
+                lambda: any("gave up after" in r.message for r in tap.about("gone.bin")),
+                timeout=60,
+                what="the report about giving up",
+            )
+    finally:
+        tap.stop()
+    final = [r for r in tap.about("gone.bin") if "gave up after" in r.message]
+    assert [r.code for r in final] == [499]
+    (path,) = site.state_dir.rglob("retry_*.jsonl")
+    with RetryQueue(path, ttl=3.0) as left:
+        assert len(left) == 0  # given up is settled, not kept

@@ -243,8 +243,10 @@ def test_sr_watch_announces_what_changed_during_a_20s_outage_and_keeps_watching(
         finally:
             node.start_app()
         wait_for(lambda: tap.count() >= 4, timeout=30, what="the changes made during the outage")
+        time.sleep(1)  # a notice republished after the outage may still be on its way
+        queued = tap.count()  # 4, or more with such duplicates
         (wdir / "after.txt").write_text("after\n")
-        wait_for(lambda: tap.count() >= 5, timeout=20, what="a change made after the outage")
+        wait_for(lambda: tap.count() > queued, timeout=20, what="a change made after the outage")
         assert thread.is_alive()
     finally:
         stop.set()
