@@ -48,6 +48,7 @@ from tests.chaos.chaoskit import (
     wait_until,
 )
 from tests.integration.flowkit import ReportTap, Site, post, publish_raw, unique
+from tests.servers.tmpfs import fill, grow, tmpfs
 
 
 @pytest.fixture
@@ -56,48 +57,6 @@ def site(tmp_path: Path, rabbitmq: Any) -> Site:
 
 
 # -- small file systems ---------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted on ``where`` (created), unmounted at the end whatever
-    happened (lazily if something still holds it open)."""
-    where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:  # the suite runs as root; anything else is a broken machine
-        pytest.fail(f"cannot mount a tmpfs at {where}: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def grow(where: Path, size: str) -> None:
-    """Give a mounted tmpfs more room (the operator freeing space)."""
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True)
-
-
-def fill(where: Path) -> Path:
-    """Take every free byte of the file system of ``where``; returns the filler file."""
-    filler = where / "filler"
-    chunk = b"\0" * 65536
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        while True:
-            try:
-                if os.write(fd, chunk) == 0:
-                    break
-            except OSError:  # ENOSPC: full
-                break
-    finally:
-        os.close(fd)
-    return filler
 
 
 # -- notices made by hand -------------------------------------------------------------------

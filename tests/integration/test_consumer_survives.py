@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from tests.integration.flowkit import (
     unique,
     wait_for,
 )
+from tests.servers.tmpfs import fill, tmpfs
 
 
 @pytest.fixture
@@ -168,33 +168,8 @@ def test_a_plugin_that_raises_leaves_the_notice_to_a_retry_not_to_an_ack(  # typ
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs that the test fills up (unmounted at teardown)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:  # the suite runs as root; anything else is a broken machine
-        pytest.fail(f"cannot mount a tmpfs at {mnt}: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "4m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_a_full_state_file_system_pauses_without_acking_and_everything_arrives_after(  # type: ignore[no-untyped-def]
@@ -212,7 +187,7 @@ def test_a_full_state_file_system_pauses_without_acking_and_everything_arrives_a
     _declare(site, name)
     with running_subscriber(site, name):
         wait_for(lambda: any(site.state_dir.rglob("*.heart")), timeout=30, what="a heartbeat")
-        filler = _fill(full_disk)
+        filler = fill(full_disk)
         assert post(site, nginx.base_url, nginx.root, files) == 0
         wait_for(
             lambda: any("PAUSED" in r.getMessage() for r in caplog.records),

@@ -8,7 +8,6 @@ The retry queue's first delay is 15 to 30 s (``RetryQueue`` base_delay 30 s with
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.integration.test_parts_flow import (
     _part_notices,
     _subscription,
 )
+from tests.servers.tmpfs import grow, tmpfs
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(150)]
 
@@ -45,22 +45,9 @@ def site(tmp_path: Path, rabbitmq: Any) -> Site:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs (unmounted at teardown); the test may remount it bigger."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:  # the suite runs as root; anything else is a broken machine
-        pytest.fail(f"cannot mount a tmpfs at {mnt}: {done.stderr.strip()}")
-    try:
+    """A 2 MiB tmpfs (unmounted at teardown); the test may grow it."""
+    with tmpfs(tmp_path / "small", "2m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _retry_puts(site: Site) -> int:
@@ -86,7 +73,7 @@ def test_a_full_disk_queues_blocks_for_retry_and_the_file_completes_once_space_i
         assert post(site, nginx.base_url, nginx.root, [src], ("blocksize", str(BLOCK))) == 0
         wait_for(lambda: _retry_puts(site) > 0, timeout=60, what="a block in the retry queue")
         assert not (small_disk / "big.bin").exists()
-        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        grow(small_disk, "64m")
         # the first retry is due 15 to 30 s after the failure
         wait_for(lambda: (small_disk / "big.bin").exists(), timeout=90, what="the file")
         wait_for(on_file_log.exists, what="on_file")
