@@ -533,7 +533,12 @@ class ConsumingLoop:
                 return
             except SarraError as e:
                 item.error = e
-                if not e.retryable or attempt == attempts or self.stop.is_set():
+                if e.retryable and self.stop.is_set():
+                    # e.g. its connection aborted by the stop before any byte arrived: no
+                    # outcome, the broker redelivers it (a retry entry stays on disk)
+                    item.abandoned = True
+                    return
+                if not e.retryable or attempt == attempts:
                     item.settle(e.report_code, str(e))
                     # a 404 is not retried at once, but later from disk: on a pump a file may
                     # be announced before every web server sees it

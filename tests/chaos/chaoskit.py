@@ -268,9 +268,13 @@ class Fleet:
     def log_path(self, i: int) -> Path:
         return self.logs / f"{self.names[i]}.log"
 
-    def start(self, i: int | None = None) -> None:
-        """Start instance ``i`` (all if None); refuses to start one that is running."""
-        for n in range(self.count) if i is None else [i]:
+    def start(self, i: int | None = None, wait: bool = True) -> None:
+        """Start instance ``i`` (all if None); refuses to start one that is running. With
+        ``wait``, returns once each is consuming: a signal sent before its handlers exist
+        would test the interpreter's start-up, not the component."""
+        chosen = list(range(self.count)) if i is None else [i]
+        before = {n: self._consuming_lines(n) for n in chosen}
+        for n in chosen:
             self._check(n)
             assert self.procs[n] is None, f"instance {n} is running"
             with self.log_path(n).open("ab") as out:  # the child keeps its own descriptor
@@ -282,6 +286,22 @@ class Fleet:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+
+        if wait:
+            for n in chosen:
+                wait_until(lambda n=n: self._up(n, before[n]), 60, f"instance {n} to consume")  # type: ignore[misc]
+                self._check(n)
+
+    def _up(self, n: int, seen: int) -> bool:
+        """Instance ``n`` logged "consuming from" once more than ``seen``, or exited."""
+        proc = self.procs[n]
+        return proc is None or proc.poll() is not None or self._consuming_lines(n) > seen
+
+    def _consuming_lines(self, n: int) -> int:
+        try:
+            return self.log_path(n).read_text(errors="replace").count("consuming from")
+        except FileNotFoundError:
+            return 0
 
     def _check(self, n: int) -> None:
         """Record instance ``n`` as crashed if it exited on its own."""

@@ -520,7 +520,7 @@ def test_amqps_with_an_expired_or_wrong_host_certificate_is_refused_and_retried(
                 cred.read_text() + f"amqps://guest:guest@127.0.0.1:{tls_node.tls_port}/\n"
             )
             f.env["SSL_CERT_FILE"] = str(tmp_path / "ca.pem")
-            f.start()
+            f.start(wait=False)  # they cannot consume: the certificate is bad
             for problem, cert in (
                 (r"certificate has expired", None),
                 (r"mismatch|doesn't match|not valid for", wrong_host),
