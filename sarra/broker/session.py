@@ -306,7 +306,11 @@ class BrokerSession:
         return True
 
     def _note_if_missing(self, name: str) -> None:
-        if not self.queue_exists(name):
+        try:
+            exists = self.queue_exists(name)
+        except AccessRefused:
+            return  # cannot tell: the declaration that follows says what this user may do
+        if not exists:
             self._created_queues.append(name)
 
     def take_created_queues(self) -> list[str]:
