@@ -13,8 +13,8 @@ import stat as stat_mod
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import IntegrityError, LocalError, MalformedMessage
 from sarra.flow.localfs import InflightFile, SafeRoot
 from sarra.flow.streaming import DIRECT_MIN, DirectWriter, reserve, stream
@@ -170,26 +170,6 @@ def download_to(
     )
 
 
-def parse_v02_time(text: str) -> float | None:
-    """Seconds since the epoch of a v02 timestamp (spec 3.2), or None if malformed.
-
-    ``YYYYMMDD[T]HHMMSS[.digits][(e|E)[+-]digits]``, UTC; the fraction is
-    ``float("0" + rest)`` clamped to [0, 1), as both peers read it.
-    """
-    text = text.strip()
-    if len(text) >= 9 and text[8] == "T":
-        text = text[:8] + text[9:]
-    head, rest = text[:14], text[14:]
-    if len(head) != 14 or not head.isdigit():
-        return None
-    try:
-        whole = datetime.strptime(head, "%Y%m%d%H%M%S").replace(tzinfo=UTC).timestamp()
-        frac = float("0" + rest) if rest else 0.0
-    except ValueError:
-        return None
-    return whole + min(max(frac, 0.0), 0.999999999)
-
-
 def is_unchanged(root: SafeRoot, rel: str, notice: Notice) -> bool:
     """True when the local ``rel`` already holds what ``notice`` announces (report 304).
 
@@ -229,8 +209,11 @@ def is_unchanged(root: SafeRoot, rel: str, notice: Notice) -> bool:
         offset, length = parts.offset, parts.length
     mtime_header = notice.header("mtime")
     if mtime_header is not None:
-        announced = parse_v02_time(mtime_header)
-        if announced is None or announced > st.st_mtime + _MTIME_SLACK:
+        try:
+            announced = parse_timestamp(mtime_header.strip())
+        except MalformedMessage:
+            return False
+        if announced > st.st_mtime + _MTIME_SLACK:
             return False
     try:
         local = _sum_range(root, rel, sum_.letter, offset, length)

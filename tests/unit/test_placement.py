@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import HostilePath, IntegrityError, MalformedMessage, TransportUnavailable
 from sarra.flow.localfs import SafeRoot
-from sarra.flow.placement import PlacementResult, download_to, is_unchanged, parse_v02_time
+from sarra.flow.placement import PlacementResult, download_to, is_unchanged
 from sarra.notice import Checksum, Notice, PartSpec, frozen_headers
 
 DATA = b"hello world\n" * 1000
@@ -196,7 +197,7 @@ def test_an_identical_older_file_is_unchanged(sr: SafeRoot) -> None:
 
 def test_a_fractional_mtime_set_by_placement_compares_equal(sr: SafeRoot) -> None:
     header = "20231114221320.123456789"
-    place(sr, Checksum("d", MD5), mtime=parse_v02_time(header))
+    place(sr, Checksum("d", MD5), mtime=parse_timestamp(header))
     assert is_unchanged(sr, "dir/file.txt", notice(Checksum("d", MD5), WHOLE, header))
     assert not is_unchanged(sr, "dir/file.txt", notice(Checksum("d", MD5), WHOLE, "20231114221321"))
 
@@ -235,12 +236,13 @@ def test_a_block_is_compared_over_its_own_range(sr: SafeRoot) -> None:
     )
 
 
-def test_v02_timestamps_parse_with_fraction_t_and_exponent() -> None:
-    assert parse_v02_time("19700101000001") == 1.0
-    assert parse_v02_time("19700101T000001.5") == 1.5
-    assert parse_v02_time("19700101000001.00679016e-05") == pytest.approx(1.0000000679)
-    assert parse_v02_time("1970010100000") is None
-    assert parse_v02_time("19701301000000") is None
+def test_a_malformed_or_padded_mtime_header_is_handled(sr: SafeRoot) -> None:
+    # the header is read by the codec; surrounding blanks are tolerated, a bad stamp means changed
+    place(sr, Checksum("d", MD5), mtime=1_700_000_000.0)
+    padded = notice(Checksum("d", MD5), WHOLE, " 20231114T221319.5 ")
+    assert is_unchanged(sr, "dir/file.txt", padded)
+    for bad in ("2023111422132", "20231314221320"):
+        assert not is_unchanged(sr, "dir/file.txt", notice(Checksum("d", MD5), WHOLE, bad))
 
 
 # -- large files: allocated up front, hashed alongside, aligned chunks by direct I/O ---------

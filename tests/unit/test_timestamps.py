@@ -42,6 +42,16 @@ def test_a_fraction_of_one_or_more_is_clamped_below_one_second() -> None:
     assert parse_timestamp_parts("20261123065900.5e+01") == (BASE, 0.999999)
 
 
+@pytest.mark.parametrize("stamp", ["20261123065900.9999999999", "20991231235959.9999999999"])
+def test_a_fraction_just_below_one_stays_in_its_own_second(stamp: str) -> None:
+    # a float epoch near 2e9 resolves ~0.24 us: a clamp of 0.999999999 added to the whole
+    # seconds rounds up to the next second, which is the defect placement's own parser had
+    whole, _ = parse_timestamp_parts(stamp)
+    t = parse_timestamp(stamp)
+    assert whole < t < whole + 1
+    assert int(t) == whole
+
+
 def test_the_t_separator_is_accepted() -> None:
     assert parse_timestamp("20261123T065900.25") == BASE + 0.25
 
