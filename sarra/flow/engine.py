@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import queue
-import random
 import select
 import threading
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Delivery, QueueSpec
-from sarra.broker.session import BrokerSession
+from sarra.broker.session import BrokerSession, backoff_delays
 from sarra.codec import v02
 from sarra.codec.salvage import report_for_undecodable
 from sarra.errors import (
@@ -167,8 +166,8 @@ class ConsumingLoop:
         self.last_activity = time.time()
         self._reports_lost = 0
         self._reports_lost_logged = -REPORT_LOSS_LOG_EVERY
-        #: connection losses in a row, each soon after connecting (they back off)
-        self._quick_losses = 0
+        #: delays after connection losses in a row, each soon after connecting
+        self._loss_delays = backoff_delays(0.5, 30.0)
         self._connected_at = 0.0
         #: why consuming is paused (an outcome could not be made durable), or None
         self._paused: str | None = None
@@ -190,7 +189,7 @@ class ConsumingLoop:
 
         The session re-declares and re-consumes by itself on later connects.
         """
-        delay = 0.5
+        delays = backoff_delays(0.5, 30.0)
         while not self.stop.is_set():
             try:
                 self.session.connect()
@@ -213,10 +212,10 @@ class ConsumingLoop:
             except AccessRefused:
                 raise
             except BrokerError as e:
+                delay = next(delays)
                 log.warning("broker connection failed (%s); retrying in %.1fs", e, delay)
                 self.session.close()
-                self.stop.wait(delay + random.uniform(0, delay / 2))
-                delay = min(delay * 2, 30.0)
+                self.stop.wait(delay)
 
     def _warn_short_expiry(self) -> None:
         expire = self.settings.queue.expire_ms
@@ -273,12 +272,11 @@ class ConsumingLoop:
         """Wait before reconnecting when the connection keeps failing soon after it is made
         (a persistent error, not a broker restart): 0.5 s doubling to 30 s."""
         if time.monotonic() - self._connected_at > 10.0:
-            self._quick_losses = 0
+            self._loss_delays = backoff_delays(0.5, 30.0)
             return
-        self._quick_losses += 1
-        delay = min(0.5 * 2 ** (self._quick_losses - 1), 30.0)
+        delay = next(self._loss_delays)
         log.warning("the same failure keeps coming back; reconnecting in %.1fs", delay)
-        self.stop.wait(delay + random.uniform(0, delay / 4))
+        self.stop.wait(delay)
 
     # -- the loop ------------------------------------------------------------------------------
 
