@@ -25,14 +25,12 @@ from sarra.flow.placement import download_to
 from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible, stream
 from sarra.flow.work import WorkItem
 from sarra.integrity.sums import new_hasher
-from sarra.notice import Checksum, Notice, PartSpec
+from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
 from sarra.parts.tracker import DEFAULT_EXPIRY, Marked, MarkStatus, PartTracker, Ticket
 from sarra.transfer.base import Transport
 
 log = logging.getLogger(__name__)
-
-_VERIFIED = frozenset("ds")
 
 
 class PartReceiver:
@@ -305,8 +303,8 @@ def _stream_block(
     """Write a block's chunks at their offsets while hashing; verify length and sum.
     ``reserve`` is called when the first bytes arrive (see :func:`stream`)."""
     letter = checksum.letter
-    algo = letter if letter in _VERIFIED else (checksum.value if letter == "z" else None)
-    if algo is not None and algo not in _VERIFIED:
+    algo = letter if checksum.verifiable else (checksum.value if letter == "z" else None)
+    if algo is not None and algo not in VERIFIABLE_SUMS:
         raise MalformedMessage(f"{what}: sum {checksum.wire()!r} does not describe data")
     hasher = new_hasher(algo) if algo is not None else None
     got = stream(
@@ -317,7 +315,7 @@ def _stream_block(
     if hasher is None or algo is None:
         return None
     computed = Checksum(algo, hasher.hexdigest())
-    if letter in _VERIFIED and computed.value != checksum.value.lower():
+    if checksum.verifiable and computed.value != checksum.value.lower():
         raise IntegrityError(
             f"{what}: checksum mismatch: expected {checksum.wire()}, got {computed.wire()}"
         )

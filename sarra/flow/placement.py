@@ -19,12 +19,9 @@ from sarra.errors import IntegrityError, LocalError, MalformedMessage
 from sarra.flow.localfs import InflightFile, SafeRoot
 from sarra.flow.streaming import DIRECT_MIN, DirectWriter, reserve, stream
 from sarra.integrity.sums import Hasher, new_hasher
-from sarra.notice import Checksum, Notice
+from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice
 
 _READ_SIZE = 1 << 20
-#: v02 sum letters of algorithms computed over data (spec 5); sums.py also knows the internal
-#: ``x``, which must never be accepted from a message
-_ALGORITHMS = frozenset("ds")
 #: sums that cannot be checked against data: placed unverified (spec 5.2)
 _UNVERIFIED = frozenset("n0a")
 #: an announced mtime this close to the local one is "not newer": float/nanosecond rounding
@@ -34,7 +31,8 @@ _MTIME_SLACK = 0.001
 
 def _new_hasher(letter: str) -> Hasher:
     """A fresh hasher for a v02 data sum letter (``d`` or ``s``)."""
-    if letter not in _ALGORITHMS:
+    # only the v02 data sums: sums.py also knows the internal ``x``, never accepted from a message
+    if letter not in VERIFIABLE_SUMS:
         raise MalformedMessage(f"no checksum algorithm for sum letter {letter!r}")
     return new_hasher(letter)
 
@@ -58,10 +56,10 @@ class PlacementResult:
 
 def _algorithm_for(checksum: Checksum) -> str | None:
     """The letter to compute for ``checksum``, or None when nothing is computed."""
-    if checksum.letter in _ALGORITHMS:
+    if checksum.verifiable:
         return checksum.letter
     if checksum.letter == "z":
-        if checksum.value not in _ALGORITHMS:
+        if checksum.value not in VERIFIABLE_SUMS:
             raise MalformedMessage(f"sum z names an unknown algorithm: {checksum.wire()!r}")
         return checksum.value
     if checksum.letter in _UNVERIFIED:
@@ -149,7 +147,7 @@ def download_to(
             if letter is not None and hasher is not None
             else None
         )
-        verified = checksum.letter in _ALGORITHMS
+        verified = checksum.verifiable
         if verified and computed is not None and computed.value != checksum.value.lower():
             raise IntegrityError(
                 f"{rel}: checksum mismatch: expected {checksum.wire()}, got {computed.wire()}"
@@ -179,7 +177,7 @@ def is_unchanged(root: SafeRoot, rel: str, notice: Notice) -> bool:
     mtime. Anything missing, unreadable or unparseable means False (download).
     """
     sum_ = notice.checksum
-    if sum_.letter not in _ALGORITHMS:
+    if not sum_.verifiable:
         return False
     # fast negative answer for the common case of a new file: one lstat by path. It can
     # only send us to download (the confined write path then does the real checks); a
