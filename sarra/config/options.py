@@ -93,11 +93,6 @@ class Option:
         return component in self.components
 
     @property
-    def takes_value(self) -> bool:
-        """False for options that, like ``mirror``, may be given without a value."""
-        return self.kind not in FLAG_KINDS
-
-    @property
     def value_hint(self) -> str:
         """What a value looks like, for --help and the man page."""
         if self.metavar:

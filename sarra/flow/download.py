@@ -358,14 +358,6 @@ class Downloader:
                 item.requeue = e.retryable
                 item.outgoing.clear()  # never announce a file that is not in place
 
-    def abort_staged(self, items: list[WorkItem]) -> None:
-        """Discard staged files of items that will not be committed (their deliveries are
-        redelivered)."""
-        for item in items:
-            staged = item.extra.pop("staged", None)
-            if staged is not None:
-                staged[1].abort()
-
     def sync(self) -> None:
         """Make every rename since the last call durable (before reports and acks)."""
         with self._roots_lock:

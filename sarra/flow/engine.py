@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -861,9 +861,3 @@ _DEFAULT_MESSAGES = {
     500: "local operation failed",
     503: "not allowed",
 }
-
-
-def publish_all(session: BrokerSession, messages: Sequence[WireMessage]) -> None:
-    """Publish with confirms (helper for components that only post)."""
-    if messages:
-        session.publish(messages)

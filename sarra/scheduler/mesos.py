@@ -17,7 +17,6 @@ One :class:`Subscription` per SUBSCRIBE; no reconnection inside the client: the 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -410,11 +409,3 @@ class MesosClient:
 
     def teardown(self) -> int:
         return self.call("TEARDOWN")
-
-
-def valid_uuid(value: str) -> bool:
-    """True when ``value`` is Base64 of exactly 16 bytes (what ACKNOWLEDGE requires)."""
-    try:
-        return len(base64.b64decode(value, validate=True)) == 16
-    except ValueError:
-        return False
