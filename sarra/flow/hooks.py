@@ -9,9 +9,16 @@ Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work`
 
 ``on_message(work) -> bool | None``
     Called in the flow thread after a notice is accepted by the masks, before any transfer.
-    Return ``False`` to drop the notice (it is acked, nothing is downloaded). A plugin may set
-    ``work.dest_dir``/``work.dest_name`` to change where the file goes (still confined under
-    the configured directory).
+    Return ``False`` to drop the notice (it is acked, nothing is downloaded). The destination
+    is already resolved: ``work.dest_rel`` is the path under the configured directory
+    (``work.dest_root``, which a plugin must not change). A plugin may replace ``work.dest_rel``
+    to change where the file goes; the new path is confined under the same directory (a path
+    that escapes it is refused, 417). For example, a plugin file named by
+    ``on_message /path/to/flatten.py`` that drops the subdirectories::
+
+        def on_message(work):
+            work.dest_rel = work.dest_rel.rsplit("/", 1)[-1]
+
 ``on_file(work) -> None``
     Called once, in a transfer thread, after a file is verified and placed under its final name
     (``work.local_path``). An exception is logged and reported as 500; the file stays.
