@@ -45,6 +45,7 @@ from sarra.config.credentials import to_broker_url
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.flow.republish import PumpIdentity
 from sarra.notice import Report, WireMessage
+from sarra.police.events import record_event
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +186,8 @@ class ReportRouter:
 
 
 def _record(kind: str, exchange: str, claimed: str | None) -> None:
-    try:
-        from sarra.police import events  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return
-    try:
-        events.record_event(kind, exchange=exchange, claimed=claimed)
-    except Exception:  # best effort: the drop stands regardless
-        log.debug("could not record %s", kind, exc_info=True)
+    """Tell sr_police about a dropped report (recording logs, never raises, on failure)."""
+    record_event(kind, exchange=exchange, claimed=claimed)
 
 
 def router_bindings(users: Iterable[str]) -> tuple[tuple[str, str], ...]:

@@ -44,6 +44,7 @@ from sarra.flow.download import Downloader
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.parts.arithmetic import split
+from sarra.police.events import FORGED_SOURCE, record_event
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,8 @@ class RepublishCounts:
 
 
 def record_forged(exchange: str, claimed: str | None, reason: str) -> None:
-    """Tell sr_police about a refused notice, when the police module is installed."""
-    try:
-        from sarra.police import events  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return
-    try:
-        events.record_event("forged_source", exchange=exchange, claimed=claimed, reason=reason)
-    except Exception:  # the police record is best effort; the refusal stands regardless
-        log.debug("could not record the forged_source event", exc_info=True)
+    """Tell sr_police about a refused notice (recording logs, never raises, on failure)."""
+    record_event(FORGED_SOURCE, exchange=exchange, claimed=claimed, reason=reason)
 
 
 class Republisher:
