@@ -23,9 +23,18 @@ to (``report_code``)::
     │   └── BrokerNotFound           no such exchange or queue on the broker
     └── LocalError          (500)    local file system operation failed
         └── DiskFull        (500)    ENOSPC/EDQUOT: retryable once space is freed
+
+Local OS errors are translated in one place: :func:`local_error` maps an ``OSError`` met
+while doing ``what`` to :class:`DiskFull` (``ENOSPC``/``EDQUOT``) or :class:`LocalError`
+(anything else), with the message ``"<what>: <strerror>"``; :func:`translated_os_errors`
+is the same as a context manager, raising it ``from`` the ``OSError``.
 """
 
 from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class SarraError(Exception):
@@ -135,3 +144,30 @@ class DiskFull(LocalError):
     """The local disk (or quota) is full; retrying after space is freed may succeed."""
 
     retryable = True
+
+
+#: errnos meaning "no space left" (disk or quota): retrying after space is freed may succeed
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def local_error(exc: OSError, what: str) -> LocalError:
+    """Our error for ``exc``, met while doing ``what`` on the local file system.
+
+    :class:`DiskFull` (retryable) when ``exc.errno`` is ``ENOSPC``/``EDQUOT``, otherwise
+    :class:`LocalError` (not retryable). The message is ``"<what>: <strerror>"`` (the
+    ``OSError``'s own text when it has no ``strerror``). The caller raises it ``from exc``.
+    """
+    text = f"{what}: {exc.strerror or exc}"
+    if exc.errno in FULL_ERRNOS:
+        return DiskFull(text)
+    return LocalError(text)
+
+
+@contextmanager
+def translated_os_errors(what: str) -> Iterator[None]:
+    """Re-raise any ``OSError`` inside the block as :func:`local_error` ``(exc, what)``,
+    chained ``from`` it; other exceptions pass through untouched."""
+    try:
+        yield
+    except OSError as exc:
+        raise local_error(exc, what) from exc

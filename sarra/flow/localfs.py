@@ -10,8 +10,9 @@ Data files are written in flight (:meth:`SafeRoot.open_inflight`): created ``O_E
 under a name unique to the writer, fsync'd, then renamed over the final name, so the final name
 never shows partial data.
 
-OS errors are translated at this boundary: ``ENOSPC``/``EDQUOT`` become :class:`DiskFull`, all
-others :class:`LocalError`. POSIX only (``dir_fd`` is not available on Windows).
+OS errors are translated at this boundary by :func:`sarra.errors.local_error`:
+``ENOSPC``/``EDQUOT`` become :class:`DiskFull`, all others :class:`LocalError`. POSIX only
+(``dir_fd`` is not available on Windows).
 """
 
 from __future__ import annotations
@@ -26,19 +27,18 @@ import secrets
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
-from sarra.errors import DiskFull, HostilePath, LocalError
+from sarra.errors import HostilePath, LocalError, local_error, translated_os_errors
 
 NAME_MAX = 255
 PATH_MAX = 4096
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: the writer token every in-flight name carries: ``~sr<pid>-<8 hex>-<counter>``
 _TOKEN_RE = re.compile(r"~sr[0-9]+-[0-9a-f]{8}-[0-9]+")
 
@@ -135,23 +135,6 @@ def check_link_target(
         raise HostilePath(f"link target names the root itself: {target!r}")
 
 
-def _translate(exc: OSError, what: str) -> LocalError:
-    """Our error for an OS error met while doing ``what``."""
-    text = f"{what}: {exc.strerror or exc}"
-    if exc.errno in _FULL_ERRNOS:
-        return DiskFull(text)
-    return LocalError(text)
-
-
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Re-raise any OSError inside the block as DiskFull or LocalError."""
-    try:
-        yield
-    except OSError as exc:
-        raise _translate(exc, what) from exc
-
-
 def _close(fd: int) -> None:
     with suppress(OSError):
         os.close(fd)
@@ -183,7 +166,7 @@ class InflightFile:
         """Append ``data`` at the current position (all of it)."""
         self._check_open()
         view = memoryview(data)
-        with _translated(f"write {self.rel}"):
+        with translated_os_errors(f"write {self.rel}"):
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
@@ -192,7 +175,7 @@ class InflightFile:
         """Write ``data`` at byte ``offset`` without moving the position (all of it)."""
         self._check_open()
         view = memoryview(data)
-        with _translated(f"write {self.rel} at {offset}"):
+        with translated_os_errors(f"write {self.rel} at {offset}"):
             while view:
                 written = os.pwrite(self._fd, view, offset)
                 view = view[written:]
@@ -201,13 +184,13 @@ class InflightFile:
     def truncate(self, size: int) -> None:
         """Set the file's size to ``size`` bytes."""
         self._check_open()
-        with _translated(f"truncate {self.rel}"):
+        with translated_os_errors(f"truncate {self.rel}"):
             os.ftruncate(self._fd, size)
 
     def set_metadata(self, mtime: float | None, mode: int | None) -> None:
         """Set the final mode (masked by the chmod policy) and mtime on the open file."""
         self._check_open()
-        with _translated(f"set mode and mtime of {self.rel}"):
+        with translated_os_errors(f"set mode and mtime of {self.rel}"):
             os.fchmod(self._fd, self._owner.file_mode_for(mode))
             if mtime is not None:
                 os.utime(self._fd, (mtime, mtime))
@@ -215,7 +198,7 @@ class InflightFile:
     def fsync(self) -> None:
         """Make the written data durable."""
         self._check_open()
-        with _translated(f"fsync {self.rel}"):
+        with translated_os_errors(f"fsync {self.rel}"):
             os.fsync(self._fd)
 
     def commit(
@@ -244,7 +227,7 @@ class InflightFile:
         owner = self._owner
         try:
             parts = owner.check_relpath(final_rel)
-            with _translated(f"commit {self.rel} -> {final_rel}"):
+            with translated_os_errors(f"commit {self.rel} -> {final_rel}"):
                 if not metadata_set:
                     self.set_metadata(mtime, mode)
                 if not data_synced:
@@ -254,7 +237,7 @@ class InflightFile:
             dst_fd = self._dir_fd if same_parent else owner._walk(parts[:-1], create=True)
             assert dst_fd is not None
             try:
-                with _translated(f"rename {self.rel} -> {final_rel}"):
+                with translated_os_errors(f"rename {self.rel} -> {final_rel}"):
                     os.replace(self.name, parts[-1], src_dir_fd=self._dir_fd, dst_dir_fd=dst_fd)
                     same_dir = same_parent or os.path.samestat(
                         os.fstat(dst_fd), os.fstat(self._dir_fd)
@@ -341,7 +324,7 @@ class SafeRoot:
         self.chmod_mask = chmod_mask & 0o777
         self._windows = windows
         if create:
-            with _translated(f"create root {self.root}"):
+            with translated_os_errors(f"create root {self.root}"):
                 self.root.mkdir(parents=True, exist_ok=True)
         try:
             self._name_max = int(os.pathconf(self.root, "PC_NAME_MAX"))
@@ -370,7 +353,7 @@ class SafeRoot:
     # walking ------------------------------------------------------------------------------
 
     def _open_root(self) -> int:
-        with _translated(f"open root {self.root}"):
+        with translated_os_errors(f"open root {self.root}"):
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _open_child_dir(self, parent: int, name: str, create: bool) -> int | None:
@@ -386,10 +369,10 @@ class SafeRoot:
                 except FileExistsError:
                     continue  # another writer made it (or something else): reopen to see
                 except OSError as exc:
-                    raise _translate(exc, f"mkdir {name}") from exc
+                    raise local_error(exc, f"mkdir {name}") from exc
                 fd = self._open_child_dir(parent, name, create=False)
                 if fd is not None:
-                    with _translated(f"chmod {name}"):
+                    with translated_os_errors(f"chmod {name}"):
                         os.fchmod(fd, self.dir_mode)  # mkdir's mode is cut by the umask
                     return fd
             except OSError as exc:
@@ -400,7 +383,7 @@ class SafeRoot:
                         st = None
                     if st is not None and stat_mod.S_ISLNK(st.st_mode):
                         raise HostilePath(f"parent directory {name!r} is a symlink") from exc
-                raise _translate(exc, f"open directory {name}") from exc
+                raise local_error(exc, f"open directory {name}") from exc
         raise LocalError(f"directory {name!r} keeps changing under us")
 
     def _walk(self, dirs: Sequence[str], *, create: bool) -> int | None:
@@ -411,7 +394,7 @@ class SafeRoot:
         """
         root = self._root_fd()
         if not dirs:
-            with _translated(f"open root {self.root}"):
+            with translated_os_errors(f"open root {self.root}"):
                 return os.dup(root)
         fd = root
         try:
@@ -497,7 +480,7 @@ class SafeRoot:
                 except OSError as exc:
                     if self.on_inflight is not None:
                         self.on_inflight(inflight_rel, False)
-                    raise _translate(exc, f"create in-flight file for {rel}") from exc
+                    raise local_error(exc, f"create in-flight file for {rel}") from exc
                 self._live.add(name)
                 return InflightFile(self, dir_fd, name, fd, inflight_rel)
             raise LocalError(f"could not pick a free in-flight name for {rel}")
@@ -531,7 +514,7 @@ class SafeRoot:
             if fd is None:
                 continue
             try:
-                with _translated(f"sweep {'/'.join(parts) or '.'}"):
+                with translated_os_errors(f"sweep {'/'.join(parts) or '.'}"):
                     for entry in os.scandir(fd):
                         if not _TOKEN_RE.search(entry.name) or entry.name in self._live:
                             continue
@@ -562,7 +545,7 @@ class SafeRoot:
             return
         if _SYNCFS(fd) != 0:
             err = ctypes.get_errno()
-            raise _translate(OSError(err, os.strerror(err)), f"sync file system of {self.root}")
+            raise local_error(OSError(err, os.strerror(err)), f"sync file system of {self.root}")
 
     def _note_dirty(self, parts: tuple[str, ...]) -> None:
         with self._dirty_lock:
@@ -582,7 +565,7 @@ class SafeRoot:
                 fd = self._walk(parts, create=False)
                 if fd is not None:  # None: removed since, nothing of ours to make durable
                     try:
-                        with _translated(f"sync directory {'/'.join(parts) or '.'}"):
+                        with translated_os_errors(f"sync directory {'/'.join(parts) or '.'}"):
                             os.fsync(fd)
                     finally:
                         _close(fd)
@@ -614,7 +597,7 @@ class SafeRoot:
         assert dir_fd is not None
         try:
             _, tmp = self.inflight_name(parts[-1], ".")
-            with _translated(f"symlink {rel} -> {target}"):
+            with translated_os_errors(f"symlink {rel} -> {target}"):
                 os.symlink(target, tmp, dir_fd=dir_fd)
                 try:
                     os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -635,7 +618,7 @@ class SafeRoot:
         if dir_fd is None:
             return False
         try:
-            with _translated(f"remove {rel}"):
+            with translated_os_errors(f"remove {rel}"):
                 try:
                     st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
                     if stat_mod.S_ISDIR(st.st_mode):
@@ -659,7 +642,7 @@ class SafeRoot:
             dst_fd = self._walk(new[:-1], create=True)
             assert dst_fd is not None
             try:
-                with _translated(f"rename {old_rel} -> {new_rel}"):
+                with translated_os_errors(f"rename {old_rel} -> {new_rel}"):
                     os.replace(old[-1], new[-1], src_dir_fd=src_fd, dst_dir_fd=dst_fd)
                     os.fsync(dst_fd)
             finally:
@@ -680,7 +663,7 @@ class SafeRoot:
         if dir_fd is None:
             return None
         try:
-            with _translated(f"stat {rel}"):
+            with translated_os_errors(f"stat {rel}"):
                 try:
                     return os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -703,6 +686,6 @@ class SafeRoot:
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise HostilePath(f"open {rel}: is a symlink") from exc
-                raise _translate(exc, f"open {rel}") from exc
+                raise local_error(exc, f"open {rel}") from exc
         finally:
             _close(dir_fd)

@@ -25,13 +25,10 @@ outnumber live ones.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -39,23 +36,13 @@ from urllib.parse import quote, unquote
 
 import xxhash
 
-from sarra.errors import ConfigError, DiskFull, LocalError
+from sarra.errors import ConfigError, translated_os_errors
 from sarra.notice import Notice
 
 log = logging.getLogger(__name__)
 
 BASES = ("path", "name", "data")
 _COMPACT_MIN_DEAD = 1024
-
-
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Re-raise OSError as DiskFull (ENOSPC/EDQUOT) or LocalError."""
-    try:
-        yield
-    except OSError as exc:
-        cls = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else LocalError
-        raise cls(f"{what}: {exc.strerror or exc}") from exc
 
 
 def derive_key(notice: Notice) -> str:
@@ -96,7 +83,7 @@ class DuplicateCache:
         self._lines = 0
         self._fh: IO[str] | None = None
         if self.path is not None:
-            with _translated(f"open duplicate cache {self.path}"):
+            with translated_os_errors(f"open duplicate cache {self.path}"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._load(time.time())
             self.save()
@@ -164,7 +151,7 @@ class DuplicateCache:
         if self.path is None:
             return
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        with _translated(f"save duplicate cache {self.path}"):
+        with translated_os_errors(f"save duplicate cache {self.path}"):
             try:
                 with open(tmp, "w", encoding="utf-8") as out:
                     for digest, (seen, value) in self._seen.items():
@@ -217,7 +204,7 @@ class DuplicateCache:
     def _append(self, digest: int, seen: float, value: str) -> None:
         if self._fh is None:
             return
-        with _translated(f"write duplicate cache {self.path}"):
+        with translated_os_errors(f"write duplicate cache {self.path}"):
             self._fh.write(_format(digest, seen, value))
             self._fh.flush()
         self._lines += 1

@@ -18,36 +18,24 @@ before anything new is appended. Unparseable lines elsewhere are skipped with a 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
 import random
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sarra.errors import DiskFull, LocalError
+from sarra.errors import LocalError, translated_os_errors
 from sarra.notice import WireMessage, frozen_headers
 
 log = logging.getLogger(__name__)
 
 _COMPACT_MIN_DEAD = 64
-
-
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Re-raise OSError as DiskFull (ENOSPC/EDQUOT) or LocalError."""
-    try:
-        yield
-    except OSError as exc:
-        cls = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else LocalError
-        raise cls(f"{what}: {exc.strerror or exc}") from exc
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -153,7 +141,7 @@ class RetryQueue:
         self._items: dict[str, RetryItem] = {}
         self._records = 0
         self._fd = -1
-        with _translated(f"open retry queue {self.path}"):
+        with translated_os_errors(f"open retry queue {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._load()
             self._fd = os.open(
@@ -298,7 +286,7 @@ class RetryQueue:
     def _append(self, line: bytes) -> None:
         if self._fd < 0:
             raise LocalError(f"retry queue {self.path} is closed")
-        with _translated(f"write retry queue {self.path}"):
+        with translated_os_errors(f"write retry queue {self.path}"):
             _write_all(self._fd, line)
             os.fsync(self._fd)
         self._records += 1
@@ -311,7 +299,7 @@ class RetryQueue:
     def _compact(self) -> None:
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.compact")
         data = b"".join(_line(_put_record(it)) for it in self._items.values())
-        with _translated(f"compact retry queue {self.path}"):
+        with translated_os_errors(f"compact retry queue {self.path}"):
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
                 try:

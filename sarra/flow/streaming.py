@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Protocol, TypeVar
 
-from sarra.errors import DiskFull, IntegrityError, Interrupted, LocalError
+from sarra.errors import IntegrityError, Interrupted, local_error
 
 _T = TypeVar("_T")
 
@@ -200,7 +200,7 @@ class DirectWriter:
                 _pwrite_all(fd, view[:head], offset)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
-                    raise _translated(exc, f"write {self._what} at {offset}") from exc
+                    raise local_error(exc, f"write {self._what} at {offset}") from exc
                 self.close()  # alignment refused by this device: page cache from now on
             else:
                 view, offset = view[head:], offset + head
@@ -270,7 +270,7 @@ def reserve(fd: int, offset: int, length: int, what: str, *, margin: int = RESER
             return False
         return allocate(fd, offset + length, offset)
     except OSError as exc:
-        raise _translated(exc, f"reserve {length} bytes for {what}") from exc
+        raise local_error(exc, f"reserve {length} bytes for {what}") from exc
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
@@ -278,10 +278,3 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-def _translated(exc: OSError, what: str) -> LocalError:
-    text = f"{what}: {exc.strerror or exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(text)
-    return LocalError(text)

@@ -15,7 +15,8 @@ shared: every process and thread that receives a block of the version opens it r
 Also here: :class:`Ticket`, a writer's handle on the data file for one block, and the
 ``parts`` checks the tracker applies (:func:`check_spec`, :func:`known_size`).
 
-OS errors become :class:`DiskFull` (ENOSPC/EDQUOT) or :class:`LocalError`.
+OS errors become :class:`DiskFull` (ENOSPC/EDQUOT) or :class:`LocalError` through
+:func:`sarra.errors.translated_os_errors`.
 """
 
 from __future__ import annotations
@@ -24,35 +25,21 @@ import errno
 import os
 import secrets
 import stat as stat_mod
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from types import TracebackType
 
-from sarra.errors import DiskFull, HostilePath, LocalError, MalformedMessage
+from sarra.errors import HostilePath, LocalError, MalformedMessage, translated_os_errors
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.streaming import DirectWriter, allocate, reserve
 from sarra.notice import PartSpec
 
 #: suffix of shared reassembly data files
 DATA_SUFFIX = ".sr-part"
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NAME_MAX = 255
 #: most blocks a tracked file may have: a 2 MiB record bitmap (1 TiB in 64 KiB blocks)
 MAX_BLOCKS = 1 << 24
 #: bytes of a block kept in the page cache behind its writer (see :meth:`Ticket.pwrite`)
 WRITEBACK_LAG = 8 << 20
-
-
-@contextmanager
-def translated(what: str) -> Iterator[None]:
-    """Re-raise an OSError inside the block as :class:`DiskFull` or :class:`LocalError`."""
-    try:
-        yield
-    except OSError as exc:
-        text = f"{what}: {exc.strerror or exc}"
-        if exc.errno in _FULL_ERRNOS:
-            raise DiskFull(text) from exc
-        raise LocalError(text) from exc
 
 
 def data_rel_for(root: SafeRoot, final_rel: str) -> str:
@@ -97,7 +84,7 @@ def open_data(root: SafeRoot, data_rel: str, *, create: bool) -> int | None:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise HostilePath(f"data file {data_rel} is a symlink") from exc
-            with translated(f"open data file {data_rel}"):
+            with translated_os_errors(f"open data file {data_rel}"):
                 raise
         if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
@@ -114,7 +101,7 @@ def presize(fd: int, size: int, what: str) -> None:
     for the file fails here (DiskFull) before any block is fetched, and blocks written by
     direct I/O land in allocated extents. Elsewhere the file is grown sparse.
     """
-    with translated(f"size {what}"):
+    with translated_os_errors(f"size {what}"):
         if os.fstat(fd).st_size < size and not allocate(fd, size):
             os.ftruncate(fd, size)
 
@@ -122,7 +109,7 @@ def presize(fd: int, size: int, what: str) -> None:
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int, what: str) -> None:
     """Write all of ``data`` at ``offset``."""
     view = memoryview(data)
-    with translated(f"write {what} at {offset}"):
+    with translated_os_errors(f"write {what} at {offset}"):
         while view:
             written = os.pwrite(fd, view, offset)
             view = view[written:]
@@ -146,7 +133,7 @@ def place(
     directory). Metadata is set before the rename so the final name appears complete.
     Idempotent up to the rename: after a crash it may be called again with a fresh ``fd``.
     """
-    with translated(f"finish {data_rel}"):
+    with translated_os_errors(f"finish {data_rel}"):
         os.ftruncate(fd, size)
         os.fchmod(fd, root.file_mode_for(mode))
         if mtime is not None:
@@ -257,7 +244,7 @@ class Ticket:
     def fsync(self) -> None:
         """Make the written data durable; required before marking."""
         if self._fd is not None:
-            with translated(f"fsync data of {self.final_rel}"):
+            with translated_os_errors(f"fsync data of {self.final_rel}"):
                 os.fsync(self._fd)
 
     def write_block(self, data: bytes | memoryview) -> None:

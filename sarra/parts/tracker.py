@@ -56,11 +56,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sarra.errors import LocalError, MalformedMessage
+from sarra.errors import LocalError, MalformedMessage, translated_os_errors
 from sarra.flow.localfs import SafeRoot
 from sarra.notice import PartSpec
 from sarra.parts import assembly
-from sarra.parts.assembly import Ticket, check_spec, known_size, translated
+from sarra.parts.assembly import Ticket, check_spec, known_size
 
 #: default bound on versions tracked at once (spec 9.5)
 DEFAULT_MAX_OPEN = 1024
@@ -183,7 +183,7 @@ class PartTracker:
         self.max_open = max_open
         self._root_id = os.fsencode(os.path.realpath(root.root))
         for sub in ("locks", "open", "done", "owners", "sums"):
-            with translated(f"create state directory {self.state_dir / sub}"):
+            with translated_os_errors(f"create state directory {self.state_dir / sub}"):
                 (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
     # locking ------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class PartTracker:
         """Hold the flock on ``locks/<name>``; retries if the lock file was unlinked meanwhile."""
         path = self.state_dir / "locks" / name
         while True:
-            with translated(f"lock {path}"):
+            with translated_os_errors(f"lock {path}"):
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -239,7 +239,7 @@ class PartTracker:
     def _write(self, kind: str, key: str, rec: _Record) -> None:
         path = self._path(kind, key)
         tmp = path.with_suffix(".tmp")
-        with translated(f"write part state {path}"):
+        with translated_os_errors(f"write part state {path}"):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, rec.dump())
@@ -254,7 +254,7 @@ class PartTracker:
                 os.close(dfd)
 
     def _unlink(self, path: Path) -> None:
-        with translated(f"remove {path}"), contextlib.suppress(FileNotFoundError):
+        with translated_os_errors(f"remove {path}"), contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
     def _discard(self, key: str, rec: _Record) -> None:
@@ -498,7 +498,7 @@ class PartTracker:
     def _claim(self, key: str) -> int | None:
         """The owner lock of ``key`` (held by the caller), or None if a live caller holds it."""
         path = self.state_dir / "owners" / f"{key}.owner"
-        with translated(f"lock {path}"):
+        with translated_os_errors(f"lock {path}"):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -615,7 +615,7 @@ class PartTracker:
         if any(c.isspace() for c in block_sum) or any(c.isspace() for c in version):
             return  # not representable in this format; the file will not be announced
         path = self._sums_path(key)
-        with translated(f"write block sums {path}"):
+        with translated_os_errors(f"write block sums {path}"):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, f"{version} {n} {block_sum}\n".encode())

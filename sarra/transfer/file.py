@@ -12,14 +12,20 @@ import os
 from collections.abc import Iterator
 from io import BufferedReader
 
-from sarra.errors import DiskFull, IntegrityError, LocalError, NotFound, TransferError
+from sarra.errors import (
+    FULL_ERRNOS,
+    IntegrityError,
+    LocalError,
+    NotFound,
+    TransferError,
+    local_error,
+)
 from sarra.transfer.base import Features, RemoteStat
 from sarra.transfer.url import server_path
 
 CHUNK_SIZE = 1 << 20
 
 _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _path(url_or_path: str) -> str:
@@ -33,8 +39,8 @@ def _translate(err: OSError, what: str) -> TransferError | LocalError:
     """Map an OSError from the origin side to our tree."""
     if err.errno in _NOT_FOUND:
         return NotFound(f"{what}: {err.strerror}")
-    if err.errno in _FULL:
-        return DiskFull(f"{what}: {err.strerror}")
+    if err.errno in FULL_ERRNOS:
+        return local_error(err, what)
     failure = TransferError(f"{what}: {err.strerror or err}")
     failure.retryable = err.errno in (errno.EAGAIN, errno.EINTR, errno.EIO)
     return failure
