@@ -27,7 +27,7 @@ from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
 from sarra.flow.placement import download_to, is_unchanged
 from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible
-from sarra.flow.work import WorkItem
+from sarra.flow.work import Staged, WorkItem
 from sarra.notice import Notice
 from sarra.parts.tracker import DEFAULT_EXPIRY
 from sarra.transfer import open_transport
@@ -275,7 +275,7 @@ class Downloader:
             stage=self.batch_commit and self.plugins.empty,
         )
         if result.staged is not None:
-            item.extra["staged"] = (root, result.staged, rel, mtime, mode)
+            item.staged = Staged(root, result.staged, rel, mtime, mode)
         item.size = result.size
         item.computed = result.checksum
         if not result.verified and notice.checksum.letter != "z":
@@ -340,14 +340,17 @@ class Downloader:
         Raises:
             LocalError: the sync failed; nothing was renamed and the call can be repeated.
         """
-        staged = [i for i in items if "staged" in i.extra]
+        staged = [i for i in items if i.staged is not None]
         if not staged:
             return
-        roots = {id(i.extra["staged"][0]): i.extra["staged"][0] for i in staged}
+        roots = {id(i.staged.root): i.staged.root for i in staged if i.staged is not None}
         for root in roots.values():
             root.sync_filesystem()
         for item in staged:
-            root, inflight, rel, mtime, mode = item.extra.pop("staged")
+            assert item.staged is not None
+            root, inflight, rel = item.staged.root, item.staged.inflight, item.staged.rel
+            mtime, mode = item.staged.mtime, item.staged.mode
+            item.staged = None
             try:
                 inflight.commit(
                     rel, mtime=mtime, mode=mode, sync_dir=False, data_synced=True, metadata_set=True

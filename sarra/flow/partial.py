@@ -23,7 +23,7 @@ from sarra.errors import IntegrityError, MalformedMessage, MessageError
 from sarra.flow.localfs import SafeRoot
 from sarra.flow.placement import download_to
 from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible, stream
-from sarra.flow.work import WorkItem
+from sarra.flow.work import PartState, WorkItem
 from sarra.integrity.sums import new_hasher
 from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
@@ -120,14 +120,14 @@ class PartReceiver:
         if marked is None:
             return
         status = marked.status
-        item.extra["part"] = "inserted"
+        item.part = PartState.INSERTED
         if status is MarkStatus.COMPLETE:
-            item.extra["part"] = "complete"
+            item.part = PartState.COMPLETE
             completion = marked.completion
             assert completion is not None
             item.size = completion.file_size
             if completion.block_sums is not None:
-                item.extra["whole"] = (completion.file_size, completion.block_sums)
+                item.whole = (completion.file_size, completion.block_sums)
             item.settle(201, "Downloaded")
             try:
                 self.on_file(item)
@@ -161,9 +161,9 @@ class PartReceiver:
         assert spec is not None
         with ticket:
             if ticket.done:
-                item.extra["part"] = "done"
+                item.part = PartState.DONE
                 # for a pump that announces it again after a redelivery
-                item.extra["whole"] = tracker.block_sums(ticket)
+                item.whole = tracker.block_sums(ticket)
                 item.settle(304, "not modified (this version is complete)")
                 return None
             if ticket.needs():
@@ -229,7 +229,7 @@ class PartReceiver:
             sync_dir=False,
         )
         item.dest_rel = part_rel
-        item.extra["part"] = "kept"
+        item.part = PartState.KEPT
         item.size = result.size
         item.computed = result.checksum
         item.settle(201, "Downloaded (part kept as .Part)")

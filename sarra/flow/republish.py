@@ -41,7 +41,7 @@ from sarra.codec.fields import parse_checksum
 from sarra.errors import LocalError
 from sarra.flow.baseurl import REPUBLISHER_REFUSED, HostGuard, Resolver, resolve_host
 from sarra.flow.download import Downloader
-from sarra.flow.work import WorkItem
+from sarra.flow.work import PartState, WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.parts.arithmetic import split
 from sarra.police.events import FORGED_SOURCE, record_event
@@ -221,15 +221,15 @@ class Republisher:
         """Download (or apply the file operation), then queue the re-announcement."""
         self.downloader.work(item)
         code = item.code
-        part = item.extra.get("part")
-        if part in ("inserted", "complete", "done"):
+        part = item.part
+        if part in (PartState.INSERTED, PartState.COMPLETE, PartState.DONE):
             # inplace on: blocks are assembled here. Each block's own announcement would point
             # at a file that is not there yet, so the whole file is announced once complete,
             # block by block with their verified sums (spec 6.8), like a poster would.
             redelivered = item.retry is not None or (
                 item.delivery is not None and item.delivery.redelivered
             )
-            if part == "complete" or (part == "done" and redelivered):
+            if part is PartState.COMPLETE or (part is PartState.DONE and redelivered):
                 self._announce_blocks(item)
             return
         if code in _DONE:
@@ -244,7 +244,7 @@ class Republisher:
             item.message = "not modified (re-announced after a redelivery)"
 
     def _announce_blocks(self, item: WorkItem) -> None:
-        whole = item.extra.get("whole")
+        whole = item.whole
         if whole is None:
             log.warning(
                 "%s: complete, but not every block's sum is known (blocks received before an "
@@ -283,7 +283,7 @@ class Republisher:
             computed = checksum
         if parts is None:
             parts = notice.parts
-        if item.extra.get("part") == "kept" and parts is not None:
+        if item.part is PartState.KEPT and parts is not None:
             # a block kept as its own .Part object is announced as such (spec 6.7, GM-11)
             parts = PartSpec(
                 "p", parts.block_size, parts.block_count, parts.remainder, parts.block_number

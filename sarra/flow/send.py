@@ -156,7 +156,7 @@ class Sender:
             item.settle(0, "links and directory removals are not sent")
             return False
         if letter not in ("R", "m"):
-            item.extra["local"] = self.local_path(notice)
+            item.local_source = self.local_path(notice)
         if not self.plugins.empty and not self.plugins.on_message(item):
             item.settle(0, "dropped by an on_message plugin")
             return False
@@ -167,7 +167,7 @@ class Sender:
             if parts.method != "i":
                 item.settle(417, "a sender sends local files: .Part (p) blocks are not sent")
                 return False
-            local = str(item.extra["local"])
+            local = str(item.local_source)
             try:
                 size = os.stat(local).st_size
             except OSError:
@@ -198,7 +198,7 @@ class Sender:
             self._mkdirs(transport, final, force=True)
             item.settle(201, "directory created")
             return
-        local = str(item.extra["local"])
+        local = str(item.local_source)
         if not os.path.isfile(local):
             raise LocalError(f"local file {local} is missing or not a regular file")
         parts = notice.parts

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sarra.broker.base import Delivery
 from sarra.flow.retryqueue import RetryItem
 from sarra.notice import Checksum, Notice, WireMessage
+
+if TYPE_CHECKING:
+    from sarra.flow.localfs import InflightFile, SafeRoot
+
+
+class PartState(enum.Enum):
+    """What happened to a block (``.Part`` notice) of a file assembled in place."""
+
+    INSERTED = "inserted"  # written and recorded; other blocks are still missing
+    COMPLETE = "complete"  # this block completed the file
+    DONE = "done"  # the version was already complete (a redelivery)
+    KEPT = "kept"  # inplace off: the block is kept as its own .Part object
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A file written and fsync'd under its temporary name, to be renamed by the batch commit
+    (:meth:`sarra.flow.download.Downloader.commit_batch`)."""
+
+    root: SafeRoot
+    inflight: InflightFile
+    rel: str
+    mtime: float | None
+    mode: int | None
 
 
 @dataclass(slots=True)
@@ -40,6 +65,15 @@ class WorkItem:
     #: messages to publish (re-announcements, forwarded notices) on the post broker before
     #: the delivery is acked; filled by the component's select or work step
     outgoing: list[WireMessage] = field(default_factory=list)
+    #: set by the downloader: the file waits under its temporary name for the batch commit
+    staged: Staged | None = None
+    #: set by the block assembler for a .Part notice
+    part: PartState | None = None
+    #: (file size, every block's sum) once a file assembled from blocks is complete
+    whole: tuple[int, tuple[str, ...]] | None = None
+    #: set by the sender: the local file a notice names
+    local_source: str | None = None
+    #: scratch space for plugins; the core never reads or writes it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
