@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from sarra.config import paths
 from sarra.config.credentials import parse_url
@@ -467,7 +467,19 @@ def load_pump_config(
     return loader.finish(None)
 
 
-def resolve_queue_name(cfg: Config, env: Mapping[str, str] | None = None) -> str:
+class _Named(Protocol):
+    """What names a queue: a :class:`Config` or typed :class:`~sarra.config.settings.Settings`."""
+
+    @property
+    def component(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+
+
+def resolve_queue_name(cfg: _Named, env: Mapping[str, str] | None = None) -> str:
     """The queue name: ``queue_name`` if set, else the one every instance shares.
 
     The default, ``q_<user>.sr_<component>.<config>.<8 digits>.<8 digits>`` (sr2's form),
@@ -478,9 +490,9 @@ def resolve_queue_name(cfg: Config, env: Mapping[str, str] | None = None) -> str
     Raises:
         ConfigError: the state directory cannot be written.
     """
-    if cfg.values.get("queue_name"):
-        return str(cfg.values["queue_name"])
-    user = _url_user(cfg.values.get("broker")) or "anonymous"
+    if cfg.get("queue_name"):
+        return str(cfg.get("queue_name"))
+    user = _url_user(cfg.get("broker")) or "anonymous"
     name = cfg.name or "default"
     folder = paths.state_dir(cfg.component, name, env)
     file = folder / f"{cfg.component}.{name}.{user}.qname"
@@ -493,7 +505,7 @@ def resolve_queue_name(cfg: Config, env: Mapping[str, str] | None = None) -> str
     except OSError as exc:
         raise ConfigError(f"cannot read queue name: {exc}", path=str(file)) from exc
     digits = f"{secrets.randbelow(10**8):08d}.{secrets.randbelow(10**8):08d}"
-    suffix = f".{cfg.values['queue_suffix']}" if cfg.values.get("queue_suffix") else ""
+    suffix = f".{cfg.get('queue_suffix')}" if cfg.get("queue_suffix") else ""
     fresh = f"q_{user}.sr_{cfg.component}.{name}.{digits}{suffix}"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,10 @@ class Kind(enum.Enum):
     DECLARE = "declare"  # declare env NAME=value, declare source|subscriber NAME, ...
 
 
+#: Kinds whose occurrences the loader turns into structure (masks, bindings, declarations,
+#: headers, included files) rather than one value; typed settings carry that structure.
+STRUCTURAL_KINDS = frozenset({Kind.MASK, Kind.SUBTOPIC, Kind.INCLUDE, Kind.DECLARE, Kind.HEADER})
+
 #: Kinds that may be given without a value (on the command line or alone on a line).
 FLAG_KINDS = frozenset({Kind.BOOL, Kind.CACHING})
 

@@ -1,0 +1,98 @@
+"""Typed settings (sarra.config.settings): generated from the option table, values as typed."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sarra.components import COMPONENTS as IMPLEMENTED
+from sarra.config.options import OPTIONS, STRUCTURAL_KINDS
+from sarra.config.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _generator() -> Any:
+    spec = importlib.util.spec_from_file_location("gen_settings", ROOT / "scripts/gen_settings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_settings_module_is_what_the_option_table_renders() -> None:
+    committed = (ROOT / "sarra/config/settings.py").read_text()
+    assert committed == _generator().render(), "run scripts/gen_settings.py"
+
+
+def test_every_valued_option_is_a_field_and_nothing_else_is() -> None:
+    hints = typing.get_type_hints(Settings)
+    valued = {o.name for o in OPTIONS if o.kind not in STRUCTURAL_KINDS}
+    structural = {
+        "component", "name", "config_path", "masks", "default_mask", "bindings", "plugins",
+        "headers_add", "headers_del", "declared", "explicit", "warnings",
+    }  # fmt: skip
+    assert set(hints) == valued | structural
+
+
+def _conforms(value: object, hint: object) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_conforms(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return origin is not None and isinstance(value, origin)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"SR_CONFIG_DIR": str(tmp_path / "config"), "HOME": str(tmp_path)}
+
+
+@pytest.mark.parametrize("component", sorted(IMPLEMENTED))
+def test_every_default_has_its_declared_type(component: str, env: dict[str, str]) -> None:
+    s = load_settings(component, None, env=env)
+    hints = typing.get_type_hints(Settings)
+    wrong = {
+        name: getattr(s, name)
+        for name in hints
+        if name not in ("masks", "bindings", "plugins", "headers_add", "declared")
+        and not _conforms(getattr(s, name), hints[name])
+    }
+    assert wrong == {}
+
+
+def test_values_set_in_a_file_and_on_the_command_line_are_typed(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    conf = tmp_path / "config" / "subscribe"
+    conf.mkdir(parents=True)
+    (conf / "typed.conf").write_text(
+        "broker amqp://anonymous@localhost/\nexchange xpublic\nprefetch 7\nexpire 10m\n"
+        "chmod 640\ninflight 5\nbase_url_accept ^https://a/ ^https://b/\nflatten none\n"
+        "on_message sarra.tests_unknown_plugin_is_only_named_here\nsuppress_duplicates on\n"
+    )
+    s = load_settings("subscribe", "typed", [("attempts", "9"), ("batch", "3")], env=env)
+    assert (s.prefetch, s.expire, s.chmod, s.inflight) == (7, 600.0, 0o640, 5.0)
+    assert s.base_url_accept == ("^https://a/", "^https://b/")
+    assert (s.attempts, s.batch) == (9, 3)
+    assert s.flatten == "/", "none for an option that always has a value means its default"
+    assert s.suppress_duplicates > 0
+    assert s.is_set("prefetch") and s.is_set("qn") is False
+    assert s.get("ex") == "xpublic" and s.get("no_such_option", 1) == 1
+    with pytest.raises(AttributeError):
+        s.prefetch = 1  # type: ignore[misc]
