@@ -81,6 +81,10 @@ class StandInConfig:
         return value
 
     @property
+    def config_path(self) -> Path | None:
+        return self.path
+
+    @property
     def instances(self) -> int:
         value = self.get("instances")
         return 1 if value is None else int(value)

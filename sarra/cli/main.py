@@ -94,7 +94,7 @@ def dispatch(ctx: verbs.Context) -> int:
             if not _positive(option(cfg, "sleep", 0)):
                 raise ConfigError(
                     f"sr_{ctx.name} is one-shot: {action} needs sleep > 0",
-                    path=str(getattr(cfg, "path", None) or arg),
+                    path=str(cfg.config_path or arg),
                     option="sleep",
                 )
     return spec.run(ctx, configs)
@@ -164,7 +164,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     return rc
 
 
-def _mode(value: Any) -> int:
+def _mode(value: object) -> int:
     if isinstance(value, int):
         return value
     try:

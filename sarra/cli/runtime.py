@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sarra.components.base import Component
+from sarra.config.settings import Settings
 
 
 class CommandLine(Protocol):
@@ -28,14 +29,15 @@ class CommandLine(Protocol):
     def configs(self) -> Sequence[str]: ...
 
     @property
-    def options(self) -> Any: ...
+    def options(self) -> Sequence[tuple[str, str]]: ...
 
     @property
     def paths(self) -> Sequence[str]: ...
 
 
 ParseCommandLine = Callable[[str, Sequence[str]], CommandLine]
-LoadConfig = Callable[[str, "str | None", Any], Any]
+#: (component, config name or path or None, command-line options) -> typed settings
+LoadConfig = Callable[[str, "str | None", Sequence[tuple[str, str]]], Settings]
 
 #: Environment variable carrying the user's original argv (JSON) to an instance process.
 #: The environment, unlike the command line, is not world-readable in /proc, so options such
@@ -88,7 +90,7 @@ def default_runtime() -> Runtime:
     return Runtime(
         registry=_attr("sarra.components", "REGISTRY"),
         parse_command_line=_attr("sarra.config.cmdline", "parse_command_line"),
-        load_config=_attr("sarra.config.loader", "load_config"),
+        load_config=_attr("sarra.config.settings", "load_settings"),
         config_dir=lambda: Path(config_dir()),
         state_dir=lambda component, config: Path(state_dir(component, config)),
         log_dir=lambda: Path(log_dir()),
@@ -96,11 +98,9 @@ def default_runtime() -> Runtime:
     )
 
 
-def option(cfg: Any, name: str, default: Any) -> Any:
-    """``cfg.get(name)`` or ``default`` when the config lacks the option or leaves it unset."""
-    getter = getattr(cfg, "get", None)
-    try:
-        value = getter(name) if callable(getter) else getattr(cfg, name, None)
-    except (KeyError, AttributeError):
-        value = None
+def option(cfg: Settings, name: str, default: Any) -> Any:
+    """``cfg.get(name)``, or ``default`` when unset. The front end reads the few options it
+    needs (instances, sleep, log options) through ``get`` so that it also runs on the
+    stand-in configurations of its own tests."""
+    value = cfg.get(name)
     return default if value is None else value

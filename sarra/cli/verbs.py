@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from sarra.cli import configs as cf
 from sarra.cli.instances import Instance, State, instance_pid, pid_file_numbers, spawn, terminate
@@ -26,6 +26,7 @@ from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_l
 from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime, option
 from sarra.cli.signals import install_stop_handlers
 from sarra.components.base import Component
+from sarra.config.settings import Settings
 from sarra.errors import ConfigError, SarraError
 
 
@@ -67,7 +68,7 @@ class Action:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def load(ctx: Context, arg: str) -> tuple[str, Any]:
+def load(ctx: Context, arg: str) -> tuple[str, Settings]:
     """Load configuration ``arg``; returns (config name, Config). Raises ConfigError."""
     cfg = ctx.runtime.load_config(ctx.name, arg, ctx.cmdline.options)
     name = getattr(cfg, "name", None)
@@ -84,7 +85,7 @@ def instance(ctx: Context, config: str, number: int) -> Instance:
     )
 
 
-def expected_count(cfg: Any) -> int:
+def expected_count(cfg: Settings) -> int:
     count = option(cfg, "instances", 1)
     return count if isinstance(count, int) and count > 0 else 1
 
@@ -224,7 +225,7 @@ def status(ctx: Context, configs: Sequence[str]) -> int:
     for arg in configs:
         label = f"{ctx.name}/{cf.config_name(arg)}"
         disabled = is_disabled(ctx, arg)
-        cfg: Any = None
+        cfg: Settings | None = None
         config = cf.config_name(arg)
         count = 0
         if not disabled:
@@ -263,7 +264,7 @@ def status(ctx: Context, configs: Sequence[str]) -> int:
     return rc
 
 
-def _broker_status(ctx: Context, cfg: Any) -> str:
+def _broker_status(ctx: Context, cfg: Settings) -> str:
     try:
         st = ctx.component.status(cfg)
     except Exception as exc:  # status must always show liveness, whatever the broker side does
@@ -291,7 +292,9 @@ def foreground(ctx: Context, configs: Sequence[str]) -> int:
     return run_instance(ctx.component, cfg, f"{ctx.name}/{config}/000", 0, console=True)
 
 
-def run_instance(component: Component, cfg: Any, context: str, number: int, console: bool) -> int:
+def run_instance(
+    component: Component, cfg: Settings, context: str, number: int, console: bool
+) -> int:
     """Run one instance of ``component`` in this process until it returns or is signalled."""
     handler = setup_console_logging(context=context, loglevel=loglevel(cfg)) if console else None
     stop_event = threading.Event()
@@ -304,7 +307,7 @@ def run_instance(component: Component, cfg: Any, context: str, number: int, cons
             remove_handler(handler)
 
 
-def loglevel(cfg: Any) -> str:
+def loglevel(cfg: Settings) -> str:
     if option(cfg, "debug", False) is True:
         return "debug"
     return str(option(cfg, "loglevel", "info"))

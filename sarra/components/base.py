@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from sarra.config.settings import Settings
 
 
 @dataclass(slots=True)
@@ -19,7 +21,7 @@ class InstanceStatus:
     queue: str | None = None
     backlog: int | None = None  # messages ready in the queue
     consumers: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Component(Protocol):
@@ -29,7 +31,7 @@ class Component(Protocol):
     #: True for one-shot components (sr_post without sleep): no instances, no daemon verbs
     one_shot: bool
 
-    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+    def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         """Run one instance in the foreground until ``stop`` is set; returns an exit status.
 
         Must return promptly (within a few seconds) once ``stop`` is set, with nothing lost:
@@ -37,14 +39,14 @@ class Component(Protocol):
         """
         ...
 
-    def declare(self, cfg: Any) -> None:
+    def declare(self, cfg: Settings) -> None:
         """Create the exchanges and queues this configuration uses (idempotent)."""
         ...
 
-    def cleanup(self, cfg: Any) -> None:
+    def cleanup(self, cfg: Settings) -> None:
         """Delete the queue and local state of this configuration."""
         ...
 
-    def status(self, cfg: Any) -> InstanceStatus:
+    def status(self, cfg: Settings) -> InstanceStatus:
         """Broker-side view: queue name, backlog, consumers."""
         ...

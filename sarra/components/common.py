@@ -1,13 +1,14 @@
-"""Pieces every component resolves the same way from its configuration."""
+"""Pieces every component resolves the same way from its typed settings."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from sarra.broker.base import BrokerUrl, QueueSpec
@@ -15,48 +16,57 @@ from sarra.broker.session import BrokerSession
 from sarra.components.base import InstanceStatus
 from sarra.config import paths
 from sarra.config.credentials import CredentialStore, to_broker_url
+from sarra.config.masks import destination_relpath, expand_directory, match
+from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.heartbeat import HeartbeatFile
 from sarra.flow.retryqueue import RetryQueue
+from sarra.notice import Notice
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def credential_store(cfg: Any) -> CredentialStore:
-    """The credentials of this configuration (empty when there is no credentials file)."""
-    store = getattr(cfg, "credentials", None)
-    if isinstance(store, CredentialStore):
-        return store
+
+def credential_store() -> CredentialStore:
+    """The user's credentials (empty when there is no credentials file)."""
     path = paths.credentials_path()
     if Path(path).exists():
         return CredentialStore.load(path)
     return CredentialStore()
 
 
-def report_exchange(cfg: Any, user: str) -> str:
+def report_exchange(s: Settings, user: str) -> str:
     """Where a consumer's reports go (spec 8.2): ``report_exchange`` when set explicitly,
     else ``xreport`` for the pump's admin or feeder account, else ``xs_<user>``."""
-    explicit = set(getattr(cfg, "explicit", ()) or ())
-    if "report_exchange" in explicit and cfg.get("report_exchange"):
-        return str(cfg.get("report_exchange"))
-    for option in ("admin", "feeder"):
-        text = cfg.get(option)
-        if text and urlsplit(str(text)).username == user:
+    if s.is_set("report_exchange") and s.report_exchange:
+        return s.report_exchange
+    for text in (s.admin, s.feeder):
+        if text and urlsplit(text).username == user:
             return "xreport"
-    return str(cfg.get("report_exchange") or f"xs_{user}")
+    return s.report_exchange or f"xs_{user}"
 
 
-def broker_url(cfg: Any, option: str = "broker") -> BrokerUrl:
-    """The broker URL of ``option`` with its password from the credentials file."""
-    text = cfg.get(option)
+def broker_url(s: Settings, option: str = "broker") -> BrokerUrl:
+    """The broker URL of ``option`` (``broker`` or ``post_broker``) with its password from the
+    credentials file."""
+    text = s.post_broker if option == "post_broker" else s.broker
     if not text:
         raise ConfigError(f"{option} is not set", option=option)
-    return to_broker_url(str(text), credential_store(cfg))
+    return to_broker_url(text, credential_store())
 
 
-def session_for(url: BrokerUrl, cfg: Any, name: str) -> BrokerSession:
-    heartbeat = cfg.get("broker_heartbeat")
-    return BrokerSession(url, heartbeat=int(heartbeat) if heartbeat else 60, name=name)
+def session_for(url: BrokerUrl, s: Settings, name: str) -> BrokerSession:
+    """A session to ``url`` with the configured AMQP heartbeat (0: the default 60 s)."""
+    return BrokerSession(url, heartbeat=int(s.broker_heartbeat) or 60, name=name)
+
+
+@lru_cache(maxsize=1)
+def current_umask() -> int:
+    """The process umask (read once, at start-up, before any thread writes files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @lru_cache(maxsize=1)
@@ -65,40 +75,36 @@ def fqdn() -> str:
     return socket.getfqdn()
 
 
-def seconds_to_ms(value: Any) -> int | None:
-    if value is None or value == "" or float(value) <= 0:
+def seconds_to_ms(value: float | None) -> int | None:
+    """AMQP milliseconds of a duration; None for unset or non-positive (no limit)."""
+    if value is None or value <= 0:
         return None
-    return int(float(value) * 1000)
+    return int(value * 1000)
 
 
-def queue_spec(cfg: Any, queue_name: str, bindings: tuple[tuple[str, str], ...]) -> QueueSpec:
+def queue_spec(s: Settings, queue_name: str, bindings: tuple[tuple[str, str], ...]) -> QueueSpec:
     return QueueSpec(
         name=queue_name,
         bindings=bindings,
-        durable=bool(_get(cfg, "durable", True)),
-        expire_ms=seconds_to_ms(cfg.get("expire")),
-        message_ttl_ms=seconds_to_ms(cfg.get("message_ttl")),
+        durable=s.durable,
+        expire_ms=seconds_to_ms(s.expire),
+        message_ttl_ms=seconds_to_ms(s.message_ttl),
     )
 
 
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    value = cfg.get(name)
-    return default if value is None else value
-
-
-def instance_state_dir(cfg: Any) -> Path:
-    d = Path(paths.state_dir(cfg.component, cfg.name or "default"))
+def instance_state_dir(s: Settings) -> Path:
+    d = Path(paths.state_dir(s.component, s.name or "default"))
     os.makedirs(d, exist_ok=True)
     return d
 
 
-def heartbeat_for(cfg: Any, instance: int) -> HeartbeatFile:
+def heartbeat_for(s: Settings, instance: int) -> HeartbeatFile:
     """The heartbeat file of an instance, where ``status`` looks (cli.instances)."""
-    name = f"sr_{cfg.component}_{cfg.name}_{instance:03d}.heart"
-    return HeartbeatFile(instance_state_dir(cfg) / name)
+    name = f"sr_{s.component}_{s.name}_{instance:03d}.heart"
+    return HeartbeatFile(instance_state_dir(s) / name)
 
 
-def remove_queue_and_state(session: BrokerSession, name: str, cfg: Any) -> None:
+def remove_queue_and_state(session: BrokerSession, name: str, s: Settings) -> None:
     """``cleanup``: delete the configuration's queue on the broker and its local state files."""
     try:
         session.connect()
@@ -106,7 +112,7 @@ def remove_queue_and_state(session: BrokerSession, name: str, cfg: Any) -> None:
         print(f"deleted queue {name}")
     finally:
         session.close()
-    for f in instance_state_dir(cfg).glob("*"):
+    for f in instance_state_dir(s).glob("*"):
         if f.is_file():
             f.unlink()
 
@@ -123,16 +129,53 @@ def queue_status(session: BrokerSession, name: str) -> InstanceStatus:
     return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
 
 
-def retry_queue_for(cfg: Any, instance: int) -> RetryQueue:
+def retry_queue_for(s: Settings, instance: int) -> RetryQueue:
     """The instance's disk retry queue, timed by ``retry_ttl`` (default ``expire``, else an
     hour), ``retry_delay`` and ``retry_delay_max``; its ``ttl`` is the retry_ttl in force."""
-    ttl = cfg.get("retry_ttl")
-    if ttl is None:
-        ttl = cfg.get("expire") or 3600.0
-    delay, delay_max = cfg.get("retry_delay"), cfg.get("retry_delay_max")
+    ttl = s.retry_ttl if s.retry_ttl is not None else (s.expire or 3600.0)
     return RetryQueue(
-        instance_state_dir(cfg) / f"retry_{instance:03d}.jsonl",
-        ttl=float(ttl),
-        base_delay=30.0 if delay is None else float(delay),
-        max_delay=3600.0 if delay_max is None else float(delay_max),
+        instance_state_dir(s) / f"retry_{instance:03d}.jsonl",
+        ttl=ttl,
+        base_delay=s.retry_delay,
+        max_delay=s.retry_delay_max,
     )
+
+
+class MaskResolver(Generic[T]):
+    """accept/reject masks and the path options: where a notice's file goes, or None when
+    the masks reject it. One resolver for every component; ``make(directory, rel)`` builds
+    the component's target (a local :class:`~sarra.flow.download.Destination`, a remote
+    :class:`~sarra.flow.send.RemoteTarget`).
+
+    ``rename_header``: the notice's ``rename`` header replaces its path before the path options
+    apply (the sender; downloaders apply it themselves after placement, see flow.download).
+    """
+
+    def __init__(
+        self,
+        s: Settings,
+        make: Callable[[str, str], T],
+        *,
+        directory: str | None = None,
+        rename_header: bool = False,
+    ) -> None:
+        self.masks = s.masks
+        self.accept_unmatch = s.accept_unmatch
+        self.default = s.default_mask
+        self.directory = directory if directory is not None else (s.directory or "")
+        self.log_reject = s.log_reject
+        self.make = make
+        self.rename_header = rename_header
+
+    def __call__(self, notice: Notice) -> T | None:
+        mask = match(self.masks, notice.url, self.accept_unmatch, self.default)
+        if mask is None:
+            if self.log_reject:
+                log.info("rejected by masks: %s", notice.url)
+            return None
+        renamed = notice.header("rename") if self.rename_header else None
+        rel = destination_relpath(mask, notice.path, rename_header=renamed)
+        directory = mask.directory or self.directory
+        if "${" in directory:
+            directory = expand_directory(directory, source=notice.header("source"))
+        return self.make(directory, rel)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Delivery
@@ -31,6 +31,8 @@ from sarra.components.common import (
     remove_queue_and_state,
     session_for,
 )
+from sarra.config.loader import resolve_queue_name
+from sarra.config.settings import Settings
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.notice import Report
 
@@ -103,14 +105,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def log_exchange(cfg: Any, user: str) -> str:
+def log_exchange(cfg: Settings, user: str) -> str:
     """``xr_<user>``; any other configured exchange is refused.
 
     Raises:
         ConfigError: the configuration names another exchange.
     """
     own = f"xr_{user}"
-    configured = cfg.get("exchange")
+    configured = cfg.exchange
     if configured in (None, DEFAULT_EXCHANGE, own):
         return own
     raise ConfigError(
@@ -128,32 +130,30 @@ class LogComponent:
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out
 
-    def _session(self, cfg: Any) -> tuple[BrokerSession, str]:
+    def _session(self, cfg: Settings) -> tuple[BrokerSession, str]:
         url = broker_url(cfg)
         return session_for(url, cfg, f"sr_log {cfg.name}"), url.user
 
-    def _bindings(self, cfg: Any, user: str) -> tuple[tuple[str, str], ...]:
+    def _bindings(self, cfg: Settings, user: str) -> tuple[tuple[str, str], ...]:
         exchange = log_exchange(cfg, user)
         keys = [b.routing_key for b in getattr(cfg, "bindings", ()) or ()]
         return tuple((exchange, k) for k in dict.fromkeys(keys or ["v02.report.#"]))
 
-    def _queue_name(self, cfg: Any) -> str:
-        from sarra.config import resolve_queue_name
-
+    def _queue_name(self, cfg: Settings) -> str:
         return str(resolve_queue_name(cfg))
 
-    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+    def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         out = self.out or sys.stdout
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
         spec = queue_spec(cfg, self._queue_name(cfg), bindings)
-        summary_only = bool(cfg.get("log_summary"))
+        summary_only = cfg.log_summary
         summary = Summary()
         pending: list[Delivery] = []
         session.connect()
         ensure_exchanges(session, [x for x, _ in bindings])
         session.declare_queue(spec)
-        session.consume(spec.name, int(cfg.get("prefetch") or 100), pending.append)
+        session.consume(spec.name, cfg.prefetch, pending.append)
         last = time.monotonic()
         try:
             while not stop.is_set():
@@ -198,7 +198,7 @@ class LogComponent:
         if live:
             print(entry.line(), file=out, flush=True)
 
-    def declare(self, cfg: Any) -> None:
+    def declare(self, cfg: Settings) -> None:
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
         try:
@@ -210,12 +210,12 @@ class LogComponent:
         finally:
             session.close()
 
-    def cleanup(self, cfg: Any) -> None:
+    def cleanup(self, cfg: Settings) -> None:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
         remove_queue_and_state(session, name, cfg)
 
-    def status(self, cfg: Any) -> InstanceStatus:
+    def status(self, cfg: Settings) -> InstanceStatus:
         session, _user = self._session(cfg)
         name = self._queue_name(cfg)
         return queue_status(session, name)

@@ -8,26 +8,23 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, instance_state_dir, session_for
 from sarra.components.poster import NoticeBuilder, PostSettings, Publisher, outage_max
+from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
 
 log = logging.getLogger(__name__)
 
 
-def post_paths(cfg: Any) -> list[str]:
+def post_paths(cfg: Settings) -> list[str]:
     """Paths given with ``path``/``-path`` options and on the command line, in order."""
     result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
-    for source in (cfg.get("path"), getattr(cfg, "paths", None)):
-        if not source:
-            continue
-        for p in [source] if isinstance(source, str) else source:
-            result.setdefault(str(p), None)
+    for p in cfg.path:
+        result.setdefault(p, None)
     return list(result)
 
 
@@ -37,11 +34,11 @@ DEFAULT_BATCH = 500
 UNPOSTED_SHOWN = 20
 
 
-def post_batch(cfg: Any) -> int:
+def post_batch(cfg: Settings) -> int:
     """Notices per confirmed batch: ``batch`` when given, else 500 (the table's default of
     100 suits consumers; posting gains from larger batches)."""
-    if "batch" in (getattr(cfg, "explicit", ()) or ()):
-        return max(1, int(cfg.get("batch")))
+    if cfg.is_set("batch"):
+        return max(1, cfg.batch)
     return DEFAULT_BATCH
 
 
@@ -58,7 +55,7 @@ class PostComponent:
     name = "post"
     one_shot = True
 
-    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+    def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         paths = post_paths(cfg)
         if not paths:
             raise ConfigError("nothing to post: give paths (or -path)", option="path")
@@ -66,17 +63,17 @@ class PostComponent:
         settings = PostSettings.from_config(cfg, url.user, url.host)
         builder = NoticeBuilder(settings)
         session = session_for(url, cfg, "sr_post")
-        ttl = float(cfg.get("suppress_duplicates") or 0)
+        ttl = cfg.suppress_duplicates
         nodupe = (
             DuplicateCache(
                 instance_state_dir(cfg) / "recent_posts.cache",
                 ttl=ttl,
-                basis=str(cfg.get("cache_basis") or "path"),
+                basis=cfg.cache_basis,
             )
             if ttl > 0
             else None
         )
-        declare = cfg.get("declare_exchange") is not False
+        declare = cfg.declare_exchange is not False
         publisher = Publisher(
             session,
             builder,
@@ -164,7 +161,7 @@ class PostComponent:
         if len(unposted) > UNPOSTED_SHOWN:
             print(f"sr_post:   ... and {len(unposted) - UNPOSTED_SHOWN} more", file=sys.stderr)
 
-    def declare(self, cfg: Any) -> None:
+    def declare(self, cfg: Settings) -> None:
         url = broker_url(cfg, "post_broker")
         settings = PostSettings.from_config(cfg, url.user, url.host)
         session = session_for(url, cfg, "sr_post")
@@ -174,8 +171,8 @@ class PostComponent:
         finally:
             session.close()
 
-    def cleanup(self, cfg: Any) -> None:
+    def cleanup(self, cfg: Settings) -> None:
         """sr_post keeps no queue or state."""
 
-    def status(self, cfg: Any) -> InstanceStatus:
+    def status(self, cfg: Settings) -> InstanceStatus:
         return InstanceStatus()

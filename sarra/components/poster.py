@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sarra.broker.session import BrokerSession, backoff_delays
 from sarra.codec import v02
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
+from sarra.config.settings import Settings
 from sarra.errors import AccessRefused, BrokerError, ConfigError, LocalError, MalformedMessage
 from sarra.flow.nodupe import DuplicateCache
 from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
@@ -56,69 +56,61 @@ class PostSettings:
     exchange_split: int
 
     @classmethod
-    def from_config(cls, cfg: Any, broker_user: str, broker_host: str) -> PostSettings:
+    def from_config(cls, cfg: Settings, broker_user: str, broker_host: str) -> PostSettings:
         """Resolve post options with the v2 defaults (exchange ``xs_<user>``, sum ``d``)."""
-        base_url = cfg.get("post_base_url")
+        base_url = cfg.post_base_url
         if not base_url:
             raise ConfigError("post_base_url (-pbu) is required", option="post_base_url")
-        exchange = cfg.get("post_exchange") or f"xs_{broker_user}"
-        suffix = cfg.get("post_exchange_suffix")
-        if suffix and not cfg.get("post_exchange"):
+        exchange = cfg.post_exchange or f"xs_{broker_user}"
+        suffix = cfg.post_exchange_suffix
+        if suffix and not cfg.post_exchange:
             exchange = f"{exchange}_{suffix}"
-        sum_opt = str(cfg.get("sum") or "d")
+        sum_opt = cfg.sum
         if sum_opt not in POST_SUMS:
             raise ConfigError(
                 f"unsupported sum {sum_opt!r}; use one of {', '.join(sorted(POST_SUMS))}",
                 option="sum",
             )
         headers: list[tuple[str, str]] = []
-        to_clusters = cfg.get("to_clusters") or broker_host
-        headers.append(("to_clusters", str(to_clusters)))
-        if cfg.get("cluster"):
-            headers.append(("from_cluster", str(cfg.get("cluster"))))
-        if cfg.get("source"):
-            headers.append(("source", str(cfg.get("source"))))
-        for name, value in dict(getattr(cfg, "headers_add", {}) or {}).items():
+        to_clusters = cfg.to_clusters or broker_host
+        headers.append(("to_clusters", to_clusters))
+        if cfg.cluster:
+            headers.append(("from_cluster", cfg.cluster))
+        if cfg.source:
+            headers.append(("source", cfg.source))
+        for name, value in cfg.headers_add.items():
             headers.append((name, value))
-        base_dir = cfg.get("post_base_dir")
-        ttl = cfg.get("message_ttl")
+        base_dir = cfg.post_base_dir
+        ttl = cfg.message_ttl
         return cls(
             exchange=exchange,
-            topic_prefix=str(cfg.get("post_topic_prefix") or "v02.post"),
-            base_url=str(base_url),
-            base_dir=str(base_dir) if base_dir else None,
+            topic_prefix=cfg.post_topic_prefix or cfg.topic_prefix,
+            base_url=base_url,
+            base_dir=base_dir or None,
             sum=sum_opt,
-            blocksize=int(cfg.get("blocksize") if cfg.get("blocksize") is not None else 209715200),
+            blocksize=cfg.blocksize,
             headers=tuple(headers),
-            rename=cfg.get("rename") or None,
-            preserve_time=bool(_opt(cfg, "preserve_time", True)),
-            preserve_mode=bool(_opt(cfg, "preserve_mode", True)),
-            follow_symlinks=bool(_opt(cfg, "follow_symlinks", False)),
-            randomize=bool(_opt(cfg, "randomize", False)),
+            rename=cfg.rename or None,
+            preserve_time=cfg.preserve_time,
+            preserve_mode=cfg.preserve_mode,
+            follow_symlinks=cfg.follow_symlinks,
+            randomize=cfg.randomize,
             topic_override=_topic_override(cfg),
-            header_value_max=int(_opt(cfg, "header_value_max", 252)),
-            persistent=bool(_opt(cfg, "persistent", True)),
-            message_ttl_ms=int(float(ttl) * 1000) if ttl else None,
-            exchange_split=int(_opt(cfg, "post_exchange_split", 0) or 0),
+            header_value_max=cfg.header_value_max,
+            persistent=cfg.persistent,
+            message_ttl_ms=int(ttl * 1000) if ttl else None,
+            exchange_split=cfg.post_exchange_split,
         )
 
 
-def outage_max(cfg: Any) -> float | None:
+def outage_max(cfg: Settings) -> float | None:
     """``post_outage_max``: how long posting waits for an unreachable broker (None: forever)."""
-    value = cfg.get("post_outage_max")
-    seconds = float(value) if value not in (None, "") else 0.0
-    return seconds if seconds > 0 else None
+    return cfg.post_outage_max if cfg.post_outage_max > 0 else None
 
 
-def _topic_override(cfg: Any) -> str | None:
+def _topic_override(cfg: Settings) -> str | None:
     """sr_post ``-sub``: the last ``subtopic`` given replaces the topic derived from the path."""
-    bindings = tuple(getattr(cfg, "bindings", ()) or ())
-    return str(bindings[-1].subtopic) if bindings else None
-
-
-def _opt(cfg: Any, name: str, default: Any) -> Any:
-    value = cfg.get(name)
-    return default if value is None else value
+    return cfg.bindings[-1].subtopic if cfg.bindings else None
 
 
 class NoticeBuilder:

@@ -25,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import BrokerUrl, Delivery
@@ -41,7 +40,9 @@ from sarra.components.common import (
     session_for,
 )
 from sarra.components.sarra import declared_users
-from sarra.config.credentials import to_broker_url
+from sarra.config.credentials import CredentialStore, to_broker_url
+from sarra.config.loader import resolve_queue_name
+from sarra.config.settings import Settings
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.flow.republish import PumpIdentity
 from sarra.notice import Report, WireMessage
@@ -78,7 +79,7 @@ class Route:
         return f"xs_{self.url.user}"
 
 
-def parse_routes(words: Iterable[str], store: Any) -> dict[str, Route]:
+def parse_routes(words: Iterable[str], store: CredentialStore) -> dict[str, Route]:
     """``cluster_route NAME BROKER`` words (pairs) -> routes by cluster name.
 
     Raises:
@@ -204,27 +205,25 @@ class ReportRouterComponent:
     name = "report"
     one_shot = False
 
-    def _session(self, cfg: Any) -> BrokerSession:
+    def _session(self, cfg: Settings) -> BrokerSession:
         return session_for(broker_url(cfg), cfg, f"sr_report {cfg.name}")
 
-    def _queue_name(self, cfg: Any) -> str:
-        from sarra.config import resolve_queue_name
-
+    def _queue_name(self, cfg: Settings) -> str:
         return str(resolve_queue_name(cfg))
 
-    def router(self, cfg: Any) -> ReportRouter:
+    def router(self, cfg: Settings) -> ReportRouter:
         own = broker_url(cfg)
         users = declared_users(cfg)
-        peers = frozenset(cfg.get("peer_accounts") or ())
+        peers = frozenset(cfg.peer_accounts)
         pump = PumpIdentity(
-            cluster=str(cfg.get("cluster") or own.host),
-            aliases=frozenset(cfg.get("cluster_aliases") or ()),
+            cluster=cfg.cluster or own.host,
+            aliases=frozenset(cfg.cluster_aliases),
             users=users | peers,
         )
-        routes = parse_routes(cfg.get("cluster_route") or (), credential_store(cfg))
+        routes = parse_routes(cfg.cluster_route, credential_store())
         return ReportRouter(pump, peers, routes, own)
 
-    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+    def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         router = self.router(cfg)
         session = self._session(cfg)
         bindings = router_bindings(router.pump.users)
@@ -262,7 +261,7 @@ class ReportRouterComponent:
                     session.connect()
                     ensure_exchanges(session, ["xreport", *(x for x, _ in bindings)])
                     session.declare_queue(spec)
-                    session.consume(spec.name, int(cfg.get("prefetch") or 25), on_delivery)
+                    session.consume(spec.name, cfg.prefetch, on_delivery)
                     connected = True
                     delay = 0.5
                     log.info("routing reports from queue %s", spec.name)
@@ -297,7 +296,7 @@ class ReportRouterComponent:
         log.info("stopped; %s", router.counts)
         return 0
 
-    def declare(self, cfg: Any) -> None:
+    def declare(self, cfg: Settings) -> None:
         router = self.router(cfg)
         session = self._session(cfg)
         bindings = router_bindings(router.pump.users)
@@ -310,12 +309,12 @@ class ReportRouterComponent:
         finally:
             session.close()
 
-    def cleanup(self, cfg: Any) -> None:
+    def cleanup(self, cfg: Settings) -> None:
         session = self._session(cfg)
         name = self._queue_name(cfg)
         remove_queue_and_state(session, name, cfg)
 
-    def status(self, cfg: Any) -> InstanceStatus:
+    def status(self, cfg: Settings) -> InstanceStatus:
         session = self._session(cfg)
         name = self._queue_name(cfg)
         return queue_status(session, name)

@@ -29,6 +29,7 @@ from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, instance_state_dir, session_for
 from sarra.components.post import post_paths
 from sarra.components.poster import NoticeBuilder, PostSettings, Publisher, outage_max
+from sarra.config.settings import Settings
 from sarra.errors import ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.watching import (
@@ -54,15 +55,13 @@ MAX_WAIT = 0.25
 UNPOSTED_SHOWN = 20
 
 
-def watch_sleep(cfg: Any) -> float:
-    value = cfg.get("sleep")
-    seconds = float(value) if value not in (None, "") else 0.0
-    return seconds if seconds > 0 else DEFAULT_SLEEP
+def watch_sleep(cfg: Settings) -> float:
+    return cfg.sleep if cfg.sleep > 0 else DEFAULT_SLEEP
 
 
-def inflight_rule(cfg: Any) -> tuple[float | None, InflightNames]:
+def inflight_rule(cfg: Settings) -> tuple[float | None, InflightNames]:
     """``inflight`` for watching: (minimum age in seconds or None, in-flight names)."""
-    value = cfg.get("inflight")
+    value = cfg.inflight
     if value is None or value == "":
         return None, InflightNames(None)
     if isinstance(value, int | float):
@@ -75,15 +74,6 @@ def inflight_rule(cfg: Any) -> tuple[float | None, InflightNames]:
     except ValueError:
         return None, InflightNames(text)
     return (seconds if seconds > 0 else None), InflightNames(None)
-
-
-def _flag(cfg: Any, name: str, default: bool) -> bool:
-    value = cfg.get(name)
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in ("on", "true", "yes", "1")
-    return bool(value)
 
 
 class _Handler(FileSystemEventHandler):
@@ -123,17 +113,17 @@ class _Handler(FileSystemEventHandler):
 class _Watcher:
     """One running instance: roots, coalescer, builder, publisher and optional cache."""
 
-    def __init__(self, cfg: Any, instance: int, stop: threading.Event) -> None:
+    def __init__(self, cfg: Settings, instance: int, stop: threading.Event) -> None:
         roots = [os.path.abspath(p) for p in post_paths(cfg)]
         if not roots:
             raise ConfigError("nothing to watch: give paths (or -path)", option="path")
         self.roots = roots
         self.stop = stop
         self.sleep = watch_sleep(cfg)
-        self.events = parse_events(cfg.get("events"))
-        self.follow = _flag(cfg, "follow_symlinks", False)
-        self.polling = _flag(cfg, "force_polling", False)
-        self.post_on_start = _flag(cfg, "post_on_start", True)
+        self.events = parse_events(cfg.events)
+        self.follow = cfg.follow_symlinks
+        self.polling = cfg.force_polling
+        self.post_on_start = cfg.post_on_start
         min_age, names = inflight_rule(cfg)
         self.inflight = names
         self.coalescer = Coalescer(
@@ -143,7 +133,7 @@ class _Watcher:
         self.builder = NoticeBuilder(PostSettings.from_config(cfg, self.url.user, self.url.host))
         self.session = session_for(self.url, cfg, "sr_watch")
         exchange = self.builder.settings.exchange
-        declare = _flag(cfg, "declare_exchange", True)
+        declare = cfg.declare_exchange
         self.publisher = Publisher(
             self.session,
             self.builder,
@@ -157,12 +147,11 @@ class _Watcher:
         self.backlog: deque[Action] = deque()
         self.queue: queue.Queue[FsEvent] = queue.Queue()
         self.cache: DuplicateCache | None = None
-        ttl = cfg.get("suppress_duplicates")
-        if ttl not in (None, "") and float(ttl) > 0:
+        if cfg.suppress_duplicates > 0:
             self.cache = DuplicateCache(
                 instance_state_dir(cfg) / f"recent_files_{instance:03d}.cache",
-                float(ttl),
-                basis=str(cfg.get("cache_basis") or "path"),
+                cfg.suppress_duplicates,
+                basis=cfg.cache_basis,
             )
         self.observer: Any = None
         self._snap: Snapshot = {}
@@ -433,10 +422,10 @@ class WatchComponent:
     name = "watch"
     one_shot = False
 
-    def run(self, cfg: Any, instance: int, stop: threading.Event) -> int:
+    def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         return _Watcher(cfg, instance, stop).run()
 
-    def declare(self, cfg: Any) -> None:
+    def declare(self, cfg: Settings) -> None:
         url = broker_url(cfg, "post_broker")
         settings = PostSettings.from_config(cfg, url.user, url.host)
         session = session_for(url, cfg, "sr_watch")
@@ -446,11 +435,11 @@ class WatchComponent:
         finally:
             session.close()
 
-    def cleanup(self, cfg: Any) -> None:
+    def cleanup(self, cfg: Settings) -> None:
         """Forget the duplicate caches of every instance (sr_watch has no queue)."""
         state = instance_state_dir(cfg)
         for cache in Path(state).glob("recent_files_*.cache"):
             cache.unlink(missing_ok=True)
 
-    def status(self, cfg: Any) -> InstanceStatus:
+    def status(self, cfg: Settings) -> InstanceStatus:
         return InstanceStatus()

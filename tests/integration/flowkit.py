@@ -18,7 +18,7 @@ from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components.post import PostComponent
 from sarra.components.subscribe import SubscribeComponent
-from sarra.config.loader import load_config
+from sarra.config.settings import load_settings
 from sarra.errors import MessageError
 from sarra.notice import Notice, Report, WireMessage
 
@@ -67,7 +67,7 @@ class Site:
         return path
 
     def load(self, component: str, name: str | None, options: list[tuple[str, str]] = ()) -> Any:  # type: ignore[assignment]
-        return load_config(component, name, list(options), env={**os.environ, **self.env})
+        return load_settings(component, name, list(options), env={**os.environ, **self.env})
 
 
 def unique(prefix: str = "t") -> str:

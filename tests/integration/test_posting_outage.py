@@ -24,7 +24,7 @@ from sarra.broker.base import Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components.watch import WatchComponent
-from sarra.config.loader import load_config
+from sarra.config.settings import load_settings
 from sarra.notice import Notice
 from tests.integration.flowkit import Site, make_files, unique, wait_for
 from tests.servers.rabbitmq import RabbitNode, start_rabbitmq
@@ -210,7 +210,7 @@ def test_sr_watch_announces_what_changed_during_a_20s_outage_and_keeps_watching(
     suffix = secrets.token_hex(4)
     exchange = f"xs_guest_{suffix}"
     tap = Tap(node, exchange)
-    cfg = load_config(
+    cfg = load_settings(
         "watch",
         None,
         [

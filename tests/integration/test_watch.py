@@ -16,7 +16,7 @@ from sarra.broker import BrokerSession, Delivery, QueueSpec
 from sarra.broker.admin import declare_and_bind
 from sarra.codec import v02
 from sarra.components.watch import WatchComponent
-from sarra.config.loader import load_config
+from sarra.config.settings import load_settings
 from sarra.integrity.sums import name_sum
 from sarra.notice import Notice
 from tests.servers.rabbitmq import RabbitNode
@@ -46,7 +46,7 @@ class Watching:
             ("sleep", SLEEP),
             *options.items(),
         ]
-        self.cfg = load_config("watch", None, cmdline)
+        self.cfg = load_settings("watch", None, cmdline)
         self.consumer = BrokerSession(rabbitmq.broker_url(), name="watch-test")
         self.consumer.connect()
         self.consumer.declare_exchange(self.exchange)

@@ -20,7 +20,7 @@ from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components import REGISTRY
-from sarra.config.loader import load_config
+from sarra.config.settings import load_settings
 from sarra.errors import MessageError
 from sarra.notice import Notice, Report
 from tests.servers.nginx import NGINX, free_port, wait_for_port
@@ -120,7 +120,7 @@ class Home:
         return name
 
     def load(self, component: str, name: str) -> Any:
-        return load_config(component, name, [], env={**os.environ, **self.env})
+        return load_settings(component, name, [], env={**os.environ, **self.env})
 
 
 @contextmanager
@@ -249,7 +249,7 @@ def post_files(
         *extra,
         *(("path", str(p)) for p in paths),
     ]
-    cfg = load_config("post", None, options, env={**os.environ, **home.env})
+    cfg = load_settings("post", None, options, env={**os.environ, **home.env})
     return PostComponent().run(cfg, 0, threading.Event())
 
 

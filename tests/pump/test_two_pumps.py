@@ -154,9 +154,9 @@ def test_files_cross_two_pumps_byte_identical_and_reports_reach_the_source_throu
 def _with_summary(home: Home) -> Any:
     import os
 
-    from sarra.config.loader import load_config
+    from sarra.config.settings import load_settings
 
-    return load_config("log", "mine", [("log_summary", "on")], env={**os.environ, **home.env})
+    return load_settings("log", "mine", [("log_summary", "on")], env={**os.environ, **home.env})
 
 
 def _other_exchange(home: Home, alice: str, port: int) -> Any:

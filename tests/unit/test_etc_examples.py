@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sarra.config.loader import load_config
+from sarra.config.settings import load_settings
 from sarra.errors import ConfigError
 from sarra.flow.hooks import Plugins
 
@@ -21,7 +21,7 @@ def test_there_are_examples_for_each_command() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_each_example_configuration_loads(path: Path, tmp_path: Path) -> None:
     env = {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": "/home/u"}
-    cfg = load_config(path.parent.name, str(path), env=env)
+    cfg = load_settings(path.parent.name, str(path), env=env)
     assert cfg.name == path.stem
     if path.parent.name == "subscribe":
         assert cfg.get("broker")
@@ -30,7 +30,7 @@ def test_each_example_configuration_loads(path: Path, tmp_path: Path) -> None:
 
 def test_the_datamart_example_expands_home_and_keeps_its_masks_in_order(tmp_path: Path) -> None:
     env = {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": "/home/u"}
-    cfg = load_config("subscribe", str(ETC / "subscribe" / "dd_swob.conf"), env=env)
+    cfg = load_settings("subscribe", str(ETC / "subscribe" / "dd_swob.conf"), env=env)
     assert [(m.pattern, m.accept) for m in cfg.masks] == [
         (r".*CYUL.*\.xml$", True),
         (r".*CYYZ.*\.xml$", True),

@@ -8,8 +8,8 @@ import pytest
 
 from sarra.components.log import LogComponent
 from sarra.components.report_router import ReportRouterComponent, router_bindings
-from sarra.components.sarra import SarraComponent, sarra_bindings
-from sarra.config.loader import load_config
+from sarra.components.sarra import pump_identity, republish_settings, sarra_bindings
+from sarra.config.settings import load_settings
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 EXAMPLES = sorted(p for d in ("sarra", "report", "log") for p in (ETC / d).glob("*.conf"))
@@ -30,7 +30,7 @@ def _credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _load(path: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     env = {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": "/home/u"}
-    return load_config(path.parent.name, str(path), env=env)
+    return load_settings(path.parent.name, str(path), env=env)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -49,9 +49,9 @@ def test_the_source_facing_sarra_binds_each_declared_source_and_polices_by_defau
     assert cfg.get("report_back") is False
     assert cfg.get("mirror") is True
     assert cfg.get("directory") == "/var/www/sarra/${YYYYMMDD}/${SOURCE}"
-    settings = SarraComponent().republish_settings(cfg)
+    settings = republish_settings(cfg)
     assert settings.post_exchange == "xpublic" and settings.post_base_dir == "/var/www/sarra"
-    assert SarraComponent().pump_identity(cfg).accepts("pumpb")
+    assert pump_identity(cfg).accepts("pumpb")
 
 
 def test_the_downstream_sarra_reads_the_upstream_xpublic(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from sarra.components.winnow import (
     input_bindings,
     shard_of,
 )
-from sarra.config.loader import load_config
+from sarra.config.settings import load_settings
 from sarra.errors import ConfigError, HostilePath
 from sarra.flow.send import RemoteTarget, Sender, SendSettings, inflight_path
 from sarra.flow.work import WorkItem
@@ -105,7 +105,7 @@ def test_a_part_object_block_is_refused_by_a_sender() -> None:
 
 
 def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
-    cfg = load_config("sender", str(ETC / "sender" / "to_partner.conf"), env=_env(tmp_path))
+    cfg = load_settings("sender", str(ETC / "sender" / "to_partner.conf"), env=_env(tmp_path))
     assert cfg.get("mirror") is True and cfg.get("accept_unmatch") is False
     settings = send_settings(cfg)
     assert settings.inflight == ".tmp" and settings.base_dir == "/srv/pump"
@@ -116,7 +116,7 @@ def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
 def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "nodest.conf"
     conf.write_text("broker amqp://u@localhost/\nexchange xpublic\n")
-    cfg = load_config("sender", str(conf), env=_env(tmp_path))
+    cfg = load_settings("sender", str(conf), env=_env(tmp_path))
     with pytest.raises(ConfigError, match="destination"):
         SenderComponent().run(cfg, 0, threading.Event())
 
@@ -190,10 +190,10 @@ def test_the_winnow_cache_persists_across_restarts_and_expires_by_age(tmp_path: 
 
 
 def test_winnow_instances_each_read_their_own_shard(tmp_path: Path) -> None:
-    cfg = load_config("winnow", str(ETC / "winnow" / "sharded.conf"), env=_env(tmp_path))
+    cfg = load_settings("winnow", str(ETC / "winnow" / "sharded.conf"), env=_env(tmp_path))
     assert shard_of(cfg, 0) == 0 and shard_of(cfg, 3) == 2
     assert input_bindings(cfg, 2) == (("xwinnow02", "v02.post.#"),)
-    single = load_config("winnow", str(ETC / "winnow" / "radar.conf"), env=_env(tmp_path))
+    single = load_settings("winnow", str(ETC / "winnow" / "radar.conf"), env=_env(tmp_path))
     assert shard_of(single, 1) is None
     assert input_bindings(single, None) == (("xwinnow", "v02.post.#"),)
     assert single.get("suppress_duplicates") == 1200
@@ -203,7 +203,7 @@ def test_a_winnow_without_an_input_exchange_does_not_start(tmp_path: Path) -> No
     conf = tmp_path / "noin.conf"
     conf.write_text("broker amqp://u@localhost/\npost_exchange xpublic\n")
     with pytest.raises(ConfigError, match="exchange"):
-        load_config("winnow", str(conf), env=_env(tmp_path))
+        load_settings("winnow", str(conf), env=_env(tmp_path))
 
 
 def test_a_winnow_without_a_post_exchange_or_with_caching_off_does_not_start(
@@ -215,6 +215,6 @@ def test_a_winnow_without_a_post_exchange_or_with_caching_off_does_not_start(
     ]:
         conf = tmp_path / f"{name}.conf"
         conf.write_text("broker amqp://u@localhost/\n" + body)
-        cfg = load_config("winnow", str(conf), env=_env(tmp_path))
+        cfg = load_settings("winnow", str(conf), env=_env(tmp_path))
         with pytest.raises(ConfigError, match=why):
             WinnowComponent().declare(cfg)

@@ -10,11 +10,11 @@ from sarra.flow.watching import Action, Coalescer, FsEvent, diff_snapshots, snap
 
 
 class Cfg:
-    def __init__(self, **values: object) -> None:
-        self.values = values
+    """The two settings watch_sleep and inflight_rule read (typed defaults as the table's)."""
 
-    def get(self, name: str) -> object:
-        return self.values.get(name)
+    def __init__(self, sleep: float = 0.0, inflight: float | str | None = None) -> None:
+        self.sleep = sleep
+        self.inflight = inflight
 
 
 def test_a_snapshot_lists_files_and_subdirectories_but_not_the_root(tmp_path: Path) -> None:

@@ -1,0 +1,266 @@
+"""The consumer runner: everything a consuming component does the same way, in one place.
+
+A consuming component (subscribe, sarra, sender, winnow) is a *declaration* on
+:class:`ConsumerComponent`: its name, its bindings and queue name when they differ from the
+default, the outputs it declares, and :meth:`ConsumerComponent.build`, which turns one
+instance's :class:`Instance` into a :class:`Flow` (its ``select``/``work`` steps and what they
+need). The runner owns the rest:
+
+- the broker session (made by ``session_factory``, so tests can run a component on the
+  in-memory broker), the queue, its bindings and the exchanges to declare;
+- ``declare``/``cleanup``/``status``;
+- the disk retry queue, the heartbeat file, the plugins' ``on_start``/``on_stop``;
+- the :class:`~sarra.flow.engine.ConsumingLoop` (ack rule, reports, retries, stop);
+- closing what the flow opened, in reverse order, and the stop summary.
+
+Ordering contract: ``build`` runs before the loop connects; ``Flow.close`` callbacks run after
+the loop has stopped (nothing in flight) and the plugins' ``on_stop``, in the order given, then
+the retry queue's; each runs even when the loop or an earlier one raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sarra.broker.admin import ensure_exchanges
+from sarra.broker.base import BrokerUrl
+from sarra.broker.session import BrokerSession
+from sarra.components.base import InstanceStatus
+from sarra.components.common import (
+    broker_url,
+    fqdn,
+    heartbeat_for,
+    instance_state_dir,
+    queue_spec,
+    queue_status,
+    remove_queue_and_state,
+    report_exchange,
+    retry_queue_for,
+    session_for,
+)
+from sarra.config.loader import resolve_queue_name
+from sarra.config.settings import Settings
+from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
+from sarra.flow.hooks import Plugins
+from sarra.flow.retryqueue import RetryQueue
+from sarra.flow.work import WorkItem
+from sarra.notice import Notice
+
+log = logging.getLogger(__name__)
+
+Bindings = tuple[tuple[str, str], ...]
+SessionFactory = Callable[[BrokerUrl, Settings, str], BrokerSession]
+Reporter = Callable[[Notice, int, str], None]
+
+
+def default_bindings(s: Settings) -> Bindings:
+    """(exchange, routing key pattern) of every subtopic; ``exchange`` (default ``xpublic``)
+    with ``<topic_prefix>.#`` when there is none."""
+    found = tuple((b.exchange, b.routing_key) for b in s.bindings)
+    return found or ((s.exchange or "xpublic", f"{s.topic_prefix}.#"),)
+
+
+def log_outcome(item: WorkItem) -> None:
+    """The default ``on_settled``: one info line per file placed, one error line per failure."""
+    if item.code in (201, 205):
+        where = item.local_path or item.notice.path
+        log.info("%s %s %s (%d bytes)", item.code, item.message, where, item.size)
+    elif item.code and item.code >= 400:
+        log.error("%s %s: %s", item.code, item.notice.path, item.message)
+
+
+@dataclass
+class Instance:
+    """One running instance, as the runner has prepared it for :meth:`ConsumerComponent.build`."""
+
+    settings: Settings
+    number: int
+    stop: threading.Event
+    session: BrokerSession
+    user: str  # the broker user (reports, queue names)
+    state_dir: Path
+    plugins: Plugins
+    session_factory: SessionFactory
+    #: filled by the runner once the loop exists: a report about no delivery (housekeeping)
+    report: Reporter = field(default=lambda notice, code, message: None)
+
+    def post_session(self, label: str = "post") -> BrokerSession:
+        """A second session to ``post_broker``, for flows that publish elsewhere."""
+        s = self.settings
+        return self.session_factory(
+            broker_url(s, "post_broker"), s, f"sr_{s.component} {s.name} ({label})"
+        )
+
+
+@dataclass
+class Flow:
+    """What a component runs in one instance. Only ``select`` and ``work`` are required."""
+
+    select: Selector
+    work: Worker
+    before_settle: Callable[[], None] | None = None
+    commit_batch: Callable[[list[WorkItem]], None] | None = None
+    housekeeping: Callable[[], None] | None = None
+    abort: Callable[[], None] | None = None
+    on_settled: Callable[[WorkItem], None] | None = log_outcome
+    #: where ``WorkItem.outgoing`` is published (None: the consuming session)
+    post_session: BrokerSession | None = None
+    #: the cluster reports name as this pump's (None: ``cluster``, else the broker's host);
+    #: also the reports' ``to_clusters`` unless that option is set
+    cluster: str | None = None
+    #: overrides of the loop's tuning (None: from the settings)
+    threads: int | None = None
+    attempts: int | None = None
+    #: the retry queue (None: the instance's default one, timed by the retry options)
+    retry_queue: RetryQueue | None = None
+    #: seconds a failed notice is retried from disk; None: the retry queue's ttl (0 with
+    #: ``retry off``)
+    retry_ttl: float | None = None
+    #: run after the loop stops, in this order
+    close: list[Callable[[], None]] = field(default_factory=list)
+    #: more words for the stop summary line
+    summary: Callable[[], str] | None = None
+
+
+class ConsumerComponent:
+    """Base of every consuming component; subclasses declare, the runner runs."""
+
+    name = ""
+    one_shot = False
+
+    def __init__(self, session_factory: SessionFactory = session_for) -> None:
+        self.session_factory = session_factory
+
+    # -- the declaration (override what differs) ------------------------------------------
+
+    def bindings(self, s: Settings, instance: int | None = None) -> Bindings:
+        """The queue's bindings (``instance``: for components that shard by instance)."""
+        return default_bindings(s)
+
+    def queue_name(self, s: Settings, instance: int | None = None) -> str:
+        return resolve_queue_name(s)
+
+    def exchanges(self, s: Settings, bindings: Bindings) -> tuple[str, ...]:
+        """Exchanges to declare before binding (none with ``declare_exchange off``)."""
+        return tuple(dict.fromkeys(x for x, _ in bindings)) if s.declare_exchange else ()
+
+    def declare_outputs(self, s: Settings, session: BrokerSession) -> None:
+        """Declare what the flow publishes to (post exchanges); ``session`` is connected."""
+
+    def check(self, s: Settings) -> None:
+        """Refuse settings the component cannot run with (ConfigError), before connecting."""
+
+    def build(self, run: Instance) -> Flow:
+        raise NotImplementedError
+
+    # -- the Component protocol ------------------------------------------------------------
+
+    def _session(self, s: Settings, label: str = "") -> tuple[BrokerSession, str]:
+        url = broker_url(s)
+        name = f"sr_{s.component} {s.name}" + (f" ({label})" if label else "")
+        return self.session_factory(url, s, name), url.user
+
+    def run(self, s: Settings, instance: int, stop: threading.Event) -> int:
+        self.check(s)
+        session, user = self._session(s)
+        run = Instance(
+            settings=s,
+            number=instance,
+            stop=stop,
+            session=session,
+            user=user,
+            state_dir=instance_state_dir(s),
+            plugins=Plugins.from_config(s.plugins),
+            session_factory=self.session_factory,
+        )
+        flow = self.build(run)
+        retry_queue = flow.retry_queue or retry_queue_for(s, instance)
+        flow.close.append(retry_queue.close)
+        retry_ttl = flow.retry_ttl
+        if retry_ttl is None:
+            retry_ttl = retry_queue.ttl if s.retry else 0.0
+        bindings = self.bindings(s, instance)
+        host = flow.cluster or session.url.host
+        loop = ConsumingLoop(
+            session,
+            LoopSettings(
+                queue=queue_spec(s, self.queue_name(s, instance), bindings),
+                exchanges=self.exchanges(s, bindings),
+                prefetch=s.prefetch,
+                threads=flow.threads or s.transfer_threads,
+                attempts=flow.attempts or s.attempts,
+                retry_ttl=retry_ttl,
+                declare_queue=s.declare_queue,
+            ),
+            ReportSettings(
+                enabled=s.report_back,
+                exchange=report_exchange(s, user),
+                host=fqdn(),
+                user=user,
+                source=s.source,
+                cluster=s.cluster or host,
+                to_clusters=s.to_clusters or host,
+                declare=s.declare_exchange,
+            ),
+            flow.select,
+            flow.work,
+            retry_queue,
+            stop=stop,
+            on_settled=flow.on_settled,
+            before_settle=flow.before_settle,
+            commit_batch=flow.commit_batch,
+            housekeeping=flow.housekeeping,
+            heartbeat=heartbeat_for(s, instance).beat,
+            abort=flow.abort,
+            post_session=flow.post_session,
+        )
+        run.report = loop.report
+        run.plugins.on_start(s)
+        started = time.monotonic()
+        try:
+            loop.run()
+        finally:
+            try:
+                run.plugins.on_stop(s)
+            finally:
+                for close in flow.close:
+                    try:
+                        close()
+                    except Exception:  # the others must still close; nothing is in flight
+                        log.exception("while closing %s", getattr(close, "__qualname__", close))
+            outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(loop.counts.items())) or "none"
+            more = f"; {flow.summary()}" if flow.summary is not None else ""
+            log.info(
+                "stopped after %.1fs; outcomes: %s%s", time.monotonic() - started, outcomes, more
+            )
+        return 0
+
+    def declare(self, s: Settings) -> None:
+        self.check(s)
+        session, _user = self._session(s)
+        try:
+            session.connect()
+            bindings = self.bindings(s)
+            spec = queue_spec(s, self.queue_name(s), bindings)
+            ensure_exchanges(session, self.exchanges(s, bindings))
+            session.declare_queue(spec)
+            print(
+                f"declared queue {spec.name} bound to "
+                + ", ".join(f"{x}:{k}" for x, k in spec.bindings)
+            )
+            self.declare_outputs(s, session)
+        finally:
+            session.close()
+
+    def cleanup(self, s: Settings) -> None:
+        session, _user = self._session(s)
+        remove_queue_and_state(session, self.queue_name(s), s)
+
+    def status(self, s: Settings) -> InstanceStatus:
+        session, _user = self._session(s)
+        return queue_status(session, self.queue_name(s))
