@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, instance_state_dir, session_for
-from sarra.components.poster import NoticeBuilder, PostSettings, Publisher, outage_max
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.posting import NoticeBuilder, PostSettings, Publisher, outage_max
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class PostComponent:
     """sr_post: one pass over the given paths, then exit (0 if every file was posted).
 
     A broker outage is waited out (``post_outage_max``, see
-    :class:`~sarra.components.poster.Publisher`); a file counts as posted once the broker
+    :class:`~sarra.flow.posting.Publisher`); a file counts as posted once the broker
     confirmed all its notices. The run ends with a summary line; when something was not
     posted (unreadable, or the broker stayed away too long) the exit status is 1 and the
     first :data:`UNPOSTED_SHOWN` such paths are named on standard error.

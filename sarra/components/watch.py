@@ -28,10 +28,10 @@ from sarra.codec import v02
 from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, instance_state_dir, session_for
 from sarra.components.post import post_paths
-from sarra.components.poster import NoticeBuilder, PostSettings, Publisher, outage_max
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.posting import NoticeBuilder, PostSettings, Publisher, outage_max
 from sarra.flow.watching import (
     Action,
     Coalescer,
@@ -315,7 +315,7 @@ class _Watcher:
         unposted (the broker unreachable at stop, or for longer than post_outage_max).
 
         The broker is reached only to publish, so a broker down at start, or going away
-        later, is waited out (see :class:`~sarra.components.poster.Publisher`).
+        later, is waited out (see :class:`~sarra.flow.posting.Publisher`).
         """
         gave_up = False
         try:
