@@ -148,7 +148,7 @@ class MaskResolver(Generic[T]):
     :class:`~sarra.flow.send.RemoteTarget`).
 
     ``rename_header``: the notice's ``rename`` header replaces its path before the path options
-    apply (the sender; downloaders apply it themselves after placement, see flow.download).
+    apply (the sender; downloaders apply it themselves once the file is placed, see flow.download).
     """
 
     def __init__(

@@ -46,7 +46,7 @@ from sarra.config.settings import Settings
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.flow.republish import PumpIdentity
 from sarra.notice import Report, WireMessage
-from sarra.police.events import record_event
+from sarra.security_events import record_event
 
 log = logging.getLogger(__name__)
 

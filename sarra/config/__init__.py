@@ -6,7 +6,7 @@ The public surface::
     resolve_queue_name(cfg) -> str
     parse_command_line(component, argv) -> CommandLine;  format_help(component) -> str
     CredentialStore.load(path);  to_broker_url(url_text, store) -> BrokerUrl
-    Mask, match(masks, url, accept_unmatch), destination_relpath(placement, relpath)
+    Mask, match(masks, url, accept_unmatch), destination_relpath(options, relpath)
 
 Nothing here reads files or connects at import time.
 """

@@ -8,7 +8,7 @@ sr2 read the config file *after* the command line, so there the file won.
 
 The language is sr2's: one ``keyword value`` per line (the value is the rest of the line),
 ``#`` starting a comment line, ``include FILE`` (``config FILE``), ``${VAR}`` substitution and
-order-sensitive ``accept``/``reject`` (each captures the placement options in force) and
+order-sensitive ``accept``/``reject`` (each captures the destination options in force) and
 ``subtopic`` (each binds on the exchange and topic_prefix in force). See sr_config(7).
 """
 

@@ -1,6 +1,6 @@
 """accept/reject masks, destination paths and per-notice directory variables.
 
-A :class:`Mask` records an ``accept`` or ``reject`` line together with the placement options
+A :class:`Mask` records an ``accept`` or ``reject`` line together with the destination options
 (``directory``, ``mirror``, ``strip``, ``flatten``, ``base_dir``, ``rename``, ``filename``) in
 force when it appeared: in the v2 config language the order of lines matters.
 
@@ -25,7 +25,7 @@ from sarra.errors import ConfigError, HostilePath
 
 @dataclass(frozen=True, slots=True)
 class Mask:
-    """One accept/reject line and the placement options captured with it."""
+    """One accept/reject line and the destination options captured with it."""
 
     pattern: str
     accept: bool
@@ -47,7 +47,7 @@ class Mask:
         return self.regex.match(url) is not None
 
 
-class Placement(Protocol):
+class DestinationOptions(Protocol):
     """What :func:`destination_relpath` reads: a :class:`Mask` or any look-alike."""
 
     @property
@@ -92,14 +92,14 @@ def match(
     """The mask that accepts ``url``, or None if it is rejected.
 
     First match wins. When nothing matches and ``accept_unmatch`` is on, ``default`` (usually
-    ``Config.default_mask``, carrying the placement options in force at the end of the file)
+    ``Config.default_mask``, carrying the destination options in force at the end of the file)
     or a plain accepting mask is returned.
     """
     return explain(masks, url, accept_unmatch, default).mask
 
 
 def destination_relpath(
-    placement: Placement, logical_path: str, *, rename_header: str | None = None
+    options: DestinationOptions, logical_path: str, *, rename_header: str | None = None
 ) -> str:
     """Where, relative to the mask's directory, a notice's file goes.
 
@@ -117,19 +117,19 @@ def destination_relpath(
     relpath = rename_header or logical_path
     tokens = relpath.split("/")
     filename = tokens[-1]
-    if isinstance(placement.strip, int):
-        if placement.strip > 0:
-            tokens = tokens[placement.strip :] or [filename]
-    elif placement.strip:
-        stripped = re.sub(placement.strip, "", relpath, count=1)
+    if isinstance(options.strip, int):
+        if options.strip > 0:
+            tokens = tokens[options.strip :] or [filename]
+    elif options.strip:
+        stripped = re.sub(options.strip, "", relpath, count=1)
         tokens = stripped.split("/") if filename in stripped else [filename]
-    if placement.flatten != "/":
-        tokens = [placement.flatten.join(t for t in tokens if t)]
-    parts = tokens if placement.mirror else tokens[-1:]
-    if placement.rename:
+    if options.flatten != "/":
+        tokens = [options.flatten.join(t for t in tokens if t)]
+    parts = tokens if options.mirror else tokens[-1:]
+    if options.rename:
         name = parts[-1]
-        target = placement.rename.split("/")
-        parts = [*target[:-1], name] if placement.rename.endswith("/") else target
+        target = options.rename.split("/")
+        parts = [*target[:-1], name] if options.rename.endswith("/") else target
     clean = [p for p in parts if p not in ("", ".")]
     if ".." in clean:
         raise HostilePath(f"destination of {logical_path!r} would contain '..'")

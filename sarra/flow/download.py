@@ -22,12 +22,12 @@ from sarra.flow import baseurl
 from sarra.flow.baseurl import SUBSCRIBER_REFUSED, HostGuard, resolve_host
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
-from sarra.flow.localfs import SafeRoot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
-from sarra.flow.placement import download_to, is_unchanged
-from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible
+from sarra.flow.wholefile import download_to, is_unchanged
 from sarra.flow.work import Staged, WorkItem
+from sarra.localfs.confined import SafeRoot
+from sarra.localfs.streaming import DIRECT_MIN, aligned_chunks, interruptible
 from sarra.notice import Notice
 from sarra.parts.tracker import DEFAULT_EXPIRY
 from sarra.transfer import open_transport
@@ -271,7 +271,7 @@ class Downloader:
             mode=mode,
             progress=progress,
             sync_dir=False,  # group commit: see sync()
-            # batch commit (see commit_batch) unless on_file must run right after placement
+            # batch commit (see commit_batch) unless on_file must run right after the file is placed
             stage=self.batch_commit and self.plugins.empty,
         )
         if result.staged is not None:
@@ -398,7 +398,7 @@ class Downloader:
 
     def abort(self) -> None:
         """From the flow thread, when stopping: make every transfer still blocked on the
-        network fail now (see :func:`~sarra.flow.streaming.interruptible`); the transports
+        network fail now (see :func:`~sarra.localfs.streaming.interruptible`); the transports
         are not used again."""
         with self._transports_lock:
             transports = list(self._all_transports)

@@ -4,7 +4,7 @@ Each instance notes every in-flight file it creates and finishes (one JSON line 
 flushed to the kernel, which survives SIGKILL). At start, the instance with the same number
 removes the in-flight files its predecessor created but never finished, then starts a fresh
 journal. The file names carry a writer token, so nothing else can be removed by mistake;
-removal goes through :class:`~sarra.flow.localfs.SafeRoot` and is confined like any write.
+removal goes through :class:`~sarra.localfs.confined.SafeRoot` and is confined like any write.
 """
 
 from __future__ import annotations

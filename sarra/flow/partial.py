@@ -20,11 +20,11 @@ from typing import Any
 
 from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
-from sarra.flow.localfs import SafeRoot
-from sarra.flow.placement import download_to
-from sarra.flow.streaming import DIRECT_MIN, aligned_chunks, interruptible, stream
+from sarra.flow.wholefile import download_to
 from sarra.flow.work import PartState, WorkItem
 from sarra.integrity.sums import new_hasher
+from sarra.localfs.confined import SafeRoot
+from sarra.localfs.streaming import DIRECT_MIN, aligned_chunks, interruptible, stream
 from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
 from sarra.parts.tracker import DEFAULT_EXPIRY, Marked, MarkStatus, PartTracker, Ticket

@@ -44,7 +44,7 @@ from sarra.flow.download import Downloader
 from sarra.flow.work import PartState, WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.parts.arithmetic import split
-from sarra.police.events import FORGED_SOURCE, record_event
+from sarra.security_events import FORGED_SOURCE, record_event
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ the final remote name never shows a partial file; on failure the in-flight file 
 (best effort) so a full remote disk is not kept full by our own leftovers.
 
 Confinement: both the local path (under ``base_dir``) and the remote path (under the
-configured remote ``directory``) are checked with :func:`sarra.flow.localfs.check_relpath`
+configured remote ``directory``) are checked with :func:`sarra.localfs.confined.check_relpath`
 (no ``..``, NUL, invalid UTF-8...): a hostile notice is refused with 417 before any I/O.
 
 Blocks (``parts`` ``i``) of a local file: the whole file is pushed once per file version
@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from sarra.codec import v02
 from sarra.errors import HostilePath, LocalError, NotFound, SarraError, TransferError
 from sarra.flow.hooks import Plugins
-from sarra.flow.localfs import check_relpath
 from sarra.flow.work import WorkItem
+from sarra.localfs.confined import check_relpath
 from sarra.notice import Notice, WireMessage
 from sarra.transfer import open_transport
 

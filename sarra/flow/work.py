@@ -12,7 +12,7 @@ from sarra.flow.retryqueue import RetryItem
 from sarra.notice import Checksum, Notice, WireMessage
 
 if TYPE_CHECKING:
-    from sarra.flow.localfs import InflightFile, SafeRoot
+    from sarra.localfs.confined import InflightFile, SafeRoot
 
 
 class PartState(enum.Enum):

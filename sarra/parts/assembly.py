@@ -29,8 +29,8 @@ from contextlib import suppress
 from types import TracebackType
 
 from sarra.errors import HostilePath, LocalError, MalformedMessage, translated_os_errors
-from sarra.flow.localfs import SafeRoot
-from sarra.flow.streaming import DirectWriter, allocate, reserve
+from sarra.localfs.confined import SafeRoot
+from sarra.localfs.streaming import DirectWriter, allocate, reserve
 from sarra.notice import PartSpec
 
 #: suffix of shared reassembly data files
@@ -188,7 +188,7 @@ class Ticket:
 
     def reserve(self) -> bool:
         """Reserve this ticket's block range in the data file if the free space allows it
-        (:func:`sarra.flow.streaming.reserve`); call it once the block's data arrives."""
+        (:func:`sarra.localfs.streaming.reserve`); call it once the block's data arrives."""
         if self._fd is None:
             return False
         return reserve(self._fd, self.spec.offset, self.spec.length, self.final_rel)
@@ -209,7 +209,7 @@ class Ticket:
     def pwrite_aligned(self, view: memoryview, offset: int) -> None:
         """Write ``view`` (starting on a page boundary in memory, e.g. a prefix of an
         ``mmap`` buffer) at ``offset``, by direct I/O where possible (see
-        :class:`~sarra.flow.streaming.DirectWriter`); :meth:`fsync` is still what makes the
+        :class:`~sarra.localfs.streaming.DirectWriter`); :meth:`fsync` is still what makes the
         block durable."""
         if self._direct is None:
             raise LocalError(f"no data file open for {self.final_rel} (done or closed)")

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from sarra.errors import LocalError, MalformedMessage, translated_os_errors
-from sarra.flow.localfs import SafeRoot
+from sarra.localfs.confined import SafeRoot
 from sarra.notice import PartSpec
 from sarra.parts import assembly
 from sarra.parts.assembly import Ticket, check_spec, known_size

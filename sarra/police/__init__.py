@@ -11,8 +11,8 @@ The public surface::
 Nothing here connects at import time.
 """
 
-from sarra.police.events import events_path, read_events, record_event
 from sarra.police.pump import Permission, Pump, PumpUser, permission_for
+from sarra.security_events import events_path, read_events, record_event
 
 __all__ = [
     "Permission",

@@ -46,9 +46,9 @@ from typing import Any
 
 from sarra.cli.instances import Instance, State, instance_pid, last_activity, pid_file_numbers
 from sarra.config import paths
-from sarra.police.events import read_events
 from sarra.police.mgmt import Management
 from sarra.police.pump import Pump
+from sarra.security_events import read_events
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 _RANK = {INFO: 0, WARNING: 1, ERROR: 2}

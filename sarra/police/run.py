@@ -18,9 +18,9 @@ from sarra.config.loader import load_pump_config
 from sarra.errors import BrokerError, CredentialsError
 from sarra.police import audit as au
 from sarra.police.declare import Action, declare_pump, declare_users, password_for
-from sarra.police.events import events_path
 from sarra.police.mgmt import Management
 from sarra.police.pump import Pump
+from sarra.security_events import events_path
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and ("~sr" in p.name or "sr-part" in p.name)]
 
 
-#: blocks this long take the direct I/O path (sarra.flow.streaming.DIRECT_MIN)
+#: blocks this long take the direct I/O path (sarra.localfs.streaming.DIRECT_MIN)
 BIG_BLOCK = 2 * 1024 * 1024
 
 

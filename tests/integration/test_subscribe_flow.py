@@ -250,7 +250,7 @@ def test_origin_failures_are_reported_499_and_nothing_is_placed(  # type: ignore
 def test_large_whole_files_take_the_direct_path_and_arrive_identical(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
     tag = unique("whole")
     src = nginx.root / tag
-    # over sarra.flow.streaming.DIRECT_MIN, one with an unaligned tail; posted unsplit
+    # over sarra.localfs.streaming.DIRECT_MIN, one with an unaligned tail; posted unsplit
     make_files(src, ["a.bin"], size=3 * 1024 * 1024)
     make_files(src, ["b.bin"], size=2 * 1024 * 1024 + 12345)
     dest = tmp_path / "dest"

@@ -21,8 +21,8 @@ from sarra.broker.session import BrokerSession
 from sarra.errors import AccessRefused
 from sarra.notice import WireMessage
 from sarra.police import cli
-from sarra.police.events import record_event
 from sarra.police.pump import permission_for
+from sarra.security_events import record_event
 from tests.servers.rabbitmq import RabbitNode
 
 PASSWORDS = {"bunnymaster": "bm-pw", "tfeed": "tf-pw", "alice": "al1ce", "al": "a1", "bob": "b0b"}

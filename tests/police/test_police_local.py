@@ -16,8 +16,8 @@ from sarra.config.loader import load_config, load_pump_config
 from sarra.errors import ConfigError
 from sarra.police import audit as au
 from sarra.police import cli, run
-from sarra.police.events import events_path, read_events, record_event
 from sarra.police.pump import Permission, Pump, permission_for
+from sarra.security_events import events_path, read_events, record_event
 
 ADMIN_CONF = """\
 admin amqp://bunnymaster@127.0.0.1:1/

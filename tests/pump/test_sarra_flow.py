@@ -98,7 +98,7 @@ def test_a_source_notice_is_policed_placed_and_reannounced_for_a_subscriber_behi
         assert not (tree / "evil").exists()
         assert sarra.name == "sarra"
         # the refused forgery is visible to sr_police
-        from sarra.police.events import events_path, read_events
+        from sarra.security_events import events_path, read_events
 
         forged = [e for e in read_events(events_path(home.env)) if e.get("kind") == "forged_source"]
         assert any(e.get("exchange") == f"xs_mallory{tag}" for e in forged), forged

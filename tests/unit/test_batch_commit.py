@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sarra.flow.localfs import SafeRoot
-from sarra.flow.placement import download_to
+from sarra.flow.wholefile import download_to
+from sarra.localfs.confined import SafeRoot
 from sarra.notice import Checksum
 
 

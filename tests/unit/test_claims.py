@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from sarra.codec.fields import PARTS_VALUE_MAX, parse_parts
 from sarra.errors import MalformedMessage, PolicyRefused
-from sarra.flow import streaming
 from sarra.flow.baseurl import (
     REPUBLISHER_REFUSED,
     SUBSCRIBER_REFUSED,
@@ -23,8 +22,9 @@ from sarra.flow.baseurl import (
 )
 from sarra.flow.download import Destination, Downloader, DownloadSettings
 from sarra.flow.hooks import Plugins
-from sarra.flow.localfs import SafeRoot
 from sarra.flow.work import WorkItem
+from sarra.localfs import streaming
+from sarra.localfs.confined import SafeRoot
 from sarra.notice import Checksum, Notice, PartSpec, frozen_headers
 from sarra.parts.assembly import MAX_BLOCKS, check_spec
 from sarra.parts.tracker import PartTracker

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sarra.flow.journal import InflightJournal
-from sarra.flow.localfs import SafeRoot
+from sarra.localfs.confined import SafeRoot
 
 
 def test_files_left_in_flight_by_a_dead_writer_are_removed_at_recovery(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sarra.errors import DiskFull, HostilePath, LocalError
-from sarra.flow.localfs import SafeRoot, check_link_target, check_relpath
+from sarra.localfs.confined import SafeRoot, check_link_target, check_relpath
 
 
 @pytest.fixture
@@ -368,7 +368,7 @@ def test_a_full_disk_raises_disk_full_and_leaves_no_inflight_file(
         def full(fd: int, data: object) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr("sarra.flow.localfs.os.write", full)
+        monkeypatch.setattr("sarra.localfs.confined.os.write", full)
     else:
         root = tiny_fs
     sr = SafeRoot(root)

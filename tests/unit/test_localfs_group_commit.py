@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sarra.flow.localfs import SafeRoot
+from sarra.localfs.confined import SafeRoot
 
 
 def _place(root: SafeRoot, rel: str, data: bytes) -> None:

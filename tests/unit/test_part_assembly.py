@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sarra.errors import HostilePath, LocalError, MalformedMessage
-from sarra.flow import streaming
-from sarra.flow.localfs import SafeRoot
+from sarra.localfs import streaming
+from sarra.localfs.confined import SafeRoot
 from sarra.notice import PartSpec
 from sarra.parts import assembly
 from sarra.parts.assembly import DATA_SUFFIX, check_spec, known_size
@@ -192,7 +192,7 @@ def test_presize_allocates_the_space_where_it_can_and_never_shrinks(root: SafeRo
 
 
 def test_chunks_of_any_size_are_regrouped_into_full_buffers_in_turn() -> None:
-    from sarra.flow.streaming import copy_into
+    from sarra.localfs.streaming import copy_into
 
     data = os.urandom(10_000)
     pieces = [data[i : i + 777] for i in range(0, len(data), 777)]

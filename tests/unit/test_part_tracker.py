@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sarra.errors import HostilePath, MalformedMessage
-from sarra.flow.localfs import SafeRoot
+from sarra.localfs.confined import SafeRoot
 from sarra.notice import PartSpec
 from sarra.parts.arithmetic import split
 from sarra.parts.tracker import Completion, MarkStatus, PartTracker

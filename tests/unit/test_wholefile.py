@@ -13,8 +13,8 @@ import pytest
 
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import HostilePath, IntegrityError, MalformedMessage, TransportUnavailable
-from sarra.flow.localfs import SafeRoot
-from sarra.flow.placement import PlacementResult, download_to, is_unchanged
+from sarra.flow.wholefile import WholeFileResult, download_to, is_unchanged
+from sarra.localfs.confined import SafeRoot
 from sarra.notice import Checksum, Notice, PartSpec, frozen_headers
 
 DATA = b"hello world\n" * 1000
@@ -29,7 +29,7 @@ def chunks(data: bytes = DATA, size: int = 777) -> Iterator[bytes]:
 
 def place(
     sr: SafeRoot, sum_: Checksum, data: bytes = DATA, *, mtime: float | None = None
-) -> PlacementResult:
+) -> WholeFileResult:
     return download_to(
         sr,
         "dir/file.txt",
@@ -251,13 +251,13 @@ BIG = os.urandom(3 * 1024 * 1024 + 4321)  # over DIRECT_MIN, with an unaligned t
 
 
 def _big_chunks(data: bytes = BIG) -> Iterator[memoryview]:
-    from sarra.flow.streaming import BUFFER_SIZE, copy_into
+    from sarra.localfs.streaming import BUFFER_SIZE, copy_into
 
     buffers = [memoryview(mmap.mmap(-1, BUFFER_SIZE)) for _ in range(2)]
     return copy_into(chunks(data, 100_000), buffers)
 
 
-def _place_big(sr: SafeRoot, data: bytes, sum_: Checksum, seen: list[int]) -> PlacementResult:
+def _place_big(sr: SafeRoot, data: bytes, sum_: Checksum, seen: list[int]) -> WholeFileResult:
     return download_to(
         sr,
         "big/file.bin",

@@ -1,7 +1,7 @@
 """Streaming a large body into a file: page-aligned buffers, overlapped hashing, direct I/O.
 
 Used for every transfer of at least :data:`DIRECT_MIN` bytes, whole files
-(:func:`sarra.flow.placement.download_to`) and blocks of multi-part files
+(:func:`sarra.flow.wholefile.download_to`) and blocks of multi-part files
 (:mod:`sarra.flow.partial`) alike:
 
 - the body is read into two page-aligned buffers in turn (``readinto`` where the transport

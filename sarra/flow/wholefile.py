@@ -1,4 +1,4 @@
-"""Streamed download, verification and placement of one whole file (spec 5.2, 9.2).
+"""Streamed download, verification and renaming into place of one whole file (spec 5.2, 9.2).
 
 Bytes are hashed as they are written to an in-flight file; only data whose size and sum match
 the notice is renamed into place. A mismatch leaves nothing behind (no final name, no in-flight
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import IntegrityError, LocalError, MalformedMessage
-from sarra.flow.localfs import InflightFile, SafeRoot
-from sarra.flow.streaming import DIRECT_MIN, DirectWriter, reserve, stream
 from sarra.integrity.sums import Hasher, new_hasher
+from sarra.localfs.confined import InflightFile, SafeRoot
+from sarra.localfs.streaming import DIRECT_MIN, DirectWriter, reserve, stream
 from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice
 
 _READ_SIZE = 1 << 20
@@ -38,7 +38,7 @@ def _new_hasher(letter: str) -> Hasher:
 
 
 @dataclass(frozen=True, slots=True)
-class PlacementResult:
+class WholeFileResult:
     """What :func:`download_to` placed.
 
     ``checksum`` is the sum computed over the data (letter and hex), or None for
@@ -80,16 +80,16 @@ def download_to(
     progress: Callable[[int], None] | None = None,
     sync_dir: bool = True,
     stage: bool = False,
-) -> PlacementResult:
+) -> WholeFileResult:
     """Stream ``chunks`` into ``rel`` under ``root``, verifying before anything is placed.
 
     ``checksum`` is the notice's sum: ``d``/``s`` are verified; ``z,d``/``z,s`` compute that
     algorithm (returned in the result); ``n``/``0``/``a`` are placed unverified. When
     ``expected_size`` is given the data must be exactly that long (reading stops as soon as
-    it is exceeded); from :data:`~sarra.flow.streaming.DIRECT_MIN` bytes on, the file's space
+    it is exceeded); from :data:`~sarra.localfs.streaming.DIRECT_MIN` bytes on, the file's space
     is reserved when the first bytes arrive, if the free space allows
-    (:func:`~sarra.flow.streaming.reserve`), and the chunks (best given page-aligned, see
-    :func:`~sarra.flow.streaming.aligned_chunks`) are written by direct I/O while a helper
+    (:func:`~sarra.localfs.streaming.reserve`), and the chunks (best given page-aligned, see
+    :func:`~sarra.localfs.streaming.aligned_chunks`) are written by direct I/O while a helper
     thread hashes them. ``progress`` gets the byte count after each chunk. On success the file
     is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
     ``sync_dir`` false the caller must call ``root.sync_dirs()`` before relying on it).
@@ -110,7 +110,7 @@ def download_to(
         if expected_size is not None and expected_size >= DIRECT_MIN:
             # large: space reserved once the origin serves data, within the free space
             # (the notice's size alone reserves nothing), hashing overlapped with writing,
-            # aligned chunks written by direct I/O (see sarra.flow.streaming)
+            # aligned chunks written by direct I/O (see sarra.localfs.streaming)
             writer = DirectWriter(out.fd, out.pwrite, rel)
             try:
                 size = stream(
@@ -159,7 +159,7 @@ def download_to(
     except BaseException:
         out.abort()  # nothing unverified is ever placed
         raise
-    return PlacementResult(
+    return WholeFileResult(
         size=size,
         checksum=computed,
         verified=verified,
