@@ -1,6 +1,6 @@
 """Entry points of the ``sr_*`` commands.
 
-``sr_<component> [options] <action> [config ...]``; see :data:`sarra.cli.verbs.ACTIONS`.
+``sr_<component> [options] <action> [config ...]``; see :data:`sarra.cli.verbs.VERBS`.
 Also runnable as ``python -m sarra.cli.main <component> [options] <action> [config ...]``.
 
 Exit status: the verb's (0 success), 2 for a usage or configuration error (one line on stderr,
@@ -61,7 +61,7 @@ def main(
 def help_text(rt: Runtime, component: str) -> str:
     """``--help``: the option help of ``rt.format_help`` followed by the actions."""
     head = rt.format_help(component) if rt.format_help is not None else ""
-    actions = "\n".join(f"  {name:<11} {spec.help}" for name, spec in verbs.ACTIONS.items())
+    actions = "\n".join(f"  {name:<11} {spec.help}" for name, spec in verbs.VERBS.items())
     usage = f"usage: sr_{component} [options] <action> [config ...]"
     return f"{head.rstrip()}\n\nactions:\n{actions}" if head else f"{usage}\n\nactions:\n{actions}"
 
@@ -77,10 +77,10 @@ def dispatch(ctx: verbs.Context) -> int:
     if action is None:
         if ctx.component.one_shot:
             return run_one_shot(ctx, configs)
-        raise ConfigError(f"no action given; one of: {', '.join(verbs.ACTIONS)}")
-    spec = verbs.ACTIONS.get(action)
+        raise ConfigError(f"no action given; one of: {', '.join(verbs.VERBS)}")
+    spec = verbs.VERBS.get(action)
     if spec is None:
-        raise ConfigError(f"unknown action {action!r}; one of: {', '.join(verbs.ACTIONS)}")
+        raise ConfigError(f"unknown action {action!r}; one of: {', '.join(verbs.VERBS)}")
     if spec.arity == "one" and len(configs) != 1:
         raise ConfigError(f"{action} needs exactly one configuration")
     if spec.arity == "some" and not configs:

@@ -1,6 +1,6 @@
 """The management verbs of every ``sr_*`` command.
 
-Each verb is ``verb(ctx, configs) -> exit status``. :data:`ACTIONS` describes them for dispatch,
+Each verb is ``verb(ctx, configs) -> exit status``. :data:`VERBS` describes them for dispatch,
 ``--help`` and the man page. Verbs print one line per thing they did to ``ctx.out``; problems go
 to ``ctx.err``. Configuration errors are raised as :class:`sarra.errors.ConfigError` and turned
 into exit status 2 by :func:`sarra.cli.main.main`.
@@ -416,7 +416,8 @@ def disable(ctx: Context, configs: Sequence[str]) -> int:
     return rc
 
 
-ACTIONS: dict[str, Action] = {
+#: verb name -> its spec; the names are :data:`sarra.config.cmdline.ACTION_NAMES`.
+VERBS: dict[str, Action] = {
     "start": Action(start, "start the missing instances in the background", "any"),
     "stop": Action(stop, "stop all instances (SIGTERM, then SIGKILL)", "any", "all"),
     "restart": Action(restart, "stop, then start", "any"),

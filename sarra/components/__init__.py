@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 
 from sarra.components.base import Component
 
-#: component name -> "module:class"
-COMPONENTS: dict[str, str] = {
+#: implemented component name -> "module:class"
+IMPLEMENTED: dict[str, str] = {
     "post": "sarra.components.post:PostComponent",
     "watch": "sarra.components.watch:WatchComponent",
     "subscribe": "sarra.components.subscribe:SubscribeComponent",
@@ -44,4 +44,4 @@ class _Registry(Mapping[str, Component]):
         return len(self._table)
 
 
-REGISTRY: Mapping[str, Component] = _Registry(COMPONENTS)
+REGISTRY: Mapping[str, Component] = _Registry(IMPLEMENTED)

@@ -11,15 +11,15 @@ The public surface::
 Nothing here reads files or connects at import time.
 """
 
-from sarra.config.cmdline import ACTIONS, CommandLine, format_help, parse_command_line
+from sarra.config.cmdline import ACTION_NAMES, CommandLine, format_help, parse_command_line
 from sarra.config.credentials import Credential, CredentialStore, parse_url, to_broker_url
 from sarra.config.loader import Binding, Config, find_config, load_config, resolve_queue_name
 from sarra.config.masks import Mask, destination_relpath, expand_directory, explain, match
-from sarra.config.options import COMPONENTS, Kind, Option, OptionTable, options_table
+from sarra.config.options import OPTION_COMPONENTS, Kind, Option, OptionTable, options_table
 
 __all__ = [
-    "ACTIONS",
-    "COMPONENTS",
+    "ACTION_NAMES",
+    "OPTION_COMPONENTS",
     "Binding",
     "CommandLine",
     "Config",

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from sarra.config.options import FLAG_KINDS, Kind, Option, options_table
 from sarra.errors import ConfigError
 
-ACTIONS: tuple[str, ...] = (
+#: The action names the command line accepts, in help order. :data:`sarra.cli.verbs.VERBS`
+#: implements each one (tests/unit/test_config_cmdline.py checks that the two agree).
+ACTION_NAMES: tuple[str, ...] = (
     "start",
     "stop",
     "restart",
@@ -134,9 +136,9 @@ def parse_command_line(component: str, argv: Sequence[str]) -> CommandLine:
         paths[:0] = positional
     elif positional:
         action = positional[0]
-        if action not in ACTIONS:
+        if action not in ACTION_NAMES:
             raise ConfigError(
-                f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}", path=WHERE
+                f"unknown action {action!r}; expected one of {', '.join(ACTION_NAMES)}", path=WHERE
             )
         configs.extend(positional[1:])
     return CommandLine(action, tuple(configs), tuple(options), tuple(paths))
@@ -168,7 +170,7 @@ def format_help(component: str) -> str:
         usage = f"usage: sr_{component} [options] ACTION [CONFIG ...]"
     lines = [usage, ""]
     if component not in PATH_COMPONENTS:
-        lines += textwrap.wrap("actions: " + ", ".join(ACTIONS), 79, subsequent_indent="  ")
+        lines += textwrap.wrap("actions: " + ", ".join(ACTION_NAMES), 79, subsequent_indent="  ")
         lines.append("")
     lines.append("options (also --name; booleans may be given alone):")
     for option in table.for_component(component):

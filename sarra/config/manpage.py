@@ -7,7 +7,7 @@ that the committed page matches, so the table, ``--help`` and the page never dri
 from __future__ import annotations
 
 from sarra.config.cmdline import option_synopsis
-from sarra.config.options import COMPONENTS, Option, options_table
+from sarra.config.options import OPTION_COMPONENTS, Option, options_table
 
 
 def _roff(text: str) -> str:
@@ -63,7 +63,7 @@ def render() -> str:
         out.append(".br")
         if not components:
             out.append("Accepted for sr2 compatibility and ignored, with a warning.")
-        elif len(components) == len(COMPONENTS):
+        elif len(components) == len(OPTION_COMPONENTS):
             out.append("Components: all.")
         else:
             out.append(_roff(f"Components: {', '.join(components)}."))

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-#: Every component the table knows (sr2 program names without the ``sr_`` prefix).
-COMPONENTS: tuple[str, ...] = (
+#: Every component an option may apply to (sr2 program names without the ``sr_`` prefix);
+#: a superset of those implemented (:data:`sarra.components.IMPLEMENTED`).
+OPTION_COMPONENTS: tuple[str, ...] = (
     "subscribe",
     "post",
     "watch",
@@ -33,7 +34,7 @@ COMPONENTS: tuple[str, ...] = (
     "log",
 )
 
-_ALL = frozenset(COMPONENTS)
+_ALL = frozenset(OPTION_COMPONENTS)
 _CONSUMERS = frozenset({"subscribe", "sarra", "sender", "shovel", "winnow", "report", "log"})
 _POSTERS = frozenset({"post", "watch", "poll"})
 _REPOSTERS = _ALL - {"report", "log"}

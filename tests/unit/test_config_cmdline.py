@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sarra.config import load_config
-from sarra.config.cmdline import ACTIONS, CommandLine, format_help, parse_command_line
+from sarra.config.cmdline import ACTION_NAMES, CommandLine, format_help, parse_command_line
 from sarra.config.manpage import render
 from sarra.config.options import options_table
 from sarra.errors import ConfigError
@@ -96,9 +96,23 @@ def test_a_missing_value_and_an_unknown_action_are_errors():
         parse_command_line("subscribe", ["launch", "x"])
 
 
-@pytest.mark.parametrize("action", ACTIONS)
+@pytest.mark.parametrize("action", ACTION_NAMES)
 def test_every_action_is_accepted(action):
     assert parse_command_line("watch", [action, "cfg"]).action == action
+
+
+def test_the_parser_accepts_exactly_the_verbs_the_cli_implements():
+    from sarra.cli.verbs import VERBS
+
+    assert sorted(ACTION_NAMES) == sorted(VERBS)
+    assert len(set(ACTION_NAMES)) == len(ACTION_NAMES)
+
+
+def test_every_implemented_component_is_one_options_may_apply_to():
+    from sarra.components import IMPLEMENTED
+    from sarra.config.options import OPTION_COMPONENTS
+
+    assert set(IMPLEMENTED) <= set(OPTION_COMPONENTS)
 
 
 @pytest.mark.parametrize("component", ["subscribe", "post", "watch"])

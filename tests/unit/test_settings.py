@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sarra.components import COMPONENTS as IMPLEMENTED
+from sarra.components import IMPLEMENTED
 from sarra.config.options import OPTIONS, STRUCTURAL_KINDS
 from sarra.config.settings import Settings, load_settings
 
