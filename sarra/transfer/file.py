@@ -20,10 +20,17 @@ from sarra.errors import (
     TransferError,
     local_error,
 )
-from sarra.transfer.base import Features, RemoteStat
+from sarra.transfer.base import (
+    CHUNK_SIZE,
+    Features,
+    RemoteStat,
+    Transport,
+    check_range,
+    check_sent,
+    confined,
+    copy_range,
+)
 from sarra.transfer.url import server_path
-
-CHUNK_SIZE = 1 << 20
 
 _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
 
@@ -32,7 +39,7 @@ def _path(url_or_path: str) -> str:
     path = server_path(url_or_path) if url_or_path.startswith("file:") else url_or_path
     if not os.path.isabs(path):
         raise ValueError(f"file transport needs an absolute path, got {url_or_path!r}")
-    return path
+    return confined(path, "file")
 
 
 def _translate(err: OSError, what: str) -> TransferError | LocalError:
@@ -46,10 +53,10 @@ def _translate(err: OSError, what: str) -> TransferError | LocalError:
     return failure
 
 
-class FileTransport:
+class FileTransport(Transport):
     """Reads (and writes) local files; it has no connection to keep."""
 
-    features = Features(ranged_get=True, put=True, rename=True, delete=True, listing=False)
+    features = Features(ranges=True, put=True, rename=True, delete=True, mkdirs=True)
 
     def __init__(self) -> None:
         self._closed = False
@@ -60,6 +67,7 @@ class FileTransport:
         Raises NotFound when the file is missing (at call time), IntegrityError when it is
         shorter than the range asked for.
         """
+        check_range(offset, length)
         path = _path(url)
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
@@ -103,29 +111,22 @@ class FileTransport:
     ) -> int:
         """Copy bytes of ``local_path`` (from ``offset``) into ``remote_path`` at ``offset``.
 
-        The target is created if missing and never truncated, so parts can land in any order.
-        Returns the number of bytes written.
+        A whole-file put (offset 0, no length) replaces the target; a ranged put creates it
+        if missing and never truncates it, so parts can land in any order. Returns the
+        number of bytes written.
         """
+        check_range(offset, length)
         target = _path(remote_path)
-        sent = 0
         try:
             with open(local_path, "rb") as src:
-                src.seek(offset)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+                whole = offset == 0 and length is None
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if whole else 0)
+                fd = os.open(target, flags, 0o644)
                 with os.fdopen(fd, "wb") as dst:
-                    dst.seek(offset)
-                    while length is None or sent < length:
-                        want = CHUNK_SIZE if length is None else min(CHUNK_SIZE, length - sent)
-                        data = src.read(want)
-                        if not data:
-                            break
-                        dst.write(data)
-                        sent += len(data)
+                    sent = copy_range(src, dst, offset, length)
         except OSError as err:
             raise _translate(err, target) from err
-        if length is not None and sent != length:
-            raise LocalError(f"{local_path}: only {sent} of {length} bytes at offset {offset}")
-        return sent
+        return check_sent(local_path, sent, offset, length)
 
     def rename(self, old: str, new: str) -> None:
         try:

@@ -6,10 +6,10 @@ import base64
 import os
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 
 import pytest
 
+from sarra.config.credentials import Credential, parse_url
 from sarra.errors import IntegrityError, NotFound, TransferError, TransportUnavailable
 from sarra.transfer import open_transport
 from sarra.transfer.http import CHUNK_SIZE, HttpTransport
@@ -110,15 +110,9 @@ def test_https_verifies_certificates_unless_told_otherwise(nginx: Nginx, served:
         strict.get(url, 0, 10)
     assert "TLS verification failed" in str(err.value)
     assert not err.value.retryable
-    options = {"ca_file": str(nginx.ca_file)}
-    with closing(open_transport(url, timeout=10, options=options)) as trusted:
+    with closing(open_transport(url, timeout=10, ca_file=str(nginx.ca_file))) as trusted:
         assert b"".join(trusted.get(url, 0, 10)) == DATA[:10]
-
-    @dataclass
-    class Relaxed:
-        tls_verify: bool = False
-
-    with closing(open_transport(url, credentials=Relaxed(), timeout=10)) as relaxed:
+    with closing(open_transport(url, timeout=10, tls_verify=False)) as relaxed:
         assert b"".join(relaxed.get(url, BLOCK, BLOCK)) == DATA[BLOCK : 2 * BLOCK]
 
 
@@ -219,19 +213,14 @@ def test_an_unreachable_origin_is_transport_unavailable(nginx: Nginx) -> None:
 
 
 def test_basic_and_bearer_credentials_are_sent(faulty: BrokenHttp) -> None:
-    @dataclass
-    class Cred:
-        password: str | None = None
-        bearer_token: str | None = None
-
     url = f"{faulty.base_url}/f.bin"
-    with closing(
-        HttpTransport(f"http://bob@127.0.0.1:{faulty.port}", credentials=Cred("s3cret"))
-    ) as basic:
+    password = Credential(parse_url(f"http://bob:s3cret@127.0.0.1:{faulty.port}"))
+    token = Credential(parse_url(f"http://bob:pw@127.0.0.1:{faulty.port}"), bearer_token="tok")
+    with closing(HttpTransport(f"http://127.0.0.1:{faulty.port}", credentials=password)) as basic:
         assert b"".join(basic.get(url, 0, 4)) == DATA[:4]
     expected = "Basic " + base64.b64encode(b"bob:s3cret").decode()
     assert faulty.last_headers["Authorization"] == expected
-    with closing(HttpTransport(faulty.base_url, credentials=Cred("pw", "tok"))) as bearer:
+    with closing(HttpTransport(faulty.base_url, credentials=token)) as bearer:
         assert bearer.stat(url).size == len(DATA)
     assert faulty.last_headers["Authorization"] == "Bearer tok"
 

@@ -6,11 +6,11 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from sarra.config.credentials import Credential, parse_url
 from sarra.errors import IntegrityError, NotFound, TransferError, TransportUnavailable
 from sarra.transfer import open_transport
 from sarra.transfer.sftp import CHUNK_SIZE, WINDOW_CHUNKS, SftpTransport
@@ -24,10 +24,8 @@ BLOCK = 1 << 20
 DATA = os.urandom((WINDOW_CHUNKS + 2) * CHUNK_SIZE + 4321)
 
 
-@dataclass(frozen=True)
-class Cred:
-    ssh_keyfile: str | None = None
-    password: str | None = None
+def key_credential(ssh_keyfile: str) -> Credential:
+    return Credential(parse_url("sftp://root@127.0.0.1"), ssh_keyfile=ssh_keyfile)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def big(sshd: Sshd) -> Path:
 def sftp(sshd: Sshd, tmp_path: Path) -> Iterator[SftpTransport]:
     transport = open_transport(
         sshd.url,
-        credentials=Cred(ssh_keyfile=str(sshd.key_path)),
+        credentials=key_credential(ssh_keyfile=str(sshd.key_path)),
         timeout=10,
         options={"state_dir": str(tmp_path / "state")},
     )
@@ -160,7 +158,7 @@ def test_the_host_key_is_remembered_and_a_changed_one_refused(
     sshd: Sshd, big: Path, tmp_path: Path
 ) -> None:
     known_hosts = tmp_path / "known_hosts"
-    cred = Cred(ssh_keyfile=str(sshd.key_path))
+    cred = key_credential(ssh_keyfile=str(sshd.key_path))
     first = SftpTransport(sshd.url, credentials=cred, options={"known_hosts": str(known_hosts)})
     assert first.stat(url_of(sshd, big)).size == len(DATA)
     first.close()
@@ -180,7 +178,7 @@ def test_the_host_key_is_remembered_and_a_changed_one_refused(
 def test_a_wrong_key_is_a_non_retryable_failure(sshd: Sshd, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger"
     keygen(stranger)
-    transport = SftpTransport(sshd.url, credentials=Cred(ssh_keyfile=str(stranger)))
+    transport = SftpTransport(sshd.url, credentials=key_credential(ssh_keyfile=str(stranger)))
     with pytest.raises(TransferError, match="authentication") as caught:
         transport.stat("/")
     assert not caught.value.retryable
