@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from io import BufferedReader
 
@@ -17,7 +18,9 @@ from sarra.errors import (
     IntegrityError,
     LocalError,
     NotFound,
+    PolicyRefused,
     TransferError,
+    TransportUnavailable,
     local_error,
 )
 from sarra.transfer.base import (
@@ -32,14 +35,10 @@ from sarra.transfer.base import (
 )
 from sarra.transfer.url import server_path
 
+#: a URL scheme prefix (``http:``...): not a plain path
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
 _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
-
-
-def _path(url_or_path: str) -> str:
-    path = server_path(url_or_path) if url_or_path.startswith("file:") else url_or_path
-    if not os.path.isabs(path):
-        raise ValueError(f"file transport needs an absolute path, got {url_or_path!r}")
-    return confined(path, "file")
 
 
 def _translate(err: OSError, what: str) -> TransferError | LocalError:
@@ -61,6 +60,20 @@ class FileTransport(Transport):
     def __init__(self) -> None:
         self._closed = False
 
+    def _path(self, url_or_path: str) -> str:
+        """The confined absolute path a ``file:`` URL or plain path names."""
+        if self._closed:
+            raise TransportUnavailable("file: transport is closed")
+        if url_or_path.startswith("file:"):
+            path = server_path(url_or_path)
+        elif _SCHEME.match(url_or_path):
+            raise PolicyRefused(f"{url_or_path!r} is not a file: URL")
+        else:
+            path = url_or_path
+        if not os.path.isabs(path):
+            raise ValueError(f"file transport needs an absolute path, got {url_or_path!r}")
+        return confined(path, "file")
+
     def get(self, url: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Yield the bytes of the file from ``offset``; exactly ``length`` bytes when given.
 
@@ -68,7 +81,7 @@ class FileTransport(Transport):
         shorter than the range asked for.
         """
         check_range(offset, length)
-        path = _path(url)
+        path = self._path(url)
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
         except OSError as err:
@@ -99,7 +112,7 @@ class FileTransport(Transport):
                 )
 
     def stat(self, url: str) -> RemoteStat:
-        path = _path(url)
+        path = self._path(url)
         try:
             st = os.stat(path)
         except OSError as err:
@@ -116,7 +129,7 @@ class FileTransport(Transport):
         number of bytes written.
         """
         check_range(offset, length)
-        target = _path(remote_path)
+        target = self._path(remote_path)
         try:
             with open(local_path, "rb") as src:
                 whole = offset == 0 and length is None
@@ -130,12 +143,12 @@ class FileTransport(Transport):
 
     def rename(self, old: str, new: str) -> None:
         try:
-            os.replace(_path(old), _path(new))
+            os.replace(self._path(old), self._path(new))
         except OSError as err:
             raise _translate(err, old) from err
 
     def delete(self, remote_path: str) -> None:
-        path = _path(remote_path)
+        path = self._path(remote_path)
         try:
             if os.path.isdir(path) and not os.path.islink(path):
                 os.rmdir(path)
@@ -146,7 +159,7 @@ class FileTransport(Transport):
 
     def mkdirs(self, remote_path: str) -> None:
         """Create a directory and its parents; an existing directory is fine."""
-        path = _path(remote_path)
+        path = self._path(remote_path)
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as err:

@@ -45,25 +45,6 @@ def test_a_whole_file_is_fetched_in_one_mebibyte_chunks(
     assert [len(c) for c in chunks[:-1]] == [CHUNK_SIZE] * (len(chunks) - 1)
 
 
-@pytest.mark.parametrize(
-    ("offset", "length"),
-    [(0, BLOCK), (BLOCK, BLOCK), (3 * BLOCK, 12345), (BLOCK - 1, 2)],
-    ids=["first", "middle", "last", "straddling"],
-)
-def test_ranged_gets_return_exactly_the_block(
-    nginx: Nginx, served: str, http: HttpTransport, offset: int, length: int
-) -> None:
-    data = b"".join(http.get(retrieval_url(nginx.base_url, served), offset, length))
-    assert data == DATA[offset : offset + length]
-
-
-def test_an_open_ended_range_reads_to_the_end(
-    nginx: Nginx, served: str, http: HttpTransport
-) -> None:
-    data = b"".join(http.get(retrieval_url(nginx.base_url, served), 2 * BLOCK))
-    assert data == DATA[2 * BLOCK :]
-
-
 def test_many_sequential_gets_reuse_one_connection(
     nginx: Nginx, served: str, http: HttpTransport
 ) -> None:
@@ -86,22 +67,6 @@ def test_an_abandoned_body_does_not_poison_the_next_request(
     assert b"".join(http.get(url, 5, 5)) == DATA[5:10]
     body.close()
     assert b"".join(http.get(url, 7, 3)) == DATA[7:10]
-
-
-@pytest.mark.parametrize("name", ["sp ace.txt", "hash#tag.txt", "été 東京.txt", "100%.txt"])
-def test_awkward_names_are_fetched_percent_encoded(
-    nginx: Nginx, http: HttpTransport, name: str
-) -> None:
-    (nginx.root / "odd").mkdir(exist_ok=True)
-    (nginx.root / "odd" / name).write_bytes(name.encode())
-    url = retrieval_url(nginx.base_url, f"odd/{name}")
-    assert b"".join(http.get(url)) == name.encode()
-
-
-def test_stat_reports_size_and_mtime(nginx: Nginx, served: str, http: HttpTransport) -> None:
-    st = http.stat(retrieval_url(nginx.base_url, served))
-    assert st.size == len(DATA)
-    assert st.mtime == pytest.approx(int((nginx.root / served).stat().st_mtime))
 
 
 def test_https_verifies_certificates_unless_told_otherwise(nginx: Nginx, served: str) -> None:
@@ -171,14 +136,6 @@ def test_a_corrupted_body_is_delivered_as_sent(faulty: BrokenHttp, bhttp: HttpTr
     assert data[1:] == DATA[1:100]
 
 
-def test_404_is_not_found_and_not_retryable(faulty: BrokenHttp, bhttp: HttpTransport) -> None:
-    with pytest.raises(NotFound) as caught:
-        bhttp.get(f"{faulty.base_url}/status/404/x")
-    assert not caught.value.retryable
-    with pytest.raises(NotFound):
-        bhttp.stat(f"{faulty.base_url}/nothing-here")
-
-
 @pytest.mark.parametrize(
     ("code", "retryable"), [(503, True), (500, True), (429, True), (403, False)]
 )
@@ -225,41 +182,11 @@ def test_basic_and_bearer_credentials_are_sent(faulty: BrokenHttp) -> None:
     assert faulty.last_headers["Authorization"] == "Bearer tok"
 
 
-def test_a_closed_transport_refuses_work(faulty: BrokenHttp) -> None:
-    transport = HttpTransport(faulty.base_url)
-    transport.close()
-    with pytest.raises(TransportUnavailable):
-        transport.get(f"{faulty.base_url}/f.bin")
-
-
 # -- get_into: reading into caller-owned buffers ----------------------------------------------
 
 
 def _buffers(size: int) -> list[memoryview]:
     return [memoryview(bytearray(size)) for _ in range(2)]
-
-
-@pytest.mark.parametrize(
-    ("offset", "length"),
-    [(0, None), (BLOCK, 2 * BLOCK), (3 * BLOCK, 12345), (BLOCK - 1, 2)],
-    ids=["whole", "two-blocks", "last", "straddling"],
-)
-def test_get_into_fills_the_buffers_in_turn_with_exactly_the_range(
-    nginx: Nginx, served: str, http: HttpTransport, offset: int, length: int | None
-) -> None:
-    buffers = _buffers(300_000)
-    got = bytearray()
-    sizes = []
-    seen = []
-    for view in http.get_into(retrieval_url(nginx.base_url, served), buffers, offset, length):
-        got += view  # copy now: the buffer is reused two chunks later
-        sizes.append(len(view))
-        seen.append(view.obj)
-    end = len(DATA) if length is None else offset + length
-    assert bytes(got) == DATA[offset:end]
-    assert all(n == 300_000 for n in sizes[:-1])  # every chunk but the last fills its buffer
-    assert seen == [buffers[i % 2].obj for i in range(len(seen))]  # used in turn
-    assert http.connections_made == 1
 
 
 def test_get_into_detects_ignored_ranges_and_truncation(
