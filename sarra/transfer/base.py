@@ -95,17 +95,26 @@ class _Target(Protocol):
     def write(self, data: bytes, /) -> Any: ...
 
 
+def read_range(source: _Source, offset: int, length: int | None) -> Iterator[bytes]:
+    """The bytes of ``source`` from ``offset`` (``length`` of them, or to its end) in chunks
+    of at most :data:`CHUNK_SIZE`; fewer when ``source`` ends first."""
+    source.seek(offset)
+    remaining = length
+    while remaining is None or remaining > 0:
+        data = source.read(CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining))
+        if not data:
+            return
+        if remaining is not None:
+            remaining -= len(data)
+        yield data
+
+
 def copy_range(source: _Source, target: _Target, offset: int, length: int | None) -> int:
     """Copy bytes of ``source`` from ``offset`` (``length`` of them, or to its end) into
     ``target`` at the same offset; returns the number copied (fewer if ``source`` is short)."""
-    source.seek(offset)
     target.seek(offset)
     sent = 0
-    while length is None or sent < length:
-        want = CHUNK_SIZE if length is None else min(CHUNK_SIZE, length - sent)
-        data = source.read(want)
-        if not data:
-            break
+    for data in read_range(source, offset, length):
         target.write(data)
         sent += len(data)
     return sent

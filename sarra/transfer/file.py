@@ -24,7 +24,6 @@ from sarra.errors import (
     local_error,
 )
 from sarra.transfer.base import (
-    CHUNK_SIZE,
     Features,
     RemoteStat,
     Transport,
@@ -32,6 +31,7 @@ from sarra.transfer.base import (
     check_sent,
     confined,
     copy_range,
+    read_range,
 )
 from sarra.transfer.url import server_path
 
@@ -93,22 +93,16 @@ class FileTransport(Transport):
         handle: BufferedReader, path: str, offset: int, length: int | None
     ) -> Iterator[bytes]:
         with handle as f:
+            got = 0
             try:
-                f.seek(offset)
-                remaining = length
-                while remaining is None or remaining > 0:
-                    want = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
-                    data = f.read(want)
-                    if not data:
-                        break
-                    if remaining is not None:
-                        remaining -= len(data)
+                for data in read_range(f, offset, length):
+                    got += len(data)
                     yield data
             except OSError as err:
                 raise _translate(err, path) from err
-            if remaining:
+            if length is not None and got < length:
                 raise IntegrityError(
-                    f"{path}: {remaining} bytes short of the {length} asked at offset {offset}"
+                    f"{path}: {length - got} bytes short of the {length} asked at offset {offset}"
                 )
 
     def stat(self, url: str) -> RemoteStat:
