@@ -4,9 +4,9 @@ Used for every transfer of at least :data:`DIRECT_MIN` bytes, whole files
 (:func:`sarra.flow.placement.download_to`) and blocks of multi-part files
 (:mod:`sarra.flow.partial`) alike:
 
-- the body is read into two page-aligned buffers in turn (``readinto`` where the transport
-  has ``get_into``; other transports' chunks are copied into them), so nothing is allocated
-  per chunk;
+- the body is read into two page-aligned buffers in turn (``readinto`` where the transport's
+  ``features.get_into`` says it can; other transports' chunks are copied into them), so
+  nothing is allocated per chunk;
 - a helper thread hashes chunk *k* while this thread writes it and reads *k+1* (hashlib
   releases the GIL on large buffers); chunks are hashed strictly in order;
 - the aligned part of each chunk is written with ``O_DIRECT`` (:class:`DirectWriter`): it goes
