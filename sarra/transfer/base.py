@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from sarra.errors import HostilePath, LocalError, UnsupportedOperation
 from sarra.transfer.url import Origin, origin_of
@@ -203,7 +203,7 @@ class Transport(ABC):
         """From another thread: make a transfer blocked on the network fail at once (the
         connection is shut down); the transport may not be used afterwards."""
 
-    def __enter__(self) -> Transport:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -52,6 +52,7 @@ from sarra.transfer.url import Origin, origin_of, server_path
 
 if TYPE_CHECKING:
     from sarra.config.credentials import Credential
+
 #: Bytes requested ahead of the reader: bounds memory while keeping the pipe full.
 WINDOW_CHUNKS = 8
 
