@@ -17,7 +17,9 @@ to (``report_code``)::
     ├── TransferError       (499)    retryable by default
     │   ├── NotFound        (499)    origin says the object does not exist (not retryable)
     │   ├── IntegrityError  (499)    size or checksum mismatch, Range ignored, truncated body
-    │   └── TransportUnavailable     connection refused/reset, timeouts
+    │   ├── TransportUnavailable     connection refused/reset, timeouts
+    │   ├── AuthenticationFailed     the remote refused our credentials (not retryable)
+    │   └── UnsupportedOperation (501) the transport cannot do this at all (not retryable)
     ├── BrokerError                  retryable: connection lost, channel closed, publish nacked
     │   ├── AccessRefused            broker refused a permission (not retryable)
     │   └── BrokerNotFound           no such exchange or queue on the broker
@@ -115,6 +117,21 @@ class IntegrityError(TransferError):
 
 class TransportUnavailable(TransferError):
     """The remote could not be reached or dropped the connection."""
+
+
+class AuthenticationFailed(TransferError):
+    """The remote refused our credentials (wrong password or key, or none given); retrying
+    cannot help until the credentials change."""
+
+    retryable = False
+
+
+class UnsupportedOperation(TransferError):
+    """The transport cannot do this operation at all (e.g. a put over http); its
+    :class:`~sarra.transfer.base.Features` flag for it is false."""
+
+    retryable = False
+    report_code = 501
 
 
 class BrokerError(SarraError):

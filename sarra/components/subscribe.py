@@ -32,6 +32,7 @@ def download_settings(s: Settings) -> DownloadSettings:
         chmod_dir=s.chmod_dir or 0o777 & ~umask,
         timeout=s.timeout,
         credentials=credential_store().find,
+        tls_verify=s.tls_rigour != "lax",
         part_expiry=s.part_expiry,
         base_url_private=s.base_url_private,
         file_size_max=s.file_size_max,

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sarra.codec.timestamps import parse_timestamp
@@ -33,6 +33,9 @@ from sarra.parts.tracker import DEFAULT_EXPIRY
 from sarra.transfer import open_transport
 from sarra.transfer.base import Transport
 from sarra.transfer.url import origin_of, retrieval_url
+
+if TYPE_CHECKING:
+    from sarra.config.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,11 @@ class DownloadSettings:
     chmod_dir: int = 0o755
     timeout: float = 30.0
     link_absolute_allow: tuple[str, ...] = ()
-    credentials: Callable[[str], object | None] = field(default=lambda _url: None)
+    credentials: Callable[[str], Credential | None] = field(default=lambda _url: None)
+    #: https: check server certificates (off with ``tls_rigour lax``)
+    tls_verify: bool = True
+    #: https: file of trusted CA certificates (None: the system's)
+    ca_file: str | None = None
     transport_options: dict[str, Any] = field(default_factory=dict)
     progress_threshold: int = 8 << 20
     #: a multi-part file with no progress for this long is abandoned and reported (499)
@@ -325,6 +332,8 @@ class Downloader:
                 url,
                 credentials=self.settings.credentials(str(origin)),
                 timeout=self.settings.timeout,
+                tls_verify=self.settings.tls_verify,
+                ca_file=self.settings.ca_file,
                 options=self.settings.transport_options,
             )
             cache[origin] = transport

@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from sarra.codec import v02
 from sarra.errors import HostilePath, LocalError, NotFound, SarraError, TransferError
@@ -35,7 +35,10 @@ from sarra.flow.hooks import Plugins
 from sarra.flow.work import WorkItem
 from sarra.localfs.confined import check_relpath
 from sarra.notice import Notice, WireMessage
-from sarra.transfer import open_transport
+from sarra.transfer import Transport, open_transport
+
+if TYPE_CHECKING:
+    from sarra.config.credentials import Credential
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +85,9 @@ class SendSettings:
     #: local directory the notice paths are relative to
     base_dir: str | None = None
     timeout: float = 30.0
-    credentials: Callable[[str], object | None] = field(default=lambda _url: None)
+    credentials: Callable[[str], Credential | None] = field(default=lambda _url: None)
     transport_options: dict[str, Any] = field(default_factory=dict)
     announce: Announce | None = None
-
-
-class _Pusher(Protocol):
-    def put(
-        self, local_path: str, remote_path: str, offset: int = 0, length: int | None = None
-    ) -> int: ...
-
-    def rename(self, old: str, new: str) -> None: ...
-
-    def delete(self, remote_path: str) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def inflight_path(final: str, inflight: str | None) -> str:
@@ -121,7 +112,7 @@ class Sender:
         self.resolve = resolve
         self.plugins = plugins or Plugins.from_config({})
         self._local = threading.local()
-        self._all: list[_Pusher] = []
+        self._all: list[Transport] = []
         self._lock = threading.Lock()
         self._made_dirs: set[str] = set()
         #: (remote final path, version) of multi-part files already delivered whole
@@ -209,7 +200,7 @@ class Sender:
         item.settle(201, "Delivered")
         self._announce(item, final)
 
-    def _send_block(self, item: WorkItem, transport: _Pusher, local: str, final: str) -> None:
+    def _send_block(self, item: WorkItem, transport: Transport, local: str, final: str) -> None:
         """A block of a local file: the whole file is delivered once per version (under a
         temporary name, then renamed), then every block is announced against the final name
         with its own fields and sum (spec 6.8)."""
@@ -228,7 +219,7 @@ class Sender:
         item.settle(201, f"Delivered (block {parts.block_number + 1} of {parts.block_count})")
         self._announce(item, final)
 
-    def _put_whole(self, item: WorkItem, transport: _Pusher, local: str, final: str) -> None:
+    def _put_whole(self, item: WorkItem, transport: Transport, local: str, final: str) -> None:
         tmp = inflight_path(final, self.settings.inflight)
         self._mkdirs(transport, _parent(tmp))
         if _parent(final) != _parent(tmp):
@@ -271,50 +262,46 @@ class Sender:
     def _wire(notice: Notice, a: Announce) -> WireMessage:
         return v02.to_wire(notice, header_value_max=a.header_value_max, persistent=a.persistent)
 
-    def _mkdirs(self, transport: _Pusher, directory: str, force: bool = False) -> None:
+    def _mkdirs(self, transport: Transport, directory: str, force: bool = False) -> None:
         if not directory or directory == "/":
             return
         with self._lock:
             known = directory in self._made_dirs
         if known and not force:
             return
-        mkdirs = getattr(transport, "mkdirs", None)
-        if mkdirs is not None:
-            mkdirs(directory)
+        if transport.features.mkdirs:
+            transport.mkdirs(directory)
         with self._lock:
             self._made_dirs.add(directory)
 
     @staticmethod
-    def _verify(transport: _Pusher, path: str, size: int) -> None:
+    def _verify(transport: Transport, path: str, size: int) -> None:
         """Check the remote size before the rename: SFTP servers may fail pipelined writes
         (ENOSPC) without the client noticing, and a short file must never get its final name."""
-        stat = getattr(transport, "stat", None)
-        if stat is None:
-            return
-        got = stat(path).size
+        got = transport.stat(path).size
         if got != size:
             raise TransferError(f"{path}: remote has {got} of {size} bytes (remote disk full?)")
 
     @staticmethod
-    def _discard(transport: _Pusher, tmp: str) -> None:
+    def _discard(transport: Transport, tmp: str) -> None:
         """Remove a partial in-flight file (best effort: it may not exist)."""
+        if not transport.features.delete:
+            return
         try:
             transport.delete(tmp)
         except SarraError as e:
             log.debug("could not remove in-flight %s: %s", tmp, e)
 
-    def _transport(self) -> _Pusher:
-        transport: _Pusher | None = getattr(self._local, "transport", None)
+    def _transport(self) -> Transport:
+        transport: Transport | None = getattr(self._local, "transport", None)
         if transport is None:
             s = self.settings
-            made: Any = open_transport(
+            transport = open_transport(
                 s.destination,
                 credentials=s.credentials(s.destination),
                 timeout=s.timeout,
                 options=s.transport_options,
             )
-            transport = made
-            assert transport is not None
             self._local.transport = transport
             with self._lock:
                 self._all.append(transport)

@@ -4,9 +4,9 @@ Used for every transfer of at least :data:`DIRECT_MIN` bytes, whole files
 (:func:`sarra.flow.wholefile.download_to`) and blocks of multi-part files
 (:mod:`sarra.flow.partial`) alike:
 
-- the body is read into two page-aligned buffers in turn (``readinto`` where the transport
-  has ``get_into``; other transports' chunks are copied into them), so nothing is allocated
-  per chunk;
+- the body is read into two page-aligned buffers in turn (``readinto`` where the transport's
+  ``features.get_into`` says it can; other transports' chunks are copied into them), so
+  nothing is allocated per chunk;
 - a helper thread hashes chunk *k* while this thread writes it and reads *k+1* (hashlib
   releases the GIL on large buffers); chunks are hashed strictly in order;
 - the aligned part of each chunk is written with ``O_DIRECT`` (:class:`DirectWriter`): it goes
@@ -30,6 +30,7 @@ from contextlib import suppress
 from typing import Protocol, TypeVar
 
 from sarra.errors import IntegrityError, Interrupted, local_error
+from sarra.transfer.base import Transport
 
 _T = TypeVar("_T")
 
@@ -44,16 +45,12 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 RESERVE_MARGIN = 64 << 20
 
 
-class _Getter(Protocol):
-    def get(self, url: str, offset: int = 0, length: int | None = None) -> Iterable[bytes]: ...
-
-
 class _Hasher(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
 
 
 def aligned_chunks(
-    transport: _Getter, url: str, offset: int = 0, length: int | None = None
+    transport: Transport, url: str, offset: int = 0, length: int | None = None
 ) -> Iterator[memoryview]:
     """The body of ``url`` (from ``offset``, ``length`` bytes when given) in page-aligned
     buffers used in turn: a view stays valid for one more chunk (see
@@ -64,9 +61,8 @@ def aligned_chunks(
     # anonymous maps start on a page boundary, as direct I/O needs; they are unmapped when
     # the last view goes (never closed here: the hasher may still hold a view)
     buffers = [memoryview(mmap.mmap(-1, size)) for _ in range(2)]
-    get_into = getattr(transport, "get_into", None)
-    if get_into is not None:
-        return iter(get_into(url, buffers, offset, length))
+    if transport.features.get_into:
+        return iter(transport.get_into(url, buffers, offset, length))
     return copy_into(transport.get(url, offset, length), buffers)
 
 

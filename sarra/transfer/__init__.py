@@ -1,4 +1,4 @@
-"""Transports: file, http(s) and sftp behind one protocol, chosen by URL scheme.
+"""Transports: file, http(s) and sftp behind one contract, chosen by URL scheme.
 
 :func:`open_transport` builds the transport for a URL's origin from an explicit registry (a
 literal dict of scheme to factory). Nothing connects until the first operation, and the
@@ -9,12 +9,17 @@ made.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sarra.errors import PolicyRefused
+from sarra.errors import PolicyRefused, UnsupportedOperation
 from sarra.transfer.base import Features, RemoteStat, Transport
 from sarra.transfer.url import Origin, origin_of, retrieval_url, server_path
+
+if TYPE_CHECKING:
+    from sarra.config.credentials import Credential
 
 __all__ = [
     "FACTORIES",
@@ -22,37 +27,57 @@ __all__ = [
     "Origin",
     "RemoteStat",
     "Transport",
+    "TransportParams",
+    "UnsupportedOperation",
     "open_transport",
     "origin_of",
     "retrieval_url",
     "server_path",
 ]
 
-Factory = Callable[[str, object | None, float, Mapping[str, object]], Transport]
+
+@dataclass(frozen=True, slots=True)
+class TransportParams:
+    """Everything a factory needs besides the URL; each transport reads what applies to it."""
+
+    credentials: Credential | None = None
+    #: seconds for connects and each read
+    timeout: float = 30
+    #: https: check the server certificate (``tls_rigour lax`` turns this off)
+    tls_verify: bool = True
+    #: https: trusted CA certificates (default: the system's)
+    ca_file: str | None = None
+    #: sftp: ``known_hosts`` or ``state_dir``, ``strict_host_keys``, ``keepalive``
+    options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _file(
-    url: str, credentials: object | None, timeout: float, options: Mapping[str, object]
-) -> Transport:
+Factory = Callable[[str, TransportParams], Transport]
+
+
+def _file(url: str, params: TransportParams) -> Transport:
     from sarra.transfer.file import FileTransport
 
     return FileTransport()
 
 
-def _http(
-    url: str, credentials: object | None, timeout: float, options: Mapping[str, object]
-) -> Transport:
+def _http(url: str, params: TransportParams) -> Transport:
     from sarra.transfer.http import HttpTransport
 
-    return HttpTransport(url, credentials=credentials, timeout=timeout, options=options)
+    return HttpTransport(
+        url,
+        credentials=params.credentials,
+        timeout=params.timeout,
+        tls_verify=params.tls_verify,
+        ca_file=params.ca_file,
+    )
 
 
-def _sftp(
-    url: str, credentials: object | None, timeout: float, options: Mapping[str, object]
-) -> Transport:
+def _sftp(url: str, params: TransportParams) -> Transport:
     from sarra.transfer.sftp import SftpTransport
 
-    return SftpTransport(url, credentials=credentials, timeout=timeout, options=options)
+    return SftpTransport(
+        url, credentials=params.credentials, timeout=params.timeout, options=params.options
+    )
 
 
 #: Scheme -> factory. The one place that says which schemes we can transfer with.
@@ -69,19 +94,17 @@ FACTORIES: Mapping[str, Factory] = MappingProxyType(
 def open_transport(
     url: str,
     *,
-    credentials: object | None = None,
+    credentials: Credential | None = None,
     timeout: float = 30,
+    tls_verify: bool = True,
+    ca_file: str | None = None,
     options: Mapping[str, object] = MappingProxyType({}),
 ) -> Transport:
     """A new transport bound to the origin of ``url`` (not yet connected).
 
     Args:
         url: any URL of the origin; only scheme, user, host and port matter.
-        credentials: an object with optional attributes ``password``, ``ssh_keyfile``,
-            ``bearer_token``, ``tls_verify``, ``user`` (read with defaults).
-        timeout: seconds for connects and each read.
-        options: per-transport options (http: ``tls_verify``, ``ca_file``; sftp:
-            ``known_hosts`` or ``state_dir``, ``strict_host_keys``, ``keepalive``).
+        credentials, timeout, tls_verify, ca_file, options: see :class:`TransportParams`.
 
     Raises:
         PolicyRefused: no transport handles the URL's scheme.
@@ -90,4 +113,5 @@ def open_transport(
     factory = FACTORIES.get(scheme)
     if factory is None:
         raise PolicyRefused(f"no transport for scheme {scheme!r} ({url!r})")
-    return factory(url, credentials, timeout, options)
+    params = TransportParams(credentials, timeout, tls_verify, ca_file, options)
+    return factory(url, params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from io import BufferedReader
 
@@ -17,22 +18,27 @@ from sarra.errors import (
     IntegrityError,
     LocalError,
     NotFound,
+    PolicyRefused,
     TransferError,
+    TransportUnavailable,
     local_error,
 )
-from sarra.transfer.base import Features, RemoteStat
+from sarra.transfer.base import (
+    Features,
+    RemoteStat,
+    Transport,
+    check_range,
+    check_sent,
+    confined,
+    copy_range,
+    read_range,
+)
 from sarra.transfer.url import server_path
 
-CHUNK_SIZE = 1 << 20
+#: a URL scheme prefix (``http:``...): not a plain path
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
-
-
-def _path(url_or_path: str) -> str:
-    path = server_path(url_or_path) if url_or_path.startswith("file:") else url_or_path
-    if not os.path.isabs(path):
-        raise ValueError(f"file transport needs an absolute path, got {url_or_path!r}")
-    return path
 
 
 def _translate(err: OSError, what: str) -> TransferError | LocalError:
@@ -46,13 +52,27 @@ def _translate(err: OSError, what: str) -> TransferError | LocalError:
     return failure
 
 
-class FileTransport:
+class FileTransport(Transport):
     """Reads (and writes) local files; it has no connection to keep."""
 
-    features = Features(ranged_get=True, put=True, rename=True, delete=True, listing=False)
+    features = Features(ranges=True, put=True, rename=True, delete=True, mkdirs=True)
 
     def __init__(self) -> None:
         self._closed = False
+
+    def _path(self, url_or_path: str) -> str:
+        """The confined absolute path a ``file:`` URL or plain path names."""
+        if self._closed:
+            raise TransportUnavailable("file: transport is closed")
+        if url_or_path.startswith("file:"):
+            path = server_path(url_or_path)
+        elif _SCHEME.match(url_or_path):
+            raise PolicyRefused(f"{url_or_path!r} is not a file: URL")
+        else:
+            path = url_or_path
+        if not os.path.isabs(path):
+            raise ValueError(f"file transport needs an absolute path, got {url_or_path!r}")
+        return confined(path, "file")
 
     def get(self, url: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Yield the bytes of the file from ``offset``; exactly ``length`` bytes when given.
@@ -60,7 +80,8 @@ class FileTransport:
         Raises NotFound when the file is missing (at call time), IntegrityError when it is
         shorter than the range asked for.
         """
-        path = _path(url)
+        check_range(offset, length)
+        path = self._path(url)
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
         except OSError as err:
@@ -72,26 +93,20 @@ class FileTransport:
         handle: BufferedReader, path: str, offset: int, length: int | None
     ) -> Iterator[bytes]:
         with handle as f:
+            got = 0
             try:
-                f.seek(offset)
-                remaining = length
-                while remaining is None or remaining > 0:
-                    want = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
-                    data = f.read(want)
-                    if not data:
-                        break
-                    if remaining is not None:
-                        remaining -= len(data)
+                for data in read_range(f, offset, length):
+                    got += len(data)
                     yield data
             except OSError as err:
                 raise _translate(err, path) from err
-            if remaining:
+            if length is not None and got < length:
                 raise IntegrityError(
-                    f"{path}: {remaining} bytes short of the {length} asked at offset {offset}"
+                    f"{path}: {length - got} bytes short of the {length} asked at offset {offset}"
                 )
 
     def stat(self, url: str) -> RemoteStat:
-        path = _path(url)
+        path = self._path(url)
         try:
             st = os.stat(path)
         except OSError as err:
@@ -103,38 +118,31 @@ class FileTransport:
     ) -> int:
         """Copy bytes of ``local_path`` (from ``offset``) into ``remote_path`` at ``offset``.
 
-        The target is created if missing and never truncated, so parts can land in any order.
-        Returns the number of bytes written.
+        A whole-file put (offset 0, no length) replaces the target; a ranged put creates it
+        if missing and never truncates it, so parts can land in any order. Returns the
+        number of bytes written.
         """
-        target = _path(remote_path)
-        sent = 0
+        check_range(offset, length)
+        target = self._path(remote_path)
         try:
             with open(local_path, "rb") as src:
-                src.seek(offset)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+                whole = offset == 0 and length is None
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if whole else 0)
+                fd = os.open(target, flags, 0o644)
                 with os.fdopen(fd, "wb") as dst:
-                    dst.seek(offset)
-                    while length is None or sent < length:
-                        want = CHUNK_SIZE if length is None else min(CHUNK_SIZE, length - sent)
-                        data = src.read(want)
-                        if not data:
-                            break
-                        dst.write(data)
-                        sent += len(data)
+                    sent = copy_range(src, dst, offset, length)
         except OSError as err:
             raise _translate(err, target) from err
-        if length is not None and sent != length:
-            raise LocalError(f"{local_path}: only {sent} of {length} bytes at offset {offset}")
-        return sent
+        return check_sent(local_path, sent, offset, length)
 
     def rename(self, old: str, new: str) -> None:
         try:
-            os.replace(_path(old), _path(new))
+            os.replace(self._path(old), self._path(new))
         except OSError as err:
             raise _translate(err, old) from err
 
     def delete(self, remote_path: str) -> None:
-        path = _path(remote_path)
+        path = self._path(remote_path)
         try:
             if os.path.isdir(path) and not os.path.islink(path):
                 os.rmdir(path)
@@ -145,7 +153,7 @@ class FileTransport:
 
     def mkdirs(self, remote_path: str) -> None:
         """Create a directory and its parents; an existing directory is fine."""
-        path = _path(remote_path)
+        path = self._path(remote_path)
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as err:

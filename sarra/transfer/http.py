@@ -18,16 +18,33 @@ import http.client
 import re
 import socket
 import ssl
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
-from sarra.errors import IntegrityError, NotFound, TransferError, TransportUnavailable
-from sarra.transfer.base import Features, RemoteStat
+from sarra.errors import (
+    AuthenticationFailed,
+    IntegrityError,
+    NotFound,
+    PolicyRefused,
+    TransferError,
+    TransportUnavailable,
+)
+from sarra.transfer.base import (
+    CHUNK_SIZE,
+    Features,
+    RemoteStat,
+    Transport,
+    bound_origin,
+    check_range,
+    confined,
+)
 from sarra.transfer.url import Origin, origin_of, request_target
 
-CHUNK_SIZE = 1 << 20
+if TYPE_CHECKING:
+    from sarra.config.credentials import Credential
 
 #: Failures that mean a kept-alive connection was closed by the server while idle.
 _DROPPED = (
@@ -98,6 +115,8 @@ def _status_error(status: int, reason: str, what: str) -> TransferError:
     message = f"{what}: HTTP {status} {reason}"
     if status in (404, 410):
         return NotFound(message)
+    if status == 401:
+        return AuthenticationFailed(message)
     if status == 416:
         return IntegrityError(message)
     error = TransferError(message)
@@ -105,43 +124,35 @@ def _status_error(status: int, reason: str, what: str) -> TransferError:
     return error
 
 
-class HttpTransport:
-    """Fetches from one HTTP(S) origin over one persistent connection.
+class HttpTransport(Transport):
+    """Fetches from one HTTP(S) origin over one persistent connection (read only).
 
     Args:
         url: any URL of the origin (scheme, host, port); its path is ignored.
-        credentials: any object; optional attributes ``password`` (Basic auth with the URL's
-            user, or ``user``/``username`` of the object), ``bearer_token`` (preferred over
-            Basic when set), ``tls_verify`` (default True).
+        credentials: its ``bearer_token`` (preferred when set) or ``password`` (Basic auth
+            with the URL's user, else the credential's) is sent with every request.
         timeout: socket timeout in seconds for connect and each read.
-        options: ``tls_verify`` (bool, overrides the credential's), ``ca_file`` (path of
-            trusted certificates for https).
+        tls_verify: https only: check the server's certificate chain and host name.
+        ca_file: https only: file of trusted CA certificates (default: the system's).
 
     Attributes:
         connections_made: number of TCP connections opened so far (reuse is observable).
     """
 
-    features = Features(ranged_get=True, put=False, rename=False, delete=False, listing=False)
+    features = Features(ranges=True, get_into=True)
 
     def __init__(
         self,
         url: str,
         *,
-        credentials: object | None = None,
+        credentials: Credential | None = None,
         timeout: float = 30,
-        options: Mapping[str, object] = {},
+        tls_verify: bool = True,
+        ca_file: str | None = None,
     ) -> None:
-        self.origin: Origin = origin_of(url)
-        if self.origin.scheme not in ("http", "https"):
-            raise ValueError(f"HttpTransport cannot handle {url!r}")
+        self.origin: Origin = bound_origin(url, ("http", "https"), type(self).__name__)
         self._timeout = timeout
-        verify = bool(options.get("tls_verify", getattr(credentials, "tls_verify", True)))
-        ca_file = options.get("ca_file")
-        self._tls = (
-            _tls_context(verify, str(ca_file) if ca_file else None)
-            if self.origin.scheme == "https"
-            else None
-        )
+        self._tls = _tls_context(tls_verify, ca_file) if self.origin.scheme == "https" else None
         self._auth = self._authorization(credentials)
         self._counter = _Counter()
         self._conn: http.client.HTTPConnection | None = None
@@ -154,19 +165,15 @@ class HttpTransport:
     def connections_made(self) -> int:
         return self._counter.value
 
-    def _authorization(self, credentials: object | None) -> str | None:
-        token = getattr(credentials, "bearer_token", None)
-        if token:
-            return f"Bearer {token}"
-        password = getattr(credentials, "password", None)
+    def _authorization(self, credentials: Credential | None) -> str | None:
+        if credentials is None:
+            return None
+        if credentials.bearer_token:
+            return f"Bearer {credentials.bearer_token}"
+        password = credentials.password
         if password is None:
             return None
-        user = (
-            self.origin.user
-            or getattr(credentials, "user", None)
-            or getattr(credentials, "username", None)
-            or ""
-        )
+        user = self.origin.user or credentials.user or ""
         raw = f"{user}:{password}".encode()
         return f"Basic {base64.b64encode(raw).decode('ascii')}"
 
@@ -207,7 +214,8 @@ class HttpTransport:
             self.origin.host,
             self.origin.port,
         ):
-            raise ValueError(f"{url!r} is not on this transport's origin {self.origin}")
+            raise PolicyRefused(f"{url!r} is not on this transport's origin {self.origin}")
+        confined(unquote(urlsplit(url).path), f"{method} {url}")
         target = request_target(url)
         headers = {"User-Agent": _USER_AGENT, **headers}
         if self._auth is not None:
@@ -280,8 +288,7 @@ class HttpTransport:
         self, url: str, offset: int, length: int | None
     ) -> tuple[http.client.HTTPResponse, _Body] | None:
         """Send the GET and check its status and headers; None when nothing is asked for."""
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"bad range offset={offset} length={length}")
+        check_range(offset, length)
         if length == 0:
             return None
         ranged = offset > 0 or length is not None
@@ -443,17 +450,6 @@ class HttpTransport:
                 mtime = None
         return RemoteStat(size=int(declared), mtime=mtime)
 
-    def put(
-        self, local_path: str, remote_path: str, offset: int = 0, length: int | None = None
-    ) -> int:
-        raise TransferError(f"{self.origin}: HTTP transport cannot put")
-
-    def rename(self, old: str, new: str) -> None:
-        raise TransferError(f"{self.origin}: HTTP transport cannot rename")
-
-    def delete(self, remote_path: str) -> None:
-        raise TransferError(f"{self.origin}: HTTP transport cannot delete")
-
     def close(self) -> None:
         self._drop()
         self._closed = True
@@ -466,9 +462,3 @@ class HttpTransport:
             # shutdown, not close: it wakes a thread blocked reading this socket
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> HttpTransport:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -23,22 +23,36 @@ import getpass
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import paramiko
 
 from sarra.errors import (
+    AuthenticationFailed,
     IntegrityError,
     LocalError,
     NotFound,
+    PolicyRefused,
     SarraError,
     TransferError,
     TransportUnavailable,
 )
-from sarra.transfer.base import Features, RemoteStat
+from sarra.transfer.base import (
+    CHUNK_SIZE,
+    Features,
+    RemoteStat,
+    Transport,
+    bound_origin,
+    check_range,
+    check_sent,
+    confined,
+    copy_range,
+)
 from sarra.transfer.url import Origin, origin_of, server_path
 
-CHUNK_SIZE = 1 << 20
+if TYPE_CHECKING:
+    from sarra.config.credentials import Credential
+
 #: Bytes requested ahead of the reader: bounds memory while keeping the pipe full.
 WINDOW_CHUNKS = 8
 
@@ -46,13 +60,13 @@ _T = TypeVar("_T")
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, socket.error)
 
 
-class SftpTransport:
+class SftpTransport(Transport):
     """Reads and writes files on one SFTP origin over one persistent session.
 
     Args:
         url: any URL of the origin (``sftp://[user@]host[:port]``); the path is ignored.
-        credentials: any object; optional attributes ``ssh_keyfile`` (private key file),
-            ``password`` (password, or key passphrase with a key file), ``user``.
+        credentials: its ``ssh_keyfile`` (private key file), ``password`` (password, or key
+            passphrase with a key file) and ``user`` (when the URL names none) are used.
         timeout: seconds for connecting, authenticating and each channel read.
         options: ``known_hosts`` (path; default ``<state_dir>/known_hosts`` when the option
             ``state_dir`` is given), ``strict_host_keys`` (bool), ``keepalive`` (seconds).
@@ -61,26 +75,21 @@ class SftpTransport:
         connections_made: sessions opened so far.
     """
 
-    features = Features(ranged_get=True, put=True, rename=True, delete=True, listing=False)
+    features = Features(ranges=True, put=True, rename=True, delete=True, mkdirs=True)
 
     def __init__(
         self,
         url: str,
         *,
-        credentials: object | None = None,
+        credentials: Credential | None = None,
         timeout: float = 30,
         options: Mapping[str, object] = {},
     ) -> None:
-        self.origin: Origin = origin_of(url)
-        if self.origin.scheme != "sftp":
-            raise ValueError(f"SftpTransport cannot handle {url!r}")
-        self._user = self.origin.user or str(
-            getattr(credentials, "user", None) or getpass.getuser()
-        )
-        keyfile = getattr(credentials, "ssh_keyfile", None)
-        self._keyfile = str(keyfile) if keyfile else None
-        password = getattr(credentials, "password", None)
-        self._password = str(password) if password is not None else None
+        self.origin: Origin = bound_origin(url, ("sftp",), type(self).__name__)
+        cred_user = credentials.user if credentials is not None else None
+        self._user = self.origin.user or cred_user or getpass.getuser()
+        self._keyfile = credentials.ssh_keyfile if credentials is not None else None
+        self._password = credentials.password if credentials is not None else None
         self._timeout = timeout
         known_hosts = options.get("known_hosts")
         if not known_hosts and options.get("state_dir"):
@@ -137,9 +146,7 @@ class SftpTransport:
             raise failure from err
         except paramiko.AuthenticationException as err:
             client.close()
-            failure = TransferError(f"{where}: authentication failed: {err}")
-            failure.retryable = False
-            raise failure from err
+            raise AuthenticationFailed(f"{where}: authentication failed: {err}") from err
         except (*_CONNECTION_ERRORS, OSError) as err:
             client.close()
             raise TransportUnavailable(f"{where}: cannot connect: {err}") from err
@@ -209,13 +216,15 @@ class SftpTransport:
 
     def _path(self, url_or_path: str) -> str:
         if "://" not in url_or_path:
-            return url_or_path
+            return confined(url_or_path, f"{self.origin}")
         other = origin_of(url_or_path)
-        if (other.host, other.port) != (self.origin.host, self.origin.port) or (
-            other.user and other.user != self._user
-        ):
-            raise ValueError(f"{url_or_path!r} is not on this transport's origin {self.origin}")
-        return server_path(url_or_path)
+        if (other.scheme, other.host, other.port) != (
+            self.origin.scheme,
+            self.origin.host,
+            self.origin.port,
+        ) or (other.user and other.user != self._user):
+            raise PolicyRefused(f"{url_or_path!r} is not on this transport's origin {self.origin}")
+        return confined(server_path(url_or_path), f"{self.origin}")
 
     # -- operations ---------------------------------------------------------------------
 
@@ -225,8 +234,7 @@ class SftpTransport:
         The file is opened (and NotFound raised) before this returns. Reads are pipelined a
         window ahead. A file shorter than the range raises IntegrityError while iterating.
         """
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"bad range offset={offset} length={length}")
+        check_range(offset, length)
         path = self._path(url)
         what = f"get {self.origin}{path if path.startswith('/') else '/~/' + path}"
 
@@ -295,6 +303,7 @@ class SftpTransport:
         Raises LocalError when the local file cannot be read or is shorter than asked,
         NotFound when the remote directory is missing, TransferError, TransportUnavailable.
         """
+        check_range(offset, length)
         path = self._path(remote_path)
         whole = offset == 0 and length is None
 
@@ -305,16 +314,7 @@ class SftpTransport:
                 raise LocalError(f"put: cannot read {local_path}: {err.strerror}") from err
             with source, self._open_for_write(sftp, path, whole) as remote:
                 remote.set_pipelined(True)
-                source.seek(offset)
-                remote.seek(offset)
-                sent = 0
-                while length is None or sent < length:
-                    want = CHUNK_SIZE if length is None else min(CHUNK_SIZE, length - sent)
-                    data = source.read(want)
-                    if not data:
-                        break
-                    remote.write(data)
-                    sent += len(data)
+                sent = copy_range(source, remote, offset, length)
             # paramiko drops the server's error replies to pipelined writes (a full disk
             # shows up only as a short file): check what really landed
             landed = sftp.stat(path).st_size or 0
@@ -327,9 +327,7 @@ class SftpTransport:
             return sent
 
         sent = self._run(f"put {path}", send, idempotent=True)
-        if length is not None and sent != length:
-            raise LocalError(f"put: {local_path} has only {sent} of {length} bytes at {offset}")
-        return sent
+        return check_sent(local_path, sent, offset, length)
 
     @staticmethod
     def _open_for_write(sftp: paramiko.SFTPClient, path: str, whole: bool) -> paramiko.SFTPFile:
@@ -419,9 +417,3 @@ class SftpTransport:
             # shutdown wakes paramiko's reader thread, which fails the blocked SFTP request
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> SftpTransport:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -1,8 +1,9 @@
 """Throwaway HTTP servers for the test suite (a pytest plugin).
 
-``nginx``: a real nginx on a free loopback port (plain HTTP, and HTTPS with a self-signed
-certificate), serving ``root``. ``broken_http``: a small Python server whose behaviour is
-chosen by path prefix, for fault tests:
+``nginx``: a real nginx on a free loopback port (plain HTTP, and HTTPS with a certificate
+signed by a throwaway test CA, ``ca_file``), serving ``root``; everything under ``/private/``
+needs HTTP Basic auth as ``auth_user``/``auth_password``. ``broken_http``: a small Python
+server whose behaviour is chosen by path prefix, for fault tests:
 
 * ``/norange/<path>``: ignores Range and answers 200 with the whole file;
 * ``/truncate/<path>``: headers as usual (200 or 206) but only half the body, then closes;
@@ -66,6 +67,8 @@ class Nginx:
     tls_port: int
     root: Path
     ca_file: Path
+    auth_user: str = "tester"
+    auth_password: str = "open sesame"
 
     @property
     def base_url(self) -> str:
@@ -100,22 +103,47 @@ http {{
         ssl_certificate {dir}/cert.pem;
         ssl_certificate_key {dir}/key.pem;
         root {www};
+        location /private/ {{
+            auth_basic "sarra test";
+            auth_basic_user_file {dir}/htpasswd;
+        }}
     }}
 }}
 """
 
 
-def _self_signed(directory: Path) -> None:
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec",
-            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
+def _openssl(*args: str) -> str:
+    done = subprocess.run(["openssl", *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def _test_ca_and_server_cert(directory: Path) -> None:
+    """``ca.pem`` (a throwaway CA) and ``cert.pem``/``key.pem`` for 127.0.0.1 signed by it."""
+    d = str(directory)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        "req", "-x509", *ec, "-days", "2", "-subj", "/CN=sarra test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem",
     )  # fmt: skip
+    _openssl(
+        "req", "-new", *ec, "-subj", "/CN=127.0.0.1",
+        "-keyout", f"{d}/key.pem", "-out", f"{d}/server.csr",
+    )  # fmt: skip
+    (directory / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", f"{d}/server.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", f"{d}/server.ext", "-out", f"{d}/cert.pem",
+    )  # fmt: skip
+
+
+def _htpasswd(directory: Path, user: str, password: str) -> None:
+    hashed = _openssl("passwd", "-apr1", password).strip()
+    (directory / "htpasswd").write_text(f"{user}:{hashed}\n")
 
 
 def start_nginx(directory: Path, www: Path | None = None) -> tuple[Nginx, Callable[[], None]]:
@@ -131,7 +159,8 @@ def start_nginx(directory: Path, www: Path | None = None) -> tuple[Nginx, Callab
     root = www if www is not None else directory / "www"
     root.mkdir(parents=True, exist_ok=True)
     (directory / "tmp").mkdir(exist_ok=True)
-    _self_signed(directory)
+    _test_ca_and_server_cert(directory)
+    _htpasswd(directory, Nginx.auth_user, Nginx.auth_password)
     port, tls_port = free_port(), free_port()
     conf = directory / "nginx.conf"
     conf.write_text(_NGINX_CONF.format(dir=directory, www=root, port=port, tls_port=tls_port))
@@ -157,7 +186,7 @@ def start_nginx(directory: Path, www: Path | None = None) -> tuple[Nginx, Callab
     except BaseException:
         stop()
         raise
-    return Nginx(port, tls_port, root, directory / "cert.pem"), stop
+    return Nginx(port, tls_port, root, directory / "ca.pem"), stop
 
 
 @pytest.fixture(scope="session")
