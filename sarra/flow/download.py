@@ -27,11 +27,12 @@ from sarra.flow.partial import PartReceiver
 from sarra.flow.wholefile import download_to, is_unchanged
 from sarra.flow.work import Staged, WorkItem
 from sarra.localfs.confined import SafeRoot
-from sarra.localfs.streaming import DIRECT_MIN, aligned_chunks, interruptible
+from sarra.localfs.streaming import DIRECT_MIN, interruptible
 from sarra.notice import Notice
 from sarra.parts.tracker import DEFAULT_EXPIRY
 from sarra.transfer import open_transport
 from sarra.transfer.base import Transport
+from sarra.transfer.chunks import aligned_chunks
 from sarra.transfer.url import origin_of, retrieval_url
 
 if TYPE_CHECKING:

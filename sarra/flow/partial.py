@@ -24,11 +24,12 @@ from sarra.flow.wholefile import download_to
 from sarra.flow.work import PartState, WorkItem
 from sarra.integrity.sums import new_hasher
 from sarra.localfs.confined import SafeRoot
-from sarra.localfs.streaming import DIRECT_MIN, aligned_chunks, interruptible, stream
+from sarra.localfs.streaming import DIRECT_MIN, interruptible, stream
 from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
 from sarra.parts.tracker import DEFAULT_EXPIRY, Marked, MarkStatus, PartTracker, Ticket
 from sarra.transfer.base import Transport
+from sarra.transfer.chunks import aligned_chunks
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ def download_to(
     it is exceeded); from :data:`~sarra.localfs.streaming.DIRECT_MIN` bytes on, the file's space
     is reserved when the first bytes arrive, if the free space allows
     (:func:`~sarra.localfs.streaming.reserve`), and the chunks (best given page-aligned, see
-    :func:`~sarra.localfs.streaming.aligned_chunks`) are written by direct I/O while a helper
+    :func:`~sarra.transfer.chunks.aligned_chunks`) are written by direct I/O while a helper
     thread hashes them. ``progress`` gets the byte count after each chunk. On success the file
     is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
     ``sync_dir`` false the caller must call ``root.sync_dirs()`` before relying on it).

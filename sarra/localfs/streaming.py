@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,6 @@ from contextlib import suppress
 from typing import Protocol, TypeVar
 
 from sarra.errors import IntegrityError, Interrupted, local_error
-from sarra.transfer.base import Transport
 
 _T = TypeVar("_T")
 
@@ -47,23 +45,6 @@ RESERVE_MARGIN = 64 << 20
 
 class _Hasher(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
-
-
-def aligned_chunks(
-    transport: Transport, url: str, offset: int = 0, length: int | None = None
-) -> Iterator[memoryview]:
-    """The body of ``url`` (from ``offset``, ``length`` bytes when given) in page-aligned
-    buffers used in turn: a view stays valid for one more chunk (see
-    :meth:`sarra.transfer.http.HttpTransport.get_into`)."""
-    size = BUFFER_SIZE
-    if length is not None:
-        size = min(size, max(DIRECT_ALIGN, -(-length // DIRECT_ALIGN) * DIRECT_ALIGN))
-    # anonymous maps start on a page boundary, as direct I/O needs; they are unmapped when
-    # the last view goes (never closed here: the hasher may still hold a view)
-    buffers = [memoryview(mmap.mmap(-1, size)) for _ in range(2)]
-    if transport.features.get_into:
-        return iter(transport.get_into(url, buffers, offset, length))
-    return copy_into(transport.get(url, offset, length), buffers)
 
 
 def copy_into(chunks: Iterable[bytes], buffers: list[memoryview]) -> Iterator[memoryview]:

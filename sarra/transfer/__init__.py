@@ -11,15 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sarra.errors import PolicyRefused, UnsupportedOperation
-from sarra.transfer.base import Features, RemoteStat, Transport
+from sarra.transfer.base import Features, Login, RemoteStat, Transport
 from sarra.transfer.url import Origin, origin_of, retrieval_url, server_path
-
-if TYPE_CHECKING:
-    from sarra.config.credentials import Credential
 
 __all__ = [
     "FACTORIES",
@@ -40,7 +36,7 @@ __all__ = [
 class TransportParams:
     """Everything a factory needs besides the URL; each transport reads what applies to it."""
 
-    credentials: Credential | None = None
+    credentials: Login | None = None
     #: seconds for connects and each read
     timeout: float = 30
     #: https: check the server certificate (``tls_rigour lax`` turns this off)
@@ -94,7 +90,7 @@ FACTORIES: Mapping[str, Factory] = MappingProxyType(
 def open_transport(
     url: str,
     *,
-    credentials: Credential | None = None,
+    credentials: Login | None = None,
     timeout: float = 30,
     tls_verify: bool = True,
     ca_file: str | None = None,

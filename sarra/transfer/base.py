@@ -50,6 +50,23 @@ class Features:
 OPTIONAL_OPERATIONS = ("get_into", "put", "rename", "delete", "mkdirs")
 
 
+class Login(Protocol):
+    """What a transport reads of one credentials line (``sarra.config.credentials.Credential``
+    is the implementation; the transfer layer sits below config and names only this)."""
+
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def password(self) -> str | None: ...
+
+    @property
+    def ssh_keyfile(self) -> str | None: ...
+
+    @property
+    def bearer_token(self) -> str | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteStat:
     size: int

@@ -21,7 +21,6 @@ import ssl
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from sarra.errors import (
@@ -35,6 +34,7 @@ from sarra.errors import (
 from sarra.transfer.base import (
     CHUNK_SIZE,
     Features,
+    Login,
     RemoteStat,
     Transport,
     bound_origin,
@@ -42,9 +42,6 @@ from sarra.transfer.base import (
     confined,
 )
 from sarra.transfer.url import Origin, origin_of, request_target
-
-if TYPE_CHECKING:
-    from sarra.config.credentials import Credential
 
 #: Failures that mean a kept-alive connection was closed by the server while idle.
 _DROPPED = (
@@ -145,7 +142,7 @@ class HttpTransport(Transport):
         self,
         url: str,
         *,
-        credentials: Credential | None = None,
+        credentials: Login | None = None,
         timeout: float = 30,
         tls_verify: bool = True,
         ca_file: str | None = None,
@@ -165,7 +162,7 @@ class HttpTransport(Transport):
     def connections_made(self) -> int:
         return self._counter.value
 
-    def _authorization(self, credentials: Credential | None) -> str | None:
+    def _authorization(self, credentials: Login | None) -> str | None:
         if credentials is None:
             return None
         if credentials.bearer_token:

@@ -23,7 +23,7 @@ import getpass
 import os
 import socket
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import paramiko
 
@@ -40,6 +40,7 @@ from sarra.errors import (
 from sarra.transfer.base import (
     CHUNK_SIZE,
     Features,
+    Login,
     RemoteStat,
     Transport,
     bound_origin,
@@ -49,9 +50,6 @@ from sarra.transfer.base import (
     copy_range,
 )
 from sarra.transfer.url import Origin, origin_of, server_path
-
-if TYPE_CHECKING:
-    from sarra.config.credentials import Credential
 
 #: Bytes requested ahead of the reader: bounds memory while keeping the pipe full.
 WINDOW_CHUNKS = 8
@@ -81,7 +79,7 @@ class SftpTransport(Transport):
         self,
         url: str,
         *,
-        credentials: Credential | None = None,
+        credentials: Login | None = None,
         timeout: float = 30,
         options: Mapping[str, object] = {},
     ) -> None:

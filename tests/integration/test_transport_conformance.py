@@ -27,9 +27,9 @@ from sarra.errors import (
     TransportUnavailable,
     UnsupportedOperation,
 )
-from sarra.flow.streaming import aligned_chunks
 from sarra.transfer import Transport, open_transport
 from sarra.transfer.base import CHUNK_SIZE, OPTIONAL_OPERATIONS
+from sarra.transfer.chunks import aligned_chunks
 from sarra.transfer.url import retrieval_url
 from tests.servers.nginx import Nginx, free_port
 from tests.servers.sshd import Sshd
