@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
-from sarra.broker.base import Delivery, QueueSpec
-from sarra.broker.session import BrokerSession, backoff_delays
+from sarra.broker.base import Broker, Delivery, QueueSpec
+from sarra.broker.session import backoff_delays
 from sarra.codec import v02
 from sarra.codec.salvage import report_for_undecodable
 from sarra.errors import (
@@ -106,7 +106,7 @@ class ConsumingLoop:
 
     def __init__(
         self,
-        session: BrokerSession,
+        session: Broker,
         settings: LoopSettings,
         reports: ReportSettings,
         select: Selector,
@@ -118,7 +118,7 @@ class ConsumingLoop:
         before_settle: Callable[[], None] | None = None,
         commit_batch: Callable[[list[WorkItem]], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
-        post_session: BrokerSession | None = None,
+        post_session: Broker | None = None,
         heartbeat: Callable[[str], None] | None = None,
         abort: Callable[[], None] | None = None,
     ) -> None:
