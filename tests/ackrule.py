@@ -81,6 +81,8 @@ class Recorder:
         self._lock = threading.Lock()
         self.events: list[Event] = []
         self._fail: set[tuple[str, str]] = set()  # (kind, name): fail the next such publish
+        #: notices in the component's queue once it stopped (unacked ones are requeued)
+        self.left_in_queue = -1
 
     def record(self, kind: str, name: str, redelivered: bool = False) -> None:
         with self._lock:
@@ -422,6 +424,14 @@ def run_scenario(scenario: Scenario, backend: Backend, tmp: Path) -> Recorder:
                 finally:
                     pub.close()
                 _wait(lambda: ACK in recorder.kinds(name), f"the ack of {name} ({scenario.id})")
+            # stopped: whatever it left unacked went back to its queue
+            queue = component.queue_name(cfg, 0)
+            check = backend.publisher(site.broker_url())
+            check.connect()
+            try:
+                recorder.left_in_queue = check.queue_counts(queue)[0]
+            finally:
+                check.close()
     return recorder
 
 
@@ -430,6 +440,7 @@ def check_scenario(scenario: Scenario, recorder: Recorder) -> None:
     rig = RIGS[scenario.component]
     events = recorder.of("f.bin")
     kinds = [e.kind for e in events]
+    assert recorder.left_in_queue == 0
     assert kinds.count(ACK) == 1, kinds
     ack = kinds.index(ACK)
     assert DELIVER not in kinds[ack:], kinds
