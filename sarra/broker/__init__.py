@@ -4,7 +4,7 @@ See :mod:`sarra.broker.base` for the data types and :mod:`sarra.broker.session` 
 connection model (generations, confirms, error translation).
 """
 
-from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
+from sarra.broker.base import Broker, BrokerUrl, Delivery, QueueSpec
 from sarra.broker.session import BrokerSession, backoff_delays
 
-__all__ = ["BrokerSession", "BrokerUrl", "Delivery", "QueueSpec", "backoff_delays"]
+__all__ = ["Broker", "BrokerSession", "BrokerUrl", "Delivery", "QueueSpec", "backoff_delays"]

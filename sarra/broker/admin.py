@@ -1,6 +1,6 @@
 """Declarations and clean-up used by the ``declare`` and ``cleanup`` verbs.
 
-Thin helpers over :class:`~sarra.broker.session.BrokerSession`: they add logging and the
+Thin helpers over :class:`~sarra.broker.base.Broker`: they add logging and the
 order of operations (exchanges before the queues bound to them), nothing else.
 """
 
@@ -9,21 +9,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from sarra.broker.base import QueueSpec
-from sarra.broker.session import BrokerSession
+from sarra.broker.base import Broker, QueueSpec
 from sarra.errors import AccessRefused
 
 log = logging.getLogger(__name__)
 
 
-def declare_exchanges(session: BrokerSession, names: Iterable[str]) -> None:
+def declare_exchanges(session: Broker, names: Iterable[str]) -> None:
     """Declare each exchange (topic, durable); AccessRefused when the user may not."""
     for name in names:
         session.declare_exchange(name)
         log.info("declared exchange %s", name)
 
 
-def ensure_exchanges(session: BrokerSession, names: Iterable[str]) -> None:
+def ensure_exchanges(session: Broker, names: Iterable[str]) -> None:
     """Declare the exchanges a configuration uses, when the broker lets this user do so.
 
     On a pump, exchanges usually belong to the administrator and an ordinary user may not
@@ -37,7 +36,7 @@ def ensure_exchanges(session: BrokerSession, names: Iterable[str]) -> None:
             log.debug("not allowed to declare exchange %s; assuming it exists", name)
 
 
-def declare_and_bind(session: BrokerSession, spec: QueueSpec) -> tuple[int, int]:
+def declare_and_bind(session: Broker, spec: QueueSpec) -> tuple[int, int]:
     """Declare the queue and its bindings; return its (message, consumer) counts."""
     counts = session.declare_queue(spec)
     for exchange, key in spec.bindings:
@@ -46,7 +45,7 @@ def declare_and_bind(session: BrokerSession, spec: QueueSpec) -> tuple[int, int]
     return counts
 
 
-def cleanup_queue(session: BrokerSession, name: str) -> None:
+def cleanup_queue(session: Broker, name: str) -> None:
     """Delete the queue (a missing queue is not an error: RabbitMQ deletes idempotently)."""
     session.delete_queue(name)
     log.info("deleted queue %s", name)

@@ -1,6 +1,6 @@
 """Contract of the broker package: one AMQP session owned by one thread.
 
-The flow's thread owns a :class:`~sarra.broker.session.BrokerSession`; it alone consumes,
+The flow's thread owns a :class:`Broker` session; it alone consumes,
 acks and publishes. Deliveries remember the connection *generation* they came from, so an
 ack after a reconnect is dropped (the broker redelivers) instead of being sent on a stale
 delivery tag.
@@ -8,7 +8,9 @@ delivery tag.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sarra.notice import WireMessage
 
@@ -50,3 +52,78 @@ class Delivery:
     delivery_tag: int
     generation: int
     redelivered: bool = False
+
+
+class Broker(Protocol):
+    """What the flows and the runner call on a broker session.
+
+    :class:`~sarra.broker.session.BrokerSession` is the AMQP implementation and
+    :class:`~sarra.broker.memory.MemorySession` the in-memory double for tests; code that
+    consumes or publishes is typed against this protocol, never a concrete session. Every
+    method may raise :class:`~sarra.errors.BrokerError` (:class:`~sarra.errors.AccessRefused`
+    for a refused permission, :class:`~sarra.errors.BrokerNotFound` for a missing entity).
+    """
+
+    @property
+    def url(self) -> BrokerUrl: ...
+
+    @property
+    def generation(self) -> int:
+        """Incremented at every successful (re)connect; deliveries of an older one are
+        stale (their ack or reject is dropped, the broker redelivers them)."""
+        ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    def connect(self) -> None:
+        """(Re)connect and re-establish remembered consumers (their queues re-declared)."""
+        ...
+
+    def connect_with_backoff(self, max_wait: float | None = None) -> None:
+        """:meth:`connect` until it succeeds; after ``max_wait`` s the last error is raised."""
+        ...
+
+    def close(self) -> None:
+        """Close (errors ignored); remembered consumers are kept for the next connect."""
+        ...
+
+    def declare_exchange(self, name: str, durable: bool = True) -> None: ...
+
+    def declare_queue(self, spec: QueueSpec) -> tuple[int, int]:
+        """Declare and bind ``spec``; return its (messages ready, consumers)."""
+        ...
+
+    def queue_exists(self, name: str) -> bool: ...
+
+    def queue_counts(self, name: str) -> tuple[int, int]: ...
+
+    def take_created_queues(self) -> list[str]:
+        """Queues found missing (then created) since the last call."""
+        ...
+
+    def delete_queue(self, name: str) -> None: ...
+
+    def delete_exchange(self, name: str) -> None: ...
+
+    def consume(self, queue: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
+        """Consume ``queue`` with manual acks; ``on_delivery`` is called only from :meth:`poll`."""
+        ...
+
+    def cancel(self, queue: str) -> None: ...
+
+    def fileno(self) -> int | None:
+        """A descriptor that is readable when :meth:`poll` has work, or None (poll instead)."""
+        ...
+
+    def poll(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for deliveries, dispatch them; return how many."""
+        ...
+
+    def ack(self, d: Delivery, multiple: bool = False) -> None: ...
+
+    def reject(self, d: Delivery, requeue: bool) -> None: ...
+
+    def publish(self, messages: Sequence[WireMessage]) -> None:
+        """Return once the broker confirmed every message; raise if any is not confirmed."""
+        ...

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
-from sarra.broker.base import BrokerUrl, QueueSpec
+from sarra.broker.base import Broker, BrokerUrl, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.components.base import InstanceStatus
 from sarra.config import paths
@@ -104,7 +104,7 @@ def heartbeat_for(s: Settings, instance: int) -> HeartbeatFile:
     return HeartbeatFile(instance_state_dir(s) / name)
 
 
-def remove_queue_and_state(session: BrokerSession, name: str, s: Settings) -> None:
+def remove_queue_and_state(session: Broker, name: str, s: Settings) -> None:
     """``cleanup``: delete the configuration's queue on the broker and its local state files."""
     try:
         session.connect()
@@ -117,7 +117,7 @@ def remove_queue_and_state(session: BrokerSession, name: str, s: Settings) -> No
             f.unlink()
 
 
-def queue_status(session: BrokerSession, name: str) -> InstanceStatus:
+def queue_status(session: Broker, name: str) -> InstanceStatus:
     """``status``: the queue's backlog and consumers (an unreachable broker is reported)."""
     try:
         session.connect()

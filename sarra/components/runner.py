@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
-from sarra.broker.base import BrokerUrl
-from sarra.broker.session import BrokerSession
+from sarra.broker.base import Broker, BrokerUrl
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -54,7 +53,7 @@ from sarra.notice import Notice
 log = logging.getLogger(__name__)
 
 Bindings = tuple[tuple[str, str], ...]
-SessionFactory = Callable[[BrokerUrl, Settings, str], BrokerSession]
+SessionFactory = Callable[[BrokerUrl, Settings, str], Broker]
 Reporter = Callable[[Notice, int, str], None]
 
 
@@ -81,7 +80,7 @@ class Instance:
     settings: Settings
     number: int
     stop: threading.Event
-    session: BrokerSession
+    session: Broker
     user: str  # the broker user (reports, queue names)
     state_dir: Path
     plugins: Plugins
@@ -89,7 +88,7 @@ class Instance:
     #: filled by the runner once the loop exists: a report about no delivery (housekeeping)
     report: Reporter = field(default=lambda notice, code, message: None)
 
-    def post_session(self, label: str = "post") -> BrokerSession:
+    def post_session(self, label: str = "post") -> Broker:
         """A second session to ``post_broker``, for flows that publish elsewhere."""
         s = self.settings
         return self.session_factory(
@@ -109,7 +108,7 @@ class Flow:
     abort: Callable[[], None] | None = None
     on_settled: Callable[[WorkItem], None] | None = log_outcome
     #: where ``WorkItem.outgoing`` is published (None: the consuming session)
-    post_session: BrokerSession | None = None
+    post_session: Broker | None = None
     #: the cluster reports name as this pump's (None: ``cluster``, else the broker's host);
     #: also the reports' ``to_clusters`` unless that option is set
     cluster: str | None = None
@@ -149,7 +148,7 @@ class ConsumerComponent:
         """Exchanges to declare before binding (none with ``declare_exchange off``)."""
         return tuple(dict.fromkeys(x for x, _ in bindings)) if s.declare_exchange else ()
 
-    def declare_outputs(self, s: Settings, session: BrokerSession) -> None:
+    def declare_outputs(self, s: Settings, session: Broker) -> None:
         """Declare what the flow publishes to (post exchanges); ``session`` is connected."""
 
     def check(self, s: Settings) -> None:
@@ -160,7 +159,7 @@ class ConsumerComponent:
 
     # -- the Component protocol ------------------------------------------------------------
 
-    def _session(self, s: Settings, label: str = "") -> tuple[BrokerSession, str]:
+    def _session(self, s: Settings, label: str = "") -> tuple[Broker, str]:
         url = broker_url(s)
         name = f"sr_{s.component} {s.name}" + (f" ({label})" if label else "")
         return self.session_factory(url, s, name), url.user

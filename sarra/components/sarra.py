@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
-from sarra.broker.session import BrokerSession
+from sarra.broker.base import Broker
 from sarra.components.common import MaskResolver, broker_url
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance, default_bindings
 from sarra.components.subscribe import download_settings
@@ -118,13 +118,13 @@ class SarraComponent(ConsumerComponent):
     def bindings(self, s: Settings, instance: int | None = None) -> Bindings:
         return sarra_bindings(s)
 
-    def _post_session(self, s: Settings, session: BrokerSession) -> BrokerSession | None:
+    def _post_session(self, s: Settings, session: Broker) -> Broker | None:
         """A session to ``post_broker`` when it is not the input broker (else None)."""
         if s.post_broker and s.post_broker != s.broker:
             return self.session_factory(broker_url(s, "post_broker"), s, f"sr_sarra {s.name}")
         return None
 
-    def _declare_post_exchange(self, s: Settings, session: BrokerSession) -> None:
+    def _declare_post_exchange(self, s: Settings, session: Broker) -> None:
         if not s.declare_exchange:
             return
         settings = republish_settings(s)
@@ -137,7 +137,7 @@ class SarraComponent(ConsumerComponent):
         except BrokerError as e:  # the loop reconnects; publishing will say if it is missing
             log.warning("could not declare %s: %s", ", ".join(names), e)
 
-    def declare_outputs(self, s: Settings, session: BrokerSession) -> None:
+    def declare_outputs(self, s: Settings, session: Broker) -> None:
         post = self._post_session(s, session)
         try:
             self._declare_post_exchange(s, post or session)

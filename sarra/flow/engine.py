@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
-from sarra.broker.base import Delivery, QueueSpec
-from sarra.broker.session import BrokerSession, backoff_delays
+from sarra.broker.base import Broker, Delivery, QueueSpec
+from sarra.broker.session import backoff_delays
 from sarra.codec import v02
 from sarra.codec.salvage import report_for_undecodable
 from sarra.errors import (
@@ -106,7 +106,7 @@ class ConsumingLoop:
 
     def __init__(
         self,
-        session: BrokerSession,
+        session: Broker,
         settings: LoopSettings,
         reports: ReportSettings,
         select: Selector,
@@ -118,7 +118,7 @@ class ConsumingLoop:
         before_settle: Callable[[], None] | None = None,
         commit_batch: Callable[[list[WorkItem]], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
-        post_session: BrokerSession | None = None,
+        post_session: Broker | None = None,
         heartbeat: Callable[[str], None] | None = None,
         abort: Callable[[], None] | None = None,
     ) -> None:
@@ -158,8 +158,10 @@ class ConsumingLoop:
         self._settle_retries: list[WorkItem] = []
         self.counts: dict[int, int] = {}
         self._consuming = False
-        #: deliveries of the current connection not yet acked, in delivery-tag order
+        #: deliveries of the current connection not yet acked, in delivery-tag order; tags
+        #: start again at 1 on each connection, so it never holds two generations
         self._outstanding: dict[int, Delivery] = {}
+        self._outstanding_generation = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -288,6 +290,9 @@ class ConsumingLoop:
             while not self.stop.is_set():
                 try:
                     if not self.session.connected:
+                        # found closed without an error (the protocol allows it): what the
+                        # old connection delivered is redelivered, as after a loss
+                        self._abandon_unacked()
                         self._connect()
                         continue
                     self._wait_and_poll()
@@ -476,6 +481,10 @@ class ConsumingLoop:
 
     def _intake(self, delivery: Delivery) -> None:
         self.last_activity = time.time()
+        if delivery.generation != self._outstanding_generation:
+            # the first delivery of a new connection: the old one's are stale (redelivered)
+            self._outstanding.clear()
+            self._outstanding_generation = delivery.generation
         self._outstanding[delivery.delivery_tag] = delivery
         msg = delivery.message
         try:

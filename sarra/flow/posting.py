@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sarra.broker.session import BrokerSession, backoff_delays
+from sarra.broker.base import Broker
+from sarra.broker.session import backoff_delays
 from sarra.codec import v02
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.settings import Settings
@@ -318,13 +319,13 @@ class Publisher:
 
     def __init__(
         self,
-        session: BrokerSession,
+        session: Broker,
         builder: NoticeBuilder,
         batch: int = 500,
         nodupe: DuplicateCache | None = None,
         *,
         outage_max: float | None = None,
-        on_connect: Callable[[BrokerSession], None] | None = None,
+        on_connect: Callable[[Broker], None] | None = None,
         stop: threading.Event | None = None,
         backlog: Callable[[], str] | None = None,
     ) -> None:

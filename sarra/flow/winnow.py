@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from sarra.broker.base import Delivery, QueueSpec
-from sarra.broker.session import BrokerSession
+from sarra.broker.base import Broker, Delivery, QueueSpec
 from sarra.codec import v02
 from sarra.errors import MessageError
 from sarra.flow.nodupe import DuplicateCache, _digest, derive_key
@@ -44,7 +43,7 @@ class Winnower:
     def __init__(
         self,
         cache: WinnowCache,
-        post_session: BrokerSession,
+        post_session: Broker,
         post_exchange: str,
         split: int = 0,
         header_value_max: int = 1 << 16,
@@ -93,7 +92,7 @@ class Winnower:
         self.cache.sync()
 
 
-def replay_journal(session: BrokerSession, spec: QueueSpec, cache: WinnowCache) -> int:
+def replay_journal(session: Broker, spec: QueueSpec, cache: WinnowCache) -> int:
     """Declare the journal queue and record every post it holds in ``cache``; each batch is
     fsync'd before it is acked. Returns how many posts were read."""
     batch: list[Delivery] = []
