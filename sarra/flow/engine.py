@@ -553,7 +553,10 @@ class ConsumingLoop:
                     item.requeue = later and self.settings.retry_ttl > 0
                     return
                 log.info("%s: attempt %d failed (%s); retrying", item.notice.path, attempt, e)
-                time.sleep(min(0.2 * 2**attempt, 2.0))
+                if self.stop.wait(min(0.2 * 2**attempt, 2.0)):
+                    # stopping between attempts: no outcome, the broker redelivers
+                    item.abandoned = True
+                    return
             except Exception as e:
                 # a bug (ours or a plugin's) or an unexpected OSError: never an ack of lost
                 # work; the notice is retried later from disk like any retryable failure

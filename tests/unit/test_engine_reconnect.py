@@ -123,3 +123,59 @@ def test_a_connection_found_closed_does_not_let_a_new_delivery_ack_running_work(
         thread.join(30)
     assert not thread.is_alive()
     assert broker.unacked() == 0
+
+
+def test_a_stop_between_attempts_abandons_the_notice_instead_of_waiting_out_the_pause(
+    tmp_path: Path,
+) -> None:
+    """A retryable failure pauses before the next attempt; a stop in that pause ends the
+    attempts at once: no attempt starts after the stop, no outcome, no ack (the broker
+    redelivers)."""
+    from sarra.errors import TransportUnavailable
+
+    broker = MemoryBroker()
+    session = MemorySession(broker, name="flow")
+    stop = threading.Event()
+    failed_once = threading.Event()
+    calls: list[bool] = []  # per attempt: was the stop already set when it started?
+
+    def work(item: WorkItem) -> None:
+        calls.append(stop.is_set())
+        failed_once.set()
+        raise TransportUnavailable("server went away")
+
+    loop = ConsumingLoop(
+        session,
+        LoopSettings(
+            queue=QueueSpec("q", (("xin", "#"),)),
+            prefetch=20,
+            threads=1,
+            attempts=5,
+            retry_ttl=60.0,
+            exchanges=("xin",),
+        ),
+        ReportSettings(False, "xr", "host", "user", None, None, None),
+        lambda item: True,
+        work,
+        RetryQueue(tmp_path / "retry.jsonl", ttl=60.0),
+        stop=stop,
+    )
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        pub = broker.session("publisher")
+        pub.connect()
+        pub.declare_exchange("xin")
+        _wait(lambda: "q" in broker.queues, "the queue", lambda: broker.queues)
+        pub.publish([_wire("flaky")])
+        assert failed_once.wait(20)
+        stop.set()  # during the pause before the second attempt (0.4 s)
+        thread.join(30)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    # the old loop slept the pause out and started the next attempt after the stop
+    assert calls and True not in calls, calls
+    # not acked: back in the queue for the next run
+    assert len(broker.ready("q")) == 1 and broker.unacked() == 0
