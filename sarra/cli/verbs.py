@@ -48,6 +48,18 @@ class Context:
     def complain(self, subject: str, text: str) -> None:
         print(f"sr_{self.name}: {subject}: {redact(text)}", file=self.err)
 
+    def attempt(
+        self, subject: str, verb: str, step: Callable[[Settings], None], cfg: Settings
+    ) -> bool:
+        """Run ``step(cfg)`` for configuration ``subject``: True when it succeeded; a SarraError
+        is reported as "``verb`` failed" and gives False (the verb goes on with the next one)."""
+        try:
+            step(cfg)
+        except SarraError as exc:
+            self.complain(subject, f"{verb} failed: {exc}")
+            return False
+        return True
+
 
 Verb = Callable[[Context, Sequence[str]], int]
 
@@ -322,10 +334,7 @@ def cleanup(ctx: Context, configs: Sequence[str]) -> int:
             ctx.complain(config, "instances are running; stop them before cleanup")
             rc = 1
             continue
-        try:
-            ctx.component.cleanup(cfg)
-        except SarraError as exc:
-            ctx.complain(config, f"cleanup failed: {exc}")
+        if not ctx.attempt(config, "cleanup", ctx.component.cleanup, cfg):
             rc = 1
             continue
         shutil.rmtree(ctx.runtime.state_dir(ctx.name, config), ignore_errors=True)
@@ -338,10 +347,7 @@ def declare(ctx: Context, configs: Sequence[str]) -> int:
     rc = 0
     for arg in configs:
         config, cfg = load(ctx, arg)
-        try:
-            ctx.component.declare(cfg)
-        except SarraError as exc:
-            ctx.complain(config, f"declare failed: {exc}")
+        if not ctx.attempt(config, "declare", ctx.component.declare, cfg):
             rc = 1
             continue
         ctx.say(config, "declared")

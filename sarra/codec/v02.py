@@ -10,6 +10,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from sarra.codec import v03
 from sarra.codec.build import build_notice, poster_base_url, poster_rel_path
@@ -408,3 +409,29 @@ def split_exchange(exchange: str, checksum: Checksum, split: int) -> str:
     if split <= 1:
         return exchange
     return f"{exchange}{sum(checksum.wire().encode('utf-8')) % split:02d}"
+
+
+class PublishOptions(Protocol):
+    """What a publisher's settings say about the messages it sends (see :func:`publish_wire`)."""
+
+    @property
+    def exchange_split(self) -> int: ...
+    @property
+    def header_value_max(self) -> int: ...
+    @property
+    def persistent(self) -> bool: ...
+    @property
+    def message_ttl_ms(self) -> int | None: ...
+
+
+def publish_wire(notice: Notice, exchange: str, options: PublishOptions) -> WireMessage:
+    """:func:`to_wire` as a publisher sends ``notice``: to ``exchange`` split by
+    ``options.exchange_split`` (:func:`split_exchange`), with the options' header value limit,
+    delivery mode and message TTL."""
+    return to_wire(
+        notice,
+        exchange=split_exchange(exchange, notice.checksum, options.exchange_split),
+        header_value_max=options.header_value_max,
+        persistent=options.persistent,
+        message_ttl_ms=options.message_ttl_ms,
+    )

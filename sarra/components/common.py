@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
+from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker, BrokerUrl, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.components.base import InstanceStatus
 from sarra.config import paths
 from sarra.config.credentials import CredentialStore, to_broker_url
+from sarra.config.loader import resolve_queue_name
 from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
@@ -104,29 +107,84 @@ def heartbeat_for(s: Settings, instance: int) -> HeartbeatFile:
     return HeartbeatFile(instance_state_dir(s) / name)
 
 
-def remove_queue_and_state(session: Broker, name: str, s: Settings) -> None:
-    """``cleanup``: delete the configuration's queue on the broker and its local state files."""
+@contextmanager
+def connected(session: Broker) -> Iterator[Broker]:
+    """``session`` connected for the block of a one-shot verb (declare, cleanup, status), and
+    closed after it however the block ends (also when connecting fails)."""
     try:
         session.connect()
-        session.delete_queue(name)
-        print(f"deleted queue {name}")
+        yield session
     finally:
         session.close()
+
+
+def declare_consumer_queue(
+    session: Broker,
+    s: Settings,
+    queue_name: str,
+    bindings: tuple[tuple[str, str], ...],
+    exchanges: Iterable[str],
+) -> QueueSpec:
+    """``declare`` of a consumer on a connected session: the exchanges it reads from (when the
+    broker lets this user declare them), then its queue bound to them. Returns the queue."""
+    ensure_exchanges(session, exchanges)
+    spec = queue_spec(s, queue_name, bindings)
+    session.declare_queue(spec)
+    return spec
+
+
+def delete_queues(session: Broker, names: Iterable[str]) -> None:
+    """``cleanup``: delete the queues ``names`` on the broker, saying so for each."""
+    with connected(session):
+        for name in names:
+            session.delete_queue(name)
+            print(f"deleted queue {name}")
+
+
+def clear_instance_state(s: Settings) -> None:
+    """``cleanup``: delete the configuration's local state files (caches, retry queues...)."""
     for f in instance_state_dir(s).glob("*"):
         if f.is_file():
             f.unlink()
 
 
+def remove_queue_and_state(session: Broker, name: str, s: Settings) -> None:
+    """``cleanup``: delete the configuration's queue on the broker and its local state files."""
+    delete_queues(session, [name])
+    clear_instance_state(s)
+
+
 def queue_status(session: Broker, name: str) -> InstanceStatus:
     """``status``: the queue's backlog and consumers (an unreachable broker is reported)."""
     try:
-        session.connect()
-        messages, consumers = session.queue_counts(name)
+        with connected(session):
+            messages, consumers = session.queue_counts(name)
     except BrokerError as e:
         return InstanceStatus(queue=name, extra={"error": str(e)})
-    finally:
-        session.close()
     return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
+
+
+class SingleQueueVerbs:
+    """``cleanup`` and ``status`` of a component that consumes from one queue, named by its
+    ``queue_name`` option (or that option's default).
+
+    A subclass says how it reaches its broker for these verbs (:meth:`broker_session`); the
+    queue is deleted or counted there, and ``cleanup`` also clears the local state files.
+    """
+
+    def broker_session(self, cfg: Settings) -> BrokerSession:
+        """A new, unconnected session to the broker holding the queue."""
+        raise NotImplementedError(f"{type(self).__name__} must define broker_session()")
+
+    def queue_name(self, cfg: Settings) -> str:
+        """The configuration's queue."""
+        return str(resolve_queue_name(cfg))
+
+    def cleanup(self, cfg: Settings) -> None:
+        remove_queue_and_state(self.broker_session(cfg), self.queue_name(cfg), cfg)
+
+    def status(self, cfg: Settings) -> InstanceStatus:
+        return queue_status(self.broker_session(cfg), self.queue_name(cfg))
 
 
 def retry_queue_for(s: Settings, instance: int) -> RetryQueue:

@@ -23,15 +23,14 @@ from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Delivery
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
-from sarra.components.base import InstanceStatus
 from sarra.components.common import (
+    SingleQueueVerbs,
     broker_url,
+    connected,
+    declare_consumer_queue,
     queue_spec,
-    queue_status,
-    remove_queue_and_state,
     session_for,
 )
-from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.notice import Report
@@ -121,7 +120,7 @@ def log_exchange(cfg: Settings, user: str) -> str:
     )
 
 
-class LogComponent:
+class LogComponent(SingleQueueVerbs):
     """sr_log: the reader of ``xr_<self>``."""
 
     name = "log"
@@ -134,19 +133,19 @@ class LogComponent:
         url = broker_url(cfg)
         return session_for(url, cfg, f"sr_log {cfg.name}"), url.user
 
+    def broker_session(self, cfg: Settings) -> BrokerSession:
+        return self._session(cfg)[0]
+
     def _bindings(self, cfg: Settings, user: str) -> tuple[tuple[str, str], ...]:
         exchange = log_exchange(cfg, user)
         keys = [b.routing_key for b in getattr(cfg, "bindings", ()) or ()]
         return tuple((exchange, k) for k in dict.fromkeys(keys or ["v02.report.#"]))
 
-    def _queue_name(self, cfg: Settings) -> str:
-        return str(resolve_queue_name(cfg))
-
     def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         out = self.out or sys.stdout
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
-        spec = queue_spec(cfg, self._queue_name(cfg), bindings)
+        spec = queue_spec(cfg, self.queue_name(cfg), bindings)
         summary_only = cfg.log_summary
         summary = Summary()
         pending: list[Delivery] = []
@@ -201,21 +200,7 @@ class LogComponent:
     def declare(self, cfg: Settings) -> None:
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
-        try:
-            session.connect()
-            ensure_exchanges(session, [x for x, _ in bindings])
-            spec = queue_spec(cfg, self._queue_name(cfg), bindings)
-            session.declare_queue(spec)
-            print(f"declared queue {spec.name} bound to {bindings[0][0]}")
-        finally:
-            session.close()
-
-    def cleanup(self, cfg: Settings) -> None:
-        session, _user = self._session(cfg)
-        name = self._queue_name(cfg)
-        remove_queue_and_state(session, name, cfg)
-
-    def status(self, cfg: Settings) -> InstanceStatus:
-        session, _user = self._session(cfg)
-        name = self._queue_name(cfg)
-        return queue_status(session, name)
+        exchanges = [x for x, _ in bindings]
+        with connected(session):
+            spec = declare_consumer_queue(session, cfg, self.queue_name(cfg), bindings, exchanges)
+        print(f"declared queue {spec.name} bound to {bindings[0][0]}")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
-from sarra.components.common import broker_url, instance_state_dir, session_for
+from sarra.components.common import broker_url, connected, instance_state_dir, session_for
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
@@ -40,6 +40,14 @@ def post_batch(cfg: Settings) -> int:
     if cfg.is_set("batch"):
         return max(1, cfg.batch)
     return DEFAULT_BATCH
+
+
+def declare_post_exchange(cfg: Settings, program: str) -> None:
+    """``declare`` of a poster (sr_post, sr_watch): the exchange it posts to, on post_broker."""
+    url = broker_url(cfg, "post_broker")
+    exchange = PostSettings.from_config(cfg, url.user, url.host).exchange
+    with connected(session_for(url, cfg, program)) as session:
+        session.declare_exchange(exchange)
 
 
 class PostComponent:
@@ -162,14 +170,7 @@ class PostComponent:
             print(f"sr_post:   ... and {len(unposted) - UNPOSTED_SHOWN} more", file=sys.stderr)
 
     def declare(self, cfg: Settings) -> None:
-        url = broker_url(cfg, "post_broker")
-        settings = PostSettings.from_config(cfg, url.user, url.host)
-        session = session_for(url, cfg, "sr_post")
-        try:
-            session.connect()
-            session.declare_exchange(settings.exchange)
-        finally:
-            session.close()
+        declare_post_exchange(cfg, "sr_post")
 
     def cleanup(self, cfg: Settings) -> None:
         """sr_post keeps no queue or state."""

@@ -30,18 +30,17 @@ from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import BrokerUrl, Delivery
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
-from sarra.components.base import InstanceStatus
 from sarra.components.common import (
+    SingleQueueVerbs,
     broker_url,
+    connected,
     credential_store,
+    declare_consumer_queue,
     queue_spec,
-    queue_status,
-    remove_queue_and_state,
     session_for,
 )
 from sarra.components.sarra import declared_users
 from sarra.config.credentials import CredentialStore, to_broker_url
-from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
 from sarra.flow.republish import PumpIdentity
@@ -199,17 +198,14 @@ def router_bindings(users: Iterable[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-class ReportRouterComponent:
+class ReportRouterComponent(SingleQueueVerbs):
     """sr_report: route reports from consumers to sources, across pumps."""
 
     name = "report"
     one_shot = False
 
-    def _session(self, cfg: Settings) -> BrokerSession:
+    def broker_session(self, cfg: Settings) -> BrokerSession:
         return session_for(broker_url(cfg), cfg, f"sr_report {cfg.name}")
-
-    def _queue_name(self, cfg: Settings) -> str:
-        return str(resolve_queue_name(cfg))
 
     def router(self, cfg: Settings) -> ReportRouter:
         own = broker_url(cfg)
@@ -225,9 +221,9 @@ class ReportRouterComponent:
 
     def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         router = self.router(cfg)
-        session = self._session(cfg)
+        session = self.broker_session(cfg)
         bindings = router_bindings(router.pump.users)
-        spec = queue_spec(cfg, self._queue_name(cfg), bindings)
+        spec = queue_spec(cfg, self.queue_name(cfg), bindings)
         remote: dict[str, BrokerSession] = {}
         declared: set[tuple[str, str]] = set()
         pending: list[Delivery] = []
@@ -298,23 +294,9 @@ class ReportRouterComponent:
 
     def declare(self, cfg: Settings) -> None:
         router = self.router(cfg)
-        session = self._session(cfg)
+        session = self.broker_session(cfg)
         bindings = router_bindings(router.pump.users)
-        try:
-            session.connect()
-            ensure_exchanges(session, ["xreport", *(x for x, _ in bindings)])
-            spec = queue_spec(cfg, self._queue_name(cfg), bindings)
-            session.declare_queue(spec)
-            print(f"declared queue {spec.name} bound to {len(bindings)} exchange keys")
-        finally:
-            session.close()
-
-    def cleanup(self, cfg: Settings) -> None:
-        session = self._session(cfg)
-        name = self._queue_name(cfg)
-        remove_queue_and_state(session, name, cfg)
-
-    def status(self, cfg: Settings) -> InstanceStatus:
-        session = self._session(cfg)
-        name = self._queue_name(cfg)
-        return queue_status(session, name)
+        exchanges = ["xreport", *(x for x, _ in bindings)]
+        with connected(session):
+            spec = declare_consumer_queue(session, cfg, self.queue_name(cfg), bindings, exchanges)
+        print(f"declared queue {spec.name} bound to {len(bindings)} exchange keys")

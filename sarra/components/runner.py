@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker, BrokerUrl
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
+    connected,
+    declare_consumer_queue,
     fqdn,
     heartbeat_for,
     instance_state_dir,
@@ -242,19 +243,15 @@ class ConsumerComponent:
     def declare(self, s: Settings) -> None:
         self.check(s)
         session, _user = self._session(s)
-        try:
-            session.connect()
+        with connected(session):
             bindings = self.bindings(s)
-            spec = queue_spec(s, self.queue_name(s), bindings)
-            ensure_exchanges(session, self.exchanges(s, bindings))
-            session.declare_queue(spec)
+            exchanges = self.exchanges(s, bindings)
+            spec = declare_consumer_queue(session, s, self.queue_name(s), bindings, exchanges)
             print(
                 f"declared queue {spec.name} bound to "
                 + ", ".join(f"{x}:{k}" for x, k in spec.bindings)
             )
             self.declare_outputs(s, session)
-        finally:
-            session.close()
 
     def cleanup(self, s: Settings) -> None:
         session, _user = self._session(s)

@@ -27,7 +27,7 @@ from sarra.broker.admin import ensure_exchanges
 from sarra.codec import v02
 from sarra.components.base import InstanceStatus
 from sarra.components.common import broker_url, instance_state_dir, session_for
-from sarra.components.post import post_paths
+from sarra.components.post import declare_post_exchange, post_paths
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
@@ -426,14 +426,7 @@ class WatchComponent:
         return _Watcher(cfg, instance, stop).run()
 
     def declare(self, cfg: Settings) -> None:
-        url = broker_url(cfg, "post_broker")
-        settings = PostSettings.from_config(cfg, url.user, url.host)
-        session = session_for(url, cfg, "sr_watch")
-        try:
-            session.connect()
-            session.declare_exchange(settings.exchange)
-        finally:
-            session.close()
+        declare_post_exchange(cfg, "sr_watch")
 
     def cleanup(self, cfg: Settings) -> None:
         """Forget the duplicate caches of every instance (sr_watch has no queue)."""

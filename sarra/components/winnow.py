@@ -32,7 +32,13 @@ import logging
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import QueueSpec
 from sarra.components.base import InstanceStatus
-from sarra.components.common import broker_url, instance_state_dir, queue_spec
+from sarra.components.common import (
+    broker_url,
+    clear_instance_state,
+    connected,
+    declare_consumer_queue,
+    delete_queues,
+)
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
@@ -153,57 +159,40 @@ class WinnowComponent(ConsumerComponent):
     def declare(self, s: Settings) -> None:
         self.check(s)
         session, _user = self._session(s)
-        try:
-            session.connect()
+        with connected(session):
             for n in self._instances(s):
                 bindings = self.bindings(s, n)
-                spec = queue_spec(s, self.queue_name(s, n), bindings)
-                ensure_exchanges(session, self.exchanges(s, bindings))
-                session.declare_queue(spec)
+                exchanges = self.exchanges(s, bindings)
+                spec = declare_consumer_queue(
+                    session, s, self.queue_name(s, n), bindings, exchanges
+                )
                 print(
                     f"declared queue {spec.name} bound to "
                     + ", ".join(f"{x}:{k}" for x, k in spec.bindings)
                 )
-        finally:
-            session.close()
 
     def cleanup(self, s: Settings) -> None:
         session, _user = self._session(s)
-        try:
-            session.connect()
-            for n in self._instances(s):
-                name = self.queue_name(s, n)
-                session.delete_queue(name)
-                print(f"deleted queue {name}")
-        finally:
-            session.close()
+        delete_queues(session, [self.queue_name(s, n) for n in self._instances(s)])
         post_url = broker_url(s, "post_broker" if s.post_broker else "broker")
         post_session = self.session_factory(post_url, s, f"sr_winnow {s.name} (cleanup)")
-        try:
-            post_session.connect()
-            for n in self._instances(s):
-                shard = shard_of(s, n) if n else None
-                name = journal_name(s, post_url.user, 0 if shard is None else shard)
-                post_session.delete_queue(name)
-                print(f"deleted queue {name}")
-        finally:
-            post_session.close()
-        for f in instance_state_dir(s).glob("*"):
-            if f.is_file():
-                f.unlink()
+        journals = []
+        for n in self._instances(s):
+            shard = shard_of(s, n) if n else None
+            journals.append(journal_name(s, post_url.user, 0 if shard is None else shard))
+        delete_queues(post_session, journals)
+        clear_instance_state(s)
 
     def status(self, s: Settings) -> InstanceStatus:
         session, _user = self._session(s)
         names = [self.queue_name(s, n) for n in self._instances(s)]
         backlog = consumers = 0
         try:
-            session.connect()
-            for name in names:
-                m, c = session.queue_counts(name)
-                backlog += m
-                consumers += c
+            with connected(session):
+                for name in names:
+                    m, c = session.queue_counts(name)
+                    backlog += m
+                    consumers += c
         except BrokerError as e:
             return InstanceStatus(queue=",".join(names), extra={"error": str(e)})
-        finally:
-            session.close()
         return InstanceStatus(queue=",".join(names), backlog=backlog, consumers=consumers)

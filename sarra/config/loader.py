@@ -206,24 +206,28 @@ class _Loader:
             self._apply_scalar(option, text, where, line)
         self.explicit.add(option.name)
 
+    def _mask(self, pattern: str, *, accept: bool, filename: str = "") -> Mask:
+        """A mask for ``pattern`` that carries the path options in force at this point of the
+        file (directory, mirror, strip, ...); ``filename`` overrides the ``filename`` option."""
+        v = self.values
+        return Mask(
+            pattern,
+            accept=accept,
+            directory=v["directory"],
+            mirror=v["mirror"],
+            strip=v["strip"],
+            flatten=v["flatten"],
+            base_dir=v["base_dir"],
+            rename=v["rename"],
+            filename=filename or v["filename"],
+        )
+
     def _apply_compound(self, option: Option, text: str, where: str, line: int | None) -> None:
         kind, name = option.kind, option.name
         if kind is Kind.MASK:
             pattern, _, keyword = text.partition(" ")
-            v = self.values
-            self.masks.append(
-                Mask(
-                    parse_value(_REGEX, pattern),
-                    accept=name == "accept",
-                    directory=v["directory"],
-                    mirror=v["mirror"],
-                    strip=v["strip"],
-                    flatten=v["flatten"],
-                    base_dir=v["base_dir"],
-                    rename=v["rename"],
-                    filename=keyword.strip() or v["filename"],
-                )
-            )
+            regex = parse_value(_REGEX, pattern)
+            self.masks.append(self._mask(regex, accept=name == "accept", filename=keyword.strip()))
         elif kind is Kind.SUBTOPIC:
             if text.lower() in _NONE_WORDS:
                 self.bindings.clear()
@@ -349,17 +353,7 @@ class _Loader:
             bindings = [Binding(ex or "", tp, sub) for ex, tp, sub in self.bindings]
         for hook, specs in self.plugins.items():
             v[hook] = tuple(specs)
-        default_mask = Mask(
-            "",
-            True,
-            directory=v["directory"],
-            mirror=v["mirror"],
-            strip=v["strip"],
-            flatten=v["flatten"],
-            base_dir=v["base_dir"],
-            rename=v["rename"],
-            filename=v["filename"],
-        )
+        default_mask = self._mask("", accept=True)
         return Config(
             component=self.component,
             name=self.name,

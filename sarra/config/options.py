@@ -14,10 +14,10 @@ from __future__ import annotations
 import difflib
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 #: Every component an option may apply to (sr2 program names without the ``sr_`` prefix);
 #: a superset of those implemented (:data:`sarra.components.IMPLEMENTED`).
@@ -130,7 +130,8 @@ _HINTS = {
 
 _TRUE = frozenset({"on", "yes", "true", "1"})
 _FALSE = frozenset({"off", "no", "false", "0"})
-_SIZE_FACTORS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+#: binary size units; "b" is the byte itself (``100b``), dropped by parse_size after another unit
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_FACTORS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _NONE_WORDS = frozenset({"none", "null"})
 
@@ -150,35 +151,31 @@ def parse_size(text: str) -> int:
     word = text.strip().lower()
     if word.endswith("b") and len(word) > 1 and not word[:-1].isdigit():
         word = word[:-1]
-    factor = 1
-    if word and word[-1] in _SIZE_FACTORS:
-        factor = _SIZE_FACTORS[word[-1]]
-        word = word[:-1]
-    elif word.endswith("b"):
-        word = word[:-1]
-    try:
-        number = int(word)
-    except ValueError:
-        raise ValueError(f"expected a size such as 1024, 4K, 1M or 2G, got {text!r}") from None
-    if number < 0:
-        raise ValueError(f"a size cannot be negative: {text!r}")
-    return number * factor
+    return _with_unit(text, word, _SIZE_UNITS, int, "size", "1024, 4K, 1M or 2G")
 
 
 def parse_duration(text: str) -> float:
     """Parse seconds with an optional s/m/h/d/w suffix: ``30``, ``1.5m``, ``7h``, ``2w``."""
     word = text.strip().lower()
-    factor = 1.0
-    if word and word[-1] in _DURATION_FACTORS:
-        factor = _DURATION_FACTORS[word[-1]]
-        word = word[:-1]
+    return _with_unit(text, word, _DURATION_FACTORS, float, "duration", "30, 10m, 7h or 2w")
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _with_unit(
+    text: str, word: str, units: Mapping[str, _N], read: Callable[[str], _N], kind: str, eg: str
+) -> _N:
+    """``word`` (``text`` cleaned up) as a non-negative number with an optional one-letter unit
+    suffix from ``units``, times that unit. ValueError names the ``kind`` and examples ``eg``."""
+    unit = word[-1:] if word[-1:] in units else ""
     try:
-        number = float(word)
+        number = read(word[: len(word) - len(unit)])
     except ValueError:
-        raise ValueError(f"expected a duration such as 30, 10m, 7h or 2w, got {text!r}") from None
+        raise ValueError(f"expected a {kind} such as {eg}, got {text!r}") from None
     if number < 0:
-        raise ValueError(f"a duration cannot be negative: {text!r}")
-    return number * factor
+        raise ValueError(f"a {kind} cannot be negative: {text!r}")
+    return number * units[unit] if unit else number
 
 
 def _parse_int(text: str) -> int:

@@ -30,12 +30,12 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 from urllib.parse import quote, unquote
 
 import xxhash
 
+from sarra.closing import Closing
 from sarra.errors import ConfigError, translated_os_errors
 from sarra.notice import Notice
 
@@ -64,7 +64,7 @@ def derive_key(notice: Notice) -> str:
     return key
 
 
-class DuplicateCache:
+class DuplicateCache(Closing):
     """Remembers notices for ``ttl`` seconds; ``path`` None keeps it in memory only.
 
     ``ttl <= 0`` disables suppression (nothing is a duplicate, nothing is recorded).
@@ -176,17 +176,6 @@ class DuplicateCache:
 
     def __len__(self) -> int:
         return len(self._seen)
-
-    def __enter__(self) -> DuplicateCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # internals ----------------------------------------------------------------------------
 

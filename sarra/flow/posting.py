@@ -280,18 +280,7 @@ class NoticeBuilder:
 
     def wire(self, notice: Notice) -> WireMessage:
         """Encode a notice for publishing, applying post_exchange_split (spec 1.3)."""
-        s = self.settings
-        exchange = notice.exchange
-        if s.exchange_split > 1:
-            total = sum(notice.checksum.wire().encode("ascii", "replace"))
-            exchange = f"{exchange}{total % s.exchange_split:02d}"
-        return v02.to_wire(
-            notice,
-            exchange=exchange,
-            header_value_max=s.header_value_max,
-            persistent=s.persistent,
-            message_ttl_ms=s.message_ttl_ms,
-        )
+        return v02.publish_wire(notice, notice.exchange, self.settings)
 
 
 #: longest pause between two attempts to reach an unreachable broker: a refused connection

@@ -298,14 +298,7 @@ class Republisher:
             checksum=computed,
             parts=parts,
         )
-        exchange = v02.split_exchange(s.post_exchange, out.checksum, s.exchange_split)
-        return v02.to_wire(
-            out,
-            exchange=exchange,
-            header_value_max=s.header_value_max,
-            persistent=s.persistent,
-            message_ttl_ms=s.message_ttl_ms,
-        )
+        return v02.publish_wire(out, s.post_exchange, s)
 
     def sync(self) -> None:
         """Make placed files durable before their announcements and acks."""

@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from sarra.closing import Closing
 from sarra.errors import LocalError, translated_os_errors
 from sarra.notice import WireMessage, frozen_headers
 
@@ -115,7 +115,7 @@ def _put_record(item: RetryItem) -> dict[str, Any]:
     return {"op": "put", **asdict(item)}
 
 
-class RetryQueue:
+class RetryQueue(Closing):
     """Durable retry queue in the file ``path`` (one per instance; created if missing).
 
     ``ttl``: seconds after ``first_seen`` beyond which an item is expired (report 499, drop).
@@ -237,17 +237,6 @@ class RetryQueue:
 
     def __contains__(self, item: object) -> bool:
         return isinstance(item, RetryItem) and item.id in self._items
-
-    def __enter__(self) -> RetryQueue:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # internals ----------------------------------------------------------------------------
 

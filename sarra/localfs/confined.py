@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
 
+from sarra.closing import Closing
 from sarra.errors import HostilePath, LocalError, local_error, translated_os_errors
 
 NAME_MAX = 255
@@ -140,7 +140,7 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
-class InflightFile:
+class InflightFile(Closing):
     """A file being written under a temporary name, unique to its writer.
 
     Obtain one from :meth:`SafeRoot.open_inflight`. Either :meth:`commit` or :meth:`abort`
@@ -267,6 +267,10 @@ class InflightFile:
             os.unlink(self.name, dir_fd=self._dir_fd)
         self._finish()
 
+    def close(self) -> None:
+        """Leave the file: :meth:`abort` unless already committed (what ``with`` does on exit)."""
+        self.abort()
+
     def _finish(self) -> None:
         _close(self._fd)
         _close(self._dir_fd)
@@ -278,17 +282,6 @@ class InflightFile:
     def _check_open(self) -> None:
         if self._closed:
             raise LocalError(f"in-flight file {self.rel} already committed or aborted")
-
-    def __enter__(self) -> InflightFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 class SafeRoot:

@@ -26,8 +26,8 @@ import os
 import secrets
 import stat as stat_mod
 from contextlib import suppress
-from types import TracebackType
 
+from sarra.closing import Closing
 from sarra.errors import HostilePath, LocalError, MalformedMessage, translated_os_errors
 from sarra.localfs.confined import SafeRoot
 from sarra.localfs.streaming import DirectWriter, allocate, reserve
@@ -149,7 +149,7 @@ def remove_data(root: SafeRoot, data_rel: str) -> bool:
     return False
 
 
-class Ticket:
+class Ticket(Closing):
     """One caller's handle on a version while it writes one block.
 
     Check :attr:`done` (304, nothing to write) and :meth:`needs` (False: the block is already
@@ -268,17 +268,6 @@ class Ticket:
             with suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> Ticket:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def check_spec(spec: PartSpec) -> None:

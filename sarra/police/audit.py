@@ -40,7 +40,7 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,8 @@ class Finding:
     needs_force: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.check,
-            "severity": self.severity,
-            "subject": self.subject,
-            "detail": self.detail,
-            "fix": self.fix,
-            "needs_force": self.needs_force,
-        }
+        """The finding as JSON output shows it: every field by name."""
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

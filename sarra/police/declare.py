@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sarra.config.credentials import CredentialStore
 from sarra.police.mgmt import Management
@@ -34,12 +34,8 @@ class Action:
     detail: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {
-            "kind": self.kind,
-            "subject": self.subject,
-            "outcome": self.outcome,
-            "detail": self.detail,
-        }
+        """The action as JSON output shows it: every field by name."""
+        return asdict(self)
 
     def __str__(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""

@@ -38,6 +38,23 @@ def _leader_url(spec: PumpSpec) -> str:
         raise ConfigError(f"no running leader known ({path}: {e.strerror})") from e
 
 
+def _ask_leader(url: str, out: TextIO, *, refused: tuple[int, int]) -> int:
+    """POST to the leader's ``url`` and write the ``result`` it answers, success or not.
+
+    Returns 0 when done; ``refused = (status, code)``: ``code`` when the leader refuses with
+    HTTP ``status``, 1 for any other HTTP error (OSError is left to the caller).
+    """
+    req = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            out.write(json.load(resp)["result"] + "\n")
+        return 0
+    except urllib.error.HTTPError as e:
+        out.write(json.load(e)["result"] + "\n")
+        status, code = refused
+        return code if e.code == status else 1
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="sr_scheduler", description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="stop even with workers allocated")
@@ -72,23 +89,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 out.write(resp.read().decode() + "\n")
             return 0
         if args.verb == "reload":
-            req = urllib.request.Request(f"{base}/reload", method="POST", data=b"")
-            try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    out.write(json.load(resp)["result"] + "\n")
-                return 0
-            except urllib.error.HTTPError as e:
-                out.write(json.load(e)["result"] + "\n")
-                return 2 if e.code == 400 else 1
+            return _ask_leader(f"{base}/reload", out, refused=(400, 2))
         query = f"force={int(args.force)}&teardown={int(args.teardown)}"
-        req = urllib.request.Request(f"{base}/stop?{query}", method="POST", data=b"")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                out.write(json.load(resp)["result"] + "\n")
-            return 0
-        except urllib.error.HTTPError as e:
-            out.write(json.load(e)["result"] + "\n")
-            return 4 if e.code == 409 else 1
+        return _ask_leader(f"{base}/stop?{query}", out, refused=(409, 4))
     except ConfigError as e:
         sys.stderr.write(f"sr_scheduler: {e}\n")
         return 2

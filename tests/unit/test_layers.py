@@ -98,9 +98,9 @@ def test_an_import_between_independent_layers_breaks_the_contract(copy: Path) ->
 
 
 def test_a_top_level_module_missing_from_the_contract_breaks_it(copy: Path) -> None:
-    (copy / "closing.py").write_text('"""A helper nobody gave a layer yet."""\n')
+    (copy / "unplaced.py").write_text('"""A helper nobody gave a layer yet."""\n')
     report = broken(copy)
-    assert "- sarra.closing" in report, report
+    assert "- sarra.unplaced" in report, report
     assert "not listed as layers" in report, report
 
 
