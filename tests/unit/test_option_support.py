@@ -304,3 +304,20 @@ def test_a_no_op_option_loads_with_exactly_one_warning(
 def test_every_option_has_a_reason_unless_implemented() -> None:
     for option in OPTIONS:
         assert bool(option.why) is (option.support is not Support.IMPLEMENTED), option.name
+
+
+def _listed(section: str) -> set[str]:
+    text = (ROOT / "docs" / "options.md").read_text(encoding="utf-8")
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(\w+)` \|", body, flags=re.MULTILINE))
+
+
+def test_docs_options_lists_exactly_the_refused_and_no_op_options() -> None:
+    assert _listed("Refused") == {o.name for o in _by(Support.REFUSED)}
+    assert _listed("No effect") == {o.name for o in _by(Support.NOOP)}
+
+
+def test_docs_plugins_names_every_refused_hook() -> None:
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    refused_hooks = {o.name for o in _by(Support.REFUSED) if o.kind is Kind.PLUGIN}
+    assert {name for name in refused_hooks if f"`{name}`" not in text} == set()
