@@ -476,10 +476,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("part_expiry", D, 24 * 3600.0,
        "give up on a file received in parts after this long without progress (report 499)",
        _DOWNLOADERS),
-    _o("overwrite", B, False, "overwrite files that look unchanged", _DOWNLOADERS, ("o",),
-       support=REFUSED, why="sarra always skips a file whose local copy has the announced "
-       "size, checksum and mtime (report 304); forcing the download is not implemented "
-       "yet (issue 11)"),
+    _o("overwrite", B, False,
+       "download a whole file even when the local copy has its size, checksum and mtime "
+       "(off: skip it, report 304; blocks of a file in parts are always skipped)",
+       frozenset({"subscribe", "sarra"}), ("o",)),
     _o("delete", B, False, "delete the source after a successful download", _DOWNLOADERS,
        support=REFUSED, why="removing the source after a download is not implemented yet "
        "(issue 11)"),
