@@ -430,9 +430,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("message_ttl", D, None, "discard queued notices older than this", _CONSUMERS,
        ("message-ttl",)),
     _o("prefetch", N, 25, "notices fetched ahead of processing", _CONSUMERS),
-    _o("reset", B, False, "delete and re-declare the queue at start", _CONSUMERS,
-       support=REFUSED, why="not implemented yet (issue 11); to start afresh, run "
-       "'sr_<component> cleanup CONFIG' (deletes the queue and the state) before start"),
+    _o("reset", B, False,
+       "start (and restart) afresh: delete the queue and local state first, as cleanup does, "
+       "when no instance runs", _CONSUMERS),
     _o("declare_queue", B, True, "declare the queue (off on locked-down brokers)", _CONSUMERS,
        ("dq",)),
     _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS, ("bq",),

@@ -60,8 +60,8 @@ def test_other_components_take_an_action_and_configs():
 
 
 def test_booleans_may_be_given_alone_or_with_a_value():
-    line = parse_command_line("subscribe", ["-mirror", "off", "--inplace", "-au", "start"])
-    assert line.options == (("mirror", "off"), ("inplace", ""), ("accept_unmatch", ""))
+    line = parse_command_line("subscribe", ["-mirror", "off", "--reset", "-au", "start"])
+    assert line.options == (("mirror", "off"), ("reset", ""), ("accept_unmatch", ""))
     assert line.action == "start"
 
 
