@@ -199,6 +199,13 @@ def test_winnow_instances_each_read_their_own_shard(tmp_path: Path) -> None:
     assert single.get("suppress_duplicates") == 1200
 
 
+def test_exchange_split_shards_a_single_winnow_instance(tmp_path: Path) -> None:
+    radar = str(ETC / "winnow" / "radar.conf")
+    split = load_settings("winnow", radar, [("exchange_split", "on")], env=_env(tmp_path))
+    assert shard_of(split, 1) == 0
+    assert input_bindings(split, 0) == (("xwinnow00", "v02.post.#"),)
+
+
 def test_a_winnow_without_an_input_exchange_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "noin.conf"
     conf.write_text("broker amqp://u@localhost/\npost_exchange xpublic\n")
