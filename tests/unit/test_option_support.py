@@ -320,3 +320,12 @@ def test_docs_plugins_names_every_refused_hook() -> None:
     text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
     refused_hooks = {o.name for o in _by(Support.REFUSED) if o.kind is Kind.PLUGIN}
     assert {name for name in refused_hooks if f"`{name}`" not in text} == set()
+
+
+def test_the_batch_default_shown_is_the_one_sr_post_uses() -> None:
+    from sarra.components.post import DEFAULT_BATCH
+    from sarra.config.options import options_table
+
+    batch = options_table()["batch"]
+    assert batch.default == DEFAULT_BATCH
+    assert batch.components == frozenset({"post"})  # nothing else reads it
