@@ -181,3 +181,15 @@ def test_without_reset_a_start_keeps_the_state(cli: Cli) -> None:
     assert cli.runtime.registry["subscribe"].cleaned == []  # type: ignore[attr-defined]
     assert (cli.state / "retry_001.queue").read_text() == "old notices"
     assert cli("stop", "feed") == 0
+
+
+def test_chmod_log_sets_the_mode_of_instance_logs(cli: Cli) -> None:
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\nchmod_log 640\n")
+    assert cli("start", "feed") == 0, cli.out
+    log = cli.logs / "sr_subscribe_feed_001.log"
+    for _ in range(100):
+        if log.exists():
+            break
+        time.sleep(0.05)
+    assert cli("stop", "feed") == 0
+    assert log.stat().st_mode & 0o777 == 0o640
