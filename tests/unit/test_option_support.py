@@ -199,27 +199,7 @@ def _line(option: Option) -> str:
 # -- implemented ----------------------------------------------------------------------------
 
 
-#: Read by code, but no test exercises them yet: known gaps of issue 11, listed so that they
-#: are visible. Strict: once a test names one, its entry here must go.
-UNTESTED = frozenset(
-    {"cache_basis", "post_on_start"}
-)  # fmt: skip
-
-
-def _implemented() -> list[object]:
-    gap = pytest.mark.xfail(reason="read, but no test exercises it yet", strict=True)
-    return [
-        pytest.param(o, id=o.name, marks=[gap] if o.name in UNTESTED else [])
-        for o in _by(Support.IMPLEMENTED)
-    ]
-
-
-def test_the_known_gaps_are_implemented_options() -> None:
-    implemented = {o.name for o in _by(Support.IMPLEMENTED)}
-    assert implemented >= UNTESTED
-
-
-@pytest.mark.parametrize("option", _implemented())
+@pytest.mark.parametrize("option", _by(Support.IMPLEMENTED), ids=_id)
 def test_an_implemented_option_is_read_by_code_and_named_by_a_test(option: Option) -> None:
     assert implemented_problems(option) == []
 
