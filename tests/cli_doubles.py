@@ -78,6 +78,8 @@ class StandInConfig:
         value = self.values.get(option)
         if value is not None and option in ("instances", "logrotate"):
             return int(value)
+        if value is not None and option == "reset":
+            return value == "on"
         return value
 
     @property

@@ -9,6 +9,7 @@ logs to the console. Every line carries time, level and ``component/config/insta
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -16,7 +17,7 @@ import re
 import sys
 from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
@@ -50,7 +51,22 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-class _StdioFollowingHandler(TimedRotatingFileHandler):
+class _ModeFileHandler(TimedRotatingFileHandler):
+    """Gives the current log file, and each one started by a rollover, the ``chmod_log``
+    mode (the spawner created the first file 600 for the instance's stdout)."""
+
+    def __init__(self, path: Path, *, file_mode: int, **kw: Any) -> None:
+        self._file_mode = file_mode
+        super().__init__(path, **kw)
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        with contextlib.suppress(PermissionError):  # a file another user created
+            os.chmod(self.baseFilename, self._file_mode)
+        return stream
+
+
+class _StdioFollowingHandler(_ModeFileHandler):
     """Moves file descriptors 1 and 2 onto the new file after each rollover."""
 
     def doRollover(self) -> None:
@@ -78,7 +94,8 @@ def setup_file_logging(
     """Route the root logger into ``path`` with midnight rotation; returns the handler.
 
     Args:
-        path: the instance's log file; created with ``mode`` if missing.
+        path: the instance's log file; given ``mode`` (``chmod_log``), as is each new file
+            after a rotation.
         context: ``component/config/instance`` shown on every line.
         loglevel: a logging level name (``debug``, ``info``, ``warning``...).
         backups: rotated files kept (the ``logrotate`` option).
@@ -86,8 +103,10 @@ def setup_file_logging(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode))
-    cls = _StdioFollowingHandler if follow_stdio else TimedRotatingFileHandler
-    handler = cls(path, when="midnight", backupCount=max(backups, 0), encoding="utf-8")
+    cls = _StdioFollowingHandler if follow_stdio else _ModeFileHandler
+    handler = cls(
+        path, file_mode=mode, when="midnight", backupCount=max(backups, 0), encoding="utf-8"
+    )
     _install(handler, context, loglevel)
     return handler
 

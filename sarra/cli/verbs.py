@@ -153,7 +153,11 @@ def _stop_extras(ctx: Context, config: str, count: int) -> None:
 
 
 def start(ctx: Context, configs: Sequence[str]) -> int:
-    """Start the missing instances 1..instances of each config (idempotent)."""
+    """Start the missing instances 1..instances of each config (idempotent).
+
+    With ``reset on``, a config none of whose instances runs starts afresh: its queue and
+    local state are deleted first, as ``cleanup`` does (``restart`` therefore resets too).
+    """
     rc = 0
     for arg in configs:
         if is_disabled(ctx, arg):
@@ -163,6 +167,12 @@ def start(ctx: Context, configs: Sequence[str]) -> int:
         config, cfg = load(ctx, arg)
         count = expected_count(cfg)
         _stop_extras(ctx, config, count)
+        if option(cfg, "reset", False) is True:
+            if running(ctx, config):
+                ctx.say(config, "reset skipped: instances are running")
+            elif not _clean(ctx, config, cfg):
+                rc = 1
+                continue
         missing = []
         for number in range(1, count + 1):
             inst = instance(ctx, config, number)
@@ -334,12 +344,18 @@ def cleanup(ctx: Context, configs: Sequence[str]) -> int:
             ctx.complain(config, "instances are running; stop them before cleanup")
             rc = 1
             continue
-        if not ctx.attempt(config, "cleanup", ctx.component.cleanup, cfg):
+        if not _clean(ctx, config, cfg):
             rc = 1
-            continue
-        shutil.rmtree(ctx.runtime.state_dir(ctx.name, config), ignore_errors=True)
-        ctx.say(config, "cleaned up")
     return rc
+
+
+def _clean(ctx: Context, config: str, cfg: Settings) -> bool:
+    """Delete the queue and the local state of a stopped config; False if that failed."""
+    if not ctx.attempt(config, "cleanup", ctx.component.cleanup, cfg):
+        return False
+    shutil.rmtree(ctx.runtime.state_dir(ctx.name, config), ignore_errors=True)
+    ctx.say(config, "cleaned up")
+    return True
 
 
 def declare(ctx: Context, configs: Sequence[str]) -> int:

@@ -35,8 +35,8 @@ UNPOSTED_SHOWN = 20
 
 
 def post_batch(cfg: Settings) -> int:
-    """Notices per confirmed batch: ``batch`` when given, else 500 (the table's default of
-    100 suits consumers; posting gains from larger batches)."""
+    """Notices per confirmed batch: ``batch`` when given, else :data:`DEFAULT_BATCH` (the
+    table's default too; only sr_post reads ``batch``)."""
     if cfg.is_set("batch"):
         return max(1, cfg.batch)
     return DEFAULT_BATCH

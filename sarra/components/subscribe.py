@@ -36,6 +36,7 @@ def download_settings(s: Settings) -> DownloadSettings:
         part_expiry=s.part_expiry,
         base_url_private=s.base_url_private,
         file_size_max=s.file_size_max,
+        overwrite=s.overwrite,
     )
 
 

@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sarra.config.options import FLAG_KINDS, Kind, Option, options_table
+from sarra.config.options import FLAG_KINDS, Kind, Option, Support, options_table
 from sarra.errors import ConfigError
 
 #: The action names the command line accepts, in help order. :data:`sarra.cli.verbs.VERBS`
@@ -106,6 +106,8 @@ def parse_command_line(component: str, argv: Sequence[str]) -> CommandLine:
             hint = table.suggest(name)
             extra = f" (did you mean -{hint}?)" if hint else ""
             raise ConfigError(f"unknown option{extra}", path=WHERE, option=word)
+        if option.support is Support.REFUSED:
+            raise ConfigError(option.support_note, path=WHERE, option=word)
         following = argv[i] if i < len(argv) else None
         if eq:
             value = inline
@@ -173,8 +175,17 @@ def format_help(component: str) -> str:
         lines += textwrap.wrap("actions: " + ", ".join(ACTION_NAMES), 79, subsequent_indent="  ")
         lines.append("")
     lines.append("options (also --name; booleans may be given alone):")
+    refused = []
     for option in table.for_component(component):
+        if option.support is Support.REFUSED:
+            refused.append(f"-{option.name}")
+            continue
         lines.append(f"  {option_synopsis(option)}")
         lines.append(f"        {option.help}{_default_text(option, component)}")
+        if option.support is Support.NOOP:
+            lines.append(f"        ({option.support_note})")
+    if refused:
+        lines += ["", "refused (sr2 options sarra does not support yet; see sarra-options(7)):"]
+        lines += textwrap.wrap(", ".join(refused), 79, initial_indent="  ", subsequent_indent="  ")
     lines += ["", "See sr_config(7) and sarra-options(7)."]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from sarra.config import paths
 from sarra.config.credentials import parse_url
 from sarra.config.masks import NOTICE_VARIABLES, Mask, expand_variables
-from sarra.config.options import Kind, Option, options_table, parse_value
+from sarra.config.options import Kind, Option, Support, options_table, parse_value
 from sarra.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ class _Loader:
         self.headers_del: list[str] = []
         self.declared: dict[str, list[str]] = {}
         self.warnings: list[str] = []
+        self.noop_warned: set[str] = set()
         self.stack: list[Path] = []
         self.strict_components = True
 
@@ -180,7 +181,15 @@ class _Loader:
             hint = _TABLE.suggest(word.lstrip("-"))
             extra = f" (did you mean {hint!r}?)" if hint else ""
             raise ConfigError(f"unknown option{extra}", path=where, line=line, option=word)
-        if self.strict_components and not option.applies_to(self.component):
+        if option.support is Support.REFUSED:
+            raise ConfigError(option.support_note, path=where, line=line, option=word)
+        if option.support is Support.NOOP:
+            if option.name not in self.noop_warned:
+                self.noop_warned.add(option.name)
+                message = f"{where}:{line or '-'}: option {word!r} is {option.support_note}"
+                self.warnings.append(message)
+                log.warning("%s", message)
+        elif self.strict_components and not option.applies_to(self.component):
             message = f"{where}:{line or '-'}: option {word!r} is ignored by {self.component}"
             self.warnings.append(message)
             log.warning("%s", message)

@@ -7,7 +7,7 @@ that the committed page matches, so the table, ``--help`` and the page never dri
 from __future__ import annotations
 
 from sarra.config.cmdline import option_synopsis
-from sarra.config.options import OPTION_COMPONENTS, Option, options_table
+from sarra.config.options import OPTION_COMPONENTS, Option, Support, options_table
 
 
 def _roff(text: str) -> str:
@@ -49,6 +49,12 @@ def render() -> str:
         ".B \\-name value",
         "on the command line. Every name listed after the first is an alias (sr2 spelling).",
         "This page is generated from the option table that also drives parsing and --help.",
+        "An option marked",
+        ".B Refused",
+        "is one sarra does not support (yet): a configuration that sets it does not load, and",
+        "the error names the file, the line, the option and why. An option marked",
+        ".B No effect",
+        "is accepted so that sr2 files load unchanged, with one warning per load.",
         ".SH OPTIONS",
     ]
     for option in options_table():
@@ -59,10 +65,18 @@ def render() -> str:
         if details:
             out.append(".br")
             out.append(_roff(f"({details})"))
+        if option.support is Support.REFUSED:
+            out.append(".br")
+            out.append(_roff(f"Refused: {option.support_note}."))
+        elif option.support is Support.NOOP:
+            out.append(".br")
+            out.append(_roff(f"No effect: {option.support_note}; one warning per load."))
         components = sorted(option.components)
+        if not components and option.support is Support.NOOP:
+            continue
         out.append(".br")
         if not components:
-            out.append("Accepted for sr2 compatibility and ignored, with a warning.")
+            out.append("Read by sr_police (pump settings); other components warn and ignore it.")
         elif len(components) == len(OPTION_COMPONENTS):
             out.append("Components: all.")
         else:

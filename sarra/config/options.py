@@ -73,6 +73,20 @@ STRUCTURAL_KINDS = frozenset({Kind.MASK, Kind.SUBTOPIC, Kind.INCLUDE, Kind.DECLA
 FLAG_KINDS = frozenset({Kind.BOOL, Kind.CACHING})
 
 
+class Support(enum.Enum):
+    """What sarra does with an option it accepts (tests/unit/test_option_support.py checks it).
+
+    ``IMPLEMENTED``: code outside the loader reads the value, and a test exercises it.
+    ``REFUSED``: loading it is an error naming file, line, option and :attr:`Option.why`.
+    ``NOOP``: accepted for compatibility, with one warning per load that it has no effect
+    (sarra always behaves as the option asks, or the option has no meaning for sarra).
+    """
+
+    IMPLEMENTED = "implemented"
+    REFUSED = "refused"
+    NOOP = "no-op"
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One configuration option. ``components`` is the set it applies to."""
@@ -88,6 +102,18 @@ class Option:
     #: Captured by each accept/reject when it appears (order matters).
     captured: bool = False
     metavar: str = ""
+    #: implemented, refused or a compatibility no-op; ``why`` says why for the latter two
+    support: Support = Support.IMPLEMENTED
+    why: str = ""
+
+    @property
+    def support_note(self) -> str:
+        """What --help, the man page and the loader say of a refused or no-op option."""
+        if self.support is Support.REFUSED:
+            return f"not supported by sarra: {self.why}"
+        if self.support is Support.NOOP:
+            return f"accepted for compatibility, has no effect: {self.why}"
+        return ""
 
     def default_for(self, component: str) -> Any:
         """The default this option has for ``component``."""
@@ -339,30 +365,40 @@ def _o(
 
 
 B, N, SZ, D, S, U = Kind.BOOL, Kind.INT, Kind.SIZE, Kind.DURATION, Kind.STR, Kind.URL
+IMPLEMENTED, REFUSED, NOOP = Support.IMPLEMENTED, Support.REFUSED, Support.NOOP
 _NONE: frozenset[str] = frozenset()  # accepted for sr2 compatibility, ignored (warning)
 
 # fmt: off
+#: Why a hook sarra never calls is refused (``None``: sarra calls it, see sarra.flow.hooks).
+_NOT_CALLED = ("sarra never calls this hook; the hooks it calls are on_message, on_file, "
+               "on_start and on_stop (issue 11 adds more)")
+_NO_DO_HOOKS = ("a plugin cannot replace the built-in transfers yet (issue 11); sarra "
+                "fetches http, https, sftp, ftp and ftps itself")
 _SR2_PLUGIN_HOOKS = (
-    ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted"),
-    ("on_file", (), _DOWNLOADERS, "run after each file is downloaded"),
-    ("on_part", (), _DOWNLOADERS, "run after each part is downloaded"),
-    ("on_post", (), _REPOSTERS, "run before each notice is posted"),
-    ("on_heartbeat", ("on_hb",), _ALL, "run at each heartbeat"),
-    ("on_start", (), _ALL, "run when an instance starts"),
-    ("on_stop", (), _ALL, "run when an instance stops"),
-    ("on_report", ("on_rpt",), _CONSUMERS, "run on each report received"),
-    ("on_watch", (), _WATCHERS, "run at each watch pass"),
-    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing"),
-    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page"),
-    ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded"),
-    ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes"),
-    ("do_get", (), _DOWNLOADERS, "fetch with a plugin"),
-    ("do_put", (), frozenset({"sender"}), "send with a plugin"),
-    ("do_send", (), frozenset({"sender"}), "send with a plugin"),
-    ("do_poll", (), frozenset({"poll"}), "poll with a plugin"),
-    ("do_task", (), _ALL, "run a task with a plugin"),
-    ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name"),
-    ("plugin", (), _ALL, "load a plugin that declares its own hooks"),
+    ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted", None),
+    ("on_file", (), _DOWNLOADERS, "run after each file is downloaded", None),
+    ("on_part", (), _DOWNLOADERS, "run after each part is downloaded", _NOT_CALLED),
+    ("on_post", (), _REPOSTERS, "run before each notice is posted", _NOT_CALLED),
+    ("on_heartbeat", ("on_hb",), _ALL, "run at each heartbeat", _NOT_CALLED),
+    ("on_start", (), _ALL, "run when an instance starts", None),
+    ("on_stop", (), _ALL, "run when an instance stops", None),
+    ("on_report", ("on_rpt",), _CONSUMERS, "run on each report received", _NOT_CALLED),
+    ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
+    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing",
+     "sr_poll is not implemented yet"),
+    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page",
+     "sr_poll is not implemented yet"),
+    ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded", _NOT_CALLED),
+    ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes",
+     _NO_DO_HOOKS),
+    ("do_get", (), _DOWNLOADERS, "fetch with a plugin", _NO_DO_HOOKS),
+    ("do_put", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
+    ("do_send", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
+    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", "sr_poll is not implemented yet"),
+    ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
+    ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",
+     "use an on_message plugin that sets work.dest_rel (see sarra.flow.hooks)"),
+    ("plugin", (), _ALL, "load a plugin that declares its own hooks", None),
 )
 
 #: The literal table, in the order --help and the man page show it.
@@ -391,10 +427,14 @@ OPTIONS: tuple[Option, ...] = (
     _o("message_ttl", D, None, "discard queued notices older than this", _CONSUMERS,
        ("message-ttl",)),
     _o("prefetch", N, 25, "notices fetched ahead of processing", _CONSUMERS),
-    _o("reset", B, False, "delete and re-declare the queue at start", _CONSUMERS),
+    _o("reset", B, False,
+       "start (and restart) afresh: delete the queue and local state first, as cleanup does, "
+       "when no instance runs", _CONSUMERS),
     _o("declare_queue", B, True, "declare the queue (off on locked-down brokers)", _CONSUMERS,
        ("dq",)),
-    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS, ("bq",)),
+    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS, ("bq",),
+       support=REFUSED, why="sarra always binds its queue; leaving the bindings to the "
+       "broker administrator is not implemented yet (issue 11)"),
     _o("declare_exchange", B, True, "declare the exchanges used", _ALL, ("de", "dx")),
     _o("persistent", B, True, "publish notices as persistent messages", _REPOSTERS),
     # -- selection and destination (order-sensitive)
@@ -433,10 +473,16 @@ OPTIONS: tuple[Option, ...] = (
     _o("part_expiry", D, 24 * 3600.0,
        "give up on a file received in parts after this long without progress (report 499)",
        _DOWNLOADERS),
-    _o("overwrite", B, False, "overwrite files that look unchanged", _DOWNLOADERS, ("o",)),
-    _o("delete", B, False, "delete the source after a successful download", _DOWNLOADERS),
+    _o("overwrite", B, False,
+       "download a whole file even when the local copy has its size, checksum and mtime "
+       "(off: skip it, report 304; blocks of a file in parts are always skipped)",
+       frozenset({"subscribe", "sarra"}), ("o",)),
+    _o("delete", B, False, "delete the source after a successful download", _DOWNLOADERS,
+       support=REFUSED, why="removing the source after a download is not implemented yet "
+       "(issue 11)"),
     _o("discard", B, False, "delete each file once on_file plugins ran", _DOWNLOADERS,
-       ("d", "download-and-discard")),
+       ("d", "download-and-discard"), support=REFUSED,
+       why="not implemented yet (issue 11); an on_file plugin may remove work.local_path"),
     _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
        ("n", "no_download")),
     _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS, ("pt",)),
@@ -461,14 +507,20 @@ OPTIONS: tuple[Option, ...] = (
        _CONSUMERS),
     _o("retry_delay_max", D, 3600.0, "longest delay between retries from disk", _CONSUMERS),
     _o("timeout", D, 300.0, "transfer inactivity timeout", _ALL),
-    _o("batch", N, 100, "notices handled per batch", _ALL),
-    _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL),
-    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL),
-    _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL),
+    _o("batch", N, 500, "notices per confirmed publish batch", frozenset({"post"})),
+    _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL,
+       support=REFUSED, why="bandwidth limiting: not yet (issue 11)"),
+    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, support=NOOP,
+       why="sarra sizes its transfer buffers itself"),
+    _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL, support=NOOP,
+       why="sarra runs its periodic tasks (retries, housekeeping, status) every few "
+       "seconds on its own; for the broker connection see broker_heartbeat"),
     _o("broker_heartbeat", D, 60.0,
        "AMQP heartbeat proposed to the broker: a connection silent for about twice this "
        "long (a frozen broker, a blackholed link) is dropped and made again", _ALL),
-    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL, ("sld",)),
+    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL, ("sld",),
+       support=REFUSED, why="restarting an instance because its log is old is not "
+       "implemented (issue 11); the sanity action restarts instances that died"),
     _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
     # -- reports and duplicates
     _o("report_back", B, True, "publish a report for each notice handled", _CONSUMERS,
@@ -500,7 +552,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...)", _REPOSTERS),
     _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole)",
        _REPOSTERS, per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
-    _o("parts", S, None, "part specification (developers only)", _REPOSTERS),
+    _o("parts", S, None, "part specification (developers only)", _REPOSTERS, support=REFUSED,
+       why="a fixed part specification is not implemented; blocksize chooses the parts"),
     _o("to_clusters", S, None, "destination clusters (default: the post_broker host)",
        _REPOSTERS, ("to",)),
     _o("cluster", S, None, "name of this cluster (from_cluster)", _ALL,
@@ -521,25 +574,34 @@ OPTIONS: tuple[Option, ...] = (
     _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS, ("e",)),
     _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
     _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
-       frozenset({"poll"})),
+       frozenset({"poll"}), support=REFUSED, why="sr_poll is not implemented yet"),
     _o("follow_symlinks", B, False, "post the targets of symbolic links", _WATCHERS, ("fs",)),
     _o("force_polling", B, False, "walk the tree instead of using file system events",
        _WATCHERS, ("fp",)),
     _o("post_on_start", B, True, "post the existing tree at start", _WATCHERS, ("pos",)),
     _o("randomize", B, False, "post parts in random order", _WATCHERS, ("r",)),
     _o("realpath_post", B, False, "resolve symbolic links in posted paths", _WATCHERS,
-       ("realpath", "real")),
-    _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS),
+       ("realpath", "real"), support=REFUSED,
+       why="posting resolved paths is not implemented yet (issue 11)"),
+    _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS,
+       support=REFUSED, why="sarra keeps one broker connection and makes it again when it "
+       "drops; a new connection for each post is not implemented"),
     _o("post_outage_max", D, 0.0,
        "give up posting once the broker has been unreachable this long (0: wait forever)",
        _WATCHERS, per={"post": 300.0}),
     _o("outlet", S, "post", "post, or print json or url instead", _REPOSTERS,
-       choices=("post", "json", "url")),
+       choices=("post", "json", "url"), support=REFUSED,
+       why="sarra always posts; printing json or url instead is not implemented yet "
+       "(issue 11)"),
     _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _ALL,
-       ("xattr_disabled", "xd")),
+       ("xattr_disabled", "xd"), support=NOOP,
+       why="sarra never caches checksums in extended attributes"),
     _o("header", Kind.HEADER, None, "add a header to posts (value none: remove it)", _ALL),
     # -- hooks
-    *(_o(n, Kind.PLUGIN, (), h, c, a) for n, a, c, h in _SR2_PLUGIN_HOOKS),
+    *(
+        _o(n, Kind.PLUGIN, (), h, c, a, support=REFUSED if why else IMPLEMENTED, why=why or "")
+        for n, a, c, h, why in _SR2_PLUGIN_HOOKS
+    ),
     # -- files, roles, logging, housekeeping
     _o("include", Kind.INCLUDE, None, "read another config file here", _ALL),
     _o("config", Kind.INCLUDE, None, "config file (in a file: same as include)", _ALL, ("c",)),
@@ -549,10 +611,14 @@ OPTIONS: tuple[Option, ...] = (
     _o("management_url", U, None, "RabbitMQ management API URL (sr_police; default: the "
        "admin host on mgmt_port)", _NONE),
     _o("mgmt_port", N, 15672, "RabbitMQ management API port (sr_police)", _NONE),
-    _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL),
-    _o("statehost", B, False, "keep state under a per-host directory", _ALL),
-    _o("tls_rigour", S, "normal", "TLS certificate checking", _ALL, ("tls_rigor", "tlsr"),
-       choices=("lax", "normal", "strict")),
+    _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL,
+       support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
+    _o("statehost", B, False, "keep state under a per-host directory", _ALL,
+       support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
+    _o("tls_rigour", S, "normal",
+       "https downloads: lax skips certificate checks, normal and strict check them "
+       "(amqps connections always check)", frozenset({"subscribe", "sarra"}),
+       ("tls_rigor", "tlsr"), choices=("lax", "normal", "strict")),
     _o("loglevel", S, "info", "log level", _ALL, ("ll",),
        choices=("debug", "info", "warning", "error", "critical", "none")),
     _o("debug", B, False, "same as loglevel debug", _ALL),
@@ -560,7 +626,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("help", B, False, "show this help and exit", _ALL, ("h",)),
     # sr2 options kept so that old files still load; they only warn.
     *(
-        _o(n, S, None, "sr2 option, ignored", _NONE)
+        _o(n, S, None, "sr2 option, ignored", _NONE, support=NOOP,
+           why="an sr2 setting with no meaning for sarra")
         for n in ("use_amqplib", "use_pika", "windows_run", "report_daemons", "cache_stat",
                   "remote_config_url", "hb_memory_multiplier", "logrotate_interval",
                   "destination_timezone", "poll_without_vip", "set_passwords", "hostname")

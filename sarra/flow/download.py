@@ -81,6 +81,8 @@ class DownloadSettings:
     base_url_private: bool = False
     #: refuse (503) a notice whose parts claim a file larger than this; 0: no bound
     file_size_max: int = 0
+    #: download a whole file even when the local copy matches the notice (no 304)
+    overwrite: bool = False
 
 
 class Downloader:
@@ -252,7 +254,7 @@ class Downloader:
         oldname = notice.header("oldname")
         if oldname is not None:
             log.debug("%s: rename from %s; downloading the new name", rel, oldname)
-        if is_unchanged(root, rel, notice):
+        if not self.settings.overwrite and is_unchanged(root, rel, notice):
             item.settle(304, "not modified")
             return
         url = retrieval_url(

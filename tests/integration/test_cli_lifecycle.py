@@ -154,3 +154,42 @@ def test_disable_is_refused_while_running_and_cleanup_too(cli: Cli) -> None:
     assert cli.out.splitlines()[1].split() == ["subscribe/feed", "-", "-", "disabled", "-"]
     assert cli("start") == 0  # disabled configs are not part of "all"
     assert cli.pids() == {}
+
+
+def test_reset_on_deletes_queue_and_state_before_a_start_with_nothing_running(cli: Cli) -> None:
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\nreset on\n")
+    component = cli.runtime.registry["subscribe"]
+    cli.state.mkdir(parents=True)
+    (cli.state / "retry_001.queue").write_text("old notices")
+    assert cli("start", "feed") == 0, cli.out
+    assert component.cleaned == ["feed"]  # type: ignore[attr-defined]
+    assert not (cli.state / "retry_001.queue").exists()
+    assert sorted(cli.pids()) == [1]
+    assert cli("start", "feed") == 0, cli.out  # running: no reset under live instances
+    assert "reset skipped" in cli.out
+    assert component.cleaned == ["feed"]  # type: ignore[attr-defined]
+    assert cli("restart", "feed") == 0, cli.out
+    assert component.cleaned == ["feed", "feed"]  # type: ignore[attr-defined]
+    assert cli("stop", "feed") == 0
+
+
+def test_without_reset_a_start_keeps_the_state(cli: Cli) -> None:
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\n")
+    cli.state.mkdir(parents=True)
+    (cli.state / "retry_001.queue").write_text("old notices")
+    assert cli("start", "feed") == 0, cli.out
+    assert cli.runtime.registry["subscribe"].cleaned == []  # type: ignore[attr-defined]
+    assert (cli.state / "retry_001.queue").read_text() == "old notices"
+    assert cli("stop", "feed") == 0
+
+
+def test_chmod_log_sets_the_mode_of_instance_logs(cli: Cli) -> None:
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\nchmod_log 640\n")
+    assert cli("start", "feed") == 0, cli.out
+    log = cli.logs / "sr_subscribe_feed_001.log"
+    for _ in range(100):
+        if log.exists():
+            break
+        time.sleep(0.05)
+    assert cli("stop", "feed") == 0
+    assert log.stat().st_mode & 0o777 == 0o640

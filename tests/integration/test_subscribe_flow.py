@@ -84,6 +84,29 @@ def test_reposting_unchanged_files_gives_304_and_no_second_download(site, nginx,
     assert {p: p.stat().st_ino for p in dest.rglob("*.txt")} == first
 
 
+def test_with_overwrite_on_unchanged_files_are_downloaded_again(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("over")
+    src = nginx.root / tag
+    make_files(src, ["a.txt", "b.txt"])
+    dest = tmp_path / "dest"
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, _subscription(site, tag, dest, "overwrite on\n")):
+            post(site, nginx.base_url, nginx.root, [src])
+            wait_for(lambda: len(tap.about(".txt")) >= 2, what="first reports")
+            first = {p: p.stat().st_ino for p in dest.rglob("*.txt")}
+            post(site, nginx.base_url, nginx.root, [src])
+            wait_for(lambda: len(tap.about(".txt")) >= 4, what="second reports")
+    finally:
+        tap.stop()
+    codes = sorted(r.code for r in tap.reports if r.notice.path.startswith(tag))
+    assert codes == [201, 201, 201, 201]
+    again = {p: p.stat().st_ino for p in dest.rglob("*.txt")}
+    assert again.keys() == first.keys()
+    assert all(again[p] != first[p] for p in first)  # each placed anew under its name
+    assert md5_tree(dest) == md5_tree(src)
+
+
 def _raw(tag: str, body: bytes, headers: dict[str, object]) -> WireMessage:
     return WireMessage(
         exchange="xs_guest",

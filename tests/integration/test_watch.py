@@ -312,3 +312,44 @@ def test_watching_falls_back_to_polling_when_events_are_unavailable(
     (w.wdir / "polled.txt").write_bytes(b"by polling")
     [n] = w.collect(1)
     assert n.header("sum") == f"d,{md5(b'by polling')}"
+
+
+def test_cache_basis_data_drops_the_same_content_under_another_name(
+    watching: WatchFactory,
+) -> None:
+    w = watching(suppress_duplicates="on", cache_basis="data")
+    (w.wdir / "a.txt").write_text("same\n")
+    assert w.collect(1)[0].path.endswith("wdir/a.txt")
+    (w.wdir / "b.txt").write_text("same\n")  # other path, same checksum: a duplicate
+    w.nothing_more()
+    (w.wdir / "c.txt").write_text("other\n")
+    assert w.collect(1)[0].path.endswith("wdir/c.txt")
+
+
+def test_with_post_on_start_off_files_already_there_are_not_posted(
+    rabbitmq: RabbitNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SR_STATE_DIR", str(tmp_path / "state"))
+    w = Watching(rabbitmq, tmp_path, {"post_on_start": "off"})
+    (w.wdir / "old.txt").write_text("already here\n")
+    w.thread.start()
+    try:
+        # the watcher is up once a file written now is posted; keep writing until one is
+        deadline = time.monotonic() + WAIT
+        n = 0
+        while not w.received and time.monotonic() < deadline:
+            (w.wdir / f"new{n}.txt").write_text(f"{n}\n")
+            n += 1
+            for _ in range(5):
+                w.consumer.poll(0.2)
+        assert w.received, "the watcher never posted a new file"
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            w.consumer.poll(0.2)
+        paths = [x.path for x in w.received]
+        assert all("/new" in p for p in paths), paths
+        assert not any(p.endswith("old.txt") for p in paths)
+    finally:
+        w.close()
+    assert w.status == [0]

@@ -376,3 +376,9 @@ def test_accept_unmatch_and_a_trailing_filename_keyword_are_read(env):
     cfg = load(env, "k")
     assert cfg.accept_unmatch is True
     assert cfg.masks[0].pattern == ".*\\.grib2" and cfg.masks[0].filename == "WHATFN"
+
+
+def test_queue_suffix_ends_the_generated_queue_name(env):
+    write(env, "subscribe/qs.conf", "broker amqp://guest@h/\nqueue_suffix east\n")
+    name = resolve_queue_name(load(env, "qs"), env)
+    assert re.fullmatch(r"q_guest\.sr_subscribe\.qs\.\d{8}\.\d{8}\.east", name)

@@ -54,6 +54,13 @@ def test_the_source_facing_sarra_binds_each_declared_source_and_polices_by_defau
     assert pump_identity(cfg).accepts("pumpb")
 
 
+def test_without_read_sources_the_same_sarra_reads_only_its_exchange(tmp_path: Path) -> None:
+    env = {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": "/home/u"}
+    path = str(ETC / "sarra" / "from_sources.conf")
+    off = load_settings("sarra", path, [("read_sources", "off")], env=env)
+    assert sarra_bindings(off) == (("xpublic", "v02.post.#"),)
+
+
 def test_the_downstream_sarra_reads_the_upstream_xpublic(tmp_path: Path) -> None:
     cfg = _load(ETC / "sarra" / "from_pump_a.conf", tmp_path)
     assert sarra_bindings(cfg) == (("xpublic", "v02.post.#"),)

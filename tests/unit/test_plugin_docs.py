@@ -70,3 +70,17 @@ def test_a_plugin_cannot_move_the_file_out_of_the_destination(tmp_path: Path) ->
     plugin.write_text("def on_message(work):\n    work.dest_rel = '../outside.txt'\n")
     with pytest.raises(HostilePath):
         _downloader(tmp_path / "dest", "a/f.txt", plugin).select(WorkItem(_notice("a/f.txt")))
+
+
+def test_on_start_and_on_stop_plugins_are_called_with_the_settings(tmp_path: Path) -> None:
+    plugin = tmp_path / "lifecycle.py"
+    plugin.write_text(
+        "seen = []\n"
+        "def on_start(config):\n    seen.append(('on_start', config))\n"
+        "def on_stop(config):\n    seen.append(('on_stop', config))\n"
+    )
+    plugins = Plugins.from_config({"on_start": (str(plugin),), "on_stop": (str(plugin),)})
+    plugins.on_start("cfg")
+    plugins.on_stop("cfg")
+    module = plugins._pm.get_plugin(str(plugin))
+    assert module.seen == [("on_start", "cfg"), ("on_stop", "cfg")]

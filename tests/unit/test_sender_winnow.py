@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Sequence
@@ -199,6 +200,13 @@ def test_winnow_instances_each_read_their_own_shard(tmp_path: Path) -> None:
     assert single.get("suppress_duplicates") == 1200
 
 
+def test_exchange_split_shards_a_single_winnow_instance(tmp_path: Path) -> None:
+    radar = str(ETC / "winnow" / "radar.conf")
+    split = load_settings("winnow", radar, [("exchange_split", "on")], env=_env(tmp_path))
+    assert shard_of(split, 1) == 0
+    assert input_bindings(split, 0) == (("xwinnow00", "v02.post.#"),)
+
+
 def test_a_winnow_without_an_input_exchange_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "noin.conf"
     conf.write_text("broker amqp://u@localhost/\npost_exchange xpublic\n")
@@ -218,3 +226,21 @@ def test_a_winnow_without_a_post_exchange_or_with_caching_off_does_not_start(
         cfg = load_settings("winnow", str(conf), env=_env(tmp_path))
         with pytest.raises(ConfigError, match=why):
             WinnowComponent().declare(cfg)
+
+
+def test_post_exchange_split_spreads_posts_by_checksum(tmp_path: Path) -> None:
+    from sarra.flow.posting import NoticeBuilder, PostSettings
+
+    conf = tmp_path / "split.conf"
+    conf.write_text("post_broker amqp://u@localhost/\npost_base_url http://h/\n")
+    given = [("post_exchange_split", "4")]
+    cfg = load_settings("post", str(conf), given, env=_env(tmp_path))
+    builder = NoticeBuilder(PostSettings.from_config(cfg, "u", "localhost"))
+    seen = set()
+    for i in range(16):
+        n = _notice(f"f{i}.txt", f"content {i}")
+        total = sum(n.checksum.wire().encode("ascii"))
+        exchange = builder.wire(dataclasses.replace(n, exchange="xs_u")).exchange
+        assert exchange == f"xs_u{total % 4:02d}"
+        seen.add(exchange)
+    assert len(seen) > 1

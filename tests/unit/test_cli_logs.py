@@ -1,0 +1,28 @@
+"""Instance log files get the ``chmod_log`` mode, and so does each file a rotation starts."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+from pathlib import Path
+
+from sarra.cli.logs import remove_handler, setup_file_logging
+
+
+def test_the_log_and_each_rotated_in_file_get_the_chmod_log_mode(tmp_path: Path) -> None:
+    path = tmp_path / "sr_subscribe_x_001.log"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # as the spawner leaves it
+    handler = setup_file_logging(path, context="subscribe/x/001", mode=0o640, follow_stdio=False)
+    try:
+        assert path.stat().st_mode & 0o777 == 0o640
+        logging.getLogger("test").warning("before rotation")
+        assert isinstance(handler, logging.handlers.TimedRotatingFileHandler)
+        handler.doRollover()
+        logging.getLogger("test").warning("after rotation")
+        assert path.stat().st_mode & 0o777 == 0o640
+        assert "after rotation" in path.read_text()
+        assert len(list(tmp_path.glob("sr_subscribe_x_001.log.*"))) == 1
+    finally:
+        remove_handler(handler)
+        handler.close()
