@@ -92,6 +92,8 @@ class Settings:
     timeout: float
     batch: int
     kbytes_ps: int
+    byte_rate_max: int
+    message_rate_max: float
     bufsize: int
     heartbeat: float
     broker_heartbeat: float

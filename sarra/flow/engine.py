@@ -40,6 +40,7 @@ from sarra.errors import (
     NotFound,
     SarraError,
 )
+from sarra.flow.ratelimit import TokenBucket
 from sarra.flow.retryqueue import RetryItem, RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, Pulse, Report, WireMessage
@@ -121,8 +122,12 @@ class ConsumingLoop:
         post_session: BrokerSession | None = None,
         heartbeat: Callable[[str], None] | None = None,
         abort: Callable[[], None] | None = None,
+        message_limiter: TokenBucket | None = None,
     ) -> None:
         self.session = session
+        #: ``message_rate_max``: each delivery takes a token before it is handled, so the
+        #: flow thread takes notices no faster than the rate (None: unlimited)
+        self.message_limiter = message_limiter
         self.settings = settings
         self.reports = reports
         self.select = select
@@ -475,6 +480,9 @@ class ConsumingLoop:
             self._settle_acks.append(delivery)
 
     def _intake(self, delivery: Delivery) -> None:
+        if self.message_limiter is not None:
+            # interrupted by stop: the delivery is handled anyway (the loop then drains)
+            self.message_limiter.take(1)
         self.last_activity = time.time()
         self._outstanding[delivery.delivery_tag] = delivery
         msg = delivery.message
