@@ -503,17 +503,18 @@ OPTIONS: tuple[Option, ...] = (
     _o("timeout", D, 300.0, "transfer inactivity timeout", _ALL),
     _o("batch", N, 100, "notices handled per batch", _ALL),
     _o("kbytes_ps", N, 0,
-       "sr2: cap the transfer rate of each instance at N x 1024 bytes/s, downloads and sends "
-       "alike, whole files and blocks (0: unlimited; with byte_rate_max, the smaller wins)",
-       _DOWNLOADERS),
+       "cap the transfer rate of each instance at N x 1024 bytes/s (sr2 units), downloads "
+       "and sends alike, whole files and blocks (0: unlimited; with byte_rate_max, the "
+       "smaller wins)", _DOWNLOADERS),
     _o("byte_rate_max", Kind.RATE, 0,
-       "sr3: cap the transfer rate of each instance at this many bytes/s, as sr3 reads it: "
-       "k, m, g are decimal (500k: 500,000 bytes/s), binary when the value ends in i or b "
-       "(500ki, 500kb: 512,000); 0: unlimited; with kbytes_ps, the smaller wins",
+       "cap the transfer rate of each instance at this many bytes/s, read as sr3 reads "
+       "byteRateMax: k, m, g are decimal (500k: 500,000 bytes/s), binary when the value ends "
+       "in i or b (500ki, 500kb: 512,000); 0: unlimited; with kbytes_ps, the smaller wins",
        _DOWNLOADERS, ("byteRateMax",)),
     _o("message_rate_max", Kind.FLOAT, 0.0,
-       "sr3: take at most this many notices per second from the queue, per instance "
-       "(0: unlimited)", _CONSUMERS, ("messageRateMax",)),
+       "take at most this many notices per second from the queue, per instance (sr3's "
+       "messageRateMax; 0: unlimited)", frozenset({"subscribe", "sarra", "sender", "winnow"}),
+       ("messageRateMax",)),
     _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL),
     _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL),
     _o("broker_heartbeat", D, 60.0,
