@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sarra.flow.engine import STOP_GRACE
 from tests.integration.flowkit import (
     ReportTap,
     Site,
@@ -122,3 +123,32 @@ def test_message_rate_max_spreads_notices_out_in_time(site, nginx, tmp_path):  #
     # over the whole interval, not in one batch once the last notice has had its turn
     ours = [t for r, t in zip(tap.reports, tap.arrivals, strict=True) if tag in r.notice.path]
     assert ours[-1] - ours[0] >= 0.7 * expected, (ours[-1] - ours[0], expected)
+
+
+def test_a_stop_is_not_held_up_by_a_slow_capped_download(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    """At 100 kB/s the file needs a minute; stopping leaves at once, places nothing, and the
+    notice (unacked) is fetched whole by the next run, uncapped."""
+    tag = unique("stop")
+    src = nginx.root / tag
+    make_files(src, ["slow.bin"], size=6 << 20)
+    dest = tmp_path / "dest"
+    name = _subscribe(site, tag, dest, "byteRateMax 100k\n")
+    with running_subscriber(site, name) as stop:
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: any(dest.rglob("*")), what="the download to start")
+        time.sleep(0.5)
+        asked = time.monotonic()
+        stop.set()
+    stopped_after = time.monotonic() - asked
+    # well within STOP_GRACE (2 s, after which transfers are aborted): the limiter's wait
+    # itself ends on the stop event
+    assert stopped_after < STOP_GRACE * 0.75, f"took {stopped_after:.1f} s to stop"
+    assert not (dest / "slow.bin").exists()
+    site.write_subscribe(
+        name,
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror off\n"
+        "expire 10m\naccept .*\n",
+    )
+    with running_subscriber(site, name):
+        wait_for(lambda: (dest / "slow.bin").exists(), what="the redelivered download")
+    assert (dest / "slow.bin").read_bytes() == (src / "slow.bin").read_bytes()
