@@ -24,7 +24,7 @@ from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
-from sarra.flow.ratelimit import TokenBucket, throttled
+from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to, is_unchanged
 from sarra.flow.work import Staged, WorkItem
 from sarra.localfs.confined import SafeRoot
@@ -271,7 +271,9 @@ class Downloader:
             _Progress(rel, size) if size and size >= self.settings.progress_threshold else None
         )
         chunks: Iterable[bytes | memoryview] = (
-            aligned_chunks(transport, url) if size and size >= DIRECT_MIN else transport.get(url)
+            aligned_chunks(transport, url, buffer_size=read_size(self.limiter))
+            if size and size >= DIRECT_MIN
+            else transport.get(url)
         )
         result = download_to(
             root,

@@ -20,7 +20,7 @@ from typing import Any
 
 from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
-from sarra.flow.ratelimit import TokenBucket, throttled
+from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to
 from sarra.flow.work import PartState, WorkItem
 from sarra.integrity.sums import new_hasher
@@ -175,7 +175,9 @@ class PartReceiver:
                 chunks: Iterator[bytes | memoryview]
                 write: Callable[[memoryview, int], None]
                 if spec.length >= DIRECT_MIN:
-                    chunks = aligned_chunks(transport, url, remote_offset, spec.length)
+                    chunks = aligned_chunks(
+                        transport, url, remote_offset, spec.length, read_size(self.limiter)
+                    )
                     write = ticket.pwrite_aligned
                 else:
                     chunks = iter(transport.get(url, remote_offset, spec.length))
@@ -221,7 +223,9 @@ class PartReceiver:
             interruptible(
                 throttled(
                     (
-                        aligned_chunks(transport, url, remote_offset, spec.length)
+                        aligned_chunks(
+                            transport, url, remote_offset, spec.length, read_size(self.limiter)
+                        )
                         if spec.length >= DIRECT_MIN
                         else transport.get(url, remote_offset, spec.length)
                     ),

@@ -13,11 +13,16 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import TypeVar
 
 from sarra.errors import Interrupted
+from sarra.localfs.streaming import BUFFER_SIZE, DIRECT_ALIGN
 
 _Chunk = TypeVar("_Chunk", bound=Sized)
 
 #: the default burst: this many seconds of the rate may pass without waiting after an idle time
 BURST_SECONDS = 0.1
+#: under a byte limit, transfers read about this many seconds of the rate at a time
+READ_SECONDS = 0.25
+#: the smallest read buffer under a byte limit
+READ_MIN = 64 * 1024
 
 
 class TokenBucket:
@@ -108,6 +113,18 @@ def message_limiter(rate: float, stop: threading.Event | None = None) -> TokenBu
     Its burst is one notice: notices are spread evenly rather than let through in groups.
     """
     return TokenBucket(rate, burst=1.0, stop=stop) if rate > 0 else None
+
+
+def read_size(limiter: TokenBucket | None) -> int:
+    """The read buffer of downloads under ``limiter``: about :data:`READ_SECONDS` of its
+    rate, a multiple of the direct I/O alignment between :data:`READ_MIN` and the usual
+    buffer size (that size without a limiter). A chunk is read at full speed and then paid
+    for, so small reads keep each wait short: a server never sees its client idle long
+    (nginx drops one that reads nothing for 60 s by default)."""
+    if limiter is None:
+        return BUFFER_SIZE
+    size = int(limiter.rate * READ_SECONDS) // DIRECT_ALIGN * DIRECT_ALIGN
+    return max(READ_MIN, min(BUFFER_SIZE, size))
 
 
 def throttled(chunks: Iterable[_Chunk], limiter: TokenBucket | None) -> Iterable[_Chunk]:

@@ -13,13 +13,16 @@ from sarra.config.options import options_table, parse_float, parse_rate
 from sarra.config.settings import Settings
 from sarra.errors import Interrupted
 from sarra.flow.ratelimit import (
+    READ_MIN,
     TokenBucket,
     byte_limiter,
     byte_rate,
     message_limiter,
+    read_size,
     throttle_callback,
     throttled,
 )
+from sarra.localfs.streaming import BUFFER_SIZE, DIRECT_ALIGN
 from sarra.transfer.base import copy_range
 
 
@@ -239,3 +242,15 @@ def test_sr2_and_sr3_spellings_load_into_typed_settings(tmp_path: Path):
     table = options_table()
     assert table.resolve("byteRateMax") is table["byte_rate_max"]
     assert table.resolve("messageRateMax") is table["message_rate_max"]
+
+
+@pytest.mark.parametrize(
+    "rate, size",
+    [(None, BUFFER_SIZE), (2 << 20, 512 << 10), (1_000_000, 249_856), (10 << 10, READ_MIN),
+     (1 << 30, BUFFER_SIZE)],
+)  # fmt: skip
+def test_downloads_under_a_limit_read_about_a_quarter_second_at_a_time(rate, size):
+    limiter = None if rate is None else TokenBucket(rate)
+    got = read_size(limiter)
+    assert got == size
+    assert got % DIRECT_ALIGN == 0
