@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Delivery
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
@@ -32,7 +31,8 @@ from sarra.components.common import (
     session_for,
 )
 from sarra.config.settings import Settings
-from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
+from sarra.errors import ConfigError, MessageError
+from sarra.flow.reportqueue import ReportConsumer
 from sarra.notice import Report
 
 log = logging.getLogger(__name__)
@@ -145,38 +145,23 @@ class LogComponent(SingleQueueVerbs):
         out = self.out or sys.stdout
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
-        spec = queue_spec(cfg, self.queue_name(cfg), bindings)
-        summary_only = cfg.log_summary
+        live = not cfg.log_summary
         summary = Summary()
-        pending: list[Delivery] = []
-        session.connect()
-        ensure_exchanges(session, [x for x, _ in bindings])
-        session.declare_queue(spec)
-        session.consume(spec.name, cfg.prefetch, pending.append)
-        last = time.monotonic()
-        try:
-            while not stop.is_set():
-                try:
-                    session.poll(0.2)
-                except AccessRefused:
-                    raise
-                except BrokerError as e:
-                    log.warning("broker connection lost (%s); reconnecting", e)
-                    pending.clear()
-                    session.close()
-                    stop.wait(1.0)
-                    session.connect()
-                    continue
-                if pending:
-                    last = time.monotonic()
-                for d in pending:
-                    self._show(d, user, summary, out, live=not summary_only)
-                    session.ack(d)
-                pending.clear()
-                if summary_only and time.monotonic() - last > SUMMARY_IDLE:
-                    break
-        finally:
-            session.close()
+
+        def handle(batch: list[Delivery]) -> None:
+            for d in batch:
+                self._show(d, user, summary, out, live=live)
+
+        ReportConsumer(
+            session,
+            queue_spec(cfg, self.queue_name(cfg), bindings),
+            tuple(x for x, _ in bindings),
+            cfg.prefetch,
+            handle,
+            stop,
+            poll_every=0.2,
+            idle_after=None if live else SUMMARY_IDLE,
+        ).run()
         print(summary.render(), file=out, flush=True)
         return 0
 

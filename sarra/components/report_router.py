@@ -26,7 +26,6 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import BrokerUrl, Delivery
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
@@ -42,7 +41,8 @@ from sarra.components.common import (
 from sarra.components.sarra import declared_users
 from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.config.settings import Settings
-from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
+from sarra.errors import AccessRefused, ConfigError, MessageError
+from sarra.flow.reportqueue import ReportConsumer
 from sarra.flow.republish import PumpIdentity
 from sarra.notice import Report, WireMessage
 from sarra.security_events import record_event
@@ -223,13 +223,8 @@ class ReportRouterComponent(SingleQueueVerbs):
         router = self.router(cfg)
         session = self.broker_session(cfg)
         bindings = router_bindings(router.pump.users)
-        spec = queue_spec(cfg, self.queue_name(cfg), bindings)
         remote: dict[str, BrokerSession] = {}
         declared: set[tuple[str, str]] = set()
-        pending: list[Delivery] = []
-
-        def on_delivery(d: Delivery) -> None:
-            pending.append(d)
 
         def publish(target: Route | None, messages: list[WireMessage]) -> None:
             s = session if target is None else remote.get(target.cluster)
@@ -249,46 +244,33 @@ class ReportRouterComponent(SingleQueueVerbs):
                     declared.add((key, m.exchange))
             s.publish(messages)
 
-        connected = False
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                if not connected:
-                    session.connect()
-                    ensure_exchanges(session, ["xreport", *(x for x, _ in bindings)])
-                    session.declare_queue(spec)
-                    session.consume(spec.name, cfg.prefetch, on_delivery)
-                    connected = True
-                    delay = 0.5
-                    log.info("routing reports from queue %s", spec.name)
-                session.poll(0.5)
-                if not pending:
-                    continue
-                batch, pending[:] = list(pending), []
-                outgoing: dict[str | None, tuple[Route | None, list[WireMessage]]] = {}
-                for d in batch:
-                    for target, m in router.handle(d.message):
-                        k = None if target is None else target.cluster
-                        outgoing.setdefault(k, (target, []))[1].append(m)
-                for target, messages in outgoing.values():
-                    publish(target, messages)
-                for d in batch:
-                    session.ack(d)
-            except AccessRefused:
-                raise
-            except BrokerError as e:
-                log.warning("broker trouble (%s); unacked reports will be redelivered", e)
-                pending.clear()
-                session.close()
-                for s in remote.values():
-                    s.close()
-                declared.clear()
-                connected = False
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-        session.close()
-        for s in remote.values():
-            s.close()
+        def handle(batch: list[Delivery]) -> None:
+            outgoing: dict[str | None, tuple[Route | None, list[WireMessage]]] = {}
+            for d in batch:
+                for target, m in router.handle(d.message):
+                    k = None if target is None else target.cluster
+                    outgoing.setdefault(k, (target, []))[1].append(m)
+            for target, messages in outgoing.values():
+                publish(target, messages)
+
+        def close_remotes() -> None:
+            for s in remote.values():
+                s.close()
+            declared.clear()
+
+        consumer = ReportConsumer(
+            session,
+            queue_spec(cfg, self.queue_name(cfg), bindings),
+            ("xreport", *(x for x, _ in bindings)),
+            cfg.prefetch,
+            handle,
+            stop,
+            on_lost=close_remotes,
+        )
+        try:
+            consumer.run()
+        finally:
+            close_remotes()
         log.info("stopped; %s", router.counts)
         return 0
 
