@@ -31,27 +31,11 @@ from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.download import Destination, Downloader
 from sarra.flow.journal import InflightJournal
-from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
+from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings, declared_users
 
 log = logging.getLogger(__name__)
 
 HOLD_ENV = "SARRA_TEST_HOLD_BEFORE_ANNOUNCE"
-
-#: roles of ``declare`` lines that name users (``declare exchange X`` does not)
-USER_ROLES = frozenset({"source", "subscriber", "subscribe", "feeder", "admin", "user"})
-
-
-def declared_users(s: Settings) -> frozenset[str]:
-    """Every user the pump declares, any role, plus its admin and feeder accounts."""
-    users: set[str] = set()
-    for role, names in s.declared.items():
-        if role in USER_ROLES:
-            users.update(names)
-    for text in (s.admin, s.feeder):
-        user = urlsplit(text).username if text else None
-        if user:
-            users.add(user)
-    return frozenset(users)
 
 
 def sarra_bindings(s: Settings) -> Bindings:

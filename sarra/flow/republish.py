@@ -35,9 +35,11 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from sarra.codec import v02
 from sarra.codec.fields import parse_checksum
+from sarra.config.settings import Settings
 from sarra.errors import LocalError
 from sarra.flow.baseurl import REPUBLISHER_REFUSED, HostGuard, Resolver, resolve_host
 from sarra.flow.download import Downloader
@@ -83,6 +85,23 @@ class PumpIdentity:
             if (rest == u or rest.startswith(u + "_")) and (best is None or len(u) > len(best)):
                 best = u
         return best
+
+
+#: roles of ``declare`` lines that name users (``declare exchange X`` does not)
+USER_ROLES = frozenset({"source", "subscriber", "subscribe", "feeder", "admin", "user"})
+
+
+def declared_users(s: Settings) -> frozenset[str]:
+    """Every user the pump declares, any role, plus its admin and feeder accounts."""
+    users: set[str] = set()
+    for role, names in s.declared.items():
+        if role in USER_ROLES:
+            users.update(names)
+    for text in (s.admin, s.feeder):
+        user = urlsplit(text).username if text else None
+        if user:
+            users.add(user)
+    return frozenset(users)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,11 @@ import pytest
 
 from sarra.broker.base import BrokerUrl
 from sarra.codec import v02
-from sarra.components.log import Delivered, Summary, log_exchange
-from sarra.components.report_router import ReportRouter, Route
+from sarra.components.log import log_exchange
 from sarra.errors import ConfigError, PolicyRefused
 from sarra.flow.baseurl import is_internal
+from sarra.flow.reportlog import Delivered, Summary
+from sarra.flow.reportrouting import ReportRouter, Route
 from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, Report, WireMessage
