@@ -23,6 +23,7 @@ from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.heartbeat import HeartbeatFile
+from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
 from sarra.notice import Notice
 
@@ -131,6 +132,14 @@ def declare_consumer_queue(
     spec = queue_spec(s, queue_name, bindings)
     session.declare_queue(spec)
     return spec
+
+
+def declare_post_exchange(cfg: Settings, program: str) -> None:
+    """``declare`` of a poster (sr_post, sr_watch): the exchange it posts to, on post_broker."""
+    url = broker_url(cfg, "post_broker")
+    exchange = PostSettings.from_config(cfg, url.user, url.host).exchange
+    with connected(session_for(url, cfg, program)) as session:
+        session.declare_exchange(exchange)
 
 
 def delete_queues(session: Broker, names: Iterable[str]) -> None:

@@ -11,21 +11,18 @@ from collections.abc import Iterator
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
-from sarra.components.common import broker_url, connected, instance_state_dir, session_for
+from sarra.components.common import (
+    broker_url,
+    declare_post_exchange,
+    instance_state_dir,
+    session_for,
+)
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError, LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.posting import NoticeBuilder, PostSettings, Publisher, outage_max
+from sarra.flow.posting import NoticeBuilder, PostSettings, Publisher, outage_max, post_paths
 
 log = logging.getLogger(__name__)
-
-
-def post_paths(cfg: Settings) -> list[str]:
-    """Paths given with ``path``/``-path`` options and on the command line, in order."""
-    result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
-    for p in cfg.path:
-        result.setdefault(p, None)
-    return list(result)
 
 
 #: notices per confirmed batch unless ``batch`` is given
@@ -40,14 +37,6 @@ def post_batch(cfg: Settings) -> int:
     if cfg.is_set("batch"):
         return max(1, cfg.batch)
     return DEFAULT_BATCH
-
-
-def declare_post_exchange(cfg: Settings, program: str) -> None:
-    """``declare`` of a poster (sr_post, sr_watch): the exchange it posts to, on post_broker."""
-    url = broker_url(cfg, "post_broker")
-    exchange = PostSettings.from_config(cfg, url.user, url.host).exchange
-    with connected(session_for(url, cfg, program)) as session:
-        session.declare_exchange(exchange)
 
 
 class PostComponent:

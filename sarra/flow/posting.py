@@ -104,6 +104,14 @@ class PostSettings:
         )
 
 
+def post_paths(cfg: Settings) -> list[str]:
+    """Paths given with ``path``/``-path`` options and on the command line, in order."""
+    result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
+    for p in cfg.path:
+        result.setdefault(p, None)
+    return list(result)
+
+
 def outage_max(cfg: Settings) -> float | None:
     """``post_outage_max``: how long posting waits for an unreachable broker (None: forever)."""
     return cfg.post_outage_max if cfg.post_outage_max > 0 else None
