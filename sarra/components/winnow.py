@@ -31,6 +31,7 @@ import logging
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import QueueSpec
+from sarra.broker.session import connect_unless_stopped
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -130,17 +131,18 @@ class WinnowComponent(ConsumerComponent):
         cache = WinnowCache(
             run.state_dir / f"recent_files_{tag:03d}.cache", ttl=ttl, basis=s.cache_basis
         )
-        post_session.connect_with_backoff()
-        if s.declare_exchange:
-            ensure_exchanges(post_session, targets)
-        journal = QueueSpec(
-            journal_name(s, post_url.user, tag),
-            tuple((x, "#") for x in targets),
-            durable=True,
-            message_ttl_ms=int(ttl * 1000),
-        )
-        replayed = replay_journal(post_session, journal, cache)
-        log.info("journal: %d forwarded posts known from earlier runs", replayed)
+        # stopped before the post broker answered: the loop, seeing the stop, reads nothing
+        if connect_unless_stopped(post_session, run.stop):
+            if s.declare_exchange:
+                ensure_exchanges(post_session, targets)
+            journal = QueueSpec(
+                journal_name(s, post_url.user, tag),
+                tuple((x, "#") for x in targets),
+                durable=True,
+                message_ttl_ms=int(ttl * 1000),
+            )
+            replayed = replay_journal(post_session, journal, cache)
+            log.info("journal: %d forwarded posts known from earlier runs", replayed)
         winnower = Winnower(cache, post_session, post_exchange, split)
         return Flow(
             winnower.select,
