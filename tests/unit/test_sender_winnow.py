@@ -14,16 +14,11 @@ from sarra.broker.base import Broker, BrokerUrl
 from sarra.broker.memory import MemoryBroker, MemorySession
 from sarra.codec import v02
 from sarra.components.sender import SenderComponent, send_settings
-from sarra.components.winnow import (
-    WinnowCache,
-    WinnowComponent,
-    Winnower,
-    input_bindings,
-    shard_of,
-)
+from sarra.components.winnow import WinnowComponent
 from sarra.config.settings import Settings, load_settings
 from sarra.errors import ConfigError, HostilePath
 from sarra.flow.send import RemoteTarget, Sender, SendSettings, inflight_path
+from sarra.flow.winnow import WinnowCache, Winnower, input_bindings, shard_of
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 
