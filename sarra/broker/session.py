@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,7 +35,7 @@ from typing import Any, NoReturn, cast
 import amqp
 import amqp.exceptions
 
-from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
+from sarra.broker.base import Broker, BrokerUrl, Delivery, QueueSpec
 from sarra.errors import AccessRefused, BrokerError, BrokerNotFound
 from sarra.notice import WireMessage
 
@@ -64,6 +65,35 @@ def backoff_delays(
     while True:
         yield max(initial / 2, rand.uniform(0, bound))
         bound = min(cap, bound * 2)
+
+
+def connect_unless_stopped(
+    session: Broker, stop: threading.Event, *, initial: float = 0.5, cap: float = 30.0
+) -> bool:
+    """Connect ``session``, retrying with :func:`backoff_delays` until it succeeds (True) or
+    ``stop`` is set (False, at once: the wait between attempts is cut short).
+
+    Each failed attempt is logged; AccessRefused is raised (retrying cannot help).
+    """
+    for attempt, delay in enumerate(backoff_delays(initial, cap), start=1):
+        if stop.is_set():
+            return False
+        try:
+            session.connect()
+            return True
+        except AccessRefused:
+            raise
+        except BrokerError as exc:
+            log.warning(
+                "attempt %d to connect to %s failed: %s; retrying in %.1fs",
+                attempt,
+                session.url,
+                exc,
+                delay,
+            )
+            session.close()
+            stop.wait(delay)
+    raise AssertionError("unreachable: backoff_delays is endless")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
+from sarra.flow.download import DownloadSettings
 from sarra.flow.heartbeat import HeartbeatFile
+from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
 from sarra.notice import Notice
 
@@ -78,6 +81,33 @@ def fqdn() -> str:
     return socket.getfqdn()
 
 
+def download_settings(s: Settings) -> DownloadSettings:
+    """How a downloader (subscribe, sarra) fetches and places files.
+
+    An ``inflight`` age (a number) makes no sense when writing: the temporary suffix ``.tmp``
+    is used instead; ``inflight NONE`` writes final names directly. ``chmod 0`` and
+    ``chmod_dir 0`` leave modes to the umask (as the option table says).
+    """
+    umask = current_umask()
+    inflight = s.inflight if isinstance(s.inflight, str) and s.inflight else ".tmp"
+    return DownloadSettings(
+        inflight=None if inflight.upper() == "NONE" else inflight,
+        events=frozenset(s.events.replace(",", "|").split("|")),
+        base_url_accept=tuple(re.compile(p) for p in s.base_url_accept),
+        preserve_time=s.preserve_time,
+        preserve_mode=s.preserve_mode,
+        chmod=s.chmod or 0o666 & ~umask,
+        chmod_dir=s.chmod_dir or 0o777 & ~umask,
+        timeout=s.timeout,
+        credentials=credential_store().find,
+        tls_verify=s.tls_rigour != "lax",
+        overwrite=s.overwrite,
+        part_expiry=s.part_expiry,
+        base_url_private=s.base_url_private,
+        file_size_max=s.file_size_max,
+    )
+
+
 def seconds_to_ms(value: float | None) -> int | None:
     """AMQP milliseconds of a duration; None for unset or non-positive (no limit)."""
     if value is None or value <= 0:
@@ -131,6 +161,14 @@ def declare_consumer_queue(
     spec = queue_spec(s, queue_name, bindings)
     session.declare_queue(spec)
     return spec
+
+
+def declare_post_exchange(cfg: Settings, program: str) -> None:
+    """``declare`` of a poster (sr_post, sr_watch): the exchange it posts to, on post_broker."""
+    url = broker_url(cfg, "post_broker")
+    exchange = PostSettings.from_config(cfg, url.user, url.host).exchange
+    with connected(session_for(url, cfg, program)) as session:
+        session.declare_exchange(exchange)
 
 
 def delete_queues(session: Broker, names: Iterable[str]) -> None:

@@ -11,18 +11,11 @@ for ``SUMMARY_IDLE`` seconds, and prints the summary (per code, per consumer, pe
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import TextIO
 
-from sarra.broker.admin import ensure_exchanges
-from sarra.broker.base import Delivery
 from sarra.broker.session import BrokerSession
-from sarra.codec import v02
 from sarra.components.common import (
     SingleQueueVerbs,
     broker_url,
@@ -32,76 +25,14 @@ from sarra.components.common import (
     session_for,
 )
 from sarra.config.settings import Settings
-from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
-from sarra.notice import Report
-
-log = logging.getLogger(__name__)
+from sarra.errors import ConfigError
+from sarra.flow.reportlog import ReportLog
+from sarra.flow.reportqueue import ReportConsumer
 
 #: seconds without a delivery after which a summary run ends
 SUMMARY_IDLE = 2.0
 #: the option table's default exchange for sr_log, replaced by xr_<broker user>
 DEFAULT_EXCHANGE = "xr_${BROKER_USER}"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """One report as a line of sr_log: a consumer's outcome for one file."""
-
-    when: str  # when sr_log received the report (UTC), close to when the consumer acted
-    posted: str  # pubTime of the post the report is about
-    path: str
-    code: int
-    consumer: str  # user@host
-    message: str
-    elapsed: float
-
-    @classmethod
-    def of(cls, report: Report) -> Delivered:
-        return cls(
-            when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            posted=report.notice.pubtime,
-            path=report.notice.path,
-            code=report.code,
-            consumer=f"{report.user}@{report.host}",
-            message=report.message,
-            elapsed=report.elapsed,
-        )
-
-    def line(self) -> str:
-        return (
-            f"{self.when} {self.code} {self.consumer} {self.path} "
-            f"({self.elapsed:.3f}s) {self.message}"
-        ).rstrip()
-
-
-@dataclass(slots=True)
-class Summary:
-    """Counts per code and per consumer, and who got each file."""
-
-    by_code: Counter[int] = field(default_factory=Counter)
-    by_consumer: Counter[str] = field(default_factory=Counter)
-    files: dict[str, list[Delivered]] = field(default_factory=dict)
-    skipped: int = 0
-
-    def add(self, d: Delivered) -> None:
-        self.by_code[d.code] += 1
-        self.by_consumer[d.consumer] += 1
-        self.files.setdefault(d.path, []).append(d)
-
-    def render(self) -> str:
-        lines = [f"reports: {sum(self.by_code.values())}"]
-        lines.append(
-            "per code: " + (", ".join(f"{c}: {n}" for c, n in sorted(self.by_code.items())) or "-")
-        )
-        lines.append("per consumer:")
-        lines += [f"  {who}: {n}" for who, n in sorted(self.by_consumer.items())]
-        lines.append("per file:")
-        for path in sorted(self.files):
-            who = ", ".join(f"{d.consumer} {d.code}" for d in self.files[path])
-            lines.append(f"  {path}: {who}")
-        if self.skipped:
-            lines.append(f"skipped (not about your data): {self.skipped}")
-        return "\n".join(lines)
 
 
 def log_exchange(cfg: Settings, user: str) -> str:
@@ -145,57 +76,19 @@ class LogComponent(SingleQueueVerbs):
         out = self.out or sys.stdout
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
-        spec = queue_spec(cfg, self.queue_name(cfg), bindings)
-        summary_only = cfg.log_summary
-        summary = Summary()
-        pending: list[Delivery] = []
-        session.connect()
-        ensure_exchanges(session, [x for x, _ in bindings])
-        session.declare_queue(spec)
-        session.consume(spec.name, cfg.prefetch, pending.append)
-        last = time.monotonic()
-        try:
-            while not stop.is_set():
-                try:
-                    session.poll(0.2)
-                except AccessRefused:
-                    raise
-                except BrokerError as e:
-                    log.warning("broker connection lost (%s); reconnecting", e)
-                    pending.clear()
-                    session.close()
-                    stop.wait(1.0)
-                    session.connect()
-                    continue
-                if pending:
-                    last = time.monotonic()
-                for d in pending:
-                    self._show(d, user, summary, out, live=not summary_only)
-                    session.ack(d)
-                pending.clear()
-                if summary_only and time.monotonic() - last > SUMMARY_IDLE:
-                    break
-        finally:
-            session.close()
-        print(summary.render(), file=out, flush=True)
+        shown = ReportLog(user, out, live=not cfg.log_summary)
+        ReportConsumer(
+            session,
+            queue_spec(cfg, self.queue_name(cfg), bindings),
+            tuple(x for x, _ in bindings),
+            cfg.prefetch,
+            shown.handle,
+            stop,
+            poll_every=0.2,
+            idle_after=SUMMARY_IDLE if cfg.log_summary else None,
+        ).run()
+        print(shown.summary.render(), file=out, flush=True)
         return 0
-
-    def _show(self, d: Delivery, user: str, summary: Summary, out: TextIO, *, live: bool) -> None:
-        m = d.message
-        try:
-            decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
-        except MessageError as e:
-            log.info("skipping an undecodable report: %s", e)
-            return
-        if not isinstance(decoded, Report):
-            return
-        if decoded.notice.header("source") != user:
-            summary.skipped += 1
-            return
-        entry = Delivered.of(decoded)
-        summary.add(entry)
-        if live:
-            print(entry.line(), file=out, flush=True)
 
     def declare(self, cfg: Settings) -> None:
         session, user = self._session(cfg)

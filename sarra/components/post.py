@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
-from sarra.components.common import broker_url, connected, instance_state_dir, session_for
+from sarra.components.common import (
+    broker_url,
+    declare_post_exchange,
+    instance_state_dir,
+    session_for,
+)
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError, ConfigError, LocalError, MessageError
+from sarra.errors import ConfigError
 from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.posting import NoticeBuilder, PostSettings, Publisher, outage_max
+from sarra.flow.posting import (
+    NoticeBuilder,
+    PostSettings,
+    Publisher,
+    outage_max,
+    post_files,
+    post_paths,
+)
 
 log = logging.getLogger(__name__)
-
-
-def post_paths(cfg: Settings) -> list[str]:
-    """Paths given with ``path``/``-path`` options and on the command line, in order."""
-    result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
-    for p in cfg.path:
-        result.setdefault(p, None)
-    return list(result)
 
 
 #: notices per confirmed batch unless ``batch`` is given
@@ -42,12 +44,8 @@ def post_batch(cfg: Settings) -> int:
     return DEFAULT_BATCH
 
 
-def declare_post_exchange(cfg: Settings, program: str) -> None:
-    """``declare`` of a poster (sr_post, sr_watch): the exchange it posts to, on post_broker."""
-    url = broker_url(cfg, "post_broker")
-    exchange = PostSettings.from_config(cfg, url.user, url.host).exchange
-    with connected(session_for(url, cfg, program)) as session:
-        session.declare_exchange(exchange)
+def complain(text: str) -> None:
+    print(f"sr_post: {text}", file=sys.stderr)
 
 
 class PostComponent:
@@ -92,28 +90,13 @@ class PostComponent:
             on_connect=(lambda s: ensure_exchanges(s, [settings.exchange])) if declare else None,
             stop=stop,
         )
-        unposted: list[str] = []
-        files = self._files(builder, paths, unposted)
-        why = ""
         started = time.monotonic()
         try:
-            for f in files:
-                if stop.is_set():
-                    unposted.append(f)
-                    why = "stopped"
-                    break
-                self._post_file(builder, publisher, f, unposted)
-            publisher.flush()
-        except BrokerError as e:
-            why = str(e)
-            log.error("giving up: %s", e)
+            unposted, why = post_files(builder, publisher, paths, stop, complain)
         finally:
             session.close()
             if nodupe is not None:
                 nodupe.close()
-        # what the broker never confirmed, then what was never tried
-        unposted.extend(publisher.pending_items())
-        unposted.extend(files)
         elapsed = time.monotonic() - started
         log.info(
             "posted %d file(s) (%d notices) to %s in %.2fs (%.0f/s); %d not posted",
@@ -131,34 +114,6 @@ class PostComponent:
         if unposted:
             self._report_unposted(unposted, why)
         return 1 if unposted else 0
-
-    @staticmethod
-    def _files(builder: NoticeBuilder, paths: list[str], unposted: list[str]) -> Iterator[str]:
-        """Every file to post, lazily (a tree is listed when reached); a directory that
-        cannot be listed is named on stderr and counted as not posted."""
-        for path in paths:
-            abs_path = os.path.abspath(path)
-            if os.path.isdir(abs_path) and not os.path.islink(abs_path):
-                try:
-                    tree = list(builder.tree(abs_path))
-                except LocalError as e:
-                    print(f"sr_post: {e}", file=sys.stderr)
-                    unposted.append(abs_path)
-                    continue
-                yield from tree
-            else:
-                yield abs_path
-
-    @staticmethod
-    def _post_file(
-        builder: NoticeBuilder, publisher: Publisher, path: str, unposted: list[str]
-    ) -> None:
-        try:
-            notices = builder.file_notices(path)
-            publisher.add(notices, item=path)
-        except (LocalError, MessageError) as e:
-            print(f"sr_post: {e}", file=sys.stderr)
-            unposted.append(path)
 
     @staticmethod
     def _report_unposted(unposted: list[str], why: str) -> None:

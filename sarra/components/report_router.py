@@ -13,23 +13,16 @@ Runs with the pump's feeder (or admin) account. One queue carries:
   broker is never taken, and a report seen again within ``LOOP_WINDOW`` seconds (the same
   bytes came back) is dropped, so reports cannot circulate.
 
+The routing is ``sarra.flow.reportrouting``, the consuming loop ``sarra.flow.reportqueue``.
 Everything a delivery causes is broker-confirmed before the delivery is acked.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from sarra.broker.admin import ensure_exchanges
-from sarra.broker.base import BrokerUrl, Delivery
 from sarra.broker.session import BrokerSession
-from sarra.codec import v02
 from sarra.components.common import (
     SingleQueueVerbs,
     broker_url,
@@ -39,163 +32,17 @@ from sarra.components.common import (
     queue_spec,
     session_for,
 )
-from sarra.components.sarra import declared_users
-from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.config.settings import Settings
-from sarra.errors import AccessRefused, BrokerError, ConfigError, MessageError
-from sarra.flow.republish import PumpIdentity
-from sarra.notice import Report, WireMessage
-from sarra.security_events import record_event
+from sarra.flow.reportqueue import ReportConsumer
+from sarra.flow.reportrouting import (
+    ReportRouter,
+    RoutePublisher,
+    parse_routes,
+    router_bindings,
+)
+from sarra.flow.republish import PumpIdentity, declared_users
 
 log = logging.getLogger(__name__)
-
-#: seconds during which a report seen before is taken for a loop
-LOOP_WINDOW = 600.0
-_LOOP_MAX = 100_000
-
-
-@dataclass(slots=True)
-class RouterCounts:
-    forwarded: int = 0  # xs_U -> xreport
-    delivered: int = 0  # xreport -> xr_<source>
-    relayed: int = 0  # xreport -> another pump
-    forged: int = 0
-    unknown_cluster: int = 0
-    no_source: int = 0
-    loops: int = 0
-    ignored: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Reports of ``cluster`` are published to ``xs_<url.user>`` on ``url``."""
-
-    cluster: str
-    url: BrokerUrl
-
-    @property
-    def exchange(self) -> str:
-        return f"xs_{self.url.user}"
-
-
-def parse_routes(words: Iterable[str], store: CredentialStore) -> dict[str, Route]:
-    """``cluster_route NAME BROKER`` words (pairs) -> routes by cluster name.
-
-    Raises:
-        ConfigError: an odd number of words or a bad broker URL.
-    """
-    items = list(words)
-    if len(items) % 2:
-        raise ConfigError("cluster_route needs NAME BROKER pairs", option="cluster_route")
-    routes: dict[str, Route] = {}
-    for name, url in zip(items[::2], items[1::2], strict=True):
-        routes[name] = Route(name, to_broker_url(url, store))
-    return routes
-
-
-@dataclass
-class ReportRouter:
-    """The routing decisions, free of I/O: ``handle`` says what to publish where."""
-
-    pump: PumpIdentity
-    peers: frozenset[str]
-    routes: dict[str, Route]
-    own: BrokerUrl
-    counts: RouterCounts = field(default_factory=RouterCounts)
-    _seen: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
-
-    def handle(
-        self, msg: WireMessage, now: float | None = None
-    ) -> list[tuple[Route | None, WireMessage]]:
-        """What to publish for one consumed message: (route or None for our broker, message)."""
-        try:
-            decoded = v02.decode(msg.exchange, msg.routing_key, msg.body, msg.headers)
-        except MessageError as e:
-            log.info("dropping an undecodable message from %s: %s", msg.exchange, e)
-            self.counts.ignored += 1
-            return []
-        if not isinstance(decoded, Report):
-            self.counts.ignored += 1  # a post on the bare v02.post key: not ours to route
-            return []
-        if msg.exchange == "xreport":
-            return self._route(decoded, time.time() if now is None else now)
-        return self._admit(msg.exchange, decoded)
-
-    def _admit(self, exchange: str, report: Report) -> list[tuple[Route | None, WireMessage]]:
-        owner = self.pump.owner_of(exchange)
-        if owner is None:
-            log.warning("dropping a report from %s: no declared user owns it", exchange)
-            self.counts.forged += 1
-            return []
-        if owner not in self.peers and report.user != owner:
-            log.warning(
-                "dropping a forged report on %s: body user %r is not %r (file %s)",
-                exchange,
-                report.user,
-                owner,
-                report.notice.path,
-            )
-            self.counts.forged += 1
-            _record("forged_report", exchange, report.user)
-            return []
-        self.counts.forwarded += 1
-        return [(None, v02.report_to_wire(report, "xreport"))]
-
-    def _route(self, report: Report, now: float) -> list[tuple[Route | None, WireMessage]]:
-        notice = report.notice
-        wire = v02.report_to_wire(report, "xreport")
-        if self._seen_before(wire.body + repr(sorted(wire.headers.items())).encode(), now):
-            self.counts.loops += 1
-            log.info("dropping a report seen before (a routing loop?): %s", notice.path)
-            return []
-        cluster = notice.header("from_cluster")
-        if cluster is None or self.pump.is_local(cluster):
-            source = notice.header("source")
-            if not source:
-                self.counts.no_source += 1
-                log.info("dropping a report without a source: %s", notice.path)
-                return []
-            self.counts.delivered += 1
-            return [(None, v02.report_to_wire(report, f"xr_{source}"))]
-        route = self.routes.get(cluster)
-        if route is None:
-            self.counts.unknown_cluster += 1
-            log.info("dropping a report for unknown cluster %s: %s", cluster, notice.path)
-            return []
-        if (route.url.host, route.url.port, route.url.vhost) == (
-            self.own.host,
-            self.own.port,
-            self.own.vhost,
-        ):
-            self.counts.loops += 1
-            log.warning("cluster_route %s points at our own broker: report dropped", cluster)
-            return []
-        self.counts.relayed += 1
-        return [(route, v02.report_to_wire(report, route.exchange))]
-
-    def _seen_before(self, body: bytes, now: float) -> bool:
-        key = hashlib.sha256(body).digest()
-        while self._seen and (
-            len(self._seen) > _LOOP_MAX or next(iter(self._seen.values())) < now - LOOP_WINDOW
-        ):
-            self._seen.popitem(last=False)
-        if key in self._seen:
-            return True
-        self._seen[key] = now
-        return False
-
-
-def _record(kind: str, exchange: str, claimed: str | None) -> None:
-    """Tell sr_police about a dropped report (recording logs, never raises, on failure)."""
-    record_event(kind, exchange=exchange, claimed=claimed)
-
-
-def router_bindings(users: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    out: list[tuple[str, str]] = []
-    for u in sorted(set(users)):
-        out += [(f"xs_{u}", "v02.report.#"), (f"xs_{u}", "v02.post")]
-    out.append(("xreport", "v02.report.#"))
-    return tuple(out)
 
 
 class ReportRouterComponent(SingleQueueVerbs):
@@ -223,72 +70,24 @@ class ReportRouterComponent(SingleQueueVerbs):
         router = self.router(cfg)
         session = self.broker_session(cfg)
         bindings = router_bindings(router.pump.users)
-        spec = queue_spec(cfg, self.queue_name(cfg), bindings)
-        remote: dict[str, BrokerSession] = {}
-        declared: set[tuple[str, str]] = set()
-        pending: list[Delivery] = []
-
-        def on_delivery(d: Delivery) -> None:
-            pending.append(d)
-
-        def publish(target: Route | None, messages: list[WireMessage]) -> None:
-            s = session if target is None else remote.get(target.cluster)
-            if s is None:
-                assert target is not None
-                s = session_for(target.url, cfg, f"sr_report {cfg.name} -> {target.cluster}")
-                remote[target.cluster] = s
-            if not s.connected:
-                s.connect()
-            key = "" if target is None else target.cluster
-            for m in messages:
-                if (key, m.exchange) not in declared:
-                    try:
-                        s.declare_exchange(m.exchange)
-                    except AccessRefused:
-                        log.debug("may not declare %s; assuming it exists", m.exchange)
-                    declared.add((key, m.exchange))
-            s.publish(messages)
-
-        connected = False
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                if not connected:
-                    session.connect()
-                    ensure_exchanges(session, ["xreport", *(x for x, _ in bindings)])
-                    session.declare_queue(spec)
-                    session.consume(spec.name, cfg.prefetch, on_delivery)
-                    connected = True
-                    delay = 0.5
-                    log.info("routing reports from queue %s", spec.name)
-                session.poll(0.5)
-                if not pending:
-                    continue
-                batch, pending[:] = list(pending), []
-                outgoing: dict[str | None, tuple[Route | None, list[WireMessage]]] = {}
-                for d in batch:
-                    for target, m in router.handle(d.message):
-                        k = None if target is None else target.cluster
-                        outgoing.setdefault(k, (target, []))[1].append(m)
-                for target, messages in outgoing.values():
-                    publish(target, messages)
-                for d in batch:
-                    session.ack(d)
-            except AccessRefused:
-                raise
-            except BrokerError as e:
-                log.warning("broker trouble (%s); unacked reports will be redelivered", e)
-                pending.clear()
-                session.close()
-                for s in remote.values():
-                    s.close()
-                declared.clear()
-                connected = False
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-        session.close()
-        for s in remote.values():
-            s.close()
+        publisher = RoutePublisher(
+            router,
+            session,
+            lambda r: session_for(r.url, cfg, f"sr_report {cfg.name} -> {r.cluster}"),
+        )
+        consumer = ReportConsumer(
+            session,
+            queue_spec(cfg, self.queue_name(cfg), bindings),
+            ("xreport", *(x for x, _ in bindings)),
+            cfg.prefetch,
+            publisher.handle,
+            stop,
+            on_lost=publisher.close,
+        )
+        try:
+            consumer.run()
+        finally:
+            publisher.close()
         log.info("stopped; %s", router.counts)
         return 0
 

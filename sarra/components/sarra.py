@@ -17,41 +17,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker
-from sarra.components.common import MaskResolver, broker_url
+from sarra.components.common import MaskResolver, broker_url, download_settings
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance, default_bindings
-from sarra.components.subscribe import download_settings
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.download import Destination, Downloader
 from sarra.flow.journal import InflightJournal
-from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
+from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings, declared_users
 
 log = logging.getLogger(__name__)
 
 HOLD_ENV = "SARRA_TEST_HOLD_BEFORE_ANNOUNCE"
-
-#: roles of ``declare`` lines that name users (``declare exchange X`` does not)
-USER_ROLES = frozenset({"source", "subscriber", "subscribe", "feeder", "admin", "user"})
-
-
-def declared_users(s: Settings) -> frozenset[str]:
-    """Every user the pump declares, any role, plus its admin and feeder accounts."""
-    users: set[str] = set()
-    for role, names in s.declared.items():
-        if role in USER_ROLES:
-            users.update(names)
-    for text in (s.admin, s.feeder):
-        user = urlsplit(text).username if text else None
-        if user:
-            users.add(user)
-    return frozenset(users)
 
 
 def sarra_bindings(s: Settings) -> Bindings:
@@ -75,36 +56,9 @@ def pump_identity(s: Settings) -> PumpIdentity:
 
 
 def republish_settings(s: Settings) -> RepublishSettings:
-    if not s.post_base_url:
-        raise ConfigError("sr_sarra needs post_base_url", option="post_base_url")
-    base_dir = s.post_base_dir
-    if not base_dir:
-        if not s.directory or "${" in s.directory:
-            raise ConfigError(
-                "sr_sarra needs post_base_dir (the root of the tree post_base_url serves)",
-                option="post_base_dir",
-            )
-        base_dir = s.directory
+    """The re-announcing rules; the input and post brokers' hosts are trusted."""
     post = broker_url(s, "post_broker") if s.post_broker else broker_url(s)
-    trusted = {
-        broker_url(s).host.lower(),
-        post.host.lower(),
-        (urlsplit(s.post_base_url).hostname or "").lower(),
-    }
-    return RepublishSettings(
-        post_exchange=s.post_exchange or "xpublic",
-        post_base_url=s.post_base_url,
-        post_base_dir=os.path.abspath(base_dir),
-        exchange_split=s.post_exchange_split,
-        header_value_max=s.header_value_max,
-        persistent=s.persistent,
-        message_ttl_ms=int(s.message_ttl * 1000) if s.message_ttl else None,
-        source_from_exchange=s.source_from_exchange,
-        trusted_hosts=frozenset(h for h in trusted if h),
-        base_url_accept=tuple(re.compile(p) for p in s.base_url_accept),
-        extra_headers=tuple(s.headers_add.items()),
-        drop_headers=s.headers_del,
-    )
+    return RepublishSettings.from_config(s, (broker_url(s).host, post.host))
 
 
 class SarraComponent(ConsumerComponent):
@@ -177,13 +131,6 @@ class SarraComponent(ConsumerComponent):
                 while not run.stop.wait(0.1):
                     pass
 
-        def summary() -> str:
-            c = republisher.counts
-            return (
-                f"announced {c.announced}, re-announced {c.reannounced}, forged {c.forged}, "
-                f"loops {c.loops}, not for this cluster {c.not_for_us}"
-            )
-
         return Flow(
             republisher.select,
             republisher.work,
@@ -194,5 +141,5 @@ class SarraComponent(ConsumerComponent):
             post_session=post_session,
             cluster=pump.cluster,
             close=[downloader.close, journal.close],
-            summary=summary,
+            summary=republisher.counts.summary,
         )

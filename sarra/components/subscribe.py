@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 
-from sarra.components.common import MaskResolver, credential_store, current_umask
+from sarra.components.common import MaskResolver, download_settings
 from sarra.components.runner import ConsumerComponent, Flow, Instance
-from sarra.config.settings import Settings
-from sarra.flow.download import Destination, Downloader, DownloadSettings
+from sarra.flow.download import Destination, Downloader
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
-
-
-def download_settings(s: Settings) -> DownloadSettings:
-    """How a downloader (subscribe, sarra) fetches and places files.
-
-    An ``inflight`` age (a number) makes no sense when writing: the temporary suffix ``.tmp``
-    is used instead; ``inflight NONE`` writes final names directly. ``chmod 0`` and
-    ``chmod_dir 0`` leave modes to the umask (as the option table says).
-    """
-    umask = current_umask()
-    inflight = s.inflight if isinstance(s.inflight, str) and s.inflight else ".tmp"
-    return DownloadSettings(
-        inflight=None if inflight.upper() == "NONE" else inflight,
-        events=frozenset(s.events.replace(",", "|").split("|")),
-        base_url_accept=tuple(re.compile(p) for p in s.base_url_accept),
-        preserve_time=s.preserve_time,
-        preserve_mode=s.preserve_mode,
-        chmod=s.chmod or 0o666 & ~umask,
-        chmod_dir=s.chmod_dir or 0o777 & ~umask,
-        timeout=s.timeout,
-        credentials=credential_store().find,
-        tls_verify=s.tls_rigour != "lax",
-        part_expiry=s.part_expiry,
-        base_url_private=s.base_url_private,
-        file_size_max=s.file_size_max,
-        overwrite=s.overwrite,
-    )
 
 
 class SubscribeComponent(ConsumerComponent):

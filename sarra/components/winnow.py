@@ -27,10 +27,6 @@ between publishing and recording, which the journal closes per shard.
 
 from __future__ import annotations
 
-import logging
-
-from sarra.broker.admin import ensure_exchanges
-from sarra.broker.base import QueueSpec
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -42,51 +38,16 @@ from sarra.components.common import (
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError, ConfigError
+from sarra.errors import BrokerError
 from sarra.flow.retryqueue import RetryQueue
-from sarra.flow.winnow import WinnowCache, Winnower, replay_journal
-
-log = logging.getLogger(__name__)
-
-
-def shard_of(s: Settings, instance: int) -> int | None:
-    """The shard an instance serves (None: not sharded)."""
-    if s.instances > 1 or s.exchange_split:
-        return max(instance, 1) - 1
-    return None
-
-
-def input_bindings(s: Settings, shard: int | None) -> Bindings:
-    """(exchange, key) bindings; the exchange is required (there is no sensible default)."""
-    result = [(b.exchange, b.routing_key) for b in s.bindings]
-    if not result:
-        if not s.exchange:
-            raise ConfigError(
-                "sr_winnow needs an exchange to read (e.g. xwinnow)", option="exchange"
-            )
-        result.append((s.exchange, f"{s.topic_prefix}.#"))
-    if shard is not None:
-        result = [(f"{x}{shard:02d}", k) for x, k in result]
-    return tuple(result)
-
-
-def journal_name(s: Settings, post_user: str, shard: int) -> str:
-    return f"q_{post_user}.sr_winnow.{s.name}.journal{shard:02d}"
-
-
-def _post_exchange(s: Settings) -> str:
-    if not s.post_exchange:
-        raise ConfigError("sr_winnow needs a post_exchange", option="post_exchange")
-    return s.post_exchange
-
-
-def _ttl(s: Settings) -> float:
-    if s.suppress_duplicates <= 0:
-        raise ConfigError(
-            "sr_winnow cannot run with duplicate suppression off (suppress_duplicates)",
-            option="suppress_duplicates",
-        )
-    return s.suppress_duplicates
+from sarra.flow.winnow import (
+    input_bindings,
+    journal_name,
+    post_exchange,
+    shard_of,
+    start_winnower,
+    winnow_ttl,
+)
 
 
 class WinnowComponent(ConsumerComponent):
@@ -111,37 +72,23 @@ class WinnowComponent(ConsumerComponent):
         return [0] if shard_of(s, 1) is None else list(range(1, max(s.instances, 1) + 1))
 
     def check(self, s: Settings) -> None:
-        _ttl(s)
-        _post_exchange(s)
+        winnow_ttl(s)
+        post_exchange(s)
 
     def build(self, run: Instance) -> Flow:
         s = run.settings
-        ttl, post_exchange = _ttl(s), _post_exchange(s)
         shard = shard_of(s, run.number)
         tag = 0 if shard is None else shard
         post_url = broker_url(s, "post_broker" if s.post_broker else "broker")
         post_session = self.session_factory(post_url, s, f"sr_winnow {s.name} (post)")
-        split = s.post_exchange_split
-        targets = (
-            tuple(f"{post_exchange}{i:02d}" for i in range(split))
-            if split > 1
-            else (post_exchange,)
+        winnower = start_winnower(
+            s,
+            post_session,
+            post_url.user,
+            tag,
+            run.state_dir / f"recent_files_{tag:03d}.cache",
+            run.stop,
         )
-        cache = WinnowCache(
-            run.state_dir / f"recent_files_{tag:03d}.cache", ttl=ttl, basis=s.cache_basis
-        )
-        post_session.connect_with_backoff()
-        if s.declare_exchange:
-            ensure_exchanges(post_session, targets)
-        journal = QueueSpec(
-            journal_name(s, post_url.user, tag),
-            tuple((x, "#") for x in targets),
-            durable=True,
-            message_ttl_ms=int(ttl * 1000),
-        )
-        replayed = replay_journal(post_session, journal, cache)
-        log.info("journal: %d forwarded posts known from earlier runs", replayed)
-        winnower = Winnower(cache, post_session, post_exchange, split)
         return Flow(
             winnower.select,
             winnower.work,
@@ -153,7 +100,7 @@ class WinnowComponent(ConsumerComponent):
             attempts=1,
             retry_queue=RetryQueue(run.state_dir / f"retry_{tag:03d}.jsonl", ttl=3600.0),
             retry_ttl=0.0,
-            close=[cache.close],
+            close=[winnower.cache.close],
         )
 
     def declare(self, s: Settings) -> None:

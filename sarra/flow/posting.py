@@ -22,7 +22,14 @@ from sarra.broker.session import backoff_delays
 from sarra.codec import v02
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.settings import Settings
-from sarra.errors import AccessRefused, BrokerError, ConfigError, LocalError, MalformedMessage
+from sarra.errors import (
+    AccessRefused,
+    BrokerError,
+    ConfigError,
+    LocalError,
+    MalformedMessage,
+    MessageError,
+)
 from sarra.flow.nodupe import DuplicateCache
 from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
@@ -102,6 +109,14 @@ class PostSettings:
             message_ttl_ms=int(ttl * 1000) if ttl else None,
             exchange_split=cfg.post_exchange_split,
         )
+
+
+def post_paths(cfg: Settings) -> list[str]:
+    """Paths given with ``path``/``-path`` options and on the command line, in order."""
+    result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
+    for p in cfg.path:
+        result.setdefault(p, None)
+    return list(result)
 
 
 def outage_max(cfg: Settings) -> float | None:
@@ -510,3 +525,53 @@ class Publisher:
         if self.nodupe is not None:
             for path in self._pending_paths:
                 self.nodupe.forget(path)
+
+
+def post_files(
+    builder: NoticeBuilder,
+    publisher: Publisher,
+    paths: list[str],
+    stop: threading.Event,
+    complain: Callable[[str], None],
+) -> tuple[list[str], str]:
+    """sr_post's pass: post every file under ``paths`` (a tree is listed when reached) until
+    ``stop``, then flush. Returns what was not posted (unreadable, never confirmed by the
+    broker, or never tried) and why ("" when nothing went wrong as a whole); each unreadable
+    file or unlistable directory is also given to ``complain``."""
+    unposted: list[str] = []
+    why = ""
+
+    def files() -> Iterator[str]:
+        for path in paths:
+            abs_path = os.path.abspath(path)
+            if os.path.isdir(abs_path) and not os.path.islink(abs_path):
+                try:
+                    tree = list(builder.tree(abs_path))
+                except LocalError as e:
+                    complain(str(e))
+                    unposted.append(abs_path)
+                    continue
+                yield from tree
+            else:
+                yield abs_path
+
+    todo = files()
+    try:
+        for f in todo:
+            if stop.is_set():
+                unposted.append(f)
+                why = "stopped"
+                break
+            try:
+                publisher.add(builder.file_notices(f), item=f)
+            except (LocalError, MessageError) as e:
+                complain(str(e))
+                unposted.append(f)
+        publisher.flush()
+    except BrokerError as e:
+        why = str(e)
+        log.error("giving up: %s", e)
+    # what the broker never confirmed, then what was never tried
+    unposted.extend(publisher.pending_items())
+    unposted.extend(todo)
+    return unposted, why

@@ -34,11 +34,14 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from sarra.codec import v02
 from sarra.codec.fields import parse_checksum
-from sarra.errors import LocalError
+from sarra.config.settings import Settings
+from sarra.errors import ConfigError, LocalError
 from sarra.flow.baseurl import REPUBLISHER_REFUSED, HostGuard, Resolver, resolve_host
 from sarra.flow.download import Downloader
 from sarra.flow.work import PartState, WorkItem
@@ -85,6 +88,23 @@ class PumpIdentity:
         return best
 
 
+#: roles of ``declare`` lines that name users (``declare exchange X`` does not)
+USER_ROLES = frozenset({"source", "subscriber", "subscribe", "feeder", "admin", "user"})
+
+
+def declared_users(s: Settings) -> frozenset[str]:
+    """Every user the pump declares, any role, plus its admin and feeder accounts."""
+    users: set[str] = set()
+    for role, names in s.declared.items():
+        if role in USER_ROLES:
+            users.update(names)
+    for text in (s.admin, s.feeder):
+        user = urlsplit(text).username if text else None
+        if user:
+            users.add(user)
+    return frozenset(users)
+
+
 @dataclass(frozen=True, slots=True)
 class RepublishSettings:
     """Where and how re-announcements are made."""
@@ -104,6 +124,41 @@ class RepublishSettings:
     extra_headers: tuple[tuple[str, str], ...] = ()
     drop_headers: tuple[str, ...] = ()
 
+    @classmethod
+    def from_config(cls, s: Settings, trusted: Iterable[str] = ()) -> RepublishSettings:
+        """sr_sarra's options; ``trusted``: the pump's broker hosts (its ``post_base_url``
+        host is trusted as well).
+
+        Raises:
+            ConfigError: no ``post_base_url``, or no ``post_base_dir`` and no plain
+                ``directory`` to take it from.
+        """
+        if not s.post_base_url:
+            raise ConfigError("sr_sarra needs post_base_url", option="post_base_url")
+        base_dir = s.post_base_dir
+        if not base_dir:
+            if not s.directory or "${" in s.directory:
+                raise ConfigError(
+                    "sr_sarra needs post_base_dir (the root of the tree post_base_url serves)",
+                    option="post_base_dir",
+                )
+            base_dir = s.directory
+        hosts = {*(h.lower() for h in trusted), (urlsplit(s.post_base_url).hostname or "").lower()}
+        return cls(
+            post_exchange=s.post_exchange or "xpublic",
+            post_base_url=s.post_base_url,
+            post_base_dir=os.path.abspath(base_dir),
+            exchange_split=s.post_exchange_split,
+            header_value_max=s.header_value_max,
+            persistent=s.persistent,
+            message_ttl_ms=int(s.message_ttl * 1000) if s.message_ttl else None,
+            source_from_exchange=s.source_from_exchange,
+            trusted_hosts=frozenset(h for h in hosts if h),
+            base_url_accept=tuple(re.compile(p) for p in s.base_url_accept),
+            extra_headers=tuple(s.headers_add.items()),
+            drop_headers=s.headers_del,
+        )
+
 
 @dataclass(slots=True)
 class RepublishCounts:
@@ -119,6 +174,13 @@ class RepublishCounts:
     def add(self, name: str) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
+
+    def summary(self) -> str:
+        """The words sr_sarra adds to its stop summary."""
+        return (
+            f"announced {self.announced}, re-announced {self.reannounced}, "
+            f"forged {self.forged}, loops {self.loops}, not for this cluster {self.not_for_us}"
+        )
 
 
 def record_forged(exchange: str, claimed: str | None, reason: str) -> None:

@@ -3,15 +3,23 @@ guarantees and the journal queue that closes the window between publishing and r
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
+from pathlib import Path
 
+from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker, Delivery, QueueSpec
+from sarra.broker.session import connect_unless_stopped
 from sarra.codec import v02
-from sarra.errors import MessageError
+from sarra.config.settings import Settings
+from sarra.errors import ConfigError, MessageError
 from sarra.flow.nodupe import DuplicateCache, _digest, derive_key
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, WireMessage
+
+log = logging.getLogger(__name__)
 
 
 class WinnowCache(DuplicateCache):
@@ -122,3 +130,77 @@ def replay_journal(session: Broker, spec: QueueSpec, cache: WinnowCache) -> int:
         idle = idle + 1 if ready == 0 else 0
     session.cancel(spec.name)
     return total
+
+
+def shard_of(s: Settings, instance: int) -> int | None:
+    """The shard an instance serves (None: not sharded)."""
+    if s.instances > 1 or s.exchange_split:
+        return max(instance, 1) - 1
+    return None
+
+
+def input_bindings(s: Settings, shard: int | None) -> tuple[tuple[str, str], ...]:
+    """(exchange, key) bindings; the exchange is required (there is no sensible default)."""
+    result = [(b.exchange, b.routing_key) for b in s.bindings]
+    if not result:
+        if not s.exchange:
+            raise ConfigError(
+                "sr_winnow needs an exchange to read (e.g. xwinnow)", option="exchange"
+            )
+        result.append((s.exchange, f"{s.topic_prefix}.#"))
+    if shard is not None:
+        result = [(f"{x}{shard:02d}", k) for x, k in result]
+    return tuple(result)
+
+
+def journal_name(s: Settings, post_user: str, shard: int) -> str:
+    return f"q_{post_user}.sr_winnow.{s.name}.journal{shard:02d}"
+
+
+def post_exchange(s: Settings) -> str:
+    if not s.post_exchange:
+        raise ConfigError("sr_winnow needs a post_exchange", option="post_exchange")
+    return s.post_exchange
+
+
+def winnow_ttl(s: Settings) -> float:
+    if s.suppress_duplicates <= 0:
+        raise ConfigError(
+            "sr_winnow cannot run with duplicate suppression off (suppress_duplicates)",
+            option="suppress_duplicates",
+        )
+    return s.suppress_duplicates
+
+
+def start_winnower(
+    s: Settings,
+    post_session: Broker,
+    post_user: str,
+    shard: int,
+    cache_path: Path,
+    stop: threading.Event,
+) -> Winnower:
+    """The winnower of one shard: its cache, then (once the post broker answers) the post
+    exchanges declared and the journal replayed into the cache, so that whatever a killed
+    predecessor forwarded is known before any input is read. Stopped before the post broker
+    answered, the cache is left as it is on disk: the loop, seeing the stop, reads nothing."""
+    ttl, exchange = winnow_ttl(s), post_exchange(s)
+    split = s.post_exchange_split
+    targets = tuple(f"{exchange}{i:02d}" for i in range(split)) if split > 1 else (exchange,)
+    cache = WinnowCache(cache_path, ttl=ttl, basis=s.cache_basis)
+    try:
+        if connect_unless_stopped(post_session, stop):
+            if s.declare_exchange:
+                ensure_exchanges(post_session, targets)
+            journal = QueueSpec(
+                journal_name(s, post_user, shard),
+                tuple((x, "#") for x in targets),
+                durable=True,
+                message_ttl_ms=int(ttl * 1000),
+            )
+            replayed = replay_journal(post_session, journal, cache)
+            log.info("journal: %d forwarded posts known from earlier runs", replayed)
+    except BaseException:
+        cache.close()
+        raise
+    return Winnower(cache, post_session, exchange, split)

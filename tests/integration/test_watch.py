@@ -307,7 +307,7 @@ class _BrokenObserver:
 def test_watching_falls_back_to_polling_when_events_are_unavailable(
     watching: WatchFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sarra.components.watch.Observer", _BrokenObserver)
+    monkeypatch.setattr("sarra.flow.watcher.Observer", _BrokenObserver)
     w = watching()
     (w.wdir / "polled.txt").write_bytes(b"by polling")
     [n] = w.collect(1)

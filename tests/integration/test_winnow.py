@@ -199,7 +199,7 @@ def test_a_post_published_just_before_a_crash_is_known_after_restart_through_the
     site: Site, tmp_path: Path
 ) -> None:
     """The window between the broker accepting a forwarded post and the cache recording it."""
-    from sarra.components.winnow import WinnowCache, Winnower, replay_journal
+    from sarra.flow.winnow import WinnowCache, Winnower, replay_journal
     from sarra.flow.work import WorkItem
 
     xout = f"xwout_{unique()}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sarra.components.subscribe import download_settings
+from sarra.components.common import download_settings
 from sarra.config.settings import load_settings
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from sarra.components.log import LogComponent
-from sarra.components.report_router import ReportRouterComponent, router_bindings
+from sarra.components.report_router import ReportRouterComponent
 from sarra.components.sarra import pump_identity, republish_settings, sarra_bindings
 from sarra.config.settings import load_settings
+from sarra.flow.reportrouting import router_bindings
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 EXAMPLES = sorted(p for d in ("sarra", "report", "log") for p in (ETC / d).glob("*.conf"))

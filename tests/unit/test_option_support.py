@@ -216,10 +216,10 @@ def test_the_walk_fails_on_an_option_marked_implemented_that_nothing_reads(fake:
 
 
 def test_the_scanner_sees_the_reads_it_claims_to() -> None:
-    tree = [SARRA / "components" / "subscribe.py", SARRA / "cli" / "main.py"]
-    read = reads_outside_config(tree)
+    tree = [SARRA / "components" / n for n in ("subscribe.py", "common.py")]
+    read = reads_outside_config([*tree, SARRA / "cli" / "main.py"])
     assert {"tls_rigour", "inplace", "logrotate", "chmod_log"} <= read
-    assert "kbytes_ps" not in read
+    assert "delete" not in read  # refused: nothing reads it
 
 
 # -- refused --------------------------------------------------------------------------------

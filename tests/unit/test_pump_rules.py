@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from sarra.broker.base import BrokerUrl
+from sarra.broker.base import BrokerUrl, Delivery
+from sarra.broker.memory import MemoryBroker, MemorySession
 from sarra.codec import v02
-from sarra.components.log import Delivered, Summary, log_exchange
-from sarra.components.report_router import ReportRouter, Route
+from sarra.components.log import log_exchange
 from sarra.errors import ConfigError, PolicyRefused
 from sarra.flow.baseurl import is_internal
+from sarra.flow.reportlog import Delivered, Summary
+from sarra.flow.reportrouting import ReportRouter, Route, RoutePublisher
 from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, Report, WireMessage
@@ -205,3 +207,36 @@ def test_the_sr_log_summary_counts_per_code_and_consumer_and_lists_who_got_each_
     assert "u2@h: 2" in text
     assert "d/f.txt: u1@h 201, u2@h 201, u2@h 499" in text
     assert " 201 u1@h d/f.txt " in Delivered.of(_decoded_report("u1")).line()
+
+
+def test_the_route_publisher_sends_to_our_broker_or_the_peers_and_reconnects_after_close() -> None:
+    ours, theirs = MemoryBroker(), MemoryBroker()
+    own = MemorySession(ours, name="router")
+    own.connect()
+    opened: list[str] = []
+
+    def open_route(route: Route) -> MemorySession:
+        opened.append(route.cluster)
+        return MemorySession(theirs, route.url, name=f"to {route.cluster}")
+
+    publisher = RoutePublisher(_router(), own, open_route)
+    tag = 0
+
+    def delivery(m: WireMessage) -> Delivery:
+        nonlocal tag
+        tag += 1
+        return Delivery(m, tag, own.generation)
+
+    local = _on("xreport", _report("sub", source="alice", from_cluster="pumpa"))
+    remote = _on("xreport", _report("sub", source="bob", from_cluster="pumpz"))
+    publisher.handle([delivery(local), delivery(remote)])
+    assert [m.exchange for m in ours.published] == ["xr_alice"]
+    assert [m.exchange for m in theirs.published] == ["xs_link"]
+    assert opened == ["pumpz"]
+    publisher.close()  # as after a broker error: the peer session is closed, then reopened
+    assert not publisher.remote["pumpz"].connected and publisher.declared == set()
+    again = _on("xreport", _report("sub", source="carol", from_cluster="pumpz"))
+    publisher.handle([delivery(again)])
+    assert [m.exchange for m in theirs.published] == ["xs_link", "xs_link"]
+    assert opened == ["pumpz"]  # the same session, reconnected
+    assert publisher.declared == {("pumpz", "xs_link")}  # declared again after the close

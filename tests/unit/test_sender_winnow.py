@@ -5,23 +5,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from sarra.broker.base import Broker, BrokerUrl
+from sarra.broker.memory import MemoryBroker, MemorySession
 from sarra.codec import v02
 from sarra.components.sender import SenderComponent, send_settings
-from sarra.components.winnow import (
-    WinnowCache,
-    WinnowComponent,
-    Winnower,
-    input_bindings,
-    shard_of,
-)
-from sarra.config.settings import load_settings
+from sarra.components.winnow import WinnowComponent
+from sarra.config.settings import Settings, load_settings
 from sarra.errors import ConfigError, HostilePath
 from sarra.flow.send import RemoteTarget, Sender, SendSettings, inflight_path
+from sarra.flow.winnow import WinnowCache, Winnower, input_bindings, shard_of
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 
@@ -244,3 +242,49 @@ def test_post_exchange_split_spreads_posts_by_checksum(tmp_path: Path) -> None:
         assert exchange == f"xs_u{total % 4:02d}"
         seen.add(exchange)
     assert len(seen) > 1
+
+
+def test_a_winnow_whose_post_broker_is_unreachable_stops_promptly_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("SR_STATE_DIR", str(tmp_path / "state"))
+    conf = tmp_path / "away.conf"
+    conf.write_text(
+        "broker amqp://u:p@in.example/\nexchange xwinnow\n"
+        "post_broker amqp://u:p@out.example/\npost_exchange xpublic\n"
+    )
+    cfg = load_settings("winnow", str(conf), env=_env(tmp_path))
+    feeds, posts = MemoryBroker(), MemoryBroker()
+    posts.refuse_connects(1_000_000)
+    labels: list[str] = []
+
+    def factory(url: BrokerUrl, s: Settings, label: str) -> Broker:
+        labels.append(label)
+        return MemorySession(posts if url.host == "out.example" else feeds, url, name=label)
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            WinnowComponent(factory).run(cfg, 0, stop)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while posts._refuse_connects > 1_000_000 - 2:  # in the backoff after a second refusal
+        assert time.monotonic() < deadline, "the post broker was never tried twice"
+        time.sleep(0.01)
+    asked = time.monotonic()
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the winnow did not stop while its post broker was away"
+    assert time.monotonic() - asked < 3
+    assert errors == []
+    assert any(label.endswith("(post)") for label in labels)
+    assert "q_u.sr_winnow.away.journal00" not in posts.queues  # nothing replayed or posted
+    assert feeds.queues == {}  # the input was never consumed
+    assert posts.published == [] and feeds.published == []

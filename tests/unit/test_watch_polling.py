@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sarra.components.watch import inflight_rule, watch_sleep
+from sarra.flow.watcher import inflight_rule, watch_sleep
 from sarra.flow.watching import Action, Coalescer, FsEvent, diff_snapshots, snapshot
 
 
