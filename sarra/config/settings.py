@@ -82,6 +82,8 @@ class Settings(SettingsBase):
     post_topic_prefix: str | None
     post_base_url: str | None
     post_base_dir: str | None
+    post_format: str
+    base_url: str | None
     path: tuple[str, ...]
     sum: str
     blocksize: int
