@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from sarra.config import paths
+from sarra.config import paths, plugin_names
 from sarra.config.credentials import parse_url
 from sarra.config.masks import NOTICE_VARIABLES, Mask, expand_variables
 from sarra.config.options import Kind, Option, Support, options_table, parse_value
@@ -267,7 +267,7 @@ class _Loader:
             if text.lower() in ("none", "off"):
                 hooks.clear()
             else:
-                hooks.append(text)
+                hooks.append(_plugin_spec(text))
         else:  # Kind.LIST
             words = tuple(text.split())
             if name == "base_url_accept":
@@ -378,6 +378,21 @@ class _Loader:
             warnings=tuple(self.warnings),
             default_mask=default_mask,
         )
+
+
+def _plugin_spec(text: str) -> str:
+    """The module to load for a plugin line: sarra's built-in for an sr2 bundled plugin or an
+    sr3 built-in callback (sarra.config.plugin_names), else the spec as written.
+
+    Raises:
+        ValueError: a name sarra knows and does not provide, with the reason.
+    """
+    entry = plugin_names.lookup(text)
+    if entry is None:
+        return text
+    if entry.builtin is None:
+        raise ValueError(f"{entry.origin} plugin {text!r} is not available in sarra: {entry.note}")
+    return entry.builtin
 
 
 def _message(exc: ConfigError) -> str:

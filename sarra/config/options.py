@@ -647,6 +647,15 @@ OPTIONS: tuple[Option, ...] = (
     _o("logrotate", N, 5, "log files kept (rotated daily)", _ALL,
        ("lr", "logdays", "ld", "logRotateCount")),
     _o("help", B, False, "show this help and exit", _ALL, ("h",)),
+    # -- settings of sarra's built-in plugins (sarra/plugins, docs/plugins.md)
+    _o("msg_delay", D, 300.0, "on_message msg_delay: hold each notice until it is this old",
+       _CONSUMERS),
+    _o("msg_fdelay", D, 300.0,
+       "on_message msg_fdelay: hold each notice, then an existing local file, until this old",
+       _DOWNLOADERS, ("fdelay",)),
+    _o("file_rxpipe_name", S, None,
+       "on_file file_rxpipe: named pipe that receives the path of each file placed",
+       _DOWNLOADERS, ("rxpipe_name",), metavar="PATH"),
     # sr2 options kept so that old files still load; they only warn.
     *(
         _o(n, S, None, "sr2 option, ignored", _NONE, support=NOOP,

@@ -140,6 +140,9 @@ class Settings(SettingsBase):
     debug: bool
     logrotate: int
     help: bool
+    msg_delay: float
+    msg_fdelay: float
+    file_rxpipe_name: str | None
     use_amqplib: str | None
     use_pika: str | None
     windows_run: str | None
