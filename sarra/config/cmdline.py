@@ -30,6 +30,7 @@ ACTION_NAMES: tuple[str, ...] = (
     "cleanup",
     "declare",
     "list",
+    "convert",
     "edit",
     "add",
     "remove",
