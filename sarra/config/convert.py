@@ -16,6 +16,7 @@ from __future__ import annotations
 from sarra.config import plugin_names
 from sarra.config.options import (
     FLAG_KINDS,
+    SR3_VALUE_CONVERTERS,
     STRUCTURAL_KINDS,
     Kind,
     Option,
@@ -42,6 +43,12 @@ def convert_line(component: str, raw: str) -> list[str]:
         return _commented(f"option {word!r}: unknown option{extra}", stripped)
     if option.support is Support.REFUSED:
         return _commented(f"option {word!r}: {option.support_note}", stripped)
+    convert = SR3_VALUE_CONVERTERS.get(word.lstrip("-"))
+    if convert is not None and value and "${" not in value:
+        try:
+            value = convert(value)
+        except ValueError as exc:
+            return _commented(f"option {word!r}: {exc}", stripped)
     problem, value = _check_value(option, value)
     if problem:
         return _commented(f"option {word!r}: {problem}", stripped)

@@ -27,7 +27,14 @@ from typing import Any, Protocol
 from sarra.config import paths, plugin_names
 from sarra.config.credentials import parse_url
 from sarra.config.masks import NOTICE_VARIABLES, Mask, expand_variables
-from sarra.config.options import Kind, Option, Support, options_table, parse_value
+from sarra.config.options import (
+    SR3_VALUE_CONVERTERS,
+    Kind,
+    Option,
+    Support,
+    options_table,
+    parse_value,
+)
 from sarra.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -197,6 +204,9 @@ class _Loader:
             if text is not None:
                 keep = NOTICE_VARIABLES if option.name == "directory" else frozenset()
                 text = expand_variables(text, self._variable, now=self.now, keep=keep)
+                convert = SR3_VALUE_CONVERTERS.get(word.lstrip("-"))
+                if convert is not None:
+                    text = convert(text)
             self._apply(option, text, where, line)
         except ConfigError as exc:
             if exc.path is not None:

@@ -456,8 +456,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("base_url_private", B, False,
        "fetch from baseUrls on loopback, link-local, private or unspecified addresses",
        frozenset({"subscribe"})),
-    _o("file_size_max", SZ, 0, "refuse notices claiming a file larger than this (0: no bound)",
-       frozenset({"subscribe", "sarra"})),
+    _o("file_size_max", SZ, 0, "refuse notices claiming a file larger than this (0: no bound; "
+       "sr3 fileSizeMax: decimal units, 1M = 1000000)", frozenset({"subscribe", "sarra"}),
+       ("fileSizeMax",)),
     _o("directory", S, None, "destination directory (captured by later accept/reject)",
        _DOWNLOADERS | {"post", "watch"}, captured=True, metavar="DIR"),
     _o("base_dir", S, None, "local directory the notice paths are relative to", _ALL,
@@ -521,7 +522,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("batch", N, 500, "notices per confirmed publish batch", frozenset({"post"})),
     _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL,
        support=REFUSED, why="bandwidth limiting: not yet (issue 11)"),
-    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, support=NOOP,
+    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, ("bufSize",), support=NOOP,
        why="sarra sizes its transfer buffers itself"),
     _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL, ("housekeeping",), support=NOOP,
        why="sarra runs its periodic tasks (retries, housekeeping, status) every few "
@@ -570,9 +571,12 @@ OPTIONS: tuple[Option, ...] = (
        "notices posted is post_base_url (sr3 post_baseUrl)"),
     _o("path", Kind.LIST, (), "files or directories to post", _WATCHERS, ("p",),
        metavar="PATH..."),
-    _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...)", _REPOSTERS),
-    _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole)",
-       _REPOSTERS, per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
+    _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...; sr3 identity: sha512 "
+       "is s, md5 d, md5name n, random 0, arbitrary a, cod,ALGO z,LETTER)", _REPOSTERS,
+       ("identity",)),
+    _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole; sr3 "
+       "blockSize: decimal units, 1M = 1000000, and 0 is a fixed 50 MiB)",
+       _REPOSTERS, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
     _o("parts", S, None, "part specification (developers only)", _REPOSTERS, support=REFUSED,
        why="a fixed part specification is not implemented; blocksize chooses the parts"),
     _o("to_clusters", S, None, "destination clusters (default: the post_broker host)",
@@ -666,6 +670,49 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 # fmt: on
+
+
+_SR3_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?", re.IGNORECASE)
+_SR3_IDENTITY = {"sha512": "s", "md5": "d", "md5name": "n", "random": "0", "arbitrary": "a"}
+
+
+def parse_sr3_size(text: str) -> int:
+    """An sr3 size: decimal units (``1M`` is 1,000,000), binary with ``i`` (``1Mi``, ``1MiB``)."""
+    found = _SR3_SIZE.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"expected an sr3 size such as 1000, 500k, 1M or 1Mi, got {text!r}")
+    number, unit, binary = found.groups()
+    power = "kmgt".index(unit.lower()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def _sr3_block_size(text: str) -> str:
+    size = parse_sr3_size(text)
+    return str(50 * 1024**2 if size == 0 else size)
+
+
+def _sr3_identity(text: str) -> str:
+    word = text.strip().lower()
+    method, comma, algorithm = word.partition(",")
+    if method == "cod" and comma and algorithm in _SR3_IDENTITY:
+        return f"z,{_SR3_IDENTITY[algorithm]}"
+    if word in _SR3_IDENTITY:
+        return _SR3_IDENTITY[word]
+    known = ", ".join([*_SR3_IDENTITY, "cod,ALGORITHM"])
+    raise ValueError(f"expected an sr3 identity method ({known}), got {text!r}")
+
+
+#: sr3 spellings whose values are written in sr3's units or words, and the conversion to
+#: sarra's value text; the loader and the command line apply it to values given under that
+#: spelling (each option's help says so).
+SR3_VALUE_CONVERTERS: Mapping[str, Callable[[str], str]] = MappingProxyType(
+    {
+        "blockSize": _sr3_block_size,
+        "fileSizeMax": lambda text: str(parse_sr3_size(text)),
+        "bufSize": lambda text: str(parse_sr3_size(text)),
+        "identity": _sr3_identity,
+    }
+)
 
 
 def options_table() -> OptionTable:

@@ -112,8 +112,31 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
     "subscribe/sr3_nodupe_callback.conf":
         r"sr3_nodupe_callback\.conf:4: option 'callback': sr3 plugin 'nodupe' is not available "
         r"in sarra: duplicate suppression is built in",
-    "subscribe/sr3_identity.conf":
-        r"sr3_identity\.conf:4: option 'identity': unknown option",
+    "subscribe/sr3_inline.conf":
+        r"sr3_inline\.conf:5: option 'inlineByteMax': unknown option",
+    "watch/sr3_watch_identity.conf": {
+        "sum": "z,s", "blocksize": 100_000_000, "events": "create,modify",
+        "path": ("/var/data/large",),
+    },
+    "subscribe/v2_dd_include.conf": {
+        "broker": DD, "exchange": "xpublic", "expire": 86400.0,
+        "routing_keys": ["v02.post.alerts.cap.#"], "masks": [(".*\\.cap$", True), (".*", False)],
+    },
+    "report/v2_report.conf": {
+        "exchange": "xs_tsource", "routing_keys": ["v02.report.#"], "report_back": False,
+        "plugins": {"on_message": ("sarra.plugins.msg_log",)},
+    },
+    "post/sr3_post.conf": {
+        "sum": "d", "blocksize": 50 * 1024**2, "post_base_url": "http://localhost/",
+        "post_topic_prefix": "v02.post",
+    },
+    "sarra/v2_pump_headers.conf": {
+        "headers_add": {"flow": "hydro"}, "to_clusters": "ddsr,hpfx", "cluster": "localpump",
+        "post_exchange": "xpublic",
+    },
+    "sender/sr3_sender_refused.conf":
+        r"sr3_sender_refused\.conf:6: option 'callback': sr3 plugin 'retry' is not available in "
+        r"sarra: the disk retry queue is built in",
     "subscribe/sr3_baseurl.conf":
         r"sr3_baseurl\.conf:3: option 'baseUrl': not supported by sarra: sr3 reads no baseUrl",
     "watch/sr3_watch.conf": {
@@ -149,6 +172,8 @@ def _actual(s: Settings, key: str) -> Any:
         return [b.routing_key for b in s.bindings]
     if key == "plugins":
         return dict(s.plugins)
+    if key == "headers_add":
+        return dict(s.headers_add)
     if key == "masks":
         return [(m.pattern, m.accept) for m in s.masks]
     return getattr(s, key)
@@ -156,7 +181,7 @@ def _actual(s: Settings, key: str) -> Any:
 
 def test_the_corpus_is_large_enough_and_every_file_has_an_expectation() -> None:
     assert sorted(EXPECTED) == FILES
-    assert len(FILES) >= 25
+    assert len(FILES) >= 30
     assert {f.split("/")[1][:3] for f in FILES} == {"v2_", "sr3"}
 
 
@@ -178,6 +203,10 @@ def test_convert_gives_a_file_that_loads(name: str, env: dict[str, str], tmp_pat
     converted = convert_text(component, (CORPUS / name).read_text(encoding="utf-8"))
     out = tmp_path / "config" / component / Path(name).name
     out.parent.mkdir(parents=True)
+    for include in (CORPUS / component).glob("*.inc"):  # converted as well
+        (out.parent / include.name).write_text(
+            convert_text(component, include.read_text(encoding="utf-8")), encoding="utf-8"
+        )
     out.write_text(converted, encoding="utf-8")
     cfg = load_config(component, str(out), env=env)
     expected = EXPECTED[name]

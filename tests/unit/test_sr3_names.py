@@ -133,3 +133,57 @@ def test_help_and_table_show_the_sr3_name(sr3: str, ours: str) -> None:
     assert option is not None and option.name == ours
     component = "watch" if ours in ("events", "post_format") else "subscribe"
     assert sr3 in format_help(component)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "value"),
+    [
+        ("blockSize 1M", "blocksize", 1_000_000),
+        ("blockSize 10Mi", "blocksize", 10 * 1024**2),
+        ("blockSize 500kB", "blocksize", 500_000),
+        ("blockSize 0", "blocksize", 50 * 1024**2),
+        ("blockSize 1", "blocksize", 1),
+        ("blocksize 1M", "blocksize", 1024**2),
+        ("identity sha512", "sum", "s"),
+        ("identity md5", "sum", "d"),
+        ("identity cod,sha512", "sum", "z,s"),
+        ("identity random", "sum", "0"),
+    ],
+)
+def test_sr3_units_and_words_are_converted_under_the_sr3_spelling_only(
+    env: dict[str, str], line: str, field: str, value: object
+) -> None:
+    s = _load(env, "watch", f"post_broker amqp://u@h/\n{line}\n")
+    assert getattr(s, field) == value
+
+
+def test_sr3_file_size_max_is_decimal(env: dict[str, str]) -> None:
+    assert (
+        _load(env, "subscribe", "broker amqp://u@h/\nfileSizeMax 2G\n").file_size_max == 2 * 10**9
+    )
+    assert (
+        _load(env, "subscribe", "broker amqp://u@h/\nfile_size_max 2G\n").file_size_max
+        == 2 * 1024**3
+    )
+
+
+def test_a_bad_sr3_value_is_refused_with_file_and_line(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"c\.conf:2: option 'identity'.*sr3 identity method"):
+        _load(env, "watch", "post_broker amqp://u@h/\nidentity crc32\n")
+    with pytest.raises(ConfigError, match=r"c\.conf:2: option 'blockSize'.*sr3 size"):
+        _load(env, "watch", "post_broker amqp://u@h/\nblockSize lots\n")
+
+
+def test_the_command_line_converts_sr3_values_too() -> None:
+    from sarra.config.cmdline import parse_command_line
+
+    line = parse_command_line("watch", ["--blockSize", "2M", "-identity", "md5name", "start"])
+    assert line.options == (("blocksize", "2000000"), ("sum", "n"))
+    with pytest.raises(ConfigError, match="sr3 identity method"):
+        parse_command_line("watch", ["--identity", "crc32", "start"])
+
+
+def test_convert_writes_the_converted_value() -> None:
+    from sarra.config.convert import convert_text
+
+    assert convert_text("watch", "blockSize 1M\nidentity sha512\n") == "blocksize 1000000\nsum s\n"
