@@ -13,6 +13,8 @@ import stat
 import threading
 from typing import IO, Any
 
+from sarra.errors import ConfigError
+
 _pipe: dict[str, IO[str]] = {}
 _lock = threading.Lock()
 
@@ -20,12 +22,12 @@ _lock = threading.Lock()
 def on_start(config: Any) -> None:
     name = config.file_rxpipe_name
     if not name:
-        raise ValueError("file_rxpipe: set file_rxpipe_name to the path of the named pipe")
+        raise ConfigError("file_rxpipe needs the path of the named pipe", option="file_rxpipe_name")
     path = os.path.expanduser(str(name))
     if not os.path.exists(path):
         os.mkfifo(path, 0o600)
     elif not stat.S_ISFIFO(os.stat(path).st_mode):
-        raise ValueError(f"file_rxpipe: {path} exists and is not a named pipe")
+        raise ConfigError(f"{path} exists and is not a named pipe", option="file_rxpipe_name")
     _pipe["out"] = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in on_stop)
 
 

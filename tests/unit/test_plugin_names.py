@@ -202,8 +202,13 @@ def test_file_rxpipe_writes_each_path_to_the_named_pipe(env: dict[str, str], tmp
     assert lines == [f"{tmp_path}/a/one.txt", f"{tmp_path}/b/two.txt"]
 
 
+def test_file_rxpipe_needs_a_pipe_name(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="file_rxpipe needs the path of the named pipe"):
+        file_rxpipe.on_start(_load(env, "broker amqp://u@h/\non_file file_rxpipe\n"))
+
+
 def test_file_rxpipe_refuses_a_path_that_is_not_a_pipe(env: dict[str, str], tmp_path: Path):
     plain = tmp_path / "plain"
     plain.write_text("")
-    with pytest.raises(ValueError, match="not a named pipe"):
+    with pytest.raises(ConfigError, match=r"'file_rxpipe_name': .* is not a named pipe"):
         file_rxpipe.on_start(_load(env, f"broker amqp://u@h/\nfile_rxpipe_name {plain}\n"))
