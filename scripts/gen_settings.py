@@ -19,6 +19,8 @@ _BASE = {
     Kind.BOOL: "bool",
     Kind.INT: "int",
     Kind.SIZE: "int",
+    Kind.RATE: "int",
+    Kind.FLOAT: "float",
     Kind.DURATION: "float",
     Kind.STR: "str",
     Kind.URL: "str",

@@ -47,6 +47,7 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
 from sarra.flow.hooks import Plugins
+from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_limiter
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
@@ -88,6 +89,9 @@ class Instance:
     session_factory: SessionFactory
     #: filled by the runner once the loop exists: a report about no delivery (housekeeping)
     report: Reporter = field(default=lambda notice, code, message: None)
+    #: the instance's byte rate limit (``kbytes_ps``, ``byte_rate_max``), shared by every
+    #: transfer of the flow, downloads and sends alike; None when unlimited
+    limiter: TokenBucket | None = None
 
     def post_session(self, label: str = "post") -> Broker:
         """A second session to ``post_broker``, for flows that publish elsewhere."""
@@ -177,7 +181,10 @@ class ConsumerComponent:
             state_dir=instance_state_dir(s),
             plugins=Plugins.from_config(s.plugins),
             session_factory=self.session_factory,
+            limiter=byte_limiter(byte_rate(s.kbytes_ps, s.byte_rate_max), stop),
         )
+        if run.limiter is not None:
+            log.info("transfers capped at %d bytes/s", run.limiter.rate)
         flow = self.build(run)
         retry_queue = flow.retry_queue or retry_queue_for(s, instance)
         flow.close.append(retry_queue.close)
@@ -218,6 +225,7 @@ class ConsumerComponent:
             heartbeat=heartbeat_for(s, instance).beat,
             abort=flow.abort,
             post_session=flow.post_session,
+            message_limiter=message_limiter(s.message_rate_max, stop),
         )
         run.report = loop.report
         run.plugins.on_start(s)

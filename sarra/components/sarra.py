@@ -162,6 +162,7 @@ class SarraComponent(ConsumerComponent):
             inplace=s.inplace,  # off by default on a pump: segments kept
             batch_commit=True,
             interrupt=run.stop,
+            limiter=run.limiter,
         )
         downloader.recover_leftovers()
         republisher = Republisher(downloader, pump, settings)

@@ -93,7 +93,12 @@ class SenderComponent(ConsumerComponent):
             post_session.connect()
             if s.declare_exchange:
                 ensure_exchanges(post_session, (settings.announce.exchange,))
-        sender = Sender(settings, MaskResolver(s, RemoteTarget, rename_header=True), run.plugins)
+        sender = Sender(
+            settings,
+            MaskResolver(s, RemoteTarget, rename_header=True),
+            run.plugins,
+            limiter=run.limiter,
+        )
         return Flow(
             sender.select,
             sender.work,

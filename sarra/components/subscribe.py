@@ -65,6 +65,7 @@ class SubscribeComponent(ConsumerComponent):
             inplace=s.inplace,
             batch_commit=True,
             interrupt=run.stop,
+            limiter=run.limiter,
         )
         downloader.recover_leftovers()
 

@@ -48,6 +48,8 @@ class Kind(enum.Enum):
     BOOL = "bool"  # on/off/yes/no/true/false/1/0; alone means on
     INT = "int"
     SIZE = "size"  # bytes, binary suffixes K/M/G/T (optional trailing B)
+    RATE = "rate"  # bytes per second, sr3's suffixes: k/m/g/t decimal, binary with i or b
+    FLOAT = "float"  # a non-negative decimal number
     DURATION = "duration"  # seconds (float); suffixes s/m/h/d/w
     STR = "str"
     URL = "url"
@@ -137,6 +139,8 @@ _HINTS = {
     Kind.BOOL: "[on|off]",
     Kind.INT: "N",
     Kind.SIZE: "N[K|M|G]",
+    Kind.RATE: "N[k|m|g][i|b]",
+    Kind.FLOAT: "N",
     Kind.DURATION: "N[s|m|h|d|w]",
     Kind.STR: "TEXT",
     Kind.URL: "URL",
@@ -178,6 +182,37 @@ def parse_size(text: str) -> int:
     if word.endswith("b") and len(word) > 1 and not word[:-1].isdigit():
         word = word[:-1]
     return _with_unit(text, word, _SIZE_UNITS, int, "size", "1024, 4K, 1M or 2G")
+
+
+_RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b?)")
+_RATE_PREFIXES = "kmgt"
+
+
+def parse_rate(text: str) -> int:
+    """Parse bytes per second as sr3 does (``byteRateMax``): ``500k`` is 500,000, ``1.5m``
+    1,500,000; a value ending in ``i`` or ``b`` is binary (``500ki``, ``500kb``, ``500kib``
+    are 512,000). Fractions of a byte are dropped."""
+    word = text.strip().lower()
+    match = _RATE.fullmatch(word)
+    if match is None:
+        raise ValueError(
+            f"expected a rate in bytes/s such as 500000, 500k, 1.5m or 512ki, got {text!r}"
+        )
+    number, prefix, marker = match.groups()
+    base = 1024 if marker else 1000
+    power = _RATE_PREFIXES.index(prefix) + 1 if prefix else 0
+    return int(float(number) * base**power)
+
+
+def parse_float(text: str) -> float:
+    """Parse a non-negative decimal number: ``10``, ``2.5``."""
+    try:
+        number = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected a number such as 10 or 2.5, got {text!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"expected a finite number, not negative: {text!r}")
+    return number
 
 
 def parse_duration(text: str) -> float:
@@ -278,6 +313,8 @@ _SCALAR_PARSERS: Mapping[Kind, Any] = MappingProxyType(
         Kind.BOOL: parse_bool,
         Kind.INT: _parse_int,
         Kind.SIZE: parse_size,
+        Kind.RATE: parse_rate,
+        Kind.FLOAT: parse_float,
         Kind.DURATION: parse_duration,
         Kind.STR: _parse_str,
         Kind.URL: _parse_url,
@@ -457,7 +494,7 @@ OPTIONS: tuple[Option, ...] = (
        "fetch from baseUrls on loopback, link-local, private or unspecified addresses",
        frozenset({"subscribe"})),
     _o("file_size_max", SZ, 0, "refuse notices claiming a file larger than this (0: no bound; "
-       "sr3 fileSizeMax: decimal units, 1M = 1000000)", frozenset({"subscribe", "sarra"}),
+       "sr3 fileSizeMax: 1M = 1000000, 1Mi or 1MB = 1048576)", frozenset({"subscribe", "sarra"}),
        ("fileSizeMax",)),
     _o("directory", S, None, "destination directory (captured by later accept/reject)",
        _DOWNLOADERS | {"post", "watch"}, captured=True, metavar="DIR"),
@@ -520,8 +557,19 @@ OPTIONS: tuple[Option, ...] = (
     _o("retry_delay_max", D, 3600.0, "longest delay between retries from disk", _CONSUMERS),
     _o("timeout", D, 300.0, "transfer inactivity timeout", _ALL),
     _o("batch", N, 500, "notices per confirmed publish batch", frozenset({"post"})),
-    _o("kbytes_ps", N, 0, "throttle transfers to this many KB/s (0: unlimited)", _ALL,
-       support=REFUSED, why="bandwidth limiting: not yet (issue 11)"),
+    _o("kbytes_ps", N, 0,
+       "cap the transfer rate of each instance at N x 1024 bytes/s (sr2 units), downloads "
+       "and sends alike, whole files and blocks (0: unlimited; with byte_rate_max, the "
+       "smaller wins)", _DOWNLOADERS),
+    _o("byte_rate_max", Kind.RATE, 0,
+       "cap the transfer rate of each instance at this many bytes/s, read as sr3 reads "
+       "byteRateMax: k, m, g are decimal (500k: 500,000 bytes/s), binary when the value ends "
+       "in i or b (500ki, 500kb: 512,000); 0: unlimited; with kbytes_ps, the smaller wins",
+       _DOWNLOADERS, ("byteRateMax",)),
+    _o("message_rate_max", Kind.FLOAT, 0.0,
+       "take at most this many notices per second from the queue, per instance (sr3's "
+       "messageRateMax; 0: unlimited)", frozenset({"subscribe", "sarra", "sender", "winnow"}),
+       ("messageRateMax",)),
     _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, ("bufSize",), support=NOOP,
        why="sarra sizes its transfer buffers itself"),
     _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL, ("housekeeping",), support=NOOP,
@@ -575,7 +623,7 @@ OPTIONS: tuple[Option, ...] = (
        "is s, md5 d, md5name n, random 0, arbitrary a, cod,ALGO z,LETTER)", _REPOSTERS,
        ("identity",)),
     _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole; sr3 "
-       "blockSize: decimal units, 1M = 1000000, and 0 is a fixed 50 MiB)",
+       "blockSize: 1M = 1000000, 1Mi or 1MB = 1048576, and 0 is a fixed 50 MiB)",
        _REPOSTERS, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
     _o("parts", S, None, "part specification (developers only)", _REPOSTERS, support=REFUSED,
        why="a fixed part specification is not implemented; blocksize chooses the parts"),
@@ -672,16 +720,19 @@ OPTIONS: tuple[Option, ...] = (
 # fmt: on
 
 
-_SR3_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?", re.IGNORECASE)
+_SR3_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 _SR3_IDENTITY = {"sha512": "s", "md5": "d", "md5name": "n", "random": "0", "arbitrary": "a"}
 
 
 def parse_sr3_size(text: str) -> int:
-    """An sr3 size: decimal units (``1M`` is 1,000,000), binary with ``i`` (``1Mi``, ``1MiB``)."""
-    found = _SR3_SIZE.fullmatch(text.strip())
+    """An sr3 size, read as sr3 reads one in a file: decimal units (``1M`` is 1,000,000), binary
+    when the value ends in ``i`` or ``b`` (``1Mi``, ``1MiB``, ``1MB``: 1,048,576)."""
+    word = text.strip()
+    found = _SR3_SIZE.fullmatch(word)
     if found is None:
         raise ValueError(f"expected an sr3 size such as 1000, 500k, 1M or 1Mi, got {text!r}")
-    number, unit, binary = found.groups()
+    number, unit = found.group(1), found.group(2)
+    binary = word[-1].lower() in ("i", "b")
     power = "kmgt".index(unit.lower()) + 1 if unit else 0
     return int(float(number) * (1024 if binary else 1000) ** power)
 

@@ -66,6 +66,8 @@ class Settings(SettingsBase):
     timeout: float
     batch: int
     kbytes_ps: int
+    byte_rate_max: int
+    message_rate_max: float
     bufsize: int
     heartbeat: float
     broker_heartbeat: float

@@ -24,6 +24,7 @@ from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
+from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to, is_unchanged
 from sarra.flow.work import Staged, WorkItem
 from sarra.localfs.confined import SafeRoot
@@ -100,10 +101,13 @@ class Downloader:
         batch_commit: bool = False,
         resolver: baseurl.Resolver = resolve_host,
         interrupt: threading.Event | None = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.settings = settings
         #: set when the instance stops: transfers are abandoned between two chunks
         self.interrupt = interrupt
+        #: the instance's byte rate limit, shared by every transfer thread (None: unlimited)
+        self.limiter = limiter
         self._hosts = (
             None
             if settings.base_url_private
@@ -124,6 +128,7 @@ class Downloader:
                 on_file=self.run_on_file,
                 expiry=settings.part_expiry,
                 interrupt=interrupt,
+                limiter=limiter,
             )
             if parts_state is not None
             else None
@@ -268,12 +273,14 @@ class Downloader:
             _Progress(rel, size) if size and size >= self.settings.progress_threshold else None
         )
         chunks: Iterable[bytes | memoryview] = (
-            aligned_chunks(transport, url) if size and size >= DIRECT_MIN else transport.get(url)
+            aligned_chunks(transport, url, buffer_size=read_size(self.limiter))
+            if size and size >= DIRECT_MIN
+            else transport.get(url)
         )
         result = download_to(
             root,
             rel,
-            interruptible(chunks, self.interrupt),
+            interruptible(throttled(chunks, self.limiter), self.interrupt),
             expected_size=size,
             checksum=notice.checksum,
             inflight=self.settings.inflight,

@@ -40,6 +40,7 @@ from sarra.errors import (
     NotFound,
     SarraError,
 )
+from sarra.flow.ratelimit import TokenBucket
 from sarra.flow.retryqueue import RetryItem, RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, Pulse, Report, WireMessage
@@ -121,8 +122,15 @@ class ConsumingLoop:
         post_session: Broker | None = None,
         heartbeat: Callable[[str], None] | None = None,
         abort: Callable[[], None] | None = None,
+        message_limiter: TokenBucket | None = None,
     ) -> None:
         self.session = session
+        #: ``message_rate_max``: each delivery takes a token on arrival and is handled once
+        #: its turn comes (None: unlimited); the flow thread never sleeps for it
+        self.message_limiter = message_limiter
+        #: deliveries waiting for their turn under ``message_limiter``: (due, delivery), in
+        #: arrival order; unacked, so redelivered if the connection is lost or on stop
+        self._deferred: deque[tuple[float, Delivery]] = deque()
         self.settings = settings
         self.reports = reports
         self.select = select
@@ -296,6 +304,8 @@ class ConsumingLoop:
                         self._connect()
                         continue
                     self._wait_and_poll()
+                    if self._deferred:
+                        self._release_deferred()
                     self._collect()
                     if self._flush_due():
                         self._flush_settled()
@@ -421,10 +431,12 @@ class ConsumingLoop:
         if self.session.poll(0) or not self._done.empty():
             return
         fd = self.session.fileno()
-        if fd is None:  # TLS: short polls while transfers run
-            self.session.poll(0.002 if self._in_pool > 0 else 0.5)
-            return
         timeout = 0.5
+        if self._deferred:  # wake for the next delivery held by message_rate_max
+            timeout = max(0.0, min(timeout, self._deferred[0][0] - time.monotonic()))
+        if fd is None:  # TLS: short polls while transfers run
+            self.session.poll(min(timeout, 0.002) if self._in_pool > 0 else timeout)
+            return
         if self._pending_items:  # wake in time to commit the batch
             timeout = max(0.0, min(timeout, self._pending_since + BATCH_WAIT - time.monotonic()))
         readable, _, _ = select.select([fd, self._wake_r], [], [], timeout)
@@ -446,6 +458,12 @@ class ConsumingLoop:
         aborted; abandoned ones stay unacked for redelivery and leave no in-flight file."""
         with contextlib.suppress(BrokerError):  # the broker redelivers what is not acked
             self.session.cancel(self.settings.queue.name)
+        if self._deferred:
+            log.info(
+                "stopping: %d notices held by message_rate_max are left for redelivery",
+                len(self._deferred),
+            )
+            self._deferred.clear()
         deadline = time.monotonic() + timeout
         abort_at = time.monotonic() + STOP_GRACE
         while self._in_pool > 0 and time.monotonic() < deadline:
@@ -467,6 +485,20 @@ class ConsumingLoop:
     # -- intake ----------------------------------------------------------------------------
 
     def _on_delivery(self, delivery: Delivery) -> None:
+        if self.message_limiter is not None:
+            delay = self.message_limiter.reserve(1)
+            if delay > 0 or self._deferred:
+                self._deferred.append((time.monotonic() + delay, delivery))
+                return
+        self._handle_delivery(delivery)
+
+    def _release_deferred(self) -> None:
+        """Handle the deliveries held by ``message_rate_max`` whose turn has come."""
+        now = time.monotonic()
+        while self._deferred and self._deferred[0][0] <= now:
+            self._handle_delivery(self._deferred.popleft()[1])
+
+    def _handle_delivery(self, delivery: Delivery) -> None:
         try:
             self._intake(delivery)
         except BrokerError:
@@ -722,6 +754,7 @@ class ConsumingLoop:
     def _abandon_unacked(self) -> None:
         """After a connection loss: outcomes not yet acked will be redelivered."""
         self._outstanding.clear()
+        self._deferred.clear()  # their delivery tags died with the connection
         self._settle_reports = []
         self._settle_posts = []
         if self.post_session is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
+from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to
 from sarra.flow.work import PartState, WorkItem
 from sarra.integrity.sums import new_hasher
@@ -51,10 +52,13 @@ class PartReceiver:
         on_file: Callable[[WorkItem], None],
         expiry: float = DEFAULT_EXPIRY,
         interrupt: threading.Event | None = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.state_dir = state_dir
         #: set when the instance stops: transfers are abandoned between two chunks
         self.interrupt = interrupt
+        #: the instance's byte rate limit (None: unlimited)
+        self.limiter = limiter
         self.inplace = inplace
         self.inflight = inflight
         self.on_file = on_file
@@ -171,13 +175,15 @@ class PartReceiver:
                 chunks: Iterator[bytes | memoryview]
                 write: Callable[[memoryview, int], None]
                 if spec.length >= DIRECT_MIN:
-                    chunks = aligned_chunks(transport, url, remote_offset, spec.length)
+                    chunks = aligned_chunks(
+                        transport, url, remote_offset, spec.length, read_size(self.limiter)
+                    )
                     write = ticket.pwrite_aligned
                 else:
                     chunks = iter(transport.get(url, remote_offset, spec.length))
                     write = ticket.pwrite
                 computed = _stream_block(
-                    interruptible(chunks, self.interrupt),
+                    interruptible(throttled(chunks, self.limiter), self.interrupt),
                     notice.checksum,
                     spec,
                     write,
@@ -215,10 +221,15 @@ class PartReceiver:
             root,
             part_rel,
             interruptible(
-                (
-                    aligned_chunks(transport, url, remote_offset, spec.length)
-                    if spec.length >= DIRECT_MIN
-                    else transport.get(url, remote_offset, spec.length)
+                throttled(
+                    (
+                        aligned_chunks(
+                            transport, url, remote_offset, spec.length, read_size(self.limiter)
+                        )
+                        if spec.length >= DIRECT_MIN
+                        else transport.get(url, remote_offset, spec.length)
+                    ),
+                    self.limiter,
                 ),
                 self.interrupt,
             ),

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sarra.codec import v02
 from sarra.errors import HostilePath, LocalError, NotFound, SarraError, TransferError
 from sarra.flow.hooks import Plugins
+from sarra.flow.ratelimit import TokenBucket, throttle_callback
 from sarra.flow.work import WorkItem
 from sarra.localfs.confined import check_relpath
 from sarra.notice import Notice, WireMessage
@@ -106,9 +107,15 @@ class Sender:
     """Selects and performs the work of a sender (one transport per pool thread)."""
 
     def __init__(
-        self, settings: SendSettings, resolve: RemoteResolver, plugins: Plugins | None = None
+        self,
+        settings: SendSettings,
+        resolve: RemoteResolver,
+        plugins: Plugins | None = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.settings = settings
+        #: the instance's byte rate limit, shared by every transport's put (None: unlimited)
+        self._throttle = throttle_callback(limiter)
         self.resolve = resolve
         self.plugins = plugins or Plugins.from_config({})
         self._local = threading.local()
@@ -302,6 +309,7 @@ class Sender:
                 timeout=s.timeout,
                 options=s.transport_options,
             )
+            transport.throttle = self._throttle
             self._local.transport = transport
             with self._lock:
                 self._all.append(transport)

@@ -18,7 +18,7 @@ origin with :class:`~sarra.errors.PolicyRefused`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
@@ -126,12 +126,22 @@ def read_range(source: _Source, offset: int, length: int | None) -> Iterator[byt
         yield data
 
 
-def copy_range(source: _Source, target: _Target, offset: int, length: int | None) -> int:
+def copy_range(
+    source: _Source,
+    target: _Target,
+    offset: int,
+    length: int | None,
+    throttle: Callable[[int], None] | None = None,
+) -> int:
     """Copy bytes of ``source`` from ``offset`` (``length`` of them, or to its end) into
-    ``target`` at the same offset; returns the number copied (fewer if ``source`` is short)."""
+    ``target`` at the same offset; returns the number copied (fewer if ``source`` is short).
+    ``throttle``, when given, is called with the length of each chunk before it is written
+    (it may wait, or raise to abandon the copy)."""
     target.seek(offset)
     sent = 0
     for data in read_range(source, offset, length):
+        if throttle is not None:
+            throttle(len(data))
         target.write(data)
         sent += len(data)
     return sent
@@ -148,6 +158,10 @@ class Transport(ABC):
     """One connection to one origin (see the module docstring for the contract)."""
 
     features: ClassVar[Features]
+    #: set by the owner of the transport to cap what ``put`` sends: called with the length
+    #: of each chunk before it is sent, it may wait (the instance's rate limit) or raise
+    #: :class:`~sarra.errors.Interrupted`; None sends at full speed
+    throttle: Callable[[int], None] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

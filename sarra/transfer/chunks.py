@@ -15,12 +15,18 @@ from sarra.transfer.base import Transport
 
 
 def aligned_chunks(
-    transport: Transport, url: str, offset: int = 0, length: int | None = None
+    transport: Transport,
+    url: str,
+    offset: int = 0,
+    length: int | None = None,
+    buffer_size: int = BUFFER_SIZE,
 ) -> Iterator[memoryview]:
     """The body of ``url`` (from ``offset``, ``length`` bytes when given) in page-aligned
-    buffers used in turn: a view stays valid for one more chunk (see
-    :meth:`sarra.transfer.http.HttpTransport.get_into`)."""
-    size = BUFFER_SIZE
+    buffers of ``buffer_size`` bytes (a multiple of the alignment) used in turn: a view
+    stays valid for one more chunk (see :meth:`sarra.transfer.http.HttpTransport.get_into`)."""
+    if buffer_size <= 0 or buffer_size % DIRECT_ALIGN:
+        raise ValueError(f"buffer_size must be a positive multiple of {DIRECT_ALIGN}")
+    size = buffer_size
     if length is not None:
         size = min(size, max(DIRECT_ALIGN, -(-length // DIRECT_ALIGN) * DIRECT_ALIGN))
     # anonymous maps start on a page boundary, as direct I/O needs; they are unmapped when

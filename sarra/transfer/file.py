@@ -130,7 +130,7 @@ class FileTransport(Transport):
                 flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if whole else 0)
                 fd = os.open(target, flags, 0o644)
                 with os.fdopen(fd, "wb") as dst:
-                    sent = copy_range(src, dst, offset, length)
+                    sent = copy_range(src, dst, offset, length, self.throttle)
         except OSError as err:
             raise _translate(err, target) from err
         return check_sent(local_path, sent, offset, length)

@@ -312,7 +312,7 @@ class SftpTransport(Transport):
                 raise LocalError(f"put: cannot read {local_path}: {err.strerror}") from err
             with source, self._open_for_write(sftp, path, whole) as remote:
                 remote.set_pipelined(True)
-                sent = copy_range(source, remote, offset, length)
+                sent = copy_range(source, remote, offset, length, self.throttle)
             # paramiko drops the server's error replies to pipelined writes (a full disk
             # shows up only as a short file): check what really landed
             landed = sftp.stat(path).st_size or 0

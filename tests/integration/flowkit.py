@@ -142,6 +142,8 @@ class ReportTap:
     reports: list[Report] = field(default_factory=list)
     raw: list[WireMessage] = field(default_factory=list)
     undecodable: list[str] = field(default_factory=list)
+    #: time.monotonic() at which each of ``reports`` arrived
+    arrivals: list[float] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -172,6 +174,7 @@ class ReportTap:
                 else:
                     if isinstance(decoded, Report):
                         self.reports.append(decoded)
+                        self.arrivals.append(time.monotonic())
                 s.ack(d)
 
             s.consume(q.name, 500, on)

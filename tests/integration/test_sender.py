@@ -245,3 +245,21 @@ def test_a_file_announced_in_blocks_is_delivered_whole_once_and_each_block_repor
     assert s.leftovers() == []
     messages = {r.message for r in tap.reports if s.tag in r.notice.path}
     assert messages == {f"Delivered (block {n} of 5)" for n in range(1, 6)}
+
+
+def test_byte_rate_max_caps_what_a_sender_pushes_over_sftp(
+    site: Site, sshd: Sshd, tmp_path: Path, tap: ReportTap
+) -> None:
+    s = Setup(site, sshd, tmp_path)
+    cap = 2_000_000  # sr3 units: 2m is 2,000,000 bytes/s
+    s.write("byteRateMax 2m\n")
+    files = make_files(s.local, [f"{s.tag}/big.bin"], size=6 << 20)
+    size = files[0].stat().st_size
+    with running_sender(site, s.name):
+        started = time.monotonic()
+        s.post(files)
+        wait_for(lambda: _codes(tap, s.tag).get(201) == 1, 60, "a 201 report")
+        elapsed = time.monotonic() - started
+    assert md5_tree(s.remote) == md5_tree(s.local)
+    measured = size / elapsed
+    assert abs(measured - cap) <= 0.15 * cap, f"measured {measured:,.0f} bytes/s, cap {cap:,}"

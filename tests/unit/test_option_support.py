@@ -256,7 +256,8 @@ def test_a_refused_alias_names_the_spelling_used(env: dict[str, str]) -> None:
 def test_help_lists_refused_options_apart_and_explains_no_ops() -> None:
     text = format_help("subscribe")
     listed, _, refused = text.partition("refused (")
-    assert "-kbytes_ps" in refused and "-kbytes_ps" not in listed
+    assert "-delete" in refused and "-delete," not in listed
+    assert "-kbytes_ps" in listed and "-kbytes_ps" not in refused
     assert "has no effect: sarra sizes its transfer buffers itself" in listed
 
 

@@ -140,7 +140,9 @@ def test_help_and_table_show_the_sr3_name(sr3: str, ours: str) -> None:
     [
         ("blockSize 1M", "blocksize", 1_000_000),
         ("blockSize 10Mi", "blocksize", 10 * 1024**2),
-        ("blockSize 500kB", "blocksize", 500_000),
+        ("blockSize 500kB", "blocksize", 512_000),
+        ("blockSize 500k", "blocksize", 500_000),
+        ("blockSize 2MiB", "blocksize", 2 * 1024**2),
         ("blockSize 0", "blocksize", 50 * 1024**2),
         ("blockSize 1", "blocksize", 1),
         ("blocksize 1M", "blocksize", 1024**2),
