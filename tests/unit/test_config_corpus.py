@@ -134,6 +134,11 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
         "headers_add": {"flow": "hydro"}, "to_clusters": "ddsr,hpfx", "cluster": "localpump",
         "post_exchange": "xpublic",
     },
+    "subscribe/sr3_rate_limited.conf": {
+        "byte_rate_max": 500_000, "message_rate_max": 10.0,
+        "routing_keys": ["v02.post.model_gem_regional.#"],
+    },
+    "subscribe/v2_dd_kbytes_ps.conf": {"kbytes_ps": 200, "byte_rate_max": 0},
     "sender/sr3_sender_refused.conf":
         r"sr3_sender_refused\.conf:6: option 'callback': sr3 plugin 'retry' is not available in "
         r"sarra: the disk retry queue is built in",
