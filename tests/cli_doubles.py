@@ -29,7 +29,7 @@ from sarra.errors import ConfigError
 _ACTIONS = frozenset(
     {
         *("start", "stop", "restart", "status", "sanity", "foreground", "cleanup"),
-        *("declare", "list", "edit", "add", "remove", "enable", "disable"),
+        *("declare", "list", "convert", "edit", "add", "remove", "enable", "disable"),
     }
 )
 

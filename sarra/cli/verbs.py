@@ -26,6 +26,7 @@ from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_l
 from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime, option
 from sarra.cli.signals import install_stop_handlers
 from sarra.components.base import Component
+from sarra.config.convert import convert_text
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, SarraError
 
@@ -387,6 +388,23 @@ def list_(ctx: Context, configs: Sequence[str]) -> int:
     return 0
 
 
+def convert(ctx: Context, configs: Sequence[str]) -> int:
+    """Print the sarra form of each sr2 or sr3 file (a path, or a config of this component):
+    canonical option names, sarra's built-in plugins, refused lines as comments with the
+    reason (sarra.config.convert)."""
+    for arg in configs:
+        path = Path(arg).expanduser()
+        if not path.is_file():
+            path = cf.find_config(ctx.runtime.config_dir(), ctx.name, arg).path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}", path=str(path)) from exc
+        print(f"# sarra form of {path} (sr_{ctx.name} convert)", file=ctx.out)
+        ctx.out.write(convert_text(ctx.name, text))
+    return 0
+
+
 def edit(ctx: Context, configs: Sequence[str]) -> int:
     """Open the config in $EDITOR (default vi)."""
     found = cf.find_config(ctx.runtime.config_dir(), ctx.name, configs[0])
@@ -449,6 +467,9 @@ VERBS: dict[str, Action] = {
     "cleanup": Action(cleanup, "delete the queue and local state (when stopped)", "some"),
     "declare": Action(declare, "create the exchanges and queues used", "some"),
     "list": Action(list_, "list configs, or print the given one", "any", "none"),
+    "convert": Action(
+        convert, "print the sarra form of sr2 or sr3 config files (paths or configs)", "some"
+    ),
     "edit": Action(edit, "open the config in $EDITOR", "one"),
     "add": Action(add, "copy config files into the config directory", "some"),
     "remove": Action(remove, "delete configs (when stopped)", "some"),

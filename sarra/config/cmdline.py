@@ -16,7 +16,14 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sarra.config.options import FLAG_KINDS, Kind, Option, Support, options_table
+from sarra.config.options import (
+    FLAG_KINDS,
+    SR3_VALUE_CONVERTERS,
+    Kind,
+    Option,
+    Support,
+    options_table,
+)
 from sarra.errors import ConfigError
 
 #: The action names the command line accepts, in help order. :data:`sarra.cli.verbs.VERBS`
@@ -30,6 +37,7 @@ ACTION_NAMES: tuple[str, ...] = (
     "cleanup",
     "declare",
     "list",
+    "convert",
     "edit",
     "add",
     "remove",
@@ -132,6 +140,12 @@ def parse_command_line(component: str, argv: Sequence[str]) -> CommandLine:
         elif option.name == "path":
             paths.append(value)
         else:
+            convert = SR3_VALUE_CONVERTERS.get(name)
+            if convert is not None and value:
+                try:
+                    value = convert(value)
+                except ValueError as exc:
+                    raise ConfigError(str(exc), path=WHERE, option=word) from exc
             options.append((option.name, value))
     action: str | None = None
     if component in PATH_COMPONENTS:

@@ -24,10 +24,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from sarra.config import paths
+from sarra.config import paths, plugin_names
 from sarra.config.credentials import parse_url
 from sarra.config.masks import NOTICE_VARIABLES, Mask, expand_variables
-from sarra.config.options import Kind, Option, Support, options_table, parse_value
+from sarra.config.options import (
+    SR3_VALUE_CONVERTERS,
+    Kind,
+    Option,
+    Support,
+    options_table,
+    parse_value,
+)
 from sarra.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -197,6 +204,9 @@ class _Loader:
             if text is not None:
                 keep = NOTICE_VARIABLES if option.name == "directory" else frozenset()
                 text = expand_variables(text, self._variable, now=self.now, keep=keep)
+                convert = SR3_VALUE_CONVERTERS.get(word.lstrip("-"))
+                if convert is not None:
+                    text = convert(text)
             self._apply(option, text, where, line)
         except ConfigError as exc:
             if exc.path is not None:
@@ -267,7 +277,7 @@ class _Loader:
             if text.lower() in ("none", "off"):
                 hooks.clear()
             else:
-                hooks.append(text)
+                hooks.append(_plugin_spec(text))
         else:  # Kind.LIST
             words = tuple(text.split())
             if name == "base_url_accept":
@@ -378,6 +388,21 @@ class _Loader:
             warnings=tuple(self.warnings),
             default_mask=default_mask,
         )
+
+
+def _plugin_spec(text: str) -> str:
+    """The module to load for a plugin line: sarra's built-in for an sr2 bundled plugin or an
+    sr3 built-in callback (sarra.config.plugin_names), else the spec as written.
+
+    Raises:
+        ValueError: a name sarra knows and does not provide, with the reason.
+    """
+    entry = plugin_names.lookup(text)
+    if entry is None:
+        return text
+    if entry.builtin is None:
+        raise ValueError(f"{entry.origin} plugin {text!r} is not available in sarra: {entry.note}")
+    return entry.builtin
 
 
 def _message(exc: ConfigError) -> str:

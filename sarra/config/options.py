@@ -435,7 +435,9 @@ _SR2_PLUGIN_HOOKS = (
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",
      "use an on_message plugin that sets work.dest_rel (see sarra.flow.hooks)"),
-    ("plugin", (), _ALL, "load a plugin that declares its own hooks", None),
+    ("plugin", ("callback", "flowcb", "callback_prepend"), _ALL,
+     "load a plugin that declares its own hooks (sr3 callback/flowcb: built-ins only, see "
+     "docs/plugins.md)", None),
 )
 
 #: The literal table, in the order --help and the man page show it.
@@ -447,16 +449,18 @@ OPTIONS: tuple[Option, ...] = (
                  "log": "xr_${BROKER_USER}"}),
     _o("read_sources", B, False, "bind to xs_<u> of every declared source (pump sarra)",
        frozenset({"sarra"})),
-    _o("exchange_suffix", S, None, "bind to xs_<broker user>_<suffix>", _CONSUMERS),
+    _o("exchange_suffix", S, None, "bind to xs_<broker user>_<suffix>", _CONSUMERS,
+       ("exchangeSuffix",)),
     _o("exchange_split", B, False, "each instance reads its own <exchange>NN", _CONSUMERS),
-    _o("topic_prefix", S, "v02.post", "topic prefix of bindings (v02.post)", _CONSUMERS, ("tp",),
+    _o("topic_prefix", S, "v02.post", "topic prefix of bindings (v02.post)", _CONSUMERS,
+       ("tp", "topicPrefix"),
        {"report": "v02.report", "log": "v02.report"}),
     _o("subtopic", Kind.SUBTOPIC, "#",
        "consumers: bind to topic_prefix.<pattern> on the exchange in force; "
        "sr_post/sr_watch: the topic to post with, instead of the path's directories",
        _CONSUMERS | _WATCHERS, ("sub",)),
     _o("queue_name", S, None, "queue name (default q_<user>.sr_<component>.<config>.<random>)",
-       _CONSUMERS, ("queue", "qn")),
+       _CONSUMERS, ("queue", "qn", "queueName")),
     _o("queue_suffix", S, None, "suffix appended to the default queue name", _CONSUMERS),
     _o("durable", B, True, "declare the queue durable", _CONSUMERS),
     _o("expire", D, 300.0, "delete the queue after this long unused (sr2 5m: override it)",
@@ -468,29 +472,34 @@ OPTIONS: tuple[Option, ...] = (
        "start (and restart) afresh: delete the queue and local state first, as cleanup does, "
        "when no instance runs", _CONSUMERS),
     _o("declare_queue", B, True, "declare the queue (off on locked-down brokers)", _CONSUMERS,
-       ("dq",)),
-    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS, ("bq",),
+       ("dq", "queueDeclare")),
+    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS,
+       ("bq", "queueBind"),
        support=REFUSED, why="sarra always binds its queue; leaving the bindings to the "
        "broker administrator is not implemented yet (issue 11)"),
-    _o("declare_exchange", B, True, "declare the exchanges used", _ALL, ("de", "dx")),
+    _o("declare_exchange", B, True, "declare the exchanges used", _ALL,
+       ("de", "dx", "exchangeDeclare")),
     _o("persistent", B, True, "publish notices as persistent messages", _REPOSTERS),
     # -- selection and destination (order-sensitive)
     _o("accept", Kind.MASK, None, "accept URLs matching the regex (first match wins)", _ALL,
        ("get",)),
     _o("reject", Kind.MASK, None, "reject URLs matching the regex (first match wins)", _ALL),
     _o("accept_unmatch", B, True, "accept URLs no accept/reject matched", _ALL,
-       ("accept_unmatched", "au"), {"subscribe": False, "sender": False, "poll": False}),
-    _o("log_reject", B, False, "log each rejected notice", _ALL),
+       ("accept_unmatched", "au", "acceptUnmatched"),
+       {"subscribe": False, "sender": False, "poll": False}),
+    _o("log_reject", B, False, "log each rejected notice", _ALL, ("logReject",)),
     _o("base_url_accept", Kind.LIST, (), "only fetch from baseUrls matching these regexes",
        _DOWNLOADERS, metavar="REGEX..."),
     _o("base_url_private", B, False,
        "fetch from baseUrls on loopback, link-local, private or unspecified addresses",
        frozenset({"subscribe"})),
-    _o("file_size_max", SZ, 0, "refuse notices claiming a file larger than this (0: no bound)",
-       frozenset({"subscribe", "sarra"})),
+    _o("file_size_max", SZ, 0, "refuse notices claiming a file larger than this (0: no bound; "
+       "sr3 fileSizeMax: 1M = 1000000, 1Mi or 1MB = 1048576)", frozenset({"subscribe", "sarra"}),
+       ("fileSizeMax",)),
     _o("directory", S, None, "destination directory (captured by later accept/reject)",
        _DOWNLOADERS | {"post", "watch"}, captured=True, metavar="DIR"),
-    _o("base_dir", S, None, "local directory the notice paths are relative to", _ALL, ("bd",),
+    _o("base_dir", S, None, "local directory the notice paths are relative to", _ALL,
+       ("bd", "baseDir", "basedir"),
        captured=True, metavar="DIR"),
     _o("mirror", B, False, "keep the relative path tree under directory", _DOWNLOADERS,
        per={"sarra": True, "sender": True}, captured=True),
@@ -522,15 +531,18 @@ OPTIONS: tuple[Option, ...] = (
        why="not implemented yet (issue 11); an on_file plugin may remove work.local_path"),
     _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
        ("n", "no_download")),
-    _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS, ("pt",)),
-    _o("preserve_mode", B, True, "set the file mode from the notice", _DOWNLOADERS, ("pm",)),
+    _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS,
+       ("pt", "timeCopy")),
+    _o("preserve_mode", B, True, "set the file mode from the notice", _DOWNLOADERS,
+       ("pm", "permCopy")),
     _o("chmod", Kind.MODE, 0, "mode of new files (0: leave it to the umask)", _DOWNLOADERS,
-       ("default_mode", "dm")),
+       ("default_mode", "dm", "permDefault")),
     _o("chmod_dir", Kind.MODE, 0o775, "mode of new directories", _DOWNLOADERS,
-       ("default_dir_mode", "ddm")),
-    _o("chmod_log", Kind.MODE, 0o600, "mode of log files", _ALL, ("default_log_mode", "dlm")),
+       ("default_dir_mode", "ddm", "permDirDefault")),
+    _o("chmod_log", Kind.MODE, 0o600, "mode of log files", _ALL,
+       ("default_log_mode", "dlm", "permLog")),
     _o("destination", U, None, "remote destination of a sender or poll",
-       frozenset({"sender", "poll"})),
+       frozenset({"sender", "poll"}), ("sendTo", "remoteUrl")),
     _o("transfer_threads", N, 4, "parallel downloads (bounded pool, one connection each)",
        _DOWNLOADERS),
     # -- reliability
@@ -558,15 +570,16 @@ OPTIONS: tuple[Option, ...] = (
        "take at most this many notices per second from the queue, per instance (sr3's "
        "messageRateMax; 0: unlimited)", frozenset({"subscribe", "sarra", "sender", "winnow"}),
        ("messageRateMax",)),
-    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, support=NOOP,
+    _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, ("bufSize",), support=NOOP,
        why="sarra sizes its transfer buffers itself"),
-    _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL, support=NOOP,
+    _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL, ("housekeeping",), support=NOOP,
        why="sarra runs its periodic tasks (retries, housekeeping, status) every few "
        "seconds on its own; for the broker connection see broker_heartbeat"),
     _o("broker_heartbeat", D, 60.0,
        "AMQP heartbeat proposed to the broker: a connection silent for about twice this "
        "long (a frozen broker, a blackholed link) is dropped and made again", _ALL),
-    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL, ("sld",),
+    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL,
+       ("sld", "runStateThreshold_hung"),
        support=REFUSED, why="restarting an instance because its log is old is not "
        "implemented (issue 11); the sanity action restarts instances that died"),
     _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
@@ -578,28 +591,40 @@ OPTIONS: tuple[Option, ...] = (
        ("lx", "le")),
     _o("suppress_duplicates", Kind.CACHING, 0.0,
        "drop notices seen within this time (on: 300 s)", _ALL,
-       ("caching", "cache", "no_duplicates", "noduplicates", "nd", "sd"),
+       ("caching", "cache", "no_duplicates", "noduplicates", "nd", "sd", "nodupe_ttl"),
        {"winnow": 1200.0, "poll": 1200.0}),
     _o("cache_basis", S, "path", "what identifies a duplicate", _ALL,
-       ("cb", "suppress_duplicates_basis", "sdb"), choices=("data", "name", "path")),
+       ("cb", "suppress_duplicates_basis", "sdb", "nodupe_basis"),
+       choices=("data", "name", "path")),
     # -- posting
     _o("post_broker", U, None, "broker to post to", _REPOSTERS, ("pb",)),
     _o("post_exchange", S, None, "exchange to post to (default xs_<post_broker user>)",
        _REPOSTERS, ("pe", "px"), {"sarra": "xpublic"}),
-    _o("post_exchange_suffix", S, None, "post to xs_<post_broker user>_<suffix>", _REPOSTERS),
+    _o("post_exchange_suffix", S, None, "post to xs_<post_broker user>_<suffix>", _REPOSTERS,
+       ("post_exchangeSuffix",)),
     _o("post_exchange_split", N, 0, "spread posts over N exchanges <post_exchange>NN",
-       _REPOSTERS, ("pes", "pxs")),
+       _REPOSTERS, ("pes", "pxs", "post_exchangeSplit")),
     _o("post_topic_prefix", S, None, "topic prefix of posts (default topic_prefix, v02.post)",
-       _REPOSTERS, ("ptp",)),
+       _REPOSTERS, ("ptp", "post_topicPrefix")),
     _o("post_base_url", S, None, "baseUrl of the notices posted", _REPOSTERS,
-       ("pbu", "url", "u", "post_url")),
+       ("pbu", "url", "u", "post_url", "post_baseUrl", "post_baseurl")),
     _o("post_base_dir", S, None, "local directory the posted paths are relative to",
-       _REPOSTERS, ("pbd", "document_root", "dr", "post_document_root", "pdr"), metavar="DIR"),
+       _REPOSTERS, ("pbd", "document_root", "dr", "post_document_root", "pdr", "post_baseDir",
+        "post_basedir", "post_documentRoot"), metavar="DIR"),
+    _o("post_format", S, "v02", "format of the notices posted: sarra posts v02 only (sr3 "
+       "post_format; v03 is refused)", _REPOSTERS, choices=("v02",), support=NOOP,
+       why="sarra always posts v02"),
+    _o("base_url", S, None, "sr3 baseUrl", _ALL, ("baseUrl", "baseurl"), support=REFUSED,
+       why="sr3 reads no baseUrl option (it is a field of each notice); the URL of the "
+       "notices posted is post_base_url (sr3 post_baseUrl)"),
     _o("path", Kind.LIST, (), "files or directories to post", _WATCHERS, ("p",),
        metavar="PATH..."),
-    _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...)", _REPOSTERS),
-    _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole)",
-       _REPOSTERS, per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
+    _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...; sr3 identity: sha512 "
+       "is s, md5 d, md5name n, random 0, arbitrary a, cod,ALGO z,LETTER)", _REPOSTERS,
+       ("identity",)),
+    _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole; sr3 "
+       "blockSize: 1M = 1000000, 1Mi or 1MB = 1048576, and 0 is a fixed 50 MiB)",
+       _REPOSTERS, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
     _o("parts", S, None, "part specification (developers only)", _REPOSTERS, support=REFUSED,
        why="a fixed part specification is not implemented; blocksize chooses the parts"),
     _o("to_clusters", S, None, "destination clusters (default: the post_broker host)",
@@ -618,8 +643,9 @@ OPTIONS: tuple[Option, ...] = (
        frozenset({"log"})),
     _o("source", S, None, "source attributed to the posts", _ALL),
     _o("source_from_exchange", B, False, "take source from the exchange name (xs_<u>)",
-       _CONSUMERS, ("sfe",), {"sarra": True}),
-    _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS, ("e",)),
+       _CONSUMERS, ("sfe", "sourceFromExchange"), {"sarra": True}),
+    _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS,
+       ("e", "fileEvents")),
     _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
     _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
        frozenset({"poll"}), support=REFUSED, why="sr_poll is not implemented yet"),
@@ -629,7 +655,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("post_on_start", B, True, "post the existing tree at start", _WATCHERS, ("pos",)),
     _o("randomize", B, False, "post parts in random order", _WATCHERS, ("r",)),
     _o("realpath_post", B, False, "resolve symbolic links in posted paths", _WATCHERS,
-       ("realpath", "real"), support=REFUSED,
+       ("realpath", "real", "realpathPost"), support=REFUSED,
        why="posting resolved paths is not implemented yet (issue 11)"),
     _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS,
        support=REFUSED, why="sarra keeps one broker connection and makes it again when it "
@@ -666,12 +692,22 @@ OPTIONS: tuple[Option, ...] = (
     _o("tls_rigour", S, "normal",
        "https downloads: lax skips certificate checks, normal and strict check them "
        "(amqps connections always check)", frozenset({"subscribe", "sarra"}),
-       ("tls_rigor", "tlsr"), choices=("lax", "normal", "strict")),
-    _o("loglevel", S, "info", "log level", _ALL, ("ll",),
+       ("tls_rigor", "tlsr", "tlsRigour"), choices=("lax", "normal", "strict")),
+    _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),
     _o("debug", B, False, "same as loglevel debug", _ALL),
-    _o("logrotate", N, 5, "log files kept (rotated daily)", _ALL, ("lr", "logdays", "ld")),
+    _o("logrotate", N, 5, "log files kept (rotated daily)", _ALL,
+       ("lr", "logdays", "ld", "logRotateCount")),
     _o("help", B, False, "show this help and exit", _ALL, ("h",)),
+    # -- settings of sarra's built-in plugins (sarra/plugins, docs/plugins.md)
+    _o("msg_delay", D, 300.0, "on_message msg_delay: hold each notice until it is this old",
+       _CONSUMERS),
+    _o("msg_fdelay", D, 300.0,
+       "on_message msg_fdelay: hold each notice, then an existing local file, until this old",
+       _DOWNLOADERS, ("fdelay",)),
+    _o("file_rxpipe_name", S, None,
+       "on_file file_rxpipe: named pipe that receives the path of each file placed",
+       _DOWNLOADERS, ("rxpipe_name",), metavar="PATH"),
     # sr2 options kept so that old files still load; they only warn.
     *(
         _o(n, S, None, "sr2 option, ignored", _NONE, support=NOOP,
@@ -682,6 +718,52 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 # fmt: on
+
+
+_SR3_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_SR3_IDENTITY = {"sha512": "s", "md5": "d", "md5name": "n", "random": "0", "arbitrary": "a"}
+
+
+def parse_sr3_size(text: str) -> int:
+    """An sr3 size, read as sr3 reads one in a file: decimal units (``1M`` is 1,000,000), binary
+    when the value ends in ``i`` or ``b`` (``1Mi``, ``1MiB``, ``1MB``: 1,048,576)."""
+    word = text.strip()
+    found = _SR3_SIZE.fullmatch(word)
+    if found is None:
+        raise ValueError(f"expected an sr3 size such as 1000, 500k, 1M or 1Mi, got {text!r}")
+    number, unit = found.group(1), found.group(2)
+    binary = word[-1].lower() in ("i", "b")
+    power = "kmgt".index(unit.lower()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def _sr3_block_size(text: str) -> str:
+    size = parse_sr3_size(text)
+    return str(50 * 1024**2 if size == 0 else size)
+
+
+def _sr3_identity(text: str) -> str:
+    word = text.strip().lower()
+    method, comma, algorithm = word.partition(",")
+    if method == "cod" and comma and algorithm in _SR3_IDENTITY:
+        return f"z,{_SR3_IDENTITY[algorithm]}"
+    if word in _SR3_IDENTITY:
+        return _SR3_IDENTITY[word]
+    known = ", ".join([*_SR3_IDENTITY, "cod,ALGORITHM"])
+    raise ValueError(f"expected an sr3 identity method ({known}), got {text!r}")
+
+
+#: sr3 spellings whose values are written in sr3's units or words, and the conversion to
+#: sarra's value text; the loader and the command line apply it to values given under that
+#: spelling (each option's help says so).
+SR3_VALUE_CONVERTERS: Mapping[str, Callable[[str], str]] = MappingProxyType(
+    {
+        "blockSize": _sr3_block_size,
+        "fileSizeMax": lambda text: str(parse_sr3_size(text)),
+        "bufSize": lambda text: str(parse_sr3_size(text)),
+        "identity": _sr3_identity,
+    }
+)
 
 
 def options_table() -> OptionTable:

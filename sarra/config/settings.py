@@ -84,6 +84,8 @@ class Settings(SettingsBase):
     post_topic_prefix: str | None
     post_base_url: str | None
     post_base_dir: str | None
+    post_format: str
+    base_url: str | None
     path: tuple[str, ...]
     sum: str
     blocksize: int
@@ -140,6 +142,9 @@ class Settings(SettingsBase):
     debug: bool
     logrotate: int
     help: bool
+    msg_delay: float
+    msg_fdelay: float
+    file_rxpipe_name: str | None
     use_amqplib: str | None
     use_pika: str | None
     windows_run: str | None

@@ -74,7 +74,9 @@ def test_single_config_verbs_need_exactly_one_config(cli: Cli, argv: tuple[str, 
     assert "exactly one configuration" in cli.err.getvalue()
 
 
-@pytest.mark.parametrize("verb", ["cleanup", "declare", "add", "remove", "enable", "disable"])
+@pytest.mark.parametrize(
+    "verb", ["cleanup", "declare", "add", "remove", "enable", "disable", "convert"]
+)
 def test_verbs_on_named_configs_need_at_least_one(cli: Cli, verb: str) -> None:
     assert cli("subscribe", verb) == 2
     assert "at least one configuration" in cli.err.getvalue()
@@ -172,3 +174,56 @@ def test_a_one_shot_component_refuses_daemon_verbs_without_sleep(cli: Cli) -> No
     cli.write("p.conf", "", component="post")
     assert cli("post", "start", "p") == 2
     assert "sleep" in cli.err.getvalue()
+
+
+def test_convert_prints_the_sarra_form_of_an_sr3_file_and_leaves_it_alone(
+    cli: Cli, tmp_path: Path
+) -> None:
+    sr3 = tmp_path / "sr3" / "dd.conf"
+    sr3.parent.mkdir()
+    text = (
+        "broker amqps://anonymous@dd.weather.gc.ca/\n"
+        "topicPrefix v02.post\n"
+        "# the SWOB feed\n"
+        "subtopic observations.swob-ml.#\n"
+        "callback log\n"
+        "callback nodupe\n"
+        "nodupe_ttl 5m\n"
+        "logLevel debug\n"
+    )
+    sr3.write_text(text)
+    assert cli("subscribe", "convert", str(sr3)) == 0
+    assert cli.out.getvalue().splitlines() == [
+        f"# sarra form of {sr3} (sr_subscribe convert)",
+        "broker amqps://anonymous@dd.weather.gc.ca/",
+        "topic_prefix v02.post",
+        "# the SWOB feed",
+        "subtopic observations.swob-ml.#",
+        "plugin sarra.plugins.log",
+        "# sarra: option 'callback': sr3 plugin 'nodupe' is not available in sarra: duplicate "
+        "suppression is built in: remove the line and set nodupe_ttl (suppress_duplicates) and "
+        "nodupe_basis (cache_basis)",
+        "# callback nodupe",
+        "suppress_duplicates 5m",
+        "loglevel debug",
+    ]
+    assert sr3.read_text() == text
+
+
+def test_convert_takes_a_config_name_and_notes_options_the_component_ignores(cli: Cli) -> None:
+    cli.write("old.conf", "broker amqp://u@localhost/\non_msg msg_log\npost_format v02\npath /x\n")
+    assert cli("subscribe", "convert", "old") == 0
+    assert cli.out.getvalue().splitlines()[1:] == [
+        "broker amqp://u@localhost/",
+        "on_message sarra.plugins.msg_log",
+        "# sarra: option 'post_format': accepted for compatibility, has no effect: "
+        "sarra always posts v02",
+        "# post_format v02",
+        "# sarra: option 'path' is ignored by subscribe",
+        "path /x",
+    ]
+
+
+def test_convert_of_a_missing_file_is_a_config_error(cli: Cli) -> None:
+    assert cli("subscribe", "convert", "nothere") == 2
+    assert "no configuration 'nothere'" in cli.err.getvalue()

@@ -272,7 +272,8 @@ def test_a_no_op_option_loads_with_exactly_one_warning(
     (Path(env["SR_CONFIG_DIR"]) / "default.conf").write_text(f"{_line(option)}\n")
     file = _write(env, component, f"{_line(option)}\nprefetch 10\n{_line(option)}\n")
     with caplog.at_level("WARNING", logger="sarra.config.loader"):
-        cfg = load_config(component, str(file), [(option.name, SAMPLE[option.kind])], env=env)
+        value = option.choices[0] if option.choices else SAMPLE[option.kind]
+        cfg = load_config(component, str(file), [(option.name, value)], env=env)
     about = [w for w in cfg.warnings if repr(option.name) in w]
     assert len(about) == 1, about
     assert "has no effect: " + option.why in about[0]
