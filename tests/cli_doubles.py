@@ -24,6 +24,8 @@ from sarra.cli import configs as cf
 from sarra.cli.logs import instance_tag
 from sarra.cli.runtime import Runtime
 from sarra.components.base import Component, InstanceStatus
+from sarra.config.options import options_table, parse_value
+from sarra.config.settings import Settings
 from sarra.errors import ConfigError
 
 _ACTIONS = frozenset(
@@ -75,21 +77,25 @@ class StandInConfig:
     values: dict[str, str] = field(default_factory=dict)
 
     def get(self, option: str) -> Any:
-        value = self.values.get(option)
-        if value is not None and option in ("instances", "logrotate"):
-            return int(value)
-        if value is not None and option == "reset":
-            return value == "on"
-        return value
+        """The value given for ``option``, parsed as the option table says (the stand-in's own
+        knobs, such as ``fail_status``, stay text); None when not given."""
+        text = self.values.get(option)
+        known = options_table().resolve(option)
+        if text is None or known is None:
+            return text
+        return parse_value(known, text)
+
+    def __getattr__(self, name: str) -> Any:
+        """A typed option the front end reads (``cfg.instances``, ``cfg.sleep``...): the
+        value given, else the option table's default for this component, as in Settings."""
+        if name not in Settings.__dataclass_fields__:
+            raise AttributeError(name)
+        value = self.get(name)
+        return options_table()[name].default_for(self.component) if value is None else value
 
     @property
     def config_path(self) -> Path | None:
         return self.path
-
-    @property
-    def instances(self) -> int:
-        value = self.get("instances")
-        return 1 if value is None else int(value)
 
 
 def load_standin(component: str, config: str | None, options: Any) -> StandInConfig:

@@ -15,13 +15,13 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.instances import Instance, daemonize, remove_pid_file
 from sarra.cli.logs import RedactingStream, redact, remove_handler, setup_file_logging
-from sarra.cli.runtime import ARGV_ENV, INSTANCE_ACTION, Runtime, default_runtime, option
+from sarra.cli.runtime import ARGV_ENV, INSTANCE_ACTION, Runtime, default_runtime
 from sarra.cli.signals import install_stop_handlers
 from sarra.errors import ConfigError
 
@@ -91,20 +91,13 @@ def dispatch(ctx: verbs.Context) -> int:
     if ctx.component.one_shot and action in {"start", "restart", "sanity"}:
         for arg in configs:
             _, cfg = verbs.load(ctx, arg)
-            if not _positive(option(cfg, "sleep", 0)):
+            if not cfg.sleep > 0:
                 raise ConfigError(
                     f"sr_{ctx.name} is one-shot: {action} needs sleep > 0",
                     path=str(cfg.config_path or arg),
                     option="sleep",
                 )
     return spec.run(ctx, configs)
-
-
-def _positive(value: Any) -> bool:
-    try:
-        return float(value) > 0
-    except (TypeError, ValueError):
-        return False
 
 
 def run_one_shot(ctx: verbs.Context, configs: Sequence[str]) -> int:
@@ -142,8 +135,8 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         inst.log_path,
         context=inst.label,
         loglevel=verbs.loglevel(cfg),
-        backups=int(option(cfg, "logrotate", 5)),
-        mode=_mode(option(cfg, "chmod_log", 0o600)),
+        backups=cfg.logrotate,
+        mode=cfg.chmod_log,
     )
     sys.stdout = RedactingStream(sys.__stdout__ or sys.stdout)
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
@@ -162,15 +155,6 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     log.info("instance %s exiting with status %d", inst.label, rc)
     remove_handler(handler)
     return rc
-
-
-def _mode(value: object) -> int:
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value), 8)
-    except ValueError:
-        return 0o600
 
 
 def module_main(argv: Sequence[str], runtime: Runtime | None = None) -> int:

@@ -96,11 +96,3 @@ def default_runtime() -> Runtime:
         log_dir=lambda: Path(log_dir()),
         format_help=_attr("sarra.config.cmdline", "format_help"),
     )
-
-
-def option(cfg: Settings, name: str, default: Any) -> Any:
-    """``cfg.get(name)``, or ``default`` when unset. The front end reads the few options it
-    needs (instances, sleep, log options) through ``get`` so that it also runs on the
-    stand-in configurations of its own tests."""
-    value = cfg.get(name)
-    return default if value is None else value

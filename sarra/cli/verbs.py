@@ -23,7 +23,7 @@ from typing import TextIO
 from sarra.cli import configs as cf
 from sarra.cli.instances import Instance, State, instance_pid, pid_file_numbers, spawn, terminate
 from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_logging
-from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime, option
+from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime
 from sarra.cli.signals import install_stop_handlers
 from sarra.components.base import Component
 from sarra.config.convert import convert_text
@@ -99,8 +99,7 @@ def instance(ctx: Context, config: str, number: int) -> Instance:
 
 
 def expected_count(cfg: Settings) -> int:
-    count = option(cfg, "instances", 1)
-    return count if isinstance(count, int) and count > 0 else 1
+    return cfg.instances if cfg.instances > 0 else 1
 
 
 def running(ctx: Context, config: str) -> list[tuple[Instance, int]]:
@@ -168,7 +167,7 @@ def start(ctx: Context, configs: Sequence[str]) -> int:
         config, cfg = load(ctx, arg)
         count = expected_count(cfg)
         _stop_extras(ctx, config, count)
-        if option(cfg, "reset", False) is True:
+        if cfg.reset:
             if running(ctx, config):
                 ctx.say(config, "reset skipped: instances are running")
             elif not _clean(ctx, config, cfg):
@@ -331,9 +330,7 @@ def run_instance(
 
 
 def loglevel(cfg: Settings) -> str:
-    if option(cfg, "debug", False) is True:
-        return "debug"
-    return str(option(cfg, "loglevel", "info"))
+    return "debug" if cfg.debug else cfg.loglevel
 
 
 def cleanup(ctx: Context, configs: Sequence[str]) -> int:
