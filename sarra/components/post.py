@@ -17,6 +17,7 @@ from sarra.components.common import (
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import (
     NoticeBuilder,
@@ -89,6 +90,7 @@ class PostComponent:
             # declared at every (re)connect: the broker may come back without it
             on_connect=(lambda s: ensure_exchanges(s, [settings.exchange])) if declare else None,
             stop=stop,
+            plugins=Plugins.from_config(cfg.plugins),
         )
         started = time.monotonic()
         try:

@@ -9,7 +9,8 @@ need). The runner owns the rest:
 - the broker session (made by ``session_factory``, so tests can run a component on the
   in-memory broker), the queue, its bindings and the exchanges to declare;
 - ``declare``/``cleanup``/``status``;
-- the disk retry queue, the heartbeat file, the plugins' ``on_start``/``on_stop``;
+- the disk retry queue, the heartbeat file, the plugins' ``on_start``/``on_stop``/
+  ``on_heartbeat`` (and ``on_report``/``on_post``, called by the loop);
 - the :class:`~sarra.flow.engine.ConsumingLoop` (ack rule, reports, retries, stop);
 - closing what the flow opened, in reverse order, and the stop summary.
 
@@ -46,7 +47,7 @@ from sarra.components.common import (
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
-from sarra.flow.hooks import Plugins
+from sarra.flow.hooks import HeartbeatTicker, Plugins
 from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_limiter
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
@@ -193,6 +194,14 @@ class ConsumerComponent:
             retry_ttl = retry_queue.ttl if s.retry else 0.0
         bindings = self.bindings(s, instance)
         host = flow.cluster or session.url.host
+        plugins = run.plugins
+        beat = heartbeat_for(s, instance).beat
+        ticker = HeartbeatTicker(plugins, s, s.heartbeat)
+
+        def heartbeat(note: str) -> None:
+            beat(note)
+            ticker.tick()
+
         loop = ConsumingLoop(
             session,
             LoopSettings(
@@ -222,10 +231,12 @@ class ConsumerComponent:
             before_settle=flow.before_settle,
             commit_batch=flow.commit_batch,
             housekeeping=flow.housekeeping,
-            heartbeat=heartbeat_for(s, instance).beat,
+            heartbeat=heartbeat,
             abort=flow.abort,
             post_session=flow.post_session,
             message_limiter=message_limiter(s.message_rate_max, stop),
+            on_report=None if plugins.empty else lambda item: plugins.on_report(item),
+            on_post=None if plugins.empty else lambda item: plugins.on_post(item),
         )
         run.report = loop.report
         run.plugins.on_start(s)

@@ -408,18 +408,24 @@ _NONE: frozenset[str] = frozenset()  # accepted for sr2 compatibility, ignored (
 # fmt: off
 #: Why a hook sarra never calls is refused (``None``: sarra calls it, see sarra.flow.hooks).
 _NOT_CALLED = ("sarra never calls this hook; the hooks it calls are on_message, on_file, "
-               "on_start and on_stop (issue 11 adds more)")
+               "on_part, on_post, on_report, on_heartbeat, on_start and on_stop")
+#: the components on the consumer runner (components/runner.py), which call on_report and
+#: on_heartbeat
+_RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
 _NO_DO_HOOKS = ("a plugin cannot replace the built-in transfers yet (issue 11); sarra "
                 "fetches http, https, sftp, ftp and ftps itself")
 _SR2_PLUGIN_HOOKS = (
     ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted", None),
     ("on_file", (), _DOWNLOADERS, "run after each file is downloaded", None),
-    ("on_part", (), _DOWNLOADERS, "run after each part is downloaded", _NOT_CALLED),
-    ("on_post", (), _REPOSTERS, "run before each notice is posted", _NOT_CALLED),
-    ("on_heartbeat", ("on_hb",), _ALL, "run at each heartbeat", _NOT_CALLED),
+    ("on_part", (), _DOWNLOADERS - {"sender"}, "run after each block of a multi-part file "
+     "is downloaded and verified", None),
+    ("on_post", (), frozenset({"post", "watch", "sarra", "sender"}),
+     "run before each notice is posted (False: not posted)", None),
+    ("on_heartbeat", ("on_hb",), _RUNNER, "run about every heartbeat seconds", None),
     ("on_start", (), _ALL, "run when an instance starts", None),
     ("on_stop", (), _ALL, "run when an instance stops", None),
-    ("on_report", ("on_rpt",), _CONSUMERS, "run on each report received", _NOT_CALLED),
+    ("on_report", ("on_rpt",), _RUNNER, "run before each report is published (False: not "
+     "published)", None),
     ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
     ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing",
      "sr_poll is not implemented yet"),
@@ -572,9 +578,9 @@ OPTIONS: tuple[Option, ...] = (
        ("messageRateMax",)),
     _o("bufsize", SZ, 1024 * 1024, "transfer buffer size", _ALL, ("bufSize",), support=NOOP,
        why="sarra sizes its transfer buffers itself"),
-    _o("heartbeat", D, 300.0, "interval of periodic tasks", _ALL, ("housekeeping",), support=NOOP,
-       why="sarra runs its periodic tasks (retries, housekeeping, status) every few "
-       "seconds on its own; for the broker connection see broker_heartbeat"),
+    _o("heartbeat", D, 300.0, "interval of on_heartbeat plugin calls (sarra's own periodic "
+       "tasks run every few seconds; for the broker connection see broker_heartbeat)",
+       _RUNNER, ("housekeeping",)),
     _o("broker_heartbeat", D, 60.0,
        "AMQP heartbeat proposed to the broker: a connection silent for about twice this "
        "long (a frozen broker, a blackholed link) is dropped and made again", _ALL),

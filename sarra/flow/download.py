@@ -126,6 +126,7 @@ class Downloader:
                 inplace=inplace,
                 inflight=settings.inflight,
                 on_file=self.run_on_file,
+                on_part=self.run_on_part,
                 expiry=settings.part_expiry,
                 interrupt=interrupt,
                 limiter=limiter,
@@ -329,6 +330,16 @@ class Downloader:
         except Exception as e:
             log.exception("on_file plugin failed for %s", item.dest_rel)
             item.settle(500, f"on_file plugin failed: {e}")
+
+    def run_on_part(self, item: WorkItem) -> None:
+        """The per-block hook: plugins' on_part (a failure is reported 500, the block stays)."""
+        if self.plugins.empty:
+            return
+        try:
+            self.plugins.on_part(item)
+        except Exception as e:
+            log.exception("on_part plugin failed for %s", item.dest_rel)
+            item.settle(500, f"on_part plugin failed: {e}")
 
     def _transport(self, url: str) -> Transport:
         cache: dict[Any, Transport] | None = getattr(self._local, "transports", None)

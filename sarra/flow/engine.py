@@ -123,6 +123,8 @@ class ConsumingLoop:
         heartbeat: Callable[[str], None] | None = None,
         abort: Callable[[], None] | None = None,
         message_limiter: TokenBucket | None = None,
+        on_report: Callable[[WorkItem], bool] | None = None,
+        on_post: Callable[[WorkItem], bool] | None = None,
     ) -> None:
         self.session = session
         #: ``message_rate_max``: each delivery takes a token on arrival and is handled once
@@ -152,6 +154,12 @@ class ConsumingLoop:
         #: on stop, after STOP_GRACE: make transfers blocked on the network fail (they are
         #: abandoned unacked, see errors.Interrupted)
         self.abort = abort
+        #: plugins' on_report: False suppresses the report of an outcome (flow thread)
+        self.on_report = on_report
+        #: plugins' on_post: False suppresses a settled item's outgoing notices (flow thread)
+        self.on_post = on_post
+        self.reports_suppressed = 0
+        self.posts_suppressed = 0
         self._done: queue.SimpleQueue[WorkItem] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, settings.threads), thread_name_prefix="transfer"
@@ -649,6 +657,10 @@ class ConsumingLoop:
         self._count(code)
         if self.reports.enabled and code != 0:
             self._queue_report(item, code)
+        if item.outgoing and self.on_post is not None and not self.on_post(item):
+            log.info("%s: not posted (an on_post plugin suppressed it)", item.notice.path)
+            self.posts_suppressed += 1
+            item.outgoing.clear()
         self._settle_posts.extend(item.outgoing)
         if self.on_settled is not None:
             try:
@@ -775,7 +787,11 @@ class ConsumingLoop:
 
     def _queue_report(self, item: WorkItem, code: int) -> None:
         """Queue the report of an outcome; one that cannot be built is a logged, counted
-        loss of that report only (the outcome itself stands)."""
+        loss of that report only (the outcome itself stands). An ``on_report`` plugin may
+        suppress it."""
+        if self.on_report is not None and not self.on_report(item):
+            self.reports_suppressed += 1
+            return
         try:
             self._settle_reports.append(self._report(item, code))
         except Exception as e:

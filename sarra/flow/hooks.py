@@ -22,6 +22,23 @@ Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work`
 ``on_file(work) -> None``
     Called once, in a transfer thread, after a file is verified and placed under its final name
     (``work.local_path``). An exception is logged and reported as 500; the file stays.
+``on_part(work) -> None``
+    Called once per block of a multi-part file, in a transfer thread, after the block was
+    verified and written (marked present, or kept as its own ``.Part`` file), before the
+    file's ``on_file`` when that block completed it. An exception is logged and reported as
+    500 (the block stays).
+``on_post(work) -> bool | None``
+    Called before a notice is published: by sr_post/sr_watch once per notice (``work.notice``
+    is the notice to publish), by sr_sarra/sr_sender once per received notice that has
+    announcements to publish (``work.notice`` is the received notice). ``False`` suppresses
+    that post. An exception is logged and the notice is posted.
+``on_report(work) -> bool | None``
+    Called in the flow thread when the report of ``work``'s outcome (``work.code``,
+    ``work.message``) is about to be queued for publishing. ``False`` suppresses that report.
+    An exception is logged and the report is published.
+``on_heartbeat(config) -> None``
+    Called in the flow thread about every ``heartbeat`` seconds (checked at the runner's
+    housekeeping tick, every few seconds). An exception is logged.
 ``on_start(config) -> None`` / ``on_stop(config) -> None``
     Called when an instance starts and stops.
 
@@ -32,13 +49,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
+import time
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from sarra.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PROJECT = "sarra"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -57,6 +78,22 @@ class HookSpecs:
         """A file was placed and verified."""
 
     @hookspec
+    def on_part(self, work: Any) -> None:
+        """A block of a multi-part file was verified and written."""
+
+    @hookspec
+    def on_post(self, work: Any) -> bool | None:
+        """Post (None/True) or suppress (False) the notice(s) of ``work``."""
+
+    @hookspec
+    def on_report(self, work: Any) -> bool | None:
+        """Publish (None/True) or suppress (False) the report of ``work``'s outcome."""
+
+    @hookspec
+    def on_heartbeat(self, config: Any) -> None:
+        """The periodic tick, about every ``heartbeat`` seconds."""
+
+    @hookspec
     def on_start(self, config: Any) -> None:
         """The instance starts."""
 
@@ -65,7 +102,16 @@ class HookSpecs:
         """The instance stops."""
 
 
-HOOK_NAMES = ("on_message", "on_file", "on_start", "on_stop")
+HOOK_NAMES = (
+    "on_message",
+    "on_file",
+    "on_part",
+    "on_post",
+    "on_report",
+    "on_heartbeat",
+    "on_start",
+    "on_stop",
+)
 
 
 class _PlainFunctionManager(pluggy.PluginManager):
@@ -151,8 +197,62 @@ class Plugins:
     def on_file(self, work: Any) -> None:
         self._pm.hook.on_file(work=work)
 
+    def on_part(self, work: Any) -> None:
+        """Raises what a plugin raises (the caller reports it, like ``on_file``)."""
+        self._pm.hook.on_part(work=work)
+
+    def on_post(self, work: Any) -> bool:
+        """False if any plugin suppresses the post; a failing plugin is logged, not obeyed."""
+        try:
+            results = self._pm.hook.on_post(work=work)
+        except Exception:
+            log.exception("on_post plugin failed for %s; posting it", work.notice.path)
+            return True
+        return all(r is not False for r in results)
+
+    def on_report(self, work: Any) -> bool:
+        """False if any plugin suppresses the report; a failing plugin is logged, not obeyed."""
+        try:
+            results = self._pm.hook.on_report(work=work)
+        except Exception:
+            log.exception("on_report plugin failed for %s; reporting it", work.notice.path)
+            return True
+        return all(r is not False for r in results)
+
+    def on_heartbeat(self, config: Any) -> None:
+        """A failing plugin is logged; the component carries on."""
+        try:
+            self._pm.hook.on_heartbeat(config=config)
+        except Exception:
+            log.exception("on_heartbeat plugin failed; carrying on")
+
     def on_start(self, config: Any) -> None:
         self._pm.hook.on_start(config=config)
 
     def on_stop(self, config: Any) -> None:
         self._pm.hook.on_stop(config=config)
+
+
+class HeartbeatTicker:
+    """Calls the plugins' ``on_heartbeat`` at most every ``interval`` seconds; the runner
+    calls :meth:`tick` from its housekeeping step (every few seconds)."""
+
+    def __init__(self, plugins: Plugins, config: Any, interval: float) -> None:
+        self.plugins = plugins
+        self.config = config
+        self.interval = max(float(interval), 0.0)
+        self._next: float | None = None
+
+    def tick(self, now: float | None = None) -> bool:
+        """Call ``on_heartbeat`` if an interval has passed since the first tick or the last
+        call; True when it was called."""
+        if self.plugins.empty:
+            return False
+        now = time.monotonic() if now is None else now
+        if self._next is None:
+            self._next = now + self.interval
+        if now < self._next:
+            return False
+        self._next = now + self.interval
+        self.plugins.on_heartbeat(self.config)
+        return True

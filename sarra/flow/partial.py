@@ -50,6 +50,7 @@ class PartReceiver:
         inplace: bool,
         inflight: str | None,
         on_file: Callable[[WorkItem], None],
+        on_part: Callable[[WorkItem], None] | None = None,
         expiry: float = DEFAULT_EXPIRY,
         interrupt: threading.Event | None = None,
         limiter: TokenBucket | None = None,
@@ -62,6 +63,8 @@ class PartReceiver:
         self.inplace = inplace
         self.inflight = inflight
         self.on_file = on_file
+        #: the per-block hook (plugins), after a block is verified and written
+        self.on_part = on_part
         self.expiry = expiry
         self._trackers: dict[str, PartTracker] = {}
         self._lock = threading.Lock()
@@ -135,6 +138,7 @@ class PartReceiver:
                 item.whole = (completion.file_size, completion.block_sums)
             item.settle(201, "Downloaded")
             try:
+                self._part_done(item)
                 self.on_file(item)
             finally:
                 tracker.finish(completion)  # on_file is never offered again
@@ -142,6 +146,7 @@ class PartReceiver:
         if status is MarkStatus.RECORDED:
             item.size = spec.length
             item.settle(201, f"Inserted (block {marked.present} of {marked.count})")
+            self._part_done(item)
         elif status is MarkStatus.STALE:
             item.settle(304, "superseded by a newer version of the file")
         else:
@@ -245,6 +250,11 @@ class PartReceiver:
         item.size = result.size
         item.computed = result.checksum
         item.settle(201, "Downloaded (part kept as .Part)")
+        self._part_done(item)
+
+    def _part_done(self, item: WorkItem) -> None:
+        if self.on_part is not None:
+            self.on_part(item)
 
     # -- housekeeping --------------------------------------------------------------------------
 

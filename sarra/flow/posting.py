@@ -30,7 +30,9 @@ from sarra.errors import (
     MalformedMessage,
     MessageError,
 )
+from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.work import WorkItem
 from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.parts.arithmetic import effective_block_size, split
@@ -332,8 +334,11 @@ class Publisher:
         on_connect: Callable[[Broker], None] | None = None,
         stop: threading.Event | None = None,
         backlog: Callable[[], str] | None = None,
+        plugins: Plugins | None = None,
     ) -> None:
         self.session = session
+        #: their ``on_post`` sees each notice before it is queued, and may suppress it
+        self.plugins = plugins
         self.builder = builder
         self.batch = batch
         self.nodupe = nodupe
@@ -397,6 +402,11 @@ class Publisher:
         for notice in notices:
             if self.nodupe is not None and self.nodupe.check(notice):
                 log.info("not posting %s: unchanged since it was last posted", notice.path)
+                self.suppressed += 1
+                continue
+            plugins = self.plugins
+            if plugins is not None and not plugins.empty and not plugins.on_post(WorkItem(notice)):
+                log.info("not posting %s: an on_post plugin suppressed it", notice.path)
                 self.suppressed += 1
                 continue
             try:

@@ -27,6 +27,7 @@ from sarra.broker.base import Broker
 from sarra.codec import v02
 from sarra.config.settings import Settings
 from sarra.errors import LocalError, MessageError
+from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import NoticeBuilder, Publisher, outage_max
 from sarra.flow.watching import (
@@ -142,6 +143,7 @@ class Watcher:
             # declared at every (re)connect: the broker may come back without it
             on_connect=(lambda s: ensure_exchanges(s, [exchange])) if declare else None,
             backlog=self._backlog_text,
+            plugins=Plugins.from_config(cfg.plugins),
         )
         # actions released by the coalescer and not yet handed to the publisher: only
         # non-empty while the broker is unreachable (see _pump)

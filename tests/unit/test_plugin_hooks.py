@@ -1,0 +1,204 @@
+"""The hooks beyond on_message/on_file: when they are called, with what, in which order, and
+what their return values and exceptions do (docs/plugins.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sarra.codec import v02
+from sarra.flow.download import Destination, Downloader, DownloadSettings
+from sarra.flow.hooks import HeartbeatTicker, Plugins
+from sarra.flow.work import WorkItem
+from sarra.notice import Checksum, Notice, PartSpec
+from sarra.parts.arithmetic import split
+
+
+class Recording:
+    """A plugin object recording every hook call in one list."""
+
+    def __init__(self, post: bool | None = None, report: bool | None = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.post = post
+        self.report = report
+
+    def on_part(self, work: WorkItem) -> None:
+        assert work.notice.parts is not None
+        self.calls.append(("on_part", work.notice.parts.block_number))
+
+    def on_file(self, work: WorkItem) -> None:
+        self.calls.append(("on_file", work.local_path))
+
+    def on_post(self, work: WorkItem) -> bool | None:
+        self.calls.append(("on_post", work.notice.path))
+        return self.post
+
+    def on_report(self, work: WorkItem) -> bool | None:
+        self.calls.append(("on_report", work.code))
+        return self.report
+
+    def on_heartbeat(self, config: object) -> None:
+        self.calls.append(("on_heartbeat", config))
+
+
+class Failing:
+    def on_post(self, work: WorkItem) -> bool:
+        raise RuntimeError("plugin bug")
+
+    def on_report(self, work: WorkItem) -> bool:
+        raise RuntimeError("plugin bug")
+
+    def on_heartbeat(self, config: object) -> None:
+        raise RuntimeError("plugin bug")
+
+    def on_part(self, work: WorkItem) -> None:
+        raise RuntimeError("plugin bug")
+
+
+def _plugins(*plugins: object) -> Plugins:
+    out = Plugins()
+    for i, p in reversed(list(enumerate(plugins))):  # pluggy calls the last registered first
+        out.register(f"p{i}", p)
+    return out
+
+
+def _notice(path: str) -> Notice:
+    return v02.make_notice(
+        exchange="xpublic", topic_prefix="v02.post", pubtime="20260101000000",
+        base_url="file:", path=path, checksum=Checksum("d", "0" * 32), headers={},
+        parts=PartSpec("1", 10, 1, 0, 0),
+    )  # fmt: skip
+
+
+# -- on_part, then on_file ------------------------------------------------------------------
+
+
+def _blocks(src: Path, data: bytes, bs: int) -> list[Notice]:
+    out = []
+    for spec in split(len(data), bs):
+        block = data[spec.offset : spec.offset + spec.length]
+        n = v02.make_notice(
+            exchange="xpublic", topic_prefix="v02.post", pubtime="20260101000000",
+            base_url="file:", path=str(src), checksum=Checksum("d", hashlib.md5(block).hexdigest()),
+            parts=spec, headers={"mtime": "20260101000000"},
+        )  # fmt: skip
+        out.append(n)
+    return out
+
+
+def _downloader(tmp_path: Path, plugins: Plugins, inplace: bool = True) -> Downloader:
+    return Downloader(
+        DownloadSettings(),
+        lambda n: Destination(str(tmp_path / "dest"), "f.bin"),
+        plugins,
+        parts_state=tmp_path / "state",
+        inplace=inplace,
+    )
+
+
+def _receive(downloader: Downloader, notices: list[Notice]) -> list[WorkItem]:
+    items = []
+    for n in notices:
+        item = WorkItem(n)
+        item.dest_root, item.dest_rel = str(downloader.resolve(n).root), "f.bin"  # type: ignore[union-attr]
+        downloader.work(item)
+        items.append(item)
+    return items
+
+
+def test_on_part_runs_after_each_verified_block_and_before_on_file(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40  # 10240 bytes, 3 blocks of 4096
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    rec = Recording()
+    downloader = _downloader(tmp_path, _plugins(rec))
+    items = _receive(downloader, _blocks(src, data, 4096))
+    final = str(tmp_path / "dest" / "f.bin")
+    assert rec.calls == [("on_part", 0), ("on_part", 1), ("on_part", 2), ("on_file", final)]
+    assert [i.code for i in items] == [201, 201, 201]
+    assert Path(final).read_bytes() == data
+    # a block that was already there (redelivered) is not a new block: no on_part
+    rec.calls.clear()
+    again = _receive(downloader, _blocks(src, data, 4096)[:1])
+    assert again[0].code == 304 and rec.calls == []
+
+
+def test_on_part_runs_for_a_block_kept_as_a_part_file(tmp_path: Path) -> None:
+    data = b"x" * 5000
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    rec = Recording()
+    _receive(_downloader(tmp_path, _plugins(rec), inplace=False), _blocks(src, data, 4096)[:1])
+    assert rec.calls == [("on_part", 0)]
+
+
+def test_a_corrupt_block_gets_no_on_part(tmp_path: Path) -> None:
+    data = b"y" * 5000
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    rec = Recording()
+    notices = _blocks(src, data, 4096)
+    src.write_bytes(b"z" * 5000)  # the origin changed: the block's sum no longer matches
+    with pytest.raises(Exception, match="checksum mismatch"):
+        _receive(_downloader(tmp_path, _plugins(rec)), notices[:1])
+    assert rec.calls == []
+
+
+def test_a_failing_on_part_is_reported_500_and_the_block_stays(tmp_path: Path) -> None:
+    data = b"w" * 5000
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    items = _receive(_downloader(tmp_path, _plugins(Failing())), _blocks(src, data, 4096))
+    assert items[0].code == 500 and "on_part plugin failed: plugin bug" in items[0].message
+    assert (tmp_path / "dest" / "f.bin").read_bytes() == data
+
+
+# -- on_post / on_report return values and exceptions ---------------------------------------
+
+
+def test_on_post_and_on_report_obey_false_and_ignore_other_returns() -> None:
+    item = WorkItem(_notice("/a/f.txt"))
+    item.settle(201, "Downloaded")
+    assert _plugins(Recording(post=None, report=True)).on_post(item) is True
+    assert _plugins(Recording(post=False)).on_post(item) is False
+    assert _plugins(Recording(report=False)).on_report(item) is False
+    rec = Recording(report=None)
+    assert _plugins(rec, Recording(report=False)).on_report(item) is False
+    assert rec.calls == [("on_report", 201)]  # the first plugin was asked too
+
+
+def test_a_failing_on_post_or_on_report_is_logged_and_does_not_suppress(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    item = WorkItem(_notice("/a/f.txt"))
+    plugins = _plugins(Failing())
+    with caplog.at_level(logging.ERROR, logger="sarra.flow.hooks"):
+        assert plugins.on_post(item) is True
+        assert plugins.on_report(item) is True
+        plugins.on_heartbeat("cfg")  # does not raise
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("on_post plugin failed for a/f.txt" in m for m in messages), messages
+    assert any("on_report plugin failed" in m for m in messages)
+    assert any("on_heartbeat plugin failed" in m for m in messages)
+
+
+# -- on_heartbeat -------------------------------------------------------------------------
+
+
+def test_on_heartbeat_is_called_once_per_interval_from_the_first_tick() -> None:
+    rec = Recording()
+    ticker = HeartbeatTicker(_plugins(rec), "cfg", interval=300)
+    assert ticker.tick(now=1000.0) is False  # starts the interval
+    assert ticker.tick(now=1299.0) is False
+    assert ticker.tick(now=1300.0) is True
+    assert ticker.tick(now=1305.0) is False
+    assert ticker.tick(now=1600.0) is True
+    assert rec.calls == [("on_heartbeat", "cfg"), ("on_heartbeat", "cfg")]
+
+
+def test_no_heartbeat_plugin_means_no_call() -> None:
+    assert HeartbeatTicker(Plugins(), "cfg", interval=0).tick(now=5.0) is False
