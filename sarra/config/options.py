@@ -412,8 +412,8 @@ _NOT_CALLED = ("sarra never calls this hook; the hooks it calls are on_message, 
 #: the components on the consumer runner (components/runner.py), which call on_report and
 #: on_heartbeat
 _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
-_NO_DO_HOOKS = ("a plugin cannot replace the built-in transfers yet (issue 11); sarra "
-                "fetches http, https, sftp, ftp and ftps itself")
+_NO_DO_HOOKS = ("a plugin cannot replace the built-in sending yet (issue 11); for downloads "
+                "see do_get")
 _SR2_PLUGIN_HOOKS = (
     ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted", None),
     ("on_file", (), _DOWNLOADERS, "run after each file is downloaded", None),
@@ -433,8 +433,10 @@ _SR2_PLUGIN_HOOKS = (
      "sr_poll is not implemented yet"),
     ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded", _NOT_CALLED),
     ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes",
-     _NO_DO_HOOKS),
-    ("do_get", (), _DOWNLOADERS, "fetch with a plugin", _NO_DO_HOOKS),
+     "use do_get: its plugin is asked first for every URL, whatever the scheme (list an "
+     "unknown scheme in base_url_accept)"),
+    ("do_get", (), frozenset({"subscribe", "sarra"}),
+     "fetch with a plugin first (True: fetched, None: sarra's own transport)", None),
     ("do_put", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
     ("do_send", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
     ("do_poll", (), frozenset({"poll"}), "poll with a plugin", "sr_poll is not implemented yet"),

@@ -24,6 +24,7 @@ from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver
+from sarra.flow.plugin_get import PluginGetTransport
 from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to, is_unchanged
 from sarra.flow.work import Staged, WorkItem
@@ -349,14 +350,23 @@ class Downloader:
         origin = origin_of(url)
         transport = cache.get(origin)
         if transport is None:
-            transport = open_transport(
-                url,
-                credentials=self.settings.credentials(str(origin)),
-                timeout=self.settings.timeout,
-                tls_verify=self.settings.tls_verify,
-                ca_file=self.settings.ca_file,
-                options=self.settings.transport_options,
-            )
+
+            def builtin() -> Transport:
+                return open_transport(
+                    url,
+                    credentials=self.settings.credentials(str(origin)),
+                    timeout=self.settings.timeout,
+                    tls_verify=self.settings.tls_verify,
+                    ca_file=self.settings.ca_file,
+                    options=self.settings.transport_options,
+                )
+
+            if self.plugins.implements("do_get"):
+                # a do_get plugin is asked first; the built-in one is made if it declines
+                plugins = self.plugins
+                transport = PluginGetTransport(lambda u, p: plugins.do_get(u, p), builtin)
+            else:
+                transport = builtin()
             cache[origin] = transport
             with self._transports_lock:
                 self._all_transports.append(transport)

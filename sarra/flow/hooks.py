@@ -39,6 +39,13 @@ Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work`
 ``on_heartbeat(config) -> None``
     Called in the flow thread about every ``heartbeat`` seconds (checked at the runner's
     housekeeping tick, every few seconds). An exception is logged.
+``do_get(url, path) -> bool | None``
+    Called in a transfer thread before each download (subscribe, sarra), with the retrieval
+    URL and the path of a new empty local file. Return True once the whole object is written
+    to ``path``: sarra then verifies and places it as if its own transport had fetched it.
+    Return None to leave the URL to the built-in transport of its scheme; return False or
+    raise when the fetch failed (reported 499 and retried like a transfer failure). The
+    first plugin that does not return None wins (see :mod:`sarra.flow.plugin_get`).
 ``on_start(config) -> None`` / ``on_stop(config) -> None``
     Called when an instance starts and stops.
 
@@ -93,6 +100,10 @@ class HookSpecs:
     def on_heartbeat(self, config: Any) -> None:
         """The periodic tick, about every ``heartbeat`` seconds."""
 
+    @hookspec(firstresult=True)
+    def do_get(self, url: str, path: str) -> bool | None:
+        """Fetch ``url`` into ``path`` (True), or leave it to sarra (None)."""
+
     @hookspec
     def on_start(self, config: Any) -> None:
         """The instance starts."""
@@ -109,6 +120,7 @@ HOOK_NAMES = (
     "on_post",
     "on_report",
     "on_heartbeat",
+    "do_get",
     "on_start",
     "on_stop",
 )
@@ -225,6 +237,15 @@ class Plugins:
             self._pm.hook.on_heartbeat(config=config)
         except Exception:
             log.exception("on_heartbeat plugin failed; carrying on")
+
+    def implements(self, hook: str) -> bool:
+        """True when some registered plugin implements ``hook``."""
+        return bool(getattr(self._pm.hook, hook).get_hookimpls())
+
+    def do_get(self, url: str, path: str) -> bool | None:
+        """The first plugin answer that is not None (None: no plugin fetched it)."""
+        result: bool | None = self._pm.hook.do_get(url=url, path=path)
+        return result
 
     def on_start(self, config: Any) -> None:
         self._pm.hook.on_start(config=config)

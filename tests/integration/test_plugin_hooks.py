@@ -3,6 +3,8 @@ RabbitMQ and nginx: sr_post -> RabbitMQ -> sr_subscribe -> nginx."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from pathlib import Path
 
@@ -153,3 +155,45 @@ def test_on_post_in_sr_post_suppresses_the_notices_it_refuses(site, nginx, tmp_p
         time.sleep(1)  # a.skip, had it been posted, was posted first
     assert _lines(log) == [f"post {tag}/a.skip", f"post {tag}/b.txt"]
     assert not (dest / "a.skip").exists()
+
+
+def _docs_do_get_example() -> str:
+    """The curl plugin shown in docs/plugins.md (the indented block after its introduction)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    _, _, rest = text.partition("A `do_get` plugin that fetches http(s) with curl")
+    block = re.match(r"[^\n]*\n\n((?:    .*\n|\n)+)", rest)
+    assert block is not None, "docs/plugins.md lost its do_get example"
+    return textwrap.dedent(block.group(1))
+
+
+def test_a_do_get_plugin_fetches_with_curl_from_nginx(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("doget")
+    src = nginx.root / tag
+    make_files(src, ["one.bin", "sub/two.bin"], size=300_000)
+    dest = tmp_path / "dest"
+    log = tmp_path / "hooks.log"
+    # the documented example, wrapped to record each URL it fetched
+    plugin = _plugin(
+        tmp_path,
+        log,
+        _docs_do_get_example().replace("def do_get(", "def _docs_do_get(")
+        + "def do_get(url, path):\n"
+        "    got = _docs_do_get(url, path)\n"
+        "    note(f'{got} {url} {os.path.getsize(path)}')\n"
+        "    return got\n",
+    ).resolve()
+    plugin.write_text("import os\n" + plugin.read_text())
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, _subscription(site, tag, dest, f"do_get {plugin}\n")):
+            assert post(site, nginx.base_url, nginx.root, [src]) == 0
+            wait_for(lambda: len(tap.about("two.bin")) + len(tap.about("one.bin")) >= 2,
+                     what="both reports")  # fmt: skip
+    finally:
+        tap.stop()
+    assert {r.code for r in tap.about(".bin") if r.notice.path.startswith(tag)} == {201}
+    assert sorted(_lines(log)) == sorted(
+        f"True {nginx.base_url.rstrip('/')}/{tag}/{n} 300032" for n in ("one.bin", "sub/two.bin")
+    )
+    for n in ("one.bin", "sub/two.bin"):
+        assert (dest / n).read_bytes() == (src / n).read_bytes()

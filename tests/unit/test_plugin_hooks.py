@@ -202,3 +202,94 @@ def test_on_heartbeat_is_called_once_per_interval_from_the_first_tick() -> None:
 
 def test_no_heartbeat_plugin_means_no_call() -> None:
     assert HeartbeatTicker(Plugins(), "cfg", interval=0).tick(now=5.0) is False
+
+
+# -- do_get ---------------------------------------------------------------------------------
+
+
+class Getter:
+    """A do_get plugin: copies from a local directory for "fake:" URLs, else declines."""
+
+    def __init__(self, origin: Path, answer: bool | None = True) -> None:
+        self.origin = origin
+        self.answer = answer
+        self.asked: list[tuple[str, str]] = []
+
+    def do_get(self, url: str, path: str) -> bool | None:
+        self.asked.append((url, path))
+        assert Path(path).exists() and Path(path).stat().st_size == 0
+        if not url.startswith("file:") or self.answer is not True:
+            return self.answer
+        Path(path).write_bytes(b"from the plugin: " + Path(url[5:]).read_bytes())
+        return True
+
+
+def _whole(src: Path, data: bytes) -> Notice:
+    return v02.make_notice(
+        exchange="xpublic", topic_prefix="v02.post", pubtime="20260101000000",
+        base_url="file:", path=str(src), checksum=Checksum("d", hashlib.md5(data).hexdigest()),
+        parts=PartSpec("1", len(data), 1, 0, 0), headers={},
+    )  # fmt: skip
+
+
+def _get_whole(tmp_path: Path, plugins: Plugins, notice: Notice) -> WorkItem:
+    downloader = _downloader(tmp_path, plugins)
+    item = WorkItem(notice)
+    item.dest_root, item.dest_rel = str(tmp_path / "dest"), "f.bin"
+    try:
+        downloader.work(item)
+    finally:
+        downloader.close()
+    return item
+
+
+def test_a_do_get_plugin_fetches_instead_of_the_builtin_transport(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload")
+    getter = Getter(tmp_path)
+    expected = b"from the plugin: payload"  # what the plugin wrote, not what file: would read
+    item = _get_whole(tmp_path, _plugins(getter), _whole(src, expected))
+    assert item.code == 201
+    assert (tmp_path / "dest" / "f.bin").read_bytes() == expected
+    assert [u for u, _ in getter.asked] == [f"file:{src}"]
+    assert not Path(getter.asked[0][1]).exists()  # its temporary file is gone
+
+
+def test_a_do_get_plugin_returning_none_leaves_the_url_to_sarra(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload")
+    getter = Getter(tmp_path, answer=None)
+    item = _get_whole(tmp_path, _plugins(getter), _whole(src, b"payload"))
+    assert item.code == 201 and len(getter.asked) == 1
+    assert (tmp_path / "dest" / "f.bin").read_bytes() == b"payload"
+    assert not Path(getter.asked[0][1]).exists()
+
+
+@pytest.mark.parametrize("answer", [False, "raise"], ids=["false", "exception"])
+def test_a_failed_do_get_is_a_retryable_transfer_failure(tmp_path: Path, answer: Any) -> None:
+    from sarra.errors import TransportUnavailable
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload")
+
+    class Broken:
+        def do_get(self, url: str, path: str) -> bool:
+            self.path = path
+            if answer == "raise":
+                raise OSError("curl: (7) Failed to connect")
+            return False
+
+    broken = Broken()
+    with pytest.raises(TransportUnavailable) as caught:
+        _get_whole(tmp_path, _plugins(broken), _whole(src, b"payload"))
+    assert caught.value.retryable and caught.value.report_code == 499
+    assert not (tmp_path / "dest" / "f.bin").exists()
+    assert not Path(broken.path).exists()
+
+
+def test_a_do_get_plugin_whose_file_does_not_match_the_notice_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"payload")
+    with pytest.raises(Exception, match="size mismatch: expected 7 bytes"):
+        _get_whole(tmp_path, _plugins(Getter(tmp_path)), _whole(src, b"payload"))
+    assert not (tmp_path / "dest" / "f.bin").exists()
