@@ -197,3 +197,30 @@ def test_a_do_get_plugin_fetches_with_curl_from_nginx(site, nginx, tmp_path):  #
     )
     for n in ("one.bin", "sub/two.bin"):
         assert (dest / n).read_bytes() == (src / n).read_bytes()
+
+
+def test_on_post_in_sr_watch_suppresses_the_notices_it_refuses(rabbitmq, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from tests.integration.test_watch import Watching
+
+    monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SR_STATE_DIR", str(tmp_path / "state"))
+    log = tmp_path / "hooks.log"
+    plugin = _plugin(
+        tmp_path,
+        log,
+        "def on_post(work):\n"
+        "    note(f'post {work.notice.path}')\n"
+        "    return not work.notice.path.endswith('.skip')\n",
+    )
+    w = Watching(rabbitmq, tmp_path, {"on_post": str(plugin)})
+    try:
+        w.start()
+        (w.wdir / "a.skip").write_bytes(b"not announced\n")
+        wait_for(lambda: any(x.endswith("a.skip") for x in _lines(log)), what="on_post of a.skip")
+        (w.wdir / "b.txt").write_bytes(b"announced\n")
+        [n] = w.collect(1)
+        w.nothing_more()
+    finally:
+        w.close()
+    assert n.path.endswith("wdir/b.txt")
+    assert [x.rsplit("/", 1)[-1] for x in _lines(log)] == [".ready", "a.skip", "b.txt"]
