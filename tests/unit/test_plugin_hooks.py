@@ -293,3 +293,28 @@ def test_a_do_get_plugin_whose_file_does_not_match_the_notice_is_refused(tmp_pat
     with pytest.raises(Exception, match="size mismatch: expected 7 bytes"):
         _get_whole(tmp_path, _plugins(Getter(tmp_path)), _whole(src, b"payload"))
     assert not (tmp_path / "dest" / "f.bin").exists()
+
+
+def test_sr2_spellings_on_hb_and_on_rpt_name_on_heartbeat_and_on_report(tmp_path: Path) -> None:
+    from sarra.config import load_config
+
+    plugin = tmp_path / "beat.py"
+    plugin.write_text(
+        "beats = []\n"
+        "def on_heartbeat(config):\n    beats.append(config.heartbeat)\n"
+        "def on_report(work):\n    return False\n"
+    )
+    (tmp_path / "config" / "subscribe").mkdir(parents=True)
+    conf = tmp_path / "config" / "subscribe" / "c.conf"
+    conf.write_text(f"heartbeat 2\non_hb {plugin}\non_rpt {plugin}\n")
+    env = {"SR_CONFIG_DIR": str(tmp_path / "config"), "SR_STATE_DIR": str(tmp_path / "state")}
+    cfg = load_config("subscribe", str(conf), env=env)
+    assert cfg.heartbeat == 2.0
+    assert dict(cfg.plugins)["on_heartbeat"] == (str(plugin),)
+    assert dict(cfg.plugins)["on_report"] == (str(plugin),)
+    plugins = Plugins.from_config(cfg.plugins)
+    assert plugins.implements("on_heartbeat") and plugins.implements("on_report")
+    assert not plugins.implements("do_get")
+    plugins.on_heartbeat(cfg)
+    assert plugins._pm.get_plugin(str(plugin)).beats == [2.0]
+    assert plugins.on_report(WorkItem(_notice("/a/f.txt"))) is False
