@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-#: what sarra's plugins need and sarra does not call yet (another change adds them)
-_NEEDS_POST = "needs on_post/on_heartbeat (coming)"
+_MEMORY = (
+    "sarra does not restart an instance whose memory grows: its memory is bounded by prefetch "
+    "and transfer_threads; remove the line"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +40,7 @@ def _r(name: str, origin: str, why: str) -> PluginName:
     return PluginName(name, origin, None, why)
 
 
-_ACCEL = (
-    "sarra downloads http, https, sftp, ftp and ftps itself, transfer_threads at a time; "
-    "remove the line"
-)
+_ACCEL = "sarra downloads http, https and sftp itself, transfer_threads at a time; remove the line"
 _NODUPE = (
     "duplicate suppression is built in: remove the line and set nodupe_ttl "
     "(suppress_duplicates) and nodupe_basis (cache_basis)"
@@ -114,9 +113,9 @@ PLUGIN_NAMES: tuple[PluginName, ...] = (
         "file_rxpipe",
         "same as file_rxpipe (sr3 name of the option: rxpipe_name)",
     ),
-    _r("post_log", "sr2", _NEEDS_POST),
-    _r("hb_memory", "sr2", _NEEDS_POST),
-    _r("housekeeping.resources", "sr3", _NEEDS_POST),
+    _m("post_log", "sr2", "post_log", "on_post: logs each notice about to be posted"),
+    _r("hb_memory", "sr2", _MEMORY),
+    _r("housekeeping.resources", "sr3", _MEMORY),
     _r("accel_wget", "sr2", _ACCEL),
     _r("accel_scp", "sr2", _ACCEL),
     _r("msg_total", "sr2", _TOTALS),

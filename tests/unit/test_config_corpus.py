@@ -68,10 +68,10 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
         r"sarra: sarra logs the outcome counts",
     "subscribe/v2_dd_accel_wget.conf":
         r"v2_dd_accel_wget\.conf:4: option 'plugin': sr2 plugin 'accel_wget' is not available "
-        r"in sarra: sarra downloads http, https, sftp, ftp and ftps itself",
+        r"in sarra: sarra downloads http, https and sftp itself",
     "subscribe/v2_dd_hb_memory.conf":
         r"v2_dd_hb_memory\.conf:4: option 'plugin': sr2 plugin 'hb_memory' is not available in "
-        r"sarra: needs on_post/on_heartbeat \(coming\)",
+        r"sarra: sarra does not restart an instance whose memory grows",
     "sender/v2_to_remote_sftp.conf": {
         "exchange": "xs_tsource_output", "base_dir": "/var/data/outgoing",
         "destination": "sftp://partner@remote.example.com/incoming", "mirror": False,

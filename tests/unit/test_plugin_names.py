@@ -74,6 +74,7 @@ def test_every_builtin_loads_as_a_plugin_with_valid_hooks(entry: Any) -> None:
         ("on_message msg_log", "on_message", "sarra.plugins.msg_log"),
         ("on_message msg_log.py", "on_message", "sarra.plugins.msg_log"),
         ("on_file file_log", "on_file", "sarra.plugins.file_log"),
+        ("plugin post_log", "plugin", "sarra.plugins.post_log"),
         ("plugin msg_delay", "plugin", "sarra.plugins.msg_delay"),
         ("on_message msg_rename_dmf", "on_message", "sarra.plugins.msg_renamer"),
         ("callback log", "plugin", "sarra.plugins.log"),
@@ -90,10 +91,9 @@ def test_a_known_name_loads_the_builtin(env: dict[str, str], line: str, hook: st
 @pytest.mark.parametrize(
     ("line", "reason"),
     [
-        ("plugin post_log", "needs on_post/on_heartbeat (coming)"),
-        ("plugin hb_memory", "needs on_post/on_heartbeat (coming)"),
-        ("plugin accel_wget", "sarra downloads http, https, sftp"),
-        ("plugin accel_scp.py", "sarra downloads http, https, sftp"),
+        ("plugin hb_memory", "does not restart an instance whose memory grows"),
+        ("plugin accel_wget", "sarra downloads http, https and sftp itself"),
+        ("plugin accel_scp.py", "sarra downloads http, https and sftp itself"),
         ("on_message msg_total", "remove the line, or log per notice with msg_log"),
         ("on_message msg_speedo", "sr_subscribe status"),
         ("callback nodupe", "set nodupe_ttl"),
@@ -212,3 +212,16 @@ def test_file_rxpipe_refuses_a_path_that_is_not_a_pipe(env: dict[str, str], tmp_
     plain.write_text("")
     with pytest.raises(ConfigError, match=r"'file_rxpipe_name': .* is not a named pipe"):
         file_rxpipe.on_start(_load(env, f"broker amqp://u@h/\nfile_rxpipe_name {plain}\n"))
+
+
+def test_post_log_logs_the_notice_it_is_given(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from sarra.plugins import post_log
+
+    notice = SimpleNamespace(
+        pubtime="20261206120000.5", base_url="http://h/", rel_path="a/b.txt", topic="v02.post.a"
+    )
+    with caplog.at_level("INFO", logger="sarra.plugins.post_log"):
+        assert post_log.on_post(SimpleNamespace(notice=notice)) is None  # never suppresses
+    assert "post_log posting: 20261206120000.5 http://h/a/b.txt topic=v02.post.a" in caplog.text
