@@ -654,19 +654,20 @@ OPTIONS: tuple[Option, ...] = (
        _WATCHERS, ("fp",)),
     _o("post_on_start", B, True, "post the existing tree at start", _WATCHERS, ("pos",)),
     _o("randomize", B, False, "post parts in random order", _WATCHERS, ("r",)),
-    _o("realpath_post", B, False, "resolve symbolic links in posted paths", _WATCHERS,
-       ("realpath", "real", "realpathPost"), support=REFUSED,
-       why="posting resolved paths is not implemented yet (issue 11)"),
+    _o("realpath_post", B, False,
+       "resolve symbolic links (os.path.realpath) in the paths given, post_base_dir and "
+       "linked directories walked, and post the resolved paths (still confined to "
+       "post_base_dir)", _WATCHERS, ("realpath", "real", "realpathPost")),
     _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS,
        support=REFUSED, why="sarra keeps one broker connection and makes it again when it "
        "drops; a new connection for each post is not implemented"),
     _o("post_outage_max", D, 0.0,
        "give up posting once the broker has been unreachable this long (0: wait forever)",
        _WATCHERS, per={"post": 300.0}),
-    _o("outlet", S, "post", "post, or print json or url instead", _REPOSTERS,
-       choices=("post", "json", "url"), support=REFUSED,
-       why="sarra always posts; printing json or url instead is not implemented yet "
-       "(issue 11)"),
+    _o("outlet", S, "post",
+       "post: publish each notice; json: print it on standard output as one JSON line "
+       "[topic, headers, body] instead; url: print its retrieval URL instead (json and url "
+       "never connect to the post broker)", _WATCHERS, choices=("post", "json", "url")),
     _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _ALL,
        ("xattr_disabled", "xd"), support=NOOP,
        why="sarra never caches checksums in extended attributes"),

@@ -28,7 +28,7 @@ from sarra.codec import v02
 from sarra.config.settings import Settings
 from sarra.errors import LocalError, MessageError
 from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.posting import NoticeBuilder, Publisher, outage_max
+from sarra.flow.posting import NoticeBuilder, make_publisher, outage_max
 from sarra.flow.watching import (
     Action,
     Coalescer,
@@ -135,7 +135,8 @@ class Watcher:
         self.session = session
         exchange = self.builder.settings.exchange
         declare = cfg.declare_exchange
-        self.publisher = Publisher(
+        self.publisher = make_publisher(
+            cfg,
             self.session,
             self.builder,
             outage_max=outage_max(cfg),
