@@ -578,10 +578,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("broker_heartbeat", D, 60.0,
        "AMQP heartbeat proposed to the broker: a connection silent for about twice this "
        "long (a frozen broker, a blackholed link) is dropped and made again", _ALL),
-    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL,
-       ("sld", "runStateThreshold_hung"),
-       support=REFUSED, why="restarting an instance because its log is old is not "
-       "implemented (issue 11); the sanity action restarts instances that died"),
+    _o("sanity_log_dead", D, 450.0,
+       "the sanity action restarts a running instance that has written neither its "
+       "heartbeat file nor its log for longer than this (hung); 0: never", _ALL,
+       ("sld", "runStateThreshold_hung")),
     _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
     # -- reports and duplicates
     _o("report_back", B, True, "publish a report for each notice handled", _CONSUMERS,
