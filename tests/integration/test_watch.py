@@ -420,3 +420,18 @@ def test_outlet_json_prints_each_change_and_never_connects(
     assert topic == "v02.post.wdir"
     assert headers["sum"] == "d,6f5902ac237024bdd0c176cb93063dc4"
     assert list(headers) == sorted(headers)
+
+
+def test_a_watching_instance_beats_its_heartbeat_file(
+    watching: WatchFactory, tmp_path: Path
+) -> None:
+    """What ``status`` shows and ``sanity`` (sanity_log_dead) judges a watcher by."""
+    w = watching()
+    [heart] = (tmp_path / "state").rglob("sr_watch_*_001.heart")
+    long_ago = time.time() - 100
+    os.utime(heart, (long_ago, long_ago))
+    deadline = time.monotonic() + WAIT
+    while heart.stat().st_mtime < time.time() - 30 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert heart.stat().st_mtime > time.time() - 30  # written again while idle
+    w.nothing_more(0.2)
