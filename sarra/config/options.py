@@ -648,7 +648,9 @@ OPTIONS: tuple[Option, ...] = (
        ("e", "fileEvents")),
     _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
     _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
-       frozenset({"poll"}), support=REFUSED, why="sr_poll is not implemented yet"),
+       frozenset({"poll"}), support=REFUSED,
+       why="only sr_poll reads it (in sr2 it skips remote files dated older than this), "
+       "and sr_poll is not implemented yet"),
     _o("follow_symlinks", B, False, "post the targets of symbolic links", _WATCHERS, ("fs",)),
     _o("force_polling", B, False, "walk the tree instead of using file system events",
        _WATCHERS, ("fp",)),
