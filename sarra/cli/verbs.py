@@ -8,6 +8,7 @@ into exit status 2 by :func:`sarra.cli.main.main`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -21,7 +22,15 @@ from pathlib import Path
 from typing import TextIO
 
 from sarra.cli import configs as cf
-from sarra.cli.instances import Instance, State, instance_pid, pid_file_numbers, spawn, terminate
+from sarra.cli.instances import (
+    Instance,
+    State,
+    instance_pid,
+    last_activity,
+    pid_file_numbers,
+    spawn,
+    terminate,
+)
 from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_logging
 from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime
 from sarra.cli.signals import install_stop_handlers
@@ -205,28 +214,58 @@ def restart(ctx: Context, configs: Sequence[str]) -> int:
     return start(ctx, configs)
 
 
+def silent_for(inst: Instance, now: float | None = None) -> float | None:
+    """Seconds since a running instance last showed life: the latest write of its heartbeat
+    file, its log or its pid file (written at start). None when it keeps no heartbeat file
+    (a component without one, such as sr_report, cannot be judged by its silence)."""
+    if not inst.heartbeat_path.exists():
+        return None
+    times = [t for t in (last_activity(inst),) if t is not None]
+    with contextlib.suppress(FileNotFoundError):
+        times.append(inst.pid_path.stat().st_mtime)
+    if not times:
+        return None
+    return max((time.time() if now is None else now) - max(times), 0.0)
+
+
 def sanity(ctx: Context, configs: Sequence[str]) -> int:
-    """Restart missing or dead instances; remove stale pid files."""
+    """Restart missing or dead instances; remove stale pid files. An instance that runs but
+    has written neither its heartbeat nor its log for longer than ``sanity_log_dead`` is
+    hung: it is stopped (killed if SIGTERM is not enough) and started again."""
     rc = 0
     for arg in configs:
         if is_disabled(ctx, arg):
             continue
         config, cfg = load(ctx, arg)
         count = expected_count(cfg)
+        dead_after = max(cfg.sanity_log_dead, 0.0)  # 0: never judged hung
         state_dir = ctx.runtime.state_dir(ctx.name, config)
         numbers = sorted(
             set(range(1, count + 1)) | set(pid_file_numbers(state_dir, ctx.name, config))
         )
         missing = []
+        hung: list[Instance] = []
         for number in numbers:
             inst = instance(ctx, config, number)
             state, _ = instance_pid(inst)
             if state is State.STALE:
                 inst.pid_path.unlink(missing_ok=True)
                 ctx.say(config, f"instance {number:03d} stale pid file removed")
+            if state is State.RUNNING and dead_after > 0 and number <= count:
+                silence = silent_for(inst)
+                if silence is not None and silence > dead_after:
+                    ctx.say(
+                        config,
+                        f"instance {number:03d} silent for {silence:.0f} s "
+                        f"(sanity_log_dead {dead_after:g} s): hung, restarting",
+                    )
+                    hung.append(inst)
             if state is not State.RUNNING and number <= count:
                 missing.append(number)
-        rc = max(rc, _spawn(ctx, arg, config, missing))
+        for number, outcome in terminate(hung, ctx.runtime.stop_timeout).items():
+            ctx.say(config, f"instance {number:03d} {outcome}")
+            missing.append(number)
+        rc = max(rc, _spawn(ctx, arg, config, sorted(missing)))
     return rc
 
 
@@ -239,7 +278,6 @@ def _ago(mtime: float | None) -> str:
 
 def status(ctx: Context, configs: Sequence[str]) -> int:
     """One line per instance; exit 0 only if every expected instance runs."""
-    from sarra.cli.instances import last_activity
     from sarra.flow.heartbeat import read_note
 
     rc = 0
@@ -459,7 +497,9 @@ VERBS: dict[str, Action] = {
     "stop": Action(stop, "stop all instances (SIGTERM, then SIGKILL)", "any", "all"),
     "restart": Action(restart, "stop, then start", "any"),
     "status": Action(status, "show instances, pids, last activity, queue backlog", "any", "all"),
-    "sanity": Action(sanity, "restart dead instances, remove stale pid files", "any"),
+    "sanity": Action(
+        sanity, "restart dead and hung (sanity_log_dead) instances, remove stale pid files", "any"
+    ),
     "foreground": Action(foreground, "run one instance here, logging to the console", "one"),
     "cleanup": Action(cleanup, "delete the queue and local state (when stopped)", "some"),
     "declare": Action(declare, "create the exchanges and queues used", "some"),

@@ -22,7 +22,7 @@ from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import (
     NoticeBuilder,
     PostSettings,
-    Publisher,
+    make_publisher,
     outage_max,
     post_files,
     post_paths,
@@ -81,7 +81,8 @@ class PostComponent:
             else None
         )
         declare = cfg.declare_exchange is not False
-        publisher = Publisher(
+        publisher = make_publisher(
+            cfg,
             session,
             builder,
             batch=post_batch(cfg),
@@ -104,7 +105,7 @@ class PostComponent:
             "posted %d file(s) (%d notices) to %s in %.2fs (%.0f/s); %d not posted",
             publisher.items_posted,
             publisher.published,
-            settings.exchange,
+            settings.exchange if cfg.outlet == "post" else f"standard output ({cfg.outlet})",
             elapsed,
             publisher.published / elapsed if elapsed > 0 else 0.0,
             len(unposted),

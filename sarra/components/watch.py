@@ -14,6 +14,7 @@ from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
     declare_post_exchange,
+    heartbeat_for,
     instance_state_dir,
     session_for,
 )
@@ -45,7 +46,8 @@ class WatchComponent:
         builder = NoticeBuilder(PostSettings.from_config(cfg, url.user, url.host))
         session = session_for(url, cfg, "sr_watch")
         try:
-            watcher = Watcher(cfg, roots, session, builder, cache, stop)
+            beat = heartbeat_for(cfg, instance).beat
+            watcher = Watcher(cfg, roots, session, builder, cache, stop, heartbeat=beat)
         except BaseException:
             if cache is not None:
                 cache.close()

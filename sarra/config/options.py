@@ -586,10 +586,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("broker_heartbeat", D, 60.0,
        "AMQP heartbeat proposed to the broker: a connection silent for about twice this "
        "long (a frozen broker, a blackholed link) is dropped and made again", _ALL),
-    _o("sanity_log_dead", D, 450.0, "restart an instance whose log is this old", _ALL,
-       ("sld", "runStateThreshold_hung"),
-       support=REFUSED, why="restarting an instance because its log is old is not "
-       "implemented (issue 11); the sanity action restarts instances that died"),
+    _o("sanity_log_dead", D, 450.0,
+       "the sanity action restarts a running instance that has written neither its "
+       "heartbeat file nor its log for longer than this (hung); 0: never", _ALL,
+       ("sld", "runStateThreshold_hung")),
     _o("header_value_max", N, 252, "longest header value (UTF-8 bytes) we publish", _ALL),
     # -- reports and duplicates
     _o("report_back", B, True, "publish a report for each notice handled", _CONSUMERS,
@@ -656,25 +656,28 @@ OPTIONS: tuple[Option, ...] = (
        ("e", "fileEvents")),
     _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
     _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
-       frozenset({"poll"}), support=REFUSED, why="sr_poll is not implemented yet"),
+       frozenset({"poll"}), support=REFUSED,
+       why="only sr_poll reads it (in sr2 it skips remote files dated older than this), "
+       "and sr_poll is not implemented yet"),
     _o("follow_symlinks", B, False, "post the targets of symbolic links", _WATCHERS, ("fs",)),
     _o("force_polling", B, False, "walk the tree instead of using file system events",
        _WATCHERS, ("fp",)),
     _o("post_on_start", B, True, "post the existing tree at start", _WATCHERS, ("pos",)),
     _o("randomize", B, False, "post parts in random order", _WATCHERS, ("r",)),
-    _o("realpath_post", B, False, "resolve symbolic links in posted paths", _WATCHERS,
-       ("realpath", "real", "realpathPost"), support=REFUSED,
-       why="posting resolved paths is not implemented yet (issue 11)"),
+    _o("realpath_post", B, False,
+       "resolve symbolic links (os.path.realpath) in the paths given, post_base_dir and "
+       "linked directories walked, and post the resolved paths (still confined to "
+       "post_base_dir)", _WATCHERS, ("realpath", "real", "realpathPost")),
     _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS,
        support=REFUSED, why="sarra keeps one broker connection and makes it again when it "
        "drops; a new connection for each post is not implemented"),
     _o("post_outage_max", D, 0.0,
        "give up posting once the broker has been unreachable this long (0: wait forever)",
        _WATCHERS, per={"post": 300.0}),
-    _o("outlet", S, "post", "post, or print json or url instead", _REPOSTERS,
-       choices=("post", "json", "url"), support=REFUSED,
-       why="sarra always posts; printing json or url instead is not implemented yet "
-       "(issue 11)"),
+    _o("outlet", S, "post",
+       "post: publish each notice; json: print it on standard output as one JSON line "
+       "[topic, headers, body] instead; url: print its retrieval URL instead (json and url "
+       "never connect to the post broker)", _WATCHERS, choices=("post", "json", "url")),
     _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _ALL,
        ("xattr_disabled", "xd"), support=NOOP,
        why="sarra never caches checksums in extended attributes"),

@@ -8,14 +8,17 @@ notices in batches with publisher confirms.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import stat as statmod
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from sarra.broker.base import Broker
 from sarra.broker.session import backoff_delays
@@ -64,6 +67,7 @@ class PostSettings:
     persistent: bool
     message_ttl_ms: int | None
     exchange_split: int
+    realpath_post: bool = False
 
     @classmethod
     def from_config(cls, cfg: Settings, broker_user: str, broker_host: str) -> PostSettings:
@@ -91,6 +95,8 @@ class PostSettings:
         for name, value in cfg.headers_add.items():
             headers.append((name, value))
         base_dir = cfg.post_base_dir
+        if base_dir and cfg.realpath_post:
+            base_dir = os.path.realpath(base_dir)
         ttl = cfg.message_ttl
         return cls(
             exchange=exchange,
@@ -110,14 +116,16 @@ class PostSettings:
             persistent=cfg.persistent,
             message_ttl_ms=int(ttl * 1000) if ttl else None,
             exchange_split=cfg.post_exchange_split,
+            realpath_post=cfg.realpath_post,
         )
 
 
 def post_paths(cfg: Settings) -> list[str]:
-    """Paths given with ``path``/``-path`` options and on the command line, in order."""
+    """Paths given with ``path``/``-path`` options and on the command line, in order; with
+    ``realpath_post``, each with its symbolic links resolved (:func:`os.path.realpath`)."""
     result: dict[str, None] = {}  # ordered, duplicates dropped in O(1)
     for p in cfg.path:
-        result.setdefault(p, None)
+        result.setdefault(os.path.realpath(p) if cfg.realpath_post else p, None)
     return list(result)
 
 
@@ -291,9 +299,23 @@ class NoticeBuilder:
             raise LocalError(f"{abs_path}: cannot list: {e.strerror}") from e
         for entry in entries:
             if entry.is_dir(follow_symlinks=self.settings.follow_symlinks):
-                yield from self.tree(entry.path)
+                sub = self._subtree(abs_path, entry)
+                if sub is not None:
+                    yield from self.tree(sub)
             else:
                 yield entry.path
+
+    def _subtree(self, parent: str, entry: os.DirEntry[str]) -> str | None:
+        """The directory to walk for ``entry``: with ``realpath_post``, a linked directory is
+        walked (and its files posted) under its resolved path; one that resolves to the
+        directory being walked or one of its ancestors is a loop, skipped (None)."""
+        if not (self.settings.realpath_post and entry.is_symlink()):
+            return entry.path
+        real = os.path.realpath(entry.path)
+        if parent == real or parent.startswith(real.rstrip("/") + "/"):
+            log.warning("%s: links to %s, an ancestor: not walked", entry.path, real)
+            return None
+        return real
 
     def wire(self, notice: Notice) -> WireMessage:
         """Encode a notice for publishing, applying post_exchange_split (spec 1.3)."""
@@ -535,6 +557,62 @@ class Publisher:
         if self.nodupe is not None:
             for path in self._pending_paths:
                 self.nodupe.forget(path)
+
+
+#: ``outlet`` values: publish to the post broker, or print each notice on standard output
+OUTLETS = ("post", "json", "url")
+
+
+def outlet_line(outlet: str, wire: WireMessage) -> str:
+    """One notice as ``outlet json`` or ``outlet url`` prints it, as sr2 does for v02.
+
+    json: ``[topic, headers, body]`` as one JSON array with the header names sorted (the
+    message a ``post`` outlet would publish); url: baseUrl and the path as in the body
+    (percent-escaped), joined by one ``/``: the URL to retrieve the file from.
+    """
+    body = wire.body.decode("utf-8")
+    if outlet == "json":
+        return json.dumps((wire.routing_key, dict(wire.headers), body), sort_keys=True)
+    if outlet == "url":
+        _, base_url, rel_path = body.split(" ", 2)
+        return base_url.rstrip("/") + "/" + rel_path.lstrip("/")
+    raise ValueError(f"outlet {outlet!r} prints nothing; use one of json, url")
+
+
+class PrintingPublisher(Publisher):
+    """``outlet json`` or ``outlet url``: each notice is printed as one line on ``out``
+    (:func:`outlet_line`) instead of being published. The broker is never reached (its URL
+    still gives the notices their defaults, such as to_clusters, as it does when posting)."""
+
+    def __init__(
+        self,
+        session: Broker,
+        builder: NoticeBuilder,
+        outlet: str,
+        out: TextIO | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(session, builder, **kwargs)
+        self.outlet = outlet
+        self.out = out
+
+    def try_flush(self) -> bool:
+        out = self.out if self.out is not None else sys.stdout
+        for wire in self._pending:
+            out.write(outlet_line(self.outlet, wire) + "\n")
+        out.flush()
+        self._confirmed()
+        return True
+
+
+def make_publisher(
+    cfg: Settings, session: Broker, builder: NoticeBuilder, **kwargs: Any
+) -> Publisher:
+    """The publisher for ``outlet``: :class:`Publisher` for ``post``, else a
+    :class:`PrintingPublisher` (``kwargs`` go to the constructor either way)."""
+    if cfg.outlet == "post":
+        return Publisher(session, builder, **kwargs)
+    return PrintingPublisher(session, builder, cfg.outlet, **kwargs)
 
 
 def post_files(

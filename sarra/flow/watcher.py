@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -29,7 +29,7 @@ from sarra.config.settings import Settings
 from sarra.errors import LocalError, MessageError
 from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.posting import NoticeBuilder, Publisher, outage_max
+from sarra.flow.posting import NoticeBuilder, make_publisher, outage_max
 from sarra.flow.watching import (
     Action,
     Coalescer,
@@ -51,6 +51,8 @@ DEFAULT_SLEEP = 3.0
 MAX_WAIT = 0.25
 #: unposted changes named one by one in the log when stopping; the rest are counted
 UNPOSTED_SHOWN = 20
+#: seconds between two writes of the heartbeat file (``status``; ``sanity_log_dead``)
+BEAT_EVERY = 5.0
 
 
 def watch_sleep(cfg: Settings) -> float:
@@ -119,9 +121,11 @@ class Watcher:
         builder: NoticeBuilder,
         cache: DuplicateCache | None,
         stop: threading.Event,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.roots = roots
         self.stop = stop
+        self.heartbeat = heartbeat  # called every BEAT_EVERY seconds while watching
         self.sleep = watch_sleep(cfg)
         self.events = parse_events(cfg.events)
         self.follow = cfg.follow_symlinks
@@ -136,7 +140,8 @@ class Watcher:
         self.session = session
         exchange = self.builder.settings.exchange
         declare = cfg.declare_exchange
-        self.publisher = Publisher(
+        self.publisher = make_publisher(
+            cfg,
             self.session,
             self.builder,
             outage_max=outage_max(cfg),
@@ -371,8 +376,12 @@ class Watcher:
         next_scan = time.monotonic() + self.sleep
         check_every = max(0.05, min(self.sleep / 4, 1.0))
         next_check = time.monotonic() + check_every
+        next_beat = 0.0
         while not self.stop.is_set():
             now = time.monotonic()
+            if self.heartbeat is not None and now >= next_beat:
+                self.heartbeat()
+                next_beat = now + BEAT_EVERY
             wait = max(0.0, min(next_check - now, MAX_WAIT))
             try:
                 first = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()

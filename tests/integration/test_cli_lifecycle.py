@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -121,6 +122,49 @@ def test_start_status_sanity_and_stop_manage_three_real_instances(cli: Cli) -> N
         assert f"subscribe/feed/{number:03d}" in text
         assert "amqps://feeder:***@broker.example/" in text
         assert "TopSecret" not in text
+
+
+def test_sanity_restarts_an_instance_silent_longer_than_sanity_log_dead(cli: Cli) -> None:
+    cli.runtime = standin_runtime(stop_timeout=1.0)
+    conf = cli.config_dir / "subscribe" / "feed.conf"
+    conf.write_text("instances 2\nsanity_log_dead 0\n")
+    assert cli("start", "feed") == 0, cli.out
+    pids = cli.pids()
+    stems = {n: cli.state / f"sr_subscribe_feed_{n:03d}" for n in (1, 2)}
+    for stem in stems.values():  # each instance beats its heartbeat file
+        for _ in range(100):
+            if stem.with_suffix(".heart").exists():
+                break
+            time.sleep(0.05)
+    # instance 2 hangs: frozen, its heartbeat, log and pid files last written 100 s ago
+    os.kill(pids[2], signal.SIGSTOP)
+    long_ago = time.time() - 100
+    for path in (
+        stems[2].with_suffix(".heart"),
+        stems[2].with_suffix(".pid"),
+        cli.logs / "sr_subscribe_feed_002.log",
+    ):
+        os.utime(path, (long_ago, long_ago))
+
+    assert cli("sanity") == 0, cli.out  # sanity_log_dead 0: never judged hung
+    assert cli.pids() == pids
+    assert "hung" not in cli.out
+
+    conf.write_text("instances 2\nsanity_log_dead 30\n")
+    assert cli("sanity") == 0, cli.out
+    said = r"instance 002 silent for 1\d\d s \(sanity_log_dead 30 s\): hung, restarting"
+    assert re.search(said, cli.out), cli.out
+    assert "instance 002 killed" in cli.out  # a frozen process ignores SIGTERM
+    assert "instance 002 started" in cli.out
+    assert "001" not in cli.out  # beating: left alone
+    wait_until_gone(pids[2])
+    restarted = cli.pids()
+    assert restarted[1] == pids[1] and restarted[2] != pids[2]
+    assert process_matches(restarted[2], ["subscribe", "feed"])
+
+    assert cli("sanity") == 0, cli.out  # the new instance beats: nothing to do
+    assert cli.pids() == restarted
+    assert cli("stop", "feed") == 0
 
 
 def test_stale_pid_files_are_replaced_by_start_and_never_signal_another_process(

@@ -171,3 +171,134 @@ def test_three_hundred_paths_on_the_command_line_are_each_posted_once(site, tmp_
         cap.close()
     assert len(notices) == 300
     assert len({n.path for n in notices}) == 300
+
+
+def _closed_port_broker(site: Site) -> str:
+    """A broker URL (with its password in the site's credentials) on a loopback port nothing
+    listens on: connecting to it fails at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with (site.config_dir / "credentials.conf").open("a") as cred:
+        cred.write(f"amqp://guest:guest@127.0.0.1:{port}/\n")
+    return f"amqp://guest@127.0.0.1:{port}/"
+
+
+def test_outlet_json_prints_what_post_publishes_without_reaching_the_broker(site, tmp_path):  # type: ignore[no-untyped-def]
+    import json
+
+    tag = unique("json")
+    data = tmp_path / "data"
+    make_files(data / tag, ["a/one.txt", "two.txt"])
+    base = ["-pbu", "http://files.example.com/", "-pbd", str(data), "-to", "pumpA"]
+    base += ["-sum", "s", "-path", str(data / tag)]
+    printed = _sr_post(site, "-pb", _closed_port_broker(site), "-outlet", "json", *base)
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert len(lines) == 2, printed.stdout
+    # sr2's v02 json outlet: [topic, headers, body], header names sorted
+    decoded = [json.loads(line) for line in lines]
+    for line, (topic, headers, body) in zip(lines, decoded, strict=True):
+        assert list(headers) == sorted(headers)
+        assert line == json.dumps([topic, headers, body], sort_keys=True)
+    by_path = {body.split(" ")[2]: (topic, headers, body) for topic, headers, body in decoded}
+    assert set(by_path) == {f"/{tag}/a/one.txt", f"/{tag}/two.txt"}
+    # the same file posted for real: the broker gets the same topic, body and headers
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}.#")
+    try:
+        posted = _sr_post(site, "-pb", site.broker, *base)
+        assert posted.returncode == 0, posted.stderr
+        assert posted.stdout == ""
+        notices = cap.collect(2)
+    finally:
+        cap.close()
+    assert len(notices) == 2
+    for n in notices:
+        topic, headers, body = by_path["/" + n.path]
+        assert n.topic == topic
+        assert body.split(" ")[1:] == [n.base_url, n.rel_path]
+        same = {k: v for k, v in n.headers.items() if k not in ("atime", "mtime")}
+        assert same == {k: v for k, v in headers.items() if k not in ("atime", "mtime")}
+        assert headers["to_clusters"] == "pumpA"
+
+
+def test_outlet_url_prints_the_retrieval_url_of_each_file(site, tmp_path):  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    make_files(data, ["d/one#file.txt"])
+    done = _sr_post(
+        site, "-pb", _closed_port_broker(site), "-outlet", "url", "-pbu", "http://h.example/pub/",
+        "-pbd", str(data), str(data / "d" / "one#file.txt"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "http://h.example/pub/d/one%23file.txt\n"
+
+
+def test_outlet_post_is_the_default_and_a_bad_outlet_does_not_load(site, tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    done = _sr_post(site, "-pb", site.broker, "-outlet", "mail", "-pbu", "http://h", str(f))
+    assert done.returncode != 0
+    assert "outlet" in done.stderr
+
+
+def test_realpath_post_posts_resolved_paths_and_keeps_them_under_post_base_dir(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("real")
+    data = tmp_path / "data"
+    make_files(data / tag / "real", ["one.txt"])
+    outside = tmp_path / "outside"
+    make_files(outside, ["secret.txt"])
+    (data / tag / "alias").symlink_to(data / tag / "real")
+    (data / tag / "leak.txt").symlink_to(outside / "secret.txt")
+    link_base = tmp_path / "base-link"
+    link_base.symlink_to(data)
+    args = ["-pb", site.broker, "-pbu", "http://h/", "-to", "pumpA"]
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}.#")
+    try:
+        # given through a linked directory, base dir through a link: both resolved
+        done = _sr_post(
+            site, *args, "-pbd", str(link_base), "-realpath_post", "on",
+            str(link_base / tag / "alias" / "one.txt"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert [n.path for n in cap.collect(1)] == [f"{tag}/real/one.txt"]
+        cap.notices.clear()
+        # without it, the path is posted as given
+        done = _sr_post(site, *args, "-pbd", str(data), str(data / tag / "alias" / "one.txt"))
+        assert done.returncode == 0, done.stderr
+        assert [n.path for n in cap.collect(1)] == [f"{tag}/alias/one.txt"]
+        cap.notices.clear()
+        # a link leading outside post_base_dir: a link notice without realpath_post, refused
+        # with it (confinement applies to the resolved path)
+        done = _sr_post(site, *args, "-pbd", str(data), str(data / tag / "leak.txt"))
+        assert done.returncode == 0, done.stderr
+        [link] = cap.collect(1)
+        assert link.path == f"{tag}/leak.txt" and link.header("link") == str(outside / "secret.txt")
+        cap.notices.clear()
+        done = _sr_post(site, *args, "-pbd", str(data), "-real", "on", str(data / tag / "leak.txt"))
+        assert done.returncode == 1
+        assert "not under post_base_dir" in done.stderr
+        assert cap.collect(1, timeout=2) == []
+    finally:
+        cap.close()
+
+
+def test_realpath_post_walks_a_linked_directory_under_its_real_path(site, tmp_path):  # type: ignore[no-untyped-def]
+    tag = unique("walk")
+    data = tmp_path / "data"
+    make_files(data / tag / "real", ["one.txt"])
+    (data / tag / "top").mkdir()
+    (data / tag / "top" / "alias").symlink_to(data / tag / "real")
+    (data / tag / "top" / "loop").symlink_to(data / tag)
+    cap = Capture(site, "xs_guest", f"v02.post.{tag}.#")
+    try:
+        done = _sr_post(
+            site, "-pb", site.broker, "-pbu", "http://h/", "-pbd", str(data), "-fs", "on",
+            "-real", "on", str(data / tag / "top"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        paths = sorted(n.path for n in cap.collect(2, timeout=5))
+    finally:
+        cap.close()
+    assert paths == [f"{tag}/real/one.txt"]  # the loop back to an ancestor is not walked

@@ -353,3 +353,85 @@ def test_with_post_on_start_off_files_already_there_are_not_posted(
     finally:
         w.close()
     assert w.status == [0]
+
+
+def test_realpath_post_resolves_a_linked_post_base_dir(
+    watching: WatchFactory, tmp_path: Path
+) -> None:
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(tmp_path)
+    try:
+        # the watched tree is the real one; post_base_dir names it through a link
+        w = watching(post_base_dir=str(link), realpath_post="on")
+        (w.wdir / "r.txt").write_text("r\n")
+        [n] = w.collect(1)
+        assert n.rel_path == "/wdir/r.txt"
+    finally:
+        link.unlink()
+
+
+def test_outlet_json_prints_each_change_and_never_connects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import socket
+
+    monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("SR_STATE_DIR", str(tmp_path / "state"))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wdir = tmp_path / "wdir"
+    wdir.mkdir()
+    (wdir / "old.txt").write_text("old\n")
+    cmdline = [
+        ("post_broker", f"amqp://anonymous@127.0.0.1:{port}/"),
+        ("post_base_url", BASE_URL),
+        ("post_base_dir", str(tmp_path)),
+        ("path", str(wdir)),
+        ("sleep", SLEEP),
+        ("outlet", "json"),
+    ]
+    cfg = load_settings("watch", None, cmdline)
+    stop = threading.Event()
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(WatchComponent().run(cfg, 1, stop)))
+    printed: list[str] = []
+
+    def lines_until(pred: Callable[[list[str]], bool]) -> None:
+        deadline = time.monotonic() + WAIT
+        while not pred(printed) and time.monotonic() < deadline:
+            printed.extend(capsys.readouterr().out.splitlines())
+            time.sleep(0.1)
+
+    thread.start()
+    try:
+        lines_until(lambda p: any("old.txt" in x for x in p))
+        (wdir / "new.txt").write_bytes(b"hello world\n")
+        lines_until(lambda p: any("new.txt" in x for x in p))
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert status == [0]  # everything "posted": nothing waits for the unreachable broker
+    decoded = [json.loads(x) for x in printed]
+    by_body = {body.split(" ")[2]: (topic, headers) for topic, headers, body in decoded}
+    assert set(by_body) == {"/wdir/old.txt", "/wdir/new.txt"}
+    topic, headers = by_body["/wdir/new.txt"]
+    assert topic == "v02.post.wdir"
+    assert headers["sum"] == "d,6f5902ac237024bdd0c176cb93063dc4"
+    assert list(headers) == sorted(headers)
+
+
+def test_a_watching_instance_beats_its_heartbeat_file(
+    watching: WatchFactory, tmp_path: Path
+) -> None:
+    """What ``status`` shows and ``sanity`` (sanity_log_dead) judges a watcher by."""
+    w = watching()
+    [heart] = (tmp_path / "state").rglob("sr_watch_*_001.heart")
+    long_ago = time.time() - 100
+    os.utime(heart, (long_ago, long_ago))
+    deadline = time.monotonic() + WAIT
+    while heart.stat().st_mtime < time.time() - 30 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert heart.stat().st_mtime > time.time() - 30  # written again while idle
+    w.nothing_more(0.2)
