@@ -324,23 +324,20 @@ class Downloader:
 
     def run_on_file(self, item: WorkItem) -> None:
         """The once-per-file hook: plugins' on_file (a failure is reported 500)."""
-        if self.plugins.empty:
-            return
-        try:
-            self.plugins.on_file(item)
-        except Exception as e:
-            log.exception("on_file plugin failed for %s", item.dest_rel)
-            item.settle(500, f"on_file plugin failed: {e}")
+        self._run_item_hook("on_file", item, lambda: self.plugins.on_file(item))
 
     def run_on_part(self, item: WorkItem) -> None:
         """The per-block hook: plugins' on_part (a failure is reported 500, the block stays)."""
+        self._run_item_hook("on_part", item, lambda: self.plugins.on_part(item))
+
+    def _run_item_hook(self, hook: str, item: WorkItem, call: Callable[[], None]) -> None:
         if self.plugins.empty:
             return
         try:
-            self.plugins.on_part(item)
+            call()
         except Exception as e:
-            log.exception("on_part plugin failed for %s", item.dest_rel)
-            item.settle(500, f"on_part plugin failed: {e}")
+            log.exception("%s plugin failed for %s", hook, item.dest_rel)
+            item.settle(500, f"{hook} plugin failed: {e}")
 
     def _transport(self, url: str) -> Transport:
         cache: dict[Any, Transport] | None = getattr(self._local, "transports", None)

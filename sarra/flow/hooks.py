@@ -215,19 +215,19 @@ class Plugins:
 
     def on_post(self, work: Any) -> bool:
         """False if any plugin suppresses the post; a failing plugin is logged, not obeyed."""
-        try:
-            results = self._pm.hook.on_post(work=work)
-        except Exception:
-            log.exception("on_post plugin failed for %s; posting it", work.notice.path)
-            return True
-        return all(r is not False for r in results)
+        return self._vote("on_post", work, "posting")
 
     def on_report(self, work: Any) -> bool:
         """False if any plugin suppresses the report; a failing plugin is logged, not obeyed."""
+        return self._vote("on_report", work, "reporting")
+
+    def _vote(self, hook: str, work: Any, going_on: str) -> bool:
+        """Call ``hook`` on every plugin: False if one returned False; True if none did or a
+        plugin raised (logged, saying the component goes on ``going_on`` it)."""
         try:
-            results = self._pm.hook.on_report(work=work)
+            results = getattr(self._pm.hook, hook)(work=work)
         except Exception:
-            log.exception("on_report plugin failed for %s; reporting it", work.notice.path)
+            log.exception("%s plugin failed for %s; %s it", hook, work.notice.path, going_on)
             return True
         return all(r is not False for r in results)
 
