@@ -119,6 +119,7 @@ def queue_spec(s: Settings, queue_name: str, bindings: tuple[tuple[str, str], ..
     return QueueSpec(
         name=queue_name,
         bindings=bindings,
+        bind=s.bind_queue,
         durable=s.durable,
         expire_ms=seconds_to_ms(s.expire),
         message_ttl_ms=seconds_to_ms(s.message_ttl),

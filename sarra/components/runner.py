@@ -266,10 +266,11 @@ class ConsumerComponent:
             bindings = self.bindings(s)
             exchanges = self.exchanges(s, bindings)
             spec = declare_consumer_queue(session, s, self.queue_name(s), bindings, exchanges)
-            print(
-                f"declared queue {spec.name} bound to "
-                + ", ".join(f"{x}:{k}" for x, k in spec.bindings)
-            )
+            keys = ", ".join(f"{x}:{k}" for x, k in spec.bindings)
+            if spec.bind:
+                print(f"declared queue {spec.name} bound to {keys}")
+            else:
+                print(f"declared queue {spec.name}, not bound (bind_queue off; asked for: {keys})")
             self.declare_outputs(s, session)
 
     def cleanup(self, s: Settings) -> None:

@@ -481,10 +481,9 @@ OPTIONS: tuple[Option, ...] = (
        "when no instance runs", _CONSUMERS),
     _o("declare_queue", B, True, "declare the queue (off on locked-down brokers)", _CONSUMERS,
        ("dq", "queueDeclare")),
-    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS,
-       ("bq", "queueBind"),
-       support=REFUSED, why="sarra always binds its queue; leaving the bindings to the "
-       "broker administrator is not implemented yet (issue 11)"),
+    _o("bind_queue", B, True,
+       "bind the queue (off: the queue is not bound, its bindings are left to the broker "
+       "administrator)", _CONSUMERS, ("bq", "queueBind")),
     _o("declare_exchange", B, True, "declare the exchanges used", _ALL,
        ("de", "dx", "exchangeDeclare")),
     _o("persistent", B, True, "publish notices as persistent messages", _REPOSTERS),

@@ -75,7 +75,6 @@ class LoopSettings:
     attempts: int
     retry_ttl: float
     declare_queue: bool = True
-    bind_queue: bool = True
     #: exchanges to declare (when allowed) before binding: see components.common
     exchanges: tuple[str, ...] = ()
 
@@ -219,6 +218,12 @@ class ConsumingLoop:
                     ensure_exchanges(self.session, exchanges)
                     if self.settings.declare_queue:
                         self.session.declare_queue(self.settings.queue)
+                    if not self.settings.queue.bind:
+                        log.info(
+                            "bind_queue off: queue %s is not bound by sarra; its bindings "
+                            "are left to the broker administrator",
+                            self.settings.queue.name,
+                        )
                     self.session.consume(
                         self.settings.queue.name, self.settings.prefetch, self._on_delivery
                     )

@@ -248,8 +248,8 @@ def test_a_refused_option_is_refused_on_the_command_line_too(option: Option) -> 
 
 
 def test_a_refused_alias_names_the_spelling_used(env: dict[str, str]) -> None:
-    file = _write(env, "subscribe", "bq on\n")
-    with pytest.raises(ConfigError, match=r"c\.conf:1: option 'bq': not supported by sarra"):
+    file = _write(env, "subscribe", "baseurl https://dd.weather.gc.ca/\n")
+    with pytest.raises(ConfigError, match=r"c\.conf:1: option 'baseurl': not supported by sarra"):
         load_config("subscribe", str(file), env=env)
 
 
