@@ -664,9 +664,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("realpath_post", B, False, "resolve symbolic links in posted paths", _WATCHERS,
        ("realpath", "real", "realpathPost"), support=REFUSED,
        why="posting resolved paths is not implemented yet (issue 11)"),
-    _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS,
-       support=REFUSED, why="sarra keeps one broker connection and makes it again when it "
-       "drops; a new connection for each post is not implemented"),
+    _o("reconnect", B, False, "sr2's 'reconnect between chunks'", _WATCHERS,
+       support=NOOP, why="sr2 parses it and never reads it; sarra keeps one broker "
+       "connection per session and makes it again when it drops"),
     _o("post_outage_max", D, 0.0,
        "give up posting once the broker has been unreachable this long (0: wait forever)",
        _WATCHERS, per={"post": 300.0}),
