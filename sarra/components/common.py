@@ -102,6 +102,8 @@ def download_settings(s: Settings) -> DownloadSettings:
         credentials=credential_store().find,
         tls_verify=s.tls_rigour != "lax",
         overwrite=s.overwrite,
+        delete_source=s.delete,
+        discard=s.discard,
         part_expiry=s.part_expiry,
         base_url_private=s.base_url_private,
         file_size_max=s.file_size_max,

@@ -110,6 +110,8 @@ class Flow:
     work: Worker
     before_settle: Callable[[], None] | None = None
     commit_batch: Callable[[list[WorkItem]], None] | None = None
+    #: after each flush, with the items whose outcomes were made durable, reported and acked
+    after_settle: Callable[[list[WorkItem]], None] | None = None
     housekeeping: Callable[[], None] | None = None
     abort: Callable[[], None] | None = None
     on_settled: Callable[[WorkItem], None] | None = log_outcome
@@ -230,6 +232,7 @@ class ConsumerComponent:
             on_settled=flow.on_settled,
             before_settle=flow.before_settle,
             commit_batch=flow.commit_batch,
+            after_settle=flow.after_settle,
             housekeeping=flow.housekeeping,
             heartbeat=heartbeat,
             abort=flow.abort,

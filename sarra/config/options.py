@@ -530,12 +530,14 @@ OPTIONS: tuple[Option, ...] = (
        "download a whole file even when the local copy has its size, checksum and mtime "
        "(off: skip it, report 304; blocks of a file in parts are always skipped)",
        frozenset({"subscribe", "sarra"}), ("o",)),
-    _o("delete", B, False, "delete the source after a successful download", _DOWNLOADERS,
-       support=REFUSED, why="removing the source after a download is not implemented yet "
-       "(issue 11)"),
-    _o("discard", B, False, "delete each file once on_file plugins ran", _DOWNLOADERS,
-       ("d", "download-and-discard"), support=REFUSED,
-       why="not implemented yet (issue 11); an on_file plugin may remove work.local_path"),
+    _o("delete", B, False,
+       "delete the source once the copy, verified against its d or s sum, is durable (a file "
+       "in parts once complete); where the transport can delete (sftp, file), else warned "
+       "once per origin and reported 501", frozenset({"subscribe", "sarra"})),
+    _o("discard", B, False,
+       "delete each file placed once on_file plugins ran and its report was published "
+       "(a file in parts once complete)", frozenset({"subscribe"}),
+       ("d", "download-and-discard")),
     _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
        ("n", "no_download")),
     _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS,

@@ -219,7 +219,7 @@ def test_the_scanner_sees_the_reads_it_claims_to() -> None:
     tree = [SARRA / "components" / n for n in ("subscribe.py", "common.py")]
     read = reads_outside_config([*tree, SARRA / "cli" / "main.py"])
     assert {"tls_rigour", "inplace", "logrotate", "chmod_log"} <= read
-    assert "delete" not in read  # refused: nothing reads it
+    assert "vip" not in read  # refused: nothing reads it
 
 
 # -- refused --------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_a_refused_alias_names_the_spelling_used(env: dict[str, str]) -> None:
 def test_help_lists_refused_options_apart_and_explains_no_ops() -> None:
     text = format_help("subscribe")
     listed, _, refused = text.partition("refused (")
-    assert "-delete" in refused and "-delete," not in listed
+    assert "-vip" in refused and "-vip," not in listed
     assert "-kbytes_ps" in listed and "-kbytes_ps" not in refused
     assert "has no effect: sarra sizes its transfer buffers itself" in listed
 
