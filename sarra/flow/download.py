@@ -150,6 +150,8 @@ class Downloader:
         self._transports_lock = threading.Lock()
         #: origins already warned about: their transport cannot delete a source
         self._cannot_delete: set[str] = set()
+        #: base URLs already warned about: their i blocks are kept as .Part files
+        self._ranges_kept: set[str] = set()
 
     # -- flow thread ---------------------------------------------------------------------------
 
@@ -426,8 +428,17 @@ class Downloader:
                 continue
             if self.settings.delete_source:
                 if item.notice.checksum.verifiable:
-                    for url in self._sources(item):
+                    sources = self._sources(item)
+                    for url in sources:
                         self._delete_source(item, url, report)
+                    if not sources and item.notice.base_url not in self._ranges_kept:
+                        self._ranges_kept.add(item.notice.base_url)
+                        log.warning(
+                            "delete on: sources under %s announced in i blocks stay: with "
+                            "inplace off each block is kept as a .Part file, never the whole "
+                            "file",
+                            item.notice.base_url,
+                        )
                 else:
                     log.warning(
                         "%s: source kept: its sum %r cannot verify the copy (delete on)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sarra.flow.download import Destination, Downloader, DownloadSettings
 from sarra.flow.hooks import Plugins
 from sarra.flow.work import PartState, WorkItem
@@ -57,7 +59,9 @@ def test_p_blocks_assembled_in_place_delete_every_part_object_once_complete(
     assert (dest / "big").exists()  # discard is off
 
 
-def test_a_range_kept_as_a_part_file_never_deletes_the_remote_file(tmp_path: Path) -> None:
+def test_a_range_kept_as_a_part_file_never_deletes_the_remote_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     src, dest = tmp_path / "src", tmp_path / "dest"
     src.mkdir()
     dest.mkdir()
@@ -66,8 +70,10 @@ def test_a_range_kept_as_a_part_file_never_deletes_the_remote_file(tmp_path: Pat
     (dest / part).write_bytes(b"block")
     down = _downloader(dest, delete_source=True, discard=True)
     kept = _item(src, dest, "big", PartSpec("i", 10, 3, 5, 0), rel=part, part=PartState.KEPT)
-    down.after_settle([kept])
+    down.after_settle([kept, kept])
     assert (src / "big").exists()
+    warned = [r for r in caplog.records if "inplace off" in r.getMessage()]
+    assert len(warned) == 1  # once per base URL, not per block
     assert not (dest / part).exists()  # but the placed .Part file is discarded
 
 
