@@ -40,7 +40,10 @@ def declare_and_bind(session: Broker, spec: QueueSpec) -> tuple[int, int]:
     """Declare the queue and its bindings; return its (message, consumer) counts."""
     counts = session.declare_queue(spec)
     for exchange, key in spec.bindings:
-        log.info("bound queue %s to %s with %s", spec.name, exchange, key)
+        if spec.bind:
+            log.info("bound queue %s to %s with %s", spec.name, exchange, key)
+        else:
+            log.info("bind_queue off: queue %s not bound to %s with %s", spec.name, exchange, key)
     log.info("declared queue %s (%d messages, %d consumers)", spec.name, *counts)
     return counts
 

@@ -34,10 +34,15 @@ class BrokerUrl:
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A queue to declare and bind. Times are milliseconds (AMQP arguments)."""
+    """A queue to declare and bind. Times are milliseconds (AMQP arguments).
+
+    With ``bind`` false (``bind_queue off``) the queue is declared but never bound: its
+    ``bindings`` are what the configuration asks for, left to the broker administrator.
+    """
 
     name: str
     bindings: tuple[tuple[str, str], ...] = ()  # (exchange, routing key pattern)
+    bind: bool = True
     durable: bool = True
     auto_delete: bool = False
     expire_ms: int | None = None

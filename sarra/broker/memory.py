@@ -249,14 +249,15 @@ class MemorySession:
 
     def _declare(self, spec: QueueSpec) -> _Queue:
         b = self.broker
-        for exchange, _ in spec.bindings:
+        bindings = spec.bindings if spec.bind else ()
+        for exchange, _ in bindings:
             if exchange not in b.exchanges:
                 raise BrokerNotFound(f"memory broker: cannot bind to no exchange {exchange!r}")
         q = b.queues.get(spec.name)
         if q is None:
             q = b.queues[spec.name] = _Queue(spec)
             self._created.append(spec.name)
-        for exchange, pattern in spec.bindings:
+        for exchange, pattern in bindings:
             binding = (exchange, pattern, spec.name)
             if binding not in b._bindings:
                 b._bindings.append(binding)

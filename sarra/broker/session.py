@@ -312,7 +312,8 @@ class BrokerSession:
         )
 
     def declare_queue(self, spec: QueueSpec) -> tuple[int, int]:
-        """Declare ``spec`` and bind it; return its (message, consumer) counts.
+        """Declare ``spec`` and bind it (unless ``spec.bind`` is false); return its (message,
+        consumer) counts.
 
         The spec is remembered so a consumer of that queue re-declares it on reconnect. A
         queue that did not exist before (first use, or lost: expired, deleted) is noted for
@@ -363,8 +364,9 @@ class BrokerSession:
             exclusive=False,
             arguments=arguments or None,
         )
-        for exchange, key in spec.bindings:
-            ch.queue_bind(spec.name, exchange, routing_key=key)
+        if spec.bind:
+            for exchange, key in spec.bindings:
+                ch.queue_bind(spec.name, exchange, routing_key=key)
         return int(ok.message_count), int(ok.consumer_count)
 
     def queue_counts(self, name: str) -> tuple[int, int]:

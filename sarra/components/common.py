@@ -102,6 +102,8 @@ def download_settings(s: Settings) -> DownloadSettings:
         credentials=credential_store().find,
         tls_verify=s.tls_rigour != "lax",
         overwrite=s.overwrite,
+        delete_source=s.delete,
+        discard=s.discard,
         part_expiry=s.part_expiry,
         base_url_private=s.base_url_private,
         file_size_max=s.file_size_max,
@@ -119,6 +121,7 @@ def queue_spec(s: Settings, queue_name: str, bindings: tuple[tuple[str, str], ..
     return QueueSpec(
         name=queue_name,
         bindings=bindings,
+        bind=s.bind_queue,
         durable=s.durable,
         expire_ms=seconds_to_ms(s.expire),
         message_ttl_ms=seconds_to_ms(s.message_ttl),

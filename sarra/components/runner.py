@@ -110,6 +110,8 @@ class Flow:
     work: Worker
     before_settle: Callable[[], None] | None = None
     commit_batch: Callable[[list[WorkItem]], None] | None = None
+    #: after each flush, with the items whose outcomes were made durable, reported and acked
+    after_settle: Callable[[list[WorkItem]], None] | None = None
     housekeeping: Callable[[], None] | None = None
     abort: Callable[[], None] | None = None
     on_settled: Callable[[WorkItem], None] | None = log_outcome
@@ -230,6 +232,7 @@ class ConsumerComponent:
             on_settled=flow.on_settled,
             before_settle=flow.before_settle,
             commit_batch=flow.commit_batch,
+            after_settle=flow.after_settle,
             housekeeping=flow.housekeeping,
             heartbeat=heartbeat,
             abort=flow.abort,
@@ -266,10 +269,11 @@ class ConsumerComponent:
             bindings = self.bindings(s)
             exchanges = self.exchanges(s, bindings)
             spec = declare_consumer_queue(session, s, self.queue_name(s), bindings, exchanges)
-            print(
-                f"declared queue {spec.name} bound to "
-                + ", ".join(f"{x}:{k}" for x, k in spec.bindings)
-            )
+            keys = ", ".join(f"{x}:{k}" for x, k in spec.bindings)
+            if spec.bind:
+                print(f"declared queue {spec.name} bound to {keys}")
+            else:
+                print(f"declared queue {spec.name}, not bound (bind_queue off; asked for: {keys})")
             self.declare_outputs(s, session)
 
     def cleanup(self, s: Settings) -> None:

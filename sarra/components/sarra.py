@@ -107,7 +107,8 @@ class SarraComponent(ConsumerComponent):
         downloader = Downloader(
             # the Republisher applies the pump's own baseUrl host policy (sources are often
             # on private networks; its own hosts are trusted), so not the subscriber's
-            replace(download_settings(s), base_url_private=True),
+            # discard does not apply: the copies are what the pump re-announces
+            replace(download_settings(s), base_url_private=True, discard=False),
             MaskResolver(s, Destination, directory=s.directory or settings.post_base_dir),
             run.plugins,
             None,
@@ -136,6 +137,7 @@ class SarraComponent(ConsumerComponent):
             republisher.work,
             before_settle=before_settle,
             commit_batch=downloader.commit_batch,
+            after_settle=lambda items: downloader.after_settle(items, run.report),
             housekeeping=lambda: downloader.housekeeping(run.report),
             abort=downloader.abort,
             post_session=post_session,

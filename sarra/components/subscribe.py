@@ -50,6 +50,7 @@ class SubscribeComponent(ConsumerComponent):
             downloader.work,
             before_settle=downloader.sync,
             commit_batch=downloader.commit_batch,
+            after_settle=lambda items: downloader.after_settle(items, run.report),
             housekeeping=housekeeping,
             abort=downloader.abort,
             close=[downloader.close, journal.close],

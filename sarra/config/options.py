@@ -481,10 +481,9 @@ OPTIONS: tuple[Option, ...] = (
        "when no instance runs", _CONSUMERS),
     _o("declare_queue", B, True, "declare the queue (off on locked-down brokers)", _CONSUMERS,
        ("dq", "queueDeclare")),
-    _o("bind_queue", B, True, "bind the queue (off on locked-down brokers)", _CONSUMERS,
-       ("bq", "queueBind"),
-       support=REFUSED, why="sarra always binds its queue; leaving the bindings to the "
-       "broker administrator is not implemented yet (issue 11)"),
+    _o("bind_queue", B, True,
+       "bind the queue (off: the queue is not bound, its bindings are left to the broker "
+       "administrator)", _CONSUMERS, ("bq", "queueBind")),
     _o("declare_exchange", B, True, "declare the exchanges used", _ALL,
        ("de", "dx", "exchangeDeclare")),
     _o("persistent", B, True, "publish notices as persistent messages", _REPOSTERS),
@@ -531,12 +530,14 @@ OPTIONS: tuple[Option, ...] = (
        "download a whole file even when the local copy has its size, checksum and mtime "
        "(off: skip it, report 304; blocks of a file in parts are always skipped)",
        frozenset({"subscribe", "sarra"}), ("o",)),
-    _o("delete", B, False, "delete the source after a successful download", _DOWNLOADERS,
-       support=REFUSED, why="removing the source after a download is not implemented yet "
-       "(issue 11)"),
-    _o("discard", B, False, "delete each file once on_file plugins ran", _DOWNLOADERS,
-       ("d", "download-and-discard"), support=REFUSED,
-       why="not implemented yet (issue 11); an on_file plugin may remove work.local_path"),
+    _o("delete", B, False,
+       "delete the source once the copy, verified against its d or s sum, is durable (a file "
+       "in parts once complete); where the transport can delete (sftp, file), else warned "
+       "once per origin and reported 501", frozenset({"subscribe", "sarra"})),
+    _o("discard", B, False,
+       "delete each file placed once on_file plugins ran and its report was published "
+       "(a file in parts once complete)", frozenset({"subscribe"}),
+       ("d", "download-and-discard")),
     _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
        ("n", "no_download")),
     _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS,
@@ -668,9 +669,9 @@ OPTIONS: tuple[Option, ...] = (
        "resolve symbolic links (os.path.realpath) in the paths given, post_base_dir and "
        "linked directories walked, and post the resolved paths (still confined to "
        "post_base_dir)", _WATCHERS, ("realpath", "real", "realpathPost")),
-    _o("reconnect", B, False, "reconnect to the broker for each post", _WATCHERS,
-       support=REFUSED, why="sarra keeps one broker connection and makes it again when it "
-       "drops; a new connection for each post is not implemented"),
+    _o("reconnect", B, False, "sr2's 'reconnect between chunks'", _WATCHERS,
+       support=NOOP, why="sr2 parses it and never reads it; sarra keeps one broker "
+       "connection per session and makes it again when it drops"),
     _o("post_outage_max", D, 0.0,
        "give up posting once the broker has been unreachable this long (0: wait forever)",
        _WATCHERS, per={"post": 300.0}),

@@ -27,10 +27,11 @@ from sarra.flow.partial import PartReceiver
 from sarra.flow.plugin_get import PluginGetTransport
 from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to, is_unchanged
-from sarra.flow.work import Staged, WorkItem
+from sarra.flow.work import PartState, Staged, WorkItem
 from sarra.localfs.confined import SafeRoot
 from sarra.localfs.streaming import DIRECT_MIN, interruptible
-from sarra.notice import Notice
+from sarra.notice import Notice, PartSpec
+from sarra.parts.arithmetic import parse_part_suffix, part_suffix
 from sarra.parts.tracker import DEFAULT_EXPIRY
 from sarra.transfer import open_transport
 from sarra.transfer.base import Transport
@@ -85,6 +86,10 @@ class DownloadSettings:
     file_size_max: int = 0
     #: download a whole file even when the local copy matches the notice (no 304)
     overwrite: bool = False
+    #: ``delete``: remove the source once the verified copy is durable (see after_settle)
+    delete_source: bool = False
+    #: ``discard``: remove the local copy once on_file ran and its report was published
+    discard: bool = False
 
 
 class Downloader:
@@ -143,6 +148,10 @@ class Downloader:
         self._local = threading.local()
         self._all_transports: list[Transport] = []
         self._transports_lock = threading.Lock()
+        #: origins already warned about: their transport cannot delete a source
+        self._cannot_delete: set[str] = set()
+        #: base URLs already warned about: their i blocks are kept as .Part files
+        self._ranges_kept: set[str] = set()
 
     # -- flow thread ---------------------------------------------------------------------------
 
@@ -398,6 +407,105 @@ class Downloader:
                 item.requeue = e.retryable
                 item.outgoing.clear()  # never announce a file that is not in place
 
+    def after_settle(
+        self, items: list[WorkItem], report: Callable[[Notice, int, str], None] | None = None
+    ) -> None:
+        """Flow thread, once the outcomes of ``items`` are durable (files fsync'd under their
+        final names), published, reported and acked: ``delete`` removes the sources of the
+        files placed and verified against a ``d``/``s`` sum, then ``discard`` removes the
+        local copies.
+
+        A file placed is a whole file downloaded (201/205), the block that completed a file
+        assembled in place, or a block kept as its own ``.Part`` file (``inplace off``).
+        A source that cannot be deleted is logged and reported (``report``) with the code of
+        the error; an origin whose transport cannot delete at all is warned about once.
+        """
+        for item in items:
+            if not _placed(item):
+                continue
+            if self.settings.delete_source:
+                if item.notice.checksum.verifiable:
+                    sources = self._sources(item)
+                    for url in sources:
+                        self._delete_source(item, url, report)
+                    if not sources and item.notice.base_url not in self._ranges_kept:
+                        self._ranges_kept.add(item.notice.base_url)
+                        log.warning(
+                            "delete on: sources under %s announced in i blocks stay: with "
+                            "inplace off each block is kept as a .Part file, never the whole "
+                            "file",
+                            item.notice.base_url,
+                        )
+                else:
+                    log.warning(
+                        "%s: source kept: its sum %r cannot verify the copy (delete on)",
+                        item.dest_rel,
+                        item.notice.checksum.letter,
+                    )
+            if self.settings.discard:
+                assert item.dest_root is not None and item.dest_rel is not None
+                try:
+                    self.root(item.dest_root).remove(item.dest_rel)
+                    log.info("%s: discarded (discard on)", item.dest_rel)
+                except SarraError as e:
+                    log.error("%s: cannot discard: %s", item.dest_rel, e)
+
+    def _sources(self, item: WorkItem) -> list[str]:
+        """The source URLs whose data ``item`` placed (see :meth:`after_settle`)."""
+        notice = item.notice
+        url = retrieval_url(
+            notice.base_url, notice.path, rel_path_absolute=notice.rel_path.startswith("/")
+        )
+        spec = notice.parts
+        if spec is None or spec.whole or item.part is PartState.KEPT:
+            if spec is not None and spec.method == "i" and not spec.whole:
+                # a range of a remote file kept as a local .Part: the rest is still needed
+                return []
+            return [url]
+        if spec.method == "i":
+            return [url]  # the one remote file the blocks were ranges of
+        # p blocks, assembled in place: every block is its own .Part object upstream, named
+        # from the parts header (spec 6.7); the file is complete, so all of them are placed
+        parsed = parse_part_suffix(notice.path)
+        if parsed is None:
+            return [url]
+        target, _, letter = parsed
+        return [
+            retrieval_url(
+                notice.base_url,
+                part_suffix(
+                    target,
+                    PartSpec("p", spec.block_size, spec.block_count, spec.remainder, n),
+                    letter,
+                ),
+                rel_path_absolute=notice.rel_path.startswith("/"),
+            )
+            for n in range(spec.block_count)
+        ]
+
+    def _delete_source(
+        self, item: WorkItem, url: str, report: Callable[[Notice, int, str], None] | None
+    ) -> None:
+        try:
+            transport = self._transport(url)
+            if not transport.features.delete:
+                origin = str(origin_of(url))
+                if origin not in self._cannot_delete:
+                    self._cannot_delete.add(origin)
+                    log.warning(
+                        "delete on: sources on %s are kept: its transport cannot delete", origin
+                    )
+                if report is not None:
+                    report(item.notice, 501, "source not deleted: the transport cannot delete")
+                return
+            transport.delete(url)
+        except SarraError as e:
+            log.error("%s: cannot delete the source %s: %s", item.dest_rel, url, e)
+            if report is not None:
+                report(item.notice, e.report_code, f"source not deleted: {e}")
+            return
+        log.info("%s: source %s deleted (delete on)", item.dest_rel, url)
+
     def sync(self) -> None:
         """Make every rename since the last call durable (before reports and acks)."""
         with self._roots_lock:
@@ -458,6 +566,20 @@ class Downloader:
                 t.close()
             except Exception:  # closing is best effort
                 log.debug("closing a transport failed", exc_info=True)
+
+
+def _placed(item: WorkItem) -> bool:
+    """Whether ``item`` placed a whole local file: downloaded and verified (201/205; a bad
+    sum or size fails the download), not a link/remove/directory operation, and not a block
+    of a file still being assembled."""
+    if item.code not in (201, 205) or item.dest_root is None or item.dest_rel is None:
+        return False
+    if item.notice.checksum.file_op:
+        return False
+    spec = item.notice.parts
+    if spec is None or spec.whole:
+        return item.part is None
+    return item.part in (PartState.COMPLETE, PartState.KEPT)
 
 
 class _Progress:

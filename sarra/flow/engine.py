@@ -75,7 +75,6 @@ class LoopSettings:
     attempts: int
     retry_ttl: float
     declare_queue: bool = True
-    bind_queue: bool = True
     #: exchanges to declare (when allowed) before binding: see components.common
     exchanges: tuple[str, ...] = ()
 
@@ -118,6 +117,7 @@ class ConsumingLoop:
         on_settled: Callable[[WorkItem], None] | None = None,
         before_settle: Callable[[], None] | None = None,
         commit_batch: Callable[[list[WorkItem]], None] | None = None,
+        after_settle: Callable[[list[WorkItem]], None] | None = None,
         housekeeping: Callable[[], None] | None = None,
         post_session: Broker | None = None,
         heartbeat: Callable[[str], None] | None = None,
@@ -146,6 +146,10 @@ class ConsumingLoop:
         self.commit_batch = commit_batch
         self._pending_items: list[WorkItem] = []
         self._pending_since = 0.0
+        #: called at each flush, once the outcomes of ``items`` are durable, published,
+        #: reported and acked (e.g. remove a source, discard a local copy); it must not raise
+        self.after_settle = after_settle
+        self._settle_items: list[WorkItem] = []
         self._batch_size = max(2, min(settings.prefetch // 2, 64))
         #: where ``WorkItem.outgoing`` is published (None: the consuming session)
         self.post_session = post_session
@@ -219,6 +223,12 @@ class ConsumingLoop:
                     ensure_exchanges(self.session, exchanges)
                     if self.settings.declare_queue:
                         self.session.declare_queue(self.settings.queue)
+                    if not self.settings.queue.bind:
+                        log.info(
+                            "bind_queue off: queue %s is not bound by sarra; its bindings "
+                            "are left to the broker administrator",
+                            self.settings.queue.name,
+                        )
                     self.session.consume(
                         self.settings.queue.name, self.settings.prefetch, self._on_delivery
                     )
@@ -671,6 +681,8 @@ class ConsumingLoop:
             self._settle_acks.append(item.delivery)
         elif item.retry is not None:
             self._settle_retries.append(item)
+        if self.after_settle is not None:
+            self._settle_items.append(item)
 
     def _to_retry_queue(self, item: WorkItem) -> None:
         wire = v02.to_wire(item.notice, exchange=item.notice.exchange, header_value_max=1 << 20)
@@ -731,6 +743,12 @@ class ConsumingLoop:
                     self.retry_queue.done(item.retry)
             except SarraError as e:  # the entry stays on disk as it was: tried again later
                 self._pause(f"retry queue: {e}")
+        settled, self._settle_items = self._settle_items, []
+        if self.after_settle is not None and settled:
+            try:
+                self.after_settle(settled)
+            except Exception:  # the outcomes are settled; what follows is best effort
+                log.exception("after_settle failed")
 
     def _lose_reports(self, count: int, error: BrokerNotFound) -> None:
         self._reports_lost += count
@@ -769,6 +787,8 @@ class ConsumingLoop:
         self._deferred.clear()  # their delivery tags died with the connection
         self._settle_reports = []
         self._settle_posts = []
+        # redelivered: handled again then (no source deleted, no copy discarded meanwhile)
+        self._settle_items = [i for i in self._settle_items if i.delivery is None]
         if self.post_session is not None:
             self.post_session.close()
         dropped = len(self._settle_acks)

@@ -287,3 +287,48 @@ def test_large_whole_files_take_the_direct_path_and_arrive_identical(site, nginx
     assert {r.code for r in tap.about(".bin")} == {201}
     assert md5_tree(dest) == md5_tree(src)
     assert _leftovers(dest) == []
+
+
+def test_with_bind_queue_off_the_queue_gets_nothing_until_an_administrator_binds_it(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path
+):
+    import dataclasses
+    import time
+
+    from sarra.broker.session import BrokerSession
+    from sarra.components.common import queue_spec
+    from sarra.components.runner import default_bindings
+    from sarra.components.subscribe import SubscribeComponent
+    from tests.integration.flowkit import site_env
+
+    tag = unique("nobind")
+    src = nginx.root / tag
+    make_files(src, ["first.txt"])
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest, "bind_queue off\n")
+    with site_env(site):
+        cfg = site.load("subscribe", name)
+    assert cfg.bind_queue is False
+    admin = BrokerSession(site.broker_url(), name="admin")
+    admin.connect()
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            assert post(site, nginx.base_url, nginx.root, [src]) == 0  # confirmed: routed
+            time.sleep(3)
+            assert not dest.exists() and tap.about("first.txt") == []
+            # the queue exists, empty: the notice had nowhere to go
+            queue = SubscribeComponent().queue_name(cfg)
+            assert admin.queue_counts(queue)[0] == 0
+            # the administrator binds it as the configuration asked
+            spec = queue_spec(cfg, queue, default_bindings(cfg))
+            assert spec.bind is False and spec.bindings == (("xs_guest", f"v02.post.{tag}.#"),)
+            admin.declare_queue(dataclasses.replace(spec, bind=True))
+            make_files(src, ["second.txt"])
+            assert post(site, nginx.base_url, nginx.root, [src / "second.txt"]) == 0
+            wait_for(lambda: len(tap.about("second.txt")) >= 1, what="report of second.txt")
+    finally:
+        tap.stop()
+        admin.close()
+    assert sorted(p.name for p in dest.rglob("*") if p.is_file()) == ["second.txt"]
+    assert tap.about("first.txt") == []

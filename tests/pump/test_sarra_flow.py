@@ -246,3 +246,30 @@ def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_
         piece = got.source[n.parts.offset : n.parts.offset + n.parts.length]
         assert n.checksum.value == hashlib.md5(piece).hexdigest()
     assert got.downstream.read_bytes() == got.source
+
+
+def test_with_delete_on_sarra_removes_each_sftp_source_once_its_copy_is_placed_and_announced(
+    home: Home, rabbitmq: Any, sshd: Any, tmp_path: Path
+) -> None:
+    tag = unique("")
+    origin = f"sftp://{sshd.user}@127.0.0.1:{sshd.port}/"
+    home.credentials(rabbitmq.url(), f"{origin} ssh_keyfile={sshd.key_path}")
+    src = sshd.root_dir / f"del{tag}"
+    files = make_files(src, ["a.bin", "d/b.bin"], size=5000)
+    before = md5_tree(src)
+    tree = tmp_path / "pub"
+    conf = _sarra_conf(rabbitmq, tag, tree, "http://pump.example.com", f"alice{tag}")
+    home.write("sarra", "feed", conf + "delete on\n")
+    tap = Tap(rabbitmq.broker_url(), f"xpub{tag}").start()
+    try:
+        with running(home, "sarra", "feed"):
+            base = origin + str(src).lstrip("/")
+            broker = _broker(rabbitmq)
+            to = ("to_clusters", f"pump{tag}")
+            assert post_files(home, broker, f"xs_alice{tag}", base, src, files, to) == 0
+            wait_for(lambda: len(tap.notices) >= len(files), 60, "re-announcements")
+            wait_for(lambda: not any(f.exists() for f in files), 30, "the sources deleted")
+    finally:
+        tap.stop()
+    assert sorted(tap.paths()) == ["a.bin", "d/b.bin"]
+    assert md5_tree(tree) == before  # placed under the pump's tree before the sources went

@@ -225,3 +225,20 @@ def test_cancel_stops_deliveries() -> None:
     publisher(broker).publish([wire("a")])
     assert s.poll(0) == 0
     assert s.queue_counts("q") == (1, 0)
+
+
+def test_an_unbound_queue_gets_nothing_until_bound_by_hand() -> None:
+    """``bind_queue off``: the queue is declared, its bindings are left to an administrator
+    (here a second declaration that binds, as RabbitMQ's queue_bind would)."""
+    broker = MemoryBroker()
+    pub = publisher(broker)
+    s = broker.session()
+    s.connect()
+    wanted = (("xpublic", "v02.post.#"), ("xnowhere", "v02.post.#"))
+    s.declare_queue(QueueSpec("locked", wanted, bind=False))  # a missing exchange is not bound to
+    pub.publish([wire("v02.post.a")])
+    assert "locked" in broker.queues
+    assert broker.ready("locked") == []
+    s.declare_queue(QueueSpec("locked", wanted[:1]))
+    pub.publish([wire("v02.post.b")])
+    assert [m.routing_key for m in broker.ready("locked")] == ["v02.post.b"]

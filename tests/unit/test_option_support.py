@@ -219,7 +219,7 @@ def test_the_scanner_sees_the_reads_it_claims_to() -> None:
     tree = [SARRA / "components" / n for n in ("subscribe.py", "common.py")]
     read = reads_outside_config([*tree, SARRA / "cli" / "main.py"])
     assert {"tls_rigour", "inplace", "logrotate", "chmod_log"} <= read
-    assert "delete" not in read  # refused: nothing reads it
+    assert "vip" not in read  # refused: nothing reads it
 
 
 # -- refused --------------------------------------------------------------------------------
@@ -248,15 +248,15 @@ def test_a_refused_option_is_refused_on_the_command_line_too(option: Option) -> 
 
 
 def test_a_refused_alias_names_the_spelling_used(env: dict[str, str]) -> None:
-    file = _write(env, "subscribe", "bq on\n")
-    with pytest.raises(ConfigError, match=r"c\.conf:1: option 'bq': not supported by sarra"):
+    file = _write(env, "subscribe", "baseurl https://dd.weather.gc.ca/\n")
+    with pytest.raises(ConfigError, match=r"c\.conf:1: option 'baseurl': not supported by sarra"):
         load_config("subscribe", str(file), env=env)
 
 
 def test_help_lists_refused_options_apart_and_explains_no_ops() -> None:
     text = format_help("subscribe")
     listed, _, refused = text.partition("refused (")
-    assert "-delete" in refused and "-delete," not in listed
+    assert "-vip" in refused and "-vip," not in listed
     assert "-kbytes_ps" in listed and "-kbytes_ps" not in refused
     assert "has no effect: sarra sizes its transfer buffers itself" in listed
 

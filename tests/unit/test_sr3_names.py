@@ -94,8 +94,11 @@ def test_post_format_v02_warns_once_that_sarra_always_posts_v02(env: dict[str, s
 
 
 def test_an_sr3_name_takes_the_status_of_the_option_it_names(env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match=r"c\.conf:2: option 'queueBind': not supported"):
-        _load(env, "subscribe", "broker amqp://u@h/\nqueueBind off\n")
+    # implemented: the value reaches the settings
+    assert _load(env, "subscribe", "broker amqp://u@h/\nqueueBind off\n").bind_queue is False
+    # refused: the error names the sr3 spelling written
+    with pytest.raises(ConfigError, match=r"c\.conf:2: option 'baseUrl': not supported"):
+        _load(env, "subscribe", "broker amqp://u@h/\nbaseUrl https://dd.weather.gc.ca/\n")
 
 
 def test_sr3_baseurl_is_refused_pointing_at_post_base_url(env: dict[str, str]) -> None:

@@ -1,0 +1,81 @@
+"""ConsumingLoop's ``after_settle`` (what ``delete`` and ``discard`` run on): called with the
+items of a flush only once their outcomes are durable, reported and acked."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sarra.broker.base import QueueSpec
+from sarra.broker.memory import MemoryBroker, MemorySession
+from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
+from sarra.flow.retryqueue import RetryQueue
+from sarra.flow.work import WorkItem
+from tests.unit.test_engine_reconnect import _name, _wire
+
+
+def test_after_settle_runs_after_the_durability_step_the_reports_and_the_acks(
+    tmp_path: Path,
+) -> None:
+    broker = MemoryBroker()
+    session = MemorySession(broker, name="flow")
+    events: list[tuple[str, object]] = []
+    stop = threading.Event()
+
+    def work(item: WorkItem) -> None:
+        item.settle(201 if _name(item) != "bad" else 499, "done")
+
+    def before_settle() -> None:
+        events.append(("durable", None))
+
+    def after_settle(items: list[WorkItem]) -> None:
+        reports = len(broker.ready("reports"))
+        events.append(("after", (sorted(_name(i) for i in items), broker.unacked(), reports)))
+
+    loop = ConsumingLoop(
+        session,
+        LoopSettings(
+            queue=QueueSpec("q", (("xin", "#"),)),
+            prefetch=20,
+            threads=2,
+            attempts=1,
+            retry_ttl=0.0,
+            exchanges=("xin",),
+        ),
+        ReportSettings(True, "xr", "host", "user", None, None, None),
+        lambda _item: True,
+        work,
+        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
+        stop=stop,
+        before_settle=before_settle,
+        after_settle=after_settle,
+    )
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        pub = broker.session("publisher")
+        pub.connect()
+        pub.declare_exchange("xin")
+        pub.declare_exchange("xr")
+        pub.declare_queue(QueueSpec("reports", (("xr", "#"),)))
+        deadline = time.monotonic() + 20
+        while "q" not in broker.queues:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pub.publish([_wire("good"), _wire("bad")])
+        while sum(len(e[1][0]) for e in events if e[0] == "after") < 2:  # type: ignore[index,arg-type]
+            assert time.monotonic() < deadline, events
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(30)
+    afters = [e for e in events if e[0] == "after"]
+    seen = sorted(n for _, (names, _, _) in afters for n in names)  # type: ignore[misc]
+    assert seen == ["bad", "good"]  # every outcome, the caller picks what it acts on
+    settled = 0
+    for _, (names, unacked, reports) in afters:  # type: ignore[misc]
+        settled += len(names)
+        assert unacked <= 2 - settled  # these (and the earlier ones) are acked already
+        assert reports >= settled  # and their reports published
+    assert events.index(("durable", None)) < events.index(afters[0])
