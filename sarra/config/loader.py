@@ -190,6 +190,14 @@ class _Loader:
             raise ConfigError(f"unknown option{extra}", path=where, line=line, option=word)
         if option.support is Support.REFUSED:
             raise ConfigError(option.support_note, path=where, line=line, option=word)
+        if option.name == "sr3" and where != CMDLINE:
+            raise ConfigError(
+                "command line only: the configuration tree is chosen before any file is read "
+                "(give --sr3, or set SR_CONFIG_TREE=sr3)",
+                path=where,
+                line=line,
+                option=word,
+            )
         if option.support is Support.NOOP:
             if option.name not in self.noop_warned:
                 self.noop_warned.add(option.name)
