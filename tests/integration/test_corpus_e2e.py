@@ -9,7 +9,10 @@ the configuration says, with the behaviour its other options ask for (issue 11 i
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +39,8 @@ from tests.integration.flowkit import (
 
 pytestmark = pytest.mark.servers
 
-CORPUS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "configs"
 
 
 def rewrite(corpus_file: str, **lines: str) -> str:
@@ -235,3 +239,55 @@ def test_v2_outgoing_watch_posts_created_files_with_sha512_and_skips_tmp_and_del
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _sr_subscribe(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sarra.cli.main", "subscribe", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_sr_subscribe_sr3_start_runs_a_daemon_from_the_sr3_tree(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
+    """``sr_subscribe --sr3 start NAME``: the instance process it launches finds the sr3 file
+    and sr3's credentials.conf too, downloads, and ``--sr3 stop`` stops it."""
+    xdg = tmp_path / "xdg"
+    sr3 = xdg / "sr3"
+    sr3.mkdir(parents=True)
+    (sr3 / "credentials.conf").write_text(
+        (site.config_dir / "credentials.conf").read_text(encoding="utf-8")
+    )
+    (sr3 / "credentials.conf").chmod(0o600)
+    dest = tmp_path / "data" / "swob"
+    name = _subscription(site, "subscribe/sr3_dd_swob.conf", dest, sr3 / "subscribe")
+    env = {k: v for k, v in os.environ.items() if k not in ("SR_CONFIG_TREE", "SR_CONFIG_DIR")}
+    env.update(
+        XDG_CONFIG_HOME=str(xdg),
+        SR_STATE_DIR=str(site.state_dir),
+        PYTHONPATH=str(ROOT),
+    )
+    tag = unique("daemon")
+    src = nginx.root / "observations" / "swob-ml" / tag
+    files = make_files(src, ["CYUL/a.xml", "CYYZ/b.xml"])
+    started = _sr_subscribe(env, "--sr3", "start", name)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid_files = list((site.state_dir / "sr3" / "subscribe" / name).glob("*.pid"))
+        assert len(pid_files) == 1
+        # the daemon declares its queue once it runs: wait for it before posting
+        qname = site.state_dir / "sr3" / "subscribe" / name
+        wait_for(lambda: any(qname.glob("*.qname")), what="the instance's queue")
+        time.sleep(1.0)
+        assert post(site, nginx.base_url, nginx.root, [src], ("post_exchange", "xpublic")) == 0
+        wait_for(lambda: len(list(dest.glob("*.xml"))) == 2, what="both files from the daemon")
+        status = _sr_subscribe(env, "--sr3", "status", name)
+        assert status.returncode == 0 and "running" in status.stdout, status.stdout
+    finally:
+        stopped = _sr_subscribe(env, "--sr3", "stop", name)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert md5_tree(dest) == {f.name: _md5(f) for f in files}
+    assert list((site.state_dir / "sr3" / "log").glob(f"*{name}*"))
