@@ -23,6 +23,7 @@ import pytest
 from sarra.broker import BrokerSession, Delivery, QueueSpec
 from sarra.broker.admin import declare_and_bind
 from sarra.codec import v02
+from sarra.components.sender import SenderComponent
 from sarra.components.watch import WatchComponent
 from sarra.notice import Notice
 from tests.integration.flowkit import (
@@ -291,3 +292,67 @@ def test_sr_subscribe_sr3_start_runs_a_daemon_from_the_sr3_tree(site, nginx, tmp
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert md5_tree(dest) == {f.name: _md5(f) for f in files}
     assert list((site.state_dir / "sr3" / "log").glob(f"*{name}*"))
+
+
+def test_v2_to_remote_sftp_sends_only_grib2_flat_and_announces_them(site, sshd, tmp_path):  # type: ignore[no-untyped-def]
+    """The v2 sender: ``accept .*\\.grib2$`` then ``reject .*``, ``mirror off``, files from
+    ``base_dir`` pushed over sftp and announced on ``post_exchange`` with ``post_base_url``.
+
+    The corpus names the remote directory in the destination URL (``.../incoming``); sarra, as
+    sr3 does for sftp, takes the remote directory from ``directory`` instead, so the test adds
+    one line giving it (every other line is the corpus file's)."""
+    tag = unique("snd")
+    local = tmp_path / "var" / "data" / "outgoing"
+    files = make_files(local, [f"{tag}/model/a.grib2", f"{tag}/b.grib2", f"{tag}/notes.txt"])
+    remote = sshd.root_dir / tag
+    remote.mkdir()
+    destination = f"sftp://{sshd.user}@127.0.0.1:{sshd.port}/"
+    with open(site.config_dir / "credentials.conf", "a") as f:
+        f.write(f"{destination} ssh_keyfile={sshd.key_path}\n")
+    text = rewrite(
+        "sender/v2_to_remote_sftp.conf",
+        broker=site.broker,
+        base_dir=str(local),
+        destination=destination,
+        post_broker=site.broker,
+    )
+    name = unique("corpus")
+    (site.config_dir / "sender").mkdir(parents=True, exist_ok=True)
+    (site.config_dir / "sender" / f"{name}.conf").write_text(f"directory {remote}\n{text}")
+    announced = _Notices(site, "xs_tsource_delivered")
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    try:
+        with site_env(site):
+            cfg = site.load("sender", name)
+            component = SenderComponent()
+            component.declare(cfg)
+
+            def run() -> None:
+                try:
+                    component.run(cfg, 0, stop)
+                except BaseException as e:  # surfaced below
+                    errors.append(e)
+
+            thread = threading.Thread(target=run, name="corpus-sender", daemon=True)
+            thread.start()
+            options = ("post_exchange", "xs_tsource_output")
+            assert post(site, "http://localhost", local, [local / tag], options) == 0
+            wait_for(lambda: len(tap.about(".grib2")) >= 2, 60, "a report per grib2 file")
+            announced.until(lambda got: len(got) >= 2, "two announcements")
+            time.sleep(1.0)  # time enough for a wrongly accepted notes.txt to be sent too
+            stop.set()
+            thread.join(60)
+    finally:
+        stop.set()
+        tap.stop()
+        announced.session.close()
+    assert not errors
+    # mirror off: flat under the remote directory; notes.txt rejected
+    assert md5_tree(remote) == {"a.grib2": _md5(files[0]), "b.grib2": _md5(files[1])}
+    assert {r.code for r in tap.about(".grib2")} == {201}
+    assert tap.about(".txt") == []
+    urls = sorted(n.url for n in announced.received)
+    base = "sftp://partner@remote.example.com/incoming"  # post_base_url, as written
+    assert [u.startswith(base) and u.endswith(".grib2") for u in urls] == [True, True]
