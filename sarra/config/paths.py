@@ -29,6 +29,9 @@ APPNAME = "sarra"
 #: Environment variable choosing the configuration tree: ``sarra`` (default) or ``sr3``.
 TREE_ENV = "SR_CONFIG_TREE"
 TREES = ("sarra", "sr3")
+#: sr3 directories read, after the component's own, for a sarra component in sr3's tree:
+#: sr3's cpost is the C implementation of post (a daemon with sleep > 0, as sr_post is).
+SR3_EXTRA_DIRS: Mapping[str, tuple[str, ...]] = {"post": ("cpost",)}
 
 
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -73,6 +76,14 @@ def config_dir(env: Mapping[str, str] | None = None) -> Path:
     if override:
         return Path(override)
     return Path(platformdirs.user_config_dir(APPNAME, appauthor=False))
+
+
+def component_dir_names(component: str, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The directories under the configuration directory that hold ``component``'s files,
+    first one first: ``(component,)``, plus ``cpost`` for ``post`` in sr3's tree."""
+    if config_tree(env) == "sr3":
+        return (component, *SR3_EXTRA_DIRS.get(component, ()))
+    return (component,)
 
 
 def state_dir(

@@ -156,3 +156,18 @@ def test_the_installed_command_line_takes_the_flag(trees: dict[str, str]) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["dd", "swob"]
+
+
+def test_sr_post_finds_sr3s_cpost_configurations_after_its_own(trees: dict[str, str]) -> None:
+    sr3 = Path(trees["XDG_CONFIG_HOME"]) / "sr3"
+    cpost = _write(sr3 / "cpost" / "outgoing.conf", "post_broker amqp://u@h/\nsleep 5\n")
+    env = {**trees, "SR_CONFIG_TREE": "sr3"}
+    cfg = load_config("post", "outgoing", env=env)
+    assert cfg.path == cpost and cfg.get("sleep") == 5
+    own = _write(sr3 / "post" / "outgoing.conf", "post_broker amqp://u@h/\nsleep 7\n")
+    assert load_config("post", "outgoing", env=env).path == own  # post/ before cpost/
+    with pytest.raises(ConfigError, match="cpost"):
+        load_config("post", "missing", env=env)
+    # only for post, and only in sr3's tree
+    assert paths.component_dir_names("subscribe", env) == ("subscribe",)
+    assert paths.component_dir_names("post", trees) == ("post",)
