@@ -14,14 +14,21 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TextIO
 
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.instances import Instance, daemonize, remove_pid_file
 from sarra.cli.logs import RedactingStream, redact, remove_handler, setup_file_logging
-from sarra.cli.runtime import ARGV_ENV, INSTANCE_ACTION, Runtime, default_runtime
+from sarra.cli.runtime import (
+    ARGV_ENV,
+    CONFIG_TREE_ENV,
+    INSTANCE_ACTION,
+    Runtime,
+    default_runtime,
+)
 from sarra.cli.signals import install_stop_handlers
 from sarra.errors import ConfigError
 
@@ -52,10 +59,32 @@ def main(
             print(help_text(rt, component), file=out)
             return 0
         ctx = verbs.Context(rt, component, rt.registry[component], cmdline, args, out, err)
-        return dispatch(ctx)
+        with config_tree(getattr(cmdline, "sr3", False) is True):
+            return dispatch(ctx)
     except ConfigError as exc:
         print(f"sr_{component}: {redact(str(exc))}", file=err)
         return 2
+
+
+@contextmanager
+def config_tree(sr3: bool) -> Iterator[None]:
+    """With ``sr3`` (``--sr3``), read sr3's configuration tree while the command runs.
+
+    Sets ``SR_CONFIG_TREE=sr3`` in the environment, which the paths of the configuration
+    (and the instances ``start`` launches, which inherit it) follow; restored afterwards.
+    """
+    if not sr3:
+        yield
+        return
+    before = os.environ.get(CONFIG_TREE_ENV)
+    os.environ[CONFIG_TREE_ENV] = "sr3"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CONFIG_TREE_ENV, None)
+        else:
+            os.environ[CONFIG_TREE_ENV] = before
 
 
 def help_text(rt: Runtime, component: str) -> str:
@@ -124,7 +153,10 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     user_argv = [str(a) for a in passed.get("argv", [])]
     try:
         comp = rt.registry[component]
-        options = rt.parse_command_line(component, user_argv).options
+        parsed = rt.parse_command_line(component, user_argv)
+        options = parsed.options
+        if getattr(parsed, "sr3", False) is True:  # normally inherited from start already
+            os.environ[CONFIG_TREE_ENV] = "sr3"
         cfg = rt.load_config(component, passed.get("config", config), options)
     except (ConfigError, KeyError) as exc:
         print(f"sr_{component}: {redact(str(exc))}", file=sys.stderr)

@@ -44,6 +44,10 @@ LoadConfig = Callable[[str, "str | None", Sequence[tuple[str, str]]], Settings]
 #: as a broker URL with a password never show in a process title.
 ARGV_ENV = "SARRA_CLI_ARGV"
 
+#: Environment variable choosing the configuration tree (``sarra.config.paths.TREE_ENV``);
+#: ``--sr3`` sets it to ``sr3`` for the command and the instances it starts.
+CONFIG_TREE_ENV = "SR_CONFIG_TREE"
+
 #: Internal action: run one daemon instance (never typed by users).
 INSTANCE_ACTION = "_instance"
 

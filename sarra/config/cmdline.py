@@ -49,6 +49,7 @@ ACTION_NAMES: tuple[str, ...] = (
 PATH_COMPONENTS = frozenset({"post"})
 WHERE = "<command line>"
 _FLAG_WORDS = frozenset({"on", "off", "yes", "no", "true", "false", "1", "0"})
+_OFF_WORDS = frozenset({"off", "no", "false", "0"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,12 @@ class CommandLine:
     @property
     def help(self) -> bool:
         return any(name == "help" for name, _ in self.options)
+
+    @property
+    def sr3(self) -> bool:
+        """``--sr3`` (the last ``-sr3 on|off`` given wins): read sr3's configuration tree."""
+        given = [value for name, value in self.options if name == "sr3"]
+        return bool(given) and given[-1].lower() not in _OFF_WORDS
 
 
 def _looks_like_option(word: str) -> bool:

@@ -190,6 +190,14 @@ class _Loader:
             raise ConfigError(f"unknown option{extra}", path=where, line=line, option=word)
         if option.support is Support.REFUSED:
             raise ConfigError(option.support_note, path=where, line=line, option=word)
+        if option.name == "sr3" and where != CMDLINE:
+            raise ConfigError(
+                "command line only: the configuration tree is chosen before any file is read "
+                "(give --sr3, or set SR_CONFIG_TREE=sr3)",
+                path=where,
+                line=line,
+                option=word,
+            )
         if option.support is Support.NOOP:
             if option.name not in self.noop_warned:
                 self.noop_warned.add(option.name)
@@ -418,12 +426,15 @@ def find_config(component: str, config: str, env: Mapping[str, str] | None = Non
     given = Path(os.path.expanduser(config))
     if given.is_file():
         return given
-    folder = paths.config_dir(env) / component
-    for candidate in (folder / config, folder / f"{config}.conf"):
-        if candidate.is_file():
-            return candidate
+    base = paths.config_dir(env)
+    folders = [base / name for name in paths.component_dir_names(component, env)]
+    for folder in folders:
+        for candidate in (folder / config, folder / f"{config}.conf"):
+            if candidate.is_file():
+                return candidate
+    where = " and ".join(str(f) for f in folders)
     raise ConfigError(
-        f"no configuration {config!r} (looked for {given} and in {folder})", path=str(given)
+        f"no configuration {config!r} (looked for {given} and in {where})", path=str(given)
     )
 
 

@@ -711,6 +711,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("logrotate", N, 5, "log files kept (rotated daily)", _ALL,
        ("lr", "logdays", "ld", "logRotateCount")),
     _o("help", B, False, "show this help and exit", _ALL, ("h",)),
+    _o("sr3", B, False, "command line only: read sr3's configuration tree (~/.config/sr3/"
+       "<component>/NAME.conf, its default.conf, admin.conf, credentials.conf) instead of "
+       "sarra's; same as SR_CONFIG_TREE=sr3 in the environment", _ALL),
     # -- settings of sarra's built-in plugins (sarra/plugins, docs/plugins.md)
     _o("msg_delay", D, 300.0, "on_message msg_delay: hold each notice until it is this old",
        _CONSUMERS),

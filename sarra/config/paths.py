@@ -4,29 +4,86 @@ On Linux the XDG variables are honoured (``XDG_CONFIG_HOME``, ``XDG_STATE_HOME``
 ``~/.config/sarra`` and ``~/.local/state/sarra``. ``SR_CONFIG_DIR`` and ``SR_STATE_DIR``
 override both (tests and side-by-side installations use them). The log directory is
 ``<state_dir>/log``. Nothing here creates a directory: callers that write do that.
+
+``SR_CONFIG_TREE=sr3`` (what the ``--sr3`` command-line flag sets) reads sr3's tree instead:
+the configuration directory is sr3's, ``$XDG_CONFIG_HOME/sr3`` or ``~/.config/sr3`` on Linux
+(``sr3`` replaced by ``$SR_DEV_APPNAME`` when that is set, as sr3 does), so
+``<component>/NAME.conf``, ``default.conf``, ``admin.conf``, ``credentials.conf`` and
+``plugins/`` all come from there, and ``SR_CONFIG_DIR`` is not consulted. sarra's state and
+logs stay in sarra's state directory, under ``sr3/`` so that a configuration of the same name
+in both trees has its own queue name and pid files.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import platformdirs
 
+from sarra.errors import ConfigError
+
 APPNAME = "sarra"
+#: Environment variable choosing the configuration tree: ``sarra`` (default) or ``sr3``.
+TREE_ENV = "SR_CONFIG_TREE"
+TREES = ("sarra", "sr3")
+#: sr3 directories read, after the component's own, for a sarra component in sr3's tree:
+#: sr3's cpost is the C implementation of post (a daemon with sleep > 0, as sr_post is).
+SR3_EXTRA_DIRS: Mapping[str, tuple[str, ...]] = {"post": ("cpost",)}
 
 
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
 
 
+def config_tree(env: Mapping[str, str] | None = None) -> str:
+    """``sr3`` when ``SR_CONFIG_TREE`` asks for sr3's tree, else ``sarra``.
+
+    Raises:
+        ConfigError: ``SR_CONFIG_TREE`` holds something else.
+    """
+    tree = _env(env).get(TREE_ENV, "").strip().lower() or "sarra"
+    if tree not in TREES:
+        raise ConfigError(f"{TREE_ENV}={tree!r}: expected one of {', '.join(TREES)}")
+    return tree
+
+
+def sr3_config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """sr3's configuration directory: ``$XDG_CONFIG_HOME/sr3`` or ``~/.config/sr3`` on Linux.
+
+    sr3 names it after its application name, ``sr3`` unless ``SR_DEV_APPNAME`` says otherwise.
+    On other platforms it is the platform's user configuration directory for that name.
+    """
+    environment = _env(env)
+    appname = environment.get("SR_DEV_APPNAME") or "sr3"
+    if not sys.platform.startswith("linux"):
+        return Path(platformdirs.user_config_dir(appname, appauthor=False))
+    xdg = environment.get("XDG_CONFIG_HOME")
+    if xdg:
+        return Path(xdg) / appname
+    home = environment.get("HOME")
+    return (Path(home) if home else Path.home()) / ".config" / appname
+
+
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The user configuration directory (``SR_CONFIG_DIR`` or ``~/.config/sarra``)."""
+    """The user configuration directory (``SR_CONFIG_DIR`` or ``~/.config/sarra``; sr3's
+    directory when ``SR_CONFIG_TREE`` is ``sr3``)."""
+    if config_tree(env) == "sr3":
+        return sr3_config_dir(env)
     override = _env(env).get("SR_CONFIG_DIR")
     if override:
         return Path(override)
     return Path(platformdirs.user_config_dir(APPNAME, appauthor=False))
+
+
+def component_dir_names(component: str, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The directories under the configuration directory that hold ``component``'s files,
+    first one first: ``(component,)``, plus ``cpost`` for ``post`` in sr3's tree."""
+    if config_tree(env) == "sr3":
+        return (component, *SR3_EXTRA_DIRS.get(component, ()))
+    return (component,)
 
 
 def state_dir(
@@ -36,12 +93,15 @@ def state_dir(
 ) -> Path:
     """The state directory, or ``<state>/<component>[/<config>]`` when they are given.
 
-    Holds queue-name files, pid files, retry queues and caches.
+    Holds queue-name files, pid files, retry queues and caches. With sr3's configuration
+    tree (``SR_CONFIG_TREE=sr3``) it is ``<state>/sr3[/<component>[/<config>]]``.
     """
     override = _env(env).get("SR_STATE_DIR")
     base = (
         Path(override) if override else Path(platformdirs.user_state_dir(APPNAME, appauthor=False))
     )
+    if config_tree(env) == "sr3":
+        base = base / "sr3"
     if component is not None:
         base = base / component
         if config is not None:

@@ -142,6 +142,7 @@ class Settings(SettingsBase):
     debug: bool
     logrotate: int
     help: bool
+    sr3: bool
     msg_delay: float
     msg_fdelay: float
     file_rxpipe_name: str | None

@@ -24,6 +24,7 @@ from sarra.broker.base import Broker
 from sarra.broker.session import backoff_delays
 from sarra.codec import v02
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
+from sarra.config.masks import Mask, match
 from sarra.config.settings import Settings
 from sarra.errors import (
     AccessRefused,
@@ -68,6 +69,10 @@ class PostSettings:
     message_ttl_ms: int | None
     exchange_split: int
     realpath_post: bool = False
+    #: accept/reject: a notice whose URL the masks reject is not posted (sr2 and sr3 alike)
+    masks: tuple[Mask, ...] = ()
+    accept_unmatch: bool = True
+    log_reject: bool = False
 
     @classmethod
     def from_config(cls, cfg: Settings, broker_user: str, broker_host: str) -> PostSettings:
@@ -117,6 +122,9 @@ class PostSettings:
             message_ttl_ms=int(ttl * 1000) if ttl else None,
             exchange_split=cfg.post_exchange_split,
             realpath_post=cfg.realpath_post,
+            masks=tuple(cfg.masks),
+            accept_unmatch=cfg.accept_unmatch,
+            log_reject=cfg.log_reject,
         )
 
 
@@ -147,6 +155,16 @@ class NoticeBuilder:
         self._base_dir = os.path.abspath(settings.base_dir) if settings.base_dir else None
 
     # -- paths ---------------------------------------------------------------------------------
+
+    def accepts(self, notice: Notice) -> bool:
+        """Whether the accept/reject masks let ``notice`` be posted (matched on its URL, as
+        consumers match; first match wins, ``accept_unmatch`` when none matches)."""
+        s = self.settings
+        if match(s.masks, notice.url, s.accept_unmatch) is not None:
+            return True
+        if s.log_reject:
+            log.info("rejected by masks, not posted: %s", notice.url)
+        return False
 
     def logical_path(self, abs_path: str) -> str:
         """The announced path: relative to post_base_dir with a leading ``/`` (absolute for
@@ -374,6 +392,7 @@ class Publisher:
         self.published = 0
         self.items_posted = 0
         self.suppressed = 0
+        self.rejected = 0  # notices the accept/reject masks kept from being posted
         self._outage_since: float | None = None
         self._next_attempt = 0.0
         self._delays: Iterator[float] = iter(())
@@ -422,6 +441,9 @@ class Publisher:
         wires: list[WireMessage] = []
         paths: list[str] = []
         for notice in notices:
+            if not self.builder.accepts(notice):
+                self.rejected += 1
+                continue
             if self.nodupe is not None and self.nodupe.check(notice):
                 log.info("not posting %s: unchanged since it was last posted", notice.path)
                 self.suppressed += 1
