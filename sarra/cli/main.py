@@ -203,6 +203,13 @@ def module_main(argv: Sequence[str], runtime: Runtime | None = None) -> int:
     return main(component, rest, runtime=runtime)
 
 
+def sr() -> int:
+    """Entry point of ``sr``, the pump-wide command (:mod:`sarra.cli.pump`)."""
+    from sarra.cli import pump
+
+    return pump.main()
+
+
 def sr_post() -> int:
     """Entry point of ``sr_post``."""
     return main("post")

@@ -1,0 +1,268 @@
+"""``sr``: the pump-wide command, one verb over every configuration of every component.
+
+``sr [--json] [--sr3] <action> [component[/config] ...]``
+
+Without a selection the action applies to the configurations of every component of the
+runtime's registry (:data:`sarra.components.IMPLEMENTED`) that the per-component command would
+pick without one: the enabled ones for ``start``, ``restart``, ``sanity`` and ``reload``, all of
+them for ``stop``, ``status`` and ``list``. A one-shot component (``post``) takes part only with
+the configurations that set ``sleep > 0`` (the others are not daemons). A selection names
+``component/config`` pairs, or a bare ``component`` for all its configurations; an unknown
+component or configuration is a usage error (exit 2) naming it, and then nothing is done.
+
+There is no second implementation of the verbs: for each (component, config) pair this calls the
+same verb function ``sr_<component> <action> <config>`` runs (:data:`sarra.cli.verbs.VERBS`),
+whose output lines already name ``component/config``. Exit status: the worst of the pairs
+(0 all succeeded, 1 some action failed or some expected instance is not running, 2 a
+configuration error), or 2 for a usage error of ``sr`` itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from sarra.cli import configs as cf
+from sarra.cli import verbs
+from sarra.cli.instances import State, instance_pid, pid_file_numbers
+from sarra.cli.logs import redact
+from sarra.cli.runtime import Runtime, default_runtime
+from sarra.errors import ConfigError
+
+#: actions of ``sr``; all but ``reload`` are the per-component verbs of the same name
+ACTIONS: dict[str, str] = {
+    "start": "start the missing instances of every enabled config",
+    "stop": "stop every instance of every config",
+    "restart": "stop, then start, every enabled config",
+    "status": "instances and queues of every config (--json: machine-readable)",
+    "sanity": "restart dead and hung instances, remove stale pid files",
+    "list": "list every component's configs (component/config)",
+    "reload": "restart the running configs whose file changed since they started",
+}
+
+#: version of the ``sr status --json`` document (see docs/cli-verbs.md)
+JSON_SCHEMA = 1
+
+USAGE = "usage: sr [--json] [--sr3] <action> [component[/config] ...]"
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One configuration of one component."""
+
+    component: str
+    config: str
+    enabled: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.component}/{self.config}"
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    runtime: Runtime | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run ``sr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from sarra.cli.main import config_tree
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    flags = {a for a in args if a.startswith("-")}
+    words = [a for a in args if not a.startswith("-")]
+    if flags & {"-h", "--help"}:
+        actions = "\n".join(f"  {name:<8} {text}" for name, text in ACTIONS.items())
+        print(f"{USAGE}\n\nactions:\n{actions}", file=out)
+        return 0
+    try:
+        unknown = sorted(flags - {"--json", "--sr3"})
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r}; {USAGE}")
+        if not words or words[0] not in ACTIONS:
+            given = f"unknown action {words[0]!r}" if words else "no action given"
+            raise ConfigError(f"{given}; one of: {', '.join(ACTIONS)}")
+        action, selection = words[0], words[1:]
+        as_json = "--json" in flags
+        if as_json and action != "status":
+            raise ConfigError("--json goes with status only")
+        rt = runtime if runtime is not None else default_runtime()
+        with config_tree("--sr3" in flags):
+            pairs, rc = select(rt, action, selection, err)
+            if action == "status" and as_json:
+                records = [status_record(rt, pair) for pair in pairs]
+                ok = rc == 0 and all(r["ok"] for r in records)
+                document = {"schema": JSON_SCHEMA, "ok": ok, "configs": records}
+                print(json.dumps(document, indent=2), file=out)
+                return 0 if ok else 1
+            if action == "list" and not selection:
+                for pair in pairs:
+                    print(pair.label + ("" if pair.enabled else "  (disabled)"), file=out)
+                return rc
+            return max(rc, run_pairs(rt, action, pairs, out, err))
+    except ConfigError as exc:
+        print(f"sr: {redact(str(exc))}", file=err)
+        return 2
+
+
+def select(
+    rt: Runtime, action: str, selection: Sequence[str], err: TextIO
+) -> tuple[list[Pair], int]:
+    """The (component, config) pairs ``action`` applies to, and 1 if some could not be judged
+    (a one-shot component's config that does not load), else 0.
+
+    Raises:
+        ConfigError: the selection names an unknown component or configuration.
+    """
+    config_dir = rt.config_dir()
+    if selection:
+        pairs: list[Pair] = []
+        for item in selection:
+            component, _, config = item.partition("/")
+            if component not in rt.registry:
+                raise ConfigError(
+                    f"{item}: unknown component {component!r}; one of: {', '.join(rt.registry)}"
+                )
+            if config:
+                found = cf.find_config(config_dir, component, config)  # ConfigError names it
+                pairs.append(Pair(component, found.name, found.enabled))
+            else:
+                pairs += [
+                    Pair(component, c.name, c.enabled)
+                    for c in cf.list_configs(config_dir, component)
+                ]
+        return list(dict.fromkeys(pairs)), 0  # in the order given, each once
+    every = action in {"stop", "status", "list"}  # disabled configs too, as per component
+    pairs = []
+    rc = 0
+    for component in rt.registry:
+        one_shot = rt.registry[component].one_shot and action != "list"
+        for found in cf.list_configs(config_dir, component):
+            if not (found.enabled or every):
+                continue
+            if one_shot:
+                try:
+                    daemon = rt.load_config(component, found.name, ()).sleep > 0
+                except ConfigError as exc:
+                    print(f"sr: {component}/{found.name}: {redact(str(exc))}", file=err)
+                    rc = 1
+                    continue
+                if not daemon:
+                    continue
+            pairs.append(Pair(component, found.name, found.enabled))
+    return pairs, rc
+
+
+def context(
+    rt: Runtime, component: str, action: str, config: str, out: TextIO, err: TextIO
+) -> verbs.Context:
+    """The :class:`verbs.Context` of ``sr_<component> <action> <config>``."""
+    argv = [action, config]
+    cmdline = rt.parse_command_line(component, argv)
+    return verbs.Context(rt, component, rt.registry[component], cmdline, argv, out, err)
+
+
+def run_pairs(rt: Runtime, action: str, pairs: Sequence[Pair], out: TextIO, err: TextIO) -> int:
+    """Run ``action`` on each pair as ``sr_<component> <action> <config>`` would; the worst
+    exit status. A configuration error stops that pair only. ``status`` prints its header
+    once."""
+    from sarra.cli.main import dispatch
+
+    rc = 0
+    header = False
+    for pair in pairs:
+        sink = io.StringIO() if action == "status" else out  # status: one header
+        ctx = context(
+            rt, pair.component, "restart" if action == "reload" else action, pair.config, sink, err
+        )
+        try:
+            status = reload(ctx, pair) if action == "reload" else dispatch(ctx)
+        except ConfigError as exc:
+            print(f"sr_{pair.component}: {redact(str(exc))}", file=err)
+            status = 2
+        rc = max(rc, status)
+        if sink is not out and isinstance(sink, io.StringIO):
+            lines = sink.getvalue().splitlines(keepends=True)
+            if header and lines and lines[0].startswith("config "):
+                lines = lines[1:]
+            header = header or bool(lines)
+            out.write("".join(lines))
+    return rc
+
+
+def reload(ctx: verbs.Context, pair: Pair) -> int:
+    """Restart the instances of ``pair`` if its configuration file was modified after the
+    oldest of them started (the modification time of the file against that of the pid files,
+    which instances write when they start). Configs that do not run are left alone, and so
+    are changes to included files, ``default.conf`` or credentials alone."""
+    live = verbs.running(ctx, pair.config)
+    if not live:
+        ctx.say(pair.config, "not running, left alone")
+        return 0
+    path = cf.find_config(ctx.runtime.config_dir(), pair.component, pair.config).path
+    started = min(inst.pid_path.stat().st_mtime for inst, _ in live)
+    if path.stat().st_mtime <= started:
+        ctx.say(pair.config, "unchanged since started")
+        return 0
+    ctx.say(pair.config, "configuration changed, restarting")
+    return verbs.restart(ctx, [pair.config])
+
+
+def status_record(rt: Runtime, pair: Pair) -> dict[str, Any]:
+    """One entry of ``sr status --json`` (schema in docs/cli-verbs.md); no broker URL."""
+    ctx = context(rt, pair.component, "status", pair.config, io.StringIO(), io.StringIO())
+    record: dict[str, Any] = {
+        "component": pair.component,
+        "config": pair.config,
+        "enabled": pair.enabled,
+        "error": None,
+    }
+    config, expected = pair.config, 0
+    cfg = None
+    if pair.enabled:
+        try:
+            config, cfg = verbs.load(ctx, pair.config)
+            expected = verbs.expected_count(cfg)
+        except ConfigError as exc:
+            record["error"] = redact(str(exc))
+    state_dir = rt.state_dir(pair.component, config)
+    numbers = sorted(
+        set(range(1, expected + 1)) | set(pid_file_numbers(state_dir, pair.component, config))
+    )
+    instances = []
+    for number in numbers:
+        state, pid = instance_pid(verbs.instance(ctx, config, number))
+        instances.append(
+            {"number": number, "state": str(state), "pid": pid, "extra": number > expected}
+        )
+    running = [i for i in instances if i["state"] == State.RUNNING and not i["extra"]]
+    record["instances"] = {
+        "expected": expected,
+        "running": len(running),
+        "pids": [i["pid"] for i in instances if i["state"] == State.RUNNING],
+        "each": instances,
+    }
+    record["queue"] = None if cfg is None else queue_record(ctx, cfg)
+    record["ok"] = record["error"] is None and len(running) == expected
+    return record
+
+
+def queue_record(ctx: verbs.Context, cfg: Any) -> dict[str, Any]:
+    """The component's queue status, or ``{"error": ...}`` when it cannot tell."""
+    try:
+        st = ctx.component.status(cfg)
+    except Exception as exc:  # as in ``status``: liveness is reported whatever the broker does
+        return {"error": redact(str(exc)) or type(exc).__name__}
+    return {
+        "name": redact(st.queue) if st.queue else None,
+        "backlog": st.backlog,
+        "consumers": st.consumers,
+        "extra": {str(k): redact(str(v)) for k, v in st.extra.items()},
+    }
