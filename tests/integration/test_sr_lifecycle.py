@@ -1,5 +1,6 @@
-"""``sr`` over real instance processes of two components (the heartbeat doubles of
-tests.cli_doubles, launched detached as ``sr_<component> start`` launches them)."""
+"""``sr`` over real instance processes of two components: the heartbeat doubles of
+tests.cli_doubles (launched detached as ``sr_<component> start`` launches them), then the
+real subscribe and winnow components on the suite's RabbitMQ."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from sarra.cli import pump
 from sarra.cli.instances import process_matches, read_pid_file
 from tests.cli_doubles import standin_runtime
+from tests.integration.flowkit import Site, unique
 
 
 class Sr:
@@ -111,3 +113,76 @@ def test_sr_starts_shows_reloads_and_stops_every_component(sr: Sr) -> None:
         wait_until_gone(pid, label.split("/")[:2])
     assert sr("status", "--json") == 1
     assert all(r["instances"]["running"] == 0 for r in json.loads(sr.out)["configs"])
+
+
+def test_sr_manages_real_subscribe_and_winnow_instances_on_the_broker(
+    tmp_path: Path,
+    rabbitmq,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The installed runtime: real components, real instance processes, the suite's broker."""
+    site = Site(tmp_path / "site", rabbitmq.port).setup()
+    for key, value in site.env.items():
+        monkeypatch.setenv(key, value)
+    tag = unique("sr")
+    site.write_subscribe(
+        "obs",
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {tmp_path / 'dest'}\n"
+        "expire 10m\nreport_back off\naccept .*\n",
+    )
+    (site.config_dir / "winnow").mkdir()
+    (site.config_dir / "winnow" / "w.conf").write_text(
+        f"broker {site.broker}\nexchange x{tag}in\npost_exchange x{tag}out\nexpire 10m\n"
+    )
+
+    def sr(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = pump.main(argv, out=out, err=err)
+        return rc, out.getvalue() + err.getvalue()
+
+    def pids() -> dict[str, int]:
+        found = {}
+        for path in site.state_dir.glob("*/*/*.pid"):
+            pid = read_pid_file(path)
+            if pid is not None:
+                found[f"{path.parent.parent.name}/{path.parent.name}"] = pid
+        return found
+
+    try:
+        rc, said = sr("start")
+        assert rc == 0, said
+        assert sorted(pids()) == ["subscribe/obs", "winnow/w"]
+
+        document: dict[str, object] = {}
+        for _ in range(100):  # until both consume from their queues
+            rc, said = sr("status", "--json")
+            document = json.loads(said)
+            records = document["configs"]
+            assert isinstance(records, list)
+            if rc == 0 and all(r["queue"].get("consumers") for r in records):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"not all running and consuming: {document}")
+        by_label = {f"{r['component']}/{r['config']}": r for r in records}
+        assert sorted(by_label) == ["subscribe/obs", "winnow/w"]
+        for label, record in by_label.items():
+            assert record["instances"]["pids"] == [pids()[label]]
+            assert record["queue"]["name"].startswith("q_guest.")
+        assert ":guest@" not in said  # the password (from credentials.conf) never shows
+
+        started = pids()
+        rc, said = sr("stop")
+        assert rc == 0, said
+        assert said.count("stopped") == 2, said
+        assert pids() == {}
+        for label, pid in started.items():
+            wait_until_gone(pid, label.split("/"))
+        rc, said = sr("status", "--json")
+        assert rc == 1
+        assert all(r["instances"]["running"] == 0 for r in json.loads(said)["configs"])
+    finally:
+        for label, pid in pids().items():
+            if process_matches(pid, label.split("/")):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
