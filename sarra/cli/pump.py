@@ -130,8 +130,13 @@ def select(
                 raise ConfigError(
                     f"{item}: unknown component {component!r}; one of: {', '.join(rt.registry)}"
                 )
+            if "/" in config:
+                raise ConfigError(f"{item}: a selection is component/config")
             if config:
-                found = cf.find_config(config_dir, component, config)  # ConfigError names it
+                try:
+                    found = cf.find_config(config_dir, component, config)
+                except ConfigError as exc:
+                    raise ConfigError(f"{item}: {exc}") from exc
                 pairs.append(Pair(component, found.name, found.enabled))
             else:
                 pairs += [

@@ -111,9 +111,11 @@ def test_text_status_prints_one_header_and_every_line_names_component_and_config
 
 def test_an_unknown_selection_is_an_error_naming_it_and_nothing_is_done(sr: Sr) -> None:
     assert sr("start", "subscribe/feed", "subscribe/nosuch") == 2
-    assert "nosuch" in sr.err.getvalue()
+    assert sr.err.getvalue().startswith("sr: subscribe/nosuch: no configuration 'nosuch'")
     assert sr("start", "subscribe/feed", "bogus/feed") == 2
     assert "bogus" in sr.err.getvalue()
+    assert sr("start", "subscribe/x/feed") == 2
+    assert "subscribe/x/feed: a selection is component/config" in sr.err.getvalue()
     assert sr.out.getvalue() == ""
     assert not (sr.state_dir / "subscribe").exists()  # no instance was started
 
