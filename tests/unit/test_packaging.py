@@ -170,6 +170,32 @@ def test_wheel_installs_examples_docs_and_license(built: Built) -> None:
     assert {dist_info + "LICENSE", dist_info + "licenses/LICENSE"} & built.wheel_names
 
 
+def test_man_finds_the_pages_after_a_pip_install_into_a_prefix(
+    built: Built, tmp_path: Path
+) -> None:
+    man = shutil.which("man")
+    if man is None:
+        pytest.skip("no man command")
+    prefix = tmp_path / "prefix"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    run = subprocess.run(
+        [*pip, "--prefix", str(prefix), str(built.wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    # man derives its search path from PATH: PREFIX/bin gives PREFIX/share/man
+    env = {"PATH": f"{prefix / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    for page in ("sr_subscribe", "sr_config"):
+        found = subprocess.run(
+            [man, "-w", page], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.strip().startswith(str(prefix / "share" / "man")), found.stdout
+
+
 def test_license_is_the_gpl() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert "GPL-2.0-or-later" in text
