@@ -177,7 +177,17 @@ def test_man_finds_the_pages_after_a_pip_install_into_a_prefix(
     if man is None:
         pytest.skip("no man command")
     prefix = tmp_path / "prefix"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    # --ignore-installed: never uninstall the sarra of the environment running the tests
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--ignore-installed",
+    ]
     run = subprocess.run(
         [*pip, "--prefix", str(prefix), str(built.wheel)],
         capture_output=True,
