@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,3 +60,16 @@ def test_installed_command_prints_the_version() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"sr_subscribe (sarra) {sarra.__version__}\n"
+
+
+def test_the_version_is_written_only_in_sarra_init() -> None:
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    # the man pages name the package in .TH, not a version that would go stale
+    written = [
+        str(path.relative_to(root))
+        for path in [root / "README.rst", *(root / "man").iterdir(), *(root / "docs").iterdir()]
+        if path.is_file() and sarra.__version__ in path.read_text()
+    ]
+    assert written == []
