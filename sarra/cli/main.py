@@ -3,6 +3,8 @@
 ``sr_<component> [options] <action> [config ...]``; see :data:`sarra.cli.verbs.VERBS`.
 Also runnable as ``python -m sarra.cli.main <component> [options] <action> [config ...]``.
 
+``--version`` prints the version (``sarra.__version__``) and exits 0.
+
 Exit status: the verb's (0 success), 2 for a usage or configuration error (one line on stderr,
 no traceback), the component's own status for ``foreground`` and one-shot runs.
 """
@@ -18,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
+from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.instances import Instance, daemonize, remove_pid_file
@@ -47,6 +50,9 @@ def main(
     args = list(sys.argv[1:] if argv is None else argv)
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    if "--version" in args[: args.index("--") if "--" in args else None]:
+        print(f"sr_{component} (sarra) {__version__}", file=out)
+        return 0
     try:
         rt = runtime if runtime is not None else default_runtime()
         if component not in rt.registry:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from sarra import __version__
 from sarra.errors import SarraError
 from sarra.police import run
 from sarra.police.audit import AuditSettings
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="pump roles file (default: admin.conf in the config directory)",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s (sarra) {__version__}")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--loglevel", default="warning", help="log level (default warning)")
     p.add_argument("verb", nargs="?", default="audit", choices=("declare", "audit", "fix"))

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TextIO
 
+from sarra import __version__
 from sarra.errors import ConfigError
 from sarra.scheduler.service import SchedulerService
 from sarra.scheduler.spec import PumpSpec, load_spec
@@ -57,6 +58,7 @@ def _ask_leader(url: str, out: TextIO, *, refused: tuple[int, int]) -> int:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="sr_scheduler", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s (sarra) {__version__}")
     parser.add_argument("--force", action="store_true", help="stop even with workers allocated")
     parser.add_argument("--teardown", action="store_true", help="stop: remove the framework")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
