@@ -102,8 +102,7 @@ PYTHONS = {
 @pytest.fixture(scope="module", params=sorted(PYTHONS))
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
     python = PYTHONS[request.param]
-    if not can_build(python):
-        pytest.skip(f"{python} lacks setuptools or wheel")
+    assert can_build(python), f"{python} lacks setuptools or wheel (see scripts/bootstrap)"
     return build(python, tmp_path_factory.mktemp(request.param))
 
 
@@ -174,8 +173,7 @@ def test_man_finds_the_pages_after_a_pip_install_into_a_prefix(
     built: Built, tmp_path: Path
 ) -> None:
     man = shutil.which("man")
-    if man is None:
-        pytest.skip("no man command")
+    assert man is not None, "no man command (scripts/bootstrap installs man-db)"
     prefix = tmp_path / "prefix"
     # --ignore-installed: never uninstall the sarra of the environment running the tests
     pip = [
