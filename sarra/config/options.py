@@ -408,12 +408,14 @@ _NONE: frozenset[str] = frozenset()  # accepted for sr2 compatibility, ignored (
 # fmt: off
 #: Why a hook sarra never calls is refused (``None``: sarra calls it, see sarra.flow.hooks).
 _NOT_CALLED = ("sarra never calls this hook; the hooks it calls are on_message, on_file, "
-               "on_part, on_post, on_report, on_heartbeat, on_start and on_stop")
+               "on_part, on_post, on_report, on_heartbeat, do_get, do_put, on_start and "
+               "on_stop")
 #: the components on the consumer runner (components/runner.py), which call on_report and
 #: on_heartbeat
 _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
-_NO_DO_HOOKS = ("a plugin cannot replace the built-in sending yet (issue 11); for downloads "
-                "see do_get")
+#: sr2's do_send took over the whole send, sr2's do_put only the write of the in-flight file
+_DO_SEND = ("use do_put: its plugin is asked first for every file and sends it under its final "
+            "name (the whole send, as sr2's do_send did; see docs/plugins.md)")
 _SR2_PLUGIN_HOOKS = (
     ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted", None),
     ("on_file", (), _DOWNLOADERS, "run after each file is downloaded", None),
@@ -437,8 +439,10 @@ _SR2_PLUGIN_HOOKS = (
      "unknown scheme in base_url_accept)"),
     ("do_get", (), frozenset({"subscribe", "sarra"}),
      "fetch with a plugin first (True: fetched, None: sarra's own transport)", None),
-    ("do_put", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
-    ("do_send", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
+    ("do_put", (), frozenset({"sender"}),
+     "send with a plugin first (True: sent under the final name, None: sarra's own transport)",
+     None),
+    ("do_send", (), frozenset({"sender"}), "send with a plugin", _DO_SEND),
     ("do_poll", (), frozenset({"poll"}), "poll with a plugin", "sr_poll is not implemented yet"),
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",

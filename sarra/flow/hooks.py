@@ -46,6 +46,16 @@ Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work`
     Return None to leave the URL to the built-in transport of its scheme; return False or
     raise when the fetch failed (reported 499 and retried like a transfer failure). The
     first plugin that does not return None wins (see :mod:`sarra.flow.plugin_get`).
+``do_put(local_path, url) -> bool | None``
+    Called in a transfer thread (sender) before each file is pushed, with the local file and
+    the destination URL of its **final** remote name (``sftp://user@host:port/abs/path``, or
+    ``.../~/rel/path`` for a path relative to the login directory). Return True once the whole
+    file is there under that name: the plugin makes the directories it needs and sends
+    however it likes (an in-flight name of its own, renamed when complete); sarra makes no
+    directory, no in-flight name, no rename and no size check, and reports 201. Return None
+    to leave the file to the built-in transport; False or raise when the send failed
+    (reported 499 and retried). The first plugin that does not return None wins. Removals
+    and directory creations always use the built-in transport (see :mod:`sarra.flow.send`).
 ``on_start(config) -> None`` / ``on_stop(config) -> None``
     Called when an instance starts and stops.
 
@@ -104,6 +114,10 @@ class HookSpecs:
     def do_get(self, url: str, path: str) -> bool | None:
         """Fetch ``url`` into ``path`` (True), or leave it to sarra (None)."""
 
+    @hookspec(firstresult=True)
+    def do_put(self, local_path: str, url: str) -> bool | None:
+        """Send ``local_path`` to ``url`` (True), or leave it to sarra (None)."""
+
     @hookspec
     def on_start(self, config: Any) -> None:
         """The instance starts."""
@@ -121,6 +135,7 @@ HOOK_NAMES = (
     "on_report",
     "on_heartbeat",
     "do_get",
+    "do_put",
     "on_start",
     "on_stop",
 )
@@ -245,6 +260,11 @@ class Plugins:
     def do_get(self, url: str, path: str) -> bool | None:
         """The first plugin answer that is not None (None: no plugin fetched it)."""
         result: bool | None = self._pm.hook.do_get(url=url, path=path)
+        return result
+
+    def do_put(self, local_path: str, url: str) -> bool | None:
+        """The first plugin answer that is not None (None: no plugin sent it)."""
+        result: bool | None = self._pm.hook.do_put(local_path=local_path, url=url)
         return result
 
     def on_start(self, config: Any) -> None:
