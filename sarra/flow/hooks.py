@@ -5,7 +5,8 @@ functions named after these hooks; ``on_message``/``on_file``/... config lines n
 Signatures are checked by pluggy when the plugin is registered: a function whose argument
 names are not those declared here is refused with a :class:`~sarra.errors.ConfigError`.
 
-Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work``):
+Hooks (``work`` is always the per-message :class:`~sarra.flow.work.WorkItem`, ``config`` the
+instance's loaded :class:`~sarra.config.settings.Settings`):
 
 ``on_message(work) -> bool | None``
     Called in the flow thread after a notice is accepted by the masks, before any transfer.
@@ -69,12 +70,15 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
+from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.work import WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +91,27 @@ class HookSpecs:
     """Declarations only (pluggy reads the signatures)."""
 
     @hookspec
-    def on_message(self, work: Any) -> bool | None:
+    def on_message(self, work: WorkItem) -> bool | None:
         """Accept (None/True) or drop (False) a notice before transfer."""
 
     @hookspec
-    def on_file(self, work: Any) -> None:
+    def on_file(self, work: WorkItem) -> None:
         """A file was placed and verified."""
 
     @hookspec
-    def on_part(self, work: Any) -> None:
+    def on_part(self, work: WorkItem) -> None:
         """A block of a multi-part file was verified and written."""
 
     @hookspec
-    def on_post(self, work: Any) -> bool | None:
+    def on_post(self, work: WorkItem) -> bool | None:
         """Post (None/True) or suppress (False) the notice(s) of ``work``."""
 
     @hookspec
-    def on_report(self, work: Any) -> bool | None:
+    def on_report(self, work: WorkItem) -> bool | None:
         """Publish (None/True) or suppress (False) the report of ``work``'s outcome."""
 
     @hookspec
-    def on_heartbeat(self, config: Any) -> None:
+    def on_heartbeat(self, config: Settings) -> None:
         """The periodic tick, about every ``heartbeat`` seconds."""
 
     @hookspec(firstresult=True)
@@ -119,11 +123,11 @@ class HookSpecs:
         """Send ``local_path`` to ``url`` (True), or leave it to sarra (None)."""
 
     @hookspec
-    def on_start(self, config: Any) -> None:
+    def on_start(self, config: Settings) -> None:
         """The instance starts."""
 
     @hookspec
-    def on_stop(self, config: Any) -> None:
+    def on_stop(self, config: Settings) -> None:
         """The instance stops."""
 
 
@@ -182,7 +186,7 @@ class Plugins:
         self._specs: list[str] = []
 
     @classmethod
-    def from_config(cls, plugins: dict[str, tuple[str, ...]] | Any) -> Plugins:
+    def from_config(cls, plugins: Mapping[str, Sequence[str]] | None) -> Plugins:
         """Load every plugin named by ``on_*``/``plugin`` options, in order."""
         self = cls()
         seen: list[str] = []
@@ -216,27 +220,27 @@ class Plugins:
     def empty(self) -> bool:
         return not self._specs
 
-    def on_message(self, work: Any) -> bool:
+    def on_message(self, work: WorkItem) -> bool:
         """False if any plugin drops the notice."""
         results = self._pm.hook.on_message(work=work)
         return all(r is not False for r in results)
 
-    def on_file(self, work: Any) -> None:
+    def on_file(self, work: WorkItem) -> None:
         self._pm.hook.on_file(work=work)
 
-    def on_part(self, work: Any) -> None:
+    def on_part(self, work: WorkItem) -> None:
         """Raises what a plugin raises (the caller reports it, like ``on_file``)."""
         self._pm.hook.on_part(work=work)
 
-    def on_post(self, work: Any) -> bool:
+    def on_post(self, work: WorkItem) -> bool:
         """False if any plugin suppresses the post; a failing plugin is logged, not obeyed."""
         return self._vote("on_post", work, "posting")
 
-    def on_report(self, work: Any) -> bool:
+    def on_report(self, work: WorkItem) -> bool:
         """False if any plugin suppresses the report; a failing plugin is logged, not obeyed."""
         return self._vote("on_report", work, "reporting")
 
-    def _vote(self, hook: str, work: Any, going_on: str) -> bool:
+    def _vote(self, hook: str, work: WorkItem, going_on: str) -> bool:
         """Call ``hook`` on every plugin: False if one returned False; True if none did or a
         plugin raised (logged, saying the component goes on ``going_on`` it)."""
         try:
@@ -246,7 +250,7 @@ class Plugins:
             return True
         return all(r is not False for r in results)
 
-    def on_heartbeat(self, config: Any) -> None:
+    def on_heartbeat(self, config: Settings) -> None:
         """A failing plugin is logged; the component carries on."""
         try:
             self._pm.hook.on_heartbeat(config=config)
@@ -267,10 +271,10 @@ class Plugins:
         result: bool | None = self._pm.hook.do_put(local_path=local_path, url=url)
         return result
 
-    def on_start(self, config: Any) -> None:
+    def on_start(self, config: Settings) -> None:
         self._pm.hook.on_start(config=config)
 
-    def on_stop(self, config: Any) -> None:
+    def on_stop(self, config: Settings) -> None:
         self._pm.hook.on_stop(config=config)
 
 
@@ -278,7 +282,7 @@ class HeartbeatTicker:
     """Calls the plugins' ``on_heartbeat`` at most every ``interval`` seconds; the runner
     calls :meth:`tick` from its housekeeping step (every few seconds)."""
 
-    def __init__(self, plugins: Plugins, config: Any, interval: float) -> None:
+    def __init__(self, plugins: Plugins, config: Settings, interval: float) -> None:
         self.plugins = plugins
         self.config = config
         self.interval = max(float(interval), 0.0)

@@ -318,3 +318,18 @@ def test_sr2_spellings_on_hb_and_on_rpt_name_on_heartbeat_and_on_report(tmp_path
     plugins.on_heartbeat(cfg)
     assert plugins._pm.get_plugin(str(plugin)).beats == [2.0]
     assert plugins.on_report(WorkItem(_notice("/a/f.txt"))) is False
+
+
+def test_every_hook_argument_is_declared_with_the_type_sarra_passes() -> None:
+    import typing
+
+    from sarra.config.settings import Settings
+    from sarra.flow.hooks import HOOK_NAMES, HookSpecs
+
+    expected = {"work": WorkItem, "config": Settings, "url": str, "path": str, "local_path": str}
+    for hook in HOOK_NAMES:
+        for owner in (HookSpecs, Plugins):
+            hints = typing.get_type_hints(getattr(owner, hook))
+            args = {name: t for name, t in hints.items() if name != "return"}
+            assert args, f"{owner.__name__}.{hook} declares no argument"
+            assert args == {name: expected[name] for name in args}, (owner.__name__, hook)
