@@ -218,3 +218,16 @@ def test_the_url_given_to_do_put_names_the_final_remote_path(
     destination: str, path: str, url: str
 ) -> None:
     assert remote_url(destination, path) == url
+
+
+def test_a_sender_config_naming_on_file_is_told_it_is_ignored(tmp_path: Path) -> None:
+    from sarra.config.settings import load_settings
+
+    plugin = tmp_path / "p.py"
+    plugin.write_text("def on_file(work):\n    pass\n")
+    conf = tmp_path / "sender" / "s.conf"
+    conf.parent.mkdir()
+    conf.write_text(f"broker amqp://u@h/\ndestination sftp://u@h/\non_file {plugin}\n")
+    env = {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    loaded = load_settings("sender", str(conf), env=env)
+    assert any("option 'on_file' is ignored by sender" in w for w in loaded.warnings)
