@@ -58,7 +58,8 @@ instance's loaded :class:`~sarra.config.settings.Settings`):
     (reported 499 and retried). The first plugin that does not return None wins. Removals
     and directory creations always use the built-in transport (see :mod:`sarra.flow.send`).
 ``on_start(config) -> None`` / ``on_stop(config) -> None``
-    Called when an instance starts and stops.
+    Called when an instance starts and stops (every component, sr_post and sr_watch
+    included); ``on_stop`` only after an ``on_start`` that returned.
 
 Plugins run inside the component's process with its privileges: install only trusted ones.
 """
