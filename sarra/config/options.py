@@ -417,7 +417,7 @@ _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
 _DO_SEND = ("use do_put: its plugin is asked first for every file and sends it under its final "
             "name (the whole send, as sr2's do_send did; see docs/plugins.md)")
 _SR2_PLUGIN_HOOKS = (
-    ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted", None),
+    ("on_message", ("on_msg",), _RUNNER, "run on each notice accepted", None),
     # a sender sends files it did not download: sr2's sr_sender never ran on_file either
     ("on_file", (), _DOWNLOADERS - {"sender"}, "run after each file is downloaded", None),
     ("on_part", (), _DOWNLOADERS - {"sender"}, "run after each block of a multi-part file "
