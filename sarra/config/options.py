@@ -425,8 +425,8 @@ _SR2_PLUGIN_HOOKS = (
     ("on_post", (), frozenset({"post", "watch", "sarra", "sender"}),
      "run before each notice is posted (False: not posted)", None),
     ("on_heartbeat", ("on_hb",), _RUNNER, "run about every heartbeat seconds", None),
-    ("on_start", (), _ALL, "run when an instance starts", None),
-    ("on_stop", (), _ALL, "run when an instance stops", None),
+    ("on_start", (), _RUNNER | _WATCHERS, "run when an instance starts", None),
+    ("on_stop", (), _RUNNER | _WATCHERS, "run when an instance stops", None),
     ("on_report", ("on_rpt",), _RUNNER, "run before each report is published (False: not "
      "published)", None),
     ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
