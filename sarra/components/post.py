@@ -81,6 +81,7 @@ class PostComponent:
             else None
         )
         declare = cfg.declare_exchange is not False
+        plugins = Plugins.from_config(cfg.plugins)
         publisher = make_publisher(
             cfg,
             session,
@@ -91,15 +92,20 @@ class PostComponent:
             # declared at every (re)connect: the broker may come back without it
             on_connect=(lambda s: ensure_exchanges(s, [settings.exchange])) if declare else None,
             stop=stop,
-            plugins=Plugins.from_config(cfg.plugins),
+            plugins=plugins,
         )
         started = time.monotonic()
+        plugins_started = False
         try:
+            plugins.on_start(cfg)
+            plugins_started = True
             unposted, why = post_files(builder, publisher, paths, stop, complain)
         finally:
             session.close()
             if nodupe is not None:
                 nodupe.close()
+            if plugins_started:
+                plugins.on_stop(cfg)
         elapsed = time.monotonic() - started
         log.info(
             "posted %d file(s) (%d notices) to %s in %.2fs (%.0f/s); %d not posted",

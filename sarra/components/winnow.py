@@ -88,6 +88,7 @@ class WinnowComponent(ConsumerComponent):
             tag,
             run.state_dir / f"recent_files_{tag:03d}.cache",
             run.stop,
+            run.plugins,
         )
         return Flow(
             winnower.select,

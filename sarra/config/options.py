@@ -408,22 +408,25 @@ _NONE: frozenset[str] = frozenset()  # accepted for sr2 compatibility, ignored (
 # fmt: off
 #: Why a hook sarra never calls is refused (``None``: sarra calls it, see sarra.flow.hooks).
 _NOT_CALLED = ("sarra never calls this hook; the hooks it calls are on_message, on_file, "
-               "on_part, on_post, on_report, on_heartbeat, on_start and on_stop")
+               "on_part, on_post, on_report, on_heartbeat, do_get, do_put, on_start and "
+               "on_stop")
 #: the components on the consumer runner (components/runner.py), which call on_report and
 #: on_heartbeat
 _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
-_NO_DO_HOOKS = ("a plugin cannot replace the built-in sending yet (issue 11); for downloads "
-                "see do_get")
+#: sr2's do_send took over the whole send, sr2's do_put only the write of the in-flight file
+_DO_SEND = ("use do_put: its plugin is asked first for every file and sends it under its final "
+            "name (the whole send, as sr2's do_send did; see docs/plugins.md)")
 _SR2_PLUGIN_HOOKS = (
-    ("on_message", ("on_msg",), _CONSUMERS, "run on each notice accepted", None),
-    ("on_file", (), _DOWNLOADERS, "run after each file is downloaded", None),
+    ("on_message", ("on_msg",), _RUNNER, "run on each notice accepted", None),
+    # a sender sends files it did not download: sr2's sr_sender never ran on_file either
+    ("on_file", (), _DOWNLOADERS - {"sender"}, "run after each file is downloaded", None),
     ("on_part", (), _DOWNLOADERS - {"sender"}, "run after each block of a multi-part file "
      "is downloaded and verified", None),
     ("on_post", (), frozenset({"post", "watch", "sarra", "sender"}),
      "run before each notice is posted (False: not posted)", None),
     ("on_heartbeat", ("on_hb",), _RUNNER, "run about every heartbeat seconds", None),
-    ("on_start", (), _ALL, "run when an instance starts", None),
-    ("on_stop", (), _ALL, "run when an instance stops", None),
+    ("on_start", (), _RUNNER | _WATCHERS, "run when an instance starts", None),
+    ("on_stop", (), _RUNNER | _WATCHERS, "run when an instance stops", None),
     ("on_report", ("on_rpt",), _RUNNER, "run before each report is published (False: not "
      "published)", None),
     ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
@@ -437,8 +440,10 @@ _SR2_PLUGIN_HOOKS = (
      "unknown scheme in base_url_accept)"),
     ("do_get", (), frozenset({"subscribe", "sarra"}),
      "fetch with a plugin first (True: fetched, None: sarra's own transport)", None),
-    ("do_put", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
-    ("do_send", (), frozenset({"sender"}), "send with a plugin", _NO_DO_HOOKS),
+    ("do_put", (), frozenset({"sender"}),
+     "send with a plugin first (True: sent under the final name, None: sarra's own transport)",
+     None),
+    ("do_send", (), frozenset({"sender"}), "send with a plugin", _DO_SEND),
     ("do_poll", (), frozenset({"poll"}), "poll with a plugin", "sr_poll is not implemented yet"),
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",

@@ -5,7 +5,8 @@ functions named after these hooks; ``on_message``/``on_file``/... config lines n
 Signatures are checked by pluggy when the plugin is registered: a function whose argument
 names are not those declared here is refused with a :class:`~sarra.errors.ConfigError`.
 
-Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work``):
+Hooks (``work`` is always the per-message :class:`~sarra.flow.work.WorkItem`, ``config`` the
+instance's loaded :class:`~sarra.config.settings.Settings`):
 
 ``on_message(work) -> bool | None``
     Called in the flow thread after a notice is accepted by the masks, before any transfer.
@@ -46,8 +47,19 @@ Hooks (all receive the per-message :class:`~sarra.flow.work.WorkItem` as ``work`
     Return None to leave the URL to the built-in transport of its scheme; return False or
     raise when the fetch failed (reported 499 and retried like a transfer failure). The
     first plugin that does not return None wins (see :mod:`sarra.flow.plugin_get`).
+``do_put(local_path, url) -> bool | None``
+    Called in a transfer thread (sender) before each file is pushed, with the local file and
+    the destination URL of its **final** remote name (``sftp://user@host:port/abs/path``, or
+    ``.../~/rel/path`` for a path relative to the login directory). Return True once the whole
+    file is there under that name: the plugin makes the directories it needs and sends
+    however it likes (an in-flight name of its own, renamed when complete); sarra makes no
+    directory, no in-flight name, no rename and no size check, and reports 201. Return None
+    to leave the file to the built-in transport; False or raise when the send failed
+    (reported 499 and retried). The first plugin that does not return None wins. Removals
+    and directory creations always use the built-in transport (see :mod:`sarra.flow.send`).
 ``on_start(config) -> None`` / ``on_stop(config) -> None``
-    Called when an instance starts and stops.
+    Called when an instance starts and stops (every component, sr_post and sr_watch
+    included); ``on_stop`` only after an ``on_start`` that returned.
 
 Plugins run inside the component's process with its privileges: install only trusted ones.
 """
@@ -59,12 +71,15 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
+from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.work import WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -77,39 +92,43 @@ class HookSpecs:
     """Declarations only (pluggy reads the signatures)."""
 
     @hookspec
-    def on_message(self, work: Any) -> bool | None:
+    def on_message(self, work: WorkItem) -> bool | None:
         """Accept (None/True) or drop (False) a notice before transfer."""
 
     @hookspec
-    def on_file(self, work: Any) -> None:
+    def on_file(self, work: WorkItem) -> None:
         """A file was placed and verified."""
 
     @hookspec
-    def on_part(self, work: Any) -> None:
+    def on_part(self, work: WorkItem) -> None:
         """A block of a multi-part file was verified and written."""
 
     @hookspec
-    def on_post(self, work: Any) -> bool | None:
+    def on_post(self, work: WorkItem) -> bool | None:
         """Post (None/True) or suppress (False) the notice(s) of ``work``."""
 
     @hookspec
-    def on_report(self, work: Any) -> bool | None:
+    def on_report(self, work: WorkItem) -> bool | None:
         """Publish (None/True) or suppress (False) the report of ``work``'s outcome."""
 
     @hookspec
-    def on_heartbeat(self, config: Any) -> None:
+    def on_heartbeat(self, config: Settings) -> None:
         """The periodic tick, about every ``heartbeat`` seconds."""
 
     @hookspec(firstresult=True)
     def do_get(self, url: str, path: str) -> bool | None:
         """Fetch ``url`` into ``path`` (True), or leave it to sarra (None)."""
 
+    @hookspec(firstresult=True)
+    def do_put(self, local_path: str, url: str) -> bool | None:
+        """Send ``local_path`` to ``url`` (True), or leave it to sarra (None)."""
+
     @hookspec
-    def on_start(self, config: Any) -> None:
+    def on_start(self, config: Settings) -> None:
         """The instance starts."""
 
     @hookspec
-    def on_stop(self, config: Any) -> None:
+    def on_stop(self, config: Settings) -> None:
         """The instance stops."""
 
 
@@ -121,6 +140,7 @@ HOOK_NAMES = (
     "on_report",
     "on_heartbeat",
     "do_get",
+    "do_put",
     "on_start",
     "on_stop",
 )
@@ -167,7 +187,7 @@ class Plugins:
         self._specs: list[str] = []
 
     @classmethod
-    def from_config(cls, plugins: dict[str, tuple[str, ...]] | Any) -> Plugins:
+    def from_config(cls, plugins: Mapping[str, Sequence[str]] | None) -> Plugins:
         """Load every plugin named by ``on_*``/``plugin`` options, in order."""
         self = cls()
         seen: list[str] = []
@@ -201,27 +221,27 @@ class Plugins:
     def empty(self) -> bool:
         return not self._specs
 
-    def on_message(self, work: Any) -> bool:
+    def on_message(self, work: WorkItem) -> bool:
         """False if any plugin drops the notice."""
         results = self._pm.hook.on_message(work=work)
         return all(r is not False for r in results)
 
-    def on_file(self, work: Any) -> None:
+    def on_file(self, work: WorkItem) -> None:
         self._pm.hook.on_file(work=work)
 
-    def on_part(self, work: Any) -> None:
+    def on_part(self, work: WorkItem) -> None:
         """Raises what a plugin raises (the caller reports it, like ``on_file``)."""
         self._pm.hook.on_part(work=work)
 
-    def on_post(self, work: Any) -> bool:
+    def on_post(self, work: WorkItem) -> bool:
         """False if any plugin suppresses the post; a failing plugin is logged, not obeyed."""
         return self._vote("on_post", work, "posting")
 
-    def on_report(self, work: Any) -> bool:
+    def on_report(self, work: WorkItem) -> bool:
         """False if any plugin suppresses the report; a failing plugin is logged, not obeyed."""
         return self._vote("on_report", work, "reporting")
 
-    def _vote(self, hook: str, work: Any, going_on: str) -> bool:
+    def _vote(self, hook: str, work: WorkItem, going_on: str) -> bool:
         """Call ``hook`` on every plugin: False if one returned False; True if none did or a
         plugin raised (logged, saying the component goes on ``going_on`` it)."""
         try:
@@ -231,7 +251,7 @@ class Plugins:
             return True
         return all(r is not False for r in results)
 
-    def on_heartbeat(self, config: Any) -> None:
+    def on_heartbeat(self, config: Settings) -> None:
         """A failing plugin is logged; the component carries on."""
         try:
             self._pm.hook.on_heartbeat(config=config)
@@ -247,10 +267,15 @@ class Plugins:
         result: bool | None = self._pm.hook.do_get(url=url, path=path)
         return result
 
-    def on_start(self, config: Any) -> None:
+    def do_put(self, local_path: str, url: str) -> bool | None:
+        """The first plugin answer that is not None (None: no plugin sent it)."""
+        result: bool | None = self._pm.hook.do_put(local_path=local_path, url=url)
+        return result
+
+    def on_start(self, config: Settings) -> None:
         self._pm.hook.on_start(config=config)
 
-    def on_stop(self, config: Any) -> None:
+    def on_stop(self, config: Settings) -> None:
         self._pm.hook.on_stop(config=config)
 
 
@@ -258,7 +283,7 @@ class HeartbeatTicker:
     """Calls the plugins' ``on_heartbeat`` at most every ``interval`` seconds; the runner
     calls :meth:`tick` from its housekeeping step (every few seconds)."""
 
-    def __init__(self, plugins: Plugins, config: Any, interval: float) -> None:
+    def __init__(self, plugins: Plugins, config: Settings, interval: float) -> None:
         self.plugins = plugins
         self.config = config
         self.interval = max(float(interval), 0.0)

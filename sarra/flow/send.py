@@ -13,6 +13,13 @@ Confinement: both the local path (under ``base_dir``) and the remote path (under
 configured remote ``directory``) are checked with :func:`sarra.localfs.confined.check_relpath`
 (no ``..``, NUL, invalid UTF-8...): a hostile notice is refused with 417 before any I/O.
 
+A ``do_put(local_path, url)`` plugin (:mod:`sarra.flow.hooks`) is asked first for every file
+to push: ``url`` is the destination URL of the **final** remote name. When it returns True the
+plugin has delivered the file under that name: sarra makes no directory, no in-flight name,
+no rename and no size check, and reports 201. None leaves the file to the built-in transport
+(all of the above then applies); False or an exception is a transfer failure (499, retried).
+Removals (``R``) and directory creations (``m``) always use the built-in transport.
+
 Blocks (``parts`` ``i``) of a local file: the whole file is pushed once per file version
 (under the in-flight name, then renamed) when its first block is handled, provided the local
 file has the announced size; every block is then reported and announced against the final
@@ -30,7 +37,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sarra.codec import v02
-from sarra.errors import HostilePath, LocalError, NotFound, SarraError, TransferError
+from sarra.errors import (
+    HostilePath,
+    LocalError,
+    NotFound,
+    SarraError,
+    TransferError,
+    TransportUnavailable,
+)
 from sarra.flow.hooks import Plugins
 from sarra.flow.ratelimit import TokenBucket, throttle_callback
 from sarra.flow.work import WorkItem
@@ -184,16 +198,16 @@ class Sender:
         notice = item.notice
         assert item.dest_root is not None and item.dest_rel is not None
         final = RemoteTarget(item.dest_root, item.dest_rel).path
-        transport = self._transport()
         letter = notice.checksum.letter
         if letter == "R":
+            transport = self._transport()
             with contextlib.suppress(NotFound):  # already absent: the goal is reached
                 transport.delete(final)
             item.settle(201, "removed")
             self._announce(item, final)
             return
         if letter == "m":
-            self._mkdirs(transport, final, force=True)
+            self._mkdirs(self._transport(), final, force=True)
             item.settle(201, "directory created")
             return
         local = str(item.local_source)
@@ -201,13 +215,13 @@ class Sender:
             raise LocalError(f"local file {local} is missing or not a regular file")
         parts = notice.parts
         if parts is not None and not parts.whole:
-            self._send_block(item, transport, local, final)
+            self._send_block(item, local, final)
             return
-        self._put_whole(item, transport, local, final)
+        self._put_whole(item, local, final)
         item.settle(201, "Delivered")
         self._announce(item, final)
 
-    def _send_block(self, item: WorkItem, transport: Transport, local: str, final: str) -> None:
+    def _send_block(self, item: WorkItem, local: str, final: str) -> None:
         """A block of a local file: the whole file is delivered once per version (under a
         temporary name, then renamed), then every block is announced against the final name
         with its own fields and sum (spec 6.8)."""
@@ -219,14 +233,18 @@ class Sender:
             lock = self._file_locks.setdefault(final, threading.Lock())
         with lock:
             if (final, version) not in self._sent_versions:
-                self._put_whole(item, transport, local, final)
+                self._put_whole(item, local, final)
                 with self._lock:
                     self._sent_versions.add((final, version))
         item.size = parts.length
         item.settle(201, f"Delivered (block {parts.block_number + 1} of {parts.block_count})")
         self._announce(item, final)
 
-    def _put_whole(self, item: WorkItem, transport: Transport, local: str, final: str) -> None:
+    def _put_whole(self, item: WorkItem, local: str, final: str) -> None:
+        if self._plugin_put(local, final):
+            item.size = os.stat(local).st_size
+            return
+        transport = self._transport()
         tmp = inflight_path(final, self.settings.inflight)
         self._mkdirs(transport, _parent(tmp))
         if _parent(final) != _parent(tmp):
@@ -244,6 +262,23 @@ class Sender:
         except SarraError:
             self._discard(transport, tmp)
             raise
+
+    def _plugin_put(self, local: str, final: str) -> bool:
+        """True when a ``do_put`` plugin delivered ``local`` under the remote ``final`` name;
+        False when no plugin took it (the built-in transport sends it). Raises
+        TransportUnavailable (499, retried) when a plugin answered False or raised."""
+        if self.plugins.empty or not self.plugins.implements("do_put"):
+            return False
+        url = remote_url(self.settings.destination, final)
+        try:
+            sent = self.plugins.do_put(local, url)
+        except SarraError:
+            raise
+        except Exception as e:
+            raise TransportUnavailable(f"do_put plugin failed for {url}: {e}") from e
+        if sent is False:
+            raise TransportUnavailable(f"do_put plugin could not send {local} to {url}")
+        return sent is not None
 
     def _announce(self, item: WorkItem, final: str) -> None:
         a = self.settings.announce
@@ -324,6 +359,16 @@ class Sender:
                 t.close()
             except Exception:  # closing is best effort
                 log.debug("closing a transport failed", exc_info=True)
+
+
+def remote_url(destination: str, path: str) -> str:
+    """The URL of the remote ``path`` on the server of ``destination`` (its scheme, user, host
+    and port): an absolute path follows the host (``sftp://u@h:22/data/in/a``), a path relative
+    to the login directory is written ``~/`` (``sftp://u@h/~/incoming/a``, the sftp URL
+    convention)."""
+    scheme, sep, rest = destination.partition("://")
+    origin = f"{scheme}{sep}{rest.split('/', 1)[0]}"
+    return f"{origin}{path}" if path.startswith("/") else f"{origin}/~/{path}"
 
 
 def _parent(path: str) -> str:

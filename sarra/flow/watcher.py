@@ -123,6 +123,8 @@ class Watcher:
         stop: threading.Event,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
+        self.cfg = cfg
+        self.plugins = Plugins.from_config(cfg.plugins)
         self.roots = roots
         self.stop = stop
         self.heartbeat = heartbeat  # called every BEAT_EVERY seconds while watching
@@ -148,7 +150,7 @@ class Watcher:
             # declared at every (re)connect: the broker may come back without it
             on_connect=(lambda s: ensure_exchanges(s, [exchange])) if declare else None,
             backlog=self._backlog_text,
-            plugins=Plugins.from_config(cfg.plugins),
+            plugins=self.plugins,
         )
         # actions released by the coalescer and not yet handed to the publisher: only
         # non-empty while the broker is unreachable (see _pump)
@@ -320,7 +322,10 @@ class Watcher:
         later, is waited out (see :class:`~sarra.flow.posting.Publisher`).
         """
         gave_up = False
+        started = False
         try:
+            self.plugins.on_start(self.cfg)
+            started = True
             if not self.polling and not self.start_observer():
                 self.polling = True
             if self.polling:
@@ -343,6 +348,8 @@ class Watcher:
                 self.session.close()
                 if self.cache is not None:
                     self.cache.close()
+                if started:
+                    self.plugins.on_stop(self.cfg)
         log.info("published %d notices", self.publisher.published)
         return 1 if left else 0
 

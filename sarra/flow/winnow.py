@@ -15,6 +15,7 @@ from sarra.broker.session import connect_unless_stopped
 from sarra.codec import v02
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, MessageError
+from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache, _digest, derive_key
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, WireMessage
@@ -55,8 +56,11 @@ class Winnower:
         post_exchange: str,
         split: int = 0,
         header_value_max: int = 1 << 16,
+        plugins: Plugins | None = None,
     ) -> None:
         self.cache = cache
+        #: ``on_message`` plugins, asked before the duplicate check (as sr2's winnow did)
+        self.plugins = plugins or Plugins()
         self.post_session = post_session
         self.post_exchange = post_exchange
         self.split = split
@@ -69,6 +73,9 @@ class Winnower:
 
     def select(self, item: WorkItem) -> bool:
         notice = item.notice
+        if not self.plugins.empty and not self.plugins.on_message(item):
+            item.settle(0, "dropped by an on_message plugin")
+            return False
         digest = self.cache.digest(notice)
         if digest in self._pending or self.cache.seen(notice):
             item.settle(304, "not modified (duplicate)")
@@ -179,6 +186,7 @@ def start_winnower(
     shard: int,
     cache_path: Path,
     stop: threading.Event,
+    plugins: Plugins | None = None,
 ) -> Winnower:
     """The winnower of one shard: its cache, then (once the post broker answers) the post
     exchanges declared and the journal replayed into the cache, so that whatever a killed
@@ -203,4 +211,4 @@ def start_winnower(
     except BaseException:
         cache.close()
         raise
-    return Winnower(cache, post_session, exchange, split)
+    return Winnower(cache, post_session, exchange, split, plugins=plugins)

@@ -132,7 +132,9 @@ def test_on_part_runs_per_block_in_order_then_on_file(site, nginx, tmp_path):  #
     assert (dest / "big.bin").read_bytes() == data
 
 
-def test_on_post_in_sr_post_suppresses_the_notices_it_refuses(site, nginx, tmp_path):  # type: ignore[no-untyped-def]
+def test_on_post_in_sr_post_suppresses_the_notices_it_refuses_between_start_and_stop(
+    site, nginx, tmp_path
+):  # type: ignore[no-untyped-def]
     tag = unique("onpost")
     src = nginx.root / tag
     make_files(src, ["a.skip", "b.txt"], size=500)
@@ -143,7 +145,11 @@ def test_on_post_in_sr_post_suppresses_the_notices_it_refuses(site, nginx, tmp_p
         log,
         "def on_post(work):\n"
         "    note(f'post {work.notice.path}')\n"
-        "    return not work.notice.path.endswith('.skip')\n",
+        "    return not work.notice.path.endswith('.skip')\n"
+        "def on_start(config):\n"
+        "    note(f'start {type(config).__name__} {config.component}')\n"
+        "def on_stop(config):\n"
+        "    note(f'stop {type(config).__name__}')\n",
     )
     with running_subscriber(site, _subscription(site, tag, dest, "report_back off\n")):
         assert (
@@ -153,7 +159,12 @@ def test_on_post_in_sr_post_suppresses_the_notices_it_refuses(site, nginx, tmp_p
         )  # fmt: skip
         wait_for(lambda: (dest / "b.txt").exists(), what="the posted file")
         time.sleep(1)  # a.skip, had it been posted, was posted first
-    assert _lines(log) == [f"post {tag}/a.skip", f"post {tag}/b.txt"]
+    assert _lines(log) == [
+        "start Settings post",
+        f"post {tag}/a.skip",
+        f"post {tag}/b.txt",
+        "stop Settings",
+    ]
     assert not (dest / "a.skip").exists()
 
 
@@ -199,7 +210,9 @@ def test_a_do_get_plugin_fetches_with_curl_from_nginx(site, nginx, tmp_path):  #
         assert (dest / n).read_bytes() == (src / n).read_bytes()
 
 
-def test_on_post_in_sr_watch_suppresses_the_notices_it_refuses(rabbitmq, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_on_post_in_sr_watch_suppresses_the_notices_it_refuses_between_start_and_stop(
+    rabbitmq, tmp_path, monkeypatch
+):  # type: ignore[no-untyped-def]
     from tests.integration.test_watch import Watching
 
     monkeypatch.setenv("SR_CONFIG_DIR", str(tmp_path / "config"))
@@ -210,7 +223,11 @@ def test_on_post_in_sr_watch_suppresses_the_notices_it_refuses(rabbitmq, tmp_pat
         log,
         "def on_post(work):\n"
         "    note(f'post {work.notice.path}')\n"
-        "    return not work.notice.path.endswith('.skip')\n",
+        "    return not work.notice.path.endswith('.skip')\n"
+        "def on_start(config):\n"
+        "    note(f'start {type(config).__name__} {config.component}')\n"
+        "def on_stop(config):\n"
+        "    note(f'stop {type(config).__name__}')\n",
     )
     w = Watching(rabbitmq, tmp_path, {"on_post": str(plugin)})
     try:
@@ -223,4 +240,10 @@ def test_on_post_in_sr_watch_suppresses_the_notices_it_refuses(rabbitmq, tmp_pat
     finally:
         w.close()
     assert n.path.endswith("wdir/b.txt")
-    assert [x.rsplit("/", 1)[-1] for x in _lines(log)] == [".ready", "a.skip", "b.txt"]
+    assert [x.rsplit("/", 1)[-1] for x in _lines(log)] == [
+        "start Settings watch",
+        ".ready",
+        "a.skip",
+        "b.txt",
+        "stop Settings",
+    ]

@@ -1,8 +1,13 @@
-"""sr_sender's on_post against RabbitMQ and sshd: a plugin returning False keeps a delivered
-file from being announced on post_exchange; the delivery and its report are unchanged."""
+"""sr_sender's plugins against RabbitMQ and sshd: an on_post returning False keeps a delivered
+file from being announced on post_exchange (the delivery and its report are unchanged); a
+do_put plugin (the example of docs/plugins.md, OpenSSH's sftp client) sends in place of the
+built-in transport."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -71,3 +76,63 @@ def test_on_post_false_keeps_the_sender_from_announcing_a_delivered_file(
     ]
     watcher.delete_queue(queue.name)
     watcher.close()
+
+
+def _documented_do_put() -> str:
+    """The do_put example of docs/plugins.md, as written there."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    after = doc.split("A `do_put` plugin that sends with OpenSSH's `sftp` client", 1)[1]
+    block = re.search(r"\n\n((?:    .*\n|\n)+)", after)
+    assert block is not None, "docs/plugins.md shows no do_put example"
+    return textwrap.dedent(block.group(1))
+
+
+def test_a_do_put_plugin_sends_with_sftp_in_place_of_the_builtin_transport(
+    site: Site, sshd: Sshd, tmp_path: Path
+) -> None:
+    # the sender's own credentials name a key sshd refuses: only the plugin can deliver
+    refused_key = tmp_path / "refused_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(refused_key)], check=True
+    )
+    s = Setup(site, sshd, tmp_path, key=refused_key)
+    calls = tmp_path / "do_put.log"
+    code = _documented_do_put()
+    login = '["sftp", "-q",'
+    assert login in code
+    code = code.replace(
+        login,
+        f'["sftp", "-q", "-i", {str(sshd.key_path)!r}, "-o", "StrictHostKeyChecking=no", '
+        '"-o", "UserKnownHostsFile=/dev/null",',
+    )
+    code += (
+        "\n_documented = do_put\n\n"
+        "def do_put(local_path, url):\n"
+        f"    with open({str(calls)!r}, 'a') as f:\n"
+        "        f.write(url + '\\n')\n"
+        "    return _documented(local_path, url)\n"
+    )
+    plugin = tmp_path / "sftp_put.py"
+    plugin.write_text(code)
+    s.write(f"do_put {plugin}\n")
+    names = [f"{s.tag}/a.txt", f"{s.tag}/sub/deeper/b.bin"]
+    files = make_files(s.local, names, size=3_000_000)
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_sender(site, s.name):
+            s.post(files)
+            wait_for(
+                lambda: sum(r.code == 201 for r in tap.reports if s.tag in r.notice.path) == 2,
+                60,
+                "two 201 reports",
+            )
+    finally:
+        tap.stop()
+    assert md5_tree(s.remote) == md5_tree(s.local)  # intact, under their final names
+    assert s.leftovers() == []
+    origin = f"sftp://{sshd.user}@127.0.0.1:{sshd.port}"
+    assert sorted(calls.read_text().splitlines()) == [
+        f"{origin}{s.remote}/{s.tag}/a.txt",
+        f"{origin}{s.remote}/{s.tag}/sub/deeper/b.bin",
+    ]
+    assert {r.code for r in tap.reports if s.tag in r.notice.path} == {201}

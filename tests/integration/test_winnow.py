@@ -243,3 +243,41 @@ def test_a_post_published_just_before_a_crash_is_known_after_restart_through_the
 
 def _fields(m: WireMessage) -> tuple[str, str, bytes, object, str]:
     return (m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+
+
+def test_an_on_message_plugin_keeps_the_notices_it_drops_from_being_forwarded(
+    site: Site, tmp_path: Path
+) -> None:
+    tag = unique()
+    xin, xout = f"xwinnow_{tag}", f"xwout_{tag}"
+    plugin = tmp_path / "odd_only.py"
+    plugin.write_text(
+        "def on_message(work):\n"
+        "    return int(work.notice.path[-9:-4]) % 2 == 1  # f00001.txt ... forwarded\n"
+    )
+    _write_winnow(
+        site, "p", f"exchange {xin}\npost_exchange {xout}\nexpire 10m\non_message {plugin}\n"
+    )
+    downstream = Downstream(site.broker_url(), xout)
+    component = WinnowComponent()
+    with site_env(site):
+        cfg = site.load("winnow", "p")
+        component.declare(cfg)
+        publish = BrokerSession(site.broker_url(), name="source")
+        publish.connect()
+        publish.publish(_notices(xin, "http://a.example", 10))
+        publish.close()
+        stop = threading.Event()
+        runner = threading.Thread(target=component.run, args=(cfg, 0, stop), daemon=True)
+        runner.start()
+        wait_for(lambda: component.status(cfg).backlog == 0, 30, "the input drained")
+        time.sleep(0.5)
+        stop.set()
+        runner.join(30)
+        assert not runner.is_alive()
+        component.cleanup(cfg)
+    notices = downstream.drain()
+    downstream.close()
+    assert sorted(n.path.rsplit("/", 1)[-1] for n in notices) == [
+        f"f{i:05d}.txt" for i in (1, 3, 5, 7, 9)
+    ]

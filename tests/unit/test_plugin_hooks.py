@@ -318,3 +318,47 @@ def test_sr2_spellings_on_hb_and_on_rpt_name_on_heartbeat_and_on_report(tmp_path
     plugins.on_heartbeat(cfg)
     assert plugins._pm.get_plugin(str(plugin)).beats == [2.0]
     assert plugins.on_report(WorkItem(_notice("/a/f.txt"))) is False
+
+
+def test_every_hook_argument_is_declared_with_the_type_sarra_passes() -> None:
+    import typing
+
+    from sarra.config.settings import Settings
+    from sarra.flow.hooks import HOOK_NAMES, HookSpecs
+
+    expected = {"work": WorkItem, "config": Settings, "url": str, "path": str, "local_path": str}
+    for hook in HOOK_NAMES:
+        for owner in (HookSpecs, Plugins):
+            hints = typing.get_type_hints(getattr(owner, hook))
+            args = {name: t for name, t in hints.items() if name != "return"}
+            assert args, f"{owner.__name__}.{hook} declares no argument"
+            assert args == {name: expected[name] for name in args}, (owner.__name__, hook)
+
+
+@pytest.mark.parametrize(
+    ("component", "hook", "ignored"),
+    [
+        ("report", "on_start", True),
+        ("log", "on_stop", True),
+        ("report", "on_message", True),
+        ("sender", "on_file", True),
+        ("watch", "on_start", False),
+        ("post", "on_stop", False),
+        ("winnow", "on_message", False),
+        ("sender", "do_put", False),
+    ],
+)
+def test_a_hook_named_for_a_component_that_never_calls_it_is_said_to_be_ignored(
+    tmp_path: Path, component: str, hook: str, ignored: bool
+) -> None:
+    from sarra.config.settings import load_settings
+
+    plugin = tmp_path / "p.py"
+    plugin.write_text(f"def {hook}(*args, **kwargs):\n    pass\n")
+    conf = tmp_path / component / "c.conf"
+    conf.parent.mkdir()
+    conf.write_text(f"broker amqp://u@h/\nexchange xs_u\n{hook} {plugin}\n")
+    env = {"SR_CONFIG_DIR": str(tmp_path), "SR_STATE_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    loaded = load_settings(component, str(conf), env=env)
+    said = [w for w in loaded.warnings if f"option {hook!r} is ignored by {component}" in w]
+    assert bool(said) is ignored, loaded.warnings

@@ -162,6 +162,36 @@ def test_the_winnow_passes_each_file_once_whatever_its_base_url() -> None:
     assert again.code == 304
 
 
+def test_an_on_message_plugin_drops_notices_before_the_winnow_sees_them() -> None:
+    from sarra.flow.hooks import Plugins
+
+    class NoTmp:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def on_message(self, work: WorkItem) -> bool:
+            self.seen.append(work.notice.path)
+            return not work.notice.path.endswith(".tmp")
+
+    plugin = NoTmp()
+    plugins = Plugins()
+    plugins.register("notmp", plugin)
+    post = _PostDouble()
+    winnower = Winnower(WinnowCache(None, ttl=1200), post, "xout", plugins=plugins)  # type: ignore[arg-type]
+    items = [WorkItem(notice=_notice(p)) for p in ("a/f1.tmp", "a/f1", "a/f1.tmp")]
+    for item in items:
+        assert winnower.select(item) is False
+    # the plugin runs before the duplicate check: the repeated .tmp is dropped, not a 304
+    assert [(i.code, i.message) for i in items] == [
+        (0, "dropped by an on_message plugin"),
+        (201, "Published"),
+        (0, "dropped by an on_message plugin"),
+    ]
+    assert plugin.seen == ["a/f1.tmp", "a/f1", "a/f1.tmp"]
+    winnower.before_settle()
+    assert [m.body for m in post.published] == [v02.to_wire(items[1].notice).body]
+
+
 def test_the_winnow_splits_its_posts_by_checksum_as_sr2() -> None:
     post = _PostDouble()
     winnower = Winnower(WinnowCache(None, ttl=1200), post, "xout", split=2)  # type: ignore[arg-type]
