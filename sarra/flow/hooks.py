@@ -70,6 +70,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -156,6 +157,19 @@ class _PlainFunctionManager(pluggy.PluginManager):
         return opts
 
 
+_SR2_ASSIGNMENT = re.compile(r"^\s*self\.(on|do)_\w+\s*=", re.MULTILINE)
+
+
+def _is_sr2_plugin(path: str) -> bool:
+    """True for an sr2 plugin file: it registers itself by assigning ``self.on_<hook>``
+    (``self`` is sr2's component object, which does not exist when sarra imports the file)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return _SR2_ASSIGNMENT.search(f.read()) is not None
+    except OSError:
+        return False
+
+
 def load_module(spec: str) -> ModuleType:
     """Import a plugin from a file path or a dotted module name."""
     if spec.endswith(".py") or os.sep in spec:
@@ -170,6 +184,13 @@ def load_module(spec: str) -> ModuleType:
         try:
             mod_spec.loader.exec_module(module)
         except Exception as e:
+            if _is_sr2_plugin(path):
+                raise ConfigError(
+                    f"plugin {path} is an sr2 plugin (it assigns self.on_...): sarra does not "
+                    "run sr2 plugin files; use a built-in of the same name where docs/plugins.md "
+                    "lists one, or port it to a module of hook functions (docs/plugins.md, "
+                    "'Porting your own sr2 plugins')"
+                ) from e
             raise ConfigError(f"plugin {path} failed to load: {e}") from e
         return module
     try:

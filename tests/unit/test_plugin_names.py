@@ -225,3 +225,23 @@ def test_post_log_logs_the_notice_it_is_given(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level("INFO", logger="sarra.plugins.post_log"):
         assert post_log.on_post(SimpleNamespace(notice=notice)) is None  # never suppresses
     assert "post_log posting: 20261206120000.5 http://h/a/b.txt topic=v02.post.a" in caplog.text
+
+
+def test_an_sr2_plugin_file_is_refused_saying_what_it_is(tmp_path: Path) -> None:
+    from sarra.errors import ConfigError
+    from sarra.flow.hooks import load_module
+
+    v2 = tmp_path / "msg_mine.py"
+    v2.write_text(
+        "class Msg_Mine(object):\n"
+        "    def on_message(self, parent):\n"
+        "        return True\n\n"
+        "msg_mine = Msg_Mine()\n"
+        "self.on_message = msg_mine.on_message\n"
+    )
+    with pytest.raises(ConfigError, match=r"is an sr2 plugin .*'Porting your own sr2 plugins'"):
+        load_module(str(v2))
+    broken = tmp_path / "broken.py"
+    broken.write_text("def on_message(work):\n    return True\n\nundefined_name\n")
+    with pytest.raises(ConfigError, match="failed to load: name 'undefined_name'"):
+        load_module(str(broken))
