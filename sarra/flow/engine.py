@@ -187,6 +187,8 @@ class ConsumingLoop:
         os.set_blocking(self._wake_w, False)
         self.last_activity = time.time()
         self._reports_lost = 0
+        #: settled items whose after_settle step (delete, discard) raised: counted, logged
+        self.after_settle_failed = 0
         self._reports_lost_logged = -REPORT_LOSS_LOG_EVERY
         #: delays after connection losses in a row, each soon after connecting
         self._loss_delays = backoff_delays(0.5, 30.0)
@@ -747,8 +749,13 @@ class ConsumingLoop:
         if self.after_settle is not None and settled:
             try:
                 self.after_settle(settled)
-            except Exception:  # the outcomes are settled; what follows is best effort
-                log.exception("after_settle failed")
+            except Exception:  # the outcomes are settled and acked; nothing is lost
+                self.after_settle_failed += len(settled)
+                log.exception(
+                    "after_settle (delete/discard) failed for %d settled item(s), %d so far",
+                    len(settled),
+                    self.after_settle_failed,
+                )
 
     def _lose_reports(self, count: int, error: BrokerNotFound) -> None:
         self._reports_lost += count

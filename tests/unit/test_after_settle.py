@@ -79,3 +79,60 @@ def test_after_settle_runs_after_the_durability_step_the_reports_and_the_acks(
         assert unacked <= 2 - settled  # these (and the earlier ones) are acked already
         assert reports >= settled  # and their reports published
     assert events.index(("durable", None)) < events.index(afters[0])
+
+
+def test_a_failing_after_settle_is_counted_and_the_loop_goes_on(tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    session = MemorySession(broker, name="flow")
+    stop = threading.Event()
+    done: list[str] = []
+
+    def work(item: WorkItem) -> None:
+        done.append(_name(item))
+        item.settle(201, "done")
+
+    def after_settle(items: list[WorkItem]) -> None:
+        raise RuntimeError("a bug in delete")
+
+    loop = ConsumingLoop(
+        session,
+        LoopSettings(
+            queue=QueueSpec("q", (("xin", "#"),)),
+            prefetch=20,
+            threads=1,
+            attempts=1,
+            retry_ttl=0.0,
+            exchanges=("xin",),
+        ),
+        ReportSettings(False, "xr", "host", "user", None, None, None),
+        lambda _item: True,
+        work,
+        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
+        stop=stop,
+        after_settle=after_settle,
+    )
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        pub = broker.session("publisher")
+        pub.connect()
+        pub.declare_exchange("xin")
+        deadline = time.monotonic() + 20
+        while "q" not in broker.queues:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pub.publish([_wire("first")])
+        while loop.after_settle_failed < 1:
+            assert time.monotonic() < deadline, done
+            time.sleep(0.01)
+        pub.publish([_wire("second")])  # the loop still consumes after the failure
+        while loop.after_settle_failed < 2:
+            assert time.monotonic() < deadline, done
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert done == ["first", "second"]
+    assert loop.after_settle_failed == 2
+    assert broker.unacked() == 0 and broker.ready("q") == []  # both acked: outcomes were durable
