@@ -72,14 +72,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from sarra.config.settings import Settings
-from sarra.errors import ConfigError
+from sarra.errors import ConfigError, SarraError, TransportUnavailable
 from sarra.flow.work import WorkItem
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,22 @@ def load_module(spec: str) -> ModuleType:
         return importlib.import_module(spec)
     except ImportError as e:
         raise ConfigError(f"plugin module {spec!r} cannot be imported: {e}") from e
+
+
+def transfer_by_plugin(call: Callable[[], bool | None], what: str) -> bool:
+    """Ask a ``do_get``/``do_put`` plugin to do one transfer (``what`` names it in errors):
+    True when a plugin did it, False when none took it (it answered None: the built-in
+    transport does it). Raises TransportUnavailable (499, retried later) when a plugin
+    answered False or raised; a SarraError it raised is passed on as it is."""
+    try:
+        done = call()
+    except SarraError:
+        raise
+    except Exception as e:
+        raise TransportUnavailable(f"{what} failed: {e}") from e
+    if done is False:
+        raise TransportUnavailable(f"{what} answered False")
+    return done is not None
 
 
 class Plugins:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from sarra.errors import SarraError, TransportUnavailable
+from sarra.flow.hooks import transfer_by_plugin
 from sarra.transfer.base import Features, RemoteStat, Transport, read_range
 
 
@@ -48,14 +48,7 @@ class PluginGetTransport(Transport):
         fd, tmp = tempfile.mkstemp(prefix=".sr-do_get-", dir=self.tmpdir)
         os.close(fd)
         try:
-            try:
-                handled = self.fetch(url, tmp)
-            except SarraError:
-                raise
-            except Exception as e:
-                raise TransportUnavailable(f"do_get plugin failed for {url}: {e}") from e
-            if handled is False:
-                raise TransportUnavailable(f"do_get plugin could not fetch {url}")
+            handled = transfer_by_plugin(lambda: self.fetch(url, tmp), f"do_get plugin for {url}")
             if not handled:
                 os.unlink(tmp)
                 return self.builtin().get(url, offset, length)

@@ -43,9 +43,8 @@ from sarra.errors import (
     NotFound,
     SarraError,
     TransferError,
-    TransportUnavailable,
 )
-from sarra.flow.hooks import Plugins
+from sarra.flow.hooks import Plugins, transfer_by_plugin
 from sarra.flow.ratelimit import TokenBucket, throttle_callback
 from sarra.flow.work import WorkItem
 from sarra.localfs.confined import check_relpath
@@ -270,15 +269,9 @@ class Sender:
         if self.plugins.empty or not self.plugins.implements("do_put"):
             return False
         url = remote_url(self.settings.destination, final)
-        try:
-            sent = self.plugins.do_put(local, url)
-        except SarraError:
-            raise
-        except Exception as e:
-            raise TransportUnavailable(f"do_put plugin failed for {url}: {e}") from e
-        if sent is False:
-            raise TransportUnavailable(f"do_put plugin could not send {local} to {url}")
-        return sent is not None
+        return transfer_by_plugin(
+            lambda: self.plugins.do_put(local, url), f"do_put plugin for {local} to {url}"
+        )
 
     def _announce(self, item: WorkItem, final: str) -> None:
         a = self.settings.announce
