@@ -23,8 +23,14 @@ from typing import TextIO
 from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
-from sarra.cli.instances import Instance, daemonize, remove_pid_file
-from sarra.cli.logs import RedactingStream, redact, remove_handler, setup_file_logging
+from sarra.cli.instances import Instance, daemonize, remove_pid_file, write_pid_file
+from sarra.cli.logs import (
+    RedactingStream,
+    redact,
+    remove_handler,
+    setup_console_logging,
+    setup_file_logging,
+)
 from sarra.cli.runtime import (
     ARGV_ENV,
     CONFIG_TREE_ENV,
@@ -33,6 +39,7 @@ from sarra.cli.runtime import (
     default_runtime,
 )
 from sarra.cli.signals import install_stop_handlers
+from sarra.cli.supervisor import SUPERVISED_ENV, set_parent_death_signal
 from sarra.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,7 +130,7 @@ def dispatch(ctx: verbs.Context) -> int:
     if not configs and spec.all_configs != "none":
         found = cf.list_configs(ctx.runtime.config_dir(), ctx.name)
         configs = [c.name for c in found if c.enabled or spec.all_configs == "all"]
-    if ctx.component.one_shot and action in {"start", "restart", "sanity"}:
+    if ctx.component.one_shot and action in {"start", "restart", "sanity", "supervise"}:
         for arg in configs:
             _, cfg = verbs.load(ctx, arg)
             if not cfg.sleep > 0:
@@ -152,7 +159,9 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     environment, never on the command line), detaches (see
     :func:`sarra.cli.instances.daemonize`), logs to its rotating file and runs the component
     until SIGTERM. The pid file is removed when the instance stops on request; after a crash it
-    stays, so ``status`` shows a stale pid and ``sanity`` restarts the instance.
+    stays, so ``status`` shows a stale pid and ``sanity`` restarts the instance. Under
+    ``supervise`` (:data:`sarra.cli.supervisor.SUPERVISED_ENV` names the supervisor's pid) it
+    does not detach, logs to stderr for the service manager, and stops with its supervisor.
     """
     rt = runtime if runtime is not None else default_runtime()
     passed = json.loads(os.environ.get(ARGV_ENV) or "{}")
@@ -168,14 +177,20 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         print(f"sr_{component}: {redact(str(exc))}", file=sys.stderr)
         return 2
     inst = Instance(component, config, number, rt.state_dir(component, config), rt.log_dir())
-    daemonize(inst.pid_path)
-    handler = setup_file_logging(
-        inst.log_path,
-        context=inst.label,
-        loglevel=verbs.loglevel(cfg),
-        backups=cfg.logrotate,
-        mode=cfg.chmod_log,
-    )
+    supervisor = os.environ.get(SUPERVISED_ENV, "")
+    if supervisor.isdigit():  # a child of ``supervise``: stays attached, logs to stderr
+        set_parent_death_signal(int(supervisor))
+        write_pid_file(inst.pid_path, os.getpid())
+        handler = setup_console_logging(context=inst.label, loglevel=verbs.loglevel(cfg))
+    else:
+        daemonize(inst.pid_path)
+        handler = setup_file_logging(
+            inst.log_path,
+            context=inst.label,
+            loglevel=verbs.loglevel(cfg),
+            backups=cfg.logrotate,
+            mode=cfg.chmod_log,
+        )
     sys.stdout = RedactingStream(sys.__stdout__ or sys.stdout)
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
     stop = threading.Event()
