@@ -11,12 +11,13 @@ no traceback), the component's own status for ``foreground`` and one-shot runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -224,6 +225,27 @@ def module_main(argv: Sequence[str], runtime: Runtime | None = None) -> int:
     return main(component, rest, runtime=runtime)
 
 
+def pipe_safe(entry: Callable[[], int]) -> Callable[[], int]:
+    """An entry point whose output may go to a pipe closed early (``sr --help | head``): exit
+    quietly with status 141 (128 + SIGPIPE, as a shell reports it) instead of a traceback."""
+
+    @functools.wraps(entry)
+    def wrapped() -> int:
+        try:
+            rc = entry()
+            sys.stdout.flush()
+            return rc
+        except BrokenPipeError:
+            # stdout is gone: point it at /dev/null so the interpreter's final flush is silent
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 141
+
+    return wrapped
+
+
+@pipe_safe
 def sr() -> int:
     """Entry point of ``sr``, the pump-wide command (:mod:`sarra.cli.pump`)."""
     from sarra.cli import pump
@@ -231,41 +253,49 @@ def sr() -> int:
     return pump.main()
 
 
+@pipe_safe
 def sr_post() -> int:
     """Entry point of ``sr_post``."""
     return main("post")
 
 
+@pipe_safe
 def sr_watch() -> int:
     """Entry point of ``sr_watch``."""
     return main("watch")
 
 
+@pipe_safe
 def sr_subscribe() -> int:
     """Entry point of ``sr_subscribe``."""
     return main("subscribe")
 
 
+@pipe_safe
 def sr_sender() -> int:
     """Entry point of ``sr_sender``."""
     return main("sender")
 
 
+@pipe_safe
 def sr_winnow() -> int:
     """Entry point of ``sr_winnow``."""
     return main("winnow")
 
 
+@pipe_safe
 def sr_sarra() -> int:
     """Entry point of ``sr_sarra``."""
     return main("sarra")
 
 
+@pipe_safe
 def sr_report() -> int:
     """Entry point of ``sr_report`` (the report router)."""
     return main("report")
 
 
+@pipe_safe
 def sr_log() -> int:
     """Entry point of ``sr_log``."""
     return main("log")

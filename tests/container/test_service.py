@@ -175,6 +175,7 @@ def test_admin_guide_part_one_in_a_booted_debian_container(
     journal = box.sh("journalctl -u sr_subscribe@obs --no-pager").stdout
     assert "instance subscribe/obs/001 started" in journal
     assert "consuming from" in journal and "guest:guest" not in journal
+    assert not re.search(r"\d\d:\d\d:\d\d,\d{3} \[INFO\]", journal)  # the journal stamps lines
     first = walk.announce("a", 20, 4096)
     wait_for(lambda: walk.arrived(first), 60, "batch a downloaded")
 
