@@ -85,7 +85,9 @@ class ReportRouter:
     ) -> list[tuple[Route | None, WireMessage]]:
         """What to publish for one consumed message: (route or None for our broker, message)."""
         try:
-            decoded = v02.decode(msg.exchange, msg.routing_key, msg.body, msg.headers)
+            decoded = v02.decode(
+                msg.exchange, msg.routing_key, msg.body, msg.headers, msg.content_type
+            )
         except MessageError as e:
             log.info("dropping an undecodable message from %s: %s", msg.exchange, e)
             self.counts.ignored += 1
@@ -167,10 +169,13 @@ def _record(kind: str, exchange: str, claimed: str | None) -> None:
 
 
 def router_bindings(users: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """v02 reports by topic; v03 reports (sr3's form: topic ``v03.<dirs>``, like a post) by
+    ``v03.#``, so that v03 posts on ``xs_U`` also reach the router, which acks and ignores
+    them (docs/interop.md)."""
     out: list[tuple[str, str]] = []
     for u in sorted(set(users)):
-        out += [(f"xs_{u}", "v02.report.#"), (f"xs_{u}", "v02.post")]
-    out.append(("xreport", "v02.report.#"))
+        out += [(f"xs_{u}", "v02.report.#"), (f"xs_{u}", "v02.post"), (f"xs_{u}", "v03.#")]
+    out += [("xreport", "v02.report.#"), ("xreport", "v03.#")]
     return tuple(out)
 
 
