@@ -11,7 +11,10 @@ emits v03 reports that sr3's own v03 reader accepts. Findings are in docs/intero
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from tests.interop.peers import (
     peers_dir,
     sr3_post,
 )
-from tests.interop.test_interop_v02 import Capture
+from tests.interop.test_interop_v02 import Capture, Captured
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(180)]
 
@@ -283,3 +286,107 @@ def test_a_subscriber_posting_v03_reports_in_v03_and_sr3_reads_the_reports(
         ours = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
         assert isinstance(ours, Report) and ours.code == 201
     assert sorted(p.name for p in (dest).rglob("*") if p.is_file()) == ["a.txt", "sp ace#x.txt"]
+
+
+#: sr3's read buffer (bufSize default, 1 MiB): its block sums are taken in these steps
+SR3_BUFSIZE = 1024 * 1024
+
+
+def _sr3_block_digest(data: bytes, offset: int, length: int) -> str:
+    """The block identity sr3 3.3.1 computes (Message.computeIdentity with an offset): it
+    seeks to the offset and reads whole buffers while the bytes read are below
+    offset + length, so a block other than the first or last is hashed past its end."""
+    h, i, pos = hashlib.sha512(), 0, offset
+    while i < offset + length:
+        buf = data[pos : pos + SR3_BUFSIZE]
+        if not buf:
+            break
+        h.update(buf)
+        i += len(buf)
+        pos += len(buf)
+    return base64.b64encode(h.digest()).decode()
+
+
+def _sr3_blocks(
+    site: Site, rabbitmq: Any, nginx: Any, tmp_path: Path, size: int, blocksize: str
+) -> tuple[Path, Path, list[Captured], ReportTap, bool]:
+    """sr3 posts one file of ``size`` bytes in v03 blocks; our subscriber takes them. Returns
+    the source, the destination file, the captured posts, the report tap and whether the
+    destination equalled the source within 45 s."""
+    tag = unique("sr3b")
+    src = nginx.root / tag / "big file #1.bin"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(os.urandom(size))
+    dest = tmp_path / "dest"
+    name = f"sub_{tag}"
+    site.write_subscribe(
+        name,
+        f"exchange xs_guest\ntopic_prefix v03\nsubtopic {tag}.#\ndirectory {dest}\n"
+        "mirror on\nstrip 1\nexpire 10m\naccept .*\n",
+    )
+    cap = Capture(rabbitmq, "xs_guest", f"v03.{tag}.#")
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    target = dest / src.name
+    try:
+        with running_subscriber(site, name):
+            sr3_post(
+                tmp_path / "sr3", rabbitmq.url(), nginx.base_url, nginx.root, [src],
+                post_format="v03", blocksize=blocksize,
+            )  # fmt: skip
+            try:
+                wait_for(
+                    lambda: target.exists() and target.read_bytes() == src.read_bytes(),
+                    timeout=45,
+                    what="the reassembled file",
+                )
+                whole = True
+            except AssertionError:
+                whole = False
+        captured = cap.drain()
+    finally:
+        tap.stop()
+        cap.close()
+    return src, target, captured, tap, whole
+
+
+def test_a_file_posted_in_two_v03_blocks_by_sr3_is_reassembled_by_our_subscriber(
+    site: Site, rabbitmq: Any, nginx: Any, tmp_path: Path
+) -> None:
+    """sr3's v03 blocks (inplace, each message carrying the whole manifest, ``size`` = this
+    block's length) become our ``i`` parts and the file is rebuilt from byte ranges. With
+    blocks of exactly sr3's buffer size and two blocks, sr3's block sums are right."""
+    src, target, captured, _tap, whole = _sr3_blocks(
+        site, rabbitmq, nginx, tmp_path, 1_500_000, "1Mi"
+    )
+    assert whole and target.read_bytes() == src.read_bytes()
+    parts = []
+    for m in captured:
+        body = json.loads(m.body)
+        assert body["blocks"]["method"] == "inplace" and len(body["blocks"]["manifest"]) == 2
+        n = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        assert isinstance(n, Notice) and n.parts is not None
+        parts.append(n.parts.wire())
+    assert sorted(parts) == [f"i,1048576,2,451424,{i}" for i in range(2)]
+    assert [p for p in target.parent.rglob("*") if p != target] == []
+
+
+def test_sr3_block_sums_of_middle_blocks_are_wrong_and_our_subscriber_refuses_them(
+    site: Site, rabbitmq: Any, nginx: Any, tmp_path: Path
+) -> None:
+    """Pins the sr3 3.3.1 defect of docs/interop.md: with 1,000,000-byte blocks and a 1 MiB
+    read buffer, every block but the last is hashed past its end. Our subscriber checks
+    each block, refuses those (499, retried) and never shows a partial file under its name."""
+    src, target, captured, tap, whole = _sr3_blocks(
+        site, rabbitmq, nginx, tmp_path, 2_621_440, "1M"
+    )
+    assert not whole and not target.exists()
+    data = src.read_bytes()
+    (first, *_) = captured
+    manifest = json.loads(first.body)["blocks"]["manifest"]
+    for n, entry in manifest.items():
+        offset, length = int(n) * 1_000_000, entry["size"]
+        true = base64.b64encode(hashlib.sha512(data[offset : offset + length]).digest()).decode()
+        assert entry["identity"] == _sr3_block_digest(data, offset, length)
+        assert (entry["identity"] == true) == (int(n) == 2)  # only the last block is right
+    refused = [r for r in tap.reports if r.code == 499]
+    assert refused and all("checksum mismatch" in r.message for r in refused)
