@@ -66,6 +66,7 @@ def _announce(s: Settings, destination: str) -> Announce | None:
         to_clusters=s.to_clusters or url.host,
         header_value_max=s.header_value_max,
         persistent=s.persistent,
+        post_format=s.post_format,
     )
 
 

@@ -89,6 +89,8 @@ class Announce:
     to_clusters: str | None = None
     header_value_max: int = 252
     persistent: bool = True
+    #: ``v02`` or ``v03``
+    post_format: str = "v02"
 
 
 @dataclass(slots=True)
@@ -295,7 +297,13 @@ class Sender:
 
     @staticmethod
     def _wire(notice: Notice, a: Announce) -> WireMessage:
-        return v02.to_wire(notice, header_value_max=a.header_value_max, persistent=a.persistent)
+        return v02.encode(
+            notice,
+            notice.exchange,
+            header_value_max=a.header_value_max,
+            persistent=a.persistent,
+            post_format=a.post_format,
+        )
 
     def _mkdirs(self, transport: Transport, directory: str, force: bool = False) -> None:
         if not directory or directory == "/":

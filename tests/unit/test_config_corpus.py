@@ -158,8 +158,7 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
         "post_topic_prefix": "v02.post", "post_base_url": "http://localhost/",
         "routing_keys": ["v02.post.#"],
     },
-    "sarra/sr3_pump_v03.conf":
-        r"sr3_pump_v03\.conf:5: option 'post_format': expected one of v02, got 'v03'",
+    "sarra/sr3_pump_v03.conf": {"post_format": "v03", "post_base_url": "http://localhost/"},
 }  # fmt: skip
 
 

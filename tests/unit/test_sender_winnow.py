@@ -318,3 +318,56 @@ def test_a_winnow_whose_post_broker_is_unreachable_stops_promptly_when_asked(
     assert "q_u.sr_winnow.away.journal00" not in posts.queues  # nothing replayed or posted
     assert feeds.queues == {}  # the input was never consumed
     assert posts.published == [] and feeds.published == []
+
+
+# -- post_format v03 reaches every publisher ---------------------------------------------
+
+
+def test_the_winnow_forwards_in_v03_when_it_posts_v03() -> None:
+    import json
+
+    post = _PostDouble()
+    winnower = Winnower(WinnowCache(None, ttl=1200), post, "xout", post_format="v03")  # type: ignore[arg-type]
+    item = WorkItem(notice=_notice("a/f1", "one", x_extra="kept"))
+    winnower.select(item)
+    winnower.before_settle()
+    (wire,) = post.published
+    assert wire.content_type == "application/json" and dict(wire.headers) == {}
+    assert wire.routing_key == "v03.a" and wire.exchange == "xout"
+    body = json.loads(wire.body)
+    assert body["x_extra"] == "kept" and body["identity"]["method"] == "md5"
+    assert v02.decode("xout", wire.routing_key, wire.body, None, wire.content_type) == (
+        dataclasses.replace(item.notice, exchange="xout", topic="v02.post.a")
+    )
+
+
+def test_post_format_reaches_the_sender_announce_the_poster_and_the_republisher(
+    tmp_path: Path,
+) -> None:
+    from sarra.flow.posting import PostSettings
+    from sarra.flow.republish import RepublishSettings
+
+    env = _env(tmp_path)
+    cfg = load_settings("sender", str(ETC / "sender" / "to_partner.conf"), env=env)
+    assert send_settings(cfg).announce.post_format == "v02"  # type: ignore[union-attr]
+    cfg = load_settings(
+        "sender", str(ETC / "sender" / "to_partner.conf"), [("post_format", "v03")], env=env
+    )
+    assert send_settings(cfg).announce.post_format == "v03"  # type: ignore[union-attr]
+    post = load_settings(
+        "post",
+        None,
+        [("post_broker", "amqp://u@h/"), ("post_base_url", "http://h/"), ("postFormat", "v03")],
+        env=env,
+    )
+    settings = PostSettings.from_config(post, "u", "h")
+    assert settings.post_format == "v03"
+    wire = v02.publish_wire(_notice("a/b/c"), "xs_u", settings)
+    assert wire.content_type == "application/json" and wire.routing_key == "v03.a.b"
+    sarra = load_settings(
+        "sarra",
+        None,
+        [("post_base_url", "http://h/"), ("post_base_dir", "/srv"), ("post_format", "v03")],
+        env=env,
+    )
+    assert RepublishSettings.from_config(sarra).post_format == "v03"
