@@ -112,6 +112,24 @@ def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
     assert settings.announce.base_url == "sftp://ingest@partner.example.com/"
 
 
+@pytest.mark.parametrize(
+    ("destination", "accepted"),
+    [("sftp://u@h/", True), ("ftp://u@h/", True), ("ftps://u@h:2121/", True),
+     ("http://h/", False), ("file:///tmp", False)],
+)  # fmt: skip
+def test_a_sender_sends_to_sftp_ftp_and_ftps_only(
+    tmp_path: Path, destination: str, accepted: bool
+) -> None:
+    conf = tmp_path / "dest.conf"
+    conf.write_text(f"broker amqp://u@localhost/\nexchange xpublic\ndestination {destination}\n")
+    cfg = load_settings("sender", str(conf), env=_env(tmp_path))
+    if accepted:
+        assert send_settings(cfg).destination == destination
+    else:
+        with pytest.raises(ConfigError, match="destination scheme"):
+            send_settings(cfg)
+
+
 def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "nodest.conf"
     conf.write_text("broker amqp://u@localhost/\nexchange xpublic\n")
