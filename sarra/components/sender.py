@@ -39,6 +39,15 @@ def send_settings(s: Settings) -> SendSettings:
         )
     if s.notify_only:
         raise ConfigError("a sender always sends: notify_only is not allowed", option="notify_only")
+    path = parse_url(destination).path
+    if path not in ("", "/"):
+        # sr2 and sr3 do not use it either; say so rather than ignore it silently
+        log.warning(
+            "destination %s: its path %s is not used: files go under `directory` (%s)",
+            destination,
+            path,
+            s.directory or "the login directory",
+        )
     # an age makes no sense for pushing: keep the temporary name
     inflight = s.inflight if isinstance(s.inflight, str) and s.inflight else ".tmp"
     return SendSettings(

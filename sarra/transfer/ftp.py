@@ -496,9 +496,14 @@ class FtpTransport(Transport):
             try:
                 ftp.voidcmd(f"RNTO {new_path}")
                 return
+            except ftplib.error_perm as err:
+                refused = err
+            try:
+                exists = self._size(ftp, new_path) is not None
             except ftplib.error_perm:
-                if self._size(ftp, new_path) is None:
-                    raise
+                exists = False
+            if not exists:
+                raise refused
             ftp.delete(new_path)
             ftp.sendcmd(f"RNFR {old_path}")
             ftp.voidcmd(f"RNTO {new_path}")

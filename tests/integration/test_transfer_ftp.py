@@ -5,13 +5,15 @@ recovery, certificate checks. Against real pyftpdlib servers on loopback."""
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sarra.config.credentials import Credential, parse_url
-from sarra.errors import HostilePath, TransferError
+from sarra.errors import HostilePath, NotFound, TransferError, TransportUnavailable
 from sarra.transfer import open_transport
 from sarra.transfer.base import CHUNK_SIZE
 from sarra.transfer.ftp import FtpTransport
@@ -146,3 +148,48 @@ def test_tls_from_the_credentials_line_on_an_ftp_url(ftpsd: Ftpd) -> None:
     secured = Credential(cred.url, tls=True)
     with open_transport(url, credentials=secured, timeout=10, ca_file=str(ftpsd.ca_file)) as t:
         assert b"".join(t.get(f"{url}/t.bin")) == b"tls"
+
+
+def test_a_server_that_never_answers_times_out_as_unavailable() -> None:
+    # a listener that accepts and says nothing (no 220 banner)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        t = open_transport(f"ftp://u@127.0.0.1:{port}", timeout=1)
+        started = time.monotonic()
+        with t, pytest.raises(TransportUnavailable) as caught:
+            t.stat("/x")
+        assert caught.value.retryable and time.monotonic() - started < 10
+
+
+def test_missing_files_and_directories_are_not_found(ftpd: Ftpd) -> None:
+    with _open(ftpd) as t:
+        with pytest.raises(NotFound):
+            t.rename("/no/such/file", "/elsewhere")
+        with pytest.raises(NotFound):
+            t.delete("/no-such-thing")
+        (ftpd.root / "full").mkdir(exist_ok=True)
+        (ftpd.root / "full" / "f").write_bytes(b"x")
+        with pytest.raises(TransferError) as caught:  # a directory that is not empty
+            t.delete("/full")
+        assert not isinstance(caught.value, NotFound) and not caught.value.retryable
+        assert (ftpd.root / "full" / "f").exists()
+
+
+def test_active_mode_works_where_passive_is_refused(tmp_path: Path) -> None:
+    server, stop = start_ftpd(tmp_path, disable=("PASV", "EPSV"))
+    (server.root / "a.bin").write_bytes(DATA)
+    url = f"{server.url}/a.bin"
+    try:
+        passive = Credential(parse_url(server.credentials_line))
+        with open_transport(server.url, credentials=passive, timeout=10) as t:
+            with pytest.raises(TransferError):
+                b"".join(t.get(url))
+        # `active` in the credentials line: the server connects back (PORT/EPRT)
+        active = Credential(parse_url(server.credentials_line), passive=False)
+        with open_transport(server.url, credentials=active, timeout=10) as t:
+            assert b"".join(t.get(url, 10, 20)) == DATA[10:30]
+            assert t.listdir(server.url + "/")[0].name == "a.bin"
+    finally:
+        stop()

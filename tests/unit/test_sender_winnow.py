@@ -130,6 +130,18 @@ def test_a_sender_sends_to_sftp_ftp_and_ftps_only(
             send_settings(cfg)
 
 
+def test_a_path_in_the_destination_is_not_used_and_the_sender_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "dest.conf"
+    conf.write_text(
+        "broker amqp://u@localhost/\nexchange xpublic\n"
+        "destination ftp://u@h/incoming\ndirectory /data/in\n"
+    )
+    send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
+    assert "its path /incoming is not used" in caplog.text and "/data/in" in caplog.text
+
+
 def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "nodest.conf"
     conf.write_text("broker amqp://u@localhost/\nexchange xpublic\n")
