@@ -183,9 +183,9 @@ def test_active_mode_works_where_passive_is_refused(tmp_path: Path) -> None:
     url = f"{server.url}/a.bin"
     try:
         passive = Credential(parse_url(server.credentials_line))
-        with open_transport(server.url, credentials=passive, timeout=10) as t:
-            with pytest.raises(TransferError):
-                b"".join(t.get(url))
+        t = open_transport(server.url, credentials=passive, timeout=10)
+        with t, pytest.raises(TransferError):
+            b"".join(t.get(url))
         # `active` in the credentials line: the server connects back (PORT/EPRT)
         active = Credential(parse_url(server.credentials_line), passive=False)
         with open_transport(server.url, credentials=active, timeout=10) as t:
