@@ -156,3 +156,29 @@ def test_sr_sender_pushes_files_to_the_ftp_server_and_announces_them(
     watcher.delete_queue(queue.name)
     watcher.close()
     assert not os.path.exists(server.root.parent / tag)  # nothing outside the served root
+
+
+def test_delete_on_removes_ftp_sources_once_their_copies_are_in_place(
+    site: Site, server: Ftpd, tmp_path: Path
+) -> None:
+    tag = unique("ftpdel")
+    src = server.root / tag
+    files = make_files(src, ["a.txt", "sub/b.txt"], size=5000)
+    before = md5_tree(src)
+    dest = tmp_path / "dest"
+    name = f"sub_{tag}"
+    site.write_subscribe(
+        name,
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
+        "expire 10m\ndelete on\naccept .*\n",
+    )
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            assert post(site, server.url, server.root, [src]) == 0
+            wait_for(lambda: len(tap.about(".txt")) >= 2, what="a report per file")
+            wait_for(lambda: not any(f.exists() for f in files), what="the sources deleted")
+    finally:
+        tap.stop()
+    assert md5_tree(dest) == before
+    assert sorted(r.code for r in tap.about(".txt")) == [201, 201]
