@@ -152,6 +152,9 @@ class FtpTransport(Transport):
 
     def _connect(self) -> ftplib.FTP:
         where = str(self.origin)
+        if any(c in f"{self._user}{self._password or ''}" for c in "\r\n\0"):
+            # ftplib would refuse the line; a user from a notice's baseUrl must not reach it
+            raise HostilePath(f"{where}: line break or NUL in the user name or password")
         ftp: ftplib.FTP = (
             _FtpTls(context=self._context(), timeout=self._timeout)
             if self._tls
@@ -573,6 +576,9 @@ class FtpTransport(Transport):
                 return _entries(self._lines(ftp, f"MLSD {path}"), _mlsd_entry, where)
             except ftplib.error_perm as err:
                 if not _not_implemented(err):
+                    # MLSD answers 501 for "not a directory" (RFC 3659)
+                    if _code(err) in ("501", "550") and not self._is_dir(ftp, path):
+                        raise NotFound(f"listdir {where}: no such directory ({err})") from err
                     raise
             return _entries(self._lines(ftp, f"LIST {path}"), _list_entry, where)
 

@@ -193,3 +193,16 @@ def test_active_mode_works_where_passive_is_refused(tmp_path: Path) -> None:
             assert t.listdir(server.url + "/")[0].name == "a.bin"
     finally:
         stop()
+
+
+def test_listing_a_missing_directory_is_not_found(ftpd: Ftpd) -> None:
+    with _open(ftpd) as t, pytest.raises(NotFound):
+        t.listdir(f"{ftpd.url}/no/such/dir")
+
+
+def test_a_line_break_in_the_user_of_a_url_never_reaches_the_server(ftpd: Ftpd) -> None:
+    # the user comes from a notice's baseUrl: it must not inject commands
+    url = f"ftp://a%0D%0ADELE%20x@127.0.0.1:{ftpd.port}"
+    with open_transport(url, timeout=10) as t, pytest.raises(HostilePath):
+        t.stat(f"{url}/x")
+    assert t.connections_made == 0
