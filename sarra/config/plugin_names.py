@@ -41,7 +41,7 @@ def _r(name: str, origin: str, why: str) -> PluginName:
 
 
 _ACCEL = (
-    "sarra downloads http, https, sftp and ftp(s) itself, transfer_threads at a time; "
+    "sarra downloads http, https, sftp, ftp and ftps itself, transfer_threads at a time; "
     "remove the line"
 )
 _NODUPE = (
