@@ -141,3 +141,11 @@ def test_parse_url_handles_ipv6_and_rejects_bad_ports():
         parse_url("amqp://h:port/")
     with pytest.raises(ConfigError):
         parse_url("no-scheme")
+
+
+def test_the_example_file_loads_with_its_ftp_lines() -> None:
+    example = Path(__file__).parents[2] / "etc" / "credentials.conf.example"
+    store = CredentialStore.load(example, check_mode=False)
+    assert store.lookup("ftp://anonymous@ftp.example.com/").passive
+    ftps = store.lookup("ftps://feeder@files.example.com:2121/")
+    assert not ftps.passive and ftps.password == "secret"
