@@ -182,3 +182,40 @@ def test_delete_on_removes_ftp_sources_once_their_copies_are_in_place(
         tap.stop()
     assert md5_tree(dest) == before
     assert sorted(r.code for r in tap.about(".txt")) == [201, 201]
+
+
+@pytest.mark.parametrize("rigour", ["normal", "lax"])
+def test_a_sender_checks_the_ftps_certificate_unless_tls_rigour_is_lax(
+    site: Site, ftpsd: Ftpd, tmp_path: Path, rigour: str
+) -> None:
+    # no SSL_CERT_FILE here: the server's CA is not trusted
+    with open(site.config_dir / "credentials.conf", "a") as f:
+        f.write(f"{ftpsd.credentials_line}\n")
+    tag = unique("ftpstls")
+    local = tmp_path / "local"
+    (site.config_dir / "sender").mkdir(parents=True, exist_ok=True)
+    (site.config_dir / "sender" / f"snd_{tag}.conf").write_text(
+        f"broker {site.broker}\nexchange x_send_{tag}\ndestination {ftpsd.url}/\n"
+        f"base_dir {local}\ndirectory /{tag}\nexpire 10m\ntls_rigour {rigour}\n"
+        "attempts 1\naccept .*\n"
+    )
+    make_files(local, [f"{tag}/f.txt"], size=1000)
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_sender(site, f"snd_{tag}"):
+            assert (
+                post(site, "http://x", local, [local / tag], ("post_exchange", f"x_send_{tag}"))
+                == 0
+            )
+            wait_for(lambda: len(tap.about("f.txt")) >= 1, 60, "a report")
+    finally:
+        tap.stop()
+    (report,) = tap.about("f.txt")
+    if rigour == "lax":
+        assert report.code == 201
+        assert (ftpsd.root / tag / tag / "f.txt").read_bytes() == (
+            local / tag / "f.txt"
+        ).read_bytes()
+    else:
+        assert report.code == 499 and "certificate" in report.message
+        assert not (ftpsd.root / tag).exists()

@@ -130,6 +130,18 @@ def test_a_sender_sends_to_sftp_ftp_and_ftps_only(
             send_settings(cfg)
 
 
+@pytest.mark.parametrize(("rigour", "verify"), [("", True), ("tls_rigour lax\n", False)])
+def test_tls_rigour_lax_turns_off_certificate_checks_of_a_sender(
+    tmp_path: Path, rigour: str, verify: bool
+) -> None:
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"broker amqp://u@localhost/\nexchange xpublic\ndestination ftps://u@h/\n{rigour}"
+    )
+    settings = send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
+    assert settings.tls_verify is verify
+
+
 def test_a_path_in_the_destination_is_not_used_and_the_sender_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
