@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +207,17 @@ def test_a_line_break_in_the_user_of_a_url_never_reaches_the_server(ftpd: Ftpd) 
     with open_transport(url, timeout=10) as t, pytest.raises(HostilePath):
         t.stat(f"{url}/x")
     assert t.connections_made == 0
+
+
+def test_abort_fails_a_transfer_midway_and_ends_the_transport(ftpd: Ftpd) -> None:
+    big = os.urandom(8 * CHUNK_SIZE)
+    (ftpd.root / "big.bin").write_bytes(big)
+    t = _open(ftpd)
+    chunks = t.get(f"{ftpd.url}/big.bin")
+    assert next(chunks) == big[:CHUNK_SIZE]
+    threading.Thread(target=t.abort).start()
+    with pytest.raises(TransferError):
+        b"".join(chunks)
+    with pytest.raises(TransportUnavailable):
+        t.stat(f"{ftpd.url}/big.bin")
+    t.close()
