@@ -707,8 +707,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("statehost", B, False, "keep state under a per-host directory", _ALL,
        support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
     _o("tls_rigour", S, "normal",
-       "https downloads: lax skips certificate checks, normal and strict check them "
-       "(amqps connections always check)", frozenset({"subscribe", "sarra"}),
+       "https and ftps transfers: lax skips certificate checks, normal and strict check "
+       "them (amqps connections always check)", frozenset({"subscribe", "sarra", "sender"}),
        ("tls_rigor", "tlsr", "tlsRigour"), choices=("lax", "normal", "strict")),
     _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),

@@ -68,7 +68,7 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
         r"sarra: sarra logs the outcome counts",
     "subscribe/v2_dd_accel_wget.conf":
         r"v2_dd_accel_wget\.conf:4: option 'plugin': sr2 plugin 'accel_wget' is not available "
-        r"in sarra: sarra downloads http, https and sftp itself",
+        r"in sarra: sarra downloads http, https, sftp, ftp and ftps itself",
     "subscribe/v2_dd_hb_memory.conf":
         r"v2_dd_hb_memory\.conf:4: option 'plugin': sr2 plugin 'hb_memory' is not available in "
         r"sarra: sarra does not restart an instance whose memory grows",

@@ -112,6 +112,48 @@ def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
     assert settings.announce.base_url == "sftp://ingest@partner.example.com/"
 
 
+@pytest.mark.parametrize(
+    ("destination", "accepted"),
+    [("sftp://u@h/", True), ("ftp://u@h/", True), ("ftps://u@h:2121/", True),
+     ("http://h/", False), ("file:///tmp", False)],
+)  # fmt: skip
+def test_a_sender_sends_to_sftp_ftp_and_ftps_only(
+    tmp_path: Path, destination: str, accepted: bool
+) -> None:
+    conf = tmp_path / "dest.conf"
+    conf.write_text(f"broker amqp://u@localhost/\nexchange xpublic\ndestination {destination}\n")
+    cfg = load_settings("sender", str(conf), env=_env(tmp_path))
+    if accepted:
+        assert send_settings(cfg).destination == destination
+    else:
+        with pytest.raises(ConfigError, match="destination scheme"):
+            send_settings(cfg)
+
+
+@pytest.mark.parametrize(("rigour", "verify"), [("", True), ("tls_rigour lax\n", False)])
+def test_tls_rigour_lax_turns_off_certificate_checks_of_a_sender(
+    tmp_path: Path, rigour: str, verify: bool
+) -> None:
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"broker amqp://u@localhost/\nexchange xpublic\ndestination ftps://u@h/\n{rigour}"
+    )
+    settings = send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
+    assert settings.tls_verify is verify
+
+
+def test_a_path_in_the_destination_is_not_used_and_the_sender_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "dest.conf"
+    conf.write_text(
+        "broker amqp://u@localhost/\nexchange xpublic\n"
+        "destination ftp://u@h/incoming\ndirectory /data/in\n"
+    )
+    send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
+    assert "its path /incoming is not used" in caplog.text and "/data/in" in caplog.text
+
+
 def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "nodest.conf"
     conf.write_text("broker amqp://u@localhost/\nexchange xpublic\n")
