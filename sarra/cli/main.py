@@ -24,6 +24,7 @@ from typing import TextIO
 from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
+from sarra.cli.account import become_system_account
 from sarra.cli.instances import Instance, daemonize, remove_pid_file, write_pid_file
 from sarra.cli.logs import (
     RedactingStream,
@@ -62,6 +63,8 @@ def main(
         print(f"sr_{component} (sarra) {__version__}", file=out)
         return 0
     try:
+        if runtime is None:
+            become_system_account()
         rt = runtime if runtime is not None else default_runtime()
         if component not in rt.registry:
             raise ConfigError(f"unknown component {component!r}")

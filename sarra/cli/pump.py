@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from sarra.cli import configs as cf
 from sarra.cli import verbs
+from sarra.cli.account import become_system_account
 from sarra.cli.instances import State, instance_pid, pid_file_numbers
 from sarra.cli.logs import redact
 from sarra.cli.runtime import Runtime, default_runtime
@@ -97,6 +98,8 @@ def main(
         as_json = "--json" in flags
         if as_json and action != "status":
             raise ConfigError("--json goes with status only")
+        if runtime is None:
+            become_system_account()
         rt = runtime if runtime is not None else default_runtime()
         with config_tree("--sr3" in flags):
             pairs, rc = select(rt, action, selection, err)

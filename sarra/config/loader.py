@@ -417,6 +417,14 @@ def _message(exc: ConfigError) -> str:
     return exc.args[0] if exc.args else str(exc)
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where a directory on the way may not be searched."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        return False
+
+
 def find_config(component: str, config: str, env: Mapping[str, str] | None = None) -> Path:
     """The file for ``config``: a path, or ``<config_dir>/<component>/<name>[.conf]``.
 
@@ -424,13 +432,13 @@ def find_config(component: str, config: str, env: Mapping[str, str] | None = Non
         ConfigError: no such file.
     """
     given = Path(os.path.expanduser(config))
-    if given.is_file():
+    if _is_file(given):
         return given
     base = paths.config_dir(env)
     folders = [base / name for name in paths.component_dir_names(component, env)]
     for folder in folders:
         for candidate in (folder / config, folder / f"{config}.conf"):
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
     where = " and ".join(str(f) for f in folders)
     raise ConfigError(

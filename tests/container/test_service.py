@@ -63,6 +63,7 @@ class Walk:
         self.nginx = nginx
         self.tag = f"svc{time.monotonic_ns() % 10**8}"
         self.out = ""
+        self.last_status = ""
 
     def step(self, name: str) -> str:
         script = self.steps[name]
@@ -110,8 +111,14 @@ class Walk:
 
     def running(self, expected: int) -> bool:
         done = self.box.sh("sr status", check=False)
+        self.last_status = f"exit {done.returncode}\n{done.stdout}{done.stderr}"
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("subscribe/obs ")]
         return done.returncode == 0 and sum(" running " in ln for ln in lines) == expected
+
+    def diagnosis(self) -> str:
+        """What an operator would look at: the last ``sr status`` and the journal's tail."""
+        journal = self.box.sh("journalctl --no-pager -n 60", check=False).stdout
+        return f"--- sr status\n{self.last_status}\n--- journal\n{journal}"
 
     def pids(self) -> list[str]:
         return self.box.processes("sarra.cli.main")
@@ -120,13 +127,15 @@ class Walk:
         return self.box.sh(f"systemctl show -p {prop} --value {unit}").stdout.strip()
 
 
-def wait_for(what: Callable[[], bool], timeout: float, about: str) -> None:
+def wait_for(
+    what: Callable[[], bool], timeout: float, about: str, why: Callable[[], str] = str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if what():
             return
         time.sleep(0.25)
-    raise AssertionError(f"not within {timeout} s: {about}")
+    raise AssertionError(f"not within {timeout} s: {about}\n{why()}")
 
 
 def test_the_guide_names_the_steps_this_test_runs() -> None:
@@ -168,8 +177,14 @@ def test_admin_guide_part_one_in_a_booted_debian_container(
     # site adaptation: the suite's web server is on loopback, which subscribers refuse unless
     # told (a real pump's is not)
     box.sh("echo 'base_url_private on' >> /etc/sarra/subscribe/obs.conf")
+    # root looking before the service ever ran: what it creates must stay the service's own
+    box.sh("sr status || true; sr_subscribe status obs || true")
+    owners = box.sh("find /var/lib/sarra -not -user sarra").stdout.strip()
+    assert owners == "", f"made by root in the state directory:\n{owners}"
     walk.step("start")
-    wait_for(lambda: walk.running(2), 60, "two instances running under sr_subscribe@obs")
+    wait_for(
+        lambda: walk.running(2), 60, "two instances running under sr_subscribe@obs", walk.diagnosis
+    )
     status = walk.step("status")
     assert "subscribe/obs" in status and status.count(" running ") == 2, status
     journal = box.sh("journalctl -u sr_subscribe@obs --no-pager").stdout
@@ -177,12 +192,12 @@ def test_admin_guide_part_one_in_a_booted_debian_container(
     assert "consuming from" in journal and "guest:guest" not in journal
     assert not re.search(r"\d\d:\d\d:\d\d,\d{3} \[INFO\]", journal)  # the journal stamps lines
     first = walk.announce("a", 20, 4096)
-    wait_for(lambda: walk.arrived(first), 60, "batch a downloaded")
+    wait_for(lambda: walk.arrived(first), 60, "batch a downloaded", walk.diagnosis)
 
     # -- reload applies the edited file
     main_pid = walk.show("sr_subscribe@obs", "MainPID")
     walk.step("reload")
-    wait_for(lambda: walk.running(3), 60, "three instances after reload")
+    wait_for(lambda: walk.running(3), 60, "three instances after reload", walk.diagnosis)
     assert walk.show("sr_subscribe@obs", "MainPID") == main_pid  # reloaded, not restarted
     assert "subscribe/obs: changed, restarting" in box.sh("journalctl -u sr_subscribe@obs").stdout
 
@@ -195,10 +210,12 @@ def test_admin_guide_part_one_in_a_booted_debian_container(
     assert walk.inflight() == []
     walk.final_names_are_whole(second)
     walk.step("start-again")
-    wait_for(lambda: walk.arrived(second), 120, "batch b complete after the restart")
+    wait_for(
+        lambda: walk.arrived(second), 120, "batch b complete after the restart", walk.diagnosis
+    )
 
     # -- SIGKILL in the middle of a batch: systemd restarts the unit, nothing is lost
-    wait_for(lambda: walk.running(3), 60, "three instances before the kill")
+    wait_for(lambda: walk.running(3), 60, "three instances before the kill", walk.diagnosis)
     before = walk.show("sr_subscribe@obs", "NRestarts")
     third = walk.announce("c", 150, 256 * 1024)
     time.sleep(0.5)
@@ -208,19 +225,23 @@ def test_admin_guide_part_one_in_a_booted_debian_container(
         30,
         "systemd restarting sr_subscribe@obs",
     )
-    wait_for(lambda: walk.arrived(third), 120, "batch c complete after the kill")
+    wait_for(lambda: walk.arrived(third), 120, "batch c complete after the kill", walk.diagnosis)
     walk.final_names_are_whole(third)
-    wait_for(lambda: walk.running(3), 60, "three instances after the kill")
+    wait_for(lambda: walk.running(3), 60, "three instances after the kill", walk.diagnosis)
 
     # -- the whole pump through sarra.service
     walk.step("pump")
-    wait_for(lambda: walk.running(3), 60, "subscribe/obs running under sarra.service")
+    wait_for(
+        lambda: walk.running(3), 60, "subscribe/obs running under sarra.service", walk.diagnosis
+    )
     status = walk.step("pump-status")
     assert status.count(" running ") == 3, status
     supervisor = box.path("/var/lib/sarra/subscribe/obs/sr_subscribe_obs.supervisor")
     assert supervisor.read_text().strip() == walk.show("sarra", "MainPID")
     fourth = walk.announce("d", 10, 4096)
-    wait_for(lambda: walk.arrived(fourth), 60, "batch d downloaded under sarra.service")
+    wait_for(
+        lambda: walk.arrived(fourth), 60, "batch d downloaded under sarra.service", walk.diagnosis
+    )
     box.sh("systemctl stop sarra")
     assert walk.pids() == []
     assert walk.inflight() == []
