@@ -23,7 +23,7 @@ from typing import TextIO
 from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
-from sarra.cli.instances import Instance, daemonize, remove_pid_file
+from sarra.cli.instances import Instance, daemonize, remove_pid_file, watch_stop_request
 from sarra.cli.logs import RedactingStream, redact, remove_handler, setup_file_logging
 from sarra.cli.runtime import (
     ARGV_ENV,
@@ -180,6 +180,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
     stop = threading.Event()
     restore = install_stop_handlers(stop)
+    end_watch = watch_stop_request(inst, stop)  # Windows' stand-in for SIGTERM
     log.info("instance %s started, pid %d", inst.label, os.getpid())
     try:
         rc = comp.run(cfg, number, stop)
@@ -188,6 +189,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         rc = 1
     finally:
         restore()
+        end_watch()
         if stop.is_set():
             remove_pid_file(inst.pid_path, os.getpid())
     log.info("instance %s exiting with status %d", inst.label, rc)
