@@ -126,7 +126,8 @@ def process_matches(pid: int, markers: Sequence[str]) -> bool:
     (Windows, BSD), only liveness is checked, without signalling the process.
     """
     cmdline = Path(f"/proc/{pid}/cmdline")
-    if Path("/proc/self/cmdline").exists():
+    # (on Windows "/proc" would be a directory of the current drive: under Wine, the host's)
+    if sys.platform != "win32" and Path("/proc/self/cmdline").exists():
         try:
             args = cmdline.read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, PermissionError):

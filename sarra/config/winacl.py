@@ -61,6 +61,42 @@ if sys.platform == "win32":
 
     _advapi = ctypes.WinDLL("advapi32", use_last_error=True)
     _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    _k32.GetCurrentProcess.restype = wintypes.HANDLE
+    _k32.GetCurrentProcess.argtypes = []
+    _k32.CloseHandle.argtypes = [wintypes.HANDLE]
+    _k32.LocalFree.argtypes = [ctypes.c_void_p]
+    _k32.LocalFree.restype = ctypes.c_void_p
+    _advapi.OpenProcessToken.argtypes = [
+        wintypes.HANDLE,
+        wintypes.DWORD,
+        ctypes.POINTER(wintypes.HANDLE),
+    ]
+    _advapi.GetTokenInformation.argtypes = [
+        wintypes.HANDLE,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        wintypes.DWORD,
+        ctypes.POINTER(wintypes.DWORD),
+    ]
+    _advapi.ConvertSidToStringSidW.argtypes = [ctypes.c_void_p, ctypes.POINTER(wintypes.LPWSTR)]
+    _advapi.GetNamedSecurityInfoW.argtypes = [
+        wintypes.LPCWSTR,
+        ctypes.c_int,
+        wintypes.DWORD,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_void_p),
+    ]
+    _advapi.GetNamedSecurityInfoW.restype = wintypes.DWORD
+    _advapi.GetAclInformation.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        wintypes.DWORD,
+        ctypes.c_int,
+    ]
+    _advapi.GetAce.argtypes = [ctypes.c_void_p, wintypes.DWORD, ctypes.POINTER(ctypes.c_void_p)]
     _SE_FILE_OBJECT = 1
     _DACL_SECURITY_INFORMATION = 4
     _TOKEN_QUERY = 0x0008
@@ -86,12 +122,12 @@ if sys.platform == "win32":
 
     def _sid_string(psid: int | None) -> str:
         out = wintypes.LPWSTR()
-        if not _advapi.ConvertSidToStringSidW(ctypes.c_void_p(psid), ctypes.byref(out)):
+        if not _advapi.ConvertSidToStringSidW(psid, ctypes.byref(out)):
             raise ctypes.WinError(ctypes.get_last_error())
         try:
             return str(out.value)
         finally:
-            _k32.LocalFree(out)
+            _k32.LocalFree(ctypes.cast(out, ctypes.c_void_p))
 
     def current_user_sid() -> str:
         """The SID of the user this process runs as."""
@@ -116,7 +152,7 @@ if sys.platform == "win32":
         dacl = ctypes.c_void_p()
         sd = ctypes.c_void_p()
         err = _advapi.GetNamedSecurityInfoW(
-            ctypes.c_wchar_p(path),
+            path,
             _SE_FILE_OBJECT,
             _DACL_SECURITY_INFORMATION,
             None,
