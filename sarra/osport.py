@@ -115,6 +115,64 @@ if sys.platform == "win32":
         if not _SetFileTime(msvcrt.get_osfhandle(fd), None, ref, ref):
             raise ctypes.WinError(ctypes.get_last_error())
 
+    _CreateFileW = _k32.CreateFileW
+    _CreateFileW.argtypes = [
+        wintypes.LPCWSTR,
+        wintypes.DWORD,
+        wintypes.DWORD,
+        ctypes.c_void_p,
+        wintypes.DWORD,
+        wintypes.DWORD,
+        wintypes.HANDLE,
+    ]
+    _CreateFileW.restype = wintypes.HANDLE
+    _INVALID_HANDLE = wintypes.HANDLE(-1).value
+    _GENERIC_READ, _GENERIC_WRITE = 0x80000000, 0x40000000
+    _SHARE_ALL = 0x1 | 0x2 | 0x4  # read, write, delete: others may rename or remove it
+    _FILE_ATTRIBUTE_NORMAL = 0x80
+    _FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000
+
+    def open_shared(path: str, flags: int, mode: int = 0o777) -> int:
+        """``os.open`` with POSIX-like sharing: the file may be renamed over or removed while
+        open (FILE_SHARE_DELETE, which the C runtime's open never asks for), and a final
+        symlink or junction is opened itself, never followed (the O_NOFOLLOW of Windows).
+        ``mode`` is ignored: the new file inherits its directory's ACL."""
+        rw = flags & (os.O_RDONLY | os.O_WRONLY | os.O_RDWR)
+        access = {
+            os.O_RDONLY: _GENERIC_READ,
+            os.O_WRONLY: _GENERIC_WRITE,
+            os.O_RDWR: _GENERIC_READ | _GENERIC_WRITE,
+        }[rw]
+        create, excl, trunc = (bool(flags & f) for f in (os.O_CREAT, os.O_EXCL, os.O_TRUNC))
+        if create and excl:
+            disposition = 1  # CREATE_NEW
+        elif create and trunc:
+            disposition = 2  # CREATE_ALWAYS
+        elif create:
+            disposition = 4  # OPEN_ALWAYS
+        elif trunc:
+            disposition = 5  # TRUNCATE_EXISTING
+        else:
+            disposition = 3  # OPEN_EXISTING
+        handle = _CreateFileW(
+            path,
+            access,
+            _SHARE_ALL,
+            None,
+            disposition,
+            _FILE_ATTRIBUTE_NORMAL | _FILE_FLAG_OPEN_REPARSE_POINT,
+            None,
+        )
+        if handle is None or handle == _INVALID_HANDLE:
+            err = ctypes.get_last_error()
+            raise OSError(None, ctypes.FormatError(err), path, err)
+        crt_flags = (flags & os.O_APPEND) | (os.O_RDONLY if rw == os.O_RDONLY else 0)
+        try:
+            return msvcrt.open_osfhandle(handle, crt_flags)
+        except OSError:
+            _CloseHandle(handle)
+            raise
+
     _LOCKFILE_FAIL_IMMEDIATELY = 0x1
     _LOCKFILE_EXCLUSIVE_LOCK = 0x2
     _ERROR_ACCESS_DENIED = 5
@@ -163,6 +221,7 @@ else:
     pwrite = os.pwrite
     pread = os.pread
     fchmod = os.fchmod
+    open_shared = os.open
 
     def futime(fd: int, mtime: float) -> None:
         """Set access and modification time of the open file ``fd``."""

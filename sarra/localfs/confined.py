@@ -43,7 +43,7 @@ from pathlib import Path
 from sarra.closing import Closing
 from sarra.errors import HostilePath, LocalError, local_error, translated_os_errors
 from sarra.localfs.winnames import check_windows_name
-from sarra.osport import O_BINARY, O_CLOEXEC, fchmod, futime, pwrite
+from sarra.osport import O_BINARY, O_CLOEXEC, fchmod, futime, open_shared, pwrite
 
 NAME_MAX = 255
 PATH_MAX = 4096
@@ -88,7 +88,7 @@ if sys.platform == "win32":
         """``os.open`` of ``name`` in ``parent``, never through a link."""
         path = os.path.join(parent, name)
         _refuse_link(path)
-        return os.open(path, flags | O_BINARY | os.O_NOINHERIT, mode)
+        return open_shared(path, flags, mode)
 
     def _mkdir_at(parent: Dir, name: str, mode: int) -> None:
         os.mkdir(os.path.join(parent, name), mode)

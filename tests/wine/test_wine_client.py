@@ -15,7 +15,16 @@ from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.codec.timestamps import now_timestamp
 from sarra.notice import Notice, WireMessage
-from tests.integration.flowkit import ReportTap, Site, make_files, publish_raw, unique, wait_for
+from tests.integration.flowkit import (
+    ReportTap,
+    Site,
+    make_files,
+    post,
+    publish_raw,
+    site_env,
+    unique,
+    wait_for,
+)
 from tests.wine.conftest import WinPython, winpath
 
 pytestmark = [pytest.mark.wine, pytest.mark.servers]
@@ -197,3 +206,58 @@ def test_a_credentials_file_others_can_read_is_refused_with_the_fix(
         "-pbd", winpath(tmp_path), winpath(tmp_path / "f.txt"), env=win_env(site),
     )  # fmt: skip
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def _content(size: int) -> bytes:
+    out = bytearray()
+    block = hashlib.sha512(b"wine").digest()
+    while len(out) < size:
+        block = hashlib.sha512(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+def test_two_background_instances_reassemble_a_file_posted_in_blocks_once(  # type: ignore[no-untyped-def]
+    winpy: WinPython, site: Site, nginx, tmp_path: Path
+) -> None:
+    tag = unique("wparts")
+    block = 64 * 1024
+    data = _content(12 * block + 777)
+    src = nginx.root / tag / "big.bin"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(data)
+    dest = tmp_path / "dest"
+    on_file_log = tmp_path / "on_file.log"
+    plugin = tmp_path / "count_on_file.py"
+    plugin.write_text(
+        "import os\n"
+        "def on_file(work):\n"
+        f"    with open({winpath(on_file_log)!r}, 'a') as f:\n"
+        "        f.write(f'{os.getpid()} {work.local_path}\\n')\n"
+    )
+    site.write_subscribe(
+        "wparts",
+        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {winpath(dest)}\nmirror on\nstrip 1\n"
+        f"expire 10m\nreport_back off\ninstances 2\non_file {winpath(plugin)}\naccept .*\n",
+    )
+    env = win_env(site)
+    done = winpy.sr("subscribe", "start", "wparts", env=env, timeout=180)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert len(list(site.state_dir.rglob("*.pid"))) == 2
+        wait_for(lambda: _queue_exists(site, "wparts"), timeout=60, what="the queue")
+        with site_env(site):
+            assert post(
+                site, nginx.base_url, nginx.root, [src],
+                ("blocksize", str(block)), ("randomize", "on"),
+            ) == 0  # fmt: skip
+        wait_for(lambda: (dest / "big.bin").exists(), timeout=90, what="the reassembled file")
+        wait_for(lambda: on_file_log.exists(), what="on_file")
+        time.sleep(2)  # a second (wrong) on_file would show up by now
+    finally:
+        stopped = winpy.sr("subscribe", "stop", "wparts", env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert (dest / "big.bin").read_bytes() == data
+    assert len(on_file_log.read_text().splitlines()) == 1
+    leftovers = [p for p in dest.rglob("*") if "~sr" in p.name or "sr-part" in p.name]
+    assert leftovers == []
