@@ -261,3 +261,43 @@ def test_two_background_instances_reassemble_a_file_posted_in_blocks_once(  # ty
     assert len(on_file_log.read_text().splitlines()) == 1
     leftovers = [p for p in dest.rglob("*") if "~sr" in p.name or "sr-part" in p.name]
     assert leftovers == []
+
+
+def test_a_background_sr_watch_announces_new_files_with_slashes(
+    winpy: WinPython, site: Site, tmp_path: Path
+) -> None:
+    tag = unique("wwatch")
+    root = tmp_path / "root"
+    wdir = root / tag
+    wdir.mkdir(parents=True)
+    (wdir / "ready.txt").write_text("ready\n")
+    (site.config_dir / "watch").mkdir()
+    (site.config_dir / "watch" / "w.conf").write_text(
+        f"post_broker {site.broker}\npost_exchange xs_guest\n"
+        f"post_base_url http://files.example.com/\npost_base_dir {winpath(root)}\n"
+        f"path {winpath(wdir)}\nsleep 1\n"
+    )
+    env = win_env(site)
+    session, _, got = _capture(site, "xs_guest", f"v02.post.{tag}.#")
+
+    def collect(n: int, timeout: float = 40) -> None:
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            session.poll(0.2)
+
+    try:
+        started = winpy.sr("watch", "start", "w", env=env, timeout=180)
+        try:
+            assert started.returncode == 0, started.stdout + started.stderr
+            collect(1)  # what is there at start is announced
+            assert [n.path for n in got] == [f"{tag}/ready.txt"]
+            (wdir / "sub").mkdir()
+            (wdir / "sub" / "new file.txt").write_text("new\n")
+            collect(2)
+        finally:
+            stopped = winpy.sr("watch", "stop", "w", env=env, timeout=120)
+    finally:
+        session.close()
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout
+    assert f"{tag}/sub/new file.txt" in [n.path for n in got], [n.path for n in got]
+    assert all("\\" not in n.rel_path for n in got)
