@@ -300,16 +300,18 @@ class RetryQueue(Closing):
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                if WINDOWS and self._fd >= 0:  # Windows cannot replace a file open elsewhere
+                if WINDOWS and reopen:  # Windows never replaces a file that is open
                     os.close(self._fd)
                     self._fd = -1
                 os.replace(tmp, self.path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
+            finally:
+                if reopen and self._fd < 0:  # (Windows) the old or the new file, as it stands
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | O_CLOEXEC | O_BINARY)
             fsync_dir(self.path.parent)
-            if reopen:
-                if self._fd >= 0:
-                    os.close(self._fd)
+            if reopen and not WINDOWS:
+                os.close(self._fd)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | O_CLOEXEC | O_BINARY)
         self._records = len(self._items)

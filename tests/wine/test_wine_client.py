@@ -301,3 +301,34 @@ def test_a_background_sr_watch_announces_new_files_with_slashes(
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout
     assert f"{tag}/sub/new file.txt" in [n.path for n in got], [n.path for n in got]
     assert all("\\" not in n.rel_path for n in got)
+
+
+RETRY_SCRIPT = r"""
+import sys
+from sarra.flow.retryqueue import RetryItem, RetryQueue
+path = sys.argv[1]
+q = RetryQueue(path, ttl=1e12)
+items = [
+    RetryItem("xs", "v02.post.a", f"body {i}", {"sum": "d,0"}, next_at=float(i))
+    for i in range(300)
+]
+for it in items:
+    q.put(it)
+for it in items[:250]:  # enough removals to compact the file while it is open
+    q.done(it)
+q.put(RetryItem("xs", "v02.post.a", "after compaction", {}, next_at=1000.0))
+q.close()
+again = RetryQueue(path, ttl=1e12)
+print(sorted(i.body for i in again.due(now=10_000.0))[:2], len(again.due(now=10_000.0)))
+again.close()
+"""
+
+
+def test_the_disk_retry_queue_compacts_and_reloads_on_windows(
+    winpy: WinPython, tmp_path: Path
+) -> None:
+    done = winpy.run(["-c", RETRY_SCRIPT, winpath(tmp_path / "retry.jsonl")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "['after compaction', 'body 250'] 51", done.stdout
+    # compacted: 51 live records, not 300 puts + 250 removals + 1
+    assert len((tmp_path / "retry.jsonl").read_bytes().splitlines()) == 51
