@@ -125,6 +125,10 @@ class Notice:
     headers: Headers
     checksum: Checksum
     parts: PartSpec | None
+    #: v03 fields that have no v02 header form (nested objects such as ``geometry``, typed
+    #: numbers, sr3's block manifest, a report table), as the text of one JSON object ("" when
+    #: none): kept so that a v03 notice re-encoded in v03 loses nothing; v02 output ignores it
+    v03_fields: str = ""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """One header's value, or ``default``."""

@@ -30,7 +30,7 @@ from sarra.errors import ConfigError
 
 _ACTIONS = frozenset(
     {
-        *("start", "stop", "restart", "status", "sanity", "foreground", "cleanup"),
+        *("start", "stop", "restart", "status", "sanity", "foreground", "supervise", "cleanup"),
         *("declare", "list", "convert", "edit", "add", "remove", "enable", "disable"),
     }
 )

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.servers.rabbitmq",
     "tests.servers.nginx",
     "tests.servers.sshd",
+    "tests.servers.ftpd",
 ]

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(sr_context)s %(name)s: %(message)s"
+#: on a stderr that is systemd's journal, which stamps every line itself
+JOURNAL_FORMAT = "[%(levelname)s] %(sr_context)s %(name)s: %(message)s"
 
 
 def instance_tag(instance: int) -> str:
@@ -42,8 +44,8 @@ def redact(text: str) -> str:
 class RedactingFormatter(logging.Formatter):
     """Formats with :data:`LOG_FORMAT` and masks URL passwords in the whole line."""
 
-    def __init__(self, context: str) -> None:
-        super().__init__(LOG_FORMAT)
+    def __init__(self, context: str, fmt: str = LOG_FORMAT) -> None:
+        super().__init__(fmt)
         self._context = context
 
     def format(self, record: logging.LogRecord) -> str:
@@ -112,14 +114,26 @@ def setup_file_logging(
 
 
 def setup_console_logging(*, context: str, loglevel: str = "info") -> logging.Handler:
-    """Route the root logger to stderr (foreground instance); returns the handler."""
+    """Route the root logger to stderr (foreground instance); returns the handler. Lines carry
+    no time stamp when stderr is systemd's journal (:func:`stderr_is_journal`)."""
     handler = logging.StreamHandler(sys.stderr)
-    _install(handler, context, loglevel)
+    _install(handler, context, loglevel, JOURNAL_FORMAT if stderr_is_journal() else LOG_FORMAT)
     return handler
 
 
-def _install(handler: logging.Handler, context: str, loglevel: str) -> None:
-    handler.setFormatter(RedactingFormatter(context))
+def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """True when stderr is the stream systemd connected to its journal: ``JOURNAL_STREAM``
+    (``device:inode``) names the file stderr is (systemd.exec(5))."""
+    stream = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(stream) and stream == f"{info.st_dev}:{info.st_ino}"
+
+
+def _install(handler: logging.Handler, context: str, loglevel: str, fmt: str = LOG_FORMAT) -> None:
+    handler.setFormatter(RedactingFormatter(context, fmt))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(_level(loglevel))

@@ -11,20 +11,33 @@ no traceback), the component's own status for ``foreground`` and one-shot runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
 from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
-from sarra.cli.instances import Instance, daemonize, remove_pid_file, watch_stop_request
-from sarra.cli.logs import RedactingStream, redact, remove_handler, setup_file_logging
+from sarra.cli.instances import (
+    Instance,
+    daemonize,
+    remove_pid_file,
+    watch_stop_request,
+    write_pid_file,
+)
+from sarra.cli.logs import (
+    RedactingStream,
+    redact,
+    remove_handler,
+    setup_console_logging,
+    setup_file_logging,
+)
 from sarra.cli.runtime import (
     ARGV_ENV,
     CONFIG_TREE_ENV,
@@ -33,6 +46,7 @@ from sarra.cli.runtime import (
     default_runtime,
 )
 from sarra.cli.signals import install_stop_handlers
+from sarra.cli.supervisor import SUPERVISED_ENV, set_parent_death_signal
 from sarra.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -123,7 +137,7 @@ def dispatch(ctx: verbs.Context) -> int:
     if not configs and spec.all_configs != "none":
         found = cf.list_configs(ctx.runtime.config_dir(), ctx.name)
         configs = [c.name for c in found if c.enabled or spec.all_configs == "all"]
-    if ctx.component.one_shot and action in {"start", "restart", "sanity"}:
+    if ctx.component.one_shot and action in {"start", "restart", "sanity", "supervise"}:
         for arg in configs:
             _, cfg = verbs.load(ctx, arg)
             if not cfg.sleep > 0:
@@ -152,7 +166,9 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     environment, never on the command line), detaches (see
     :func:`sarra.cli.instances.daemonize`), logs to its rotating file and runs the component
     until SIGTERM. The pid file is removed when the instance stops on request; after a crash it
-    stays, so ``status`` shows a stale pid and ``sanity`` restarts the instance.
+    stays, so ``status`` shows a stale pid and ``sanity`` restarts the instance. Under
+    ``supervise`` (:data:`sarra.cli.supervisor.SUPERVISED_ENV` names the supervisor's pid) it
+    does not detach, logs to stderr for the service manager, and stops with its supervisor.
     """
     rt = runtime if runtime is not None else default_runtime()
     passed = json.loads(os.environ.get(ARGV_ENV) or "{}")
@@ -168,14 +184,20 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         print(f"sr_{component}: {redact(str(exc))}", file=sys.stderr)
         return 2
     inst = Instance(component, config, number, rt.state_dir(component, config), rt.log_dir())
-    daemonize(inst.pid_path)
-    handler = setup_file_logging(
-        inst.log_path,
-        context=inst.label,
-        loglevel=verbs.loglevel(cfg),
-        backups=cfg.logrotate,
-        mode=cfg.chmod_log,
-    )
+    supervisor = os.environ.get(SUPERVISED_ENV, "")
+    if supervisor.isdigit():  # a child of ``supervise``: stays attached, logs to stderr
+        set_parent_death_signal(int(supervisor))
+        write_pid_file(inst.pid_path, os.getpid())
+        handler = setup_console_logging(context=inst.label, loglevel=verbs.loglevel(cfg))
+    else:
+        daemonize(inst.pid_path)
+        handler = setup_file_logging(
+            inst.log_path,
+            context=inst.label,
+            loglevel=verbs.loglevel(cfg),
+            backups=cfg.logrotate,
+            mode=cfg.chmod_log,
+        )
     sys.stdout = RedactingStream(sys.__stdout__ or sys.stdout)
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
     stop = threading.Event()
@@ -211,6 +233,27 @@ def module_main(argv: Sequence[str], runtime: Runtime | None = None) -> int:
     return main(component, rest, runtime=runtime)
 
 
+def pipe_safe(entry: Callable[[], int]) -> Callable[[], int]:
+    """An entry point whose output may go to a pipe closed early (``sr --help | head``): exit
+    quietly with status 141 (128 + SIGPIPE, as a shell reports it) instead of a traceback."""
+
+    @functools.wraps(entry)
+    def wrapped() -> int:
+        try:
+            rc = entry()
+            sys.stdout.flush()
+            return rc
+        except BrokenPipeError:
+            # stdout is gone: point it at /dev/null so the interpreter's final flush is silent
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 141
+
+    return wrapped
+
+
+@pipe_safe
 def sr() -> int:
     """Entry point of ``sr``, the pump-wide command (:mod:`sarra.cli.pump`)."""
     from sarra.cli import pump
@@ -218,41 +261,49 @@ def sr() -> int:
     return pump.main()
 
 
+@pipe_safe
 def sr_post() -> int:
     """Entry point of ``sr_post``."""
     return main("post")
 
 
+@pipe_safe
 def sr_watch() -> int:
     """Entry point of ``sr_watch``."""
     return main("watch")
 
 
+@pipe_safe
 def sr_subscribe() -> int:
     """Entry point of ``sr_subscribe``."""
     return main("subscribe")
 
 
+@pipe_safe
 def sr_sender() -> int:
     """Entry point of ``sr_sender``."""
     return main("sender")
 
 
+@pipe_safe
 def sr_winnow() -> int:
     """Entry point of ``sr_winnow``."""
     return main("winnow")
 
 
+@pipe_safe
 def sr_sarra() -> int:
     """Entry point of ``sr_sarra``."""
     return main("sarra")
 
 
+@pipe_safe
 def sr_report() -> int:
     """Entry point of ``sr_report`` (the report router)."""
     return main("report")
 
 
+@pipe_safe
 def sr_log() -> int:
     """Entry point of ``sr_log``."""
     return main("log")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from sarra.cli import verbs
 from sarra.cli.instances import State, instance_pid, pid_file_numbers
 from sarra.cli.logs import redact
 from sarra.cli.runtime import Runtime, default_runtime
+from sarra.cli.supervisor import Planned
 from sarra.errors import ConfigError
 
 #: actions of ``sr``; all but ``reload`` are the per-component verbs of the same name
@@ -42,6 +45,7 @@ ACTIONS: dict[str, str] = {
     "sanity": "restart dead and hung instances, remove stale pid files",
     "list": "list every component's configs (component/config)",
     "reload": "restart the running configs whose file changed since they started",
+    "supervise": "run every enabled config here, in the foreground, until SIGTERM (for systemd)",
 }
 
 #: version of the ``sr status --json`` document (see docs/cli-verbs.md)
@@ -102,6 +106,8 @@ def main(
                 document = {"schema": JSON_SCHEMA, "ok": ok, "configs": records}
                 print(json.dumps(document, indent=2), file=out)
                 return 0 if ok else 1
+            if action == "supervise":
+                return supervise(rt, selection, err)
             if action == "list" and not selection:
                 for pair in pairs:
                     print(pair.label + ("" if pair.enabled else "  (disabled)"), file=out)
@@ -202,11 +208,37 @@ def run_pairs(rt: Runtime, action: str, pairs: Sequence[Pair], out: TextIO, err:
     return rc
 
 
+def supervise(rt: Runtime, selection: Sequence[str], err: TextIO) -> int:
+    """``sr supervise``: one supervisor (:mod:`sarra.cli.supervisor`) for every enabled
+    configuration selected, the main process of ``sarra.service``. The selection is read again
+    at each SIGHUP, so configurations added or enabled since are started then. A configuration
+    that does not load is reported on stderr and left out; the others run."""
+    select(rt, "supervise", selection, err)  # a bad selection is a usage error now, not later
+
+    def plan() -> list[Planned]:
+        pairs, _ = select(rt, "supervise", selection, err)
+        found = []
+        for pair in (p for p in pairs if p.enabled):
+            ctx = context(rt, pair.component, "supervise", pair.config, err, err)
+            try:
+                found.append(verbs.planned(ctx, pair.config))
+            except ConfigError as exc:  # one broken file does not keep the pump down
+                print(f"sr: {pair.label}: {redact(str(exc))}, not started", file=err)
+        return found
+
+    return verbs.run_supervisor(plan, rt)
+
+
 def reload(ctx: verbs.Context, pair: Pair) -> int:
     """Restart the instances of ``pair`` if its configuration file was modified after the
     oldest of them started (the modification time of the file against that of the pid files,
     which instances write when they start). Configs that do not run are left alone, and so
     are changes to included files, ``default.conf`` or credentials alone."""
+    boss = verbs.supervised(ctx, pair.config)
+    if boss is not None and sys.platform != "win32":  # it compares the file's time itself
+        os.kill(boss, signal.SIGHUP)
+        ctx.say(pair.config, f"reload asked of supervisor pid {boss}")
+        return 0
     live = verbs.running(ctx, pair.config)
     if not live:
         ctx.say(pair.config, "not running, left alone")

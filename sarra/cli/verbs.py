@@ -34,6 +34,7 @@ from sarra.cli.instances import (
 from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_logging
 from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime
 from sarra.cli.signals import install_stop_handlers
+from sarra.cli.supervisor import Planned, Supervisor, plan_entry, request_restart, supervisor_of
 from sarra.components.base import Component
 from sarra.config.convert import convert_text
 from sarra.config.settings import Settings
@@ -130,12 +131,23 @@ def is_disabled(ctx: Context, arg: str) -> bool:
         return False  # a path outside the config dir, or a name the loader resolves itself
 
 
-def _spawn(ctx: Context, arg: str, config: str, numbers: Sequence[int]) -> int:
-    if not numbers:
-        return 0
+def supervised(ctx: Context, config: str) -> int | None:
+    """The pid of the supervisor (``supervise``, a service) running ``config``, or None."""
+    return supervisor_of(ctx.runtime.state_dir(ctx.name, config), ctx.name, config)
+
+
+def instance_env(ctx: Context, arg: str) -> dict[str, str]:
+    """Environment of an instance process of ``arg``: the user's argv travels there."""
     env = dict(os.environ)
     env[ARGV_ENV] = json.dumps({"argv": list(ctx.argv), "config": arg})
     env.update(ctx.runtime.extra_env or {})
+    return env
+
+
+def _spawn(ctx: Context, arg: str, config: str, numbers: Sequence[int]) -> int:
+    if not numbers:
+        return 0
+    env = instance_env(ctx, arg)
     todo = [instance(ctx, config, n) for n in numbers]
     results = spawn(todo, ctx.runtime.launcher, env, ctx.runtime.start_timeout)
     rc = 0
@@ -174,6 +186,10 @@ def start(ctx: Context, configs: Sequence[str]) -> int:
             rc = 1
             continue
         config, cfg = load(ctx, arg)
+        boss = supervised(ctx, config)
+        if boss is not None:
+            ctx.say(config, f"already running under supervisor pid {boss}")
+            continue
         count = expected_count(cfg)
         _stop_extras(ctx, config, count)
         if cfg.reset:
@@ -196,22 +212,45 @@ def start(ctx: Context, configs: Sequence[str]) -> int:
 
 
 def stop(ctx: Context, configs: Sequence[str]) -> int:
-    """SIGTERM all instances with pid files, SIGKILL after the timeout; remove pid files."""
+    """SIGTERM all instances with pid files, SIGKILL after the timeout; remove pid files.
+    A configuration run by a supervisor is left to it (exit status 1)."""
+    rc = 0
     for arg in configs:
         config = cf.config_name(arg)
+        boss = supervised(ctx, config)
+        if boss is not None:
+            ctx.complain(
+                config,
+                f"run by supervisor pid {boss} (a service such as sr_{ctx.name}@{config}): "
+                "stop the service instead (systemctl stop ...)",
+            )
+            rc = 1
+            continue
         state_dir = ctx.runtime.state_dir(ctx.name, config)
         insts = [instance(ctx, config, n) for n in pid_file_numbers(state_dir, ctx.name, config)]
         if not insts:
             ctx.say(config, "not running")
         for number, outcome in terminate(insts, ctx.runtime.stop_timeout).items():
             ctx.say(config, f"instance {number:03d} {outcome}")
-    return 0
+    return rc
 
 
 def restart(ctx: Context, configs: Sequence[str]) -> int:
-    """stop, then start."""
-    stop(ctx, configs)
-    return start(ctx, configs)
+    """stop, then start; a configuration run by a supervisor is restarted by it."""
+    rc = 0
+    own = []
+    for arg in configs:
+        config = cf.config_name(arg)
+        boss = supervised(ctx, config)
+        if boss is None:
+            own.append(arg)
+            continue
+        request_restart(ctx.runtime.state_dir(ctx.name, config), ctx.name, config, boss)
+        ctx.say(config, f"restart asked of supervisor pid {boss}")
+    if own:
+        stop(ctx, own)
+        rc = start(ctx, own)
+    return rc
 
 
 def silent_for(inst: Instance, now: float | None = None) -> float | None:
@@ -237,6 +276,10 @@ def sanity(ctx: Context, configs: Sequence[str]) -> int:
         if is_disabled(ctx, arg):
             continue
         config, cfg = load(ctx, arg)
+        boss = supervised(ctx, config)
+        if boss is not None:
+            ctx.say(config, f"run by supervisor pid {boss}, which restarts its instances")
+            continue
         count = expected_count(cfg)
         dead_after = max(cfg.sanity_log_dead, 0.0)  # 0: never judged hung
         state_dir = ctx.runtime.state_dir(ctx.name, config)
@@ -350,6 +393,44 @@ def foreground(ctx: Context, configs: Sequence[str]) -> int:
     else:
         config, cfg = load(ctx, arg)
     return run_instance(ctx.component, cfg, f"{ctx.name}/{config}/000", 0, console=True)
+
+
+def supervise(ctx: Context, configs: Sequence[str]) -> int:
+    """Run every instance of ``configs`` (all enabled ones when none is named) as children of
+    this process, logging to stderr, until SIGTERM (see :mod:`sarra.cli.supervisor`): the main
+    process of a systemd service. SIGHUP re-reads the configurations."""
+    named = list(ctx.cmdline.configs)
+
+    def plan() -> list[Planned]:
+        chosen = named or [
+            c.name for c in cf.list_configs(ctx.runtime.config_dir(), ctx.name) if c.enabled
+        ]
+        return [planned(ctx, arg) for arg in chosen if not is_disabled(ctx, arg)]
+
+    return run_supervisor(plan, ctx.runtime)
+
+
+def planned(ctx: Context, arg: str) -> Planned:
+    """What ``supervise`` runs for configuration ``arg``. Raises ConfigError."""
+    config, cfg = load(ctx, arg)
+    return plan_entry(
+        ctx.name,
+        config,
+        cfg.config_path,
+        expected_count(cfg),
+        ctx.runtime.state_dir(ctx.name, config),
+        ctx.runtime.log_dir(),
+        instance_env(ctx, arg),
+    )
+
+
+def run_supervisor(plan: Callable[[], list[Planned]], runtime: Runtime) -> int:
+    """Run a :class:`Supervisor` over ``plan`` in this process, logging to stderr."""
+    handler = setup_console_logging(context="supervisor", loglevel="info")
+    try:
+        return Supervisor(plan, runtime.launcher, runtime.stop_timeout).run()
+    finally:
+        remove_handler(handler)
 
 
 def run_instance(
@@ -501,6 +582,9 @@ VERBS: dict[str, Action] = {
         sanity, "restart dead and hung (sanity_log_dead) instances, remove stale pid files", "any"
     ),
     "foreground": Action(foreground, "run one instance here, logging to the console", "one"),
+    "supervise": Action(
+        supervise, "run all instances as children here until SIGTERM (for systemd)", "any"
+    ),
     "cleanup": Action(cleanup, "delete the queue and local state (when stopped)", "some"),
     "declare": Action(declare, "create the exchanges and queues used", "some"),
     "list": Action(list_, "list configs, or print the given one", "any", "none"),

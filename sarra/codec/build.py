@@ -30,6 +30,7 @@ def build_notice(
     rel_path: str,
     headers: Mapping[str, str],
     post: bool,
+    v03_fields: str = "",
 ) -> Notice:
     """Validate the fields of a notice and construct it.
 
@@ -88,6 +89,7 @@ def build_notice(
         headers=frozen_headers(headers),
         checksum=checksum,
         parts=parts,
+        v03_fields=v03_fields,
     )
 
 

@@ -61,8 +61,8 @@ def decode(
     A report misrouted onto a post topic (Q3) is classified by its body and returned as a
     :class:`Report`. A restored message (exchange ``''``, key ``q_*``) gets its topic rebuilt
     from relPath and its exchange from the ``exchange`` header (default ``xpublic``), which is
-    dropped. v03 messages (topic ``v03.*``, or a body starting with ``{``) are decoded from
-    JSON. ``content_type`` is informational: detection goes by topic and body.
+    dropped. v03 messages (content type ``application/json``, or a body starting with ``{``)
+    are decoded from JSON (:func:`sarra.codec.v03.decode`), whatever their topic.
 
     Raises:
         MalformedMessage: everything the spec answers with 417, with a one-line reason.
@@ -75,7 +75,9 @@ def decode(
         raise MalformedMessage(f"body is not valid UTF-8: {exc.reason}") from exc
     restored = exchange == "" and routing_key.startswith("q_")
     levels = routing_key.split(".")
-    is_v03 = text.lstrip().startswith("{") or (not restored and levels[0] == "v03")
+    # the format of each message goes by its content type or body shape, not its topic: a
+    # v02 body on a v03 topic (old sarra, a retry queue) is read as v02
+    is_v03 = v03.looks_like_v03(text, content_type)
     kind = "post" if restored or is_v03 else _kind(routing_key, levels)
     if kind == "pulse":  # acked and ignored: its headers do not matter
         return Pulse(topic=routing_key, text=text)
@@ -107,7 +109,10 @@ def decode(
 
 
 def _kind(routing_key: str, levels: list[str]) -> str:
-    """The message type named by the second topic level (2.3)."""
+    """The message type named by the second topic level (2.3); a v02 body on a ``v03.*``
+    topic (what sarra sent before it spoke v03) is a post."""
+    if levels[0] == "v03":
+        return "post"
     if levels[0] != "v02" or len(levels) < 2:
         raise MalformedMessage(f"unsupported topic {routing_key[:80]!r}")
     kind = {"post": "post", "report": "report", "log": "report", "pulse": "pulse"}.get(levels[1])
@@ -286,7 +291,9 @@ def derive(
     rel_path, topic = notice.rel_path, notice.topic
     if path is not None:
         rel_path = poster_rel_path(path)
-        prefix = ".".join(notice.topic.split(".")[:2])
+        levels = notice.topic.split(".")
+        # sr3's v03 prefix is one level (v03.<dirs>), v02's two (v02.post.<dirs>)
+        prefix = ".".join(levels[:1] if levels[0] == "v03" else levels[:2])
         topic = topic_for(prefix, path.lstrip("/"))
     return build_notice(
         exchange=notice.exchange if exchange is None else exchange,
@@ -296,6 +303,7 @@ def derive(
         rel_path=rel_path,
         headers=ordered(hdrs),
         post=True,
+        v03_fields=notice.v03_fields,
     )
 
 
@@ -382,8 +390,18 @@ def encode(
     header_value_max: int = HEADER_VALUE_MAX,
     persistent: bool = True,
     message_ttl_ms: int | None = None,
+    post_format: str = "v02",
 ) -> WireMessage:
-    """Encode a notice (:func:`to_wire`) or a report (:func:`report_to_wire`) for ``exchange``."""
+    """Encode a notice (:func:`to_wire`) or a report (:func:`report_to_wire`) for ``exchange``
+    in ``post_format`` (``v02``, or ``v03``: :mod:`sarra.codec.v03`)."""
+    if post_format == "v03":
+        if isinstance(x, Report):
+            return v03.report_to_wire(
+                x, exchange, persistent=persistent, message_ttl_ms=message_ttl_ms
+            )
+        return v03.to_wire(
+            x, exchange=exchange, persistent=persistent, message_ttl_ms=message_ttl_ms
+        )
     if isinstance(x, Report):
         return report_to_wire(
             x,
@@ -422,16 +440,24 @@ class PublishOptions(Protocol):
     def persistent(self) -> bool: ...
     @property
     def message_ttl_ms(self) -> int | None: ...
+    @property
+    def post_format(self) -> str: ...
 
 
 def publish_wire(notice: Notice, exchange: str, options: PublishOptions) -> WireMessage:
-    """:func:`to_wire` as a publisher sends ``notice``: to ``exchange`` split by
-    ``options.exchange_split`` (:func:`split_exchange`), with the options' header value limit,
-    delivery mode and message TTL."""
-    return to_wire(
+    """:func:`encode` as a publisher sends ``notice``: to ``exchange`` split by
+    ``options.exchange_split`` (:func:`split_exchange`), in ``options.post_format``, with the
+    options' header value limit, delivery mode and message TTL."""
+    return encode(
         notice,
-        exchange=split_exchange(exchange, notice.checksum, options.exchange_split),
+        split_exchange(exchange, notice.checksum, options.exchange_split),
         header_value_max=options.header_value_max,
         persistent=options.persistent,
         message_ttl_ms=options.message_ttl_ms,
+        post_format=options.post_format,
     )
+
+
+def report_format(report: Report) -> str:
+    """The format a relayed report keeps: ``v03`` when it came as v03, else ``v02``."""
+    return "v03" if report.notice.topic.split(".", 1)[0] == "v03" else "v02"

@@ -70,7 +70,8 @@ class LogComponent(SingleQueueVerbs):
     def _bindings(self, cfg: Settings, user: str) -> tuple[tuple[str, str], ...]:
         exchange = log_exchange(cfg, user)
         keys = [b.routing_key for b in getattr(cfg, "bindings", ()) or ()]
-        return tuple((exchange, k) for k in dict.fromkeys(keys or ["v02.report.#"]))
+        # xr_<user> holds reports only: sr3's v03 reports (topic v03.<dirs>) are read too
+        return tuple((exchange, k) for k in dict.fromkeys(keys or ["v02.report.#", "v03.#"]))
 
     def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         out = self.out or sys.stdout

@@ -224,6 +224,7 @@ class ConsumerComponent:
                 cluster=s.cluster or host,
                 to_clusters=s.to_clusters or host,
                 declare=s.declare_exchange,
+                post_format=s.post_format,
             ),
             flow.select,
             flow.work,

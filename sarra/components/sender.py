@@ -1,4 +1,5 @@
-"""sr_sender: consume notices about local files and push the files to a remote SFTP server.
+"""sr_sender: consume notices about local files and push the files to a remote SFTP, FTP or
+FTPS server.
 
 Wiring only (config -> settings -> loop); the per-notice logic is :mod:`sarra.flow.send`.
 Defaults that differ from a subscriber: ``mirror`` on, ``accept_unmatch`` off (option table),
@@ -22,7 +23,7 @@ from sarra.flow.work import WorkItem
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("sftp",)  # file: would work through FileTransport but is not tested yet
+SCHEMES = ("sftp", "ftp", "ftps")  # file: would work through FileTransport but is not tested yet
 
 
 def send_settings(s: Settings) -> SendSettings:
@@ -38,6 +39,15 @@ def send_settings(s: Settings) -> SendSettings:
         )
     if s.notify_only:
         raise ConfigError("a sender always sends: notify_only is not allowed", option="notify_only")
+    path = parse_url(destination).path
+    if path not in ("", "/"):
+        # sr2 and sr3 do not use it either; say so rather than ignore it silently
+        log.warning(
+            "destination %s: its path %s is not used: files go under `directory` (%s)",
+            destination,
+            path,
+            s.directory or "the login directory",
+        )
     # an age makes no sense for pushing: keep the temporary name
     inflight = s.inflight if isinstance(s.inflight, str) and s.inflight else ".tmp"
     return SendSettings(
@@ -46,6 +56,7 @@ def send_settings(s: Settings) -> SendSettings:
         base_dir=s.base_dir or None,
         timeout=s.timeout,
         credentials=credential_store().find,
+        tls_verify=s.tls_rigour != "lax",
         transport_options={"state_dir": str(instance_state_dir(s))},
         announce=_announce(s, destination),
     )
@@ -66,6 +77,7 @@ def _announce(s: Settings, destination: str) -> Announce | None:
         to_clusters=s.to_clusters or url.host,
         header_value_max=s.header_value_max,
         persistent=s.persistent,
+        post_format=s.post_format,
     )
 
 

@@ -34,6 +34,7 @@ ACTION_NAMES: tuple[str, ...] = (
     "restart",
     "status",
     "foreground",
+    "supervise",
     "cleanup",
     "declare",
     "list",

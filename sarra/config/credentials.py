@@ -4,8 +4,9 @@ Config files name URLs without passwords; the password comes from here. A line i
 
     scheme://user:password@host[:port][/path] [option[,option...]]
 
-with options ``ssh_keyfile=PATH``, ``passive``/``active``, ``binary``/``ascii``, ``tls``/``ssl``,
-``prot_p``, ``bearer_token=TOKEN`` (or ``bt=TOKEN``). Passwords may contain ``/``, ``?``,
+with options ``ssh_keyfile=PATH``, ``passive``/``active``, ``binary``, ``tls``/``ssl``,
+``prot_p``, ``bearer_token=TOKEN`` (or ``bt=TOKEN``). ``ascii`` (sr2's text-mode FTP) is refused:
+transfers are always binary. Passwords may contain ``/``, ``?``,
 ``#``, ``:`` and ``@``: the user information ends at the *last* ``@`` of the URL, and percent
 escapes (``%2F``) in a password are decoded, as sr2 users relied on that work-around.
 
@@ -159,8 +160,14 @@ def _parse_line(line: str, where: str, number: int) -> Credential:
             credential = replace(credential, bearer_token=value)
         elif key in ("passive", "active"):
             credential = replace(credential, passive=key == "passive")
-        elif key in ("binary", "ascii"):
-            credential = replace(credential, binary=key == "binary")
+        elif key == "binary":
+            credential = replace(credential, binary=True)
+        elif key == "ascii":
+            raise CredentialsError(
+                "'ascii' is not supported: FTP transfers are always binary (remove it)",
+                path=where,
+                line=number,
+            )
         elif key in ("tls", "ssl"):
             credential = replace(credential, tls=True)
         elif key == "prot_p":

@@ -625,9 +625,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("post_base_dir", S, None, "local directory the posted paths are relative to",
        _REPOSTERS, ("pbd", "document_root", "dr", "post_document_root", "pdr", "post_baseDir",
         "post_basedir", "post_documentRoot"), metavar="DIR"),
-    _o("post_format", S, "v02", "format of the notices posted: sarra posts v02 only (sr3 "
-       "post_format; v03 is refused)", _REPOSTERS, choices=("v02",), support=NOOP,
-       why="sarra always posts v02"),
+    _o("post_format", S, "v02", "format of the notices and reports posted: v02 (sr2) or v03 "
+       "(sr3's JSON, content type application/json; use with post_topic_prefix v03)",
+       _REPOSTERS, ("postFormat",), choices=("v02", "v03")),
     _o("base_url", S, None, "sr3 baseUrl", _ALL, ("baseUrl", "baseurl"), support=REFUSED,
        why="sr3 reads no baseUrl option (it is a field of each notice); the URL of the "
        "notices posted is post_base_url (sr3 post_baseUrl)"),
@@ -707,8 +707,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("statehost", B, False, "keep state under a per-host directory", _ALL,
        support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
     _o("tls_rigour", S, "normal",
-       "https downloads: lax skips certificate checks, normal and strict check them "
-       "(amqps connections always check)", frozenset({"subscribe", "sarra"}),
+       "https and ftps transfers: lax skips certificate checks, normal and strict check "
+       "them (amqps connections always check)", frozenset({"subscribe", "sarra", "sender"}),
        ("tls_rigor", "tlsr", "tlsRigour"), choices=("lax", "normal", "strict")),
     _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),

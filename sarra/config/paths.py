@@ -12,6 +12,13 @@ the configuration directory is sr3's, ``$XDG_CONFIG_HOME/sr3`` or ``~/.config/sr
 ``plugins/`` all come from there, and ``SR_CONFIG_DIR`` is not consulted. sarra's state and
 logs stay in sarra's state directory, under ``sr3/`` so that a configuration of the same name
 in both trees has its own queue name and pid files.
+
+A pump installed from the Debian package keeps its configuration in ``/etc/sarra`` and its
+state in ``/var/lib/sarra`` (the *system tree*; its services set ``SR_CONFIG_DIR`` and
+``SR_STATE_DIR`` to them). The commands run by ``root`` or by the ``sarra`` account use the
+system tree too when ``/etc/sarra`` exists and the variables are unset, so that an operator's
+``sr status`` or ``sudo -u sarra sr_subscribe list`` sees what the services run. Any other
+account keeps its own directories.
 """
 
 from __future__ import annotations
@@ -34,8 +41,39 @@ TREES = ("sarra", "sr3")
 SR3_EXTRA_DIRS: Mapping[str, tuple[str, ...]] = {"post": ("cpost",)}
 
 
+#: the system tree of a packaged pump (see the module docstring)
+SYSTEM_CONFIG_DIR = Path("/etc/sarra")
+SYSTEM_STATE_DIR = Path("/var/lib/sarra")
+#: the account the packaged services run as
+SYSTEM_USER = "sarra"
+
+
 def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
+
+
+def _account() -> str | None:
+    """Name of the effective user (``root`` for uid 0), None where unknown."""
+    if sys.platform == "win32" or not hasattr(os, "geteuid"):
+        return None
+    uid = os.geteuid()
+    if uid == 0:
+        return "root"
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return None
+
+
+def uses_system_tree(system_config: Path | None = None) -> bool:
+    """True when this process, unless told otherwise by ``SR_CONFIG_DIR``/``SR_STATE_DIR``,
+    uses the system tree: it runs as ``root`` or ``sarra`` on Linux and the system
+    configuration directory exists."""
+    if not sys.platform.startswith("linux") or _account() not in {"root", SYSTEM_USER}:
+        return False
+    return (system_config or SYSTEM_CONFIG_DIR).is_dir()
 
 
 def config_tree(env: Mapping[str, str] | None = None) -> str:
@@ -68,13 +106,15 @@ def sr3_config_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The user configuration directory (``SR_CONFIG_DIR`` or ``~/.config/sarra``; sr3's
-    directory when ``SR_CONFIG_TREE`` is ``sr3``)."""
+    """The user configuration directory (``SR_CONFIG_DIR``, the system tree's ``/etc/sarra``,
+    or ``~/.config/sarra``; sr3's directory when ``SR_CONFIG_TREE`` is ``sr3``)."""
     if config_tree(env) == "sr3":
         return sr3_config_dir(env)
     override = _env(env).get("SR_CONFIG_DIR")
     if override:
         return Path(override)
+    if uses_system_tree():
+        return SYSTEM_CONFIG_DIR
     return Path(platformdirs.user_config_dir(APPNAME, appauthor=False))
 
 
@@ -97,9 +137,12 @@ def state_dir(
     tree (``SR_CONFIG_TREE=sr3``) it is ``<state>/sr3[/<component>[/<config>]]``.
     """
     override = _env(env).get("SR_STATE_DIR")
-    base = (
-        Path(override) if override else Path(platformdirs.user_state_dir(APPNAME, appauthor=False))
-    )
+    if override:
+        base = Path(override)
+    elif uses_system_tree():
+        base = SYSTEM_STATE_DIR
+    else:
+        base = Path(platformdirs.user_state_dir(APPNAME, appauthor=False))
     if config_tree(env) == "sr3":
         base = base / "sr3"
     if component is not None:

@@ -40,7 +40,10 @@ def _r(name: str, origin: str, why: str) -> PluginName:
     return PluginName(name, origin, None, why)
 
 
-_ACCEL = "sarra downloads http, https and sftp itself, transfer_threads at a time; remove the line"
+_ACCEL = (
+    "sarra downloads http, https, sftp, ftp and ftps itself, transfer_threads at a time; "
+    "remove the line"
+)
 _NODUPE = (
     "duplicate suppression is built in: remove the line and set nodupe_ttl "
     "(suppress_duplicates) and nodupe_basis (cache_basis)"

@@ -61,6 +61,8 @@ class ReportSettings:
     to_clusters: str | None
     #: declare ``exchange`` at start (when the broker allows; off with declare_exchange off)
     declare: bool = True
+    #: ``post_format``: reports go out in v03 (sr3's ``report`` table) when posts do
+    post_format: str = "v02"
 
 
 #: how often, at most, the loss of reports to a missing report exchange is logged (seconds)
@@ -683,7 +685,13 @@ class ConsumingLoop:
             self._settle_items.append(item)
 
     def _to_retry_queue(self, item: WorkItem) -> None:
-        wire = v02.to_wire(item.notice, exchange=item.notice.exchange, header_value_max=1 << 20)
+        # a notice that came as v03 with fields v02 cannot carry is kept in v03
+        wire = v02.encode(
+            item.notice,
+            item.notice.exchange,
+            header_value_max=1 << 20,
+            post_format="v03" if item.notice.v03_fields else "v02",
+        )
         now = time.time()
         entry = RetryItem.from_wire(wire, now=now, error=item.message)
         self.retry_queue.put(self.retry_queue.failed(entry, item.message, now))
@@ -843,7 +851,7 @@ class ConsumingLoop:
             from_cluster=r.cluster,
             to_clusters=r.to_clusters,
         )
-        return v02.report_to_wire(report, r.exchange)
+        return v02.encode(report, r.exchange, post_format=r.post_format)
 
     def report(self, notice: Notice, code: int, message: str) -> None:
         """Queue a report about ``notice`` that belongs to no delivery (e.g. housekeeping

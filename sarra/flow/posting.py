@@ -74,6 +74,8 @@ class PostSettings:
     #: accept/reject: a notice whose URL the masks reject is not posted (sr2 and sr3 alike)
     masks: tuple[Mask, ...] = ()
     accept_unmatch: bool = True
+    #: ``v02`` or ``v03`` (:func:`sarra.codec.v02.publish_wire`)
+    post_format: str = "v02"
     log_reject: bool = False
 
     @classmethod
@@ -124,6 +126,7 @@ class PostSettings:
             message_ttl_ms=int(ttl * 1000) if ttl else None,
             exchange_split=cfg.post_exchange_split,
             realpath_post=cfg.realpath_post,
+            post_format=cfg.post_format,
             masks=tuple(cfg.masks),
             accept_unmatch=cfg.accept_unmatch,
             log_reject=cfg.log_reject,

@@ -85,7 +85,9 @@ class ReportRouter:
     ) -> list[tuple[Route | None, WireMessage]]:
         """What to publish for one consumed message: (route or None for our broker, message)."""
         try:
-            decoded = v02.decode(msg.exchange, msg.routing_key, msg.body, msg.headers)
+            decoded = v02.decode(
+                msg.exchange, msg.routing_key, msg.body, msg.headers, msg.content_type
+            )
         except MessageError as e:
             log.info("dropping an undecodable message from %s: %s", msg.exchange, e)
             self.counts.ignored += 1
@@ -115,11 +117,11 @@ class ReportRouter:
             _record("forged_report", exchange, report.user)
             return []
         self.counts.forwarded += 1
-        return [(None, v02.report_to_wire(report, "xreport"))]
+        return [(None, _wire(report, "xreport"))]
 
     def _route(self, report: Report, now: float) -> list[tuple[Route | None, WireMessage]]:
         notice = report.notice
-        wire = v02.report_to_wire(report, "xreport")
+        wire = _wire(report, "xreport")
         if self._seen_before(wire.body + repr(sorted(wire.headers.items())).encode(), now):
             self.counts.loops += 1
             log.info("dropping a report seen before (a routing loop?): %s", notice.path)
@@ -132,7 +134,7 @@ class ReportRouter:
                 log.info("dropping a report without a source: %s", notice.path)
                 return []
             self.counts.delivered += 1
-            return [(None, v02.report_to_wire(report, f"xr_{source}"))]
+            return [(None, _wire(report, f"xr_{source}"))]
         route = self.routes.get(cluster)
         if route is None:
             self.counts.unknown_cluster += 1
@@ -147,7 +149,7 @@ class ReportRouter:
             log.warning("cluster_route %s points at our own broker: report dropped", cluster)
             return []
         self.counts.relayed += 1
-        return [(route, v02.report_to_wire(report, route.exchange))]
+        return [(route, _wire(report, route.exchange))]
 
     def _seen_before(self, body: bytes, now: float) -> bool:
         key = hashlib.sha256(body).digest()
@@ -167,10 +169,13 @@ def _record(kind: str, exchange: str, claimed: str | None) -> None:
 
 
 def router_bindings(users: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """v02 reports by topic; v03 reports (sr3's form: topic ``v03.<dirs>``, like a post) by
+    ``v03.#``, so that v03 posts on ``xs_U`` also reach the router, which acks and ignores
+    them (docs/interop.md)."""
     out: list[tuple[str, str]] = []
     for u in sorted(set(users)):
-        out += [(f"xs_{u}", "v02.report.#"), (f"xs_{u}", "v02.post")]
-    out.append(("xreport", "v02.report.#"))
+        out += [(f"xs_{u}", "v02.report.#"), (f"xs_{u}", "v02.post"), (f"xs_{u}", "v03.#")]
+    out += [("xreport", "v02.report.#"), ("xreport", "v03.#")]
     return tuple(out)
 
 
@@ -219,3 +224,8 @@ class RoutePublisher:
         for s in self.remote.values():
             s.close()
         self.declared.clear()
+
+
+def _wire(report: Report, exchange: str) -> WireMessage:
+    """A routed report, in the format it came in (v03 stays v03 for sr3's tools)."""
+    return v02.encode(report, exchange, post_format=v02.report_format(report))

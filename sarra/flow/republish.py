@@ -123,6 +123,8 @@ class RepublishSettings:
     #: headers added to every re-announcement (``header`` option)
     extra_headers: tuple[tuple[str, str], ...] = ()
     drop_headers: tuple[str, ...] = ()
+    #: ``v02`` or ``v03`` (:func:`sarra.codec.v02.publish_wire`)
+    post_format: str = "v02"
 
     @classmethod
     def from_config(cls, s: Settings, trusted: Iterable[str] = ()) -> RepublishSettings:
@@ -157,6 +159,7 @@ class RepublishSettings:
             base_url_accept=tuple(re.compile(p) for p in s.base_url_accept),
             extra_headers=tuple(s.headers_add.items()),
             drop_headers=s.headers_del,
+            post_format=s.post_format,
         )
 
 

@@ -89,6 +89,8 @@ class Announce:
     to_clusters: str | None = None
     header_value_max: int = 252
     persistent: bool = True
+    #: ``v02`` or ``v03``
+    post_format: str = "v02"
 
 
 @dataclass(slots=True)
@@ -100,6 +102,10 @@ class SendSettings:
     base_dir: str | None = None
     timeout: float = 30.0
     credentials: Callable[[str], Credential | None] = field(default=lambda _url: None)
+    #: ftps: check the server certificate (``tls_rigour lax`` turns this off)
+    tls_verify: bool = True
+    #: ftps: trusted CA certificates (default: the system's)
+    ca_file: str | None = None
     transport_options: dict[str, Any] = field(default_factory=dict)
     announce: Announce | None = None
 
@@ -280,8 +286,8 @@ class Sender:
         path = final
         if a.base_dir and (final + "/").startswith(a.base_dir.rstrip("/") + "/"):
             path = final[len(a.base_dir.rstrip("/")) :]
-        elif not final.startswith("/") and a.base_url.startswith("sftp:"):
-            path = "~/" + final  # relative to the login directory (sftp URL convention)
+        elif not final.startswith("/") and a.base_url.startswith(("sftp:", "ftp:", "ftps:")):
+            path = "~/" + final  # relative to the login directory (sftp/ftp URL convention)
         notice = item.notice
         missing = a.to_clusters is not None and notice.header("to_clusters") is None
         derived = v02.derive(
@@ -295,7 +301,13 @@ class Sender:
 
     @staticmethod
     def _wire(notice: Notice, a: Announce) -> WireMessage:
-        return v02.to_wire(notice, header_value_max=a.header_value_max, persistent=a.persistent)
+        return v02.encode(
+            notice,
+            notice.exchange,
+            header_value_max=a.header_value_max,
+            persistent=a.persistent,
+            post_format=a.post_format,
+        )
 
     def _mkdirs(self, transport: Transport, directory: str, force: bool = False) -> None:
         if not directory or directory == "/":
@@ -335,6 +347,8 @@ class Sender:
                 s.destination,
                 credentials=s.credentials(s.destination),
                 timeout=s.timeout,
+                tls_verify=s.tls_verify,
+                ca_file=s.ca_file,
                 options=s.transport_options,
             )
             transport.throttle = self._throttle
@@ -357,7 +371,7 @@ class Sender:
 def remote_url(destination: str, path: str) -> str:
     """The URL of the remote ``path`` on the server of ``destination`` (its scheme, user, host
     and port): an absolute path follows the host (``sftp://u@h:22/data/in/a``), a path relative
-    to the login directory is written ``~/`` (``sftp://u@h/~/incoming/a``, the sftp URL
+    to the login directory is written ``~/`` (``sftp://u@h/~/incoming/a``, the sftp and ftp URL
     convention)."""
     scheme, sep, rest = destination.partition("://")
     origin = f"{scheme}{sep}{rest.split('/', 1)[0]}"

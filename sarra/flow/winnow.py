@@ -57,8 +57,10 @@ class Winnower:
         split: int = 0,
         header_value_max: int = 1 << 16,
         plugins: Plugins | None = None,
+        post_format: str = "v02",
     ) -> None:
         self.cache = cache
+        self.post_format = post_format
         #: ``on_message`` plugins, asked before the duplicate check (as sr2's winnow did)
         self.plugins = plugins or Plugins()
         self.post_session = post_session
@@ -81,7 +83,14 @@ class Winnower:
             item.settle(304, "not modified (duplicate)")
             return False
         forwarded = v02.derive(notice, exchange=self.target_exchange(notice))
-        self._outbox.append(v02.to_wire(forwarded, header_value_max=self.header_value_max))
+        self._outbox.append(
+            v02.encode(
+                forwarded,
+                forwarded.exchange,
+                header_value_max=self.header_value_max,
+                post_format=self.post_format,
+            )
+        )
         self._pending[digest] = notice
         item.settle(201, "Published")
         return False
@@ -211,4 +220,6 @@ def start_winnower(
     except BaseException:
         cache.close()
         raise
-    return Winnower(cache, post_session, exchange, split, plugins=plugins)
+    return Winnower(
+        cache, post_session, exchange, split, plugins=plugins, post_format=s.post_format
+    )

@@ -1,4 +1,4 @@
-"""Transports: file, http(s) and sftp behind one contract, chosen by URL scheme.
+"""Transports: file, http(s), sftp and ftp(s) behind one contract, chosen by URL scheme.
 
 :func:`open_transport` builds the transport for a URL's origin from an explicit registry (a
 literal dict of scheme to factory). Nothing connects until the first operation, and the
@@ -39,9 +39,9 @@ class TransportParams:
     credentials: Login | None = None
     #: seconds for connects and each read
     timeout: float = 30
-    #: https: check the server certificate (``tls_rigour lax`` turns this off)
+    #: https, ftps: check the server certificate (``tls_rigour lax`` turns this off)
     tls_verify: bool = True
-    #: https: trusted CA certificates (default: the system's)
+    #: https, ftps: trusted CA certificates (default: the system's)
     ca_file: str | None = None
     #: sftp: ``known_hosts`` or ``state_dir``, ``strict_host_keys``, ``keepalive``
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
@@ -76,6 +76,18 @@ def _sftp(url: str, params: TransportParams) -> Transport:
     )
 
 
+def _ftp(url: str, params: TransportParams) -> Transport:
+    from sarra.transfer.ftp import FtpTransport
+
+    return FtpTransport(
+        url,
+        credentials=params.credentials,
+        timeout=params.timeout,
+        tls_verify=params.tls_verify,
+        ca_file=params.ca_file,
+    )
+
+
 #: Scheme -> factory. The one place that says which schemes we can transfer with.
 FACTORIES: Mapping[str, Factory] = MappingProxyType(
     {
@@ -83,6 +95,8 @@ FACTORIES: Mapping[str, Factory] = MappingProxyType(
         "http": _http,
         "https": _http,
         "sftp": _sftp,
+        "ftp": _ftp,
+        "ftps": _ftp,
     }
 )
 

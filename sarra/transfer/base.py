@@ -6,9 +6,10 @@ translated into :mod:`sarra.errors` at this boundary.
 
 The methods of :class:`Transport` are the whole contract. ``get``, ``stat``, ``close`` and
 ``abort`` are required; the optional operations (``get_into``, ``put``, ``rename``,
-``delete``, ``mkdirs``) raise :class:`~sarra.errors.UnsupportedOperation` unless a transport
-overrides them, and a transport's :class:`Features` must say which it overrides (checked when
-the class is defined). Callers decide by reading ``transport.features``, never by probing.
+``delete``, ``mkdirs``, ``listdir``) raise :class:`~sarra.errors.UnsupportedOperation` unless a
+transport overrides them, and a transport's :class:`Features` must say which it overrides
+(checked when the class is defined). Callers decide by reading ``transport.features``, never
+by probing.
 
 Paths are confined: a path (or URL path) with a ``..`` segment or a NUL byte is refused with
 :class:`~sarra.errors.HostilePath` before any I/O (:func:`confined`), and a URL of another
@@ -41,13 +42,18 @@ class Features:
     #: ``get_into`` reads straight into caller-owned buffers
     get_into: bool = False
     put: bool = False
+    #: ``put`` also takes ``offset``/``length`` (ranges written in any order); when false, only
+    #: whole-file puts work and a ranged one raises UnsupportedOperation
+    put_ranges: bool = False
     rename: bool = False
     delete: bool = False
     mkdirs: bool = False
+    #: ``listdir`` lists a remote directory (what a poll reads)
+    listdir: bool = False
 
 
 #: Feature flags backed by an optional method of the same name.
-OPTIONAL_OPERATIONS = ("get_into", "put", "rename", "delete", "mkdirs")
+OPTIONAL_OPERATIONS = ("get_into", "put", "rename", "delete", "mkdirs", "listdir")
 
 
 class Login(Protocol):
@@ -66,11 +72,41 @@ class Login(Protocol):
     @property
     def bearer_token(self) -> str | None: ...
 
+    #: ftp: passive data connections (``active`` in credentials.conf makes this false)
+    @property
+    def passive(self) -> bool: ...
+
+    #: ftp: explicit TLS (``tls``/``ssl`` in credentials.conf; always for ftps://)
+    @property
+    def tls(self) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteStat:
     size: int
     mtime: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    """One entry of a remote directory listing, as the server shows it.
+
+    ``name`` is a single path segment: never empty, ``.``, ``..``, nor holding ``/`` or NUL
+    (a listing that shows such a name has the entry left out, see :func:`listed_name`).
+    """
+
+    name: str
+    size: int | None
+    #: seconds since the epoch (UTC), at the precision the listing gives; None when unknown
+    mtime: float | None
+    is_dir: bool = False
+    is_link: bool = False
+
+
+def listed_name(name: str) -> bool:
+    """Whether a name from a remote listing may be used as one segment under the listed
+    directory (no ``/``, NUL, CR/LF, and not empty, ``.`` or ``..``)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\0\r\n")
 
 
 def confined(path: str, what: str) -> str:
@@ -224,6 +260,11 @@ class Transport(ABC):
         """Create a directory and its missing parents; existing ones are fine
         (``features.mkdirs``)."""
         raise self._unsupported("mkdirs")
+
+    def listdir(self, url: str) -> list[RemoteEntry]:
+        """The entries of a remote directory (``.`` and ``..`` left out, and any name that
+        could escape it: see :class:`RemoteEntry`) (``features.listdir``)."""
+        raise self._unsupported("listdir")
 
     @abstractmethod
     def close(self) -> None:

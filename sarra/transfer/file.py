@@ -55,7 +55,9 @@ def _translate(err: OSError, what: str) -> TransferError | LocalError:
 class FileTransport(Transport):
     """Reads (and writes) local files; it has no connection to keep."""
 
-    features = Features(ranges=True, put=True, rename=True, delete=True, mkdirs=True)
+    features = Features(
+        ranges=True, put=True, put_ranges=True, rename=True, delete=True, mkdirs=True
+    )
 
     def __init__(self) -> None:
         self._closed = False

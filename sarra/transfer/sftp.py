@@ -73,7 +73,9 @@ class SftpTransport(Transport):
         connections_made: sessions opened so far.
     """
 
-    features = Features(ranges=True, put=True, rename=True, delete=True, mkdirs=True)
+    features = Features(
+        ranges=True, put=True, put_ranges=True, rename=True, delete=True, mkdirs=True
+    )
 
     def __init__(
         self,

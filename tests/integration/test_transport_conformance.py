@@ -1,9 +1,11 @@
 """One set of cases for the Transport contract, run on every transport against a real server.
 
-file (the local file system), http and https (nginx; https with a throwaway test CA) and sftp
-(sshd). What a transport cannot do is read from its ``features``: a flagged operation must
-work, an unflagged one must raise UnsupportedOperation. Transport-specific behaviour (http
-faults, sftp sessions and host keys) stays in test_transfer_http.py / test_transfer_sftp.py.
+file (the local file system), http and https (nginx; https with a throwaway test CA), sftp
+(sshd), ftp and ftps (explicit TLS), each passive and active (pyftpdlib). What a transport
+cannot do is read from its ``features``: a flagged operation must work, an unflagged one must
+raise UnsupportedOperation. Transport-specific behaviour (http faults, sftp sessions and host
+keys, ftp fallbacks) stays in test_transfer_http.py / test_transfer_sftp.py /
+test_transfer_ftp.py.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sarra.transfer import Transport, open_transport
 from sarra.transfer.base import CHUNK_SIZE, OPTIONAL_OPERATIONS
 from sarra.transfer.chunks import aligned_chunks
 from sarra.transfer.url import retrieval_url
+from tests.servers.ftpd import Ftpd
 from tests.servers.nginx import Nginx, free_port
 from tests.servers.sshd import Sshd
 
@@ -61,10 +64,14 @@ class Kit:
     foreign: str
     #: a file only the good credential may read (None: the transport has no credentials)
     protected: Path | None = None
+    #: the server path of a local path (None: the local path itself)
+    server_path: Callable[[Path], str] | None = None
 
     def remote(self, path: Path) -> str:
         """The remote-path argument of put/rename/delete/mkdirs for a local path."""
-        return self.url(path) if self.name in ("http", "https") else str(path)
+        if self.name in ("http", "https"):
+            return self.url(path)
+        return self.server_path(path) if self.server_path is not None else str(path)
 
 
 def _file_kit(tmp: Path) -> Kit:
@@ -135,13 +142,49 @@ def _sftp_kit(sshd: Sshd, tmp: Path) -> Kit:
     )
 
 
-@pytest.fixture(scope="module", params=["file", "http", "https", "sftp"])
+def _ftp_kit(ftpd: Ftpd, name: str, passive: bool) -> Kit:
+    root = ftpd.root / f"conformance-{name}"
+    root.mkdir(exist_ok=True)
+    host = f"127.0.0.1:{ftpd.port}"
+    ca_file = str(ftpd.ca_file) if ftpd.ca_file else None
+
+    def credential(password: str) -> Credential:
+        url = parse_url(f"{ftpd.scheme}://{ftpd.user}:{password}@{host}")
+        return Credential(url, passive=passive)
+
+    def opener(cred: Credential | None) -> Transport:
+        return open_transport(ftpd.url, credentials=cred, timeout=10, ca_file=ca_file)
+
+    def server_path(p: Path) -> str:
+        return "/" + str(p.relative_to(ftpd.root))
+
+    return Kit(
+        name=name,
+        root=root,
+        open=opener,
+        good=credential(ftpd.password),
+        bad=credential("wrong"),
+        url=lambda p: retrieval_url(ftpd.url, server_path(p)),
+        escape=f"{ftpd.url}/{root.name}/../../etc/passwd",
+        foreign=f"{ftpd.scheme}://{ftpd.user}@127.0.0.1:{free_port()}/x",
+        protected=root / "data.bin",
+        server_path=server_path,
+    )
+
+
+KITS = ["file", "http", "https", "sftp", "ftp", "ftp-active", "ftps", "ftps-active"]
+
+
+@pytest.fixture(scope="module", params=KITS)
 def kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Kit:
     tmp = tmp_path_factory.mktemp(f"conformance-{request.param}")
     if request.param == "file":
         made = _file_kit(tmp)
     elif request.param in ("http", "https"):
         made = _http_kit(request.getfixturevalue("nginx"), request.param == "https")
+    elif request.param.startswith("ftp"):
+        server = request.getfixturevalue("ftpsd" if request.param.startswith("ftps") else "ftpd")
+        made = _ftp_kit(server, request.param, passive=not request.param.endswith("-active"))
     else:
         made = _sftp_kit(request.getfixturevalue("sshd"), tmp)
     (made.root / "data.bin").write_bytes(DATA)
@@ -263,9 +306,12 @@ def test_ranged_puts_in_any_order_assemble_the_file(
     kit: Kit, transport: Transport, scratch: Path, local: Path
 ) -> None:
     target = scratch / "parts.bin"
-    if not transport.features.put:
+    if not transport.features.put_ranges:
         with pytest.raises(UnsupportedOperation):
             transport.put(str(local), kit.remote(target), 0, 10)
+        with pytest.raises(UnsupportedOperation):
+            transport.put(str(local), kit.remote(target), 10)
+        assert not target.exists()
         return
     step = CHUNK_SIZE - 1000
     blocks = [(o, min(step, len(DATA) - o)) for o in range(0, len(DATA), step)]
@@ -332,6 +378,7 @@ def test_features_match_behaviour(
         "rename": lambda: transport.rename(kit.remote(scratch / "x"), kit.remote(scratch / "y")),
         "mkdirs": lambda: transport.mkdirs(kit.remote(scratch / "d")),
         "delete": lambda: transport.delete(kit.remote(scratch / "p")),
+        "listdir": lambda: transport.listdir(kit.url(scratch)),
     }
     assert set(calls) == set(OPTIONAL_OPERATIONS)
     for name, call in calls.items():
@@ -368,8 +415,25 @@ def test_a_url_of_another_origin_is_refused(kit: Kit, transport: Transport) -> N
         transport.stat(kit.foreign)
 
 
+def test_listdir_gives_names_sizes_and_mtimes_or_is_unsupported(
+    kit: Kit, transport: Transport, scratch: Path
+) -> None:
+    (scratch / AWKWARD).write_bytes(b"12345")
+    (scratch / "sub").mkdir()
+    if not transport.features.listdir:
+        with pytest.raises(UnsupportedOperation):
+            transport.listdir(kit.url(scratch))
+        return
+    entries = {e.name: e for e in transport.listdir(kit.url(scratch))}
+    assert set(entries) == {AWKWARD, "sub"}
+    assert entries[AWKWARD].size == 5 and not entries[AWKWARD].is_dir
+    mtime = entries[AWKWARD].mtime
+    assert mtime is not None and abs(mtime - (scratch / AWKWARD).stat().st_mtime) < 1
+    assert entries["sub"].is_dir
+
+
 # the file transport takes no credentials: only the others are asked
-@pytest.mark.parametrize("kit", ["http", "https", "sftp"], indirect=True)
+@pytest.mark.parametrize("kit", ["http", "https", "sftp", "ftp", "ftps"], indirect=True)
 def test_wrong_credentials_are_an_authentication_failure(kit: Kit) -> None:
     assert kit.bad is not None and kit.protected is not None
     url = kit.url(kit.protected)

@@ -216,9 +216,7 @@ def test_convert_takes_a_config_name_and_notes_options_the_component_ignores(cli
     assert cli.out.getvalue().splitlines()[1:] == [
         "broker amqp://u@localhost/",
         "on_message sarra.plugins.msg_log",
-        "# sarra: option 'post_format': accepted for compatibility, has no effect: "
-        "sarra always posts v02",
-        "# post_format v02",
+        "post_format v02",
         "# sarra: option 'path' is ignored by subscribe",
         "path /x",
     ]

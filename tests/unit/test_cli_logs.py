@@ -26,3 +26,19 @@ def test_the_log_and_each_rotated_in_file_get_the_chmod_log_mode(tmp_path: Path)
     finally:
         remove_handler(handler)
         handler.close()
+
+
+def test_stderr_is_the_journal_only_when_journal_stream_names_it(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    from sarra.cli.logs import stderr_is_journal
+
+    with open(tmp_path / "stream", "w") as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        info = os.fstat(stream.fileno())
+        assert stderr_is_journal({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
+        assert not stderr_is_journal({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino + 1}"})
+        assert not stderr_is_journal({})
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # no file descriptor
+    assert not stderr_is_journal({"JOURNAL_STREAM": "1:2"})

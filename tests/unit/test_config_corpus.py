@@ -68,7 +68,7 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
         r"sarra: sarra logs the outcome counts",
     "subscribe/v2_dd_accel_wget.conf":
         r"v2_dd_accel_wget\.conf:4: option 'plugin': sr2 plugin 'accel_wget' is not available "
-        r"in sarra: sarra downloads http, https and sftp itself",
+        r"in sarra: sarra downloads http, https, sftp, ftp and ftps itself",
     "subscribe/v2_dd_hb_memory.conf":
         r"v2_dd_hb_memory\.conf:4: option 'plugin': sr2 plugin 'hb_memory' is not available in "
         r"sarra: sarra does not restart an instance whose memory grows",
@@ -158,8 +158,7 @@ EXPECTED: dict[str, dict[str, Any] | str] = {
         "post_topic_prefix": "v02.post", "post_base_url": "http://localhost/",
         "routing_keys": ["v02.post.#"],
     },
-    "sarra/sr3_pump_v03.conf":
-        r"sr3_pump_v03\.conf:5: option 'post_format': expected one of v02, got 'v03'",
+    "sarra/sr3_pump_v03.conf": {"post_format": "v03", "post_base_url": "http://localhost/"},
 }  # fmt: skip
 
 

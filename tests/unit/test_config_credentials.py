@@ -16,7 +16,7 @@ amqp://bunnymaster:p/a?s@s#1@localhost/
 amqps://tsub:Sub%2FPw@broker.example.com/
 amqp://tsource:src@localhost:5673/ops
 sftp://alice:pw@files.example.com ssh_keyfile=/home/alice/.ssh/id_rsa, passive
-ftp://anonymous:anonymous@localhost:2121/ active, ascii, tls, prot_p
+ftp://anonymous:anonymous@localhost:2121/ active, binary, tls, prot_p
 https://api.example.com/ bearer_token=tok-123
 """
 
@@ -45,8 +45,17 @@ def test_options_after_the_url_are_read(tmp_path):
     sftp = store.lookup("sftp://alice@files.example.com/some/dir")
     assert sftp.ssh_keyfile == "/home/alice/.ssh/id_rsa" and sftp.passive
     ftp = store.lookup("ftp://anonymous@localhost:2121/")
-    assert (ftp.passive, ftp.binary, ftp.tls, ftp.prot_p) == (False, False, True, True)
+    assert (ftp.passive, ftp.binary, ftp.tls, ftp.prot_p) == (False, True, True, True)
     assert store.lookup("https://api.example.com/").bearer_token == "tok-123"
+
+
+def test_ascii_is_refused_with_file_and_line(tmp_path):
+    # transfers are always binary: sr2's text mode would be silently ignored otherwise
+    path = store_file(tmp_path, "amqp://a:b@h/\nftp://u:p@h/ passive, ascii\n")
+    with pytest.raises(CredentialsError) as caught:
+        CredentialStore.load(path)
+    assert f"{path}:2" in str(caught.value) and "ascii" in str(caught.value)
+    assert "binary" in str(caught.value)
 
 
 def test_lookup_matches_scheme_host_port_user_and_amqp_vhost(tmp_path):
@@ -132,3 +141,11 @@ def test_parse_url_handles_ipv6_and_rejects_bad_ports():
         parse_url("amqp://h:port/")
     with pytest.raises(ConfigError):
         parse_url("no-scheme")
+
+
+def test_the_example_file_loads_with_its_ftp_lines() -> None:
+    example = Path(__file__).parents[2] / "etc" / "credentials.conf.example"
+    store = CredentialStore.load(example, check_mode=False)
+    assert store.lookup("ftp://anonymous@ftp.example.com/").passive
+    ftps = store.lookup("ftps://feeder@files.example.com:2121/")
+    assert not ftps.passive and ftps.password == "secret"

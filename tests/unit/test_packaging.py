@@ -120,8 +120,18 @@ def data_dir() -> str:
     return f"sarra-{sarra.__version__}.data/data/"
 
 
+#: warnings raised by other Debian packages that setuptools loads through their entry points
+#: (python3-babel, which the Debian build tools pull in, imports the deprecated ``cgi``): not
+#: about this project's build configuration
+FOREIGN = re.compile(r"^/usr/lib/python3/dist-packages/(?!setuptools/|pkg_resources/)\S+: ")
+
+
 def test_no_deprecation_warning(built: Built) -> None:
-    found = [line for line in built.output.splitlines() if "deprecat" in line.lower()]
+    found = [
+        line
+        for line in built.output.splitlines()
+        if "deprecat" in line.lower() and not FOREIGN.match(line)
+    ]
     assert not found, "\n".join(found)
 
 

@@ -92,8 +92,8 @@ def test_a_known_name_loads_the_builtin(env: dict[str, str], line: str, hook: st
     ("line", "reason"),
     [
         ("plugin hb_memory", "does not restart an instance whose memory grows"),
-        ("plugin accel_wget", "sarra downloads http, https and sftp itself"),
-        ("plugin accel_scp.py", "sarra downloads http, https and sftp itself"),
+        ("plugin accel_wget", "sarra downloads http, https, sftp, ftp and ftps itself"),
+        ("plugin accel_scp.py", "sarra downloads http, https, sftp, ftp and ftps itself"),
         ("on_message msg_total", "remove the line, or log per notice with msg_log"),
         ("on_message msg_speedo", "sr_subscribe status"),
         ("callback nodupe", "set nodupe_ttl"),

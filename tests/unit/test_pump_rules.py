@@ -16,7 +16,7 @@ from sarra.components.log import log_exchange
 from sarra.errors import ConfigError, PolicyRefused
 from sarra.flow.baseurl import is_internal
 from sarra.flow.reportlog import Delivered, Summary
-from sarra.flow.reportrouting import ReportRouter, Route, RoutePublisher
+from sarra.flow.reportrouting import ReportRouter, Route, RoutePublisher, router_bindings
 from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, Report, WireMessage
@@ -173,6 +173,32 @@ def test_xreport_reports_go_to_the_source_locally_or_towards_their_cluster() -> 
     assert router.counts.unknown_cluster == 1
     again = router.handle(_on("xreport", _report("sub", source="bob", from_cluster="pumpz")))
     assert again == [] and router.counts.loops == 1
+
+
+def test_v03_reports_are_admitted_and_routed_in_v03() -> None:
+    router = _router()
+    wire = _report("sub", source="alice", from_cluster="pumpa")
+    r = v02.decode("xs_sub", wire.routing_key, wire.body, wire.headers)
+    assert isinstance(r, Report)
+    v3 = v02.encode(r, "xs_sub", post_format="v03")
+    assert v3.routing_key.startswith("v03.") and v3.content_type == "application/json"
+    (admitted,) = router.handle(v3)
+    assert admitted[0] is None and admitted[1].exchange == "xreport"
+    assert admitted[1].content_type == "application/json"
+    (local,) = router.handle(_on_v03("xreport", admitted[1]))
+    assert local[1].exchange == "xr_alice" and local[1].content_type == "application/json"
+    back = v02.decode("xr_alice", local[1].routing_key, local[1].body, None)
+    assert isinstance(back, Report) and (back.code, back.user) == (201, "sub")
+    # a v03 post on the same binding is ignored, and a forged v03 report dropped
+    post_ = v02.encode(r.notice, "xs_sub", post_format="v03")
+    assert router.handle(post_) == [] and router.counts.ignored == 1
+    assert router.handle(_on_v03("xs_alice", v3)) == [] and router.counts.forged == 1
+    assert ("xs_sub", "v03.#") in router_bindings({"sub"})
+    assert ("xreport", "v03.#") in router_bindings({"sub"})
+
+
+def _on_v03(exchange: str, m: WireMessage) -> WireMessage:
+    return WireMessage(exchange, m.routing_key, m.body, m.headers, m.content_type)
 
 
 def test_sr_log_reads_only_the_users_own_report_exchange() -> None:

@@ -112,6 +112,48 @@ def test_the_sender_example_loads_and_resolves(tmp_path: Path) -> None:
     assert settings.announce.base_url == "sftp://ingest@partner.example.com/"
 
 
+@pytest.mark.parametrize(
+    ("destination", "accepted"),
+    [("sftp://u@h/", True), ("ftp://u@h/", True), ("ftps://u@h:2121/", True),
+     ("http://h/", False), ("file:///tmp", False)],
+)  # fmt: skip
+def test_a_sender_sends_to_sftp_ftp_and_ftps_only(
+    tmp_path: Path, destination: str, accepted: bool
+) -> None:
+    conf = tmp_path / "dest.conf"
+    conf.write_text(f"broker amqp://u@localhost/\nexchange xpublic\ndestination {destination}\n")
+    cfg = load_settings("sender", str(conf), env=_env(tmp_path))
+    if accepted:
+        assert send_settings(cfg).destination == destination
+    else:
+        with pytest.raises(ConfigError, match="destination scheme"):
+            send_settings(cfg)
+
+
+@pytest.mark.parametrize(("rigour", "verify"), [("", True), ("tls_rigour lax\n", False)])
+def test_tls_rigour_lax_turns_off_certificate_checks_of_a_sender(
+    tmp_path: Path, rigour: str, verify: bool
+) -> None:
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"broker amqp://u@localhost/\nexchange xpublic\ndestination ftps://u@h/\n{rigour}"
+    )
+    settings = send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
+    assert settings.tls_verify is verify
+
+
+def test_a_path_in_the_destination_is_not_used_and_the_sender_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "dest.conf"
+    conf.write_text(
+        "broker amqp://u@localhost/\nexchange xpublic\n"
+        "destination ftp://u@h/incoming\ndirectory /data/in\n"
+    )
+    send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
+    assert "its path /incoming is not used" in caplog.text and "/data/in" in caplog.text
+
+
 def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:
     conf = tmp_path / "nodest.conf"
     conf.write_text("broker amqp://u@localhost/\nexchange xpublic\n")
@@ -318,3 +360,56 @@ def test_a_winnow_whose_post_broker_is_unreachable_stops_promptly_when_asked(
     assert "q_u.sr_winnow.away.journal00" not in posts.queues  # nothing replayed or posted
     assert feeds.queues == {}  # the input was never consumed
     assert posts.published == [] and feeds.published == []
+
+
+# -- post_format v03 reaches every publisher ---------------------------------------------
+
+
+def test_the_winnow_forwards_in_v03_when_it_posts_v03() -> None:
+    import json
+
+    post = _PostDouble()
+    winnower = Winnower(WinnowCache(None, ttl=1200), post, "xout", post_format="v03")  # type: ignore[arg-type]
+    item = WorkItem(notice=_notice("a/f1", "one", x_extra="kept"))
+    winnower.select(item)
+    winnower.before_settle()
+    (wire,) = post.published
+    assert wire.content_type == "application/json" and dict(wire.headers) == {}
+    assert wire.routing_key == "v03.a" and wire.exchange == "xout"
+    body = json.loads(wire.body)
+    assert body["x_extra"] == "kept" and body["identity"]["method"] == "md5"
+    assert v02.decode("xout", wire.routing_key, wire.body, None, wire.content_type) == (
+        dataclasses.replace(item.notice, exchange="xout", topic="v02.post.a")
+    )
+
+
+def test_post_format_reaches_the_sender_announce_the_poster_and_the_republisher(
+    tmp_path: Path,
+) -> None:
+    from sarra.flow.posting import PostSettings
+    from sarra.flow.republish import RepublishSettings
+
+    env = _env(tmp_path)
+    cfg = load_settings("sender", str(ETC / "sender" / "to_partner.conf"), env=env)
+    assert send_settings(cfg).announce.post_format == "v02"  # type: ignore[union-attr]
+    cfg = load_settings(
+        "sender", str(ETC / "sender" / "to_partner.conf"), [("post_format", "v03")], env=env
+    )
+    assert send_settings(cfg).announce.post_format == "v03"  # type: ignore[union-attr]
+    post = load_settings(
+        "post",
+        None,
+        [("post_broker", "amqp://u@h/"), ("post_base_url", "http://h/"), ("postFormat", "v03")],
+        env=env,
+    )
+    settings = PostSettings.from_config(post, "u", "h")
+    assert settings.post_format == "v03"
+    wire = v02.publish_wire(_notice("a/b/c"), "xs_u", settings)
+    assert wire.content_type == "application/json" and wire.routing_key == "v03.a.b"
+    sarra = load_settings(
+        "sarra",
+        None,
+        [("post_base_url", "http://h/"), ("post_base_dir", "/srv"), ("post_format", "v03")],
+        env=env,
+    )
+    assert RepublishSettings.from_config(sarra).post_format == "v03"

@@ -78,19 +78,22 @@ def test_an_sr3_watch_loads_post_names_and_file_events(env: dict[str, str]) -> N
     assert s.post_format == "v02"
 
 
-def test_post_format_v03_is_refused_naming_line_and_option(env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match=r"c\.conf:2: option 'post_format'.*v02"):
-        _load(env, "watch", "post_broker amqp://u@h/\npost_format v03\n")
+def test_post_format_v03_and_its_sr3_spelling_reach_the_settings(env: dict[str, str]) -> None:
+    assert _load(env, "watch", "post_broker amqp://u@h/\npost_format v03\n").post_format == "v03"
+    assert _load(env, "sarra", "post_broker amqp://u@h/\npostFormat v03\n").post_format == "v03"
 
 
-def test_post_format_v02_warns_once_that_sarra_always_posts_v02(env: dict[str, str]) -> None:
+def test_an_unknown_post_format_is_refused_naming_line_and_option(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"c\.conf:2: option 'post_format'.*v02, v03"):
+        _load(env, "watch", "post_broker amqp://u@h/\npost_format wis\n")
+
+
+def test_post_format_v02_loads_without_a_warning(env: dict[str, str]) -> None:
     file = Path(env["SR_CONFIG_DIR"]) / "watch" / "c.conf"
     file.write_text("post_broker amqp://u@h/\npost_format v02\n", encoding="utf-8")
     cfg = load_config("watch", str(file), env=env)
-    assert [w for w in cfg.warnings if "post_format" in w] == [
-        f"{file}:2: option 'post_format' is accepted for compatibility, has no effect: "
-        "sarra always posts v02"
-    ]
+    assert cfg.post_format == "v02"
+    assert [w for w in cfg.warnings if "post_format" in w] == []
 
 
 def test_an_sr3_name_takes_the_status_of_the_option_it_names(env: dict[str, str]) -> None:

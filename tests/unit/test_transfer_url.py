@@ -7,6 +7,7 @@ import pytest
 from sarra.errors import PolicyRefused
 from sarra.transfer import FACTORIES, open_transport
 from sarra.transfer.file import FileTransport
+from sarra.transfer.ftp import FtpTransport
 from sarra.transfer.url import Origin, origin_of, request_target, retrieval_url, server_path
 
 
@@ -87,7 +88,12 @@ def test_request_targets_keep_the_encoded_path_and_query() -> None:
 
 
 def test_the_registry_maps_every_supported_scheme() -> None:
-    assert set(FACTORIES) == {"file", "http", "https", "sftp"}
+    assert set(FACTORIES) == {"file", "http", "https", "sftp", "ftp", "ftps"}
     transport = open_transport("file:/tmp")
     assert isinstance(transport, FileTransport)
     transport.close()
+    for url in ("ftp://u@h", "ftps://u@h:2121/x"):
+        made = open_transport(url)  # nothing connects until the first operation
+        assert isinstance(made, FtpTransport) and made.origin == origin_of(url)
+        assert made.connections_made == 0
+        made.close()
