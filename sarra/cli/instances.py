@@ -14,6 +14,13 @@ Starting is a double fork: ``start`` launches ``<launcher> <component> _instance
 in a new session; that process forks the real instance, which writes its own pid file
 atomically and then tells its parent, which exits. So ``start`` returns once every pid file
 exists, and instances are not children of the caller.
+
+Windows has neither fork nor signals: there ``start`` launches the instance itself as a
+detached process in a new process group (``DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP``) and
+waits until the pid file names it; liveness is asked of the process table
+(:func:`sarra.osport.pid_alive`; ``os.kill(pid, 0)`` would terminate the process there);
+``stop`` asks for a graceful stop by creating ``<stem>.stop``, which the instance polls
+(:func:`watch_stop_request`), and terminates the process if it is still alive at the timeout.
 """
 
 from __future__ import annotations
@@ -24,12 +31,18 @@ import os
 import re
 import signal
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sarra import osport
 from sarra.cli.logs import instance_tag, log_path
+
+#: how often a Windows instance looks for its stop request (seconds)
+STOP_POLL = 0.5
 
 
 class State(enum.StrEnum):
@@ -58,6 +71,11 @@ class Instance:
     @property
     def pid_path(self) -> Path:
         return self.state_dir / f"{self.stem}.pid"
+
+    @property
+    def stop_path(self) -> Path:
+        """Windows: created by ``stop`` to ask the instance to finish (no signals there)."""
+        return self.state_dir / f"{self.stem}.stop"
 
     @property
     def heartbeat_path(self) -> Path:
@@ -104,24 +122,19 @@ def remove_pid_file(path: Path, pid: int | None = None) -> None:
 def process_matches(pid: int, markers: Sequence[str]) -> bool:
     """True if ``pid`` is a live process whose argv contains every string in ``markers``.
 
-    Zombies have an empty command line, so they read as gone. Where /proc is missing, only
-    liveness is checked.
+    Zombies have an empty command line, so they read as gone. Where /proc is missing
+    (Windows, BSD), only liveness is checked, without signalling the process.
     """
     cmdline = Path(f"/proc/{pid}/cmdline")
-    if Path("/proc/self/cmdline").exists():
+    # (on Windows "/proc" would be a directory of the current drive: under Wine, the host's)
+    if sys.platform != "win32" and Path("/proc/self/cmdline").exists():
         try:
             args = cmdline.read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             return False
         words = {a.decode(errors="replace") for a in args}
         return all(m in words for m in markers)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return osport.pid_alive(pid)
 
 
 def _markers(inst: Instance) -> tuple[str, ...]:
@@ -167,6 +180,8 @@ def spawn(
     All launches run in parallel; each is given ``timeout`` seconds to report that its pid
     file is written.
     """
+    if sys.platform == "win32":
+        return _spawn_detached(instances, launcher, env, timeout)
     procs: list[tuple[Instance, subprocess.Popen[bytes]]] = []
     for inst in instances:
         inst.log_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +215,90 @@ def spawn(
     return results
 
 
+def _spawn_detached(
+    instances: Sequence[Instance],
+    launcher: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+) -> dict[int, str | None]:
+    """Windows: each instance is launched detached, in its own process group, and is the
+    instance itself; it has started once its pid file names it."""
+    flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(
+        subprocess, "CREATE_NEW_PROCESS_GROUP", 0
+    )
+    procs: list[tuple[Instance, subprocess.Popen[bytes]]] = []
+    for inst in instances:
+        inst.log_dir.mkdir(parents=True, exist_ok=True)
+        inst.state_dir.mkdir(parents=True, exist_ok=True)
+        inst.stop_path.unlink(missing_ok=True)
+        argv = [*launcher, inst.component, "_instance", str(inst.number), inst.config]
+        # the instance logs to its own file; no console, no inherited handles
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            creationflags=flags,
+            close_fds=True,
+            env=dict(env),
+        )
+        procs.append((inst, proc))
+    results: dict[int, str | None] = {}
+    deadline = time.monotonic() + timeout
+    for inst, proc in procs:
+        while True:
+            if read_pid_file(inst.pid_path) == proc.pid:
+                results[inst.number] = None
+                break
+            if proc.poll() is not None:
+                results[inst.number] = f"failed to start, see {inst.log_path}"
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                results[inst.number] = f"did not start within {timeout:g} s, see {inst.log_path}"
+                break
+            time.sleep(0.05)
+    return results
+
+
+def watch_stop_request(inst: Instance, stop: threading.Event) -> Callable[[], None]:
+    """Windows: set ``stop`` once ``inst.stop_path`` appears (what ``stop`` creates there, in
+    place of SIGTERM). Returns a function ending the watch. Elsewhere signals do this job
+    (:mod:`sarra.cli.signals`) and nothing is watched."""
+    if sys.platform != "win32":
+        return lambda: None
+    inst.stop_path.unlink(missing_ok=True)  # a request left from an earlier instance
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_POLL):
+            if inst.stop_path.exists():
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="stop-request", daemon=True).start()
+    return done.set
+
+
+def _request_stop(inst: Instance, pid: int) -> None:
+    """Ask ``inst`` (process ``pid``) to finish: SIGTERM, or on Windows its stop file."""
+    if sys.platform == "win32":
+        inst.stop_path.touch()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+
+
+def _force_stop(pid: int) -> None:
+    """End process ``pid`` at once: SIGKILL (TerminateProcess on Windows)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if sys.platform == "win32":
+            os.kill(pid, signal.SIGTERM)  # Windows: TerminateProcess
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
 def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
     """SIGTERM every running instance, SIGKILL those still alive after ``timeout`` seconds.
 
@@ -208,11 +307,11 @@ def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
     """
     outcomes: dict[int, str] = {}
     waiting: dict[int, tuple[Instance, int]] = {}
-    for inst in instances:
+    instances_list = list(instances)
+    for inst in instances_list:
         state, pid = instance_pid(inst)
         if state is State.RUNNING and pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+            _request_stop(inst, pid)
             waiting[inst.number] = (inst, pid)
         else:
             outcomes[inst.number] = "stale pid removed" if state is State.STALE else "not running"
@@ -228,12 +327,14 @@ def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
             time.sleep(0.05)
     for number, (inst, pid) in waiting.items():
         if process_matches(pid, _markers(inst)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            _force_stop(pid)
             outcomes[number] = "killed"
         else:
             outcomes[number] = "stopped"
         remove_pid_file(inst.pid_path, pid)
+    if sys.platform == "win32":
+        for inst in instances_list:
+            inst.stop_path.unlink(missing_ok=True)
     return dict(sorted(outcomes.items()))
 
 
@@ -243,7 +344,7 @@ def daemonize(pid_path: Path) -> None:
     The parent exits 0 once the grandchild has written its pid file, 1 if the grandchild died
     first. Where fork is unavailable, the current process just writes its pid file.
     """
-    if not hasattr(os, "fork"):
+    if sys.platform == "win32" or not hasattr(os, "fork"):
         write_pid_file(pid_path, os.getpid())
         return
     read_end, write_end = os.pipe()

@@ -25,7 +25,13 @@ from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.account import become_system_account
-from sarra.cli.instances import Instance, daemonize, remove_pid_file, write_pid_file
+from sarra.cli.instances import (
+    Instance,
+    daemonize,
+    remove_pid_file,
+    watch_stop_request,
+    write_pid_file,
+)
 from sarra.cli.logs import (
     RedactingStream,
     redact,
@@ -199,6 +205,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
     stop = threading.Event()
     restore = install_stop_handlers(stop)
+    end_watch = watch_stop_request(inst, stop)  # Windows' stand-in for SIGTERM
     log.info("instance %s started, pid %d", inst.label, os.getpid())
     try:
         rc = comp.run(cfg, number, stop)
@@ -207,6 +214,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         rc = 1
     finally:
         restore()
+        end_watch()
         if stop.is_set():
             remove_pid_file(inst.pid_path, os.getpid())
     log.info("instance %s exiting with status %d", inst.label, rc)

@@ -238,7 +238,7 @@ def reload(ctx: verbs.Context, pair: Pair) -> int:
     which instances write when they start). Configs that do not run are left alone, and so
     are changes to included files, ``default.conf`` or credentials alone."""
     boss = verbs.supervised(ctx, pair.config)
-    if boss is not None:  # it compares the file's time itself
+    if boss is not None and sys.platform != "win32":  # it compares the file's time itself
         os.kill(boss, signal.SIGHUP)
         ctx.say(pair.config, f"reload asked of supervisor pid {boss}")
         return 0

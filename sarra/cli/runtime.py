@@ -69,7 +69,14 @@ class Runtime:
     config_dir: Callable[[], Path]
     state_dir: Callable[[str, str], Path]
     log_dir: Callable[[], Path]
-    launcher: tuple[str, ...] = (sys.executable, "-m", "sarra.cli.main")
+    #: (``-B`` passed on: an installed copy, e.g. from the Windows MSI, writes no bytecode
+    #: into its install directory from its instances either)
+    launcher: tuple[str, ...] = (
+        sys.executable,
+        *(("-B",) if sys.flags.dont_write_bytecode else ()),
+        "-m",
+        "sarra.cli.main",
+    )
     extra_env: Mapping[str, str] | None = None
     format_help: Callable[[str], str] | None = None
     stop_timeout: float = 10.0

@@ -37,6 +37,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from pathlib import Path
 from types import FrameType
 
 from sarra.cli.instances import Instance, process_matches, read_pid_file, write_pid_file
-from sarra.errors import ConfigError
+from sarra.errors import ConfigError, LocalError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def supervisor_of(state_dir: Path, component: str, config: str) -> int | None:
 def request_restart(state_dir: Path, component: str, config: str, pid: int) -> None:
     """Ask supervisor ``pid`` to restart ``component/config`` (it acts on SIGHUP)."""
     mark_path(state_dir, component, config, "restart").touch()
+    if sys.platform == "win32":  # no SIGHUP there; the supervisor is for POSIX service managers
+        raise LocalError("restarting through the supervisor needs SIGHUP, which Windows lacks")
     os.kill(pid, signal.SIGHUP)
 
 
@@ -126,8 +129,9 @@ class Supervisor:
         previous = {
             signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_stop),
             signal.SIGINT: signal.signal(signal.SIGINT, self._on_stop),
-            signal.SIGHUP: signal.signal(signal.SIGHUP, self._on_hup),
         }
+        if sys.platform != "win32":  # (Windows: no reload signal)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         try:
             for item in planned:
                 self._begin(item)

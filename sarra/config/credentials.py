@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
 from sarra.broker.base import BrokerUrl
+from sarra.config import winacl
 from sarra.errors import ConfigError, CredentialsError
 
 DEFAULT_PORTS = {
@@ -188,7 +190,9 @@ class CredentialStore:
 
         Raises:
             CredentialsError: the file is readable or writable by group or others (the message
-                gives the ``chmod 600`` command), unreadable, or has a bad line.
+                gives the ``chmod 600`` command; on Windows: readable by anyone but the user
+                and the system's accounts, with the ``icacls`` command), unreadable, or has a
+                bad line.
         """
         file = Path(path)
         try:
@@ -203,6 +207,15 @@ class CredentialStore:
                 f"{stat.S_IMODE(info.st_mode):o}); fix it with: chmod 600 {file}",
                 path=str(file),
             )
+        if check_mode and sys.platform == "win32":
+            try:
+                problem = winacl.acl_problem(str(file))
+            except OSError as exc:
+                raise CredentialsError(
+                    f"cannot check who may read the credentials file: {exc}", path=str(file)
+                ) from exc
+            if problem is not None:
+                raise CredentialsError(problem, path=str(file))
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -54,7 +54,7 @@ def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def _account() -> str | None:
     """Name of the effective user (``root`` for uid 0), None where unknown."""
-    if not hasattr(os, "geteuid"):
+    if sys.platform == "win32" or not hasattr(os, "geteuid"):
         return None
     uid = os.geteuid()
     if uid == 0:

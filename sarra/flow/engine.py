@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import select
 import threading
@@ -44,6 +43,7 @@ from sarra.flow.ratelimit import TokenBucket
 from sarra.flow.retryqueue import RetryItem, RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, Pulse, Report, WireMessage
+from sarra.osport import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,7 @@ class ConsumingLoop:
         #: start again at 1 on each connection, so it never holds two generations
         self._outstanding: dict[int, Delivery] = {}
         self._outstanding_generation = 0
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wakeup = Wakeup()
         self.last_activity = time.time()
         self._reports_lost = 0
         #: settled items whose after_settle step (delete, discard) raised: counted, logged
@@ -365,8 +363,7 @@ class ConsumingLoop:
             self.session.close()
             if self.post_session is not None:
                 self.post_session.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self._wakeup.close()
 
     def _periodic(self) -> None:
         """Retries from disk and the components' callbacks, every few seconds; a failure in
@@ -461,18 +458,17 @@ class ConsumingLoop:
             return
         if self._pending_items:  # wake in time to commit the batch
             timeout = max(0.0, min(timeout, self._pending_since + BATCH_WAIT - time.monotonic()))
-        readable, _, _ = select.select([fd, self._wake_r], [], [], timeout)
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_r, 4096)
+        wake = self._wakeup.fileno()
+        readable, _, _ = select.select([fd, wake], [], [], timeout)
+        if wake in readable:
+            self._wakeup.drain()
         if fd in readable:
             self.session.poll(0)
 
     def _finished(self, item: WorkItem) -> None:
         """In a pool thread: hand the item back and wake the flow thread."""
         self._done.put(item)
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"!")
+        self._wakeup.wake()
 
     def _drain(self, timeout: float = 30.0) -> None:
         """Settle what finishes before stopping: transfers are abandoned between chunks

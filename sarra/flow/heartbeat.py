@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
+
+from sarra.osport import O_BINARY, O_CLOEXEC, pwrite
 
 #: bytes reserved for the note (one line, padded with spaces)
 SIZE = 512
@@ -29,17 +32,18 @@ class HeartbeatFile:
         line = " ".join(note.split()).encode("utf-8", "replace")[: SIZE - 1]
         data = line.decode("utf-8", "ignore").encode("utf-8").ljust(SIZE - 1) + b"\n"
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_CLOEXEC | O_BINARY, 0o644)
         except OSError:
             return  # the state directory is gone or unwritable: nothing to show it on
         try:
-            if os.fstat(fd).st_blocks * 512 < SIZE:
+            if sys.platform != "win32" and os.fstat(fd).st_blocks * 512 < SIZE:
                 with contextlib.suppress(OSError):
                     os.posix_fallocate(fd, 0, SIZE)
             try:
-                os.pwrite(fd, data, 0)
+                pwrite(fd, data, 0)
             except OSError:
-                os.utime(fd)  # no room at all: at least show the instance is alive
+                # no room at all: at least show the instance is alive
+                os.utime(self.path if sys.platform == "win32" else fd)
         finally:
             os.close(fd)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import ntpath
 import os
+import posixpath
 import random
 import stat as statmod
 import sys
@@ -150,6 +152,34 @@ def _topic_override(cfg: Settings) -> str | None:
     return cfg.bindings[-1].subtopic if cfg.bindings else None
 
 
+def announced_path(abs_path: str, base_dir: str | None, *, windows: bool = os.name == "nt") -> str:
+    r"""The path a notice carries for the local file ``abs_path``: below ``base_dir``
+    (post_base_dir) with a leading ``/``, or the whole absolute path without one.
+
+    The announced path always uses ``/``. With ``windows`` (a parameter, so this is tested on
+    any platform) native paths are read the Windows way: ``\`` or ``/`` separators, drive
+    and names compared case-insensitively. So ``C:\data\obs\a.txt`` under ``C:\data`` is
+    ``/obs/a.txt`` and, without a base, ``/C:/data/obs/a.txt`` (as in ``file:///C:/...``).
+
+    Raises:
+        LocalError: the path is not under ``base_dir``, or is ``base_dir`` itself.
+    """
+    pathmod = ntpath if windows else posixpath
+    sep = "\\" if windows else "/"
+    path = pathmod.abspath(abs_path) if windows else os.path.abspath(abs_path)
+    base = pathmod.abspath(base_dir) if base_dir else None
+    if base is None or base == sep:
+        return "/" + path.replace("\\", "/").lstrip("/") if windows else path
+    norm, norm_base = pathmod.normcase(path), pathmod.normcase(base)
+    prefix = norm_base.rstrip(sep) + sep
+    if norm == norm_base or norm + sep == prefix:
+        raise LocalError(f"{abs_path}: is post_base_dir itself, not a file under it")
+    if not norm.startswith(prefix):
+        raise LocalError(f"{abs_path}: not under post_base_dir {base_dir}")
+    rest = path[len(prefix) :]  # normcase keeps lengths: slice the original spelling
+    return "/" + (rest.replace("\\", "/") if windows else rest)
+
+
 class NoticeBuilder:
     """Makes notices about local files according to :class:`PostSettings`."""
 
@@ -171,20 +201,12 @@ class NoticeBuilder:
 
     def logical_path(self, abs_path: str) -> str:
         """The announced path: relative to post_base_dir with a leading ``/`` (absolute for
-        ``file:`` URLs without a base dir).
+        ``file:`` URLs without a base dir); see :func:`announced_path`.
 
         Raises:
             LocalError: the path is not under post_base_dir.
         """
-        path = os.path.abspath(abs_path)
-        if self._base_dir is None or self._base_dir == "/":
-            return path
-        if path == self._base_dir:
-            raise LocalError(f"{abs_path}: is post_base_dir itself, not a file under it")
-        prefix = self._base_dir.rstrip("/") + "/"
-        if not path.startswith(prefix):
-            raise LocalError(f"{abs_path}: not under post_base_dir {self._base_dir}")
-        return "/" + path[len(prefix) :]
+        return announced_path(abs_path, self._base_dir)
 
     def _headers(
         self, st: os.stat_result | None, extra: Iterable[tuple[str, str]] = ()
@@ -333,7 +355,7 @@ class NoticeBuilder:
         if not (self.settings.realpath_post and entry.is_symlink()):
             return entry.path
         real = os.path.realpath(entry.path)
-        if parent == real or parent.startswith(real.rstrip("/") + "/"):
+        if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
             log.warning("%s: links to %s, an ancestor: not walked", entry.path, real)
             return None
         return real

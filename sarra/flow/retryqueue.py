@@ -32,6 +32,7 @@ from typing import Any
 from sarra.closing import Closing
 from sarra.errors import LocalError, translated_os_errors
 from sarra.notice import WireMessage, frozen_headers
+from sarra.osport import O_BINARY, O_CLOEXEC, WINDOWS, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class RetryQueue(Closing):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._load()
             self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_CLOEXEC | O_BINARY, 0o600
             )
         if self._records > len(self._items):
             self.compact()
@@ -202,7 +203,7 @@ class RetryQueue(Closing):
         room a few entries need): None if so, else why not. Leaves nothing behind."""
         probe = self.path.with_name(f".{self.path.name}.{os.getpid()}.probe")
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC | O_BINARY, 0o600)
             try:
                 _write_all(fd, b"\0" * size)
                 os.fsync(fd)
@@ -288,24 +289,29 @@ class RetryQueue(Closing):
     def _compact(self) -> None:
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.compact")
         data = b"".join(_line(_put_record(it)) for it in self._items.values())
+        reopen = self._fd >= 0
         with translated_os_errors(f"compact retry queue {self.path}"):
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC | O_BINARY, 0o600
+                )
                 try:
                     _write_all(fd, data)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                if WINDOWS and reopen:  # Windows never replaces a file that is open
+                    os.close(self._fd)
+                    self._fd = -1
                 os.replace(tmp, self.path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
             finally:
-                os.close(dir_fd)
-            if self._fd >= 0:
+                if reopen and self._fd < 0:  # (Windows) the old or the new file, as it stands
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | O_CLOEXEC | O_BINARY)
+            fsync_dir(self.path.parent)
+            if reopen and not WINDOWS:
                 os.close(self._fd)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | O_CLOEXEC | O_BINARY)
         self._records = len(self._items)

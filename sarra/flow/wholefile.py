@@ -20,6 +20,7 @@ from sarra.integrity.sums import Hasher, new_hasher
 from sarra.localfs.confined import InflightFile, SafeRoot
 from sarra.localfs.streaming import DIRECT_MIN, DirectWriter, reserve, stream
 from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice
+from sarra.osport import pread
 
 _READ_SIZE = 1 << 20
 #: sums that cannot be checked against data: placed unverified (spec 5.2)
@@ -228,7 +229,7 @@ def _sum_range(root: SafeRoot, rel: str, letter: str, offset: int, length: int) 
         remaining = length
         while remaining > 0:
             try:
-                data = os.pread(fd, min(_READ_SIZE, remaining), offset)
+                data = pread(fd, min(_READ_SIZE, remaining), offset)
             except OSError as exc:
                 raise LocalError(f"read {rel}: {exc.strerror}") from exc
             if not data:

@@ -11,8 +11,16 @@ under a name unique to the writer, fsync'd, then renamed over the final name, so
 never shows partial data.
 
 OS errors are translated at this boundary by :func:`sarra.errors.local_error`:
-``ENOSPC``/``EDQUOT`` become :class:`DiskFull`, all others :class:`LocalError`. POSIX only
-(``dir_fd`` is not available on Windows).
+``ENOSPC``/``EDQUOT`` become :class:`DiskFull`, all others :class:`LocalError`.
+
+Windows has no ``dir_fd``: there a directory is held as its path, each component is checked
+with ``lstat`` on the way down (a symlink, junction or any other reparse point is refused as
+a :class:`HostilePath`, as is a final name that is one), and names are also checked against
+Windows' rules (:func:`sarra.localfs.winnames.check_windows_name`: reserved device names,
+streams, trailing dots and spaces...). The walk and the operation are then separate steps, so
+a local user able to swap a checked directory for a junction in between could redirect one
+operation; messages alone cannot. Modes are not applied (ACLs are inherited) and directories
+are not fsync'd (NTFS journals them).
 """
 
 from __future__ import annotations
@@ -25,26 +33,153 @@ import os
 import re
 import secrets
 import stat as stat_mod
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 
 from sarra.closing import Closing
 from sarra.errors import HostilePath, LocalError, local_error, translated_os_errors
+from sarra.localfs.winnames import check_windows_name
+from sarra.osport import O_BINARY, O_CLOEXEC, fchmod, futime, open_shared, pwrite
 
 NAME_MAX = 255
 PATH_MAX = 4096
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: no link followed in the last component (Windows: emulated by :func:`open_at`)
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_BINARY
+
+# Directory primitives: a directory is held as a descriptor on POSIX (every name below it is
+# resolved openat-style) and as its checked path on Windows.
+if sys.platform == "win32":
+    Dir = str
+
+    def _is_link(st: os.stat_result) -> bool:
+        return stat_mod.S_ISLNK(st.st_mode) or bool(
+            st.st_file_attributes & stat_mod.FILE_ATTRIBUTE_REPARSE_POINT
+        )
+
+    def _refuse_link(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if _is_link(st):
+            raise OSError(errno.ELOOP, "is a symlink or reparse point", path)
+
+    def _open_root(root: Path) -> Dir:
+        if not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(root))
+        return str(root)
+
+    def _open_dir_at(parent: Dir, name: str) -> Dir:
+        path = os.path.join(parent, name)
+        st = os.lstat(path)
+        if _is_link(st):
+            raise OSError(errno.ELOOP, "is a symlink or reparse point", path)
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        return path
+
+    def open_at(parent: Dir, name: str, flags: int, mode: int = 0o777) -> int:
+        """``os.open`` of ``name`` in ``parent``, never through a link."""
+        path = os.path.join(parent, name)
+        _refuse_link(path)
+        return open_shared(path, flags, mode)
+
+    def _mkdir_at(parent: Dir, name: str, mode: int) -> None:
+        os.mkdir(os.path.join(parent, name), mode)
+
+    def _lstat_at(parent: Dir, name: str) -> os.stat_result:
+        return os.lstat(os.path.join(parent, name))
+
+    def _unlink_at(parent: Dir, name: str) -> None:
+        os.unlink(os.path.join(parent, name))
+
+    def _rmdir_at(parent: Dir, name: str) -> None:
+        os.rmdir(os.path.join(parent, name))
+
+    def _replace_at(src: Dir, src_name: str, dst: Dir, dst_name: str) -> None:
+        os.replace(os.path.join(src, src_name), os.path.join(dst, dst_name))
+
+    def _symlink_at(target: str, parent: Dir, name: str) -> None:
+        os.symlink(target, os.path.join(parent, name))
+
+    def _fsync_dir(d: Dir) -> None:
+        pass  # NTFS journals directory updates; a directory cannot be opened with os.open
+
+    def close_dir(d: Dir) -> None:
+        """Release a directory obtained from a walk (nothing to release on Windows)."""
+
+    def _dup_dir(d: Dir) -> Dir:
+        return d
+
+    def _scandir(d: Dir) -> Iterator[os.DirEntry[str]]:
+        return os.scandir(d)
+
+    def _same_dir(a: Dir, b: Dir) -> bool:
+        return os.path.samestat(os.stat(a), os.stat(b))
+
+else:
+    Dir = int
+    _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def _open_root(root: Path) -> Dir:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _open_dir_at(parent: Dir, name: str) -> Dir:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+
+    def open_at(parent: Dir, name: str, flags: int, mode: int = 0o777) -> int:
+        """``os.open`` of ``name`` relative to the directory ``parent``."""
+        return os.open(name, flags, mode, dir_fd=parent)
+
+    def _mkdir_at(parent: Dir, name: str, mode: int) -> None:
+        os.mkdir(name, mode, dir_fd=parent)
+
+    def _lstat_at(parent: Dir, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+
+    def _unlink_at(parent: Dir, name: str) -> None:
+        os.unlink(name, dir_fd=parent)
+
+    def _rmdir_at(parent: Dir, name: str) -> None:
+        os.rmdir(name, dir_fd=parent)
+
+    def _replace_at(src: Dir, src_name: str, dst: Dir, dst_name: str) -> None:
+        os.replace(src_name, dst_name, src_dir_fd=src, dst_dir_fd=dst)
+
+    def _symlink_at(target: str, parent: Dir, name: str) -> None:
+        os.symlink(target, name, dir_fd=parent)
+
+    def _fsync_dir(d: Dir) -> None:
+        os.fsync(d)
+
+    def close_dir(d: Dir) -> None:
+        """Close a directory descriptor obtained from a walk."""
+        _close(d)
+
+    def _dup_dir(d: Dir) -> Dir:
+        return os.dup(d)
+
+    def _scandir(d: Dir) -> Iterator[os.DirEntry[str]]:
+        return os.scandir(d)
+
+    def _same_dir(a: Dir, b: Dir) -> bool:
+        return os.path.samestat(os.fstat(a), os.fstat(b))
+
+
 #: the writer token every in-flight name carries: ``~sr<pid>-<8 hex>-<counter>``
 _TOKEN_RE = re.compile(r"~sr[0-9]+-[0-9a-f]{8}-[0-9]+")
 
 
 def _find_syncfs() -> Callable[[int], int] | None:
     """libc's syncfs(2), or None where there is none."""
+    if sys.platform == "win32":
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         fn = libc.syncfs
@@ -70,7 +205,8 @@ def check_relpath(
     A leading ``/`` is read relative to the root. Empty and ``.`` components are dropped.
     Raises :class:`HostilePath` for NUL, invalid UTF-8 (lone surrogates), an empty result,
     any ``..`` component, a component longer than ``name_max`` bytes, a path longer than
-    ``path_max`` bytes and, when ``windows``, a backslash or ``:`` (drive prefixes, streams).
+    ``path_max`` bytes and, when ``windows``, a backslash or ``:`` (drive prefixes, streams)
+    and any component Windows cannot hold as it is (:func:`check_windows_name`).
     """
     if "\0" in rel:
         raise HostilePath(f"path contains NUL: {rel!r}")
@@ -90,6 +226,8 @@ def check_relpath(
             raise HostilePath(f"path has a '..' component: {rel!r}")
         if len(part.encode("utf-8")) > name_max:
             raise HostilePath(f"path component too long: {part[:64]!r}...")
+        if windows:
+            check_windows_name(part)
     return parts
 
 
@@ -147,7 +285,7 @@ class InflightFile(Closing):
     must end it; used as a context manager, leaving the block without committing aborts.
     """
 
-    def __init__(self, owner: SafeRoot, dir_fd: int, name: str, fd: int, rel: str) -> None:
+    def __init__(self, owner: SafeRoot, dir_fd: Dir, name: str, fd: int, rel: str) -> None:
         self._owner = owner
         self._dir_fd = dir_fd
         self._fd = fd
@@ -177,7 +315,7 @@ class InflightFile(Closing):
         view = memoryview(data)
         with translated_os_errors(f"write {self.rel} at {offset}"):
             while view:
-                written = os.pwrite(self._fd, view, offset)
+                written = pwrite(self._fd, view, offset)
                 view = view[written:]
                 offset += written
 
@@ -191,9 +329,9 @@ class InflightFile(Closing):
         """Set the final mode (masked by the chmod policy) and mtime on the open file."""
         self._check_open()
         with translated_os_errors(f"set mode and mtime of {self.rel}"):
-            os.fchmod(self._fd, self._owner.file_mode_for(mode))
+            fchmod(self._fd, self._owner.file_mode_for(mode))
             if mtime is not None:
-                os.utime(self._fd, (mtime, mtime))
+                futime(self._fd, mtime)
 
     def fsync(self) -> None:
         """Make the written data durable."""
@@ -230,7 +368,7 @@ class InflightFile(Closing):
             with translated_os_errors(f"commit {self.rel} -> {final_rel}"):
                 if not metadata_set:
                     self.set_metadata(mtime, mode)
-                if not data_synced:
+                if not data_synced or sys.platform == "win32":  # (no batch sync there)
                     os.fsync(self._fd)
             # the usual case: the in-flight file sits in the final directory (no second walk)
             same_parent = tuple(self.rel.split("/")[:-1]) == parts[:-1]
@@ -238,21 +376,22 @@ class InflightFile(Closing):
             assert dst_fd is not None
             try:
                 with translated_os_errors(f"rename {self.rel} -> {final_rel}"):
-                    os.replace(self.name, parts[-1], src_dir_fd=self._dir_fd, dst_dir_fd=dst_fd)
-                    same_dir = same_parent or os.path.samestat(
-                        os.fstat(dst_fd), os.fstat(self._dir_fd)
-                    )
+                    if sys.platform == "win32":  # an open file cannot be renamed there
+                        _close(self._fd)
+                        self._fd = -1
+                    _replace_at(self._dir_fd, self.name, dst_fd, parts[-1])
+                    same_dir = same_parent or _same_dir(dst_fd, self._dir_fd)
                     if sync_dir:
-                        os.fsync(dst_fd)
+                        _fsync_dir(dst_fd)
                         if not same_dir:
-                            os.fsync(self._dir_fd)
+                            _fsync_dir(self._dir_fd)
                     else:
                         owner._note_dirty(parts[:-1])
                         if not same_dir:
                             owner._note_dirty(tuple(self.rel.split("/")[:-1]))
             finally:
                 if dst_fd != self._dir_fd:
-                    _close(dst_fd)
+                    close_dir(dst_fd)
         except BaseException:
             self.abort()
             raise
@@ -264,7 +403,10 @@ class InflightFile(Closing):
             return
         # already gone (renamed by a commit that failed later): nothing to leave behind
         with suppress(OSError):
-            os.unlink(self.name, dir_fd=self._dir_fd)
+            if sys.platform == "win32":  # an open file cannot be removed there
+                _close(self._fd)
+                self._fd = -1
+            _unlink_at(self._dir_fd, self.name)
         self._finish()
 
     def close(self) -> None:
@@ -273,7 +415,7 @@ class InflightFile(Closing):
 
     def _finish(self) -> None:
         _close(self._fd)
-        _close(self._dir_fd)
+        close_dir(self._dir_fd)
         self._owner._live.discard(self.name)
         if self._owner.on_inflight is not None:
             self._owner.on_inflight(self.rel, False)
@@ -302,7 +444,7 @@ class SafeRoot:
         file_mode: int = 0o644,
         chmod_mask: int = 0o777,
         create: bool = True,
-        windows: bool = False,
+        windows: bool = sys.platform == "win32",
         on_inflight: Callable[[str, bool], None] | None = None,
     ) -> None:
         #: told (in-flight path, True) when an in-flight file is created and (path, False)
@@ -310,7 +452,7 @@ class SafeRoot:
         self.on_inflight = on_inflight
         self._dirty: set[tuple[str, ...]] = set()
         self._dirty_lock = threading.Lock()
-        self._cached_root: int | None = None
+        self._cached_root: Dir | None = None
         self.root = Path(root)
         self.dir_mode = dir_mode & 0o777
         self.file_mode = file_mode & 0o777
@@ -319,10 +461,10 @@ class SafeRoot:
         if create:
             with translated_os_errors(f"create root {self.root}"):
                 self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            self._name_max = int(os.pathconf(self.root, "PC_NAME_MAX"))
-        except (OSError, ValueError):
-            self._name_max = NAME_MAX
+        self._name_max = NAME_MAX
+        if sys.platform != "win32":
+            with suppress(OSError, ValueError):
+                self._name_max = int(os.pathconf(self.root, "PC_NAME_MAX"))
         self._path_max = max(PATH_MAX - len(os.fsencode(self.root)) - 1, 1)
         # unique per writer: pid (live instances on this host) + random (other hosts on a
         # shared file system, pid reuse) + counter (several files in one process)
@@ -345,20 +487,20 @@ class SafeRoot:
 
     # walking ------------------------------------------------------------------------------
 
-    def _open_root(self) -> int:
+    def _open_root(self) -> Dir:
         with translated_os_errors(f"open root {self.root}"):
-            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            return _open_root(self.root)
 
-    def _open_child_dir(self, parent: int, name: str, create: bool) -> int | None:
+    def _open_child_dir(self, parent: Dir, name: str, create: bool) -> Dir | None:
         """Open directory ``name`` under ``parent`` without following links; maybe create it."""
         for _ in range(5):
             try:
-                return os.open(name, _DIR_FLAGS, dir_fd=parent)
+                return _open_dir_at(parent, name)
             except FileNotFoundError:
                 if not create:
                     return None
                 try:
-                    os.mkdir(name, self.dir_mode, dir_fd=parent)
+                    _mkdir_at(parent, name, self.dir_mode)
                 except FileExistsError:
                     continue  # another writer made it (or something else): reopen to see
                 except OSError as exc:
@@ -366,20 +508,23 @@ class SafeRoot:
                 fd = self._open_child_dir(parent, name, create=False)
                 if fd is not None:
                     with translated_os_errors(f"chmod {name}"):
-                        os.fchmod(fd, self.dir_mode)  # mkdir's mode is cut by the umask
+                        if sys.platform != "win32":  # mkdir's mode is cut by the umask
+                            os.fchmod(fd, self.dir_mode)
                     return fd
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                     try:
-                        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                        st = _lstat_at(parent, name)
                     except OSError:
                         st = None
-                    if st is not None and stat_mod.S_ISLNK(st.st_mode):
+                    if st is not None and (
+                        exc.errno == errno.ELOOP or stat_mod.S_ISLNK(st.st_mode)
+                    ):
                         raise HostilePath(f"parent directory {name!r} is a symlink") from exc
                 raise local_error(exc, f"open directory {name}") from exc
         raise LocalError(f"directory {name!r} keeps changing under us")
 
-    def _walk(self, dirs: Sequence[str], *, create: bool) -> int | None:
+    def _walk(self, dirs: Sequence[str], *, create: bool) -> Dir | None:
         """Descriptor of the directory ``dirs`` below the root, or None if missing.
 
         The root's own descriptor is opened once and kept (the root is trusted
@@ -388,23 +533,23 @@ class SafeRoot:
         root = self._root_fd()
         if not dirs:
             with translated_os_errors(f"open root {self.root}"):
-                return os.dup(root)
+                return _dup_dir(root)
         fd = root
         try:
             for name in dirs:
                 child = self._open_child_dir(fd, name, create)
                 if fd != root:
-                    _close(fd)
+                    close_dir(fd)
                 if child is None:
                     return None
                 fd = child
         except BaseException:
             if fd != root:
-                _close(fd)
+                close_dir(fd)
             raise
         return fd
 
-    def _root_fd(self) -> int:
+    def _root_fd(self) -> Dir:
         with self._dirty_lock:
             if self._cached_root is None:
                 self._cached_root = self._open_root()
@@ -414,7 +559,7 @@ class SafeRoot:
         """Release the root's descriptor (the object reopens it if used again)."""
         with self._dirty_lock:
             if self._cached_root is not None:
-                _close(self._cached_root)
+                close_dir(self._cached_root)
                 self._cached_root = None
 
     def _dir_parts(self, rel_dir: str) -> tuple[str, ...]:
@@ -465,7 +610,7 @@ class SafeRoot:
                 if self.on_inflight is not None:
                     self.on_inflight(inflight_rel, True)
                 try:
-                    fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+                    fd = open_at(dir_fd, name, _NEW_FILE_FLAGS, 0o600)
                 except FileExistsError:
                     if self.on_inflight is not None:
                         self.on_inflight(inflight_rel, False)
@@ -478,7 +623,7 @@ class SafeRoot:
                 return InflightFile(self, dir_fd, name, fd, inflight_rel)
             raise LocalError(f"could not pick a free in-flight name for {rel}")
         except BaseException:
-            _close(dir_fd)
+            close_dir(dir_fd)
             raise
 
     def sweep_inflight(
@@ -508,19 +653,19 @@ class SafeRoot:
                 continue
             try:
                 with translated_os_errors(f"sweep {'/'.join(parts) or '.'}"):
-                    for entry in os.scandir(fd):
+                    for entry in _scandir(fd):
                         if not _TOKEN_RE.search(entry.name) or entry.name in self._live:
                             continue
                         st = entry.stat(follow_symlinks=False)
                         if not stat_mod.S_ISREG(st.st_mode) or now - st.st_mtime < older_than:
                             continue
                         try:
-                            os.unlink(entry.name, dir_fd=fd)
+                            _unlink_at(fd, entry.name)
                         except FileNotFoundError:
                             continue
                         removed.append("/".join((*parts, entry.name)))
             finally:
-                _close(fd)
+                close_dir(fd)
         return removed
 
     # group commit -------------------------------------------------------------------------
@@ -532,6 +677,8 @@ class SafeRoot:
         Raises:
             LocalError: the file system reported an error.
         """
+        if sys.platform == "win32":
+            return  # no such call: InflightFile.commit fsyncs each file there instead
         fd = self._root_fd()
         if _SYNCFS is None:
             os.sync()
@@ -559,9 +706,9 @@ class SafeRoot:
                 if fd is not None:  # None: removed since, nothing of ours to make durable
                     try:
                         with translated_os_errors(f"sync directory {'/'.join(parts) or '.'}"):
-                            os.fsync(fd)
+                            _fsync_dir(fd)
                     finally:
-                        _close(fd)
+                        close_dir(fd)
                 pending.discard(parts)
         finally:
             if pending:  # keep what was not synced for the next call
@@ -591,15 +738,15 @@ class SafeRoot:
         try:
             _, tmp = self.inflight_name(parts[-1], ".")
             with translated_os_errors(f"symlink {rel} -> {target}"):
-                os.symlink(target, tmp, dir_fd=dir_fd)
+                _symlink_at(target, dir_fd, tmp)
                 try:
-                    os.replace(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    _replace_at(dir_fd, tmp, dir_fd, parts[-1])
                 except OSError:
-                    os.unlink(tmp, dir_fd=dir_fd)
+                    _unlink_at(dir_fd, tmp)
                     raise
-                os.fsync(dir_fd)
+                _fsync_dir(dir_fd)
         finally:
-            _close(dir_fd)
+            close_dir(dir_fd)
 
     def remove(self, rel: str) -> bool:
         """Unlink a file or symlink, or rmdir an *empty* directory; never recursive.
@@ -613,16 +760,16 @@ class SafeRoot:
         try:
             with translated_os_errors(f"remove {rel}"):
                 try:
-                    st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+                    st = _lstat_at(dir_fd, parts[-1])
                     if stat_mod.S_ISDIR(st.st_mode):
-                        os.rmdir(parts[-1], dir_fd=dir_fd)
+                        _rmdir_at(dir_fd, parts[-1])
                     else:
-                        os.unlink(parts[-1], dir_fd=dir_fd)
+                        _unlink_at(dir_fd, parts[-1])
                 except FileNotFoundError:
                     return False
             return True
         finally:
-            _close(dir_fd)
+            close_dir(dir_fd)
 
     def rename(self, old_rel: str, new_rel: str) -> None:
         """Rename ``old_rel`` to ``new_rel`` (replacing a file there), creating parents."""
@@ -636,18 +783,18 @@ class SafeRoot:
             assert dst_fd is not None
             try:
                 with translated_os_errors(f"rename {old_rel} -> {new_rel}"):
-                    os.replace(old[-1], new[-1], src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-                    os.fsync(dst_fd)
+                    _replace_at(src_fd, old[-1], dst_fd, new[-1])
+                    _fsync_dir(dst_fd)
             finally:
-                _close(dst_fd)
+                close_dir(dst_fd)
         finally:
-            _close(src_fd)
+            close_dir(src_fd)
 
     def mkdir(self, rel: str) -> None:
         """Create directory ``rel`` and its parents (``mkdir -p``); existing is fine."""
         fd = self._walk(self.check_relpath(rel), create=True)
         if fd is not None:
-            _close(fd)
+            close_dir(fd)
 
     def stat(self, rel: str) -> os.stat_result | None:
         """``lstat`` of ``rel`` (links not followed), or None when it does not exist."""
@@ -658,11 +805,11 @@ class SafeRoot:
         try:
             with translated_os_errors(f"stat {rel}"):
                 try:
-                    return os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+                    return _lstat_at(dir_fd, parts[-1])
                 except FileNotFoundError:
                     return None
         finally:
-            _close(dir_fd)
+            close_dir(dir_fd)
 
     def open_read(self, rel: str) -> int:
         """A read-only descriptor of the regular file ``rel``; the caller closes it.
@@ -675,10 +822,10 @@ class SafeRoot:
             raise LocalError(f"open {rel}: parent directory does not exist")
         try:
             try:
-                return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                return open_at(dir_fd, parts[-1], os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_BINARY)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise HostilePath(f"open {rel}: is a symlink") from exc
                 raise local_error(exc, f"open {rel}") from exc
         finally:
-            _close(dir_fd)
+            close_dir(dir_fd)

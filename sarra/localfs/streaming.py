@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,7 @@ from contextlib import suppress
 from typing import Protocol, TypeVar
 
 from sarra.errors import IntegrityError, Interrupted, local_error
+from sarra.osport import O_CLOEXEC, pwrite
 
 _T = TypeVar("_T")
 
@@ -190,7 +192,7 @@ class DirectWriter:
             if _O_DIRECT:
                 with suppress(OSError):
                     self._direct = os.open(
-                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | _O_DIRECT | os.O_CLOEXEC
+                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | _O_DIRECT | O_CLOEXEC
                     )
         return self._direct
 
@@ -203,6 +205,8 @@ class DirectWriter:
 
 
 def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    if sys.platform == "win32":
+        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = getattr(libc, "fallocate64", None) or libc.fallocate
@@ -241,6 +245,8 @@ def reserve(fd: int, offset: int, length: int, what: str, *, margin: int = RESER
 
     Raises :class:`DiskFull`/:class:`LocalError` when the file system refuses.
     """
+    if sys.platform == "win32":
+        return False  # no fallocate: the data is written as it arrives
     try:
         st = os.fstatvfs(fd)
         if length > st.f_bavail * st.f_frsize - margin:
@@ -252,6 +258,6 @@ def reserve(fd: int, offset: int, length: int, what: str, *, margin: int = RESER
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
-        written = os.pwrite(fd, view, offset)
+        written = pwrite(fd, view, offset)
         view = view[written:]
         offset += written

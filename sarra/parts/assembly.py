@@ -25,13 +25,15 @@ import errno
 import os
 import secrets
 import stat as stat_mod
+import sys
 from contextlib import suppress
 
 from sarra.closing import Closing
 from sarra.errors import HostilePath, LocalError, MalformedMessage, translated_os_errors
-from sarra.localfs.confined import SafeRoot
+from sarra.localfs.confined import O_NOFOLLOW, Dir, SafeRoot, close_dir, open_at
 from sarra.localfs.streaming import DirectWriter, allocate, reserve
 from sarra.notice import PartSpec
+from sarra.osport import O_BINARY, O_CLOEXEC, fchmod, futime, pwrite
 
 #: suffix of shared reassembly data files
 DATA_SUFFIX = ".sr-part"
@@ -55,7 +57,7 @@ def data_rel_for(root: SafeRoot, final_rel: str) -> str:
     return "/".join((*parts[:-1], name))
 
 
-def _open_dir(root: SafeRoot, dirs: tuple[str, ...], create: bool) -> int | None:
+def _open_dir(root: SafeRoot, dirs: tuple[str, ...], create: bool) -> Dir | None:
     # SafeRoot has no public "open this directory confined" yet; its walker is the one
     # place that knows how to descend without following links, so reuse it rather than
     # duplicate it (see the report: a public SafeRoot.open_dir would remove this access).
@@ -73,12 +75,12 @@ def open_data(root: SafeRoot, data_rel: str, *, create: bool) -> int | None:
     dir_fd = _open_dir(root, parts[:-1], create)
     if dir_fd is None:
         return None
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_BINARY
     if create:
         flags |= os.O_CREAT | os.O_EXCL
     try:
         try:
-            fd = os.open(parts[-1], flags, 0o600, dir_fd=dir_fd)
+            fd = open_at(dir_fd, parts[-1], flags, 0o600)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -91,7 +93,7 @@ def open_data(root: SafeRoot, data_rel: str, *, create: bool) -> int | None:
             raise HostilePath(f"data file {data_rel} is not a regular file")
         return fd
     finally:
-        os.close(dir_fd)
+        close_dir(dir_fd)
 
 
 def presize(fd: int, size: int, what: str) -> None:
@@ -111,7 +113,7 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int, what: str) -> Non
     view = memoryview(data)
     with translated_os_errors(f"write {what} at {offset}"):
         while view:
-            written = os.pwrite(fd, view, offset)
+            written = pwrite(fd, view, offset)
             view = view[written:]
             offset += written
 
@@ -135,9 +137,9 @@ def place(
     """
     with translated_os_errors(f"finish {data_rel}"):
         os.ftruncate(fd, size)
-        os.fchmod(fd, root.file_mode_for(mode))
+        fchmod(fd, root.file_mode_for(mode))
         if mtime is not None:
-            os.utime(fd, (mtime, mtime))
+            futime(fd, mtime)
         os.fsync(fd)
     root.rename(data_rel, final_rel)
 
@@ -227,7 +229,7 @@ class Ticket(Closing):
         # back by now: dropped, so the block does not linger in the page cache). Unlike
         # sync_file_range, it never reports or consumes a writeback error: those stay for
         # the fsync to raise. Errors of the advice itself are ignored (advice only).
-        if self._fd is None or nbytes <= 0 or not hasattr(os, "posix_fadvise"):
+        if sys.platform == "win32" or self._fd is None or nbytes <= 0:
             return
         end = offset + nbytes
         kept = self._kept_from

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +55,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from sarra import osport
 from sarra.errors import LocalError, MalformedMessage, translated_os_errors
 from sarra.localfs.confined import SafeRoot
 from sarra.notice import PartSpec
@@ -200,9 +200,11 @@ class PartTracker:
         path = self.state_dir / "locks" / name
         while True:
             with translated_os_errors(f"lock {path}"):
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(
+                    path, os.O_RDWR | os.O_CREAT | osport.O_CLOEXEC | osport.O_BINARY, 0o600
+                )
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                osport.lock(fd, exclusive=True)
                 try:
                     current = os.stat(path)
                 except FileNotFoundError:
@@ -240,22 +242,28 @@ class PartTracker:
         path = self._path(kind, key)
         tmp = path.with_suffix(".tmp")
         with translated_os_errors(f"write part state {path}"):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | osport.O_CLOEXEC | osport.O_BINARY,
+                0o600,
+            )
             try:
                 os.write(fd, rec.dump())
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            osport.fsync_dir(path.parent)
 
     def _unlink(self, path: Path) -> None:
         with translated_os_errors(f"remove {path}"), contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except PermissionError:
+                # Windows: a lock file another holder has open cannot be removed; it stays
+                # (the next holder finds the same file, which is all the protocol needs)
+                if not (osport.WINDOWS and path.parent.name in ("locks", "owners")):
+                    raise
 
     def _discard(self, key: str, rec: _Record) -> None:
         """Drop a version being received: its data file, owner lock, block sums and record."""
@@ -324,7 +332,7 @@ class PartTracker:
                 # is at work on this data file" to abandon(), and is taken under the key lock
                 # so abandon() (also under it) cannot miss a writer that has just begun.
                 if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    osport.lock(fd, exclusive=False)
                 return Ticket(key, spec, version, norm, bytes(rec.present), fd)
             except BaseException:
                 if fd is not None:
@@ -356,7 +364,7 @@ class PartTracker:
             fd = assembly.open_data(self.root, rec.data_rel, create=False)
             if fd is not None:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    osport.lock(fd, exclusive=True, blocking=False)
                 except BlockingIOError:
                     return False  # another writer is at work on a block of this version
                 finally:
@@ -499,9 +507,9 @@ class PartTracker:
         """The owner lock of ``key`` (held by the caller), or None if a live caller holds it."""
         path = self.state_dir / "owners" / f"{key}.owner"
         with translated_os_errors(f"lock {path}"):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | osport.O_CLOEXEC | osport.O_BINARY, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            osport.lock(fd, exclusive=True, blocking=False)
         except BlockingIOError:
             os.close(fd)
             return None
@@ -616,7 +624,11 @@ class PartTracker:
             return  # not representable in this format; the file will not be announced
         path = self._sums_path(key)
         with translated_os_errors(f"write block sums {path}"):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                path,
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | osport.O_CLOEXEC | osport.O_BINARY,
+                0o600,
+            )
             try:
                 os.write(fd, f"{version} {n} {block_sum}\n".encode())
                 os.fsync(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import threading
 from typing import IO, Any
 
@@ -24,6 +25,11 @@ def on_start(config: Any) -> None:
     if not name:
         raise ConfigError("file_rxpipe needs the path of the named pipe", option="file_rxpipe_name")
     path = os.path.expanduser(str(name))
+    if sys.platform == "win32":
+        raise ConfigError(
+            "file_rxpipe needs a POSIX named pipe (mkfifo), which Windows does not have",
+            option="file_rxpipe_name",
+        )
     if not os.path.exists(path):
         os.mkfifo(path, 0o600)
     elif not stat.S_ISFIFO(os.stat(path).st_mode):

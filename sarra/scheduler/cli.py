@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
 
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
-            signal.signal(signal.SIGHUP, on_hup)
+            if sys.platform != "win32":  # Windows: `reload` (POST /reload) instead
+                signal.signal(signal.SIGHUP, on_hup)
             return service.run()
         base = _leader_url(spec)
         if args.verb == "status":
