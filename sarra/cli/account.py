@@ -13,6 +13,7 @@ or without the system tree or the account, nothing changes.
 from __future__ import annotations
 
 import os
+import sys
 
 from sarra.config import paths
 
@@ -23,16 +24,18 @@ def become_system_account(environ: dict[str, str] | None = None) -> bool:
     Raises:
         PermissionError: the switch failed half-way (never expected for root).
     """
+    if sys.platform == "win32":  # no system tree there
+        return False
     env = os.environ if environ is None else environ
     if env.get("SR_CONFIG_DIR") or env.get("SR_STATE_DIR"):
         return False
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not paths.uses_system_tree():
+    if os.geteuid() != 0 or not paths.uses_system_tree():
         return False
-    try:
-        import pwd
+    import pwd
 
+    try:
         account = pwd.getpwnam(paths.SYSTEM_USER)
-    except (ImportError, KeyError):
+    except KeyError:
         return False
     os.setgroups([])
     os.setgid(account.pw_gid)
