@@ -416,6 +416,9 @@ _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
 #: sr2's do_send took over the whole send, sr2's do_put only the write of the in-flight file
 _DO_SEND = ("use do_put: its plugin is asked first for every file and sends it under its final "
             "name (the whole send, as sr2's do_send did; see docs/plugins.md)")
+#: sr_poll reads nginx/Apache index pages and FTP/SFTP listings itself
+_POLL_HOOK = ("sarra's sr_poll parses nginx and Apache index pages and FTP and SFTP listings "
+              "itself, and has no plugin hook for other formats yet")
 _SR2_PLUGIN_HOOKS = (
     ("on_message", ("on_msg",), _RUNNER, "run on each notice accepted", None),
     # a sender sends files it did not download: sr2's sr_sender never ran on_file either
@@ -430,10 +433,8 @@ _SR2_PLUGIN_HOOKS = (
     ("on_report", ("on_rpt",), _RUNNER, "run before each report is published (False: not "
      "published)", None),
     ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
-    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing",
-     "sr_poll is not implemented yet"),
-    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page",
-     "sr_poll is not implemented yet"),
+    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing", _POLL_HOOK),
+    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page", _POLL_HOOK),
     ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded", _NOT_CALLED),
     ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes",
      "use do_get: its plugin is asked first for every URL, whatever the scheme (list an "
@@ -444,7 +445,7 @@ _SR2_PLUGIN_HOOKS = (
      "send with a plugin first (True: sent under the final name, None: sarra's own transport)",
      None),
     ("do_send", (), frozenset({"sender"}), "send with a plugin", _DO_SEND),
-    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", "sr_poll is not implemented yet"),
+    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", _POLL_HOOK),
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",
      "use an on_message plugin that sets work.dest_rel (see sarra.flow.hooks)"),
@@ -555,8 +556,8 @@ OPTIONS: tuple[Option, ...] = (
        ("default_dir_mode", "ddm", "permDirDefault")),
     _o("chmod_log", Kind.MODE, 0o600, "mode of log files", _ALL,
        ("default_log_mode", "dlm", "permLog")),
-    _o("destination", U, None, "remote destination of a sender or poll",
-       frozenset({"sender", "poll"}), ("sendTo", "remoteUrl")),
+    _o("destination", U, None, "remote destination of a sender, or the server a poll lists "
+       "(sr3 pollUrl)", frozenset({"sender", "poll"}), ("sendTo", "remoteUrl", "pollUrl")),
     _o("transfer_threads", N, 4, "parallel downloads (bounded pool, one connection each)",
        _DOWNLOADERS),
     # -- reliability
@@ -631,11 +632,12 @@ OPTIONS: tuple[Option, ...] = (
     _o("base_url", S, None, "sr3 baseUrl", _ALL, ("baseUrl", "baseurl"), support=REFUSED,
        why="sr3 reads no baseUrl option (it is a field of each notice); the URL of the "
        "notices posted is post_base_url (sr3 post_baseUrl)"),
-    _o("path", Kind.LIST, (), "files or directories to post", _WATCHERS, ("p",),
+    _o("path", Kind.LIST, (), "files or directories to post (poll: remote directories to "
+       "list, as sr3's poll reads path)", _WATCHERS | {"poll"}, ("p",),
        metavar="PATH..."),
     _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...; sr3 identity: sha512 "
        "is s, md5 d, md5name n, random 0, arbitrary a, cod,ALGO z,LETTER)", _REPOSTERS,
-       ("identity",)),
+       ("identity",), {"poll": "z,d"}),
     _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole; sr3 "
        "blockSize: 1M = 1000000, 1Mi or 1MB = 1048576, and 0 is a fixed 50 MiB)",
        _REPOSTERS, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
@@ -660,11 +662,10 @@ OPTIONS: tuple[Option, ...] = (
        _CONSUMERS, ("sfe", "sourceFromExchange"), {"sarra": True}),
     _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS,
        ("e", "fileEvents")),
-    _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
-    _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
-       frozenset({"poll"}), support=REFUSED,
-       why="only sr_poll reads it (in sr2 it skips remote files dated older than this), "
-       "and sr_poll is not implemented yet"),
+    _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL,
+       per={"poll": 300.0}),
+    _o("file_time_limit", D, 60 * 86400.0, "poll: ignore remote files whose listed time is "
+       "older than this (sr3 fileAgeMax)", frozenset({"poll"}), ("fileAgeMax",)),
     _o("follow_symlinks", B, False, "post the targets of symbolic links", _WATCHERS, ("fs",)),
     _o("force_polling", B, False, "walk the tree instead of using file system events",
        _WATCHERS, ("fp",)),

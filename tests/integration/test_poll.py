@@ -1,0 +1,222 @@
+"""sr_poll against real servers: nginx autoindex pages, the suite's sshd (SFTP) and pyftpdlib
+(FTP), announcing to a real RabbitMQ; the notices are decoded from the broker, and a
+subscriber downloads what a poll announced."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
+from sarra.broker.session import BrokerSession
+from sarra.codec import v02
+from sarra.components.poll import PollComponent
+from sarra.notice import Notice
+from tests.integration.flowkit import (
+    Site,
+    make_files,
+    site_env,
+    unique,
+    wait_for,
+)
+from tests.servers.ftpd import Ftpd
+from tests.servers.nginx import Nginx
+from tests.servers.sshd import Sshd
+
+pytestmark = pytest.mark.servers
+
+NAMES = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "sub/inner.bin"]
+
+
+@dataclass
+class NoticeTap:
+    """Collects the notices posted on an exchange (bound to ``v02.post.#``)."""
+
+    url: BrokerUrl
+    exchange: str
+    notices: list[Notice] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> NoticeTap:
+        ready = threading.Event()
+
+        def run() -> None:
+            s = BrokerSession(self.url, name="notice-tap")
+            s.connect()
+            s.declare_exchange(self.exchange)
+            q = QueueSpec(
+                f"q_{self.url.user}.tap.{secrets.token_hex(4)}",
+                ((self.exchange, "v02.post.#"),),
+                durable=False,
+                auto_delete=True,
+            )
+            s.declare_queue(q)
+
+            def on(d: Delivery) -> None:
+                m = d.message
+                decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+                assert isinstance(decoded, Notice)
+                self.notices.append(decoded)
+                s.ack(d)
+
+            s.consume(q.name, 500, on)
+            ready.set()
+            while not self._stop.is_set():
+                s.poll(0.1)
+            s.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(30), "notice tap did not start"
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def paths(self) -> list[str]:
+        return sorted(n.path for n in self.notices)
+
+
+@dataclass
+class Source:
+    """A polled server: where its files are on disk, and the poll's view of them."""
+
+    kind: str
+    destination: str
+    #: on disk: the directory polled
+    local: Path
+    #: the ``directory`` option naming it on the server
+    directory: str
+
+
+@pytest.fixture
+def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
+    site = Site(tmp_path / "site", rabbitmq.port).setup()
+    (site.config_dir / "poll").mkdir(parents=True)
+    return site
+
+
+def _source(kind: str, request: pytest.FixtureRequest, site: Site) -> Source:
+    tag = unique("poll")
+    if kind == "http":
+        nginx: Nginx = request.getfixturevalue("nginx")
+        local = nginx.root / "listing" / tag
+        return Source(kind, nginx.base_url, local, f"/listing/{tag}")
+    creds = site.config_dir / "credentials.conf"
+    if kind == "sftp":
+        sshd: Sshd = request.getfixturevalue("sshd")
+        with open(creds, "a") as f:
+            f.write(f"{sshd.url} ssh_keyfile={sshd.key_path}\n")
+        local = sshd.root_dir / tag
+        return Source(kind, sshd.url, local, str(local))
+    ftpd: Ftpd = request.getfixturevalue("ftpd")
+    with open(creds, "a") as f:
+        f.write(f"{ftpd.credentials_line}\n")
+    return Source(kind, ftpd.url, ftpd.root / tag, f"/{tag}")
+
+
+@pytest.fixture(params=["http", "sftp", "ftp"])
+def source(request: pytest.FixtureRequest, site: Site) -> Source:
+    src = _source(request.param, request, site)
+    src.local.mkdir(parents=True)
+    return src
+
+
+@pytest.fixture
+def http_source(request: pytest.FixtureRequest, site: Site) -> Source:
+    src = _source("http", request, site)
+    src.local.mkdir(parents=True)
+    return src
+
+
+def write_poll(site: Site, name: str, src: Source, extra: str = "") -> None:
+    (site.config_dir / "poll" / f"{name}.conf").write_text(
+        f"post_broker {site.broker}\npost_exchange xs_guest\ndestination {src.destination}\n"
+        f"sleep 0.3\ndirectory {src.directory}\naccept .*\n{extra}"
+    )
+
+
+@contextmanager
+def running_poll(site: Site, name: str, instance: int = 0) -> Iterator[threading.Event]:
+    """Run one instance of a poll configuration in a thread; stopped on exit."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    with site_env(site):
+        cfg = site.load("poll", name)
+        component = PollComponent()
+        component.declare(cfg)
+
+        def target() -> None:
+            try:
+                component.run(cfg, instance, stop)
+            except BaseException as e:  # surfaced to the test below
+                errors.append(e)
+
+        thread = threading.Thread(target=target, name=f"poll-{name}-{instance}", daemon=True)
+        thread.start()
+        try:
+            yield stop
+        finally:
+            stop.set()
+            thread.join(30)
+    assert not thread.is_alive(), "poll did not stop within 30 s"
+    if errors:
+        raise errors[0]
+
+
+def passes(site: Site, name: str, count: int = 3) -> None:
+    """Wait until the poll holding the lock has written its state ``count`` more times."""
+    state = site.state_dir / "poll" / name / "poll_seen.json"
+
+    def stamp() -> int:
+        return state.stat().st_mtime_ns if state.exists() else 0
+
+    for _ in range(count):
+        before = stamp()
+        wait_for(lambda: stamp() not in (0, before), what="a poll pass")  # noqa: B023
+
+
+def rel(src: Source, name: str) -> str:
+    return f"{src.directory.strip('/')}/{name}"
+
+
+def test_poll_announces_each_file_once_and_changes_again(site: Site, source: Source) -> None:
+    make_files(source.local, NAMES, size=3000)
+    name = unique("p")
+    write_poll(site, name, source)
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= len(NAMES), what="one notice per file")
+            passes(site, name)
+            assert tap.paths() == sorted(rel(source, n) for n in NAMES)
+            for notice in tap.notices:
+                assert notice.base_url == source.destination
+                assert notice.checksum.wire() == "z,d"
+                on_disk = source.local / notice.path[len(rel(source, "")) :]
+                assert notice.parts is not None
+                assert notice.parts.wire() == f"1,{on_disk.stat().st_size},1,0,0"
+            # a size change and a time change are announced again; the rest is not
+            with open(source.local / "plain.txt", "ab") as f:
+                f.write(b"more")
+            old = time.time() - 7200
+            os.utime(source.local / "with space.txt", (old, old))
+            wait_for(lambda: len(tap.notices) >= len(NAMES) + 2, what="two re-announcements")
+            passes(site, name)
+        again = sorted(n.path for n in tap.notices[len(NAMES) :])
+        assert again == [rel(source, "plain.txt"), rel(source, "with space.txt")]
+        latest = [n for n in tap.notices if n.path == rel(source, "plain.txt")][-1]
+        assert latest.parts is not None and latest.parts.wire() == "1,3012,1,0,0"
+    finally:
+        tap.stop()
