@@ -23,6 +23,8 @@ from sarra.notice import Notice
 from tests.integration.flowkit import (
     Site,
     make_files,
+    md5_tree,
+    running_subscriber,
     site_env,
     unique,
     wait_for,
@@ -220,3 +222,106 @@ def test_poll_announces_each_file_once_and_changes_again(site: Site, source: Sou
         assert latest.parts is not None and latest.parts.wire() == "1,3012,1,0,0"
     finally:
         tap.stop()
+
+
+def test_a_restart_does_not_announce_again(site: Site, http_source: Source) -> None:
+    src = http_source
+    make_files(src.local, ["a.txt", "b.txt"])
+    name = unique("p")
+    write_poll(site, name, src)
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= 2, what="two notices")
+            passes(site, name)
+        make_files(src.local, ["c.txt"])
+        with running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= 3, what="the new file's notice")
+            passes(site, name)
+        assert tap.paths() == [rel(src, "a.txt"), rel(src, "b.txt"), rel(src, "c.txt")]
+    finally:
+        tap.stop()
+
+
+def test_two_instances_announce_once_and_the_second_takes_over(
+    site: Site, http_source: Source
+) -> None:
+    src = http_source
+    make_files(src.local, ["a.txt"])
+    name = unique("p")
+    write_poll(site, name, src)
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_poll(site, name, 1) as second:
+            with running_poll(site, name, 0):
+                wait_for(lambda: len(tap.notices) >= 1, what="a notice")
+                make_files(src.local, ["b.txt"])
+                wait_for(lambda: len(tap.notices) >= 2, what="the second file's notice")
+                passes(site, name)
+            # whichever held the lock, one instance is left; it announces what is new only
+            assert not second.is_set()
+            make_files(src.local, ["c.txt"])
+            wait_for(lambda: len(tap.notices) >= 3, what="the third file's notice")
+            passes(site, name)
+        assert tap.paths() == [rel(src, "a.txt"), rel(src, "b.txt"), rel(src, "c.txt")]
+    finally:
+        tap.stop()
+
+
+HOSTILE_INDEX = """<html><body><pre>
+<a href="good.txt">good.txt</a>  06-Dec-2026 22:41  5
+<a href="..%2F..%2Fetc%2Fpasswd">x</a>  06-Dec-2026 22:41  5
+<a href="a%2F..%2F..%2Fb">x</a>  06-Dec-2026 22:41  5
+<a href="%2e%2e">x</a>  06-Dec-2026 22:41  5
+<a href="nul%00x">x</a>  06-Dec-2026 22:41  5
+<a href="line%0Abreak">x</a>  06-Dec-2026 22:41  5
+<a href="/etc/">x</a>  06-Dec-2026 22:41  -
+<a href="http://127.0.0.1:1/x">x</a>  06-Dec-2026 22:41  5
+</pre></body></html>
+"""
+
+
+def test_hostile_names_in_a_listing_are_never_announced(site: Site, source: Source) -> None:
+    make_files(source.local, ["good.txt"])
+    if source.kind == "http":
+        # a page of our own making in place of nginx's (nginx serves index.html first)
+        (source.local / "index.html").write_text(HOSTILE_INDEX)
+        expected = [rel(source, "good.txt")]
+    else:
+        # names a file system allows but a listing must not pass on
+        make_files(source.local, ["line\nbreak.txt", "cr\rname", "...", "-rf"])
+        expected = sorted(rel(source, n) for n in ["good.txt", "...", "-rf"])
+    name = unique("p")
+    write_poll(site, name, source)
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= len(expected), what="the good names")
+            passes(site, name)
+        assert tap.paths() == expected
+        prefix = source.directory.strip("/") + "/"
+        for notice in tap.notices:
+            tail = notice.path[len(prefix) :]
+            assert notice.path.startswith(prefix) and "/" not in tail and tail not in ("", "..")
+    finally:
+        tap.stop()
+
+
+def test_what_a_poll_announces_a_subscriber_downloads(
+    site: Site, source: Source, tmp_path: Path
+) -> None:
+    make_files(source.local, NAMES, size=70000)
+    name = unique("p")
+    write_poll(site, name, source)
+    dest = tmp_path / "dest"
+    topic = source.directory.strip("/").replace("/", ".")
+    site.write_subscribe(
+        f"s{name}",
+        f"exchange xs_guest\nsubtopic {topic}.#\ndirectory {dest}\nmirror on\nexpire 10m\n"
+        "accept .*\n",
+    )
+    with running_subscriber(site, f"s{name}"), running_poll(site, name):
+        wanted = md5_tree(source.local)
+        got = dest / source.directory.strip("/")
+        wait_for(lambda: got.exists() and md5_tree(got) == wanted, 60, what="every file")
+    assert sorted(wanted) == sorted(NAMES)
