@@ -56,7 +56,7 @@ class PollComponent:
         session = session_for(url, cfg, "sr_poll")
         state = instance_state_dir(cfg)
         nodupe = None
-        if cfg.is_set("suppress_duplicates") and cfg.suppress_duplicates > 0:
+        if cfg.suppress_duplicates > 0:
             nodupe = DuplicateCache(
                 state / f"recent_posts_{instance:03d}.cache",
                 cfg.suppress_duplicates,

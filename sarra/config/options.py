@@ -607,7 +607,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("suppress_duplicates", Kind.CACHING, 0.0,
        "drop notices seen within this time (on: 300 s)", _ALL,
        ("caching", "cache", "no_duplicates", "noduplicates", "nd", "sd", "nodupe_ttl"),
-       {"winnow": 1200.0, "poll": 1200.0}),
+       {"winnow": 1200.0}),
     _o("cache_basis", S, "path", "what identifies a duplicate", _ALL,
        ("cb", "suppress_duplicates_basis", "sdb", "nodupe_basis"),
        choices=("data", "name", "path")),
@@ -709,7 +709,8 @@ OPTIONS: tuple[Option, ...] = (
        support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
     _o("tls_rigour", S, "normal",
        "https and ftps transfers: lax skips certificate checks, normal and strict check "
-       "them (amqps connections always check)", frozenset({"subscribe", "sarra", "sender"}),
+       "them (amqps connections always check)",
+       frozenset({"subscribe", "sarra", "sender", "poll"}),
        ("tls_rigor", "tlsr", "tlsRigour"), choices=("lax", "normal", "strict")),
     _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),
