@@ -37,7 +37,7 @@ from sarra.codec.build import poster_rel_path
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.masks import Mask
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError, ConfigError, SarraError
+from sarra.errors import BrokerError, ConfigError, SarraError, TransportUnavailable
 from sarra.flow.posting import PostSettings, Publisher
 from sarra.integrity.sums import name_sum, random_sum
 from sarra.notice import Checksum, Notice, PartSpec
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 POLL_SUMS = frozenset({"z,d", "z,s", "n", "0"})
 #: deepest subdirectory level listed under a polled directory
 MAX_DEPTH = 16
+#: shortest time between the starts of two passes (``sleep 0`` would spin)
+MIN_SLEEP = 0.1
 #: how often a stand-by poller tries to take the lock
 STANDBY_RETRY = 2.0
 
@@ -216,7 +218,8 @@ class Poller:
                     transport.close()
                     transport = None
                 self.heartbeat(f"announced {self.announced}")
-                self.stop.wait(max(0.0, self.cfg.sleep - (time.monotonic() - started)))
+                pause = max(MIN_SLEEP, self.cfg.sleep) - (time.monotonic() - started)
+                self.stop.wait(max(0.0, pause))
         finally:
             if transport is not None:
                 transport.close()
@@ -229,26 +232,28 @@ class Poller:
         fresh: list[tuple[str, RemoteEntry]] = []
         fresh_rels: set[str] = set()
         for target in self.targets:
-            for rel_dir, entries in self._walk(transport, target.directory, 0):
-                if self.stop.is_set():
-                    return 0
-                listed: Seen = {}
-                for entry in entries:
-                    rel = f"{rel_dir}/{entry.name}"
-                    key = (entry.size, entry.mtime)
-                    listed[rel] = key
-                    if seen.get(rel) != key and self._wanted(target, entry):
-                        fresh.append((rel, entry))
-                        fresh_rels.add(rel)
-                # forget what left this directory: if it comes back, it is announced again
-                for rel in [r for r in seen if r.rsplit("/", 1)[0] == rel_dir]:
-                    if rel not in listed:
-                        del seen[rel]
-                # recorded now: what is unchanged or not wanted; the fresh once confirmed
-                seen.update({r: k for r, k in listed.items() if r not in fresh_rels})
+            try:
+                self._list_target(transport, target, seen, fresh, fresh_rels)
+            except TransportUnavailable:
+                raise  # the connection is gone: the pass is done again on a new one
+            except SarraError as err:
+                # a missing or unreadable directory does not keep the others from being polled
+                log.error("listing %s%s failed: %s", self.source, target.directory, err)
+            if self.stop.is_set():
+                return 0
         pubtime = now_timestamp()
+        queued: list[tuple[str, RemoteEntry]] = []
         for rel, entry in fresh:
-            self.publisher.add([self.notice(transport, rel, entry, pubtime)], item=rel)
+            try:
+                notice = self.notice(transport, rel, entry, pubtime)
+            except TransportUnavailable:
+                raise
+            except SarraError as err:  # e.g. gone before its size was asked: next pass
+                log.error("not announced: %s: %s", rel, err)
+                continue
+            self.publisher.add([notice], item=rel)
+            queued.append((rel, entry))
+        fresh = queued
         try:
             self.publisher.flush()
         except BrokerError as err:
@@ -262,6 +267,35 @@ class Poller:
         if fresh:
             log.info("announced %d new or changed file(s) of %s", len(fresh), self.source)
         return len(fresh)
+
+    def _list_target(
+        self,
+        transport: Transport,
+        target: Target,
+        seen: Seen,
+        fresh: list[tuple[str, RemoteEntry]],
+        fresh_rels: set[str],
+    ) -> None:
+        """List one target (and its subdirectories): what is new or changed goes to
+        ``fresh``, the rest is recorded in ``seen``, and what left a directory listed is
+        forgotten."""
+        for rel_dir, entries in self._walk(transport, target.directory, 0):
+            if self.stop.is_set():
+                return
+            listed: Seen = {}
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}"
+                key = (entry.size, entry.mtime)
+                listed[rel] = key
+                if seen.get(rel) != key and self._wanted(target, entry):
+                    fresh.append((rel, entry))
+                    fresh_rels.add(rel)
+            # forget what left this directory: if it comes back, it is announced again
+            for rel in [r for r in seen if r.rsplit("/", 1)[0] == rel_dir]:
+                if rel not in listed:
+                    del seen[rel]
+            # recorded now: what is unchanged or not wanted; the fresh once confirmed
+            seen.update({r: k for r, k in listed.items() if r not in fresh_rels})
 
     def _walk(
         self, transport: Transport, directory: str, depth: int

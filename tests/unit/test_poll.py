@@ -234,3 +234,74 @@ def test_a_pass_announces_new_changed_and_recent_files_once(tmp_path: Path) -> N
     assert poller.poll_once(transport) == 0  # type: ignore[arg-type]
     pages["ftp://h/d"].append(RemoteEntry("new.txt", 4, now))
     assert poller.poll_once(transport) == 1  # type: ignore[arg-type]
+
+
+def test_a_directory_that_cannot_be_listed_does_not_stop_the_others(tmp_path: Path) -> None:
+    from sarra.errors import NotFound
+
+    cfg = resolved(
+        _settings(
+            tmp_path,
+            [
+                ("post_broker", "amqp://u@b/"),
+                ("destination", "ftp://h"),
+                ("directory", "/gone"),
+                ("accept", ".*"),
+                ("directory", "/here"),
+                ("accept", ".*"),
+            ],
+        )
+    )
+
+    class Partial(_Listing):
+        def listdir(self, url: str) -> list[RemoteEntry]:
+            if url.endswith("/gone"):
+                raise NotFound(f"{url}: 550 no such directory")
+            return super().listdir(url)
+
+    publisher = _Publisher()
+    transport = Partial({"ftp://h/here": [RemoteEntry("f.txt", 1, time.time())]})
+    poller = Poller(
+        cfg,
+        PostSettings.from_config(cfg, "u", "b"),
+        publisher,  # type: ignore[arg-type]
+        lambda: transport,  # type: ignore[arg-type,return-value]
+        tmp_path,
+        threading.Event(),
+    )
+    assert poller.poll_once(transport) == 1  # type: ignore[arg-type]
+    assert [n.path for n in publisher.sent] == ["here/f.txt"]
+
+
+def test_a_rounded_size_is_asked_of_the_server_when_announced(tmp_path: Path) -> None:
+    from sarra.transfer.base import RemoteStat
+
+    cfg = resolved(
+        _settings(
+            tmp_path,
+            [("post_broker", "amqp://u@b/"), ("destination", "http://h"), ("path", "/pub"),
+             ("accept", ".*")],
+        )
+    )  # fmt: skip
+
+    asked: list[str] = []
+
+    class Apache(_Listing):
+        def stat(self, url: str) -> RemoteStat:
+            asked.append(url)
+            return RemoteStat(1234, None)
+
+    transport = Apache({"http://h/pub": [RemoteEntry("big file.bin", None, time.time())]})
+    publisher = _Publisher()
+    poller = Poller(
+        cfg,
+        PostSettings.from_config(cfg, "u", "b"),
+        publisher,  # type: ignore[arg-type]
+        lambda: transport,  # type: ignore[arg-type,return-value]
+        tmp_path,
+        threading.Event(),
+    )
+    assert poller.poll_once(transport) == 1  # type: ignore[arg-type]
+    assert asked == ["http://h/pub/big%20file.bin"]
+    assert publisher.sent[0].parts is not None
+    assert publisher.sent[0].parts.wire() == "1,1234,1,0,0"
