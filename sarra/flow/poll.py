@@ -14,7 +14,9 @@ take over (reading the state the last holder wrote) when it ends.
 
 Notices are sr2's: baseUrl ``post_base_url`` (default: the destination, without password),
 relPath ``/<directory>/<name>``, ``parts 1,<size>,1,0,0`` and ``sum z,d`` (the subscriber
-computes the md5 while downloading) unless ``sum`` says ``z,s``, ``n`` or ``0``.
+computes the md5 while downloading) unless ``sum`` says ``z,s``, ``n`` or ``0``; with ``sum d``
+or ``s`` each file announced is read through the transport to compute its sum (and its size
+is the length read).
 """
 
 from __future__ import annotations
@@ -37,16 +39,23 @@ from sarra.codec.build import poster_rel_path
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.masks import Mask
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError, ConfigError, SarraError, TransportUnavailable
+from sarra.errors import (
+    BrokerError,
+    ConfigError,
+    Interrupted,
+    SarraError,
+    TransportUnavailable,
+)
 from sarra.flow.posting import PostSettings, Publisher
-from sarra.integrity.sums import name_sum, random_sum
+from sarra.integrity.sums import name_sum, new_hasher, random_sum
 from sarra.notice import Checksum, Notice, PartSpec
 from sarra.transfer.base import RemoteEntry, Transport, listed_name
 
 log = logging.getLogger(__name__)
 
-#: sums a poll can announce without reading the files (``d``/``s`` would need a download)
-POLL_SUMS = frozenset({"z,d", "z,s", "n", "0"})
+#: sums a poll announces: ``d``/``s`` read each file announced through the transport (a
+#: download, as sr3's poll does when asked); the others are computed without reading it
+POLL_SUMS = frozenset({"z,d", "z,s", "n", "0", "d", "s"})
 #: deepest subdirectory level listed under a polled directory
 MAX_DEPTH = 16
 #: shortest time between the starts of two passes (``sleep 0`` would spin)
@@ -97,9 +106,9 @@ def public_url(url: str) -> str:
 def check_sum(cfg: Settings) -> str:
     if cfg.sum not in POLL_SUMS:
         raise ConfigError(
-            f"sr_poll announces files it does not read: sum {cfg.sum!r} would need each one "
-            f"downloaded; use one of {', '.join(sorted(POLL_SUMS))} (z,d: the subscriber "
-            "computes md5 while downloading)",
+            f"sr_poll cannot announce sum {cfg.sum!r}; use one of "
+            f"{', '.join(sorted(POLL_SUMS))} (z,d, the default: the subscriber computes md5 "
+            "while downloading; d or s: sr_poll reads each file to compute it)",
             option="sum",
         )
     return cfg.sum
@@ -324,9 +333,13 @@ class Poller:
 
     def notice(self, transport: Transport, rel: str, entry: RemoteEntry, pubtime: str) -> Notice:
         size = entry.size
-        if size is None:  # the listing rounds sizes (Apache): ask the server
-            size = transport.stat(f"{self.source}{poster_rel_path(rel)}").size
-        checksum = self._checksum(rel)
+        url = f"{self.source}{poster_rel_path(rel)}"
+        if self.sum in ("d", "s"):
+            checksum, size = self._read_sum(transport, url)
+        else:
+            if size is None:  # the listing rounds sizes (Apache): ask the server
+                size = transport.stat(url).size
+            checksum = self._checksum(rel)
         headers = dict(self.settings.headers)
         if self.settings.rename:
             headers["rename"] = self.settings.rename
@@ -344,6 +357,23 @@ class Poller:
             headers=headers,
             topic_override=s.topic_override,
         )
+
+    def _read_sum(self, transport: Transport, url: str) -> tuple[Checksum, int]:
+        """The ``d``/``s`` sum and the length of what the server sends for ``url``."""
+        hasher = new_hasher(self.sum)
+        size = 0
+        body = transport.get(url)
+        try:
+            for chunk in body:
+                if self.stop.is_set():
+                    raise Interrupted(f"{url}: stopping while it was read for its sum")
+                hasher.update(chunk)
+                size += len(chunk)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        return Checksum(self.sum, hasher.hexdigest()), size
 
     def _checksum(self, rel: str) -> Checksum:
         if self.sum == "n":

@@ -325,3 +325,23 @@ def test_what_a_poll_announces_a_subscriber_downloads(
         got = dest / source.directory.strip("/")
         wait_for(lambda: got.exists() and md5_tree(got) == wanted, 60, what="every file")
     assert sorted(wanted) == sorted(NAMES)
+
+
+def test_sum_d_is_computed_by_reading_each_file(site: Site, source: Source) -> None:
+    make_files(source.local, ["a.txt", "with space.txt"], size=5000)
+    name = unique("p")
+    write_poll(site, name, source, "sum d\n")
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= 2, what="two notices")
+            passes(site, name)
+    finally:
+        tap.stop()
+    assert tap.paths() == [rel(source, "a.txt"), rel(source, "with space.txt")]
+    wanted = md5_tree(source.local)
+    for notice in tap.notices:
+        local_name = notice.path.rsplit("/", 1)[1]
+        assert notice.checksum.wire() == f"d,{wanted[local_name]}"
+        size = (source.local / local_name).stat().st_size
+        assert notice.parts is not None and notice.parts.wire() == f"1,{size},1,0,0"

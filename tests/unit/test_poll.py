@@ -150,9 +150,9 @@ def test_sr2_and_sr3_forms(tmp_path: Path) -> None:
     assert public_url("ftp://u:p@h:2121/") == "ftp://u@h:2121"
 
 
-def test_sums_that_need_the_data_and_missing_options_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="downloaded"):
-        resolved(_settings(tmp_path, [("destination", "ftp://h"), ("path", "/"), ("sum", "d")]))
+def test_unknown_sums_and_missing_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot announce sum 'a'"):
+        resolved(_settings(tmp_path, [("destination", "ftp://h"), ("path", "/"), ("sum", "a")]))
     with pytest.raises(ConfigError, match="destination"):
         resolved(_settings(tmp_path, [("path", "/")]))
     with pytest.raises(ConfigError, match="nothing to poll"):
