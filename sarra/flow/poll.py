@@ -60,6 +60,8 @@ POLL_SUMS = frozenset({"z,d", "z,s", "n", "0", "d", "s"})
 MAX_DEPTH = 16
 #: shortest time between the starts of two passes (``sleep 0`` would spin)
 MIN_SLEEP = 0.1
+#: longest time without a heartbeat while sleeping between passes
+BEAT_EVERY = 30.0
 #: how often a stand-by poller tries to take the lock
 STANDBY_RETRY = 2.0
 
@@ -212,7 +214,8 @@ class Poller:
             while not self.stop.is_set():
                 if not self.lock.held:
                     if not self.lock.acquire():
-                        self.heartbeat("stand-by: another instance polls")
+                        # status shows the state "stand-by"
+                        self.heartbeat("stand-by: another instance of this poll holds the lock")
                         self.stop.wait(STANDBY_RETRY)
                         continue
                     log.info("polling %s (this instance holds %s)", self.source, self.lock.path)
@@ -226,9 +229,13 @@ class Poller:
                     log.error("poll of %s failed: %s", self.source, err)
                     transport.close()
                     transport = None
-                self.heartbeat(f"announced {self.announced}")
-                pause = max(MIN_SLEEP, self.cfg.sleep) - (time.monotonic() - started)
-                self.stop.wait(max(0.0, pause))
+                self.heartbeat("")  # status shows "running"
+                due = started + max(MIN_SLEEP, self.cfg.sleep)
+                # beating while it sleeps: a long sleep is not a hung instance (sanity)
+                while not self.stop.wait(max(0.0, min(BEAT_EVERY, due - time.monotonic()))):
+                    if time.monotonic() >= due:
+                        break
+                    self.heartbeat("")
         finally:
             if transport is not None:
                 transport.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -345,3 +347,40 @@ def test_sum_d_is_computed_by_reading_each_file(site: Site, source: Source) -> N
         assert notice.checksum.wire() == f"d,{wanted[local_name]}"
         size = (source.local / local_name).stat().st_size
         assert notice.parts is not None and notice.parts.wire() == f"1,{size},1,0,0"
+
+
+def test_sr_poll_start_with_two_instance_processes_announces_once(
+    site: Site, http_source: Source
+) -> None:
+    """The command as an operator runs it: ``sr_poll start`` spawns two instance processes;
+    one polls, the other stands by; ``stop`` ends both."""
+    src = http_source
+    make_files(src.local, ["a.txt", "b.txt"])
+    name = unique("p")
+    write_poll(site, name, src, "instances 2\n")
+    command = str(Path(sys.executable).parent / "sr_poll")
+    env = {**os.environ, **site.env}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [command, *argv], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        started = run("start", name)
+        assert started.returncode == 0, started.stdout + started.stderr
+        try:
+            wait_for(lambda: len(tap.notices) >= 2, what="two notices")
+            make_files(src.local, ["c.txt"])
+            wait_for(lambda: len(tap.notices) >= 3, what="the third notice")
+            passes(site, name)
+            status = run("status", name)
+            states = [line.split()[3] for line in status.stdout.splitlines()[1:3]]
+            assert sorted(states) == ["running", "stand-by"], status.stdout
+        finally:
+            stopped = run("stop", name)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    finally:
+        tap.stop()
+    assert tap.paths() == [rel(src, "a.txt"), rel(src, "b.txt"), rel(src, "c.txt")]
