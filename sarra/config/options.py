@@ -38,8 +38,11 @@ _ALL = frozenset(OPTION_COMPONENTS)
 _CONSUMERS = frozenset({"subscribe", "sarra", "sender", "shovel", "winnow", "report", "log"})
 _POSTERS = frozenset({"post", "watch", "poll"})
 _REPOSTERS = _ALL - {"report", "log"}
-_DOWNLOADERS = frozenset({"subscribe", "sarra", "sender", "poll"})
+#: (sr_poll downloads nothing: the options of downloads do not apply to it)
+_DOWNLOADERS = frozenset({"subscribe", "sarra", "sender"})
 _WATCHERS = frozenset({"post", "watch"})
+#: sr_poll reads no local file and calls no plugin: the options about those do not apply to it
+_NOT_POLL = _ALL - {"poll"}
 
 
 class Kind(enum.Enum):
@@ -449,7 +452,7 @@ _SR2_PLUGIN_HOOKS = (
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",
      "use an on_message plugin that sets work.dest_rel (see sarra.flow.hooks)"),
-    ("plugin", ("callback", "flowcb", "callback_prepend"), _ALL,
+    ("plugin", ("callback", "flowcb", "callback_prepend"), _NOT_POLL,
      "load a plugin that declares its own hooks (sr3 callback/flowcb: built-ins only, see "
      "docs/plugins.md)", None),
 )
@@ -510,14 +513,14 @@ OPTIONS: tuple[Option, ...] = (
        "sr3 fileSizeMax: 1M = 1000000, 1Mi or 1MB = 1048576)", frozenset({"subscribe", "sarra"}),
        ("fileSizeMax",)),
     _o("directory", S, None, "destination directory (captured by later accept/reject)",
-       _DOWNLOADERS | {"post", "watch"}, captured=True, metavar="DIR"),
-    _o("base_dir", S, None, "local directory the notice paths are relative to", _ALL,
+       _DOWNLOADERS | {"post", "watch", "poll"}, captured=True, metavar="DIR"),
+    _o("base_dir", S, None, "local directory the notice paths are relative to", _NOT_POLL,
        ("bd", "baseDir", "basedir"),
        captured=True, metavar="DIR"),
     _o("mirror", B, False, "keep the relative path tree under directory", _DOWNLOADERS,
        per={"sarra": True, "sender": True}, captured=True),
     _o("strip", Kind.STRIP, 0, "drop N leading path elements, or the part matching a regex",
-       _ALL, captured=True),
+       _NOT_POLL, captured=True),
     _o("flatten", S, "/", "replace '/' by this in file names", _DOWNLOADERS, captured=True,
        metavar="CHAR"),
     _o("rename", S, None, "rename the file (a path; ending in / keeps the name)", _ALL, ("rn",),
@@ -526,8 +529,8 @@ OPTIONS: tuple[Option, ...] = (
        captured=True),
     _o("inflight", Kind.INFLIGHT, None,
        "download under a temporary name (.tmp, tmp/); posting: skip files younger than N s",
-       _ALL),
-    _o("inplace", B, False, "assemble parts into the file in place", _ALL, ("in", "assemble"),
+       _NOT_POLL),
+    _o("inplace", B, False, "assemble parts into the file in place", _NOT_POLL, ("in", "assemble"),
        {"subscribe": True}),
     _o("part_expiry", D, 24 * 3600.0,
        "give up on a file received in parts after this long without progress (report 499)",
@@ -546,7 +549,8 @@ OPTIONS: tuple[Option, ...] = (
        ("d", "download-and-discard")),
     _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
        ("n", "no_download")),
-    _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS,
+    _o("preserve_time", B, True, "set the file times from the notice (poll: send the listed "
+       "time as mtime)", _DOWNLOADERS | {"poll"},
        ("pt", "timeCopy")),
     _o("preserve_mode", B, True, "set the file mode from the notice", _DOWNLOADERS,
        ("pm", "permCopy")),
@@ -624,8 +628,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("post_base_url", S, None, "baseUrl of the notices posted", _REPOSTERS,
        ("pbu", "url", "u", "post_url", "post_baseUrl", "post_baseurl")),
     _o("post_base_dir", S, None, "local directory the posted paths are relative to",
-       _REPOSTERS, ("pbd", "document_root", "dr", "post_document_root", "pdr", "post_baseDir",
-        "post_basedir", "post_documentRoot"), metavar="DIR"),
+       _REPOSTERS - {"poll"}, ("pbd", "document_root", "dr", "post_document_root", "pdr",
+                               "post_baseDir", "post_basedir", "post_documentRoot"),
+       metavar="DIR"),
     _o("post_format", S, "v02", "format of the notices and reports posted: v02 (sr2) or v03 "
        "(sr3's JSON, content type application/json; use with post_topic_prefix v03)",
        _REPOSTERS, ("postFormat",), choices=("v02", "v03")),
@@ -640,7 +645,7 @@ OPTIONS: tuple[Option, ...] = (
        ("identity",), {"poll": "z,d"}),
     _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole; sr3 "
        "blockSize: 1M = 1000000, 1Mi or 1MB = 1048576, and 0 is a fixed 50 MiB)",
-       _REPOSTERS, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
+       _REPOSTERS - {"poll"}, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
     _o("parts", S, None, "part specification (developers only)", _REPOSTERS, support=REFUSED,
        why="a fixed part specification is not implemented; blocksize chooses the parts"),
     _o("to_clusters", S, None, "destination clusters (default: the post_broker host)",
@@ -685,7 +690,7 @@ OPTIONS: tuple[Option, ...] = (
        "post: publish each notice; json: print it on standard output as one JSON line "
        "[topic, headers, body] instead; url: print its retrieval URL instead (json and url "
        "never connect to the post broker)", _WATCHERS, choices=("post", "json", "url")),
-    _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _ALL,
+    _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _NOT_POLL,
        ("xattr_disabled", "xd"), support=NOOP,
        why="sarra never caches checksums in extended attributes"),
     _o("header", Kind.HEADER, None, "add a header to posts (value none: remove it)", _ALL),

@@ -305,3 +305,13 @@ def test_a_rounded_size_is_asked_of_the_server_when_announced(tmp_path: Path) ->
     assert asked == ["http://h/pub/big%20file.bin"]
     assert publisher.sent[0].parts is not None
     assert publisher.sent[0].parts.wire() == "1,1234,1,0,0"
+
+
+def test_download_options_are_flagged_as_ignored_by_poll(tmp_path: Path) -> None:
+    cfg = _settings(
+        tmp_path,
+        [("destination", "ftp://h"), ("path", "/"), ("mirror", "on"), ("chmod", "644"),
+         ("blocksize", "1M"), ("plugin", "x.y")],
+    )  # fmt: skip
+    ignored = [w for w in cfg.warnings if "is ignored by poll" in w]
+    assert len(ignored) == 4, cfg.warnings
