@@ -78,14 +78,15 @@ class Target:
 
 
 def poll_targets(cfg: Settings) -> list[Target]:
-    """sr2: each accept/reject line applies to the ``directory`` in force before it; sr3:
-    each ``path`` is polled with all the accept/reject lines."""
+    """sr3's form when ``path`` is given: each ``path`` is polled with all the accept/reject
+    lines (``directory`` is then not a remote directory). Otherwise sr2's: each accept/reject
+    line applies to the ``directory`` in force before it."""
+    if cfg.path:
+        return [Target(path, tuple(cfg.masks)) for path in dict.fromkeys(cfg.path)]
     targets: dict[str, list[Mask]] = {}
     for mask in cfg.masks:
         if mask.directory:
             targets.setdefault(mask.directory, []).append(mask)
-    for path in cfg.path:
-        targets.setdefault(path, []).extend(m for m in cfg.masks if m not in targets[path])
     if not targets and cfg.directory:
         targets[cfg.directory] = list(cfg.masks)
     if not targets:

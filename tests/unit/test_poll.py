@@ -147,6 +147,12 @@ def test_sr2_and_sr3_forms(tmp_path: Path) -> None:
     )
     assert sr3.destination == "http://h:8080" and sr3.file_time_limit == 86400.0
     assert [(t.directory, len(t.masks)) for t in poll_targets(sr3)] == [("/x", 1)]
+    both = _settings(
+        tmp_path,
+        [("pollUrl", "http://h"), ("directory", "/local"), ("accept", ".*"), ("path", "/x"),
+         ("path", "/y")],
+    )  # fmt: skip
+    assert [(t.directory, len(t.masks)) for t in poll_targets(both)] == [("/x", 1), ("/y", 1)]
     assert public_url("ftp://u:p@h:2121/") == "ftp://u@h:2121"
 
 
