@@ -277,6 +277,12 @@ def sr_watch() -> int:
 
 
 @pipe_safe
+def sr_poll() -> int:
+    """Entry point of ``sr_poll``."""
+    return main("poll")
+
+
+@pipe_safe
 def sr_subscribe() -> int:
     """Entry point of ``sr_subscribe``."""
     return main("subscribe")

@@ -15,6 +15,7 @@ from sarra.components.base import Component
 IMPLEMENTED: dict[str, str] = {
     "post": "sarra.components.post:PostComponent",
     "watch": "sarra.components.watch:WatchComponent",
+    "poll": "sarra.components.poll:PollComponent",
     "subscribe": "sarra.components.subscribe:SubscribeComponent",
     "sender": "sarra.components.sender:SenderComponent",
     "winnow": "sarra.components.winnow:WinnowComponent",

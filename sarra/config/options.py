@@ -38,8 +38,11 @@ _ALL = frozenset(OPTION_COMPONENTS)
 _CONSUMERS = frozenset({"subscribe", "sarra", "sender", "shovel", "winnow", "report", "log"})
 _POSTERS = frozenset({"post", "watch", "poll"})
 _REPOSTERS = _ALL - {"report", "log"}
-_DOWNLOADERS = frozenset({"subscribe", "sarra", "sender", "poll"})
+#: (sr_poll downloads nothing: the options of downloads do not apply to it)
+_DOWNLOADERS = frozenset({"subscribe", "sarra", "sender"})
 _WATCHERS = frozenset({"post", "watch"})
+#: sr_poll reads no local file and calls no plugin: the options about those do not apply to it
+_NOT_POLL = _ALL - {"poll"}
 
 
 class Kind(enum.Enum):
@@ -416,6 +419,9 @@ _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
 #: sr2's do_send took over the whole send, sr2's do_put only the write of the in-flight file
 _DO_SEND = ("use do_put: its plugin is asked first for every file and sends it under its final "
             "name (the whole send, as sr2's do_send did; see docs/plugins.md)")
+#: sr_poll reads nginx/Apache index pages and FTP/SFTP listings itself
+_POLL_HOOK = ("sarra's sr_poll parses nginx and Apache index pages and FTP and SFTP listings "
+              "itself, and has no plugin hook for other formats yet")
 _SR2_PLUGIN_HOOKS = (
     ("on_message", ("on_msg",), _RUNNER, "run on each notice accepted", None),
     # a sender sends files it did not download: sr2's sr_sender never ran on_file either
@@ -430,10 +436,8 @@ _SR2_PLUGIN_HOOKS = (
     ("on_report", ("on_rpt",), _RUNNER, "run before each report is published (False: not "
      "published)", None),
     ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
-    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing",
-     "sr_poll is not implemented yet"),
-    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page",
-     "sr_poll is not implemented yet"),
+    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing", _POLL_HOOK),
+    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page", _POLL_HOOK),
     ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded", _NOT_CALLED),
     ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes",
      "use do_get: its plugin is asked first for every URL, whatever the scheme (list an "
@@ -444,11 +448,11 @@ _SR2_PLUGIN_HOOKS = (
      "send with a plugin first (True: sent under the final name, None: sarra's own transport)",
      None),
     ("do_send", (), frozenset({"sender"}), "send with a plugin", _DO_SEND),
-    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", "sr_poll is not implemented yet"),
+    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", _POLL_HOOK),
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",
      "use an on_message plugin that sets work.dest_rel (see sarra.flow.hooks)"),
-    ("plugin", ("callback", "flowcb", "callback_prepend"), _ALL,
+    ("plugin", ("callback", "flowcb", "callback_prepend"), _NOT_POLL,
      "load a plugin that declares its own hooks (sr3 callback/flowcb: built-ins only, see "
      "docs/plugins.md)", None),
 )
@@ -509,14 +513,14 @@ OPTIONS: tuple[Option, ...] = (
        "sr3 fileSizeMax: 1M = 1000000, 1Mi or 1MB = 1048576)", frozenset({"subscribe", "sarra"}),
        ("fileSizeMax",)),
     _o("directory", S, None, "destination directory (captured by later accept/reject)",
-       _DOWNLOADERS | {"post", "watch"}, captured=True, metavar="DIR"),
-    _o("base_dir", S, None, "local directory the notice paths are relative to", _ALL,
+       _DOWNLOADERS | {"post", "watch", "poll"}, captured=True, metavar="DIR"),
+    _o("base_dir", S, None, "local directory the notice paths are relative to", _NOT_POLL,
        ("bd", "baseDir", "basedir"),
        captured=True, metavar="DIR"),
     _o("mirror", B, False, "keep the relative path tree under directory", _DOWNLOADERS,
        per={"sarra": True, "sender": True}, captured=True),
     _o("strip", Kind.STRIP, 0, "drop N leading path elements, or the part matching a regex",
-       _ALL, captured=True),
+       _NOT_POLL, captured=True),
     _o("flatten", S, "/", "replace '/' by this in file names", _DOWNLOADERS, captured=True,
        metavar="CHAR"),
     _o("rename", S, None, "rename the file (a path; ending in / keeps the name)", _ALL, ("rn",),
@@ -525,8 +529,8 @@ OPTIONS: tuple[Option, ...] = (
        captured=True),
     _o("inflight", Kind.INFLIGHT, None,
        "download under a temporary name (.tmp, tmp/); posting: skip files younger than N s",
-       _ALL),
-    _o("inplace", B, False, "assemble parts into the file in place", _ALL, ("in", "assemble"),
+       _NOT_POLL),
+    _o("inplace", B, False, "assemble parts into the file in place", _NOT_POLL, ("in", "assemble"),
        {"subscribe": True}),
     _o("part_expiry", D, 24 * 3600.0,
        "give up on a file received in parts after this long without progress (report 499)",
@@ -545,7 +549,8 @@ OPTIONS: tuple[Option, ...] = (
        ("d", "download-and-discard")),
     _o("notify_only", B, False, "do not download, only process notices", _CONSUMERS,
        ("n", "no_download")),
-    _o("preserve_time", B, True, "set the file times from the notice", _DOWNLOADERS,
+    _o("preserve_time", B, True, "set the file times from the notice (poll: send the listed "
+       "time as mtime)", _DOWNLOADERS | {"poll"},
        ("pt", "timeCopy")),
     _o("preserve_mode", B, True, "set the file mode from the notice", _DOWNLOADERS,
        ("pm", "permCopy")),
@@ -555,8 +560,8 @@ OPTIONS: tuple[Option, ...] = (
        ("default_dir_mode", "ddm", "permDirDefault")),
     _o("chmod_log", Kind.MODE, 0o600, "mode of log files", _ALL,
        ("default_log_mode", "dlm", "permLog")),
-    _o("destination", U, None, "remote destination of a sender or poll",
-       frozenset({"sender", "poll"}), ("sendTo", "remoteUrl")),
+    _o("destination", U, None, "remote destination of a sender, or the server a poll lists "
+       "(sr3 pollUrl)", frozenset({"sender", "poll"}), ("sendTo", "remoteUrl", "pollUrl")),
     _o("transfer_threads", N, 4, "parallel downloads (bounded pool, one connection each)",
        _DOWNLOADERS),
     # -- reliability
@@ -606,7 +611,7 @@ OPTIONS: tuple[Option, ...] = (
     _o("suppress_duplicates", Kind.CACHING, 0.0,
        "drop notices seen within this time (on: 300 s)", _ALL,
        ("caching", "cache", "no_duplicates", "noduplicates", "nd", "sd", "nodupe_ttl"),
-       {"winnow": 1200.0, "poll": 1200.0}),
+       {"winnow": 1200.0}),
     _o("cache_basis", S, "path", "what identifies a duplicate", _ALL,
        ("cb", "suppress_duplicates_basis", "sdb", "nodupe_basis"),
        choices=("data", "name", "path")),
@@ -623,22 +628,24 @@ OPTIONS: tuple[Option, ...] = (
     _o("post_base_url", S, None, "baseUrl of the notices posted", _REPOSTERS,
        ("pbu", "url", "u", "post_url", "post_baseUrl", "post_baseurl")),
     _o("post_base_dir", S, None, "local directory the posted paths are relative to",
-       _REPOSTERS, ("pbd", "document_root", "dr", "post_document_root", "pdr", "post_baseDir",
-        "post_basedir", "post_documentRoot"), metavar="DIR"),
+       _REPOSTERS - {"poll"}, ("pbd", "document_root", "dr", "post_document_root", "pdr",
+                               "post_baseDir", "post_basedir", "post_documentRoot"),
+       metavar="DIR"),
     _o("post_format", S, "v02", "format of the notices and reports posted: v02 (sr2) or v03 "
        "(sr3's JSON, content type application/json; use with post_topic_prefix v03)",
        _REPOSTERS, ("postFormat",), choices=("v02", "v03")),
     _o("base_url", S, None, "sr3 baseUrl", _ALL, ("baseUrl", "baseurl"), support=REFUSED,
        why="sr3 reads no baseUrl option (it is a field of each notice); the URL of the "
        "notices posted is post_base_url (sr3 post_baseUrl)"),
-    _o("path", Kind.LIST, (), "files or directories to post", _WATCHERS, ("p",),
+    _o("path", Kind.LIST, (), "files or directories to post (poll: remote directories to "
+       "list, as sr3's poll reads path)", _WATCHERS | {"poll"}, ("p",),
        metavar="PATH..."),
     _o("sum", S, "d", "checksum algorithm letter (d, s, n, z,X, 0, ...; sr3 identity: sha512 "
        "is s, md5 d, md5name n, random 0, arbitrary a, cod,ALGO z,LETTER)", _REPOSTERS,
-       ("identity",)),
+       ("identity",), {"poll": "z,d"}),
     _o("blocksize", SZ, 0, "split files into parts of this size (0: guess, 1: whole; sr3 "
        "blockSize: 1M = 1000000, 1Mi or 1MB = 1048576, and 0 is a fixed 50 MiB)",
-       _REPOSTERS, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
+       _REPOSTERS - {"poll"}, ("blockSize",), per={"post": 200 * 1024**2, "watch": 200 * 1024**2}),
     _o("parts", S, None, "part specification (developers only)", _REPOSTERS, support=REFUSED,
        why="a fixed part specification is not implemented; blocksize chooses the parts"),
     _o("to_clusters", S, None, "destination clusters (default: the post_broker host)",
@@ -660,11 +667,10 @@ OPTIONS: tuple[Option, ...] = (
        _CONSUMERS, ("sfe", "sourceFromExchange"), {"sarra": True}),
     _o("events", S, "create|delete|link|modify", "events to post", _WATCHERS,
        ("e", "fileEvents")),
-    _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL),
-    _o("file_time_limit", D, 60 * 86400.0, "ignore remote files older than this",
-       frozenset({"poll"}), support=REFUSED,
-       why="only sr_poll reads it (in sr2 it skips remote files dated older than this), "
-       "and sr_poll is not implemented yet"),
+    _o("sleep", D, 0.0, "seconds between passes (post: 0 means once)", _ALL,
+       per={"poll": 300.0}),
+    _o("file_time_limit", D, 60 * 86400.0, "poll: ignore remote files whose listed time is "
+       "older than this (sr3 fileAgeMax)", frozenset({"poll"}), ("fileAgeMax",)),
     _o("follow_symlinks", B, False, "post the targets of symbolic links", _WATCHERS, ("fs",)),
     _o("force_polling", B, False, "walk the tree instead of using file system events",
        _WATCHERS, ("fp",)),
@@ -684,7 +690,7 @@ OPTIONS: tuple[Option, ...] = (
        "post: publish each notice; json: print it on standard output as one JSON line "
        "[topic, headers, body] instead; url: print its retrieval URL instead (json and url "
        "never connect to the post broker)", _WATCHERS, choices=("post", "json", "url")),
-    _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _ALL,
+    _o("xattr_disable", B, False, "do not cache checksums in extended attributes", _NOT_POLL,
        ("xattr_disabled", "xd"), support=NOOP,
        why="sarra never caches checksums in extended attributes"),
     _o("header", Kind.HEADER, None, "add a header to posts (value none: remove it)", _ALL),
@@ -708,7 +714,8 @@ OPTIONS: tuple[Option, ...] = (
        support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
     _o("tls_rigour", S, "normal",
        "https and ftps transfers: lax skips certificate checks, normal and strict check "
-       "them (amqps connections always check)", frozenset({"subscribe", "sarra", "sender"}),
+       "them (amqps connections always check)",
+       frozenset({"subscribe", "sarra", "sender", "poll"}),
        ("tls_rigor", "tlsr", "tlsRigour"), choices=("lax", "normal", "strict")),
     _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),

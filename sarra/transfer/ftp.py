@@ -342,7 +342,7 @@ class FtpTransport(Transport):
         self._data = None
         self._close_data(conn, clean=True)
         ftp.voidresp()
-        return raw.splitlines()
+        return _split_lines(raw)
 
     # -- operations ---------------------------------------------------------------------
 
@@ -602,6 +602,14 @@ class FtpTransport(Transport):
 
 
 # -- listings -------------------------------------------------------------------------------
+
+
+def _split_lines(raw: bytes) -> list[bytes]:
+    """The lines of a listing: split at CRLF, the FTP line end, when the server uses it (a
+    bare CR or LF is then part of a name, which :func:`listed_name` refuses, rather than
+    the end of a line that would make a truncated name look like an entry); else at LF."""
+    lines = raw.split(b"\r\n") if b"\r\n" in raw else raw.split(b"\n")
+    return [line for line in lines if line]
 
 
 def _timestamp(text: str) -> float | None:

@@ -35,13 +35,18 @@ from sarra.transfer.base import (
     CHUNK_SIZE,
     Features,
     Login,
+    RemoteEntry,
     RemoteStat,
     Transport,
     bound_origin,
     check_range,
     confined,
 )
+from sarra.transfer.htmlindex import parse_index
 from sarra.transfer.url import Origin, origin_of, request_target
+
+#: longest directory index page read by :meth:`HttpTransport.listdir`
+INDEX_PAGE_MAX = 16 * 1024 * 1024
 
 #: Failures that mean a kept-alive connection was closed by the server while idle.
 _DROPPED = (
@@ -136,7 +141,7 @@ class HttpTransport(Transport):
         connections_made: number of TCP connections opened so far (reuse is observable).
     """
 
-    features = Features(ranges=True, get_into=True)
+    features = Features(ranges=True, get_into=True, listdir=True)
 
     def __init__(
         self,
@@ -446,6 +451,21 @@ class HttpTransport(Transport):
             except (TypeError, ValueError):
                 mtime = None
         return RemoteStat(size=int(declared), mtime=mtime)
+
+    def listdir(self, url: str) -> list[RemoteEntry]:
+        """The entries of the directory index page at ``url`` (a ``/`` is added to its path
+        when missing), as :func:`sarra.transfer.htmlindex.parse_index` reads it (nginx
+        autoindex, Apache index pages). A page longer than :data:`INDEX_PAGE_MAX` is refused
+        (IntegrityError)."""
+        parts = urlsplit(url)
+        if not parts.path.endswith("/"):
+            url = parts._replace(path=parts.path + "/").geturl()
+        body = bytearray()
+        for chunk in self.get(url):
+            body += chunk
+            if len(body) > INDEX_PAGE_MAX:
+                raise IntegrityError(f"listdir {url}: index page longer than {INDEX_PAGE_MAX}")
+        return parse_index(body.decode("utf-8", errors="replace"), url)
 
     def close(self) -> None:
         self._drop()

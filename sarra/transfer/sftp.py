@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import getpass
+import logging
 import os
 import socket
+import stat as statmod
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
@@ -41,6 +43,7 @@ from sarra.transfer.base import (
     CHUNK_SIZE,
     Features,
     Login,
+    RemoteEntry,
     RemoteStat,
     Transport,
     bound_origin,
@@ -48,8 +51,11 @@ from sarra.transfer.base import (
     check_sent,
     confined,
     copy_range,
+    listed_name,
 )
 from sarra.transfer.url import Origin, origin_of, server_path
+
+log = logging.getLogger(__name__)
 
 #: Bytes requested ahead of the reader: bounds memory while keeping the pipe full.
 WINDOW_CHUNKS = 8
@@ -74,7 +80,13 @@ class SftpTransport(Transport):
     """
 
     features = Features(
-        ranges=True, put=True, put_ranges=True, rename=True, delete=True, mkdirs=True
+        ranges=True,
+        put=True,
+        put_ranges=True,
+        rename=True,
+        delete=True,
+        mkdirs=True,
+        listdir=True,
     )
 
     def __init__(
@@ -403,6 +415,43 @@ class SftpTransport(Transport):
                 prefix += "/"
 
         self._run(f"mkdirs {path}", make, idempotent=True)
+
+    def listdir(self, url: str) -> list[RemoteEntry]:
+        """The entries of a remote directory (``SSH_FXP_READDIR`` with attributes): size and
+        mtime (whole seconds) as the server gives them; a symbolic link is shown with its
+        target's type and size (a dangling one as a link). Names that could escape the
+        directory are left out with a warning."""
+        path = self._path(url)
+        where = f"{self.origin}{path if path.startswith('/') else '/~/' + path}"
+
+        def listing(sftp: paramiko.SFTPClient) -> list[RemoteEntry]:
+            entries: list[RemoteEntry] = []
+            for attr in sftp.listdir_attr(path or "."):
+                name = attr.filename
+                if name in (".", ".."):
+                    continue
+                if not listed_name(name):
+                    log.warning("listing of %s: name %r left out (could escape it)", where, name)
+                    continue
+                mode = attr.st_mode or 0
+                is_link = statmod.S_ISLNK(mode)
+                if is_link:
+                    with contextlib.suppress(OSError):
+                        attr = sftp.stat(f"{path.rstrip('/')}/{name}" if path else name)
+                        mode = attr.st_mode or 0
+                is_dir = statmod.S_ISDIR(mode)
+                entries.append(
+                    RemoteEntry(
+                        name=name,
+                        size=None if is_dir else attr.st_size,
+                        mtime=float(attr.st_mtime) if attr.st_mtime is not None else None,
+                        is_dir=is_dir,
+                        is_link=is_link,
+                    )
+                )
+            return entries
+
+        return self._run(f"listdir {where}", listing, idempotent=True)
 
     def close(self) -> None:
         self._drop()

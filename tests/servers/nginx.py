@@ -2,7 +2,8 @@
 
 ``nginx``: a real nginx on a free loopback port (plain HTTP, and HTTPS with a certificate
 signed by a throwaway test CA, ``ca_file``), serving ``root``; everything under ``/private/``
-needs HTTP Basic auth as ``auth_user``/``auth_password``. ``broken_http``: a small Python
+needs HTTP Basic auth as ``auth_user``/``auth_password``; directories under ``/listing/`` are
+listed (``autoindex on``, for sr_poll). ``broken_http``: a small Python
 server whose behaviour is chosen by path prefix, for fault tests:
 
 * ``/norange/<path>``: ignores Range and answers 200 with the whole file;
@@ -106,6 +107,10 @@ http {{
         location /private/ {{
             auth_basic "sarra test";
             auth_basic_user_file {dir}/htpasswd;
+        }}
+        # directory index pages for sr_poll (times in UTC, exact sizes: the defaults)
+        location /listing/ {{
+            autoindex on;
         }}
     }}
 }}

@@ -1,0 +1,107 @@
+"""sr_poll: list remote directories (http(s) index pages, sftp, ftp(s)) and announce new or
+changed files, so that subscribers fetch them from the origin.
+
+The loop, the memory of what was announced and the lock that lets one instance poll at a
+time are :mod:`sarra.flow.poll`; this module resolves a configuration into them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+from sarra.broker.admin import ensure_exchanges
+from sarra.components.base import InstanceStatus
+from sarra.components.common import (
+    broker_url,
+    credential_store,
+    declare_post_exchange,
+    heartbeat_for,
+    instance_state_dir,
+    session_for,
+)
+from sarra.config.settings import Settings
+from sarra.errors import ConfigError
+from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.poll import Poller, check_sum, poll_targets, public_url
+from sarra.flow.posting import NoticeBuilder, PostSettings, make_publisher, outage_max
+from sarra.transfer import Transport, open_transport
+
+
+def resolved(cfg: Settings) -> Settings:
+    """``cfg`` checked for what a poll needs, with ``post_base_url`` defaulting to the
+    destination (without its password), as in sr2."""
+    if not cfg.destination:
+        raise ConfigError("sr_poll needs destination (sr3 pollUrl)", option="destination")
+    poll_targets(cfg)
+    check_sum(cfg)
+    if not cfg.post_base_url:
+        cfg = dataclasses.replace(cfg, post_base_url=public_url(cfg.destination))
+    return cfg
+
+
+class PollComponent:
+    """sr_poll: a long-running poster fed by remote listings."""
+
+    name = "poll"
+    one_shot = False
+
+    def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
+        cfg = resolved(cfg)
+        url = broker_url(cfg, "post_broker")
+        settings = PostSettings.from_config(cfg, url.user, url.host)
+        # the accept/reject lines select listed names (see sarra.flow.poll), not URLs
+        builder = NoticeBuilder(dataclasses.replace(settings, masks=(), accept_unmatch=True))
+        session = session_for(url, cfg, "sr_poll")
+        state = instance_state_dir(cfg)
+        nodupe = None
+        if cfg.suppress_duplicates > 0:
+            nodupe = DuplicateCache(
+                state / f"recent_posts_{instance:03d}.cache",
+                cfg.suppress_duplicates,
+                basis=cfg.cache_basis,
+            )
+        declare = cfg.declare_exchange is not False
+        publisher = make_publisher(
+            cfg,
+            session,
+            builder,
+            nodupe=nodupe,
+            outage_max=outage_max(cfg),
+            on_connect=(lambda s: ensure_exchanges(s, [settings.exchange])) if declare else None,
+            stop=stop,
+        )
+        credentials = credential_store()
+        destination = cfg.destination or ""
+
+        def transport() -> Transport:
+            return open_transport(
+                destination,
+                credentials=credentials.find(destination),
+                timeout=cfg.timeout,
+                tls_verify=cfg.tls_rigour != "lax",
+                options={"state_dir": str(state)},
+            )
+
+        beat = heartbeat_for(cfg, instance).beat
+        poller = Poller(cfg, settings, publisher, transport, Path(state), stop, heartbeat=beat)
+        try:
+            return poller.run()
+        finally:
+            session.close()
+            if nodupe is not None:
+                nodupe.close()
+
+    def declare(self, cfg: Settings) -> None:
+        declare_post_exchange(resolved(cfg), "sr_poll")
+
+    def cleanup(self, cfg: Settings) -> None:
+        """Forget what was announced (the next poll announces everything listed again)."""
+        state = instance_state_dir(cfg)
+        (state / "poll_seen.json").unlink(missing_ok=True)
+        for cache in Path(state).glob("recent_posts_*.cache"):
+            cache.unlink(missing_ok=True)
+
+    def status(self, cfg: Settings) -> InstanceStatus:
+        return InstanceStatus()
