@@ -22,7 +22,6 @@ is the length read).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from sarra import osport
 from sarra.codec import v02
 from sarra.codec.build import poster_rel_path
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
@@ -167,7 +167,7 @@ class PollLock:
             return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            osport.lock(fd, exclusive=True, blocking=False)
         except BlockingIOError:
             os.close(fd)
             return False
