@@ -48,6 +48,7 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
 from sarra.flow.hooks import HeartbeatTicker, Plugins
+from sarra.flow.metrics import metrics_name, open_reassemblies, write_metrics
 from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_limiter
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
@@ -199,10 +200,23 @@ class ConsumerComponent:
         plugins = run.plugins
         beat = heartbeat_for(s, instance).beat
         ticker = HeartbeatTicker(plugins, s, s.heartbeat)
+        metrics_path = run.state_dir / metrics_name(s.component, s.name or "default", instance)
+
+        def publish_metrics(state: str) -> None:
+            doc = loop.metrics_snapshot()
+            opened = open_reassemblies(run.state_dir)
+            doc["reassembly"] = {
+                "files": len(opened),
+                "blocks_present": sum(r["present"] for r in opened),
+                "blocks_expected": sum(r["blocks"] for r in opened),
+            }
+            doc["state"] = state
+            write_metrics(metrics_path, doc)
 
         def heartbeat(note: str) -> None:
             beat(note)
             ticker.tick()
+            publish_metrics("running")
 
         loop = ConsumingLoop(
             session,
@@ -244,9 +258,11 @@ class ConsumerComponent:
         run.report = loop.report
         run.plugins.on_start(s)
         started = time.monotonic()
+        publish_metrics("starting")
         try:
             loop.run()
         finally:
+            publish_metrics("stopped")
             try:
                 run.plugins.on_stop(s)
             finally:
