@@ -46,12 +46,16 @@ ACTIONS: dict[str, str] = {
     "list": "list every component's configs (component/config)",
     "reload": "restart the running configs whose file changed since they started",
     "supervise": "run every enabled config here, in the foreground, until SIGTERM (for systemd)",
+    "web": "serve a status page, status.json and Prometheus metrics (--listen HOST:PORT)",
 }
 
 #: version of the ``sr status --json`` document (see docs/cli-verbs.md)
 JSON_SCHEMA = 1
 
-USAGE = "usage: sr [--json] [--sr3] <action> [component[/config] ...]"
+USAGE = (
+    "usage: sr [--json] [--sr3] <action> [component[/config] ...]\n"
+    "       sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,9 @@ def main(
     args = list(sys.argv[1:] if argv is None else argv)
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    leading = [a for a in args[: args.index("web")] if a.startswith("-")] if "web" in args else []
+    if "web" in args and set(leading) <= {"--sr3"}:  # web has options with values of its own
+        return web(args[args.index("web") + 1 :], "--sr3" in leading, runtime, out, err)
     flags = {a for a in args if a.startswith("-")}
     words = [a for a in args if not a.startswith("-")]
     if flags & {"-h", "--help"}:
@@ -115,6 +122,20 @@ def main(
             return max(rc, run_pairs(rt, action, pairs, out, err))
     except ConfigError as exc:
         print(f"sr: {redact(str(exc))}", file=err)
+        return 2
+
+
+def web(argv: Sequence[str], sr3: bool, runtime: Runtime | None, out: TextIO, err: TextIO) -> int:
+    """``sr web``: :mod:`sarra.cli.web` (imported here: only this action needs its server)."""
+    from sarra.cli import web as server
+    from sarra.cli.main import config_tree
+
+    try:
+        rt = runtime if runtime is not None else default_runtime()
+        with config_tree(sr3):
+            return server.main(list(argv), rt, out, err)
+    except ConfigError as exc:
+        print(f"sr web: {redact(str(exc))}", file=err)
         return 2
 
 
