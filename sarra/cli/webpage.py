@@ -99,7 +99,9 @@ def _instances(record: dict[str, Any]) -> str:
     return f'{"".join(dots)} <span class="{cls}">{inst["running"]}/{inst["expected"]}</span>'
 
 
-def _config_rows(doc: dict[str, Any], rates: dict[str, dict[str, Any]]) -> str:
+def _config_rows(
+    doc: dict[str, Any], rates: dict[str, dict[str, Any]], lag_top: dict[str, float]
+) -> str:
     rows = []
     for r in doc["configs"]:
         label = f"{r['component']}/{r['config']}"
@@ -109,7 +111,11 @@ def _config_rows(doc: dict[str, Any], rates: dict[str, dict[str, Any]]) -> str:
         if q.get("error"):
             queue = f'<span class="warn">{_e(q["error"])}</span>'
         elif q:
-            queue = f"{_e(q.get('backlog'))} ready, {_e(q.get('consumers'))} consumers"
+            backlog, consumers = q.get("backlog"), q.get("consumers")
+            queue = (
+                f"{'-' if backlog is None else _e(backlog)} ready, "
+                f"{'-' if consumers is None else _e(consumers)} consumers"
+            )
         else:
             queue = '<span class="dim">-</span>'
         retry = t.get("retry_depth") or 0
@@ -125,7 +131,7 @@ def _config_rows(doc: dict[str, Any], rates: dict[str, dict[str, Any]]) -> str:
             f'<td class="num">{human_bytes(rate.get("bytes", 0))}/s</td>'
             f'<td class="num">{_e(t.get("files", 0))} / {human_bytes(t.get("bytes", 0))}</td>'
             f'<td class="num">{_e(t.get("rejects", 0))}</td>'
-            f"<td>{seconds(t.get('lag_last'))} (max {seconds(t.get('lag_max'))})</td>"
+            f"<td>{seconds(t.get('lag_last'))} (max {seconds(lag_top.get(label))})</td>"
             f'<td class="{retry_cls}">{retry} (oldest {seconds(t.get("retry_oldest_age"))})</td>'
             "</tr>"
         )
@@ -169,8 +175,18 @@ def render_page(
     doc: dict[str, Any], history: list[tuple[float, dict[str, Any]]], refresh: int = 10
 ) -> str:
     """The whole status page."""
-    rates = history[-1][1] if history else {}
     configs = doc["configs"]
+    rates = history[-1][1] if history else {}
+    lag_top: dict[str, float] = {}  # the largest lag of each config over the history
+    for _, point in history:
+        for label, values in point.items():
+            if values.get("lag") is not None:
+                lag_top[label] = max(lag_top.get(label, 0.0), float(values["lag"]))
+    for record in configs:
+        last = (record.get("totals") or {}).get("lag_max")
+        label = f"{record['component']}/{record['config']}"
+        if last is not None:
+            lag_top[label] = max(lag_top.get(label, 0.0), float(last))
     up = sum(r["instances"]["running"] for r in configs)
     expected = sum(r["instances"]["expected"] for r in configs)
     failing = sum(1 for r in configs if not r.get("ok"))
@@ -186,7 +202,8 @@ def render_page(
     )
     head = (
         "<tr><th>config</th><th>instances</th><th>queue</th><th>notices/s</th><th>files/s</th>"
-        "<th>bytes/s</th><th>placed</th><th>rejects</th><th>lag</th><th>retry queue</th></tr>"
+        "<th>bytes/s</th><th>placed</th><th>rejects</th><th>lag (max of the last minutes)</th>"
+        "<th>retry queue</th></tr>"
     )
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
@@ -197,7 +214,7 @@ def render_page(
         f"{up}/{expected} instances running, {failing} not as expected.</span> "
         f'<a href="status.json">status.json</a> · <a href="metrics">metrics</a></p>'
         f'<h2>Last minutes</h2><div class="charts">{charts}</div>'
-        f"<h2>Configurations</h2><table>{head}{_config_rows(doc, rates)}</table>"
+        f"<h2>Configurations</h2><table>{head}{_config_rows(doc, rates, lag_top)}</table>"
         f"<h2>Failures by code and source</h2>{_failures(doc)}"
         f"<h2>Files in reassembly</h2>{_reassembly(doc)}"
         "</body></html>"

@@ -8,7 +8,9 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +26,30 @@ from sarra.cli.web import WebServer
 from tests.integration.flowkit import Site, make_files, post, unique, wait_for
 
 PASSWORD = "Sup3rSecretPw"
+#: where the screenshot of the page is kept (CI keeps the folder as a test artifact)
+ARTIFACTS = Path(os.environ.get("SARRA_TEST_ARTIFACTS", "build/test-artifacts"))
+
+
+def chromium(tmp_path: Path, *args: str) -> str:
+    """Run Debian's headless Chromium (installed by scripts/bootstrap) once; its stdout."""
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    argv = [
+        exe,
+        "--headless",
+        "--no-sandbox",  # the suite runs as root
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",  # the machine's network is closed
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *args,
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def _get(url: str) -> bytes:
@@ -141,6 +167,20 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         for body in (page, json.dumps(doc), _get(base + "/metrics").decode()):
             assert PASSWORD not in body
             assert ":guest@" not in body
+
+        # the page as a browser renders it, and a screenshot of it
+        time.sleep(3)  # a few more samples: the charts have lines
+        dom = chromium(tmp_path, "--dump-dom", base + "/")
+        for label in ("subscribe/good", "subscribe/failing", "subscribe/locked"):
+            assert label in dom
+        assert "<polyline" in dom and "files/s" in dom
+        assert PASSWORD not in dom
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "sr-web.png"
+        shot.unlink(missing_ok=True)
+        chromium(tmp_path, f"--screenshot={shot.resolve()}", "--window-size=1500,900", base + "/")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.stat().st_size > 10_000
     finally:
         if server is not None:
             server.stop()
