@@ -60,6 +60,8 @@ class FlowMetrics:
         self.rejects = 0
         self.blocks = 0
         self.malformed = 0
+        #: outcomes with a code of 400 or more
+        self.failures = 0
         #: outcome code -> count
         self.codes: dict[int, int] = {}
         #: source -> outcome code -> count
@@ -99,7 +101,9 @@ class FlowMetrics:
         if code == 0:
             self.rejects += 1
             return
-        if code in TRANSFERRED:
+        if code >= 400:
+            self.failures += 1
+        elif code in TRANSFERRED:
             self.bytes += size
             self.blocks += block
             self.files += whole
@@ -135,6 +139,7 @@ class FlowMetrics:
             "blocks": self.blocks,
             "bytes": self.bytes,
             "rejects": self.rejects,
+            "failures": self.failures,
             "codes": {str(k): v for k, v in sorted(self.codes.items())},
             "by_source": {
                 src: {str(k): v for k, v in sorted(c.items())}
