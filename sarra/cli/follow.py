@@ -158,11 +158,19 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
     parser.add_argument("-n", "--lines", type=int, default=10)
     parser.add_argument("--no-follow", action="store_true")
     parser.add_argument("--every", type=float, default=0.25, help=argparse.SUPPRESS)
+    parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("flow", nargs="?")
     try:
         args, rest = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse's own message is on stderr already
         raise ConfigError(USAGE) from exc
+    if args.help:
+        print(
+            f"{USAGE}\n\nThe last LINES (default 10) lines of every instance's log of "
+            "component/config, in time order, then each new line until Ctrl-C.",
+            file=out,
+        )
+        return 0
     if rest or not args.flow or args.lines < 0:
         raise ConfigError(USAGE)
     component, _, config = args.flow.partition("/")

@@ -58,7 +58,7 @@ from prometheus_client.registry import Collector
 
 from sarra.cli import pump
 from sarra.cli.instances import Instance
-from sarra.cli.logs import redact
+from sarra.cli.logs import redact, remove_handler, setup_console_logging
 from sarra.cli.runtime import Runtime
 from sarra.cli.webpage import render_page
 from sarra.errors import ConfigError
@@ -75,6 +75,15 @@ HISTORY_SECONDS = 15 * 60
 STALE_AFTER = 30.0
 
 USAGE = "usage: sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]"
+HELP = f"""{USAGE}
+
+Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
+
+  --listen HOST:PORT  where to listen (default {DEFAULT_LISTEN}); any address but 127.0.0.1
+                      or ::1 requires credentials on every path
+  --auth FILE         credentials file, mode 600: lines 'token <secret>' and/or
+                      'basic <user>:<password>' (default: web-auth in the config directory)
+  --every SECONDS     how often the pump's status is collected (default 5)"""
 
 
 # -- credentials ------------------------------------------------------------------------------
@@ -563,7 +572,7 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
     if args.help:
-        print(f"{USAGE}\n\n{__doc__.split(chr(10) + chr(10), 2)[1] if __doc__ else ''}", file=out)
+        print(HELP, file=out)
         return 0
     if rest:
         raise ConfigError(f"unexpected {rest[0]!r}; {USAGE}")
@@ -586,6 +595,9 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # each sample loads every configuration again: say each of their warnings once
+    handler = setup_console_logging(context="web", loglevel="info")
+    handler.addFilter(_Once())
     server.start()
     where = server.address
     shown = f"[{where[0]}]" if ":" in where[0] else where[0]
@@ -595,4 +607,22 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
         stop.wait()
     finally:
         server.stop()
+        remove_handler(handler)
     return 0
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once (a bounded memory of them)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        if len(self.seen) < self.keep:
+            self.seen.add(text)
+        return True
