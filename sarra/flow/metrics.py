@@ -38,6 +38,8 @@ MAX_SOURCES = 100
 OTHER_SOURCES = "(other)"
 #: the source of a notice without a ``source`` header
 NO_SOURCE = "(none)"
+#: not inherited by children where the platform has the flag (POSIX)
+_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 #: outcome codes counted as files placed (their bytes counted too)
 TRANSFERRED = frozenset({201, 205})
 
@@ -190,7 +192,7 @@ def write_metrics(path: Path, document: Mapping[str, Any]) -> bool:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         data = json.dumps(document, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o644)
         try:
             view = memoryview(data)
             while view:
