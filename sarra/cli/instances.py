@@ -4,6 +4,7 @@ Layout (sr2-compatible names, with 3+ digit instance numbers so 100+ instances w
 
     <state_dir(component, config)>/sr_<component>_<config>_<NNN>.pid    one per daemon instance
     <state_dir(component, config)>/sr_<component>_<config>_<NNN>.heart  touched by the instance
+    <state_dir(component, config)>/sr_<component>_<config>_<NNN>.metrics.json  its counters
     <log_dir>/sr_<component>_<config>_<NNN>.log
 
 A pid file is trusted only if the process it names is alive and its command line carries the
@@ -80,6 +81,12 @@ class Instance:
     @property
     def heartbeat_path(self) -> Path:
         return self.state_dir / f"{self.stem}.heart"
+
+    @property
+    def metrics_path(self) -> Path:
+        """The instance's metrics document (:mod:`sarra.flow.metrics`), rewritten every few
+        seconds while it runs."""
+        return self.state_dir / f"{self.stem}.metrics.json"
 
     @property
     def log_path(self) -> Path:

@@ -19,6 +19,7 @@ configuration error), or 2 for a usage error of ``sr`` itself.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -47,12 +48,21 @@ ACTIONS: dict[str, str] = {
     "list": "list every component's configs (component/config)",
     "reload": "restart the running configs whose file changed since they started",
     "supervise": "run every enabled config here, in the foreground, until SIGTERM (for systemd)",
+    "web": "serve a status page, status.json and Prometheus metrics (--listen HOST:PORT)",
+    "log": "follow one config's log across its instances (component/config, -n LINES)",
 }
+
+#: actions parsed by their own module (``main(argv, runtime, out, err)``)
+OWN_OPTIONS = {"web": "sarra.cli.web", "log": "sarra.cli.follow"}
 
 #: version of the ``sr status --json`` document (see docs/cli-verbs.md)
 JSON_SCHEMA = 1
 
-USAGE = "usage: sr [--json] [--sr3] <action> [component[/config] ...]"
+USAGE = (
+    "usage: sr [--json] [--sr3] <action> [component[/config] ...]\n"
+    "       sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]\n"
+    "       sr [--sr3] log [-n LINES] [--no-follow] component/config"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,11 @@ def main(
     args = list(sys.argv[1:] if argv is None else argv)
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if first is not None and args[first] in OWN_OPTIONS and set(args[:first]) <= {"--sr3"}:
+        # these actions have options with values of their own
+        action = args[first]
+        return own_options(action, args[first + 1 :], "--sr3" in args[:first], runtime, out, err)
     flags = {a for a in args if a.startswith("-")}
     words = [a for a in args if not a.startswith("-")]
     if flags & {"-h", "--help"}:
@@ -118,6 +133,24 @@ def main(
             return max(rc, run_pairs(rt, action, pairs, out, err))
     except ConfigError as exc:
         print(f"sr: {redact(str(exc))}", file=err)
+        return 2
+
+
+def own_options(
+    action: str, argv: Sequence[str], sr3: bool, runtime: Runtime | None, out: TextIO, err: TextIO
+) -> int:
+    """``sr web`` (:mod:`sarra.cli.web`) and ``sr log`` (:mod:`sarra.cli.follow`), imported
+    here: only these actions need them."""
+    from sarra.cli.main import config_tree
+
+    module = importlib.import_module(OWN_OPTIONS[action])
+    try:
+        rt = runtime if runtime is not None else default_runtime()
+        with config_tree(sr3):
+            status: int = module.main(list(argv), rt, out, err)
+            return status
+    except ConfigError as exc:
+        print(f"sr {action}: {redact(str(exc))}", file=err)
         return 2
 
 

@@ -14,6 +14,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -440,9 +441,16 @@ def run_instance(
     handler = setup_console_logging(context=context, loglevel=loglevel(cfg)) if console else None
     stop_event = threading.Event()
     restore = install_stop_handlers(stop_event)
+    line = None
+    if console:
+        from sarra.cli.progress import progress_for  # tqdm: only for console runs
+
+        line = progress_for(component, cfg, sys.stderr, context)
     try:
         return component.run(cfg, number, stop_event)
     finally:
+        if line is not None:
+            line.close()
         restore()
         if handler is not None:
             remove_handler(handler)

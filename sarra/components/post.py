@@ -22,6 +22,7 @@ from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import (
     NoticeBuilder,
     PostSettings,
+    Publisher,
     make_publisher,
     outage_max,
     post_files,
@@ -62,6 +63,10 @@ class PostComponent:
     name = "post"
     one_shot = True
 
+    def __init__(self) -> None:
+        #: the publisher of the run under way (its counters feed the progress line), or None
+        self.publisher: Publisher | None = None
+
     def run(self, cfg: Settings, instance: int, stop: threading.Event) -> int:
         paths = post_paths(cfg)
         if not paths:
@@ -94,6 +99,7 @@ class PostComponent:
             stop=stop,
             plugins=plugins,
         )
+        self.publisher = publisher
         started = time.monotonic()
         plugins_started = False
         try:

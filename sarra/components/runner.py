@@ -48,6 +48,7 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
 from sarra.flow.hooks import HeartbeatTicker, Plugins
+from sarra.flow.metrics import FlowMetrics, metrics_name, open_reassemblies, write_metrics
 from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_limiter
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
@@ -142,6 +143,9 @@ class ConsumerComponent:
 
     def __init__(self, session_factory: SessionFactory = session_for) -> None:
         self.session_factory = session_factory
+        #: counters for the next :meth:`run` to keep (e.g. read by a progress line); None:
+        #: the run makes its own. Taken (reset to None) by the run.
+        self.metrics: FlowMetrics | None = None
 
     # -- the declaration (override what differs) ------------------------------------------
 
@@ -195,14 +199,28 @@ class ConsumerComponent:
         if retry_ttl is None:
             retry_ttl = retry_queue.ttl if s.retry else 0.0
         bindings = self.bindings(s, instance)
+        metrics, self.metrics = self.metrics or FlowMetrics(), None
         host = flow.cluster or session.url.host
         plugins = run.plugins
         beat = heartbeat_for(s, instance).beat
         ticker = HeartbeatTicker(plugins, s, s.heartbeat)
+        metrics_path = run.state_dir / metrics_name(s.component, s.name or "default", instance)
+
+        def publish_metrics(state: str) -> None:
+            doc = loop.metrics_snapshot()
+            opened = open_reassemblies(run.state_dir)
+            doc["reassembly"] = {
+                "files": len(opened),
+                "blocks_present": sum(r["present"] for r in opened),
+                "blocks_expected": sum(r["blocks"] for r in opened),
+            }
+            doc["state"] = state
+            write_metrics(metrics_path, doc)
 
         def heartbeat(note: str) -> None:
             beat(note)
             ticker.tick()
+            publish_metrics("running")
 
         loop = ConsumingLoop(
             session,
@@ -241,13 +259,16 @@ class ConsumerComponent:
             message_limiter=message_limiter(s.message_rate_max, stop),
             on_report=None if plugins.empty else lambda item: plugins.on_report(item),
             on_post=None if plugins.empty else lambda item: plugins.on_post(item),
+            metrics=metrics,
         )
         run.report = loop.report
         run.plugins.on_start(s)
         started = time.monotonic()
+        publish_metrics("starting")
         try:
             loop.run()
         finally:
+            publish_metrics("stopped")
             try:
                 run.plugins.on_stop(s)
             finally:

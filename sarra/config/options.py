@@ -720,6 +720,9 @@ OPTIONS: tuple[Option, ...] = (
     _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),
     _o("debug", B, False, "same as loglevel debug", _ALL),
+    _o("quiet", B, False, "no live progress line on a terminal (sr_post, and the foreground "
+       "instance of a consuming component); there is none when output is not a terminal",
+       _ALL, ("q",)),
     _o("logrotate", N, 5, "log files kept (rotated daily)", _ALL,
        ("lr", "logdays", "ld", "logRotateCount")),
     _o("help", B, False, "show this help and exit", _ALL, ("h",)),

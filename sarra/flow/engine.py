@@ -39,9 +39,10 @@ from sarra.errors import (
     NotFound,
     SarraError,
 )
+from sarra.flow.metrics import FlowMetrics
 from sarra.flow.ratelimit import TokenBucket
 from sarra.flow.retryqueue import RetryItem, RetryQueue
-from sarra.flow.work import WorkItem
+from sarra.flow.work import PartState, WorkItem
 from sarra.notice import Notice, Pulse, Report, WireMessage
 from sarra.osport import Wakeup
 
@@ -127,8 +128,11 @@ class ConsumingLoop:
         message_limiter: TokenBucket | None = None,
         on_report: Callable[[WorkItem], bool] | None = None,
         on_post: Callable[[WorkItem], bool] | None = None,
+        metrics: FlowMetrics | None = None,
     ) -> None:
         self.session = session
+        #: the instance's counters (flow thread only), published with the heartbeat
+        self.metrics = metrics if metrics is not None else FlowMetrics()
         #: ``message_rate_max``: each delivery takes a token on arrival and is handled once
         #: its turn comes (None: unlimited); the flow thread never sleeps for it
         self.message_limiter = message_limiter
@@ -436,6 +440,23 @@ class ConsumingLoop:
         self._abandon_unacked()
         self.session.close()
 
+    def metrics_snapshot(self) -> dict[str, object]:
+        """The instance's metrics document (:mod:`sarra.flow.metrics`): the counters, and
+        the gauges read now: retry queue depth and oldest entry's age, transfers in flight,
+        connection state, pause reason. Call it from the flow thread."""
+        now = time.time()
+        oldest = self.retry_queue.oldest()
+        age = None if oldest is None else now - oldest
+        return self.metrics.snapshot(
+            retry={"depth": len(self.retry_queue), "oldest_age": age},
+            in_flight=self._in_pool,
+            connection="connected" if self.session.connected else "disconnected",
+            paused=self._paused,
+            queue=self.settings.queue.name,
+            reports_lost=self._reports_lost,
+            internal_errors=self._internal_errors,
+        )
+
     @property
     def paused(self) -> str | None:
         """Why consuming is paused (outcomes cannot be made durable), or None."""
@@ -543,6 +564,7 @@ class ConsumingLoop:
             )
         except MessageError as e:
             log.error("rejected malformed message (key %s): %s", msg.routing_key, e)
+            self.metrics.malformed_in()
             self._count(417)
             self._report_malformed(msg, str(e))
             self._settle_acks.append(delivery)
@@ -557,6 +579,7 @@ class ConsumingLoop:
             log.debug("ignoring a report received on a post binding")
             self._settle_acks.append(delivery)
             return
+        self.metrics.received(decoded)
         self._admit(WorkItem(notice=decoded, delivery=delivery))
 
     def _admit(self, item: WorkItem) -> None:
@@ -665,6 +688,13 @@ class ConsumingLoop:
                 self._pause(f"retry queue: {e}")
                 return
         self._count(code)
+        self.metrics.settled(
+            item.notice,
+            code,
+            item.size,
+            block=item.part is not None,
+            whole=item.part is None or item.part is PartState.COMPLETE,
+        )
         if self.reports.enabled and code != 0:
             self._queue_report(item, code)
         if item.outgoing and self.on_post is not None and not self.on_post(item):
@@ -727,6 +757,7 @@ class ConsumingLoop:
             if not target.connected:
                 target.connect()
             target.publish(self._settle_posts)
+            self.metrics.published(len(self._settle_posts))
             self._settle_posts = []
         if self._settle_reports:
             try:

@@ -416,6 +416,9 @@ class Publisher:
         self._pending_items: list[str] = []
         self.published = 0
         self.items_posted = 0
+        #: bytes announced by the confirmed notices (each notice's block or whole file)
+        self.bytes_posted = 0
+        self._pending_bytes = 0
         self.suppressed = 0
         self.rejected = 0  # notices the accept/reject masks kept from being posted
         self._outage_since: float | None = None
@@ -484,6 +487,7 @@ class Publisher:
                 log.error("not posting %s: %s", notice.path, e)
                 raise
             paths.append(notice.path)
+            self._pending_bytes += notice.parts.length if notice.parts is not None else 0
         # all of an item's notices or none: a half-queued file would be half announced
         self._pending.extend(wires)
         self._pending_paths.extend(paths)
@@ -572,6 +576,8 @@ class Publisher:
             self._outage_since = None
         self.published += len(self._pending)
         self.items_posted += len(self._pending_items)
+        self.bytes_posted += self._pending_bytes
+        self._pending_bytes = 0
         self._pending.clear()
         self._pending_paths.clear()
         self._pending_items.clear()

@@ -221,6 +221,11 @@ class RetryQueue(Closing):
         with self._lock:
             return min((it.next_at for it in self._items.values()), default=None)
 
+    def oldest(self) -> float | None:
+        """``first_seen`` of the oldest pending item, or None when empty."""
+        with self._lock:
+            return min((it.first_seen for it in self._items.values()), default=None)
+
     def compact(self) -> None:
         """Rewrite the file with only the pending items (atomic, durable)."""
         with self._lock:

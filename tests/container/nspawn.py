@@ -33,6 +33,8 @@ DEPENDS = (
     "python3-platformdirs",
     "python3-pluggy",
     "python3-kazoo",
+    "python3-prometheus-client",
+    "python3-tqdm",
 )
 NSPAWN = ("systemd-nspawn", "-q", "--register=no", "--keep-unit")
 

@@ -68,7 +68,7 @@ def test_the_real_tree_keeps_the_contract() -> None:
     result = lint_imports(ROOT, cwd=ROOT)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
-    assert "1 kept, 0 broken" in report, report
+    assert "2 kept, 0 broken" in report, report
 
 
 def test_an_unchanged_copy_keeps_the_contract(copy: Path) -> None:
@@ -95,6 +95,12 @@ def test_an_import_between_independent_layers_breaks_the_contract(copy: Path) ->
     line = plant(copy / "broker" / "base.py", "import sarra.transfer  # planted")
     report = broken(copy)
     assert f"sarra.broker.base -> sarra.transfer (l.{line})" in report, report
+
+
+def test_an_instance_loading_the_web_server_breaks_the_web_contract(copy: Path) -> None:
+    line = plant(copy / "cli" / "verbs.py", "import sarra.cli.web  # planted")
+    report = broken(copy)
+    assert f"sarra.cli.verbs -> sarra.cli.web (l.{line})" in report, report
 
 
 def test_a_top_level_module_missing_from_the_contract_breaks_it(copy: Path) -> None:

@@ -1,0 +1,628 @@
+"""``sr web``: one small HTTP server showing the pump of the user who runs it.
+
+``sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]``
+
+Paths: ``/`` a status page (HTML, refreshing itself), ``/status.json`` the same data,
+``/metrics`` the Prometheus text exposition format. Every ``--every`` seconds (default 5) a
+sampler thread collects ``sr status --json``'s records (:func:`sarra.cli.pump.status_record`:
+instances, queue backlog and consumers) and every instance's metrics file
+(:mod:`sarra.flow.metrics`), and keeps the last :data:`HISTORY_SECONDS` of rates and lag in
+memory for the charts. Requests only read the latest sample: a slow broker never holds a page.
+
+Access (see docs/cli-verbs.md, ``sr web``):
+
+- Bound to :data:`LOOPBACK` (``127.0.0.1`` or ``::1``, the default is ``127.0.0.1``) it
+  serves without credentials unless ``--auth`` names a file. Any other address, other
+  ``127.x.y.z`` addresses included (they can be forwarded or shared with containers, and an
+  exact rule is one an operator can check), requires credentials on every path.
+- The credentials file (default ``<config dir>/web-auth``) must be a regular file of the
+  user's with no group or other permission bits (``chmod 600``); its lines are
+  ``token <secret>`` (sent as ``Authorization: Bearer <secret>``) and/or
+  ``basic <user>:<password>`` (HTTP basic auth, what a browser asks for). Without a usable
+  file ``sr web`` refuses to start and says how to make one.
+- Nothing served shows a secret: every response body goes through
+  :func:`sarra.cli.logs.redact` as a last step, on top of the records' own redaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hmac
+import io
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from sarra.cli import pump
+from sarra.cli.instances import Instance
+from sarra.cli.logs import redact, remove_handler, setup_console_logging
+from sarra.cli.runtime import Runtime
+from sarra.cli.webpage import render_page
+from sarra.errors import ConfigError
+from sarra.flow.metrics import open_reassemblies, read_metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:8093"
+#: the addresses that may serve without credentials
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+#: seconds of rates and lag kept for the charts
+HISTORY_SECONDS = 15 * 60
+#: a metrics file older than this (seconds) is shown as stale
+STALE_AFTER = 30.0
+
+USAGE = "usage: sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]"
+HELP = f"""{USAGE}
+
+Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
+
+  --listen HOST:PORT  where to listen (default {DEFAULT_LISTEN}); any address but 127.0.0.1
+                      or ::1 requires credentials on every path
+  --auth FILE         credentials file, mode 600: lines 'token <secret>' and/or
+                      'basic <user>:<password>' (default: web-auth in the config directory)
+  --every SECONDS     how often the pump's status is collected (default 5)"""
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request must present: a bearer token and/or basic-auth user and password."""
+
+    token: str | None = None
+    basic: tuple[str, str] | None = None
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries the credentials (constant-time
+        comparisons)."""
+        if not header:
+            return False
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and self.token is not None:
+            return hmac.compare_digest(value.encode(), self.token.encode())
+        if scheme.lower() == "basic" and self.basic is not None:
+            try:
+                raw = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            user, sep, password = raw.partition(":")
+            want_user, want_password = self.basic
+            ok_user = hmac.compare_digest(user.encode(), want_user.encode())
+            ok_password = hmac.compare_digest(password.encode(), want_password.encode())
+            return bool(sep) and ok_user and ok_password
+        return False
+
+
+def how_to_make(path: Path) -> str:
+    return (
+        f"create {path} with mode 600 holding a line 'token <secret>' (send it as "
+        "'Authorization: Bearer <secret>') and/or 'basic <user>:<password>', e.g.: "
+        f"(umask 077; echo \"token $(python3 -c 'import secrets; "
+        f"print(secrets.token_urlsafe(32))')\" > {path})"
+    )
+
+
+def load_credentials(path: Path) -> Credentials:
+    """Read the credentials file.
+
+    Raises:
+        ConfigError: missing, not a regular file of the user's, readable or writable by
+            group or others, or holding no ``token``/``basic`` line.
+    """
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror}); {how_to_make(path)}") from exc
+    if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        raise ConfigError(f"{path} is not a regular file of yours; {how_to_make(path)}")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):03o}: others could read the "
+            f"credentials; chmod 600 {path}"
+        )
+    token: str | None = None
+    basic: tuple[str, str] | None = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        words = line.strip()
+        if not words or words.startswith("#"):
+            continue
+        kind, _, value = words.partition(" ")
+        value = value.strip()
+        if kind == "token" and value:
+            token = value
+        elif kind == "basic" and ":" in value and value.partition(":")[2]:
+            user, _, password = value.partition(":")
+            basic = (user, password)
+        else:
+            raise ConfigError(f"{path}:{number}: expected 'token <secret>' or 'basic user:pw'")
+    if token is None and basic is None:
+        raise ConfigError(f"{path} holds no credentials; {how_to_make(path)}")
+    return Credentials(token, basic)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port).
+
+    Raises:
+        ConfigError: not of that form, or the port out of range.
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host, int(port)
+
+
+def needs_credentials(host: str) -> bool:
+    """Every address but :data:`LOOPBACK` requires credentials (a name too: it may resolve
+    to anything)."""
+    try:
+        return str(ipaddress.ip_address(host)) not in LOOPBACK
+    except ValueError:
+        return True
+
+
+# -- collecting ------------------------------------------------------------------------------
+
+
+def collect(rt: Runtime, now: float | None = None) -> dict[str, Any]:
+    """One sample of the pump: every config's status record, with each instance's metrics
+    and the config's totals, and its files in reassembly."""
+    now = time.time() if now is None else now
+    pairs, _rc = pump.select(rt, "status", [], io.StringIO())
+    configs = []
+    for pair in pairs:
+        record = pump.status_record(rt, pair)
+        state_dir = rt.state_dir(pair.component, pair.config)
+        totals = _Totals()
+        for each in record["instances"]["each"]:
+            inst = Instance(pair.component, pair.config, each["number"], state_dir, rt.log_dir())
+            doc = read_metrics(inst.metrics_path)
+            if doc is not None and each["state"] != "running":
+                doc = {**doc, "connection": "stopped"}
+            each["metrics"] = doc
+            if doc is not None:
+                each["metrics_age"] = now - float(doc.get("time") or 0.0)
+                totals.add(doc)
+        for number in _orphan_metrics(state_dir, pair, record):
+            inst = Instance(pair.component, pair.config, number, state_dir, rt.log_dir())
+            doc = read_metrics(inst.metrics_path)
+            if doc is not None:  # e.g. a foreground instance (no pid file) or instance 0
+                record["instances"]["each"].append(
+                    {
+                        "number": number,
+                        "state": "unmanaged",
+                        "pid": doc.get("pid"),
+                        "extra": True,
+                        "metrics": doc,
+                        "metrics_age": now - float(doc["time"]),
+                    }
+                )
+                totals.add(doc)
+        record["totals"] = totals.document()
+        record["reassembly"] = open_reassemblies(state_dir)
+        configs.append(record)
+    return {"schema": pump.JSON_SCHEMA, "time": now, "configs": configs}
+
+
+def _orphan_metrics(state_dir: Path, pair: pump.Pair, record: dict[str, Any]) -> list[int]:
+    known = {e["number"] for e in record["instances"]["each"]}
+    prefix = f"sr_{pair.component}_{pair.config}_"
+    found: list[int] = []
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".metrics.json"):
+            tag = name[len(prefix) : -len(".metrics.json")]
+            if tag.isdigit() and int(tag) not in known:
+                found.append(int(tag))
+    return sorted(found)
+
+
+class _Totals:
+    """A config's counters summed over its instances; gauges as their worst."""
+
+    COUNTERS = ("files", "blocks", "bytes", "rejects", "malformed")
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {k: 0 for k in self.COUNTERS}
+        self.doc.update(
+            notices_in=0,
+            notices_out=0,
+            codes={},
+            by_source={},
+            retry_depth=0,
+            retry_oldest_age=None,
+            lag_last=None,
+            lag_max=None,
+            last_activity=None,
+            connected=0,
+            instances=0,
+        )
+
+    def add(self, m: dict[str, Any]) -> None:
+        d = self.doc
+        d["instances"] += 1
+        for key in self.COUNTERS:
+            d[key] += int(m.get(key) or 0)
+        d["notices_in"] += int(m.get("notices", {}).get("in") or 0)
+        d["notices_out"] += int(m.get("notices", {}).get("out") or 0)
+        for code, n in (m.get("codes") or {}).items():
+            d["codes"][code] = d["codes"].get(code, 0) + n
+        for source, counts in (m.get("by_source") or {}).items():
+            mine = d["by_source"].setdefault(source, {})
+            for code, n in counts.items():
+                mine[code] = mine.get(code, 0) + n
+        retry = m.get("retry") or {}
+        d["retry_depth"] += int(retry.get("depth") or 0)
+        d["retry_oldest_age"] = _max(d["retry_oldest_age"], retry.get("oldest_age"))
+        lag = m.get("lag") or {}
+        d["lag_last"] = _max(d["lag_last"], lag.get("last"))
+        d["lag_max"] = _max(d["lag_max"], lag.get("max"))
+        d["last_activity"] = _max(d["last_activity"], m.get("last_activity"))
+        d["connected"] += m.get("connection") == "connected"
+
+    def document(self) -> dict[str, Any]:
+        return self.doc
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+# -- the sampler -----------------------------------------------------------------------------
+
+
+class Sampler:
+    """Collects every ``every`` seconds in its own thread; keeps the latest sample and the
+    rates and lag of the last :data:`HISTORY_SECONDS`."""
+
+    def __init__(self, collect_once: Callable[[], dict[str, Any]], every: float = 5.0) -> None:
+        self._collect = collect_once
+        self.every = every
+        self._lock = threading.Lock()
+        self.latest: dict[str, Any] = {"schema": pump.JSON_SCHEMA, "time": 0.0, "configs": []}
+        #: (time, {label: {"files": per s, "bytes": per s, "notices": per s, "lag": s}})
+        self.history: deque[tuple[float, dict[str, dict[str, float | None]]]] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        """Collect once now (a failure is logged; the previous sample stays)."""
+        try:
+            doc = self._collect()
+        except Exception:
+            log.exception("collecting the pump's status failed")
+            return
+        with self._lock:
+            previous = self.latest
+            self.latest = doc
+            point = _rates(previous, doc)
+            if point is not None:
+                self.history.append((doc["time"], point))
+            while self.history and self.history[0][0] < doc["time"] - HISTORY_SECONDS:
+                self.history.popleft()
+
+    def snapshot(self) -> tuple[dict[str, Any], list[tuple[float, dict[str, Any]]]]:
+        with self._lock:
+            return self.latest, list(self.history)
+
+    def start(self) -> None:
+        self.sample()
+
+        def run() -> None:
+            while not self._stop.wait(self.every):
+                self.sample()
+
+        self._thread = threading.Thread(target=run, name="sr-web-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+
+def _label(record: dict[str, Any]) -> str:
+    return f"{record['component']}/{record['config']}"
+
+
+def _rates(
+    before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, dict[str, float | None]] | None:
+    """Per config: counters' increase per second between two samples (a restarted
+    instance's counters start again at 0: never a negative rate), and the lag."""
+    dt = after["time"] - before["time"]
+    if not before["configs"] or dt <= 0:
+        return None
+    old = {_label(r): r.get("totals", {}) for r in before["configs"]}
+    point: dict[str, dict[str, float | None]] = {}
+    for record in after["configs"]:
+        now, was = record.get("totals", {}), old.get(_label(record), {})
+        rates: dict[str, float | None] = {
+            key: max(0, int(now.get(key) or 0) - int(was.get(key) or 0)) / dt
+            for key in ("files", "bytes", "notices_in")
+        }
+        rates["lag"] = now.get("lag_max") if now.get("lag_max") is not None else now.get("lag_last")
+        point[_label(record)] = rates
+    return point
+
+
+# -- /metrics --------------------------------------------------------------------------------
+
+
+class PumpCollector(Collector):
+    """The latest sample as Prometheus metric families (one series per instance)."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    def collect(self) -> Iterator[Metric]:
+        doc, _ = self.sampler.snapshot()
+        inst_labels = ["component", "config", "instance"]
+        cfg_labels = ["component", "config"]
+
+        def counter(name: str, text: str, labels: list[str] = inst_labels) -> CounterMetricFamily:
+            return CounterMetricFamily(name, text, labels=labels)
+
+        def gauge(name: str, text: str, labels: list[str] = inst_labels) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=labels)
+
+        up = gauge("sarra_instance_up", "1 when the instance's process is running")
+        connected = gauge("sarra_instance_connected", "1 when connected to its broker")
+        notices_in = counter("sarra_notices_received", "notices taken in")
+        notices_out = counter("sarra_notices_published", "notices published downstream")
+        files = counter("sarra_files", "files placed (whole or completed from blocks)")
+        blocks = counter("sarra_blocks", "blocks of files placed")
+        nbytes = counter("sarra_bytes", "bytes of files and blocks placed")
+        rejects = counter("sarra_rejects", "notices rejected by the masks")
+        outcomes = counter(
+            "sarra_outcomes", "outcomes by report code and source", [*inst_labels, "code", "source"]
+        )
+        retry = gauge("sarra_retry_queue_depth", "notices waiting in the disk retry queue")
+        retry_age = gauge("sarra_retry_queue_oldest_seconds", "age of the oldest retry entry")
+        lag = gauge("sarra_lag_seconds", "now minus the pubTime of the last notice")
+        lag_max = gauge("sarra_lag_max_seconds", "largest lag of the last metrics window")
+        activity = gauge("sarra_last_activity_timestamp_seconds", "time of the last notice")
+        backlog = gauge("sarra_queue_backlog", "messages ready in the config's queue", cfg_labels)
+        consumers = gauge("sarra_queue_consumers", "consumers of the config's queue", cfg_labels)
+        expected = gauge("sarra_instances_expected", "instances the config asks for", cfg_labels)
+        reassembly = gauge("sarra_reassembly_files", "files being assembled", cfg_labels)
+        for record in doc["configs"]:
+            c = [record["component"], record["config"]]
+            expected.add_metric(c, record["instances"]["expected"])
+            queue = record.get("queue") or {}
+            if queue.get("backlog") is not None:
+                backlog.add_metric(c, queue["backlog"])
+            if queue.get("consumers") is not None:
+                consumers.add_metric(c, queue["consumers"])
+            reassembly.add_metric(c, len(record.get("reassembly") or ()))
+            for each in record["instances"]["each"]:
+                i = [*c, f"{each['number']:03d}"]
+                up.add_metric(i, 1 if each["state"] == "running" else 0)
+                m = each.get("metrics")
+                if m is None:
+                    continue
+                connected.add_metric(i, 1 if m.get("connection") == "connected" else 0)
+                notices_in.add_metric(i, m["notices"]["in"])
+                notices_out.add_metric(i, m["notices"]["out"])
+                files.add_metric(i, m["files"])
+                blocks.add_metric(i, m["blocks"])
+                nbytes.add_metric(i, m["bytes"])
+                rejects.add_metric(i, m["rejects"])
+                for source, counts in (m.get("by_source") or {}).items():
+                    for code, n in counts.items():
+                        outcomes.add_metric([*i, code, source], n)
+                r = m.get("retry") or {}
+                retry.add_metric(i, r.get("depth") or 0)
+                if r.get("oldest_age") is not None:
+                    retry_age.add_metric(i, r["oldest_age"])
+                lags = m.get("lag") or {}
+                if lags.get("last") is not None:
+                    lag.add_metric(i, lags["last"])
+                if lags.get("max") is not None:
+                    lag_max.add_metric(i, lags["max"])
+                if m.get("last_activity") is not None:
+                    activity.add_metric(i, m["last_activity"])
+        yield from (up, connected, notices_in, notices_out, files, blocks, nbytes, rejects)
+        yield from (outcomes, retry, retry_age, lag, lag_max, activity)
+        yield from (backlog, consumers, expected, reassembly)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class _V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class WebServer:
+    """The HTTP server and its sampler. ``port`` 0 picks a free one (see :attr:`address`)."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        host: str,
+        port: int,
+        credentials: Credentials | None,
+        every: float = 5.0,
+        collect_once: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.sampler = Sampler(collect_once or (lambda: collect(rt)), every)
+        self.credentials = credentials
+        self.every = every
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PumpCollector(self.sampler))
+        handler = _handler_class(self)
+        server_class = _V6Server if ":" in host else ThreadingHTTPServer
+        self.httpd = server_class((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.sampler.start()
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="sr-web", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.sampler.stop()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def respond(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) of a GET of ``path``, redacted."""
+        route = path.split("?", 1)[0]
+        if route == "/metrics":
+            body = generate_latest(self.registry).decode("utf-8")
+            return 200, CONTENT_TYPE_LATEST, redact(body).encode()
+        doc, history = self.sampler.snapshot()
+        if route == "/status.json":
+            text = json.dumps({**doc, "history": history}, indent=2)
+            return 200, "application/json", redact(text).encode()
+        if route in ("/", "/index.html"):
+            page = render_page(doc, history, refresh=min(60, max(2, int(self.every * 2))))
+            return 200, "text/html; charset=utf-8", redact(page).encode()
+        return 404, "text/plain; charset=utf-8", b"not found\n"
+
+
+def _handler_class(server: WebServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "sarra-web"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            creds = server.credentials
+            if creds is not None and not creds.allows(self.headers.get("Authorization")):
+                self.send_response(401)
+                if creds.basic is not None:
+                    self.send_header("WWW-Authenticate", 'Basic realm="sarra", charset="UTF-8"')
+                else:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="sarra"')
+                body = b"authentication required\n"
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            try:
+                status, ctype, body = server.respond(self.path)
+            except Exception:
+                log.exception("serving %s failed", self.path)
+                status, ctype, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
+    """``sr web``: serve until SIGTERM or SIGINT; the exit status.
+
+    Raises:
+        ConfigError: a bad ``--listen``, or credentials needed and not usable.
+    """
+    parser = argparse.ArgumentParser(prog="sr web", add_help=False)
+    parser.add_argument("--listen", default=DEFAULT_LISTEN)
+    parser.add_argument("--auth", default=None)
+    parser.add_argument("--every", type=float, default=5.0)
+    parser.add_argument("-h", "--help", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    if args.help:
+        print(HELP, file=out)
+        return 0
+    if rest:
+        raise ConfigError(f"unexpected {rest[0]!r}; {USAGE}")
+    if not args.every > 0:
+        raise ConfigError("--every must be more than 0 seconds")
+    host, port = parse_listen(args.listen)
+    auth = Path(args.auth) if args.auth else rt.config_dir() / "web-auth"
+    credentials = None
+    if args.auth or needs_credentials(host):
+        try:
+            credentials = load_credentials(auth)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"listening on {host} needs credentials, checked on every path: {exc}"
+            ) from exc
+    try:
+        server = WebServer(rt, host, port, credentials, args.every)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # each sample loads every configuration again: say each of their warnings once
+    handler = setup_console_logging(context="web", loglevel="info")
+    handler.addFilter(_Once())
+    server.start()
+    where = server.address
+    shown = f"[{where[0]}]" if ":" in where[0] else where[0]
+    auth_note = "credentials required" if credentials else "no credentials (loopback only)"
+    print(f"sr web: serving http://{shown}:{where[1]}/ ({auth_note})", file=out, flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        remove_handler(handler)
+    return 0
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once (a bounded memory of them)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        if len(self.seen) < self.keep:
+            self.seen.add(text)
+        return True
