@@ -36,6 +36,7 @@ from sarra.components import sender as sender_module
 from sarra.components.runner import ConsumerComponent
 from sarra.components.sarra import SarraComponent
 from sarra.components.sender import SenderComponent
+from sarra.components.shovel import ShovelComponent
 from sarra.components.subscribe import SubscribeComponent
 from sarra.components.winnow import WinnowComponent
 from sarra.config.settings import Settings
@@ -301,6 +302,8 @@ RIGS = {
     # the winnow publishes in before_settle: a failed publish keeps the acks waiting, and
     # the next flush publishes again on the same connection
     "winnow": Rig("winnow", WinnowComponent, True, False),
+    # the shovel's copy is the loop's outgoing notice: a failed publish drops the connection
+    "shovel": Rig("shovel", ShovelComponent, True, True),
 }
 
 
@@ -314,13 +317,13 @@ class Scenario:
         return f"{self.component}-{self.case}"
 
 
-#: every consuming component, every case; the winnow does no transfer and has no retry queue
-#: (``retry_ttl`` 0), so it has no retry case
+#: every consuming component, every case; the winnow and the shovel do no transfer (nothing
+#: of theirs can fail into the retry queue), so they have no retry case
 SCENARIOS = [
     Scenario(c, case)
     for c in RIGS
     for case in (SUCCESS, RETRY, PUBLISH_FAILURE)
-    if not (c == "winnow" and case == RETRY)
+    if not (c in ("winnow", "shovel") and case == RETRY)
 ]
 
 
@@ -354,6 +357,11 @@ def _config(rig: Rig, broker: str, tag: str, tmp: Path, base_url: str) -> str:
             common + reports + f"exchange xin_{tag}\ndestination file:///\n"
             f"base_dir {tmp / 'src'}\ndirectory {tmp / 'remote' / 'in'}\n"
             f"post_broker {broker}\npost_exchange xout_{tag}\n"
+        )
+    if rig.component == "shovel":
+        return (
+            common + reports + f"exchange xin_{tag}\npost_broker {broker}\n"
+            f"post_exchange xout_{tag}\npost_topic_prefix v03\npost_format v03\n"
         )
     assert rig.component == "winnow"
     return common + reports + f"exchange xin_{tag}\npost_exchange xout_{tag}\n"
