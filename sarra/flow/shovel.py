@@ -34,6 +34,9 @@ class ShovelSettings:
     exchange_split: int = 0
     header_value_max: int = 252
     persistent: bool = True
+    #: ``header name=value`` lines: set on every copy; ``header name=none``: removed
+    set_headers: tuple[tuple[str, str], ...] = ()
+    drop_headers: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, s: Settings) -> ShovelSettings:
@@ -62,6 +65,8 @@ class ShovelSettings:
             exchange_split=s.post_exchange_split,
             header_value_max=s.header_value_max,
             persistent=s.persistent,
+            set_headers=tuple(s.headers_add.items()),
+            drop_headers=tuple(s.headers_del),
         )
 
     @property
@@ -99,8 +104,13 @@ class Shoveler:
         self.rejected = 0
 
     def copy(self, notice: Notice) -> Notice:
-        """The notice as it is posted: exchange and topic rewritten, everything else kept."""
+        """The notice as it is posted: exchange and topic rewritten, the ``header`` lines
+        applied, everything else kept."""
         s = self.settings
+        if s.set_headers or s.drop_headers:
+            notice = v02.derive(
+                notice, set_headers=dict(s.set_headers), drop_headers=s.drop_headers
+            )
         return dataclasses.replace(
             notice,
             exchange=v02.split_exchange(s.post_exchange, notice.checksum, s.exchange_split),

@@ -249,3 +249,26 @@ def test_settings_the_shovel_cannot_honour_are_refused(
 def test_post_broker_gives_the_default_post_exchange(tmp_path: Path) -> None:
     cfg = _settings(tmp_path, "post_broker amqp://bob@127.0.0.1:5673/\n")
     assert cfg.post_exchange == "xs_bob"
+
+
+def test_header_lines_set_and_remove_headers_on_the_copies(tmp_path: Path) -> None:
+    n = _notice("h/x.txt", keep="yes", drop_me="bye")
+    body = "post_exchange xout\nheader added=here\nheader drop_me=none\n"
+    with shovelling(tmp_path, body) as (run, copies):
+        run.publish(v02.to_wire(n, exchange="xin"))
+        _wait_copies(copies, 1, run)
+    assert len(copies) == 1
+    headers = dict(copies[0].headers)
+    assert headers["added"] == "here" and headers["keep"] == "yes"
+    assert "drop_me" not in headers
+    assert headers["sum"] == n.checksum.wire()
+
+
+@pytest.mark.parametrize("line", ["post_base_url https://x.example.com/", "strip 2", "sum s"])
+def test_options_the_shovel_has_no_use_for_are_named_in_a_warning(
+    tmp_path: Path, line: str
+) -> None:
+    cfg = _settings(tmp_path, f"post_exchange xout\n{line}\n")
+    word = line.split()[0]
+    assert [w for w in cfg.warnings if f"option {word!r} is ignored by shovel" in w], cfg.warnings
+    assert "t.conf:4" in next(w for w in cfg.warnings if repr(word) in w)
