@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sarra.broker.base import Broker, BrokerUrl
+from sarra.broker.mqtt import MqttSession
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -175,6 +176,8 @@ class ConsumerComponent:
     def run(self, s: Settings, instance: int, stop: threading.Event) -> int:
         self.check(s)
         session, user = self._session(s)
+        if isinstance(session, MqttSession):
+            session.instance = instance  # a persistent MQTT session per instance
         run = Instance(
             settings=s,
             number=instance,
