@@ -456,7 +456,9 @@ _SR2_PLUGIN_HOOKS = (
 #: The literal table, in the order --help and the man page show it.
 OPTIONS: tuple[Option, ...] = (
     # -- input broker, exchange, queue
-    _o("broker", U, None, "input broker, amqp[s]://user@host[:port]/[vhost]", _CONSUMERS, ("b",)),
+    _o("broker", U, None,
+       "input broker, amqp[s]://user@host[:port]/[vhost] or mqtt[s]://user@host[:port]/",
+       _CONSUMERS, ("b",)),
     _o("exchange", S, None, "exchange to bind to (subscribe, sarra: xpublic)", _CONSUMERS,
        ("ex",), {"subscribe": "xpublic", "sender": "xpublic", "sarra": "xpublic",
                  "log": "xr_${BROKER_USER}"}),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
-from sarra.broker.mqtt import MqttSession, from_mqtt_topic, mqtt_filter, mqtt_topic
+from sarra.broker.mqtt import MqttSession
 from sarra.errors import BrokerError
 from sarra.notice import WireMessage, frozen_headers
 from tests.integration.flowkit import unique
@@ -47,13 +47,6 @@ def _consumer(m: Mosquitto, queue: str, x: str, got: list[Delivery], n: int = 0)
     s.declare_queue(QueueSpec(queue, ((x, "v03.#"),)))
     s.consume(queue, 100, got.append)
     return s
-
-
-def test_the_topic_mapping_keeps_wildcard_characters_out_of_levels() -> None:
-    assert mqtt_topic("xpublic", "v03.a%23b.c+d") == "xpublic/v03/a%23b/c%2Bd"
-    assert from_mqtt_topic("xpublic/v03/a%23b/c%2Bd") == ("xpublic", "v03.a%23b.c+d")
-    assert mqtt_filter("xs_u", "v03.*.obs.#") == "xs_u/v03/+/obs/#"
-    assert mqtt_filter("x", "v03.a+b") == "x/v03/a%2Bb"
 
 
 def test_publish_is_confirmed_and_an_unacked_delivery_comes_back_on_the_session(
