@@ -14,7 +14,10 @@ import pytest
 
 from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
 from sarra.broker.mqtt import MqttSession
+from sarra.codec import v02
+from sarra.config.loader import resolve_queue_name
 from sarra.errors import ConfigError
+from sarra.notice import Notice
 from tests.integration.flowkit import (
     Site,
     make_files,
@@ -24,7 +27,15 @@ from tests.integration.flowkit import (
     unique,
     wait_for,
 )
-from tests.integration.test_shovel import PREFETCH, Running, _left, _publish, _wires
+from tests.integration.test_shovel import (
+    PREFETCH,
+    Running,
+    Tap,
+    _left,
+    _paths,
+    _publish,
+    _wires,
+)
 from tests.servers.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.servers
@@ -90,7 +101,8 @@ def test_post_and_subscribe_over_mqtt(
         "accept .*\n",
     )
     with running_subscriber(site, f"sub_{tag}"):
-        time.sleep(1.0)  # the persistent session is made when the subscriber starts
+        # the persistent session is made when the subscriber starts
+        mosquitto.wait_subscribed(resolve_queue_name(site.load("subscribe", f"sub_{tag}")))
         rc = post(
             site, nginx.base_url, nginx.root, [src],
             ("post_broker", mosquitto.url()), ("post_exchange", f"xs_{tag}"),
@@ -145,3 +157,38 @@ def test_a_shovel_from_rabbitmq_to_mosquitto_survives_a_mosquitto_restart(
     assert set(copies) == set(names)
     dups = sum(c - 1 for c in Counter(copies).values())
     assert dups <= PREFETCH, dups
+
+
+def test_a_shovel_from_mosquitto_to_rabbitmq_posts_v02(
+    rabbitmq: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    tag = unique("")
+    site = _site(tmp_path, rabbitmq, mosquitto)
+    (site.config_dir / "shovel").mkdir()
+    (site.config_dir / "shovel" / f"s_{tag}.conf").write_text(
+        f"broker {mosquitto.url()}\nexchange xin_{tag}\ntopic_prefix v03\nsubtopic #\n"
+        f"report_back off\npost_broker {site.broker}\npost_exchange xout_{tag}\n"
+        "post_topic_prefix v02.post\npost_format v02\n"
+    )
+    tap = Tap(rabbitmq, f"xout_{tag}")
+    names = [f"m/f{i:03d}.txt" for i in range(50)]
+    pub = MqttSession(
+        BrokerUrl("127.0.0.1", mosquitto.port, mosquitto.user, mosquitto.password,
+                  protocol="mqtt"),
+        name="publisher",
+    )  # fmt: skip
+    with Running(site, tag) as run:
+        mosquitto.wait_subscribed(run.component.queue_name(run.cfg))
+        pub.connect()
+        try:
+            for w in _wires(f"xin_{tag}", names):
+                n = v02.decode(w.exchange, w.routing_key, w.body, w.headers, w.content_type)
+                assert isinstance(n, Notice)
+                pub.publish([v02.encode(n, w.exchange, post_format="v03")])
+        finally:
+            pub.close()
+        wait_for(lambda: tap.count() >= len(names), 30, "every copy on RabbitMQ")
+    copies = tap.drain(len(names))
+    assert sorted(_paths(copies)) == sorted(names)
+    assert {m.content_type for m in copies} == {"text/plain"}
+    assert all(m.routing_key == "v02.post.m" for m in copies)

@@ -77,6 +77,15 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def wait_subscribed(self, share: str, timeout: float = 30.0) -> None:
+        """Wait until some client subscribed with the shared subscription group ``share``
+        (a consumer's queue name): from then on, what is published is kept for it."""
+        deadline = time.monotonic() + timeout
+        while f"$share/{share}/" not in self.log_tail(1 << 20):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no subscription of {share} within {timeout}s")
+            time.sleep(0.05)
+
     def log_tail(self, limit: int = 4000) -> str:
         try:
             return (self.base_dir / "mosquitto.log").read_text(errors="replace")[-limit:]
@@ -104,7 +113,7 @@ def start_mosquitto() -> Mosquitto:
         f"persistence_location {base}/\n"
         "max_queued_messages 100000\n"
         "max_inflight_messages 100\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
+        "log_type error\nlog_type warning\nlog_type notice\nlog_type subscribe\n"
     )
     if os.geteuid() == 0:
         # run as root, mosquitto drops to its own user, which must read and write here
