@@ -5,6 +5,10 @@ mid-stream (nothing lost), with credentials from credentials.conf."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -192,3 +196,66 @@ def test_a_shovel_from_mosquitto_to_rabbitmq_posts_v02(
     assert sorted(_paths(copies)) == sorted(names)
     assert {m.content_type for m in copies} == {"text/plain"}
     assert all(m.routing_key == "v02.post.m" for m in copies)
+
+
+def _sr_shovel(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "sr_shovel"), *args],
+        env={**os.environ, **site.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_sr_shovel_daemons_share_an_mqtt_subscription(
+    rabbitmq: Any, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """``sr_shovel start`` with two instances reading MQTT: each instance has its own
+    persistent session in one shared subscription, every notice is copied once to RabbitMQ."""
+    tag = unique("")
+    site = _site(tmp_path, rabbitmq, mosquitto)
+    (site.config_dir / "shovel").mkdir()
+    (site.config_dir / "shovel" / f"d_{tag}.conf").write_text(
+        f"broker {mosquitto.url()}\nexchange xin_{tag}\ntopic_prefix v03\nsubtopic #\n"
+        f"instances 2\nreport_back off\npost_broker {site.broker}\n"
+        f"post_exchange xout_{tag}\npost_topic_prefix v02.post\n"
+    )
+    tap = Tap(rabbitmq, f"xout_{tag}")
+    names = [f"i/f{i:03d}.txt" for i in range(200)]
+    started = _sr_shovel(site, "start", f"d_{tag}")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        share = f"$share/q_{mosquitto.user}.sr_shovel.d_{tag}."
+        deadline = time.monotonic() + 30
+        while mosquitto.log_tail(1 << 20).count(share) < 2:
+            assert time.monotonic() < deadline, mosquitto.log_tail()
+            time.sleep(0.1)
+        pub = MqttSession(
+            BrokerUrl("127.0.0.1", mosquitto.port, mosquitto.user, mosquitto.password,
+                      protocol="mqtt"),
+            name="publisher",
+        )  # fmt: skip
+        pub.connect()
+        try:
+            for w in _wires(f"xin_{tag}", names):
+                n = v02.decode(w.exchange, w.routing_key, w.body, w.headers, w.content_type)
+                assert isinstance(n, Notice)
+                pub.publish([v02.encode(n, w.exchange, post_format="v03")])
+        finally:
+            pub.close()
+        wait_for(lambda: tap.count() >= len(names), 60, "every copy")
+        status = _sr_shovel(site, "status", f"d_{tag}")
+        assert "running" in status.stdout + status.stderr
+    finally:
+        stopped = _sr_shovel(site, "stop", f"d_{tag}")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    copies = tap.drain(len(names))
+    assert sorted(_paths(copies)) == sorted(names)  # each once
+    logs = sorted(site.state_dir.rglob(f"*shovel*d_{tag}*.log"))
+    copied = [re.search(r"copied (\d+)", p.read_text()) for p in logs]
+    counts = [int(m.group(1)) for m in copied if m]
+    assert len(counts) == 2 and all(c > 0 for c in counts) and sum(counts) == len(names), (
+        logs,
+        counts,
+    )
