@@ -274,7 +274,12 @@ class ConsumerComponent:
             exchanges = self.exchanges(s, bindings)
             spec = declare_consumer_queue(session, s, self.queue_name(s), bindings, exchanges)
             keys = ", ".join(f"{x}:{k}" for x, k in spec.bindings)
-            if spec.bind:
+            if isinstance(session, MqttSession):
+                print(
+                    f"MQTT broker: no session is made by declare; each instance's session "
+                    f"{spec.name}_NN subscribes to {keys} at its first run (docs/mqtt.md)"
+                )
+            elif spec.bind:
                 print(f"declared queue {spec.name} bound to {keys}")
             else:
                 print(f"declared queue {spec.name}, not bound (bind_queue off; asked for: {keys})")

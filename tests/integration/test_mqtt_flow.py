@@ -223,6 +223,9 @@ def test_sr_shovel_daemons_share_an_mqtt_subscription(
     )
     tap = Tap(rabbitmq, f"xout_{tag}")
     names = [f"i/f{i:03d}.txt" for i in range(200)]
+    declared = _sr_shovel(site, "declare", f"d_{tag}")
+    assert declared.returncode == 0, declared.stdout + declared.stderr
+    assert "no session is made by declare" in declared.stdout
     started = _sr_shovel(site, "start", f"d_{tag}")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
