@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -86,6 +87,18 @@ def from_mqtt_topic(topic: str) -> tuple[str, str]:
     exchange, _, rest = topic.partition("/")
     levels = [w.replace("%2F", "/").replace("%2B", "+") for w in rest.split("/")] if rest else []
     return exchange, ".".join(levels)
+
+
+def _close_sockets_of(error: BaseException) -> None:
+    """Close the sockets a failed connect left open: paho 2.x does not close the TLS socket
+    whose handshake failed (an untrusted certificate), it stays referenced by the traceback."""
+    tb = error.__traceback__
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, socket.socket):
+                with contextlib.suppress(OSError):
+                    value.close()
+        tb = tb.tb_next
 
 
 class MqttSession:
@@ -197,6 +210,7 @@ class MqttSession:
         try:
             client.connect(self._url.host, self._url.port, keepalive=self.keepalive)
         except (OSError, ValueError) as e:
+            _close_sockets_of(e)
             raise BrokerError(f"cannot connect to {self._url}: {e}") from e
         client.loop_start()
         if not ready.wait(self.connect_timeout) or "reason" not in result:
@@ -250,6 +264,14 @@ class MqttSession:
         self._unacked.clear()
         while not self._inbox.empty():
             self._inbox.get_nowait()
+
+    def __del__(self) -> None:
+        # the wake-up pipe lives as long as the session object (close() may be followed by
+        # connect())
+        for fd in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _live(self) -> Any:
         if self._client is None or self._lost is not None:

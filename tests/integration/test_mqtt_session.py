@@ -157,3 +157,36 @@ def test_a_v02_message_is_refused_and_a_lost_broker_raises(mosquitto: Mosquitto)
     bad = MqttSession(BrokerUrl("127.0.0.1", mosquitto.port, "sarra", "wrong", protocol="mqtt"))
     with pytest.raises(BrokerError, match="refused"):
         bad.connect()
+
+
+def test_mqtts_checks_the_certificate(
+    mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mqtts:// verifies the broker's certificate against the trusted CAs: refused while the
+    throwaway CA is not trusted, working once it is (SSL_CERT_FILE, OpenSSL's system store)."""
+    url = BrokerUrl(
+        "127.0.0.1", mosquitto.tls_port, mosquitto.user, mosquitto.password, tls=True,
+        protocol="mqtt",
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+    untrusted = MqttSession(url, name="tls-untrusted")
+    with pytest.raises(BrokerError, match=r"(?i)certificate"):
+        untrusted.connect()
+    monkeypatch.setenv("SSL_CERT_FILE", str(mosquitto.ca_file))
+    x, q = unique("x"), unique("q_sarra.tls.")
+    got: list[Delivery] = []
+    sub = MqttSession(url, name="tls-consumer")
+    sub.connect()
+    sub.declare_queue(QueueSpec(q, ((x, "v03.#"),)))
+    sub.consume(q, 10, got.append)
+    pub = MqttSession(url, name="tls-publisher")
+    pub.connect()
+    try:
+        pub.publish([_msg(x, "v03.t", 7)])
+        _collect(sub, got, lambda: len(got) >= 1)
+        assert [json.loads(d.message.body)["n"] for d in got] == [7]
+        sub.ack(got[0])
+    finally:
+        pub.close()
+        sub.close()
+        sub.delete_queue(q)

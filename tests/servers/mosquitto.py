@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.nginx import _test_ca_and_server_cert
 from tests.servers.rabbitmq import _free_ports, _port_open
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
@@ -32,7 +33,13 @@ USER, PASSWORD = "sarra", "mqtt-secret"
 class Mosquitto:
     port: int
     base_dir: Path
+    #: an mqtts listener, its certificate signed by the throwaway CA ``ca_file``
+    tls_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        return self.base_dir / "ca.pem"
 
     @property
     def user(self) -> str:
@@ -57,7 +64,7 @@ class Mosquitto:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 20
-        while not _port_open(self.port):
+        while not (_port_open(self.port) and (not self.tls_port or _port_open(self.tls_port))):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not start: {self.log_tail()}")
             time.sleep(0.05)
@@ -97,7 +104,8 @@ def start_mosquitto() -> Mosquitto:
     if not MOSQUITTO.exists():
         raise RuntimeError("Mosquitto is not installed: run `apt-get install -y mosquitto`")
     base = Path(tempfile.mkdtemp(prefix="sarra-mosquitto-"))
-    (port,) = _free_ports(1)
+    port, tls_port = _free_ports(2)
+    _test_ca_and_server_cert(base)
     passwd = base / "passwd"
     subprocess.run(
         [str(MOSQUITTO_PASSWD), "-b", "-c", str(passwd), USER, PASSWORD],
@@ -113,14 +121,16 @@ def start_mosquitto() -> Mosquitto:
         f"persistence_location {base}/\n"
         "max_queued_messages 100000\n"
         "max_inflight_messages 100\n"
+        f"listener {tls_port} 127.0.0.1\n"
+        f"cafile {base}/ca.pem\ncertfile {base}/cert.pem\nkeyfile {base}/key.pem\n"
         "log_type error\nlog_type warning\nlog_type notice\nlog_type subscribe\n"
     )
     if os.geteuid() == 0:
         # run as root, mosquitto drops to its own user, which must read and write here
         account = pwd.getpwnam("mosquitto")
-        for path in (base, passwd):
+        for path in (base, passwd, base / "key.pem", base / "cert.pem", base / "ca.pem"):
             os.chown(path, account.pw_uid, account.pw_gid)
-    node = Mosquitto(port, base)
+    node = Mosquitto(port, base, tls_port)
     try:
         node.start()
     except BaseException:
