@@ -53,3 +53,18 @@ def test_an_mqtt_session_is_made_for_mqtt_urls_only_with_v03(tmp_path: Path) -> 
     v02 = _cfg(tmp_path, "broker mqtt://u@127.0.0.1/\n")
     with pytest.raises(ConfigError, match="v03 messages only"):
         session_for(url, v02, "t")
+
+
+def test_the_winnow_refuses_an_mqtt_broker(tmp_path: Path) -> None:
+    from sarra.components.winnow import WinnowComponent
+
+    conf = tmp_path / "config" / "winnow"
+    conf.mkdir(parents=True)
+    (conf / "w.conf").write_text(
+        "broker mqtt://u@127.0.0.1/\nexchange xw\npost_exchange xp\npost_format v03\n"
+    )
+    env = {"SR_CONFIG_DIR": str(tmp_path / "config"), "SR_STATE_DIR": str(tmp_path / "state")}
+    cfg = load_settings("winnow", "w", [], env=env)
+    with pytest.raises(ConfigError, match="AMQP brokers only") as caught:
+        WinnowComponent().check(cfg)
+    assert caught.value.option == "broker"
