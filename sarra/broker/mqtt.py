@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import socket
 import ssl
@@ -129,9 +128,10 @@ class MqttSession:
         self._lost: str | None = None
         self._connected = False
         self._inbox: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        # a socket pair, not a pipe: select() takes it on every platform
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         #: queue name -> (filters, callback)
         self._consumers: dict[str, tuple[tuple[str, ...], Callable[[Delivery], None]]] = {}
         self._declared: dict[str, tuple[str, ...]] = {}
@@ -268,10 +268,9 @@ class MqttSession:
     def __del__(self) -> None:
         # the wake-up pipe lives as long as the session object (close() may be followed by
         # connect())
-        for fd in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        for sock in (getattr(self, "_wake_r", None), getattr(self, "_wake_w", None)):
+            if sock is not None:
+                sock.close()
 
     def _live(self) -> Any:
         if self._client is None or self._lost is not None:
@@ -279,8 +278,8 @@ class MqttSession:
         return self._client
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        with contextlib.suppress(OSError):  # a full buffer is awake already
+            self._wake_w.send(b"x")
 
     # -- entities (MQTT has none: sessions and subscriptions stand for queues) --------------
 
@@ -360,7 +359,7 @@ class MqttSession:
                 self._client.unsubscribe(f)
 
     def fileno(self) -> int | None:
-        return self._wake_r
+        return self._wake_r.fileno()
 
     def poll(self, timeout: float) -> int:
         if self._client is not None and self._lost is not None:
@@ -372,8 +371,9 @@ class MqttSession:
                 if left <= 0:
                     break
                 time.sleep(min(left, 0.01))
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
         count = 0
         while True:
             try:
