@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pytest
 
@@ -36,6 +36,7 @@ from sarra.components import sender as sender_module
 from sarra.components.runner import ConsumerComponent
 from sarra.components.sarra import SarraComponent
 from sarra.components.sender import SenderComponent
+from sarra.components.shovel import ShovelComponent
 from sarra.components.subscribe import SubscribeComponent
 from sarra.components.winnow import WinnowComponent
 from sarra.config.settings import Settings
@@ -301,6 +302,8 @@ RIGS = {
     # the winnow publishes in before_settle: a failed publish keeps the acks waiting, and
     # the next flush publishes again on the same connection
     "winnow": Rig("winnow", WinnowComponent, True, False),
+    # the shovel's copy is the loop's outgoing notice: a failed publish drops the connection
+    "shovel": Rig("shovel", ShovelComponent, True, True),
 }
 
 
@@ -314,13 +317,13 @@ class Scenario:
         return f"{self.component}-{self.case}"
 
 
-#: every consuming component, every case; the winnow does no transfer and has no retry queue
-#: (``retry_ttl`` 0), so it has no retry case
+#: every consuming component, every case; the winnow and the shovel do no transfer (nothing
+#: of theirs can fail into the retry queue), so they have no retry case
 SCENARIOS = [
     Scenario(c, case)
     for c in RIGS
     for case in (SUCCESS, RETRY, PUBLISH_FAILURE)
-    if not (c == "winnow" and case == RETRY)
+    if not (c in ("winnow", "shovel") and case == RETRY)
 ]
 
 
@@ -334,8 +337,29 @@ class Backend(Protocol):
     def publisher(self, url: BrokerUrl) -> Broker: ...
 
 
-def _config(rig: Rig, broker: str, tag: str, tmp: Path, base_url: str) -> str:
+@runtime_checkable
+class MqttBackend(Protocol):
+    """An MQTT broker (tests/integration/test_ack_rule_mqtt.py): v03 on the wire, its own URL
+    and credentials, and no queue counts (what is left is read back from the session)."""
+
+    broker_port: int
+    broker: str  # the configuration's broker URL
+    credentials_line: str
+    publisher_url: BrokerUrl
+
+    def session(self, url: BrokerUrl, s: Settings, name: str) -> Broker: ...
+
+    def publisher(self, url: BrokerUrl) -> Broker: ...
+
+    def wait_subscribed(self, queue: str) -> None: ...
+
+    def left(self, queue: str) -> int: ...
+
+
+def _config(rig: Rig, broker: str, tag: str, tmp: Path, base_url: str, v03: bool = False) -> str:
     common = f"broker {broker}\nexpire 10m\nprefetch 10\nattempts 1\naccept .*\n"
+    if v03:  # MQTT: v03 in and out, reports included
+        common += "topic_prefix v03\npost_format v03\npost_topic_prefix v03\n"
     reports = f"report_back on\nreport_exchange xr_{tag}\n"
     if rig.component == "subscribe":
         return (
@@ -355,6 +379,11 @@ def _config(rig: Rig, broker: str, tag: str, tmp: Path, base_url: str) -> str:
             f"base_dir {tmp / 'src'}\ndirectory {tmp / 'remote' / 'in'}\n"
             f"post_broker {broker}\npost_exchange xout_{tag}\n"
         )
+    if rig.component == "shovel":
+        return (
+            common + reports + f"exchange xin_{tag}\npost_broker {broker}\n"
+            f"post_exchange xout_{tag}\npost_topic_prefix v03\npost_format v03\n"
+        )
     assert rig.component == "winnow"
     return common + reports + f"exchange xin_{tag}\npost_exchange xout_{tag}\n"
 
@@ -363,7 +392,9 @@ def _input_exchange(rig: Rig, tag: str) -> str:
     return f"xs_alice{tag}" if rig.component == "sarra" else f"xin_{tag}"
 
 
-def _notice(exchange: str, base_url: str, path: str, data: bytes, tag: str) -> WireMessage:
+def _notice(
+    exchange: str, base_url: str, path: str, data: bytes, tag: str, v03: bool = False
+) -> WireMessage:
     notice = v02.make_notice(
         exchange=exchange,
         topic_prefix="v02.post",
@@ -374,15 +405,21 @@ def _notice(exchange: str, base_url: str, path: str, data: bytes, tag: str) -> W
         parts=PartSpec("1", len(data), 1, 0, 0),
         headers={"to_clusters": f"pump{tag}"},
     )
-    return v02.to_wire(notice, exchange=exchange)
+    return v02.encode(notice, exchange, post_format="v03" if v03 else "v02")
 
 
-def run_scenario(scenario: Scenario, backend: Backend, tmp: Path) -> Recorder:
+def run_scenario(scenario: Scenario, backend: Backend | MqttBackend, tmp: Path) -> Recorder:
     """Run one component on ``backend`` with one notice about ``f.bin``, the case's fault
     applied, until the notice is acked; return the events for :func:`check_scenario`."""
     rig = RIGS[scenario.component]
     tag = unique("")
     site = Site(tmp / "site", backend.broker_port).setup()
+    mqtt = backend if isinstance(backend, MqttBackend) else None
+    broker, publisher_url = site.broker, site.broker_url()
+    if mqtt is not None:
+        broker, publisher_url = mqtt.broker, mqtt.publisher_url
+        cred = site.config_dir / "credentials.conf"
+        cred.write_text(cred.read_text() + mqtt.credentials_line + "\n")
     (site.config_dir / rig.component).mkdir(parents=True, exist_ok=True)
     recorder = Recorder()
     name = "f.bin"
@@ -409,15 +446,17 @@ def run_scenario(scenario: Scenario, backend: Backend, tmp: Path) -> Recorder:
         # the sender's file: destination works through FileTransport, which is tested
         mp.setattr(sender_module, "SCHEMES", ("sftp", "file"))
         conf = site.config_dir / rig.component / f"ack_{tag}.conf"
-        conf.write_text(_config(rig, site.broker, tag, tmp, base_url))
+        conf.write_text(_config(rig, broker, tag, tmp, base_url, v03=mqtt is not None))
         with site_env(site):
             cfg = site.load(rig.component, f"ack_{tag}")
             component = rig.make(factory)
             component.declare(cfg)
             exchange = _input_exchange(rig, tag)
-            wire = _notice(exchange, f"{base_url}/src", f"/{name}", data, tag)
+            wire = _notice(exchange, f"{base_url}/src", f"/{name}", data, tag, v03=mqtt is not None)
             with _running(component, cfg):
-                pub = backend.publisher(site.broker_url())
+                if mqtt is not None:  # an MQTT session begins when the consumer subscribes
+                    mqtt.wait_subscribed(component.queue_name(cfg, 0))
+                pub = backend.publisher(publisher_url)
                 pub.connect()
                 try:
                     pub.publish([wire])
@@ -426,6 +465,9 @@ def run_scenario(scenario: Scenario, backend: Backend, tmp: Path) -> Recorder:
                 _wait(lambda: ACK in recorder.kinds(name), f"the ack of {name} ({scenario.id})")
             # stopped: whatever it left unacked went back to its queue
             queue = component.queue_name(cfg, 0)
+            if mqtt is not None:
+                recorder.left_in_queue = mqtt.left(queue)
+                return recorder
             check = backend.publisher(site.broker_url())
             check.connect()
             try:

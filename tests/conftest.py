@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.servers.nginx",
     "tests.servers.sshd",
     "tests.servers.ftpd",
+    "tests.servers.mosquitto",
 ]

@@ -25,9 +25,11 @@ class BrokerUrl:
     password: str = field(default="anonymous", repr=False)
     vhost: str = "/"
     tls: bool = False
+    #: ``amqp`` or ``mqtt`` (:mod:`sarra.broker.mqtt`)
+    protocol: str = "amqp"
 
     def __str__(self) -> str:
-        scheme = "amqps" if self.tls else "amqp"
+        scheme = self.protocol + ("s" if self.tls else "")
         vhost = "" if self.vhost == "/" else self.vhost
         return f"{scheme}://{self.user}@{self.host}:{self.port}/{vhost}"
 

@@ -301,6 +301,12 @@ def sr_winnow() -> int:
 
 
 @pipe_safe
+def sr_shovel() -> int:
+    """Entry point of ``sr_shovel``."""
+    return main("shovel")
+
+
+@pipe_safe
 def sr_sarra() -> int:
     """Entry point of ``sr_sarra``."""
     return main("sarra")

@@ -19,6 +19,7 @@ IMPLEMENTED: dict[str, str] = {
     "subscribe": "sarra.components.subscribe:SubscribeComponent",
     "sender": "sarra.components.sender:SenderComponent",
     "winnow": "sarra.components.winnow:WinnowComponent",
+    "shovel": "sarra.components.shovel:ShovelComponent",
     "sarra": "sarra.components.sarra:SarraComponent",
     "report": "sarra.components.report_router:ReportRouterComponent",
     "log": "sarra.components.log:LogComponent",

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker, BrokerUrl, QueueSpec
+from sarra.broker.mqtt import MqttSession
 from sarra.broker.session import BrokerSession
 from sarra.components.base import InstanceStatus
 from sarra.config import paths
@@ -62,8 +63,33 @@ def broker_url(s: Settings, option: str = "broker") -> BrokerUrl:
     return to_broker_url(text, credential_store())
 
 
-def session_for(url: BrokerUrl, s: Settings, name: str) -> BrokerSession:
-    """A session to ``url`` with the configured AMQP heartbeat (0: the default 60 s)."""
+def _publishes_on(url: BrokerUrl, s: Settings) -> bool:
+    """Whether a component of ``s`` may publish on ``url``: posts (``post_broker``, or the input
+    broker when there is none) or reports (a consumer's input broker with ``report_back``)."""
+    same = (url.protocol, url.host, url.port, url.user)
+    if s.broker and s.post_broker:
+        try:
+            post = to_broker_url(s.post_broker, credential_store())
+            if (post.protocol, post.host, post.port, post.user) != same:
+                return bool(s.report_back)  # the input broker only gets reports
+        except ConfigError:
+            return True
+    return True
+
+
+def session_for(url: BrokerUrl, s: Settings, name: str) -> Broker:
+    """A session to ``url``: AMQP with the configured heartbeat (0: the default 60 s), or
+    MQTT (:mod:`sarra.broker.mqtt`, v03 only: ``post_format v03`` is required when the
+    component publishes there, posts or reports)."""
+    if url.protocol == "mqtt":
+        if s.post_format != "v03" and _publishes_on(url, s):
+            raise ConfigError(
+                f"{url} is an MQTT broker, which carries v03 messages only: set "
+                "post_format v03 (and post_topic_prefix v03, topic_prefix v03), or "
+                "report_back off on an input broker",
+                option="post_format",
+            )
+        return MqttSession(url, keepalive=int(s.broker_heartbeat) or 60, name=name)
     return BrokerSession(url, heartbeat=int(s.broker_heartbeat) or 60, name=name)
 
 
@@ -213,7 +239,7 @@ class SingleQueueVerbs:
     queue is deleted or counted there, and ``cleanup`` also clears the local state files.
     """
 
-    def broker_session(self, cfg: Settings) -> BrokerSession:
+    def broker_session(self, cfg: Settings) -> Broker:
         """A new, unconnected session to the broker holding the queue."""
         raise NotImplementedError(f"{type(self).__name__} must define broker_session()")
 

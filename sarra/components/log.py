@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import TextIO
 
-from sarra.broker.session import BrokerSession
+from sarra.broker.base import Broker
 from sarra.components.common import (
     SingleQueueVerbs,
     broker_url,
@@ -60,11 +60,11 @@ class LogComponent(SingleQueueVerbs):
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out
 
-    def _session(self, cfg: Settings) -> tuple[BrokerSession, str]:
+    def _session(self, cfg: Settings) -> tuple[Broker, str]:
         url = broker_url(cfg)
         return session_for(url, cfg, f"sr_log {cfg.name}"), url.user
 
-    def broker_session(self, cfg: Settings) -> BrokerSession:
+    def broker_session(self, cfg: Settings) -> Broker:
         return self._session(cfg)[0]
 
     def _bindings(self, cfg: Settings, user: str) -> tuple[tuple[str, str], ...]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from sarra.broker.session import BrokerSession
+from sarra.broker.base import Broker
 from sarra.components.common import (
     SingleQueueVerbs,
     broker_url,
@@ -51,7 +51,7 @@ class ReportRouterComponent(SingleQueueVerbs):
     name = "report"
     one_shot = False
 
-    def broker_session(self, cfg: Settings) -> BrokerSession:
+    def broker_session(self, cfg: Settings) -> Broker:
         return session_for(broker_url(cfg), cfg, f"sr_report {cfg.name}")
 
     def router(self, cfg: Settings) -> ReportRouter:

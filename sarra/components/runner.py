@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sarra.broker.base import Broker, BrokerUrl
+from sarra.broker.mqtt import MqttSession
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -179,6 +180,8 @@ class ConsumerComponent:
     def run(self, s: Settings, instance: int, stop: threading.Event) -> int:
         self.check(s)
         session, user = self._session(s)
+        if isinstance(session, MqttSession):
+            session.instance = instance  # a persistent MQTT session per instance
         run = Instance(
             settings=s,
             number=instance,
@@ -292,7 +295,12 @@ class ConsumerComponent:
             exchanges = self.exchanges(s, bindings)
             spec = declare_consumer_queue(session, s, self.queue_name(s), bindings, exchanges)
             keys = ", ".join(f"{x}:{k}" for x, k in spec.bindings)
-            if spec.bind:
+            if isinstance(session, MqttSession):
+                print(
+                    f"MQTT broker: no session is made by declare; each instance's session "
+                    f"{spec.name}_NN subscribes to {keys} at its first run (docs/mqtt.md)"
+                )
+            elif spec.bind:
                 print(f"declared queue {spec.name} bound to {keys}")
             else:
                 print(f"declared queue {spec.name}, not bound (bind_queue off; asked for: {keys})")

@@ -38,7 +38,7 @@ from sarra.components.common import (
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError
+from sarra.errors import BrokerError, ConfigError
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.winnow import (
     input_bindings,
@@ -74,6 +74,14 @@ class WinnowComponent(ConsumerComponent):
     def check(self, s: Settings) -> None:
         winnow_ttl(s)
         post_exchange(s)
+        for option in ("broker", "post_broker"):
+            text = s.post_broker if option == "post_broker" else s.broker
+            if text and text.lower().startswith("mqtt"):
+                raise ConfigError(
+                    "sr_winnow runs on AMQP brokers only: its journal queue needs queue "
+                    "counts, which MQTT does not give (docs/mqtt.md)",
+                    option=option,
+                )
 
     def build(self, run: Instance) -> Flow:
         s = run.settings

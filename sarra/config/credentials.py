@@ -29,6 +29,8 @@ from sarra.errors import ConfigError, CredentialsError
 DEFAULT_PORTS = {
     "amqp": 5672,
     "amqps": 5671,
+    "mqtt": 1883,
+    "mqtts": 8883,
     "http": 80,
     "https": 443,
     "sftp": 22,
@@ -290,10 +292,14 @@ def to_broker_url(url_text: str, store: CredentialStore) -> BrokerUrl:
         CredentialsError: a named user other than anonymous has no password anywhere.
     """
     url = parse_url(url_text)
-    if url.scheme not in ("amqp", "amqps"):
-        raise ConfigError(f"broker URL must be amqp:// or amqps://, got {url.without_password()}")
-    tls = url.scheme == "amqps"
-    port = url.port if url.port is not None else (5671 if tls else 5672)
+    if url.scheme not in ("amqp", "amqps", "mqtt", "mqtts"):
+        raise ConfigError(
+            f"broker URL must be amqp://, amqps://, mqtt:// or mqtts://, got "
+            f"{url.without_password()}"
+        )
+    tls = url.scheme.endswith("s")
+    protocol = url.scheme.rstrip("s")
+    port = url.port if url.port is not None else DEFAULT_PORTS[url.scheme]
     user = url.user or "anonymous"
     credential = store.find(replace(url, user=user))
     if credential is not None and credential.password is not None:
@@ -309,5 +315,11 @@ def to_broker_url(url_text: str, store: CredentialStore) -> BrokerUrl:
         )
     tls = tls or (credential is not None and credential.tls)
     return BrokerUrl(
-        host=url.host, port=port, user=user, password=password, vhost=_vhost(url.path), tls=tls
+        host=url.host,
+        port=port,
+        user=user,
+        password=password,
+        vhost=_vhost(url.path),
+        tls=tls,
+        protocol=protocol,
     )

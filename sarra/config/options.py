@@ -15,7 +15,7 @@ import difflib
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -460,7 +460,9 @@ _SR2_PLUGIN_HOOKS = (
 #: The literal table, in the order --help and the man page show it.
 OPTIONS: tuple[Option, ...] = (
     # -- input broker, exchange, queue
-    _o("broker", U, None, "input broker, amqp[s]://user@host[:port]/[vhost]", _CONSUMERS, ("b",)),
+    _o("broker", U, None,
+       "input broker, amqp[s]://user@host[:port]/[vhost] or mqtt[s]://user@host[:port]/",
+       _CONSUMERS, ("b",)),
     _o("exchange", S, None, "exchange to bind to (subscribe, sarra: xpublic)", _CONSUMERS,
        ("ex",), {"subscribe": "xpublic", "sender": "xpublic", "sarra": "xpublic",
                  "log": "xr_${BROKER_USER}"}),
@@ -746,6 +748,23 @@ OPTIONS: tuple[Option, ...] = (
                   "remote_config_url", "hb_memory_multiplier", "logrotate_interval",
                   "destination_timezone", "poll_without_vip", "set_passwords", "hostname")
     ),
+)
+
+#: Options of the consumers' and re-posters' groups that sr_shovel has no use for: it transfers
+#: no file and rewrites nothing but the exchange, topic and ``header`` lines, so these (file
+#: placement, transfers, checksums, pump policy, delays) are "ignored by shovel" with a warning
+#: naming file and line when a shovel configuration sets them.
+_SHOVEL_IGNORES = frozenset(
+    {
+        "exchange_split", "base_dir", "strip", "rename", "inflight", "inplace", "notify_only",
+        "timeout", "post_base_url", "post_base_dir", "sum", "blocksize", "to_clusters",
+        "cluster_aliases", "gateway_for", "source", "source_from_exchange", "sleep",
+        "msg_delay", "cache_basis",
+    }
+)  # fmt: skip
+OPTIONS = tuple(
+    replace(o, components=o.components - {"shovel"}) if o.name in _SHOVEL_IGNORES else o
+    for o in OPTIONS
 )
 # fmt: on
 

@@ -1,0 +1,154 @@
+"""A throwaway Mosquitto broker for the MQTT tests (pytest plugin).
+
+Started on a free loopback port with its own configuration, password file and persistence
+directory (persistent sessions and queued QoS 1 messages survive a :meth:`Mosquitto.restart`),
+stopped at the end even when the tests fail. Without Mosquitto installed the fixture fails
+(never skips): ``scripts/bootstrap`` installs Debian's ``mosquitto``. Only loopback is used.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.servers.nginx import _test_ca_and_server_cert
+from tests.servers.rabbitmq import _free_ports, _port_open
+
+MOSQUITTO = Path("/usr/sbin/mosquitto")
+MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
+USER, PASSWORD = "sarra", "mqtt-secret"
+
+
+@dataclass
+class Mosquitto:
+    port: int
+    base_dir: Path
+    #: an mqtts listener, its certificate signed by the throwaway CA ``ca_file``
+    tls_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        return self.base_dir / "ca.pem"
+
+    @property
+    def user(self) -> str:
+        return USER
+
+    @property
+    def password(self) -> str:
+        return PASSWORD
+
+    def url(self) -> str:
+        return f"mqtt://{USER}@127.0.0.1:{self.port}/"
+
+    @property
+    def credentials_line(self) -> str:
+        return f"mqtt://{USER}:{PASSWORD}@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        with open(self.base_dir / "mosquitto.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(MOSQUITTO), "-c", str(self.base_dir / "mosquitto.conf")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while not (_port_open(self.port) and (not self.tls_port or _port_open(self.tls_port))):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not start: {self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto writes its persistence file, then exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def wait_subscribed(self, share: str, timeout: float = 30.0) -> None:
+        """Wait until some client subscribed with the shared subscription group ``share``
+        (a consumer's queue name): from then on, what is published is kept for it."""
+        deadline = time.monotonic() + timeout
+        while f"$share/{share}/" not in self.log_tail(1 << 20):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no subscription of {share} within {timeout}s")
+            time.sleep(0.05)
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            return (self.base_dir / "mosquitto.log").read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+def start_mosquitto() -> Mosquitto:
+    if not MOSQUITTO.exists():
+        raise RuntimeError("Mosquitto is not installed: run `apt-get install -y mosquitto`")
+    base = Path(tempfile.mkdtemp(prefix="sarra-mosquitto-"))
+    port, tls_port = _free_ports(2)
+    _test_ca_and_server_cert(base)
+    passwd = base / "passwd"
+    subprocess.run(
+        [str(MOSQUITTO_PASSWD), "-b", "-c", str(passwd), USER, PASSWORD],
+        check=True,
+        capture_output=True,
+    )
+    passwd.chmod(0o600)
+    (base / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous false\n"
+        f"password_file {passwd}\n"
+        "persistence true\n"
+        f"persistence_location {base}/\n"
+        "max_queued_messages 100000\n"
+        "max_inflight_messages 100\n"
+        f"listener {tls_port} 127.0.0.1\n"
+        f"cafile {base}/ca.pem\ncertfile {base}/cert.pem\nkeyfile {base}/key.pem\n"
+        "log_type error\nlog_type warning\nlog_type notice\nlog_type subscribe\n"
+    )
+    if os.geteuid() == 0:
+        # run as root, mosquitto drops to its own user, which must read and write here
+        account = pwd.getpwnam("mosquitto")
+        for path in (base, passwd, base / "key.pem", base / "cert.pem", base / "ca.pem"):
+            os.chown(path, account.pw_uid, account.pw_gid)
+    node = Mosquitto(port, base, tls_port)
+    try:
+        node.start()
+    except BaseException:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    return node
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    """A throwaway Mosquitto for the whole session (user sarra, on loopback)."""
+    try:
+        node = start_mosquitto()
+    except RuntimeError as e:
+        pytest.fail(f"the MQTT tests need a real Mosquitto: {e}", pytrace=False)
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(node.base_dir, ignore_errors=True)
