@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
 import sys
+import time
 from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,6 +53,29 @@ class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.sr_context = self._context
         return redact(super().format(record))
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line (``log_format json``): ``time`` (UTC, ISO 8601 with
+    milliseconds), ``level``, ``context`` (``component/config/instance``), ``logger``,
+    ``message`` and, after an exception, ``exception``; URL passwords masked in every value."""
+
+    def __init__(self, context: str) -> None:
+        super().__init__()
+        self._context = context
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line: dict[str, str] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "context": self._context,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(line, ensure_ascii=False)
 
 
 class _ModeFileHandler(TimedRotatingFileHandler):
@@ -92,6 +117,7 @@ def setup_file_logging(
     backups: int = 5,
     mode: int = 0o600,
     follow_stdio: bool = True,
+    json_lines: bool = False,
 ) -> logging.Handler:
     """Route the root logger into ``path`` with midnight rotation; returns the handler.
 
@@ -102,6 +128,7 @@ def setup_file_logging(
         loglevel: a logging level name (``debug``, ``info``, ``warning``...).
         backups: rotated files kept (the ``logrotate`` option).
         follow_stdio: also point fds 1 and 2 at the current file after each rotation.
+        json_lines: one JSON object per line (:class:`JsonLineFormatter`, ``log_format json``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode))
@@ -110,14 +137,20 @@ def setup_file_logging(
         path, file_mode=mode, when="midnight", backupCount=max(backups, 0), encoding="utf-8"
     )
     _install(handler, context, loglevel)
+    if json_lines:
+        handler.setFormatter(JsonLineFormatter(context))
     return handler
 
 
-def setup_console_logging(*, context: str, loglevel: str = "info") -> logging.Handler:
+def setup_console_logging(
+    *, context: str, loglevel: str = "info", json_lines: bool = False
+) -> logging.Handler:
     """Route the root logger to stderr (foreground instance); returns the handler. Lines carry
     no time stamp when stderr is systemd's journal (:func:`stderr_is_journal`)."""
     handler = logging.StreamHandler(sys.stderr)
     _install(handler, context, loglevel, JOURNAL_FORMAT if stderr_is_journal() else LOG_FORMAT)
+    if json_lines:
+        handler.setFormatter(JsonLineFormatter(context))
     return handler
 
 

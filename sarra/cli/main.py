@@ -191,7 +191,9 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     if supervisor.isdigit():  # a child of ``supervise``: stays attached, logs to stderr
         set_parent_death_signal(int(supervisor))
         write_pid_file(inst.pid_path, os.getpid())
-        handler = setup_console_logging(context=inst.label, loglevel=verbs.loglevel(cfg))
+        handler = setup_console_logging(
+            context=inst.label, loglevel=verbs.loglevel(cfg), json_lines=cfg.log_format == "json"
+        )
     else:
         daemonize(inst.pid_path)
         handler = setup_file_logging(
@@ -200,6 +202,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
             loglevel=verbs.loglevel(cfg),
             backups=cfg.logrotate,
             mode=cfg.chmod_log,
+            json_lines=cfg.log_format == "json",
         )
     sys.stdout = RedactingStream(sys.__stdout__ or sys.stdout)
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)

@@ -438,7 +438,13 @@ def run_instance(
     component: Component, cfg: Settings, context: str, number: int, console: bool
 ) -> int:
     """Run one instance of ``component`` in this process until it returns or is signalled."""
-    handler = setup_console_logging(context=context, loglevel=loglevel(cfg)) if console else None
+    handler = (
+        setup_console_logging(
+            context=context, loglevel=loglevel(cfg), json_lines=cfg.log_format == "json"
+        )
+        if console
+        else None
+    )
     stop_event = threading.Event()
     restore = install_stop_handlers(stop_event)
     line = None

@@ -722,6 +722,10 @@ OPTIONS: tuple[Option, ...] = (
     _o("loglevel", S, "info", "log level", _ALL, ("ll", "logLevel"),
        choices=("debug", "info", "warning", "error", "critical", "none")),
     _o("debug", B, False, "same as loglevel debug", _ALL),
+    _o("log_format", S, "text", "instance log lines: text, or json (one JSON object per line: "
+       "time, level, context component/config/instance, logger, message; passwords masked; "
+       "stray output such as a plugin's print stays text)",
+       _ALL, ("logFormat",), choices=("text", "json")),
     _o("quiet", B, False, "no live progress line on a terminal (sr_post, and the foreground "
        "instance of a consuming component); there is none when output is not a terminal",
        _ALL, ("q",)),

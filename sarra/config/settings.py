@@ -140,6 +140,7 @@ class Settings(SettingsBase):
     tls_rigour: str
     loglevel: str
     debug: bool
+    log_format: str
     quiet: bool
     logrotate: int
     help: bool

@@ -237,3 +237,23 @@ def test_chmod_log_sets_the_mode_of_instance_logs(cli: Cli) -> None:
         time.sleep(0.05)
     assert cli("stop", "feed") == 0
     assert log.stat().st_mode & 0o777 == 0o640
+
+
+def test_log_format_json_makes_every_instance_log_line_a_json_object(cli: Cli) -> None:
+    import json
+
+    (cli.config_dir / "subscribe" / "feed.conf").write_text(
+        "instances 1\nlog_format json\nbroker amqps://feeder:TopSecret@broker.example/\n"
+    )
+    assert cli("start", "feed") == 0, cli.out
+    log = cli.logs / "sr_subscribe_feed_001.log"
+    for _ in range(200):  # the heartbeat component logs the broker once it runs
+        if log.exists() and "logged broker" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert cli("stop", "feed") == 0
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(r["message"].startswith("instance subscribe/feed/001 started") for r in records)
+    logged = [r for r in records if r["message"].startswith("logged broker")]
+    assert logged and logged[0]["context"] == "subscribe/feed/001"
+    assert "TopSecret" not in log.read_text()

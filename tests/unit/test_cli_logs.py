@@ -42,3 +42,29 @@ def test_stderr_is_the_journal_only_when_journal_stream_names_it(tmp_path, monke
         assert not stderr_is_journal({})
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # no file descriptor
     assert not stderr_is_journal({"JOURNAL_STREAM": "1:2"})
+
+
+def test_json_lines_are_one_object_per_line_with_passwords_masked(tmp_path):
+    import json
+
+    path = tmp_path / "sr_subscribe_obs_001.log"
+    handler = setup_file_logging(
+        path, context="subscribe/obs/001", follow_stdio=False, json_lines=True
+    )
+    try:
+        log = logging.getLogger("sarra.test.json")
+        log.info("connected to %s", "amqp://bob:hunter2@pump.example.com/")
+        try:
+            raise ValueError("amqps://eve:s3cret@x/ refused")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        remove_handler(handler)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first, second = (json.loads(line) for line in lines)  # nothing but JSON, one per line
+    assert first["context"] == "subscribe/obs/001"
+    assert first["level"] == "INFO" and first["logger"] == "sarra.test.json"
+    assert first["message"] == "connected to amqp://bob:***@pump.example.com/"
+    assert first["time"].endswith("Z") and "T" in first["time"]
+    assert "ValueError" in second["exception"] and "s3cret" not in second["exception"]
+    assert "hunter2" not in path.read_text()
