@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -35,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -46,7 +48,13 @@ sys.path.insert(0, str(ROOT))
 
 import amqp  # noqa: E402
 
-from bench.peers import TreeSampler, declare_queue, log_timestamps  # noqa: E402
+from bench.peers import (  # noqa: E402
+    TreeSampler,
+    _status_kib,
+    declare_queue,
+    log_timestamps,
+    process_tree,
+)
 from tests.interop.peers import (  # noqa: E402
     SR2_POSTED_LINE,
     SR3_POSTED_LINE,
@@ -63,10 +71,65 @@ from tests.interop.peers import (  # noqa: E402
 from tests.servers import rabbitmq as rabbit_mod  # noqa: E402
 from tests.servers.nginx import start_nginx  # noqa: E402
 
-SIDES = ("ours", "sr3", "sr2")
+SIDES = ("ours", "sr3", "sr2", "floor")
+FLOOR = [sys.executable, str(ROOT / "bench" / "floor.py")]
+TMPFS = Path("/dev/shm")
 OURS_DOWNLOADED = "201 Downloaded"
-OURS_POSTED = "posted "  # "posted N notices to X in S s (R/s)", the one summary line
-DEFAULT_CHECKSUM = {"ours": "d (md5)", "sr2": "d (md5)", "sr3": "s (sha512)"}
+# the one summary line: "posted F file(s) (N notices) to X in S s (R/s); ..." (formerly
+# "posted N notices to X in S s")
+OURS_POSTED_RE = re.compile(r"posted (?:\d+ file\(s\) \()?(\d+) notices\)? to .* in ([\d.]+)s")
+DEFAULT_CHECKSUM = {
+    "ours": "d (md5)",
+    "sr2": "d (md5)",
+    "sr3": "s (sha512)",
+    "floor": "d (no files read)",
+}
+
+
+def fs_type(path: Path) -> str:
+    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
+    best, kind = "", "?"
+    with contextlib.suppress(OSError), open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[1].replace("\\040", " ")
+            inside = str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")
+            if inside and len(mnt) >= len(best):
+                best, kind = mnt, fields[2]
+    return kind
+
+
+class InstanceSampler:
+    """Peak RSS per instance: every ``roots()`` pid (asked on each sample, since daemon
+    instances write their pid files after ``start`` returns) is one instance, its peak the
+    larger of its tree's summed VmRSS and any of its processes' VmHWM."""
+
+    def __init__(self, roots: Callable[[], list[int]], interval: float = 0.02) -> None:
+        self.roots, self.interval = roots, interval
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-instances", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for root in self.roots():
+                pids = process_tree(root)
+                if not pids:
+                    continue
+                peak = max(sum(_status_kib(p, "VmRSS") for p in pids),
+                           max(_status_kib(p, "VmHWM") for p in pids))  # fmt: skip
+                self.peaks[root] = max(self.peaks.get(root, 0), peak)
+            self._stop.wait(self.interval)
+
+    def start(self) -> InstanceSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int]:
+        """Stop sampling; the peak of each instance seen, in KiB."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return sorted(self.peaks.values(), reverse=True)
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -202,11 +265,12 @@ def ours_post_cmd(site: OurSite, base_url: str, www: Path, exchange: str,
 
 
 def ours_posted_rate(text: str) -> float:
-    """Notices/s from our summary line (timed from connected to last confirm)."""
+    """Notices/s from our summary line (timed from connected to last confirm): ``posted N
+    notices to X in S s`` or ``posted F file(s) (N notices) to X in S s``."""
     for line in text.splitlines():
-        if OURS_POSTED in line and " notices to " in line:
-            words = line.split(OURS_POSTED, 1)[1].split()
-            n, seconds = int(words[0]), float(words[words.index("in") + 1].rstrip("s"))
+        m = OURS_POSTED_RE.search(line)
+        if m:
+            n, seconds = int(m[1]), float(m[2])
             return n / seconds if seconds > 0 else 0.0
     return 0.0
 
@@ -283,12 +347,19 @@ def run_post(side: str, ctx: Ctx, paths: list[Path]) -> PostFigures:
         if side == "ours":
             site = OurSite(home, ctx.node.port)
             cmd, env = ours_post_cmd(site, ctx.base_url, ctx.www, exchange, paths), site.env
+        elif side == "floor":  # the broker's ceiling: pipelined confirms, no files
+            cmd = [*FLOOR, "publish", "--port", str(ctx.node.port), "--exchange", exchange,
+                   "--base-url", ctx.base_url, "--count", str(len(paths))]  # fmt: skip
+            env = ours_env()
         else:
             cmd, env = peer_post_cmd(side, home, ctx, exchange, paths), peer_env(home)
         seconds, peak = measured(cmd, env, home, log)
         text = log.read_text(errors="replace")
         if side == "ours":
             steady = ours_posted_rate(text)
+        elif side == "floor":
+            done = json.loads(text.strip().splitlines()[-1])
+            steady = done["messages"] / done["seconds"] if done["seconds"] > 0 else 0.0
         else:
             stamps = log_timestamps(text, SR2_POSTED_LINE if side == "sr2" else SR3_POSTED_LINE)
             span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
@@ -309,76 +380,128 @@ class SubFigures:
     seconds: float  # spawn until all files were in the destination
     first_file_seconds: float  # spawn until the first file appeared (start-up)
     steady_rate: float  # files/s from the side's log (first to last download line)
-    peak_rss_kib: int
+    peak_rss_kib: int  # the highest instance's peak
     settings: str
     queued: int  # queue depth before the subscriber started
+    instance_peaks_kib: list[int]  # each instance's peak RSS (its process tree)
 
     @property
     def rate(self) -> float:
         return self.files / self.seconds if self.seconds else 0.0
 
 
-class Runner:
-    """A subscriber process, one of the three sides, with a uniform start/stop."""
+def our_instances(side: str) -> int:
+    """1 for ``ours``; N for ``oursN`` (``--instances N``)."""
+    return int(side[4:]) if side.startswith("ours") and side[4:].isdigit() else 1
 
-    def __init__(self, side: str, ctx: Ctx, exchange: str, dest: Path) -> None:
-        self.side, self.ctx, self.exchange, self.dest = side, ctx, exchange, dest
+
+def side_label(side: str, bench: str) -> str:
+    if side == "floor" and bench == "post":
+        return "ceil"
+    n = our_instances(side)
+    return f"ours x{n}" if n > 1 else side
+
+
+class Runner:
+    """A subscriber, one of the sides, with a uniform declare/start/stop.
+
+    ``ours`` is one ``sr_subscribe foreground`` process; ``oursN`` is ``sr_subscribe start``
+    with ``instances N`` (daemons, found by their pid files), and then ``ours`` is
+    ``sr_subscribe start`` with ``instances 1`` so that both pay the same start-up; ``floor``
+    is ``floor.py subscribe``; sr2 and sr3 are the peers' foreground subscribers."""
+
+    def __init__(self, side: str, ctx: Ctx, exchange: str, dest: Path, want: int) -> None:
+        self.side, self.ctx, self.exchange, self.dest, self.want = side, ctx, exchange, dest, want
         self.queue = f"q_guest.bench.{side}.{secrets.token_hex(4)}"
-        self.root = ctx.fresh(f"b_{side}")
+        self.root = ctx.fresh_state(f"b_{side}")  # our config and state: on --dest-fs
         self.proc: subprocess.Popen[bytes] | None = None
         self.peer: Sr2Subscriber | Sr3Subscriber | None = None
-        if side == "ours":
+        self.instances = our_instances(side)
+        self.daemon = side.startswith("ours") and ctx.instances > 1
+        if side.startswith("ours"):
             self.site = OurSite(self.root, ctx.node.port)
             self.site.write("subscribe", "bench", [
                 f"broker {self.site.broker}", f"exchange {exchange}",
                 f"queue_name {self.queue}", "expire 1h", "subtopic #", "report_back off",
                 *([f"transfer_threads {ctx.threads}"] if ctx.threads else []),
+                *([f"instances {self.instances}"] if self.daemon else []),
                 "mirror on", "base_url_private on",  # the bench web server is on loopback
                 f"directory {dest}", "accept .*",
             ])  # fmt: skip
-            self.settings = f"transfer_threads {ctx.threads or 'default (4)'}, report_back off"
+            self.settings = (f"{'sr_subscribe start' if self.daemon else 'foreground'}, "
+                             f"{self.instances} instance(s), transfer_threads "
+                             f"{ctx.threads or 'default (4)'}, report_back off")  # fmt: skip
+        elif side == "floor":
+            self.settings = "bench/floor.py: prefetch 200, syncfs and ack per 100 files"
         elif side == "sr2":
             self.settings = "report_back False (single-threaded)"
         else:
             self.settings = "defaults (single flow process, no reports)"
 
     def declare(self) -> None:
-        if self.side == "ours":
+        if self.side.startswith("ours"):
             subprocess.run([ours_bin("sr_subscribe"), "declare", "bench"], env=self.site.env,
                            check=True, capture_output=True)  # fmt: skip
+        elif self.side == "floor":
+            self.ctx.amqp.ch.queue_declare(self.queue, durable=True, auto_delete=False)
+            self.ctx.amqp.ch.queue_bind(self.queue, self.exchange, "v02.post.#")
         else:
             declare_queue(self.side, self.root / "declare", self.ctx.node.url(), self.exchange,
                           self.root / "declare_dest", queue=self.queue,
                           bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
 
-    def start(self) -> int:
-        """Spawn; return the pid of the process tree's root."""
-        if self.side == "ours":
-            log = (self.root / "subscribe.log").open("wb")
-            self.proc = subprocess.Popen(
-                [ours_bin("sr_subscribe"), "foreground", "bench"], env=self.site.env,
-                cwd=self.root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-            log.close()
-            return self.proc.pid
-        cls = Sr2Subscriber if self.side == "sr2" else Sr3Subscriber
-        extra = ["report_back False"] if self.side == "sr2" else []
-        self.peer = cls(self.root / "run", self.ctx.node.url(), self.exchange, self.dest,
-                        queue=self.queue, extra=extra,
-                        bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
-        self.peer.start()  # the queue is bound already: returns after one probe
-        return self.peer.pid
+    def _spawn(self, cmd: list[str], env: dict[str, str]) -> int:
+        with (self.root / "subscribe.log").open("wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+        return self.proc.pid
+
+    def start(self) -> None:
+        if self.side.startswith("ours") and not self.daemon:
+            self._spawn([ours_bin("sr_subscribe"), "foreground", "bench"], self.site.env)
+        elif self.side.startswith("ours"):
+            subprocess.run([ours_bin("sr_subscribe"), "start", "bench"], env=self.site.env,
+                           check=True, capture_output=True, cwd=self.root)  # fmt: skip
+        elif self.side == "floor":
+            self._spawn([*FLOOR, "subscribe", "--port", str(self.ctx.node.port), "--queue",
+                         self.queue, "--dest", str(self.dest), "--count", str(self.want)],
+                        ours_env())  # fmt: skip
+        else:
+            cls = Sr2Subscriber if self.side == "sr2" else Sr3Subscriber
+            extra = ["report_back False"] if self.side == "sr2" else []
+            self.peer = cls(self.root / "run", self.ctx.node.url(), self.exchange, self.dest,
+                            queue=self.queue, extra=extra,
+                            bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
+            self.peer.start()  # the queue is bound already: returns after one probe
+
+    def roots(self) -> list[int]:
+        """The pid of each instance's process tree."""
+        if self.proc is not None:
+            return [self.proc.pid]
+        if self.peer is not None and self.peer.process is not None:
+            return [self.peer.pid]
+        out = []
+        state = self.root / "state" / "subscribe" / "bench"
+        for p in state.glob("sr_subscribe_bench_*.pid") if state.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                out.append(int(p.read_text().split()[0]))
+        return out
 
     def alive(self) -> bool:
         if self.proc is not None:
-            return self.proc.poll() is None
-        return self.peer is not None and self.peer.process is not None and \
-            self.peer.process.poll() is None  # fmt: skip
+            # the floor exits by itself once it has all the files
+            return self.proc.poll() is None or (self.side == "floor" and self.proc.returncode == 0)
+        if self.peer is not None:
+            return self.peer.process is not None and self.peer.process.poll() is None
+        return True  # daemons: the deadline catches a dead one
 
     def stop(self) -> None:
         if self.peer is not None:
             self.peer.stop()
+        if self.daemon:
+            subprocess.run([ours_bin("sr_subscribe"), "stop", "bench"], env=self.site.env,
+                           capture_output=True, cwd=self.root)  # fmt: skip
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -391,10 +514,19 @@ class Runner:
     def log_text(self) -> str:
         if self.peer is not None:
             return self.peer.log_text()
-        return (self.root / "subscribe.log").read_text(errors="replace")
+        return "".join(p.read_text(errors="replace") for p in sorted(self.root.rglob("*.log")))
 
-    def downloaded_line(self) -> str:
-        return self.peer.downloaded_line if self.peer is not None else OURS_DOWNLOADED
+    def steady_rate(self) -> float:
+        """Files/s from the first to the last file, from the side's own record."""
+        if self.side == "floor":
+            lines = self.log_text().strip().splitlines()
+            done = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+            span = done.get("last", 0.0) - done.get("first", 0.0)
+            return (done["files"] - 1) / span if span > 0 else 0.0
+        line = self.peer.downloaded_line if self.peer is not None else OURS_DOWNLOADED
+        stamps = sorted(log_timestamps(self.log_text(), line))
+        span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
+        return (len(stamps) - 1) / span if span > 0 else 0.0
 
 
 def count_done(dest: Path, suffix: str = ".bin") -> int:
@@ -419,20 +551,21 @@ def verify(www: Path, dest: Path, paths: list[Path]) -> int:
 def run_subscribe(side: str, ctx: Ctx, paths: list[Path]) -> SubFigures:
     exchange = f"x_bench_b_{side}_{secrets.token_hex(3)}"
     ctx.amqp.exchange(exchange)
-    dest = ctx.fresh(f"dest_{side}") / "dest"
-    runner = Runner(side, ctx, exchange, dest)
+    dest = ctx.fresh_state(f"dest_{side}") / "dest"
+    want = len(paths)
+    runner = Runner(side, ctx, exchange, dest, want)
     runner.declare()
     # the same messages for every side: our poster fills the queue
     poster = OurSite(ctx.fresh(f"b_post_{side}"), ctx.node.port)
     subprocess.run(ours_post_cmd(poster, ctx.base_url, ctx.www, exchange, paths),
                    env=poster.env, check=True, capture_output=True)  # fmt: skip
-    queued = ctx.amqp.settled_depth(runner.queue, len(paths))
-    want = len(paths)
+    queued = ctx.amqp.settled_depth(runner.queue, want)
     first = 0.0
+    sampler = InstanceSampler(runner.roots)
     t0 = time.monotonic()
-    pid = runner.start()
-    sampler = TreeSampler(pid).start()
     try:
+        runner.start()
+        sampler.start()
         deadline = t0 + ctx.timeout
         while True:
             n = count_done(dest) if dest.exists() else 0
@@ -449,15 +582,15 @@ def run_subscribe(side: str, ctx: Ctx, paths: list[Path]) -> SubFigures:
             time.sleep(0.05)
         seconds = time.monotonic() - t0
     finally:
-        peak = sampler.stop()
+        peaks = sampler.stop()
         runner.stop()
-    stamps = log_timestamps(runner.log_text(), runner.downloaded_line())
-    span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
-    steady = (len(stamps) - 1) / span if span > 0 else 0.0
+    steady = runner.steady_rate()
     good = verify(ctx.www, dest, paths)
     ctx.amqp.delete(runner.queue)
     shutil.rmtree(dest, ignore_errors=True)
-    return SubFigures(side, good, seconds, first, steady, peak, runner.settings, queued)
+    shutil.rmtree(runner.root, ignore_errors=True)
+    return SubFigures(side, good, seconds, first, steady, max(peaks, default=0),
+                      runner.settings, queued, peaks)  # fmt: skip
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -472,10 +605,16 @@ class Ctx:
     amqp: Amqp
     threads: int | None
     timeout: float
+    state_dir: Path  # where subscribers' destinations and state go (--dest-fs)
+    instances: int  # --instances
 
     def fresh(self, prefix: str) -> Path:
         """A new empty directory in the work area (every run of every side gets its own)."""
         return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=self.work))
+
+    def fresh_state(self, prefix: str) -> Path:
+        """A new empty directory on the --dest-fs file system (destination, config, state)."""
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}_", dir=self.state_dir))
 
 
 def mib(kib: float) -> float:
@@ -490,12 +629,16 @@ def fmt_ratio(r: float | None) -> str:
     return f"{r:.2f}" if r is not None else "-"
 
 
+def pct(r: float | None) -> str:
+    return f"{100 * r:.0f} %" if r is not None else "-"
+
+
 def median_of(runs: list[Any], attr: str) -> float:
     return float(statistics.median(getattr(r, attr) for r in runs))
 
 
 def summarize(name: str, runs: dict[str, list[Any]], unit: str) -> list[dict[str, Any]]:
-    """Rows (medians over repeats) for one benchmark; ratios are ours / sr3."""
+    """Rows (medians over repeats; peak RSS the maximum) for one benchmark."""
     rows = []
     for side, rs in runs.items():
         if not rs:
@@ -506,23 +649,30 @@ def summarize(name: str, runs: dict[str, list[Any]], unit: str) -> list[dict[str
             "seconds": median_of(rs, "seconds"), "rate": median_of(rs, "rate"),
             "steady_rate": median_of(rs, "steady_rate"),
             "peak_rss_mib": mib(max(r.peak_rss_kib for r in rs)),
+            "instances": our_instances(side) if side.startswith("ours") else 1,
         })  # fmt: skip
     return rows
 
 
+def by_side(rows: list[dict[str, Any]], bench: str) -> dict[str, dict[str, Any]]:
+    return {r["side"]: r for r in rows if r["bench"] == bench}
+
+
 def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
-    head = (f"{'bench':<10} {'side':<5} {'count':>5} {'wall s':>7} {'rate':>8} "
-            f"{'steady':>8} {'peak MiB':>8}  unit")  # fmt: skip
+    head = (f"{'bench':<10} {'side':<7} {'count':>5} {'wall s':>7} {'rate':>8} "
+            f"{'steady':>8} {'% floor':>7} {'MiB/inst':>8}  unit")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['bench']:<10} {r['side']:<5} {r['count']:>5} {r['seconds']:>7.2f} "
-              f"{r['rate']:>8.1f} {r['steady_rate']:>8.1f} {r['peak_rss_mib']:>8.1f}  "
-              f"{r['unit']}")  # fmt: skip
+        floor = by_side(rows, r["bench"]).get("floor")
+        frac = ratio(r["rate"], floor["rate"]) if floor and r["side"] != "floor" else None
+        print(f"{r['bench']:<10} {side_label(r['side'], r['bench']):<7} {r['count']:>5} "
+              f"{r['seconds']:>7.2f} {r['rate']:>8.1f} {r['steady_rate']:>8.1f} "
+              f"{pct(frac) if frac else '':>7} {r['peak_rss_mib']:>8.1f}  {r['unit']}")  # fmt: skip
     print()
     print("ratios ours / sr3 (rate: wall clock incl. start-up; steady: from the logs)")
     for bench in dict.fromkeys(r["bench"] for r in rows):
-        by = {r["side"]: r for r in rows if r["bench"] == bench}
+        by = by_side(rows, bench)
         if "ours" not in by or "sr3" not in by:
             print(f"  {bench}: no ours/sr3 pair")
             continue
@@ -536,6 +686,46 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
             f"  {bench}: rate x{fmt_ratio(rr)}, steady x{fmt_ratio(sr)} (target >= {tgt:g}: "
             f"{ok_rate} on wall rate); peak RSS x{fmt_ratio(mr)} (target <= 1: {ok_mem})"
         )
+    print("fractions of the floor, same run (post: of the broker's pipelined-confirm ceiling)")
+    for bench in dict.fromkeys(r["bench"] for r in rows):
+        by = by_side(rows, bench)
+        if "floor" not in by:
+            print(f"  {bench}: no floor side in this run")
+            continue
+        f = by["floor"]
+        for side, r in by.items():
+            if side == "floor":
+                continue
+            print(f"  {bench} {side_label(side, bench)}: rate {pct(ratio(r['rate'], f['rate']))}"
+                  f", steady {pct(ratio(r['steady_rate'], f['steady_rate']))} of the "
+                  f"{'ceiling' if bench == 'post' else 'floor'}")  # fmt: skip
+    by = by_side(rows, "subscribe")
+    for side, r in by.items():
+        if side.startswith("ours") and side != "ours" and "ours" in by:
+            o = by["ours"]
+            print(f"instances: ours x{r['instances']} / ours x1: rate "
+                  f"x{fmt_ratio(ratio(r['rate'], o['rate']))}, steady "
+                  f"x{fmt_ratio(ratio(r['steady_rate'], o['steady_rate']))}; peak RSS per "
+                  f"instance {r['peak_rss_mib']:.1f} vs {o['peak_rss_mib']:.1f} MiB")  # fmt: skip
+
+
+def gross_regressions(rows: list[dict[str, Any]]) -> list[str]:
+    """``--check``: ours slower than sr3 on any line, or under a quarter of the floor (wall
+    clock rates, start-up included, as the "met" words above)."""
+    found = []
+    for bench in dict.fromkeys(r["bench"] for r in rows):
+        by = by_side(rows, bench)
+        for side, r in by.items():
+            if not side.startswith("ours"):
+                continue
+            label = side_label(side, bench)
+            if "sr3" in by and r["rate"] < by["sr3"]["rate"]:
+                found.append(f"{bench}: {label} {r['rate']:.1f} {r['unit']} is slower than "
+                             f"sr3's {by['sr3']['rate']:.1f}")  # fmt: skip
+            if "floor" in by and r["rate"] < 0.25 * by["floor"]["rate"]:
+                found.append(f"{bench}: {label} {r['rate']:.1f} {r['unit']} is under a quarter "
+                             f"of the floor's {by['floor']['rate']:.1f}")  # fmt: skip
+    return found
 
 
 def peer_versions() -> dict[str, str]:
@@ -551,16 +741,32 @@ def peer_versions() -> dict[str, str]:
 @contextlib.contextmanager
 def environment(args: argparse.Namespace) -> Iterator[Ctx]:
     work = Path(tempfile.mkdtemp(prefix="sarra-bench-"))
+    state_dir = work / "state"
+    if args.dest_fs == "tmpfs":
+        state_dir = Path(tempfile.mkdtemp(prefix="sarra-bench-", dir=TMPFS))
+    state_dir.mkdir(exist_ok=True)
     node = None
     stop_web: Callable[[], None] | None = None
     broker = None
     try:
-        print(f"bench directory {work}; starting RabbitMQ and nginx on loopback ...", flush=True)
+        print(f"bench directory {work}; destinations and state in {state_dir} "
+              f"({fs_type(state_dir)}); starting RabbitMQ and nginx on loopback ...",
+              flush=True)  # fmt: skip
         node = start_broker()
         www = work / "www"
         web, stop_web = start_nginx(work / "nginx", www)
         broker = Amqp(node.port)
-        yield Ctx(work, node, web.base_url, www, broker, args.threads, args.timeout)
+        yield Ctx(
+            work,
+            node,
+            web.base_url,
+            www,
+            broker,
+            args.threads,
+            args.timeout,
+            state_dir,
+            args.instances,
+        )
     finally:
         if broker is not None:
             broker.close()
@@ -570,9 +776,10 @@ def environment(args: argparse.Namespace) -> Iterator[Ctx]:
             node.stop()
             shutil.rmtree(node.base_dir, ignore_errors=True)
         if args.keep:
-            print(f"kept {work}")
+            print(f"kept {work} and {state_dir}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def main() -> int:
@@ -580,31 +787,48 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--size", type=int, default=2048, help="bytes per file")
     ap.add_argument("--dirs", type=int, default=4, help="subdirectories the files are spread over")
-    ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated: ours,sr3,sr2")
+    ap.add_argument("--sides", default=",".join(SIDES),
+                    help="comma-separated: ours,sr3,sr2,floor")  # fmt: skip
     ap.add_argument("--only", choices=("post", "subscribe"), help="run one benchmark only")
     ap.add_argument("--repeat", type=int, default=3, help="runs per side (medians reported)")
     ap.add_argument(
         "--threads", type=int, default=None, help="our transfer_threads (default: our default, 4)"
     )
+    ap.add_argument("--instances", type=int, default=1,
+                    help="N > 1 adds the side ours x N (sr_subscribe start, instances N) to the "
+                         "subscribe benchmark, beside ours x 1")  # fmt: skip
+    ap.add_argument("--dest-fs", choices=("disk", "tmpfs"), default="disk",
+                    help="where subscribers' destinations and our state go: the work directory "
+                         f"($TMPDIR) or a tmpfs ({TMPFS})")  # fmt: skip
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 on a gross regression: ours slower than sr3 on any line, or "
+                         "under a quarter of the floor (wall-clock rates)")  # fmt: skip
     ap.add_argument("--timeout", type=float, default=240.0, help="per subscriber run, seconds")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     sides = [s for s in args.sides.split(",") if s]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown:
+        ap.error(f"unknown side(s) {', '.join(unknown)}; known: {', '.join(SIDES)}")
+    sub_sides = list(sides)
+    if args.instances > 1 and "ours" in sides:
+        sub_sides.insert(sides.index("ours") + 1, f"ours{args.instances}")
     started = time.time()
     post_runs: dict[str, list[PostFigures]] = {s: [] for s in sides}
-    sub_runs: dict[str, list[SubFigures]] = {s: [] for s in sides}
+    sub_runs: dict[str, list[SubFigures]] = {s: [] for s in sub_sides}
     problems: list[str] = []
     with environment(args) as ctx:
         paths = make_tree(ctx.www, args.files, args.size, args.dirs)
         warm_up()
         print(f"{len(paths)} files of {args.size} B in {args.dirs} directories; "
-              f"sides {', '.join(sides)}", flush=True)  # fmt: skip
+              f"sides {', '.join(sub_sides)}", flush=True)  # fmt: skip
         for rep in range(args.repeat):
             for side in sides if args.only != "subscribe" else []:
-                print(f"[{rep + 1}] A post      {side} ...", end=" ", flush=True)
+                print(f"[{rep + 1}] A post      {side_label(side, 'post')} ...", end=" ",
+                      flush=True)  # fmt: skip
                 try:
                     pf = run_post(side, ctx, paths)
-                except (PeerError, subprocess.SubprocessError, OSError) as e:
+                except (PeerError, subprocess.SubprocessError, OSError, ValueError) as e:
                     problems.append(f"post {side}: {str(e)[:2000]}")
                     print("FAILED")
                     continue
@@ -612,33 +836,40 @@ def main() -> int:
                 print(f"{pf.seconds:.2f}s, {pf.messages} msgs on the broker")
                 if pf.messages != len(paths):
                     problems.append(f"post {side}: broker got {pf.messages} of {len(paths)}")
-            for side in sides if args.only != "post" else []:
-                print(f"[{rep + 1}] B subscribe {side} ...", end=" ", flush=True)
+            for side in sub_sides if args.only != "post" else []:
+                print(f"[{rep + 1}] B subscribe {side_label(side, 'subscribe')} ...", end=" ",
+                      flush=True)  # fmt: skip
                 try:
                     sf = run_subscribe(side, ctx, paths)
-                except (PeerError, subprocess.SubprocessError, OSError) as e:
+                except (PeerError, subprocess.SubprocessError, OSError, ValueError) as e:
                     problems.append(f"subscribe {side}: {str(e)[:2000]}")
                     print("FAILED")
                     continue
                 sub_runs[side].append(sf)
-                print(f"{sf.seconds:.2f}s, {sf.files} files verified (queued {sf.queued})")
+                print(f"{sf.seconds:.2f}s, {sf.files} files verified (queued {sf.queued}); "
+                      f"peak MiB per instance "
+                      f"{', '.join(f'{mib(k):.1f}' for k in sf.instance_peaks_kib)}")  # fmt: skip
                 if sf.files != len(paths) or sf.queued != len(paths):
                     problems.append(f"subscribe {side}: {sf.files} of {len(paths)} verified, "
                                     f"queue held {sf.queued}")  # fmt: skip
+        state_fs = fs_type(ctx.state_dir)
     rows = summarize("post", post_runs, "msg/s") + summarize("subscribe", sub_runs, "files/s")
     print()
-    print(f"{args.files} files x {args.size} B; host {platform.node()}, {os.cpu_count()} cpus, "
+    print(f"{args.files} files x {args.size} B; destinations and state on {args.dest_fs} "
+          f"({state_fs}); host {platform.node()}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}; total {time.time() - started:.0f}s")  # fmt: skip
     print_table(rows, {"post": 3.0, "subscribe": 3.0})
     for side, subs in sub_runs.items():
         if subs:
-            print(f"  subscribe {side}: {subs[0].settings}; start-up to first file "
-                  f"{statistics.median(r.first_file_seconds for r in subs):.2f}s")  # fmt: skip
+            print(f"  subscribe {side_label(side, 'subscribe')}: {subs[0].settings}; start-up "
+                  f"to first file {statistics.median(r.first_file_seconds for r in subs):.2f}s"
+                  )  # fmt: skip
     for side, posts in post_runs.items():
         if posts:
-            print(f"  post {side}: default checksum {posts[0].checksum}")
+            print(f"  post {side_label(side, 'post')}: default checksum {posts[0].checksum}")
     for p in problems:
         print(f"PROBLEM: {p.splitlines()[0]}")
+    regressions = gross_regressions(rows) if args.check else []
     out_dir = ROOT / "bench" / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"core-{time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -647,15 +878,28 @@ def main() -> int:
         "host": platform.node(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
         "python": platform.python_version(), "peers": peer_versions(),
         "files": args.files, "size": args.size, "dirs": args.dirs, "repeat": args.repeat,
+        "dest_fs": args.dest_fs, "dest_fs_type": state_fs, "instances": args.instances,
         "subscribe_messages_posted_by": "ours (sr_post, sum d)",
         "summary": rows,
         "runs": {"post": {s: [asdict(r) | {"rate": r.rate} for r in rs]
                           for s, rs in post_runs.items()},
                  "subscribe": {s: [asdict(r) | {"rate": r.rate} for r in rs]
                                for s, rs in sub_runs.items()}},
-        "problems": problems,
+        "problems": problems, "regressions": regressions,
     }, indent=2))  # fmt: skip
     print(f"results: {out.relative_to(ROOT)}")
+    if args.check:
+        for r in regressions:
+            print(f"CHECK FAILED: {r}")
+        missing = [f"{b} {s}" for b, runs in (("post", post_runs), ("subscribe", sub_runs))
+                   for s, rs in runs.items() if not rs and args.only in (None, b)]  # fmt: skip
+        for m in missing:
+            print(f"CHECK FAILED: no run of {m}")
+        bad = regressions or missing or problems
+        print("check: " + ("FAILED" if bad else
+                           "no gross regression (ours >= sr3, >= 1/4 of the floor)"))  # fmt: skip
+        if regressions or missing:
+            return 1
     return 1 if problems else 0
 
 
