@@ -72,6 +72,8 @@ from tests.servers import rabbitmq as rabbit_mod  # noqa: E402
 from tests.servers.nginx import start_nginx  # noqa: E402
 
 SIDES = ("ours", "sr3", "sr2", "floor")
+V03_SIDES = {"ours": "ours-v03", "sr3": "sr3-v03"}  # --v03 adds these
+OURS_V03_POST = ["post_format v03", "post_topic_prefix v03"]
 FLOOR = [sys.executable, str(ROOT / "bench" / "floor.py")]
 TMPFS = Path("/dev/shm")
 OURS_DOWNLOADED = "201 Downloaded"
@@ -83,7 +85,18 @@ DEFAULT_CHECKSUM = {
     "sr2": "d (md5)",
     "sr3": "s (sha512)",
     "floor": "d (no files read)",
+    "ours-v03": "d (md5, identity method md5)",
+    "sr3-v03": "s (sha512)",
 }
+
+
+def v03(side: str) -> bool:
+    return side.endswith("-v03")
+
+
+def sr3_pair(side: str) -> str:
+    """The sr3 side an ours side is compared with (same wire format)."""
+    return "sr3-v03" if v03(side) else "sr3"
 
 
 def fs_type(path: Path) -> str:
@@ -256,10 +269,10 @@ def ours_bin(name: str) -> str:
 
 
 def ours_post_cmd(site: OurSite, base_url: str, www: Path, exchange: str,
-                  paths: list[Path]) -> list[str]:  # fmt: skip
+                  paths: list[Path], extra: list[str] | None = None) -> list[str]:  # fmt: skip
     cfg = site.write("post", f"bench_{exchange}", [
         f"post_broker {site.broker}", f"post_exchange {exchange}",
-        f"post_base_url {base_url}", f"post_base_dir {www}",
+        f"post_base_url {base_url}", f"post_base_dir {www}", *(extra or []),
     ])  # fmt: skip
     return [ours_bin("sr_post"), "-c", str(cfg), *map(str, paths)]
 
@@ -320,7 +333,8 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple
 
 
 def peer_post_cmd(side: str, home: Path, ctx: Ctx, exchange: str, paths: list[Path]) -> list[str]:
-    """The same post configs as ``bench.peers.bench_post`` (v02 output, -c/--config file)."""
+    """The same post configs as ``bench.peers.bench_post`` (v02 output, -c/--config file);
+    ``sr3-v03`` is sr3_post with its defaults (v03 JSON on ``v03`` topics)."""
     bare, full, _user = _split_broker(ctx.node.url())
     common = [f"post_broker {bare}", f"post_exchange {exchange}"]
     if side == "sr2":
@@ -329,8 +343,9 @@ def peer_post_cmd(side: str, home: Path, ctx: Ctx, exchange: str, paths: list[Pa
         flag, cmd = "-c", "sr_post"
     else:
         cfg_dir = home / ".config" / "sr3"
-        lines = [*common, f"post_baseUrl {ctx.base_url}", f"post_baseDir {ctx.www}",
-                 "post_format v02", "post_topicPrefix v02.post"]  # fmt: skip
+        lines = [*common, f"post_baseUrl {ctx.base_url}", f"post_baseDir {ctx.www}"]
+        if not v03(side):
+            lines += ["post_format v02", "post_topicPrefix v02.post"]
         flag, cmd = "--config", "sr3_post"
     write_credentials(cfg_dir, [full])
     cfg = _write_config(cfg_dir / "post" / "bench.conf", lines)
@@ -344,9 +359,11 @@ def run_post(side: str, ctx: Ctx, paths: list[Path]) -> PostFigures:
     try:
         home = ctx.fresh(f"a_{side}")
         log = home / "post.log"
-        if side == "ours":
+        if side.startswith("ours"):
             site = OurSite(home, ctx.node.port)
-            cmd, env = ours_post_cmd(site, ctx.base_url, ctx.www, exchange, paths), site.env
+            extra = OURS_V03_POST if v03(side) else []
+            cmd = ours_post_cmd(site, ctx.base_url, ctx.www, exchange, paths, extra)
+            env = site.env
         elif side == "floor":  # the broker's ceiling: pipelined confirms, no files
             cmd = [*FLOOR, "publish", "--port", str(ctx.node.port), "--exchange", exchange,
                    "--base-url", ctx.base_url, "--count", str(len(paths))]  # fmt: skip
@@ -355,7 +372,7 @@ def run_post(side: str, ctx: Ctx, paths: list[Path]) -> PostFigures:
             cmd, env = peer_post_cmd(side, home, ctx, exchange, paths), peer_env(home)
         seconds, peak = measured(cmd, env, home, log)
         text = log.read_text(errors="replace")
-        if side == "ours":
+        if side.startswith("ours"):
             steady = ours_posted_rate(text)
         elif side == "floor":
             done = json.loads(text.strip().splitlines()[-1])
@@ -422,7 +439,9 @@ class Runner:
             self.site = OurSite(self.root, ctx.node.port)
             self.site.write("subscribe", "bench", [
                 f"broker {self.site.broker}", f"exchange {exchange}",
-                f"queue_name {self.queue}", "expire 1h", "subtopic #", "report_back off",
+                f"queue_name {self.queue}", "expire 1h",
+                *(["topic_prefix v03"] if v03(side) else []),  # before subtopic: it binds
+                "subtopic #", "report_back off",
                 *([f"transfer_threads {ctx.threads}"] if ctx.threads else []),
                 *([f"instances {self.instances}"] if self.daemon else []),
                 "mirror on", "base_url_private on",  # the bench web server is on loopback
@@ -437,6 +456,8 @@ class Runner:
             self.settings = "report_back False (single-threaded)"
         else:
             self.settings = "defaults (single flow process, no reports)"
+        if v03(side):
+            self.settings += "; topic_prefix v03"
 
     def declare(self) -> None:
         if self.side.startswith("ours"):
@@ -445,6 +466,15 @@ class Runner:
         elif self.side == "floor":
             self.ctx.amqp.ch.queue_declare(self.queue, durable=True, auto_delete=False)
             self.ctx.amqp.ch.queue_bind(self.queue, self.exchange, "v02.post.#")
+        elif self.side == "sr3-v03":  # run once until bound, as declare_queue does for v02
+            sub = Sr3Subscriber(self.root / "declare", self.ctx.node.url(), self.exchange,
+                                self.root / "declare_dest", queue=self.queue,
+                                topic_prefix="v03",
+                                bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
+            try:
+                sub.start()
+            finally:
+                sub.stop()
         else:
             declare_queue(self.side, self.root / "declare", self.ctx.node.url(), self.exchange,
                           self.root / "declare_dest", queue=self.queue,
@@ -472,6 +502,7 @@ class Runner:
             extra = ["report_back False"] if self.side == "sr2" else []
             self.peer = cls(self.root / "run", self.ctx.node.url(), self.exchange, self.dest,
                             queue=self.queue, extra=extra,
+                            topic_prefix="v03" if v03(self.side) else "v02.post",
                             bindings=mgmt_bindings(self.ctx.node.mgmt_get))  # fmt: skip
             self.peer.start()  # the queue is bound already: returns after one probe
 
@@ -557,7 +588,8 @@ def run_subscribe(side: str, ctx: Ctx, paths: list[Path]) -> SubFigures:
     runner.declare()
     # the same messages for every side: our poster fills the queue
     poster = OurSite(ctx.fresh(f"b_post_{side}"), ctx.node.port)
-    subprocess.run(ours_post_cmd(poster, ctx.base_url, ctx.www, exchange, paths),
+    extra = OURS_V03_POST if v03(side) else []
+    subprocess.run(ours_post_cmd(poster, ctx.base_url, ctx.www, exchange, paths, extra),
                    env=poster.env, check=True, capture_output=True)  # fmt: skip
     queued = ctx.amqp.settled_depth(runner.queue, want)
     first = 0.0
@@ -659,33 +691,35 @@ def by_side(rows: list[dict[str, Any]], bench: str) -> dict[str, dict[str, Any]]
 
 
 def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
-    head = (f"{'bench':<10} {'side':<7} {'count':>5} {'wall s':>7} {'rate':>8} "
+    head = (f"{'bench':<10} {'side':<8} {'count':>5} {'wall s':>7} {'rate':>8} "
             f"{'steady':>8} {'% floor':>7} {'MiB/inst':>8}  unit")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in rows:
         floor = by_side(rows, r["bench"]).get("floor")
         frac = ratio(r["rate"], floor["rate"]) if floor and r["side"] != "floor" else None
-        print(f"{r['bench']:<10} {side_label(r['side'], r['bench']):<7} {r['count']:>5} "
+        print(f"{r['bench']:<10} {side_label(r['side'], r['bench']):<8} {r['count']:>5} "
               f"{r['seconds']:>7.2f} {r['rate']:>8.1f} {r['steady_rate']:>8.1f} "
               f"{pct(frac) if frac else '':>7} {r['peak_rss_mib']:>8.1f}  {r['unit']}")  # fmt: skip
     print()
     print("ratios ours / sr3 (rate: wall clock incl. start-up; steady: from the logs)")
     for bench in dict.fromkeys(r["bench"] for r in rows):
         by = by_side(rows, bench)
-        if "ours" not in by or "sr3" not in by:
+        pairs = [(o, sr3_pair(o)) for o in ("ours", "ours-v03") if o in by and sr3_pair(o) in by]
+        if not pairs:
             print(f"  {bench}: no ours/sr3 pair")
-            continue
-        o, s = by["ours"], by["sr3"]
-        rr, sr = ratio(o["rate"], s["rate"]), ratio(o["steady_rate"], s["steady_rate"])
-        mr = ratio(o["peak_rss_mib"], s["peak_rss_mib"])
-        tgt = targets[bench]
-        ok_rate = "met" if rr is not None and rr >= tgt else "NOT met"
-        ok_mem = "met" if mr is not None and mr <= 1.0 else "NOT met"
-        print(
-            f"  {bench}: rate x{fmt_ratio(rr)}, steady x{fmt_ratio(sr)} (target >= {tgt:g}: "
-            f"{ok_rate} on wall rate); peak RSS x{fmt_ratio(mr)} (target <= 1: {ok_mem})"
-        )
+        for ours, sr3 in pairs:
+            o, s = by[ours], by[sr3]
+            rr, sr = ratio(o["rate"], s["rate"]), ratio(o["steady_rate"], s["steady_rate"])
+            mr = ratio(o["peak_rss_mib"], s["peak_rss_mib"])
+            tgt = targets[bench]
+            ok_rate = "met" if rr is not None and rr >= tgt else "NOT met"
+            ok_mem = "met" if mr is not None and mr <= 1.0 else "NOT met"
+            name = f"{bench} v03" if v03(ours) else bench
+            print(
+                f"  {name}: rate x{fmt_ratio(rr)}, steady x{fmt_ratio(sr)} (target >= {tgt:g}: "
+                f"{ok_rate} on wall rate); peak RSS x{fmt_ratio(mr)} (target <= 1: {ok_mem})"
+            )
     print("fractions of the floor, same run (post: of the broker's pipelined-confirm ceiling)")
     for bench in dict.fromkeys(r["bench"] for r in rows):
         by = by_side(rows, bench)
@@ -696,15 +730,24 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
         for side, r in by.items():
             if side == "floor":
                 continue
-            print(f"  {bench} {side_label(side, bench)}: rate {pct(ratio(r['rate'], f['rate']))}"
-                  f", steady {pct(ratio(r['steady_rate'], f['steady_rate']))} of the "
-                  f"{'ceiling' if bench == 'post' else 'floor'}")  # fmt: skip
+            rate, steady = ratio(r["rate"], f["rate"]), ratio(r["steady_rate"], f["steady_rate"])
+            note = ""
+            if side == "ours" and bench == "post":
+                met = "met" if steady is not None and steady >= 0.5 else "NOT met"
+                note = f" (target: steady >= 50 %: {met})"
+            elif side == "ours":
+                met = "met" if rate is not None and rate >= 0.7 else "NOT met"
+                note = f" (target on a tmpfs: rate >= 70 %: {met})"
+            print(f"  {bench} {side_label(side, bench)}: rate {pct(rate)}, steady {pct(steady)} "
+                  f"of the {'ceiling' if bench == 'post' else 'floor'}{note}")  # fmt: skip
     by = by_side(rows, "subscribe")
     for side, r in by.items():
-        if side.startswith("ours") and side != "ours" and "ours" in by:
+        if our_instances(side) > 1 and "ours" in by:
             o = by["ours"]
-            print(f"instances: ours x{r['instances']} / ours x1: rate "
-                  f"x{fmt_ratio(ratio(r['rate'], o['rate']))}, steady "
+            x = ratio(r["rate"], o["rate"])
+            met = "met" if x is not None and x >= 1.5 else "NOT met"
+            print(f"instances: ours x{r['instances']} / ours x1: rate x{fmt_ratio(x)} (target "
+                  f"on the disk >= 1.5: {met}), steady "
                   f"x{fmt_ratio(ratio(r['steady_rate'], o['steady_rate']))}; peak RSS per "
                   f"instance {r['peak_rss_mib']:.1f} vs {o['peak_rss_mib']:.1f} MiB")  # fmt: skip
 
@@ -719,9 +762,10 @@ def gross_regressions(rows: list[dict[str, Any]]) -> list[str]:
             if not side.startswith("ours"):
                 continue
             label = side_label(side, bench)
-            if "sr3" in by and r["rate"] < by["sr3"]["rate"]:
+            sr3 = by.get(sr3_pair(side))
+            if sr3 is not None and r["rate"] < sr3["rate"]:
                 found.append(f"{bench}: {label} {r['rate']:.1f} {r['unit']} is slower than "
-                             f"sr3's {by['sr3']['rate']:.1f}")  # fmt: skip
+                             f"{sr3['side']}'s {sr3['rate']:.1f}")  # fmt: skip
             if "floor" in by and r["rate"] < 0.25 * by["floor"]["rate"]:
                 found.append(f"{bench}: {label} {r['rate']:.1f} {r['unit']} is under a quarter "
                              f"of the floor's {by['floor']['rate']:.1f}")  # fmt: skip
@@ -800,6 +844,9 @@ def main() -> int:
     ap.add_argument("--dest-fs", choices=("disk", "tmpfs"), default="disk",
                     help="where subscribers' destinations and our state go: the work directory "
                          f"($TMPDIR) or a tmpfs ({TMPFS})")  # fmt: skip
+    ap.add_argument("--v03", action="store_true",
+                    help="add the v03 line: ours with post_format v03 / topic_prefix v03 "
+                         "against sr3 with its v03 defaults")  # fmt: skip
     ap.add_argument("--check", action="store_true",
                     help="exit 1 on a gross regression: ours slower than sr3 on any line, or "
                          "under a quarter of the floor (wall-clock rates)")  # fmt: skip
@@ -810,6 +857,8 @@ def main() -> int:
     unknown = [s for s in sides if s not in SIDES]
     if unknown:
         ap.error(f"unknown side(s) {', '.join(unknown)}; known: {', '.join(SIDES)}")
+    if args.v03:
+        sides += [V03_SIDES[s] for s in list(sides) if s in V03_SIDES]
     sub_sides = list(sides)
     if args.instances > 1 and "ours" in sides:
         sub_sides.insert(sides.index("ours") + 1, f"ours{args.instances}")
@@ -858,7 +907,7 @@ def main() -> int:
     print(f"{args.files} files x {args.size} B; destinations and state on {args.dest_fs} "
           f"({state_fs}); host {platform.node()}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}; total {time.time() - started:.0f}s")  # fmt: skip
-    print_table(rows, {"post": 3.0, "subscribe": 3.0})
+    print_table(rows, {"post": 7.0, "subscribe": 3.0})
     for side, subs in sub_runs.items():
         if subs:
             print(f"  subscribe {side_label(side, 'subscribe')}: {subs[0].settings}; start-up "
