@@ -15,9 +15,17 @@ B. **subscribe**: the side's own subscriber pre-declares its queue, *our* sr_pos
    start-up (first to last download line in its log), peak RSS of its process tree. Then every
    file's size and md5 are checked against the source.
 
+The ``floor`` side (``bench/floor.py``) is what this machine allows, measured in the same run:
+for B a minimal single-process subscriber doing only the irreducible durable work, for A the
+broker's pipelined-confirm ceiling with no files; every figure is also printed as a fraction
+of it. ``--dest-fs tmpfs|disk`` puts destinations and state on /dev/shm or the disk;
+``--instances N`` adds ours x N beside ours x 1; ``--v03`` adds the v03 line against sr3.
+
 A benchmark, not a test: it prints figures and ratios and writes them as JSON to
-``bench/out/core-<timestamp>.json``; it asserts no timing. It exits non-zero only when a side
-could not do the work (wrong message count, missing or corrupt files).
+``bench/out/core-<timestamp>.json``; it asserts no timing. It exits non-zero when a side
+could not do the work (wrong message count, missing or corrupt files) and, with ``--check``
+(the CI bench smoke), on a gross regression: ours slower than sr3 on any line, or under a
+quarter of the floor.
 """
 
 from __future__ import annotations
