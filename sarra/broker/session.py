@@ -525,12 +525,11 @@ class BrokerSession:
         AccessRefused when the broker forbids the exchange: nothing of the batch may be
         taken as published then, so the caller republishes it from its own state.
         """
-        if not messages:
+        if not messages and not self._pending:
             return
         ch = self._call("cannot open a publishing channel", lambda ch: ch)
         conn = self._conn
         deadline = time.monotonic() + self.confirm_timeout
-        self._nacked = 0
         step = _CONFIRM_WINDOW // 2
         try:
             for start in range(0, len(messages), step):
@@ -542,6 +541,30 @@ class BrokerSession:
             self._fail(exc, f"publishing {len(messages)} messages failed", control=True)
         finally:
             self._pending.clear()
+            self._nacked = 0
+
+    def send(self, messages: Sequence[WireMessage]) -> None:
+        """Write ``messages`` now; the next :meth:`publish` waits for their confirms.
+
+        The broker works on them while the caller prepares the next ones. At most
+        :data:`_CONFIRM_WINDOW` stay unconfirmed: beyond that, this waits for some. Raises
+        as :meth:`publish` does (a refusal may also surface only at the next call).
+        """
+        if not messages:
+            return
+        ch = self._call("cannot open a publishing channel", lambda ch: ch)
+        conn = self._conn
+        try:
+            self._write_publishes(conn, ch, messages)
+            if len(self._pending) > _CONFIRM_WINDOW:
+                deadline = time.monotonic() + self.confirm_timeout
+                self._await_confirms(conn, _CONFIRM_WINDOW // 2, deadline)
+        except _LIBRARY_ERRORS as exc:
+            self._fail(exc, f"publishing {len(messages)} messages failed", control=True)
+        except BrokerError:  # a nack or a confirm timeout: the caller republishes them all
+            self._pending.clear()
+            self._nacked = 0
+            raise
 
     def _write_publishes(self, conn: Any, ch: Any, messages: Sequence[WireMessage]) -> None:
         """Send ``messages`` on ``ch`` in as few socket writes as possible.

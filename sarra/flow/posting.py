@@ -392,6 +392,9 @@ class NoticeBuilder:
         return v02.publish_wire(notice, notice.exchange, self.settings)
 
 
+#: queued notices handed to the broker ahead of a flush (:meth:`Publisher._send_ahead`)
+SEND_AHEAD = 50
+
 #: longest pause between two attempts to reach an unreachable broker: a refused connection
 #: costs nothing, and posting should resume within seconds of the broker's return
 RETRY_CAP = 5.0
@@ -439,6 +442,10 @@ class Publisher:
         self.stop = stop
         self.backlog = backlog  # what else waits, for the progress lines (sr_watch)
         self._pending: list[WireMessage] = []
+        #: how many of ``_pending`` (the first ones) were sent ahead, and on which connection
+        self._sent = 0
+        self._sent_generation = 0
+        self._connect_ahead = True
         self._pending_paths: list[str] = []
         self._pending_items: list[str] = []
         self.published = 0
@@ -525,6 +532,35 @@ class Publisher:
                 self.flush()
             else:
                 self.try_flush()
+        elif len(self._pending) - self._sent >= SEND_AHEAD:
+            self._send_ahead()
+
+    def _send_ahead(self) -> None:
+        """Hand the queued notices not yet sent to the broker now, without waiting for
+        confirms, so that it works on them while the next ones are built; :meth:`try_flush`
+        then waits for them all. Only on a connection that is up and outside an outage; a
+        failure here changes nothing but the next flush (which republishes everything)."""
+        if self._outage_since is not None:
+            return
+        if not self.session.connected and not self._connect_ahead:
+            return
+        try:
+            if not self.session.connected:
+                # once, before the first flush: the broker gets to work from the start
+                self._connect_ahead = False
+                self.session.connect()
+                if self.on_connect is not None:
+                    self.on_connect(self.session)
+            if self._sent and self.session.generation != self._sent_generation:
+                self._sent = 0  # a reconnect lost what was sent on the old connection
+            self.session.send(self._pending[self._sent :])
+        except BrokerError as e:  # AccessRefused included: try_flush meets it again
+            log.debug("sending ahead failed (%s); the next flush publishes everything", e)
+            self.session.close()
+            self._sent = 0
+            return
+        self._sent = len(self._pending)
+        self._sent_generation = self.session.generation
 
     def flush(self) -> None:
         """Publish everything queued and return once the broker confirmed it all, waiting
@@ -577,12 +613,16 @@ class Publisher:
                     self.session.connect()
                     if self.on_connect is not None:
                         self.on_connect(self.session)
-                self.session.publish(self._pending)
+                if self._sent and self.session.generation != self._sent_generation:
+                    self._sent = 0  # sent on an earlier connection: publish them again
+                self.session.publish(self._pending[self._sent :])
             except AccessRefused:
                 self.session.close()
+                self._sent = 0
                 raise
             except BrokerError as e:
                 self.session.close()
+                self._sent = 0
                 if fresh_retry:
                     fresh_retry = False
                     log.debug("publishing on an old connection failed (%s); reconnecting", e)
@@ -601,6 +641,7 @@ class Publisher:
                 len(self._pending),
             )
             self._outage_since = None
+        self._sent = 0
         self.published += len(self._pending)
         self.items_posted += len(self._pending_items)
         self.bytes_posted += self._pending_bytes
@@ -675,6 +716,9 @@ class PrintingPublisher(Publisher):
         super().__init__(session, builder, **kwargs)
         self.outlet = outlet
         self.out = out
+
+    def _send_ahead(self) -> None:
+        """Nothing goes to a broker."""
 
     def try_flush(self) -> bool:
         out = self.out if self.out is not None else sys.stdout
