@@ -753,10 +753,18 @@ def post_files(
     unposted: list[str] = []
     why = ""
 
+    def is_real_dir(abs_path: str) -> bool:
+        # one lstat (isdir and islink would be two calls); a missing path is no directory:
+        # file_notices reports it
+        try:
+            return statmod.S_ISDIR(os.lstat(abs_path).st_mode)
+        except OSError:
+            return False
+
     def files() -> Iterator[str]:
         for path in paths:
             abs_path = os.path.abspath(path)
-            if os.path.isdir(abs_path) and not os.path.islink(abs_path):
+            if is_real_dir(abs_path):
                 try:
                     tree = list(builder.tree(abs_path))
                 except LocalError as e:
