@@ -131,6 +131,14 @@ class Broker(Protocol):
 
     def reject(self, d: Delivery, requeue: bool) -> None: ...
 
+    def send(self, messages: Sequence[WireMessage]) -> None:
+        """Start publishing ``messages`` without waiting for their confirms: the next
+        :meth:`publish` waits for them too. A session may also hold them until then. If the
+        connection changes in between (a reconnect, a close), they may be lost: the caller
+        republishes everything it sent since its last :meth:`publish`."""
+        ...
+
     def publish(self, messages: Sequence[WireMessage]) -> None:
-        """Return once the broker confirmed every message; raise if any is not confirmed."""
+        """Return once the broker confirmed every message, and every one :meth:`send` gave
+        since the last call; raise if any is not confirmed."""
         ...

@@ -179,6 +179,8 @@ class MemorySession:
         self._created: list[str] = []
         self._unacked: dict[int, tuple[str, _Message]] = {}  # tag -> (queue, message)
         self._tags = itertools.count(1)
+        #: given to :meth:`send`, routed by the next :meth:`publish` (lost on a reconnect)
+        self._unsent: list[WireMessage] = []
 
     def __repr__(self) -> str:
         return f"<MemorySession {self.name} gen={self._generation} connected={self.connected}>"
@@ -202,6 +204,7 @@ class MemorySession:
                 raise BrokerError(f"memory broker refused the connection of {self.name}")
             self._lost = False
             self._active = True
+            self._unsent = []
             self._generation += 1
             self._tags = itertools.count(1)
             b._sessions.append(self)
@@ -231,6 +234,7 @@ class MemorySession:
             if self._active:
                 self.broker._release(self)
             self._lost = False
+            self._unsent = []
 
     def _live(self) -> None:
         """Raise as a real session does on its next call after a silent disconnect."""
@@ -380,15 +384,21 @@ class MemorySession:
             self.broker._cond.notify_all()
 
     # -- publishing ----------------------------------------------------------------------
+    def send(self, messages: Sequence[WireMessage]) -> None:
+        with self.broker._cond:
+            self._live()
+            self._unsent.extend(messages)
+
     def publish(self, messages: Sequence[WireMessage]) -> None:
-        if not messages:
+        batch, self._unsent = [*self._unsent, *messages], []
+        if not batch:
             return
         b = self.broker
         with b._cond:
             self._live()
             if b._fail_publishes:
                 raise b._fail_publishes.pop(0)
-            b._route(messages)
+            b._route(batch)
 
 
 if TYPE_CHECKING:  # both sessions implement the protocol (checked by mypy, not at run time)

@@ -432,6 +432,10 @@ class MqttSession:
 
     # -- publishing ---------------------------------------------------------------------
 
+    def send(self, messages: Sequence[WireMessage]) -> None:
+        """Published and acknowledged at once (QoS 1 waits are per message anyway)."""
+        self.publish(messages)
+
     def publish(self, messages: Sequence[WireMessage]) -> None:
         client = self._live()
         infos = []

@@ -36,6 +36,7 @@ import amqp
 import amqp.exceptions
 
 from sarra.broker.base import Broker, BrokerUrl, Delivery, QueueSpec
+from sarra.broker.frames import FrameError, publish_frames
 from sarra.errors import AccessRefused, BrokerError, BrokerNotFound
 from sarra.notice import WireMessage
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 _CONSUME_METHODS = frozenset({(60, 10), (60, 20), (60, 30), (60, 80), (60, 90), (60, 120)})
 #: publishes allowed in flight before waiting for confirms (bounds memory, not speed)
 _CONFIRM_WINDOW = 5000
+#: bytes of publish frames gathered before one socket write
+_WRITE_CHUNK = 128 * 1024
 #: longest single wait on the socket (shorter with short heartbeats, see ``_tick_every``)
 _MAX_WAIT = 1.0
 #: reading "what is already there" still needs a (tiny) socket timeout
@@ -522,18 +525,15 @@ class BrokerSession:
         AccessRefused when the broker forbids the exchange: nothing of the batch may be
         taken as published then, so the caller republishes it from its own state.
         """
-        if not messages:
+        if not messages and not self._pending:
             return
         ch = self._call("cannot open a publishing channel", lambda ch: ch)
         conn = self._conn
         deadline = time.monotonic() + self.confirm_timeout
-        self._nacked = 0
         step = _CONFIRM_WINDOW // 2
         try:
             for start in range(0, len(messages), step):
-                with _CoalescedWrites(conn.transport):
-                    for m in messages[start : start + step]:
-                        self._publish_one(ch, m)
+                self._write_publishes(conn, ch, messages[start : start + step])
                 # wait with an unbuffered socket: heartbeats must not sit in our buffer
                 self._await_confirms(conn, step, deadline)
             self._await_confirms(conn, 0, deadline)
@@ -541,6 +541,62 @@ class BrokerSession:
             self._fail(exc, f"publishing {len(messages)} messages failed", control=True)
         finally:
             self._pending.clear()
+            self._nacked = 0
+
+    def send(self, messages: Sequence[WireMessage]) -> None:
+        """Write ``messages`` now; the next :meth:`publish` waits for their confirms.
+
+        The broker works on them while the caller prepares the next ones. At most
+        :data:`_CONFIRM_WINDOW` stay unconfirmed: beyond that, this waits for some. Raises
+        as :meth:`publish` does (a refusal may also surface only at the next call).
+        """
+        if not messages:
+            return
+        ch = self._call("cannot open a publishing channel", lambda ch: ch)
+        conn = self._conn
+        try:
+            self._write_publishes(conn, ch, messages)
+            if len(self._pending) > _CONFIRM_WINDOW:
+                deadline = time.monotonic() + self.confirm_timeout
+                self._await_confirms(conn, _CONFIRM_WINDOW // 2, deadline)
+        except _LIBRARY_ERRORS as exc:
+            self._fail(exc, f"publishing {len(messages)} messages failed", control=True)
+        except BrokerError:  # a nack or a confirm timeout: the caller republishes them all
+            self._pending.clear()
+            self._nacked = 0
+            raise
+
+    def _write_publishes(self, conn: Any, ch: Any, messages: Sequence[WireMessage]) -> None:
+        """Send ``messages`` on ``ch`` in as few socket writes as possible.
+
+        Frames are packed by :func:`~sarra.broker.frames.publish_frames` and written in
+        chunks of about :data:`_WRITE_CHUNK` bytes on py-amqp's transport. A message the
+        packer refuses (a non-string header value, relayed as it came) goes through
+        py-amqp's ``basic_publish``, in order.
+        """
+        channel, frame_max = ch.channel_id, conn.frame_max
+        chunk: list[bytes] = []
+        size = 0
+        for m in messages:
+            try:
+                frames = publish_frames(channel, frame_max, m)
+            except FrameError:
+                if chunk:
+                    conn.transport.write(b"".join(chunk))
+                    chunk, size = [], 0
+                self._publish_one(ch, m)
+                continue
+            chunk.append(frames)
+            size += len(frames)
+            self._publish_seq += 1
+            self._pending.add(self._publish_seq)
+            if size >= _WRITE_CHUNK:
+                conn.transport.write(b"".join(chunk))
+                chunk, size = [], 0
+        if chunk:
+            conn.transport.write(b"".join(chunk))
+        # py-amqp counts frames written to know when a heartbeat is due: these count too
+        conn.bytes_sent += 1
 
     def _publish_one(self, ch: Any, m: WireMessage) -> None:
         props: dict[str, Any] = {
@@ -587,42 +643,6 @@ class BrokerSession:
         self._pending = set()
         self._low = 1
         self._nacked = 0
-
-
-class _CoalescedWrites:
-    """Within the block, gather the frames py-amqp writes and send them in large chunks.
-
-    py-amqp calls ``sendall`` once per frame; on a busy host each call costs far more than
-    the frame (publishing stalls near 1,000 messages/s). Buffering the transport's
-    low-level writer while a batch is written multiplies throughput. The frames are copied
-    (py-amqp reuses its frame buffer) and everything is flushed on leaving the block.
-    """
-
-    _FLUSH_AT = 128 * 1024
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self._real: Callable[[bytes], None] = transport._write
-        self._buf = bytearray()
-
-    def __enter__(self) -> None:
-        self._transport._write = self._write
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._transport._write = self._real
-        if exc_info[0] is None:
-            self._flush()
-
-    def _write(self, data: bytes) -> None:
-        self._buf += data
-        if len(self._buf) >= self._FLUSH_AT:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._buf:
-            data = bytes(self._buf)
-            self._buf.clear()
-            self._real(data)
 
 
 def _delivery(msg: Any, generation: int) -> Delivery:

@@ -9,7 +9,6 @@ logs to the console. Every line carries time, level and ``component/config/insta
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -17,9 +16,8 @@ import os
 import re
 import sys
 import time
-from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
@@ -78,32 +76,6 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-class _ModeFileHandler(TimedRotatingFileHandler):
-    """Gives the current log file, and each one started by a rollover, the ``chmod_log``
-    mode (the spawner created the first file 600 for the instance's stdout)."""
-
-    def __init__(self, path: Path, *, file_mode: int, **kw: Any) -> None:
-        self._file_mode = file_mode
-        super().__init__(path, **kw)
-
-    def _open(self) -> Any:
-        stream = super()._open()
-        with contextlib.suppress(PermissionError):  # a file another user created
-            os.chmod(self.baseFilename, self._file_mode)
-        return stream
-
-
-class _StdioFollowingHandler(_ModeFileHandler):
-    """Moves file descriptors 1 and 2 onto the new file after each rollover."""
-
-    def doRollover(self) -> None:
-        super().doRollover()
-        if self.stream is not None:
-            fd = self.stream.fileno()
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-
-
 def _level(loglevel: str) -> int:
     value = logging.getLevelName(loglevel.upper())
     return value if isinstance(value, int) else logging.INFO
@@ -132,7 +104,10 @@ def setup_file_logging(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode))
-    cls = _StdioFollowingHandler if follow_stdio else _ModeFileHandler
+    # logging.handlers (and pickle, queue...) only for daemons: sr_post logs to the console
+    from sarra.cli.logfile import ModeFileHandler, StdioFollowingHandler
+
+    cls = StdioFollowingHandler if follow_stdio else ModeFileHandler
     handler = cls(
         path, file_mode=mode, when="midnight", backupCount=max(backups, 0), encoding="utf-8"
     )

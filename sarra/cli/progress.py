@@ -18,9 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 if TYPE_CHECKING:
     from sarra.components.base import Component
     from sarra.config.settings import Settings
@@ -38,6 +35,8 @@ class Counts:
 
 
 def _size(n: float) -> str:
+    from tqdm import tqdm
+
     return str(tqdm.format_sizeof(n, "B", 1024))
 
 
@@ -52,6 +51,11 @@ class ProgressLine:
         self.label = label
         self.every = every
         self.started = time.monotonic()
+        # tqdm (about 20 ms of imports) only once a line is shown: progress_for returns None
+        # off a terminal, which is how sr_post and the daemons run
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         self._bar = tqdm(
             total=None,
             desc=label,

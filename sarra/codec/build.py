@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping
@@ -41,14 +42,7 @@ def build_notice(
         MalformedMessage: any field breaks the v02 grammar (spec 3, 4, 5, 6, 7.1).
     """
     parse_timestamp(pubtime)
-    if not _SCHEME.fullmatch(base_url):
-        raise MalformedMessage(f"bad baseUrl {base_url[:80]!r}")
-    try:
-        # an unbalanced IPv6 bracket or a port out of range would only surface later, as a
-        # ValueError deep in the transfer: refuse it here, with the other malformed fields
-        urlsplit(base_url).port  # noqa: B018 (evaluated for its ValueError)
-    except ValueError as exc:
-        raise MalformedMessage(f"bad baseUrl {base_url[:80]!r}: {exc}") from exc
+    _check_base_url(base_url)
     if not rel_path or any(c in rel_path for c in " \n\r"):
         raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
     path = logical_path(rel_path)
@@ -93,6 +87,24 @@ def build_notice(
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _check_base_url(base_url: str) -> None:
+    """Raise MalformedMessage unless ``base_url`` has a scheme and a valid authority.
+
+    Cached (a valid URL only: an exception is not cached): a burst of notices shares a few
+    base URLs, and the check costs more than the rest of a notice's fields.
+    """
+    if not _SCHEME.fullmatch(base_url):
+        raise MalformedMessage(f"bad baseUrl {base_url[:80]!r}")
+    try:
+        # an unbalanced IPv6 bracket or a port out of range would only surface later, as a
+        # ValueError deep in the transfer: refuse it here, with the other malformed fields
+        urlsplit(base_url).port  # noqa: B018 (evaluated for its ValueError)
+    except ValueError as exc:
+        raise MalformedMessage(f"bad baseUrl {base_url[:80]!r}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=256)
 def poster_base_url(base_url: str) -> str:
     """A baseUrl as emitted (3.3): trailing ``/`` removed, ``file:`` kept.
 

@@ -10,12 +10,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker, BrokerUrl, QueueSpec
-from sarra.broker.mqtt import MqttSession
 from sarra.broker.session import BrokerSession
 from sarra.components.base import InstanceStatus
 from sarra.config import paths
@@ -24,11 +23,15 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
-from sarra.flow.download import DownloadSettings
 from sarra.flow.heartbeat import HeartbeatFile
 from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
 from sarra.notice import Notice
+
+if TYPE_CHECKING:
+    # the download machinery (transports, parts, local files: ~30 ms of imports) is loaded
+    # by the components that download, not by sr_post, which only needs this module's rest
+    from sarra.flow.download import DownloadSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ def session_for(url: BrokerUrl, s: Settings, name: str) -> Broker:
                 "report_back off on an input broker",
                 option="post_format",
             )
+        from sarra.broker.mqtt import MqttSession  # paho and its socket layer: MQTT only
+
         return MqttSession(url, keepalive=int(s.broker_heartbeat) or 60, name=name)
     return BrokerSession(url, heartbeat=int(s.broker_heartbeat) or 60, name=name)
 
@@ -114,6 +119,8 @@ def download_settings(s: Settings) -> DownloadSettings:
     is used instead; ``inflight NONE`` writes final names directly. ``chmod 0`` and
     ``chmod_dir 0`` leave modes to the umask (as the option table says).
     """
+    from sarra.flow.download import DownloadSettings
+
     umask = current_umask()
     inflight = s.inflight if isinstance(s.inflight, str) and s.inflight else ".tmp"
     return DownloadSettings(

@@ -41,9 +41,13 @@ from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.work import WorkItem
 from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
+from sarra.osport import O_BINARY, O_CLOEXEC
 from sarra.parts.arithmetic import effective_block_size, split
 
 log = logging.getLogger(__name__)
+
+#: files up to this size are read and hashed in one call (:meth:`NoticeBuilder._small_sum`)
+SMALL_FILE = 64 * 1024
 
 #: sum option values accepted for posting (spec 5.1)
 POST_SUMS = frozenset({"d", "s", "n", "0", "z,d", "z,s"})
@@ -286,6 +290,8 @@ class NoticeBuilder:
             return [random_sum() for _ in blocks]
         if algo.startswith("z,"):
             return [Checksum("z", algo[2:])] * len(blocks)
+        if len(blocks) == 1 and blocks[0].length <= SMALL_FILE:
+            return [Checksum(algo, self._small_sum(abs_path, blocks[0].length, algo))]
         sums: list[Checksum] = []
         try:
             with open(abs_path, "rb", buffering=0) as f:
@@ -304,6 +310,27 @@ class NoticeBuilder:
         except OSError as e:
             raise LocalError(f"{abs_path}: cannot read: {e.strerror}") from e
         return sums
+
+    @staticmethod
+    def _small_sum(abs_path: str, length: int, algo: str) -> str:
+        """The ``algo`` digest of the ``length`` bytes of a small file, read in one call
+        without a file object (most of the cost of a small file is the per-file overhead)."""
+        try:
+            fd = os.open(abs_path, os.O_RDONLY | O_BINARY | O_CLOEXEC)
+            try:
+                data = os.read(fd, length)
+                while len(data) < length:  # a short read: keep reading until EOF
+                    more = os.read(fd, length - len(data))
+                    if not more:
+                        raise LocalError(f"{abs_path}: file shrank while being read")
+                    data += more
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise LocalError(f"{abs_path}: cannot read: {e.strerror}") from e
+        hasher = new_hasher(algo)
+        hasher.update(data)
+        return hasher.hexdigest()
 
     def link_notice(self, abs_path: str, extra: Iterable[tuple[str, str]] = ()) -> Notice:
         """The notice for a symlink: ``sum L`` of its target and a ``link`` header (spec 7.1)."""
@@ -365,6 +392,9 @@ class NoticeBuilder:
         return v02.publish_wire(notice, notice.exchange, self.settings)
 
 
+#: queued notices handed to the broker ahead of a flush (:meth:`Publisher._send_ahead`)
+SEND_AHEAD = 50
+
 #: longest pause between two attempts to reach an unreachable broker: a refused connection
 #: costs nothing, and posting should resume within seconds of the broker's return
 RETRY_CAP = 5.0
@@ -412,6 +442,10 @@ class Publisher:
         self.stop = stop
         self.backlog = backlog  # what else waits, for the progress lines (sr_watch)
         self._pending: list[WireMessage] = []
+        #: how many of ``_pending`` (the first ones) were sent ahead, and on which connection
+        self._sent = 0
+        self._sent_generation = 0
+        self._connect_ahead = True
         self._pending_paths: list[str] = []
         self._pending_items: list[str] = []
         self.published = 0
@@ -498,6 +532,35 @@ class Publisher:
                 self.flush()
             else:
                 self.try_flush()
+        elif len(self._pending) - self._sent >= SEND_AHEAD:
+            self._send_ahead()
+
+    def _send_ahead(self) -> None:
+        """Hand the queued notices not yet sent to the broker now, without waiting for
+        confirms, so that it works on them while the next ones are built; :meth:`try_flush`
+        then waits for them all. Only on a connection that is up and outside an outage; a
+        failure here changes nothing but the next flush (which republishes everything)."""
+        if self._outage_since is not None:
+            return
+        if not self.session.connected and not self._connect_ahead:
+            return
+        try:
+            if not self.session.connected:
+                # once, before the first flush: the broker gets to work from the start
+                self._connect_ahead = False
+                self.session.connect()
+                if self.on_connect is not None:
+                    self.on_connect(self.session)
+            if self._sent and self.session.generation != self._sent_generation:
+                self._sent = 0  # a reconnect lost what was sent on the old connection
+            self.session.send(self._pending[self._sent :])
+        except BrokerError as e:  # AccessRefused included: try_flush meets it again
+            log.debug("sending ahead failed (%s); the next flush publishes everything", e)
+            self.session.close()
+            self._sent = 0
+            return
+        self._sent = len(self._pending)
+        self._sent_generation = self.session.generation
 
     def flush(self) -> None:
         """Publish everything queued and return once the broker confirmed it all, waiting
@@ -550,12 +613,16 @@ class Publisher:
                     self.session.connect()
                     if self.on_connect is not None:
                         self.on_connect(self.session)
-                self.session.publish(self._pending)
+                if self._sent and self.session.generation != self._sent_generation:
+                    self._sent = 0  # sent on an earlier connection: publish them again
+                self.session.publish(self._pending[self._sent :])
             except AccessRefused:
                 self.session.close()
+                self._sent = 0
                 raise
             except BrokerError as e:
                 self.session.close()
+                self._sent = 0
                 if fresh_retry:
                     fresh_retry = False
                     log.debug("publishing on an old connection failed (%s); reconnecting", e)
@@ -574,6 +641,7 @@ class Publisher:
                 len(self._pending),
             )
             self._outage_since = None
+        self._sent = 0
         self.published += len(self._pending)
         self.items_posted += len(self._pending_items)
         self.bytes_posted += self._pending_bytes
@@ -649,6 +717,9 @@ class PrintingPublisher(Publisher):
         self.outlet = outlet
         self.out = out
 
+    def _send_ahead(self) -> None:
+        """Nothing goes to a broker."""
+
     def try_flush(self) -> bool:
         out = self.out if self.out is not None else sys.stdout
         for wire in self._pending:
@@ -682,10 +753,18 @@ def post_files(
     unposted: list[str] = []
     why = ""
 
+    def is_real_dir(abs_path: str) -> bool:
+        # one lstat (isdir and islink would be two calls); a missing path is no directory:
+        # file_notices reports it
+        try:
+            return statmod.S_ISDIR(os.lstat(abs_path).st_mode)
+        except OSError:
+            return False
+
     def files() -> Iterator[str]:
         for path in paths:
             abs_path = os.path.abspath(path)
-            if os.path.isdir(abs_path) and not os.path.islink(abs_path):
+            if is_real_dir(abs_path):
                 try:
                     tree = list(builder.tree(abs_path))
                 except LocalError as e:

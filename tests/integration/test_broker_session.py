@@ -108,6 +108,33 @@ def test_an_expiration_is_sent_only_when_set(
     assert [d.message.expiration for d in got] == [None, "600000"]
 
 
+def test_a_batch_keeps_its_order_with_a_relayed_non_string_header_and_a_multi_frame_body(
+    sessions: SessionFactory, amqp_names: AmqpNames
+) -> None:
+    """Publishes are packed by sarra.broker.frames; a header value that is not a string
+    (relayed as it came) goes through py-amqp instead, in its place in the batch, and a body
+    longer than a frame is split over several frames."""
+    session = sessions()
+    spec = setup_queue(session, amqp_names)
+    first, last = wire(amqp_names.x(), 1), wire(amqp_names.x(), 3)
+    odd = WireMessage(
+        first.exchange,
+        first.routing_key,
+        b"relayed",
+        {"sum": "d,00", "hops": 3},  # type: ignore[dict-item]
+    )
+    big = WireMessage(first.exchange, first.routing_key, bytes(range(256)) * 1200, first.headers)
+    session.publish([first, odd, big, last])
+    got: list[Delivery] = []
+    session.consume(spec.name, 10, got.append)
+    while len(got) < 4:
+        assert session.poll(5.0) > 0
+    assert [d.message.body for d in got] == [first.body, b"relayed", big.body, last.body]
+    assert dict(got[1].message.headers) == {"sum": "d,00", "hops": 3}
+    assert dict(got[2].message.headers) == dict(first.headers)
+    cleanup_queue(session, spec.name)
+
+
 def test_unacked_messages_are_redelivered_after_the_consumer_connection_closes(
     sessions: SessionFactory, amqp_names: AmqpNames
 ) -> None:
