@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.account import become_system_account
+from sarra.cli.downcause import why_down
 from sarra.cli.instances import State, instance_pid, pid_file_numbers
 from sarra.cli.logs import redact
 from sarra.cli.runtime import Runtime, default_runtime
@@ -311,9 +312,17 @@ def status_record(rt: Runtime, pair: Pair) -> dict[str, Any]:
     )
     instances = []
     for number in numbers:
-        state, pid = instance_pid(verbs.instance(ctx, config, number))
+        inst = verbs.instance(ctx, config, number)
+        state, pid = instance_pid(inst)
+        connection = verbs.instance_connection(inst) if state is State.RUNNING else None
         instances.append(
-            {"number": number, "state": str(state), "pid": pid, "extra": number > expected}
+            {
+                "number": number,
+                "state": str(state),
+                "pid": pid,
+                "extra": number > expected,
+                "why": why_down(inst, state, connection),
+            }
         )
     running = [i for i in instances if i["state"] == State.RUNNING and not i["extra"]]
     record["instances"] = {

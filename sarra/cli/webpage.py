@@ -17,6 +17,7 @@ h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;background:#fff} td,th{padding:.25em .6em;border:1px solid #ddd;
 text-align:left;vertical-align:top} th{background:#eef} .num{text-align:right}
 .ok{color:#080} .bad{color:#b00;font-weight:bold} .warn{color:#a60} .dim{color:#888}
+.why{font-weight:normal;font-size:90%;display:inline-block;max-width:40em}
 .dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:2px}
 .up{background:#2a2} .down{background:#c22} .other{background:#aaa}
 .charts{display:flex;flex-wrap:wrap;gap:1em} .chart{background:#fff;border:1px solid #ddd;
@@ -96,7 +97,12 @@ def _instances(record: dict[str, Any]) -> str:
         dots.append(f'<span class="dot {cls}" title="{_e(tip)}"></span>')
     inst = record["instances"]
     cls = "ok" if inst["running"] == inst["expected"] else "bad"
-    return f'{"".join(dots)} <span class="{cls}">{inst["running"]}/{inst["expected"]}</span>'
+    why = "".join(
+        f'<br><span class="why bad">{each["number"]:03d}: {_e(each["why"])}</span>'
+        for each in inst["each"]
+        if each.get("why")
+    )
+    return f'{"".join(dots)} <span class="{cls}">{inst["running"]}/{inst["expected"]}</span>{why}'
 
 
 def _config_rows(

@@ -159,11 +159,23 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         assert by_config["failing"]["totals"]["by_source"] == {"(none)": {"499": 2}}
         assert by_config["good"]["queue"]["consumers"] == 1
         assert by_config["good"]["instances"]["running"] == 1
+        # why the locked flow is down: the note its instance left as the broker refused it
+        (locked,) = by_config["locked"]["instances"]["each"]
+        assert locked["state"] == "stale pid", locked
+        assert locked["why"].startswith(
+            "the broker refused access (bad credentials or permissions): "
+        ), locked
+        assert locked["why"].endswith("(exit status 1)")
+        assert by_config["good"]["instances"]["each"][0]["why"] is None
+        _rc, said = _sr("status")
+        (line,) = [x for x in said.splitlines() if x.startswith("subscribe/locked ") and "001" in x]
+        assert "the broker refused access (bad credentials or permissions)" in line, said
 
         page = _get(base + "/").decode()
         for label in ("subscribe/good", "subscribe/failing", "subscribe/locked"):
             assert label in page
         assert '<td class="bad">499</td><td>(none)</td><td class="num">2</td>' in page
+        assert '<span class="why bad">001: the broker refused access' in page
         for body in (page, json.dumps(doc), _get(base + "/metrics").decode()):
             assert PASSWORD not in body
             assert ":guest@" not in body
