@@ -38,6 +38,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -45,6 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any, TextIO
 
 from prometheus_client.core import (
@@ -73,8 +76,15 @@ LOOPBACK = frozenset({"127.0.0.1", "::1"})
 HISTORY_SECONDS = 15 * 60
 #: a metrics file older than this (seconds) is shown as stale
 STALE_AFTER = 30.0
+#: how often the police audit runs by default (seconds)
+AUDIT_EVERY = 60.0
+#: ``sarra_police_status`` values
+AUDIT_STATUS = {"ok": 0, "warning": 1, "error": 2}
 
-USAGE = "usage: sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]"
+USAGE = (
+    "usage: sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS] "
+    "[--audit-every SECONDS]"
+)
 HELP = f"""{USAGE}
 
 Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
@@ -83,7 +93,9 @@ Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
                       or ::1 requires credentials on every path
   --auth FILE         credentials file, mode 600: lines 'token <secret>' and/or
                       'basic <user>:<password>' (default: web-auth in the config directory)
-  --every SECONDS     how often the pump's status is collected (default 5)"""
+  --every SECONDS     how often the pump's status is collected (default 5)
+  --audit-every SECONDS
+                      how often sr_police audit runs for the page (default 60; 0: off)"""
 
 
 # -- credentials ------------------------------------------------------------------------------
@@ -378,17 +390,80 @@ def _rates(
     return point
 
 
+# -- the police audit ------------------------------------------------------------------------
+
+
+def police_audit(timeout: float = 120.0) -> dict[str, Any]:
+    """One ``sr_police --json audit`` of this user's pump (run as its own program: the CLI
+    layer does not import the administration tools), as its JSON document (``status``,
+    ``counts``, ``findings``...), or ``{"status": "error", "error": ...}`` when it could not
+    tell (no pump roles, no admin credentials, no answer in ``timeout`` seconds)."""
+    argv = [sys.executable, "-m", "sarra.police.cli", "--json", "audit"]
+    started = time.time()
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"time": started, "status": "error", "error": f"sr_police audit: {exc}"}
+    try:
+        doc = json.loads(done.stdout)
+        if not isinstance(doc, dict):
+            raise ValueError(doc)
+    except ValueError:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {"time": started, "status": "error", "error": f"sr_police audit: {last}"}
+    doc.setdefault("time", started)
+    return doc
+
+
+class Auditor:
+    """Runs the police audit every ``every`` seconds in its own thread (it may take a while:
+    the broker's management API, a queue sample); keeps the latest report."""
+
+    def __init__(self, audit_once: Callable[[], dict[str, Any]], every: float) -> None:
+        self._audit = audit_once
+        self.every = every
+        self.latest: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def audit(self) -> None:
+        try:
+            doc = self._audit()
+        except Exception as exc:
+            log.exception("the police audit failed")
+            doc = {"time": time.time(), "status": "error", "error": str(exc)}
+        self.latest = doc  # one reference swap: readers see the old report or the new one
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                self.audit()
+                self._stop.wait(self.every)
+
+        self._thread = threading.Thread(target=run, name="sr-web-audit", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+
 # -- /metrics --------------------------------------------------------------------------------
 
 
 class PumpCollector(Collector):
     """The latest sample as Prometheus metric families (one series per instance)."""
 
-    def __init__(self, sampler: Sampler) -> None:
+    def __init__(self, sampler: Sampler, auditor: Auditor | None = None) -> None:
         self.sampler = sampler
+        self.auditor = auditor
 
     def collect(self) -> Iterator[Metric]:
         doc, _ = self.sampler.snapshot()
+        yield from self._audit()
         inst_labels = ["component", "config", "instance"]
         cfg_labels = ["component", "config"]
 
@@ -458,6 +533,27 @@ class PumpCollector(Collector):
         yield from (outcomes, retry, retry_age, lag, lag_max, activity)
         yield from (backlog, consumers, expected, reassembly)
 
+    def _audit(self) -> Iterator[Metric]:
+        report = None if self.auditor is None else self.auditor.latest
+        if report is None:
+            return
+        status = GaugeMetricFamily(
+            "sarra_police_status", "the police audit: 0 ok, 1 warnings, 2 errors, 3 not run"
+        )
+        failed = bool(report.get("error"))  # the audit could not tell
+        status.add_metric([], 3 if failed else AUDIT_STATUS.get(str(report.get("status")), 3))
+        yield status
+        found = GaugeMetricFamily(
+            "sarra_police_findings", "police audit findings", labels=["check", "severity"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for f in report.get("findings") or ():
+            key = (str(f.get("check")), str(f.get("severity")))
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            found.add_metric(list(key), n)
+        yield found
+
 
 # -- the server ------------------------------------------------------------------------------
 
@@ -477,12 +573,15 @@ class WebServer:
         credentials: Credentials | None,
         every: float = 5.0,
         collect_once: Callable[[], dict[str, Any]] | None = None,
+        audit_every: float = 0.0,
+        audit_once: Callable[[], dict[str, Any]] = police_audit,
     ) -> None:
         self.sampler = Sampler(collect_once or (lambda: collect(rt)), every)
+        self.auditor = Auditor(audit_once, audit_every) if audit_every > 0 else None
         self.credentials = credentials
         self.every = every
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PumpCollector(self.sampler))
+        self.registry.register(PumpCollector(self.sampler, self.auditor))
         handler = _handler_class(self)
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         self.httpd = server_class((host, port), handler)
@@ -496,6 +595,8 @@ class WebServer:
 
     def start(self) -> None:
         self.sampler.start()
+        if self.auditor is not None:
+            self.auditor.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="sr-web", daemon=True)
         self._thread.start()
 
@@ -503,8 +604,17 @@ class WebServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.sampler.stop()
+        if self.auditor is not None:
+            self.auditor.stop()
         if self._thread is not None:
             self._thread.join(30)
+
+    def audit_report(self) -> dict[str, Any]:
+        """The latest police audit, or why there is none."""
+        if self.auditor is None:
+            return {"status": "off", "error": "the police audit is off (--audit-every 0)"}
+        latest = self.auditor.latest
+        return latest if latest is not None else {"status": "pending", "error": "not run yet"}
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) of a GET of ``path``, redacted."""
@@ -513,6 +623,7 @@ class WebServer:
             body = generate_latest(self.registry).decode("utf-8")
             return 200, CONTENT_TYPE_LATEST, redact(body).encode()
         doc, history = self.sampler.snapshot()
+        doc = {**doc, "audit": self.audit_report()}
         if route == "/status.json":
             text = json.dumps({**doc, "history": history}, indent=2)
             return 200, "application/json", redact(text).encode()
@@ -569,6 +680,7 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
     parser.add_argument("--listen", default=DEFAULT_LISTEN)
     parser.add_argument("--auth", default=None)
     parser.add_argument("--every", type=float, default=5.0)
+    parser.add_argument("--audit-every", type=float, default=AUDIT_EVERY)
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
     if args.help:
@@ -578,6 +690,8 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
         raise ConfigError(f"unexpected {rest[0]!r}; {USAGE}")
     if not args.every > 0:
         raise ConfigError("--every must be more than 0 seconds")
+    if not args.audit_every >= 0:
+        raise ConfigError("--audit-every must be 0 (off) or more seconds")
     host, port = parse_listen(args.listen)
     auth = Path(args.auth) if args.auth else rt.config_dir() / "web-auth"
     credentials = None
@@ -589,7 +703,7 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
                 f"listening on {host} needs credentials, checked on every path: {exc}"
             ) from exc
     try:
-        server = WebServer(rt, host, port, credentials, args.every)
+        server = WebServer(rt, host, port, credentials, args.every, audit_every=args.audit_every)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
     stop = threading.Event()

@@ -177,6 +177,42 @@ def _reassembly(doc: dict[str, Any]) -> str:
     return f"<table><tr><th>config</th><th>file</th><th>progress</th></tr>{''.join(rows)}</table>"
 
 
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+_SEVERITY_CLASS = {"error": "bad", "warning": "warn", "info": "dim"}
+
+
+def _audit(report: dict[str, Any] | None) -> str:
+    """The police audit's findings (sr_police audit), worst first."""
+    if not report:
+        return '<p class="dim">not run</p>'
+    when = report.get("time")
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when)) if when else "-"
+    status = str(report.get("status"))
+    if report.get("error"):
+        return f'<p id="audit" class="dim">{_e(status)}: {_e(report["error"])}</p>'
+    findings = sorted(
+        report.get("findings") or (),
+        key=lambda f: (_SEVERITY_RANK.get(f.get("severity"), 3), f.get("check"), f.get("subject")),
+    )
+    cls = {"ok": "ok", "warning": "warn"}.get(status, "bad")
+    head = (
+        f'<p id="audit">Audit of {_e(report.get("broker") or "-")} at {_e(taken)}: '
+        f'<span class="{cls}">{_e(status)}</span>, {len(findings)} finding(s).</p>'
+    )
+    if not findings:
+        return head
+    rows = "".join(
+        f'<tr><td class="{_SEVERITY_CLASS.get(f.get("severity"), "")}">{_e(f.get("severity"))}'
+        f"</td><td>{_e(f.get('check'))}</td><td>{_e(f.get('subject'))}</td>"
+        f"<td>{_e(f.get('detail'))}</td><td>{_e(f.get('fix') or '-')}</td></tr>"
+        for f in findings
+    )
+    return (
+        f"{head}<table><tr><th>severity</th><th>check</th><th>subject</th><th>detail</th>"
+        f"<th>sr_police fix</th></tr>{rows}</table>"
+    )
+
+
 def render_page(
     doc: dict[str, Any], history: list[tuple[float, dict[str, Any]]], refresh: int = 10
 ) -> str:
@@ -223,5 +259,6 @@ def render_page(
         f"<h2>Configurations</h2><table>{head}{_config_rows(doc, rates, lag_top)}</table>"
         f"<h2>Failures by code and source</h2>{_failures(doc)}"
         f"<h2>Files in reassembly</h2>{_reassembly(doc)}"
+        f"<h2>Police audit</h2>{_audit(doc.get('audit'))}"
         "</body></html>"
     )

@@ -86,9 +86,13 @@ def _sr(*argv: str) -> tuple[int, str]:
 
 
 def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # type: ignore[no-untyped-def]
-    pump_site: Site, nginx, tmp_path: Path
+    pump_site: Site, nginx, rabbitmq, tmp_path: Path
 ) -> None:
     site = pump_site
+    # the pump's roles, so that the page's police audit reaches the management API
+    (site.config_dir / "admin.conf").write_text(
+        f"admin amqp://guest@127.0.0.1:{site.broker_port}/\nmgmt_port {rabbitmq.mgmt_port}\n"
+    )
     tag = unique("web")
     good, bad = f"{tag}ok", f"{tag}ko"
     site.write_subscribe(
@@ -124,7 +128,7 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         assert post(site, nginx.base_url, nginx.root, [nginx.root / good]) == 0
         assert post(site, nginx.base_url, elsewhere, missing) == 0
 
-        server = WebServer(default_runtime(), "127.0.0.1", 0, None, every=1.0)
+        server = WebServer(default_runtime(), "127.0.0.1", 0, None, every=1.0, audit_every=2.0)
         server.start()
         host, port = server.address
         base = f"http://{host}:{port}"
@@ -152,7 +156,20 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         assert metrics[("sarra_instance_connected", ours)] == 1
         assert 0 <= metrics[("sarra_lag_seconds", ours)] < 60
 
+        def audited() -> bool:  # the audit that ran after the locked instance died
+            nonlocal metrics
+            metrics = _samples(_get(base + "/metrics").decode())
+            dead = ("sarra_police_findings", (("check", "instance_dead"), ("severity", "error")))
+            return metrics.get(dead, 0) >= 1
+
+        wait_for(audited, timeout=40, what="the police audit finding the dead instance")
+        assert metrics[("sarra_police_status", ())] == 2
         doc = json.loads(_get(base + "/status.json"))
+        audit = doc["audit"]
+        assert audit["status"] == "error", audit
+        assert audit["broker"] == f"http://127.0.0.1:{rabbitmq.mgmt_port}/"
+        dead = [f for f in audit["findings"] if f["check"] == "instance_dead"]
+        assert [f["subject"] for f in dead] == ["subscribe/locked/001"], audit
         by_config = {r["config"]: r for r in doc["configs"]}
         assert sorted(by_config) == ["failing", "good", "locked"]
         assert by_config["good"]["totals"]["files"] == 3
@@ -176,6 +193,8 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
             assert label in page
         assert '<td class="bad">499</td><td>(none)</td><td class="num">2</td>' in page
         assert '<span class="why bad">001: the broker refused access' in page
+        dead_row = '<td class="bad">error</td><td>instance_dead</td><td>subscribe/locked/001</td>'
+        assert dead_row in page
         for body in (page, json.dumps(doc), _get(base + "/metrics").decode()):
             assert PASSWORD not in body
             assert ":guest@" not in body
@@ -186,6 +205,7 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         for label in ("subscribe/good", "subscribe/failing", "subscribe/locked"):
             assert label in dom
         assert "<polyline" in dom and "files/s" in dom
+        assert "Police audit" in dom and "instance_dead" in dom
         assert PASSWORD not in dom
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "sr-web.png"

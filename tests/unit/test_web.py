@@ -255,3 +255,96 @@ def test_the_page_shows_configs_instances_failures_reassembly_and_charts(
     assert '<td class="bad">499</td><td>alice</td>' in page
     assert "big/file.bin" in page and "3/8 blocks" in page
     assert page.count("<svg") == 4 and "<polyline" not in page  # one point: no line yet
+
+
+def test_the_police_audit_is_on_the_page_in_status_json_and_metrics() -> None:
+    report = {
+        "time": time.time(),
+        "broker": "http://broker.example:15672/",
+        "status": "error",
+        "counts": {"instance_dead": 1, "queue_backlog": 1},
+        "findings": [
+            {
+                "check": "queue_backlog",
+                "severity": "warning",
+                "subject": "q_bob.x",
+                "detail": "12000 messages",
+                "fix": None,
+                "needs_force": False,
+            },
+            {
+                "check": "instance_dead",
+                "severity": "error",
+                "subject": "subscribe/feed/002",
+                "detail": f"pid 99 is gone ({SECRET_URL})",
+                "fix": "remove pid",
+                "needs_force": False,
+            },
+        ],
+        "fixed": [],
+    }
+    server = WebServer(
+        standin_runtime(),
+        "127.0.0.1",
+        0,
+        None,
+        every=3600,
+        collect_once=_sample,
+        audit_every=3600,
+        audit_once=lambda: report,
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while server.auditor is not None and server.auditor.latest is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        host, port = server.address
+        page = _get(f"http://{host}:{port}/")[1].decode()
+        # worst first, the fix sr_police would make, no password
+        errors = page.index("instance_dead")
+        assert errors < page.index("queue_backlog")
+        assert '<td class="bad">error</td><td>instance_dead</td><td>subscribe/feed/002</td>' in page
+        assert "<td>remove pid</td>" in page and "TopSecret" not in page
+        doc = json.loads(_get(f"http://{host}:{port}/status.json")[1])
+        assert doc["audit"]["counts"] == {"instance_dead": 1, "queue_backlog": 1}
+        text = _get(f"http://{host}:{port}/metrics")[1].decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("sarra_police_status", ())] == 2
+        dead = ("sarra_police_findings", (("check", "instance_dead"), ("severity", "error")))
+        assert samples[dead] == 1
+    finally:
+        server.stop()
+
+
+def test_an_audit_that_cannot_run_says_why_and_off_means_off() -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("no admin.conf")
+
+    server = WebServer(
+        standin_runtime(),
+        "127.0.0.1",
+        0,
+        None,
+        every=3600,
+        collect_once=_sample,
+        audit_every=3600,
+        audit_once=broken,
+    )
+    assert server.auditor is not None
+    server.auditor.audit()
+    assert server.audit_report()["status"] == "error"
+    assert server.audit_report()["error"] == "no admin.conf"
+    page = server.respond("/")[2].decode()
+    assert "error: no admin.conf" in page
+    metrics = server.respond("/metrics")[2].decode()
+    assert "sarra_police_status 3.0" in metrics
+    server.httpd.server_close()
+    off = WebServer(standin_runtime(), "127.0.0.1", 0, None, every=3600, collect_once=_sample)
+    assert off.auditor is None and off.audit_report()["status"] == "off"
+    assert "sarra_police" not in off.respond("/metrics")[2].decode()
+    off.httpd.server_close()
