@@ -25,6 +25,7 @@ from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.download import DownloadSettings
+from sarra.flow.events import log_event
 from sarra.flow.heartbeat import HeartbeatFile
 from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
@@ -296,7 +297,9 @@ class MaskResolver(Generic[T]):
         mask = match(self.masks, notice.url, self.accept_unmatch, self.default)
         if mask is None:
             if self.log_reject:
-                log.info("rejected by masks: %s", notice.url)
+                source = notice.header("source")
+                detail = f"rejected by masks: {notice.url}"
+                log_event(log, logging.INFO, "rejected", notice.path, None, source, detail)
             return None
         renamed = notice.header("rename") if self.rename_header else None
         rel = destination_relpath(mask, notice.path, rename_header=renamed)
