@@ -59,6 +59,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from sarra.cli import configs as cf
 from sarra.cli import pump
 from sarra.cli.instances import Instance
 from sarra.cli.logs import redact, remove_handler, setup_console_logging
@@ -208,9 +209,14 @@ def collect(rt: Runtime, now: float | None = None) -> dict[str, Any]:
     and the config's totals, and its files in reassembly."""
     now = time.time() if now is None else now
     pairs, _rc = pump.select(rt, "status", [], io.StringIO())
+    one_shots = _one_shot_runs(rt, set(pairs))
     configs = []
-    for pair in pairs:
+    for pair in [*pairs, *one_shots]:
         record = pump.status_record(rt, pair)
+        if pair in one_shots:  # a run of sr_post: nothing is expected to keep running
+            inst = record["instances"]
+            inst["each"] = [e for e in inst["each"] if e["state"] != "stopped"]
+            inst["expected"], record["ok"], record["one_shot"] = 0, record["error"] is None, True
         state_dir = rt.state_dir(pair.component, pair.config)
         totals = _Totals()
         for each in record["instances"]["each"]:
@@ -241,6 +247,27 @@ def collect(rt: Runtime, now: float | None = None) -> dict[str, Any]:
         record["reassembly"] = open_reassemblies(state_dir)
         configs.append(record)
     return {"schema": pump.JSON_SCHEMA, "time": now, "configs": configs}
+
+
+def _one_shot_runs(rt: Runtime, shown: set[pump.Pair]) -> list[pump.Pair]:
+    """The configurations of one-shot components (sr_post without ``sleep``), which ``sr
+    status`` leaves out, that left a metrics file: their runs are shown too."""
+    found = []
+    for component, impl in rt.registry.items():
+        if not impl.one_shot:
+            continue
+        for config in cf.list_configs(rt.config_dir(), component):
+            pair = pump.Pair(component, config.name, config.enabled)
+            if pair in shown:
+                continue
+            prefix = f"sr_{component}_{config.name}_"
+            try:
+                names = os.listdir(rt.state_dir(component, config.name))
+            except OSError:
+                continue
+            if any(n.startswith(prefix) and n.endswith(".metrics.json") for n in names):
+                found.append(pair)
+    return found
 
 
 def _orphan_metrics(state_dir: Path, pair: pump.Pair, record: dict[str, Any]) -> list[int]:

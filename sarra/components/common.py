@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
@@ -27,6 +27,7 @@ from sarra.errors import BrokerError, ConfigError
 from sarra.flow.download import DownloadSettings
 from sarra.flow.events import log_event
 from sarra.flow.heartbeat import HeartbeatFile
+from sarra.flow.metrics import MetricsWriter, metrics_name
 from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
 from sarra.notice import Notice
@@ -159,6 +160,15 @@ def instance_state_dir(s: Settings) -> Path:
     d = Path(paths.state_dir(s.component, s.name or "default"))
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def metrics_writer(
+    s: Settings, instance: int, document: Callable[[], dict[str, Any]]
+) -> MetricsWriter:
+    """The writer of an instance's metrics file (:mod:`sarra.flow.metrics`), next to its pid
+    file, for the components without a consuming loop."""
+    name = metrics_name(s.component, s.name or "default", instance)
+    return MetricsWriter(instance_state_dir(s) / name, document)
 
 
 def heartbeat_for(s: Settings, instance: int) -> HeartbeatFile:
