@@ -20,6 +20,8 @@ Access (see docs/cli-verbs.md, ``sr web``):
   ``token <secret>`` (sent as ``Authorization: Bearer <secret>``) and/or
   ``basic <user>:<password>`` (HTTP basic auth, what a browser asks for). Without a usable
   file ``sr web`` refuses to start and says how to make one.
+- ``source <name> <secret>`` lines give each source of a multi-user pump a token of its
+  own: its requests get :func:`for_source`'s cut of the sample (docs/cli-verbs.md).
 - Nothing served shows a secret: every response body goes through
   :func:`sarra.cli.logs.redact` as a last step, on top of the records' own redaction.
 """
@@ -93,7 +95,9 @@ Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
   --listen HOST:PORT  where to listen (default {DEFAULT_LISTEN}); any address but 127.0.0.1
                       or ::1 requires credentials on every path
   --auth FILE         credentials file, mode 600: lines 'token <secret>' and/or
-                      'basic <user>:<password>' (default: web-auth in the config directory)
+                      'basic <user>:<password>' (the operator: sees all), and
+                      'source <name> <secret>' (that source sees its own flows only)
+                      (default: web-auth in the config directory)
   --every SECONDS     how often the pump's status is collected (default 5)
   --audit-every SECONDS
                       how often sr_police audit runs for the page (default 60; 0: off)"""
@@ -102,33 +106,63 @@ Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
 # -- credentials ------------------------------------------------------------------------------
 
 
+#: who a request is: None for the operator (sees everything), else a source's name
+Viewer = str | None
+#: :meth:`Credentials.identify`'s answer for a request it refuses
+REFUSED = "\x00refused"
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """What a request must present: a bearer token and/or basic-auth user and password."""
+    """What a request must present: the operator's bearer token and/or basic-auth user and
+    password (they see everything), or a source's token (``sources``: source -> token; that
+    source sees only its own flows, see :func:`for_source`)."""
 
     token: str | None = None
     basic: tuple[str, str] | None = None
+    sources: tuple[tuple[str, str], ...] = ()
 
-    def allows(self, header: str | None) -> bool:
-        """Whether an ``Authorization`` header value carries the credentials (constant-time
-        comparisons)."""
+    def identify(self, header: str | None) -> Viewer:
+        """Who an ``Authorization`` header value is: None (the operator), a source's name,
+        or :data:`REFUSED`. Every comparison is made, in constant time, whatever matches."""
         if not header:
-            return False
+            return REFUSED
         scheme, _, value = header.strip().partition(" ")
         value = value.strip()
-        if scheme.lower() == "bearer" and self.token is not None:
-            return hmac.compare_digest(value.encode(), self.token.encode())
-        if scheme.lower() == "basic" and self.basic is not None:
+        found: Viewer = REFUSED
+        if scheme.lower() == "bearer":
+            if self.token is not None and _same(value, self.token):
+                found = None
+            for source, token in self.sources:
+                if _same(value, token) and found == REFUSED:
+                    found = source
+            return found
+        if scheme.lower() == "basic":
             try:
                 raw = base64.b64decode(value, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
-                return False
+                return REFUSED
             user, sep, password = raw.partition(":")
-            want_user, want_password = self.basic
-            ok_user = hmac.compare_digest(user.encode(), want_user.encode())
-            ok_password = hmac.compare_digest(password.encode(), want_password.encode())
-            return bool(sep) and ok_user and ok_password
-        return False
+            if not sep:
+                return REFUSED
+            if self.basic is not None:
+                want_user, want_password = self.basic
+                ok_user = _same(user, want_user)
+                if _same(password, want_password) and ok_user:
+                    found = None
+            for source, token in self.sources:  # a browser: the source's name and token
+                ok_user = _same(user, source)
+                if _same(password, token) and ok_user and found == REFUSED:
+                    found = source
+        return found
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries any of the credentials."""
+        return self.identify(header) != REFUSED
 
 
 def how_to_make(path: Path) -> str:
@@ -160,6 +194,7 @@ def load_credentials(path: Path) -> Credentials:
         )
     token: str | None = None
     basic: tuple[str, str] | None = None
+    sources: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         words = line.strip()
         if not words or words.startswith("#"):
@@ -171,11 +206,22 @@ def load_credentials(path: Path) -> Credentials:
         elif kind == "basic" and ":" in value and value.partition(":")[2]:
             user, _, password = value.partition(":")
             basic = (user, password)
+        elif kind == "source" and len(value.split()) == 2:
+            source, secret = value.split()
+            if source in sources:
+                raise ConfigError(f"{path}:{number}: source {source} given twice")
+            sources[source] = secret
         else:
-            raise ConfigError(f"{path}:{number}: expected 'token <secret>' or 'basic user:pw'")
-    if token is None and basic is None:
+            raise ConfigError(
+                f"{path}:{number}: expected 'token <secret>', 'basic user:pw' or "
+                "'source <name> <secret>'"
+            )
+    secrets = [t for t in (token, basic[1] if basic else None) if t] + list(sources.values())
+    if len(set(secrets)) != len(secrets):
+        raise ConfigError(f"{path}: each token must be different (one token, one viewer)")
+    if token is None and basic is None and not sources:
         raise ConfigError(f"{path} holds no credentials; {how_to_make(path)}")
-    return Credentials(token, basic)
+    return Credentials(token, basic, tuple(sorted(sources.items())))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -339,6 +385,128 @@ def _max(a: float | None, b: float | None) -> float | None:
     return a if b is None else max(a, b)
 
 
+# -- what a source sees ----------------------------------------------------------------------
+
+
+def source_exchange(source: str, exchange: str) -> bool:
+    """Whether ``exchange`` is one of ``source``'s own (``xs_S``, ``xr_S``, ``xl_S``, and
+    their ``_suffix`` forms, as sr_police names them)."""
+    for prefix in ("xs_", "xr_", "xl_"):
+        own = prefix + source
+        if exchange == own or exchange.startswith(own + "_"):
+            return True
+    return False
+
+
+def owns(source: str, names: dict[str, Any] | None) -> bool:
+    """Whether a configuration's flow is wholly ``source``'s: every exchange it reads and
+    posts to is the source's own; or it runs as that broker user alone and reads nothing
+    but the source's own and public (``x...public``) exchanges."""
+    if not names:
+        return False
+    exchanges = list(names.get("exchanges") or ())
+    if exchanges and all(source_exchange(source, x) for x in exchanges):
+        return True
+    users = list(names.get("users") or ())
+    return (
+        bool(users)
+        and set(users) == {source}
+        and all(
+            source_exchange(source, x) or (x.startswith("x") and x.endswith("public"))
+            for x in exchanges
+        )
+    )
+
+
+def _mine(by_source: Any, source: str) -> dict[str, Any]:
+    counts = (by_source or {}).get(source)
+    return {source: counts} if counts else {}
+
+
+def for_source(
+    doc: dict[str, Any], history: list[tuple[float, dict[str, Any]]], source: str
+) -> tuple[dict[str, Any], list[tuple[float, dict[str, Any]]]]:
+    """The sample as ``source`` may see it on a multi-user pump: its own configurations
+    (:func:`owns`) whole, but outcome counts by source only for itself; of the pump's
+    shared configurations that handled its notices, only their name, their instances up or
+    down, and its own outcome counts; nothing else (no other configuration, queue, error
+    text, reassembly or police audit)."""
+    configs: list[dict[str, Any]] = []
+    visible: set[str] = set()
+    for record in doc["configs"]:
+        totals = record.get("totals") or {}
+        if owns(source, record.get("names")):
+            each = [
+                {**e, "metrics": _sliced(e.get("metrics"), source)}
+                for e in record["instances"]["each"]
+            ]
+            configs.append(
+                {
+                    **record,
+                    "instances": {**record["instances"], "each": each},
+                    "totals": {**totals, "by_source": _mine(totals.get("by_source"), source)},
+                }
+            )
+            visible.add(_label(record))
+            continue
+        mine = _mine(totals.get("by_source"), source)
+        if not mine:
+            continue
+        inst = record["instances"]
+        configs.append(
+            {
+                "component": record["component"],
+                "config": record["config"],
+                "enabled": record["enabled"],
+                "ok": record.get("ok"),
+                "error": None,
+                "shared": True,
+                "instances": {
+                    "expected": inst["expected"],
+                    "running": inst["running"],
+                    "pids": [],
+                    "each": [
+                        {
+                            "number": e["number"],
+                            "state": e["state"],
+                            "pid": None,
+                            "extra": e.get("extra", False),
+                            "why": None,
+                            "metrics": (
+                                {
+                                    "by_source": _mine(
+                                        (e.get("metrics") or {}).get("by_source"), source
+                                    )
+                                }
+                                if e.get("metrics")
+                                else None
+                            ),
+                        }
+                        for e in inst["each"]
+                    ],
+                },
+                "queue": None,
+                "names": None,
+                "totals": {"by_source": mine},
+                "reassembly": [],
+            }
+        )
+    shown = {
+        "schema": doc.get("schema"),
+        "time": doc.get("time"),
+        "viewer": source,
+        "configs": configs,
+    }
+    kept = [(t, {k: v for k, v in point.items() if k in visible}) for t, point in history]
+    return shown, kept
+
+
+def _sliced(metrics: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {**metrics, "by_source": _mine(metrics.get("by_source"), source)}
+
+
 # -- the sampler -----------------------------------------------------------------------------
 
 
@@ -484,12 +652,14 @@ class Auditor:
 class PumpCollector(Collector):
     """The latest sample as Prometheus metric families (one series per instance)."""
 
-    def __init__(self, sampler: Sampler, auditor: Auditor | None = None) -> None:
-        self.sampler = sampler
+    def __init__(
+        self, sample: Callable[[], dict[str, Any]], auditor: Auditor | None = None
+    ) -> None:
+        self.sample = sample
         self.auditor = auditor
 
     def collect(self) -> Iterator[Metric]:
-        doc, _ = self.sampler.snapshot()
+        doc = self.sample()
         yield from self._audit()
         inst_labels = ["component", "config", "instance"]
         cfg_labels = ["component", "config"]
@@ -535,6 +705,11 @@ class PumpCollector(Collector):
                 m = each.get("metrics")
                 if m is None:
                     continue
+                for source, counts in (m.get("by_source") or {}).items():
+                    for code, n in counts.items():
+                        outcomes.add_metric([*i, code, source], n)
+                if "notices" not in m:  # a shared flow, as a source sees it: its outcomes only
+                    continue
                 connected.add_metric(i, 1 if m.get("connection") == "connected" else 0)
                 notices_in.add_metric(i, m["notices"]["in"])
                 notices_out.add_metric(i, m["notices"]["out"])
@@ -542,9 +717,6 @@ class PumpCollector(Collector):
                 blocks.add_metric(i, m["blocks"])
                 nbytes.add_metric(i, m["bytes"])
                 rejects.add_metric(i, m["rejects"])
-                for source, counts in (m.get("by_source") or {}).items():
-                    for code, n in counts.items():
-                        outcomes.add_metric([*i, code, source], n)
                 r = m.get("retry") or {}
                 retry.add_metric(i, r.get("depth") or 0)
                 if r.get("oldest_age") is not None:
@@ -608,7 +780,7 @@ class WebServer:
         self.credentials = credentials
         self.every = every
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PumpCollector(self.sampler, self.auditor))
+        self.registry.register(PumpCollector(lambda: self.sampler.snapshot()[0], self.auditor))
         handler = _handler_class(self)
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         self.httpd = server_class((host, port), handler)
@@ -643,14 +815,24 @@ class WebServer:
         latest = self.auditor.latest
         return latest if latest is not None else {"status": "pending", "error": "not run yet"}
 
-    def respond(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) of a GET of ``path``, redacted."""
+    def respond(self, path: str, viewer: Viewer = None) -> tuple[int, str, bytes]:
+        """(status, content type, body) of a GET of ``path`` by ``viewer`` (None: the
+        operator; a source's name: what :func:`for_source` leaves), redacted."""
         route = path.split("?", 1)[0]
-        if route == "/metrics":
-            body = generate_latest(self.registry).decode("utf-8")
-            return 200, CONTENT_TYPE_LATEST, redact(body).encode()
         doc, history = self.sampler.snapshot()
-        doc = {**doc, "audit": self.audit_report()}
+        if viewer is not None:
+            doc, history = for_source(doc, history, viewer)
+        if route == "/metrics":
+            registry = self.registry
+            if viewer is not None:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(PumpCollector(lambda: doc))
+            body = generate_latest(registry).decode("utf-8")
+            return 200, CONTENT_TYPE_LATEST, redact(body).encode()
+        audit = self.audit_report()
+        if viewer is not None:
+            audit = {"status": "hidden", "error": "shown to the pump's operator only"}
+        doc = {**doc, "audit": audit}
         if route == "/status.json":
             text = json.dumps({**doc, "history": history}, indent=2)
             return 200, "application/json", redact(text).encode()
@@ -667,9 +849,10 @@ def _handler_class(server: WebServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             creds = server.credentials
-            if creds is not None and not creds.allows(self.headers.get("Authorization")):
+            viewer = None if creds is None else creds.identify(self.headers.get("Authorization"))
+            if viewer == REFUSED:
                 self.send_response(401)
-                if creds.basic is not None:
+                if creds is not None and (creds.basic is not None or creds.sources):
                     self.send_header("WWW-Authenticate", 'Basic realm="sarra", charset="UTF-8"')
                 else:
                     self.send_header("WWW-Authenticate", 'Bearer realm="sarra"')
@@ -680,7 +863,7 @@ def _handler_class(server: WebServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
                 return
             try:
-                status, ctype, body = server.respond(self.path)
+                status, ctype, body = server.respond(self.path, viewer)
             except Exception:
                 log.exception("serving %s failed", self.path)
                 status, ctype, body = 500, "text/plain; charset=utf-8", b"internal error\n"

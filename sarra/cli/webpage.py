@@ -93,7 +93,9 @@ def _instances(record: dict[str, Any]) -> str:
         state = each["state"]
         cls = "up" if state == "running" else ("down" if not each.get("extra") else "other")
         m = each.get("metrics") or {}
-        tip = f"{each['number']:03d} {state}" + (f", {m['connection']}" if m else "")
+        tip = f"{each['number']:03d} {state}" + (
+            f", {m['connection']}" if m.get("connection") else ""
+        )
         dots.append(f'<span class="dot {cls}" title="{_e(tip)}"></span>')
     inst = record["instances"]
     cls = "ok" if inst["running"] == inst["expected"] else "bad"
@@ -233,6 +235,13 @@ def render_page(
     expected = sum(r["instances"]["expected"] for r in configs)
     failing = sum(1 for r in configs if not r.get("ok"))
     taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(doc["time"])) if doc["time"] else "-"
+    viewer = doc.get("viewer")
+    scope = (
+        f' <span class="dim">Shown to source {_e(viewer)}: its own flows, and its outcomes in '
+        "the pump's shared ones.</span>"
+        if viewer
+        else ""
+    )
     summary_cls = "ok" if failing == 0 else "bad"
     charts = "".join(
         (
@@ -254,7 +263,7 @@ def render_page(
         "<h1>sarra pump status</h1>"
         f'<p>Sampled {_e(taken)}. <span class="{summary_cls}">{len(configs)} configurations, '
         f"{up}/{expected} instances running, {failing} not as expected.</span> "
-        f'<a href="status.json">status.json</a> · <a href="metrics">metrics</a></p>'
+        f'<a href="status.json">status.json</a> · <a href="metrics">metrics</a>{scope}</p>'
         f'<h2>Last minutes</h2><div class="charts">{charts}</div>'
         f"<h2>Configurations</h2><table>{head}{_config_rows(doc, rates, lag_top)}</table>"
         f"<h2>Failures by code and source</h2>{_failures(doc)}"

@@ -12,9 +12,11 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sarra.cli import pump
 from sarra.cli.instances import process_matches, read_pid_file
 from sarra.cli.runtime import default_runtime
-from sarra.cli.web import WebServer
+from sarra.cli.web import Credentials, WebServer
 from tests.integration.flowkit import Site, make_files, post, unique, wait_for
 
 PASSWORD = "Sup3rSecretPw"
@@ -198,6 +200,33 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         for body in (page, json.dumps(doc), _get(base + "/metrics").decode()):
             assert PASSWORD not in body
             assert ":guest@" not in body
+
+        # a multi-user pump: each source's token sees its own flows only; the operator's all
+        server.credentials = Credentials(
+            token="op-tok", sources=(("alice", "alice-tok"), ("guest", "guest-tok"))
+        )
+
+        def seen(token: str) -> dict[str, Any]:
+            req = urllib.request.Request(
+                base + "/status.json", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return {r["config"]: r for r in json.loads(resp.read())["configs"]}
+
+        assert sorted(seen("op-tok")) == ["failing", "good", "locked"]
+        as_guest = seen("guest-tok")  # good and failing read xs_guest; locked is nobody's
+        assert sorted(as_guest) == ["failing", "good"]
+        assert as_guest["good"]["totals"]["files"] == 3
+        assert seen("alice-tok") == {}  # alice has no flow here, and no notice went through
+        req = urllib.request.Request(
+            base + "/metrics", headers={"Authorization": "Bearer alice-tok"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            alice_metrics = _samples(resp.read().decode())
+        assert not [k for k in alice_metrics if k[0] == "sarra_files_total"]
+        with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(base + "/"):
+            raise AssertionError("served without a token")
+        server.credentials = None
 
         # the page as a browser renders it, and a screenshot of it
         time.sleep(3)  # a few more samples: the charts have lines
