@@ -7,7 +7,9 @@ Paths: ``/`` a status page (HTML, refreshing itself), ``/status.json`` the same 
 sampler thread collects ``sr status --json``'s records (:func:`sarra.cli.pump.status_record`:
 instances, queue backlog and consumers) and every instance's metrics file
 (:mod:`sarra.flow.metrics`), and keeps the last :data:`HISTORY_SECONDS` of rates and lag in
-memory for the charts. Requests only read the latest sample: a slow broker never holds a page.
+memory for the charts. The queues are counted over one broker connection per broker and
+user, kept between samples (:class:`sarra.components.common.SessionPool`). Requests only
+read the latest sample: a slow broker never holds a page.
 
 Access (see docs/cli-verbs.md, ``sr web``):
 
@@ -67,6 +69,7 @@ from sarra.cli.instances import Instance
 from sarra.cli.logs import redact, remove_handler, setup_console_logging
 from sarra.cli.runtime import Runtime
 from sarra.cli.webpage import render_page
+from sarra.components.common import SessionPool, reusing_sessions
 from sarra.errors import ConfigError
 from sarra.flow.metrics import open_reassemblies, read_metrics
 
@@ -775,7 +778,15 @@ class WebServer:
         audit_every: float = 0.0,
         audit_once: Callable[[], dict[str, Any]] = police_audit,
     ) -> None:
-        self.sampler = Sampler(collect_once or (lambda: collect(rt)), every)
+        #: one broker connection per broker and user for the queues' counts, kept between
+        #: samples (only the sampler thread uses it)
+        self.sessions = SessionPool()
+
+        def collect_pooled() -> dict[str, Any]:
+            with reusing_sessions(self.sessions):
+                return collect(rt)
+
+        self.sampler = Sampler(collect_once or collect_pooled, every)
         self.auditor = Auditor(audit_once, audit_every) if audit_every > 0 else None
         self.credentials = credentials
         self.every = every
@@ -803,6 +814,7 @@ class WebServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.sampler.stop()
+        self.sessions.close()
         if self.auditor is not None:
             self.auditor.stop()
         if self._thread is not None:

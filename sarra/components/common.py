@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -23,7 +25,7 @@ from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.config.loader import resolve_queue_name
 from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError, ConfigError
+from sarra.errors import BrokerError, BrokerNotFound, ConfigError
 from sarra.flow.download import DownloadSettings
 from sarra.flow.events import log_event
 from sarra.flow.heartbeat import HeartbeatFile
@@ -232,11 +234,72 @@ def remove_queue_and_state(session: Broker, name: str, s: Settings) -> None:
     clear_instance_state(s)
 
 
+class SessionPool:
+    """Connected sessions kept for ``status`` across calls, one per broker and user (``sr
+    web`` asks every configuration's queue every few seconds: one connection per broker,
+    not one per configuration and sample). Used by one thread at a time
+    (:func:`reusing_sessions`); :meth:`close` ends them all."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str, int, str, str], Broker] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[Broker]:
+        return list(self._sessions.values())
+
+    def queue_counts(self, session: Broker, name: str) -> tuple[int, int]:
+        """``name``'s counts on the pooled session to ``session``'s broker and user, which
+        ``session`` (new, unconnected) becomes if there is none, or it was lost."""
+        url = session.url
+        key = (url.protocol, url.host, url.port, url.user, url.vhost)
+        pooled = self._sessions.get(key)
+        if pooled is None or not pooled.connected:
+            if pooled is not None:
+                pooled.close()
+            self._sessions.pop(key, None)
+            session.connect()  # BrokerError: nothing pooled, reported by the caller
+            pooled = self._sessions[key] = session
+        try:
+            return pooled.queue_counts(name)
+        except BrokerNotFound:
+            raise  # the channel is closed, the connection kept: reused next time
+        except BrokerError:
+            pooled.close()
+            self._sessions.pop(key, None)
+            raise
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            with contextlib.suppress(Exception):
+                session.close()
+        self._sessions.clear()
+
+
+_pooling = threading.local()
+
+
+@contextmanager
+def reusing_sessions(pool: SessionPool) -> Iterator[SessionPool]:
+    """Within the block, in this thread, ``status`` counts queues on ``pool``'s sessions."""
+    previous = getattr(_pooling, "pool", None)
+    _pooling.pool = pool
+    try:
+        yield pool
+    finally:
+        _pooling.pool = previous
+
+
 def queue_status(session: Broker, name: str) -> InstanceStatus:
     """``status``: the queue's backlog and consumers (an unreachable broker is reported)."""
+    pool: SessionPool | None = getattr(_pooling, "pool", None)
     try:
-        with connected(session):
-            messages, consumers = session.queue_counts(name)
+        if pool is not None and not isinstance(session, MqttSession):
+            messages, consumers = pool.queue_counts(session, name)
+        else:
+            with connected(session):
+                messages, consumers = session.queue_counts(name)
     except BrokerError as e:
         return InstanceStatus(queue=name, extra={"error": str(e)})
     return InstanceStatus(queue=name, backlog=messages, consumers=consumers)

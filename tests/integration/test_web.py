@@ -165,6 +165,13 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
             return metrics.get(dead, 0) >= 1
 
         wait_for(audited, timeout=40, what="the police audit finding the dead instance")
+        # the queues are counted over one kept connection per broker and user (guest's: good
+        # and failing; locked's broker refuses nobody, so nothing of it is kept)
+        (kept,) = server.sessions.sessions()
+        assert kept.connected and kept.url.user == "guest"
+        server.sampler.sample()
+        server.sampler.sample()
+        assert server.sessions.sessions() == [kept] and kept.connected
         assert metrics[("sarra_police_status", ())] == 2
         doc = json.loads(_get(base + "/status.json"))
         audit = doc["audit"]
