@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from sarra.flow.events import EVENT_ATTR
+
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(sr_context)s %(name)s: %(message)s"
@@ -56,7 +58,9 @@ class RedactingFormatter(logging.Formatter):
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per line (``log_format json``): ``time`` (UTC, ISO 8601 with
     milliseconds), ``level``, ``context`` (``component/config/instance``), ``logger``,
-    ``message`` and, after an exception, ``exception``; URL passwords masked in every value."""
+    ``message`` and, after an exception, ``exception``; for a per-file event
+    (:mod:`sarra.flow.events`) also ``event``, ``relPath``, ``code``, ``source`` and ``bytes``
+    where known; URL passwords masked in every value."""
 
     def __init__(self, context: str) -> None:
         super().__init__()
@@ -64,13 +68,17 @@ class JsonLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line: dict[str, str] = {
+        line: dict[str, object] = {
             "time": f"{stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "context": self._context,
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
+        event = getattr(record, EVENT_ATTR, None)
+        if isinstance(event, dict):  # a per-file event: its fields as keys of their own
+            for key, value in event.items():
+                line.setdefault(key, redact(value) if isinstance(value, str) else value)
         if record.exc_info:
             line["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)

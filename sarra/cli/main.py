@@ -25,6 +25,7 @@ from sarra import __version__
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.account import become_system_account
+from sarra.cli.downcause import clear_exit_note, reason_of, write_exit_note
 from sarra.cli.instances import (
     Instance,
     daemonize,
@@ -176,6 +177,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     rt = runtime if runtime is not None else default_runtime()
     passed = json.loads(os.environ.get(ARGV_ENV) or "{}")
     user_argv = [str(a) for a in passed.get("argv", [])]
+    inst = Instance(component, config, number, rt.state_dir(component, config), rt.log_dir())
     try:
         comp = rt.registry[component]
         parsed = rt.parse_command_line(component, user_argv)
@@ -185,8 +187,9 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         cfg = rt.load_config(component, passed.get("config", config), options)
     except (ConfigError, KeyError) as exc:
         print(f"sr_{component}: {redact(str(exc))}", file=sys.stderr)
+        write_exit_note(inst, 2, f"configuration error: {exc}")
         return 2
-    inst = Instance(component, config, number, rt.state_dir(component, config), rt.log_dir())
+    clear_exit_note(inst)
     supervisor = os.environ.get(SUPERVISED_ENV, "")
     if supervisor.isdigit():  # a child of ``supervise``: stays attached, logs to stderr
         set_parent_death_signal(int(supervisor))
@@ -210,16 +213,21 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     restore = install_stop_handlers(stop)
     end_watch = watch_stop_request(inst, stop)  # Windows' stand-in for SIGTERM
     log.info("instance %s started, pid %d", inst.label, os.getpid())
+    reason = "stopped on request"
     try:
         rc = comp.run(cfg, number, stop)
-    except Exception:  # the log is the only place a daemon can report a crash
+        if not stop.is_set():
+            reason = "ended by itself" if rc == 0 else f"exited with status {rc}"
+    except Exception as exc:  # the log is the only place a daemon can report a crash
         log.exception("instance %s crashed", inst.label)
         rc = 1
+        reason = reason_of(exc)
     finally:
         restore()
         end_watch()
         if stop.is_set():
             remove_pid_file(inst.pid_path, os.getpid())
+    write_exit_note(inst, rc, reason)
     log.info("instance %s exiting with status %d", inst.label, rc)
     remove_handler(handler)
     return rc

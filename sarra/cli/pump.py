@@ -19,6 +19,7 @@ configuration error), or 2 for a usage error of ``sr`` itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -28,10 +29,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.account import become_system_account
+from sarra.cli.downcause import why_down
 from sarra.cli.instances import State, instance_pid, pid_file_numbers
 from sarra.cli.logs import redact
 from sarra.cli.runtime import Runtime, default_runtime
@@ -311,9 +314,17 @@ def status_record(rt: Runtime, pair: Pair) -> dict[str, Any]:
     )
     instances = []
     for number in numbers:
-        state, pid = instance_pid(verbs.instance(ctx, config, number))
+        inst = verbs.instance(ctx, config, number)
+        state, pid = instance_pid(inst)
+        connection = verbs.instance_connection(inst) if state is State.RUNNING else None
         instances.append(
-            {"number": number, "state": str(state), "pid": pid, "extra": number > expected}
+            {
+                "number": number,
+                "state": str(state),
+                "pid": pid,
+                "extra": number > expected,
+                "why": why_down(inst, state, connection),
+            }
         )
     running = [i for i in instances if i["state"] == State.RUNNING and not i["extra"]]
     record["instances"] = {
@@ -323,8 +334,37 @@ def status_record(rt: Runtime, pair: Pair) -> dict[str, Any]:
         "each": instances,
     }
     record["queue"] = None if cfg is None else queue_record(ctx, cfg)
+    record["names"] = None if cfg is None else flow_names(cfg)
     record["ok"] = record["error"] is None and len(running) == expected
     return record
+
+
+def flow_names(cfg: Any) -> dict[str, Any]:
+    """Whose a configuration's flow is: its broker users (``broker``, ``post_broker``), the
+    exchanges it reads and posts to, and its ``source`` option (``sr web`` shows a source
+    the configurations that are wholly its own)."""
+    users = set()
+    for url in (_option(cfg, "broker"), _option(cfg, "post_broker")):
+        if url:
+            with contextlib.suppress(ValueError):
+                user = urlsplit(url).username
+                if user:
+                    users.add(user)
+    exchanges = {b.exchange for b in _option(cfg, "bindings") or () if b.exchange}
+    exchanges |= {x for x in (_option(cfg, "exchange"), _option(cfg, "post_exchange")) if x}
+    return {
+        "users": sorted(users),
+        "exchanges": sorted(exchanges),
+        "source": _option(cfg, "source"),
+    }
+
+
+def _option(cfg: Any, name: str) -> Any:
+    """An option of a loaded configuration, None when the component has no such option."""
+    try:
+        return getattr(cfg, name)
+    except (AttributeError, KeyError):
+        return None
 
 
 def queue_record(ctx: verbs.Context, cfg: Any) -> dict[str, Any]:

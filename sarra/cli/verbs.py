@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sarra.cli import configs as cf
+from sarra.cli.downcause import why_down
 from sarra.cli.instances import (
     Instance,
     State,
@@ -361,11 +362,23 @@ def status(ctx: Context, configs: Sequence[str]) -> int:
             if note:  # e.g. "paused: retry queue: ... No space left on device"
                 shown = note.split(":", 1)[0]
                 seen = f"{seen}; {redact(note)}"
+            connection = instance_connection(inst) if state is State.RUNNING else None
+            why = why_down(inst, state, connection)
+            if why and not (disabled and state is not State.RUNNING):
+                seen = f"{seen}; {why}"
             tag = instance_tag(number)
             print(f"{label:<28} {tag:>4} {pid_text:>8}  {shown:<10} {seen}", file=ctx.out)
         if cfg is not None:
             print(f"{label:<28} {_broker_status(ctx, cfg)}", file=ctx.out)
     return rc
+
+
+def instance_connection(inst: Instance) -> str | None:
+    """The connection state a running instance's metrics file gives (None: none yet)."""
+    from sarra.flow.metrics import read_metrics
+
+    doc = read_metrics(inst.metrics_path)
+    return None if doc is None else str(doc.get("connection") or "") or None
 
 
 def _broker_status(ctx: Context, cfg: Settings) -> str:

@@ -7,7 +7,9 @@ Paths: ``/`` a status page (HTML, refreshing itself), ``/status.json`` the same 
 sampler thread collects ``sr status --json``'s records (:func:`sarra.cli.pump.status_record`:
 instances, queue backlog and consumers) and every instance's metrics file
 (:mod:`sarra.flow.metrics`), and keeps the last :data:`HISTORY_SECONDS` of rates and lag in
-memory for the charts. Requests only read the latest sample: a slow broker never holds a page.
+memory for the charts. The queues are counted over one broker connection per broker and
+user, kept between samples (:class:`sarra.components.common.SessionPool`). Requests only
+read the latest sample: a slow broker never holds a page.
 
 Access (see docs/cli-verbs.md, ``sr web``):
 
@@ -20,6 +22,8 @@ Access (see docs/cli-verbs.md, ``sr web``):
   ``token <secret>`` (sent as ``Authorization: Bearer <secret>``) and/or
   ``basic <user>:<password>`` (HTTP basic auth, what a browser asks for). Without a usable
   file ``sr web`` refuses to start and says how to make one.
+- ``source <name> <secret>`` lines give each source of a multi-user pump a token of its
+  own: its requests get :func:`for_source`'s cut of the sample (docs/cli-verbs.md).
 - Nothing served shows a secret: every response body goes through
   :func:`sarra.cli.logs.redact` as a last step, on top of the records' own redaction.
 """
@@ -38,6 +42,8 @@ import os
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -45,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any, TextIO
 
 from prometheus_client.core import (
@@ -56,11 +63,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from sarra.cli import configs as cf
 from sarra.cli import pump
 from sarra.cli.instances import Instance
 from sarra.cli.logs import redact, remove_handler, setup_console_logging
 from sarra.cli.runtime import Runtime
 from sarra.cli.webpage import render_page
+from sarra.components.common import SessionPool, reusing_sessions
 from sarra.errors import ConfigError
 from sarra.flow.metrics import open_reassemblies, read_metrics
 
@@ -73,8 +82,15 @@ LOOPBACK = frozenset({"127.0.0.1", "::1"})
 HISTORY_SECONDS = 15 * 60
 #: a metrics file older than this (seconds) is shown as stale
 STALE_AFTER = 30.0
+#: how often the police audit runs by default (seconds)
+AUDIT_EVERY = 60.0
+#: ``sarra_police_status`` values
+AUDIT_STATUS = {"ok": 0, "warning": 1, "error": 2}
 
-USAGE = "usage: sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS]"
+USAGE = (
+    "usage: sr [--sr3] web [--listen HOST:PORT] [--auth FILE] [--every SECONDS] "
+    "[--audit-every SECONDS]"
+)
 HELP = f"""{USAGE}
 
 Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
@@ -82,40 +98,74 @@ Serve this user's pump: / (status page), /status.json, /metrics (Prometheus).
   --listen HOST:PORT  where to listen (default {DEFAULT_LISTEN}); any address but 127.0.0.1
                       or ::1 requires credentials on every path
   --auth FILE         credentials file, mode 600: lines 'token <secret>' and/or
-                      'basic <user>:<password>' (default: web-auth in the config directory)
-  --every SECONDS     how often the pump's status is collected (default 5)"""
+                      'basic <user>:<password>' (the operator: sees all), and
+                      'source <name> <secret>' (that source sees its own flows only)
+                      (default: web-auth in the config directory)
+  --every SECONDS     how often the pump's status is collected (default 5)
+  --audit-every SECONDS
+                      how often sr_police audit runs for the page (default 60; 0: off)"""
 
 
 # -- credentials ------------------------------------------------------------------------------
 
 
+#: who a request is: None for the operator (sees everything), else a source's name
+Viewer = str | None
+#: :meth:`Credentials.identify`'s answer for a request it refuses
+REFUSED = "\x00refused"
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """What a request must present: a bearer token and/or basic-auth user and password."""
+    """What a request must present: the operator's bearer token and/or basic-auth user and
+    password (they see everything), or a source's token (``sources``: source -> token; that
+    source sees only its own flows, see :func:`for_source`)."""
 
     token: str | None = None
     basic: tuple[str, str] | None = None
+    sources: tuple[tuple[str, str], ...] = ()
 
-    def allows(self, header: str | None) -> bool:
-        """Whether an ``Authorization`` header value carries the credentials (constant-time
-        comparisons)."""
+    def identify(self, header: str | None) -> Viewer:
+        """Who an ``Authorization`` header value is: None (the operator), a source's name,
+        or :data:`REFUSED`. Every comparison is made, in constant time, whatever matches."""
         if not header:
-            return False
+            return REFUSED
         scheme, _, value = header.strip().partition(" ")
         value = value.strip()
-        if scheme.lower() == "bearer" and self.token is not None:
-            return hmac.compare_digest(value.encode(), self.token.encode())
-        if scheme.lower() == "basic" and self.basic is not None:
+        found: Viewer = REFUSED
+        if scheme.lower() == "bearer":
+            if self.token is not None and _same(value, self.token):
+                found = None
+            for source, token in self.sources:
+                if _same(value, token) and found == REFUSED:
+                    found = source
+            return found
+        if scheme.lower() == "basic":
             try:
                 raw = base64.b64decode(value, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
-                return False
+                return REFUSED
             user, sep, password = raw.partition(":")
-            want_user, want_password = self.basic
-            ok_user = hmac.compare_digest(user.encode(), want_user.encode())
-            ok_password = hmac.compare_digest(password.encode(), want_password.encode())
-            return bool(sep) and ok_user and ok_password
-        return False
+            if not sep:
+                return REFUSED
+            if self.basic is not None:
+                want_user, want_password = self.basic
+                ok_user = _same(user, want_user)
+                if _same(password, want_password) and ok_user:
+                    found = None
+            for source, token in self.sources:  # a browser: the source's name and token
+                ok_user = _same(user, source)
+                if _same(password, token) and ok_user and found == REFUSED:
+                    found = source
+        return found
+
+    def allows(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries any of the credentials."""
+        return self.identify(header) != REFUSED
 
 
 def how_to_make(path: Path) -> str:
@@ -147,6 +197,7 @@ def load_credentials(path: Path) -> Credentials:
         )
     token: str | None = None
     basic: tuple[str, str] | None = None
+    sources: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         words = line.strip()
         if not words or words.startswith("#"):
@@ -158,11 +209,22 @@ def load_credentials(path: Path) -> Credentials:
         elif kind == "basic" and ":" in value and value.partition(":")[2]:
             user, _, password = value.partition(":")
             basic = (user, password)
+        elif kind == "source" and len(value.split()) == 2:
+            source, secret = value.split()
+            if source in sources:
+                raise ConfigError(f"{path}:{number}: source {source} given twice")
+            sources[source] = secret
         else:
-            raise ConfigError(f"{path}:{number}: expected 'token <secret>' or 'basic user:pw'")
-    if token is None and basic is None:
+            raise ConfigError(
+                f"{path}:{number}: expected 'token <secret>', 'basic user:pw' or "
+                "'source <name> <secret>'"
+            )
+    secrets = [t for t in (token, basic[1] if basic else None) if t] + list(sources.values())
+    if len(set(secrets)) != len(secrets):
+        raise ConfigError(f"{path}: each token must be different (one token, one viewer)")
+    if token is None and basic is None and not sources:
         raise ConfigError(f"{path} holds no credentials; {how_to_make(path)}")
-    return Credentials(token, basic)
+    return Credentials(token, basic, tuple(sorted(sources.items())))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -196,9 +258,14 @@ def collect(rt: Runtime, now: float | None = None) -> dict[str, Any]:
     and the config's totals, and its files in reassembly."""
     now = time.time() if now is None else now
     pairs, _rc = pump.select(rt, "status", [], io.StringIO())
+    one_shots = _one_shot_runs(rt, set(pairs))
     configs = []
-    for pair in pairs:
+    for pair in [*pairs, *one_shots]:
         record = pump.status_record(rt, pair)
+        if pair in one_shots:  # a run of sr_post: nothing is expected to keep running
+            inst = record["instances"]
+            inst["each"] = [e for e in inst["each"] if e["state"] != "stopped"]
+            inst["expected"], record["ok"], record["one_shot"] = 0, record["error"] is None, True
         state_dir = rt.state_dir(pair.component, pair.config)
         totals = _Totals()
         for each in record["instances"]["each"]:
@@ -229,6 +296,27 @@ def collect(rt: Runtime, now: float | None = None) -> dict[str, Any]:
         record["reassembly"] = open_reassemblies(state_dir)
         configs.append(record)
     return {"schema": pump.JSON_SCHEMA, "time": now, "configs": configs}
+
+
+def _one_shot_runs(rt: Runtime, shown: set[pump.Pair]) -> list[pump.Pair]:
+    """The configurations of one-shot components (sr_post without ``sleep``), which ``sr
+    status`` leaves out, that left a metrics file: their runs are shown too."""
+    found = []
+    for component, impl in rt.registry.items():
+        if not impl.one_shot:
+            continue
+        for config in cf.list_configs(rt.config_dir(), component):
+            pair = pump.Pair(component, config.name, config.enabled)
+            if pair in shown:
+                continue
+            prefix = f"sr_{component}_{config.name}_"
+            try:
+                names = os.listdir(rt.state_dir(component, config.name))
+            except OSError:
+                continue
+            if any(n.startswith(prefix) and n.endswith(".metrics.json") for n in names):
+                found.append(pair)
+    return found
 
 
 def _orphan_metrics(state_dir: Path, pair: pump.Pair, record: dict[str, Any]) -> list[int]:
@@ -298,6 +386,128 @@ def _max(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
     return a if b is None else max(a, b)
+
+
+# -- what a source sees ----------------------------------------------------------------------
+
+
+def source_exchange(source: str, exchange: str) -> bool:
+    """Whether ``exchange`` is one of ``source``'s own (``xs_S``, ``xr_S``, ``xl_S``, and
+    their ``_suffix`` forms, as sr_police names them)."""
+    for prefix in ("xs_", "xr_", "xl_"):
+        own = prefix + source
+        if exchange == own or exchange.startswith(own + "_"):
+            return True
+    return False
+
+
+def owns(source: str, names: dict[str, Any] | None) -> bool:
+    """Whether a configuration's flow is wholly ``source``'s: every exchange it reads and
+    posts to is the source's own; or it runs as that broker user alone and reads nothing
+    but the source's own and public (``x...public``) exchanges."""
+    if not names:
+        return False
+    exchanges = list(names.get("exchanges") or ())
+    if exchanges and all(source_exchange(source, x) for x in exchanges):
+        return True
+    users = list(names.get("users") or ())
+    return (
+        bool(users)
+        and set(users) == {source}
+        and all(
+            source_exchange(source, x) or (x.startswith("x") and x.endswith("public"))
+            for x in exchanges
+        )
+    )
+
+
+def _mine(by_source: Any, source: str) -> dict[str, Any]:
+    counts = (by_source or {}).get(source)
+    return {source: counts} if counts else {}
+
+
+def for_source(
+    doc: dict[str, Any], history: list[tuple[float, dict[str, Any]]], source: str
+) -> tuple[dict[str, Any], list[tuple[float, dict[str, Any]]]]:
+    """The sample as ``source`` may see it on a multi-user pump: its own configurations
+    (:func:`owns`) whole, but outcome counts by source only for itself; of the pump's
+    shared configurations that handled its notices, only their name, their instances up or
+    down, and its own outcome counts; nothing else (no other configuration, queue, error
+    text, reassembly or police audit)."""
+    configs: list[dict[str, Any]] = []
+    visible: set[str] = set()
+    for record in doc["configs"]:
+        totals = record.get("totals") or {}
+        if owns(source, record.get("names")):
+            each = [
+                {**e, "metrics": _sliced(e.get("metrics"), source)}
+                for e in record["instances"]["each"]
+            ]
+            configs.append(
+                {
+                    **record,
+                    "instances": {**record["instances"], "each": each},
+                    "totals": {**totals, "by_source": _mine(totals.get("by_source"), source)},
+                }
+            )
+            visible.add(_label(record))
+            continue
+        mine = _mine(totals.get("by_source"), source)
+        if not mine:
+            continue
+        inst = record["instances"]
+        configs.append(
+            {
+                "component": record["component"],
+                "config": record["config"],
+                "enabled": record["enabled"],
+                "ok": record.get("ok"),
+                "error": None,
+                "shared": True,
+                "instances": {
+                    "expected": inst["expected"],
+                    "running": inst["running"],
+                    "pids": [],
+                    "each": [
+                        {
+                            "number": e["number"],
+                            "state": e["state"],
+                            "pid": None,
+                            "extra": e.get("extra", False),
+                            "why": None,
+                            "metrics": (
+                                {
+                                    "by_source": _mine(
+                                        (e.get("metrics") or {}).get("by_source"), source
+                                    )
+                                }
+                                if e.get("metrics")
+                                else None
+                            ),
+                        }
+                        for e in inst["each"]
+                    ],
+                },
+                "queue": None,
+                "names": None,
+                "totals": {"by_source": mine},
+                "reassembly": [],
+            }
+        )
+    shown = {
+        "schema": doc.get("schema"),
+        "time": doc.get("time"),
+        "viewer": source,
+        "configs": configs,
+    }
+    kept = [(t, {k: v for k, v in point.items() if k in visible}) for t, point in history]
+    return shown, kept
+
+
+def _sliced(metrics: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {**metrics, "by_source": _mine(metrics.get("by_source"), source)}
 
 
 # -- the sampler -----------------------------------------------------------------------------
@@ -378,17 +588,82 @@ def _rates(
     return point
 
 
+# -- the police audit ------------------------------------------------------------------------
+
+
+def police_audit(timeout: float = 120.0) -> dict[str, Any]:
+    """One ``sr_police --json audit`` of this user's pump (run as its own program: the CLI
+    layer does not import the administration tools), as its JSON document (``status``,
+    ``counts``, ``findings``...), or ``{"status": "error", "error": ...}`` when it could not
+    tell (no pump roles, no admin credentials, no answer in ``timeout`` seconds)."""
+    argv = [sys.executable, "-m", "sarra.police.cli", "--json", "audit"]
+    started = time.time()
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"time": started, "status": "error", "error": f"sr_police audit: {exc}"}
+    try:
+        doc = json.loads(done.stdout)
+        if not isinstance(doc, dict):
+            raise ValueError(doc)
+    except ValueError:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {"time": started, "status": "error", "error": f"sr_police audit: {last}"}
+    doc.setdefault("time", started)
+    return doc
+
+
+class Auditor:
+    """Runs the police audit every ``every`` seconds in its own thread (it may take a while:
+    the broker's management API, a queue sample); keeps the latest report."""
+
+    def __init__(self, audit_once: Callable[[], dict[str, Any]], every: float) -> None:
+        self._audit = audit_once
+        self.every = every
+        self.latest: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def audit(self) -> None:
+        try:
+            doc = self._audit()
+        except Exception as exc:
+            log.exception("the police audit failed")
+            doc = {"time": time.time(), "status": "error", "error": str(exc)}
+        self.latest = doc  # one reference swap: readers see the old report or the new one
+
+    def start(self) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                self.audit()
+                self._stop.wait(self.every)
+
+        self._thread = threading.Thread(target=run, name="sr-web-audit", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+
 # -- /metrics --------------------------------------------------------------------------------
 
 
 class PumpCollector(Collector):
     """The latest sample as Prometheus metric families (one series per instance)."""
 
-    def __init__(self, sampler: Sampler) -> None:
-        self.sampler = sampler
+    def __init__(
+        self, sample: Callable[[], dict[str, Any]], auditor: Auditor | None = None
+    ) -> None:
+        self.sample = sample
+        self.auditor = auditor
 
     def collect(self) -> Iterator[Metric]:
-        doc, _ = self.sampler.snapshot()
+        doc = self.sample()
+        yield from self._audit()
         inst_labels = ["component", "config", "instance"]
         cfg_labels = ["component", "config"]
 
@@ -433,6 +708,11 @@ class PumpCollector(Collector):
                 m = each.get("metrics")
                 if m is None:
                     continue
+                for source, counts in (m.get("by_source") or {}).items():
+                    for code, n in counts.items():
+                        outcomes.add_metric([*i, code, source], n)
+                if "notices" not in m:  # a shared flow, as a source sees it: its outcomes only
+                    continue
                 connected.add_metric(i, 1 if m.get("connection") == "connected" else 0)
                 notices_in.add_metric(i, m["notices"]["in"])
                 notices_out.add_metric(i, m["notices"]["out"])
@@ -440,9 +720,6 @@ class PumpCollector(Collector):
                 blocks.add_metric(i, m["blocks"])
                 nbytes.add_metric(i, m["bytes"])
                 rejects.add_metric(i, m["rejects"])
-                for source, counts in (m.get("by_source") or {}).items():
-                    for code, n in counts.items():
-                        outcomes.add_metric([*i, code, source], n)
                 r = m.get("retry") or {}
                 retry.add_metric(i, r.get("depth") or 0)
                 if r.get("oldest_age") is not None:
@@ -457,6 +734,27 @@ class PumpCollector(Collector):
         yield from (up, connected, notices_in, notices_out, files, blocks, nbytes, rejects)
         yield from (outcomes, retry, retry_age, lag, lag_max, activity)
         yield from (backlog, consumers, expected, reassembly)
+
+    def _audit(self) -> Iterator[Metric]:
+        report = None if self.auditor is None else self.auditor.latest
+        if report is None:
+            return
+        status = GaugeMetricFamily(
+            "sarra_police_status", "the police audit: 0 ok, 1 warnings, 2 errors, 3 not run"
+        )
+        failed = bool(report.get("error"))  # the audit could not tell
+        status.add_metric([], 3 if failed else AUDIT_STATUS.get(str(report.get("status")), 3))
+        yield status
+        found = GaugeMetricFamily(
+            "sarra_police_findings", "police audit findings", labels=["check", "severity"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for f in report.get("findings") or ():
+            key = (str(f.get("check")), str(f.get("severity")))
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in sorted(counts.items()):
+            found.add_metric(list(key), n)
+        yield found
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -477,12 +775,23 @@ class WebServer:
         credentials: Credentials | None,
         every: float = 5.0,
         collect_once: Callable[[], dict[str, Any]] | None = None,
+        audit_every: float = 0.0,
+        audit_once: Callable[[], dict[str, Any]] = police_audit,
     ) -> None:
-        self.sampler = Sampler(collect_once or (lambda: collect(rt)), every)
+        #: one broker connection per broker and user for the queues' counts, kept between
+        #: samples (only the sampler thread uses it)
+        self.sessions = SessionPool()
+
+        def collect_pooled() -> dict[str, Any]:
+            with reusing_sessions(self.sessions):
+                return collect(rt)
+
+        self.sampler = Sampler(collect_once or collect_pooled, every)
+        self.auditor = Auditor(audit_once, audit_every) if audit_every > 0 else None
         self.credentials = credentials
         self.every = every
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PumpCollector(self.sampler))
+        self.registry.register(PumpCollector(lambda: self.sampler.snapshot()[0], self.auditor))
         handler = _handler_class(self)
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         self.httpd = server_class((host, port), handler)
@@ -496,6 +805,8 @@ class WebServer:
 
     def start(self) -> None:
         self.sampler.start()
+        if self.auditor is not None:
+            self.auditor.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="sr-web", daemon=True)
         self._thread.start()
 
@@ -503,16 +814,37 @@ class WebServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.sampler.stop()
+        self.sessions.close()
+        if self.auditor is not None:
+            self.auditor.stop()
         if self._thread is not None:
             self._thread.join(30)
 
-    def respond(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) of a GET of ``path``, redacted."""
+    def audit_report(self) -> dict[str, Any]:
+        """The latest police audit, or why there is none."""
+        if self.auditor is None:
+            return {"status": "off", "error": "the police audit is off (--audit-every 0)"}
+        latest = self.auditor.latest
+        return latest if latest is not None else {"status": "pending", "error": "not run yet"}
+
+    def respond(self, path: str, viewer: Viewer = None) -> tuple[int, str, bytes]:
+        """(status, content type, body) of a GET of ``path`` by ``viewer`` (None: the
+        operator; a source's name: what :func:`for_source` leaves), redacted."""
         route = path.split("?", 1)[0]
-        if route == "/metrics":
-            body = generate_latest(self.registry).decode("utf-8")
-            return 200, CONTENT_TYPE_LATEST, redact(body).encode()
         doc, history = self.sampler.snapshot()
+        if viewer is not None:
+            doc, history = for_source(doc, history, viewer)
+        if route == "/metrics":
+            registry = self.registry
+            if viewer is not None:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(PumpCollector(lambda: doc))
+            body = generate_latest(registry).decode("utf-8")
+            return 200, CONTENT_TYPE_LATEST, redact(body).encode()
+        audit = self.audit_report()
+        if viewer is not None:
+            audit = {"status": "hidden", "error": "shown to the pump's operator only"}
+        doc = {**doc, "audit": audit}
         if route == "/status.json":
             text = json.dumps({**doc, "history": history}, indent=2)
             return 200, "application/json", redact(text).encode()
@@ -529,9 +861,10 @@ def _handler_class(server: WebServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             creds = server.credentials
-            if creds is not None and not creds.allows(self.headers.get("Authorization")):
+            viewer = None if creds is None else creds.identify(self.headers.get("Authorization"))
+            if viewer == REFUSED:
                 self.send_response(401)
-                if creds.basic is not None:
+                if creds is not None and (creds.basic is not None or creds.sources):
                     self.send_header("WWW-Authenticate", 'Basic realm="sarra", charset="UTF-8"')
                 else:
                     self.send_header("WWW-Authenticate", 'Bearer realm="sarra"')
@@ -542,7 +875,7 @@ def _handler_class(server: WebServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
                 return
             try:
-                status, ctype, body = server.respond(self.path)
+                status, ctype, body = server.respond(self.path, viewer)
             except Exception:
                 log.exception("serving %s failed", self.path)
                 status, ctype, body = 500, "text/plain; charset=utf-8", b"internal error\n"
@@ -569,6 +902,7 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
     parser.add_argument("--listen", default=DEFAULT_LISTEN)
     parser.add_argument("--auth", default=None)
     parser.add_argument("--every", type=float, default=5.0)
+    parser.add_argument("--audit-every", type=float, default=AUDIT_EVERY)
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
     if args.help:
@@ -578,6 +912,8 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
         raise ConfigError(f"unexpected {rest[0]!r}; {USAGE}")
     if not args.every > 0:
         raise ConfigError("--every must be more than 0 seconds")
+    if not args.audit_every >= 0:
+        raise ConfigError("--audit-every must be 0 (off) or more seconds")
     host, port = parse_listen(args.listen)
     auth = Path(args.auth) if args.auth else rt.config_dir() / "web-auth"
     credentials = None
@@ -589,7 +925,7 @@ def main(argv: list[str], rt: Runtime, out: TextIO, err: TextIO) -> int:
                 f"listening on {host} needs credentials, checked on every path: {exc}"
             ) from exc
     try:
-        server = WebServer(rt, host, port, credentials, args.every)
+        server = WebServer(rt, host, port, credentials, args.every, audit_every=args.audit_every)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
     stop = threading.Event()

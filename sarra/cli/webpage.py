@@ -17,6 +17,7 @@ h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;background:#fff} td,th{padding:.25em .6em;border:1px solid #ddd;
 text-align:left;vertical-align:top} th{background:#eef} .num{text-align:right}
 .ok{color:#080} .bad{color:#b00;font-weight:bold} .warn{color:#a60} .dim{color:#888}
+.why{font-weight:normal;font-size:90%;display:inline-block;max-width:40em}
 .dot{display:inline-block;width:.8em;height:.8em;border-radius:50%;margin-right:2px}
 .up{background:#2a2} .down{background:#c22} .other{background:#aaa}
 .charts{display:flex;flex-wrap:wrap;gap:1em} .chart{background:#fff;border:1px solid #ddd;
@@ -92,11 +93,18 @@ def _instances(record: dict[str, Any]) -> str:
         state = each["state"]
         cls = "up" if state == "running" else ("down" if not each.get("extra") else "other")
         m = each.get("metrics") or {}
-        tip = f"{each['number']:03d} {state}" + (f", {m['connection']}" if m else "")
+        tip = f"{each['number']:03d} {state}" + (
+            f", {m['connection']}" if m.get("connection") else ""
+        )
         dots.append(f'<span class="dot {cls}" title="{_e(tip)}"></span>')
     inst = record["instances"]
     cls = "ok" if inst["running"] == inst["expected"] else "bad"
-    return f'{"".join(dots)} <span class="{cls}">{inst["running"]}/{inst["expected"]}</span>'
+    why = "".join(
+        f'<br><span class="why bad">{each["number"]:03d}: {_e(each["why"])}</span>'
+        for each in inst["each"]
+        if each.get("why")
+    )
+    return f'{"".join(dots)} <span class="{cls}">{inst["running"]}/{inst["expected"]}</span>{why}'
 
 
 def _config_rows(
@@ -171,6 +179,42 @@ def _reassembly(doc: dict[str, Any]) -> str:
     return f"<table><tr><th>config</th><th>file</th><th>progress</th></tr>{''.join(rows)}</table>"
 
 
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+_SEVERITY_CLASS = {"error": "bad", "warning": "warn", "info": "dim"}
+
+
+def _audit(report: dict[str, Any] | None) -> str:
+    """The police audit's findings (sr_police audit), worst first."""
+    if not report:
+        return '<p class="dim">not run</p>'
+    when = report.get("time")
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when)) if when else "-"
+    status = str(report.get("status"))
+    if report.get("error"):
+        return f'<p id="audit" class="dim">{_e(status)}: {_e(report["error"])}</p>'
+    findings = sorted(
+        report.get("findings") or (),
+        key=lambda f: (_SEVERITY_RANK.get(f.get("severity"), 3), f.get("check"), f.get("subject")),
+    )
+    cls = {"ok": "ok", "warning": "warn"}.get(status, "bad")
+    head = (
+        f'<p id="audit">Audit of {_e(report.get("broker") or "-")} at {_e(taken)}: '
+        f'<span class="{cls}">{_e(status)}</span>, {len(findings)} finding(s).</p>'
+    )
+    if not findings:
+        return head
+    rows = "".join(
+        f'<tr><td class="{_SEVERITY_CLASS.get(f.get("severity"), "")}">{_e(f.get("severity"))}'
+        f"</td><td>{_e(f.get('check'))}</td><td>{_e(f.get('subject'))}</td>"
+        f"<td>{_e(f.get('detail'))}</td><td>{_e(f.get('fix') or '-')}</td></tr>"
+        for f in findings
+    )
+    return (
+        f"{head}<table><tr><th>severity</th><th>check</th><th>subject</th><th>detail</th>"
+        f"<th>sr_police fix</th></tr>{rows}</table>"
+    )
+
+
 def render_page(
     doc: dict[str, Any], history: list[tuple[float, dict[str, Any]]], refresh: int = 10
 ) -> str:
@@ -191,6 +235,13 @@ def render_page(
     expected = sum(r["instances"]["expected"] for r in configs)
     failing = sum(1 for r in configs if not r.get("ok"))
     taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(doc["time"])) if doc["time"] else "-"
+    viewer = doc.get("viewer")
+    scope = (
+        f' <span class="dim">Shown to source {_e(viewer)}: its own flows, and its outcomes in '
+        "the pump's shared ones.</span>"
+        if viewer
+        else ""
+    )
     summary_cls = "ok" if failing == 0 else "bad"
     charts = "".join(
         (
@@ -212,10 +263,11 @@ def render_page(
         "<h1>sarra pump status</h1>"
         f'<p>Sampled {_e(taken)}. <span class="{summary_cls}">{len(configs)} configurations, '
         f"{up}/{expected} instances running, {failing} not as expected.</span> "
-        f'<a href="status.json">status.json</a> · <a href="metrics">metrics</a></p>'
+        f'<a href="status.json">status.json</a> · <a href="metrics">metrics</a>{scope}</p>'
         f'<h2>Last minutes</h2><div class="charts">{charts}</div>'
         f"<h2>Configurations</h2><table>{head}{_config_rows(doc, rates, lag_top)}</table>"
         f"<h2>Failures by code and source</h2>{_failures(doc)}"
         f"<h2>Files in reassembly</h2>{_reassembly(doc)}"
+        f"<h2>Police audit</h2>{_audit(doc.get('audit'))}"
         "</body></html>"
     )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
@@ -22,8 +24,10 @@ from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.config.loader import resolve_queue_name
 from sarra.config.masks import destination_relpath, expand_directory, match
 from sarra.config.settings import Settings
-from sarra.errors import BrokerError, ConfigError
+from sarra.errors import BrokerError, BrokerNotFound, ConfigError
+from sarra.flow.events import log_event
 from sarra.flow.heartbeat import HeartbeatFile
+from sarra.flow.metrics import MetricsWriter, metrics_name
 from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
 from sarra.notice import Notice
@@ -167,6 +171,15 @@ def instance_state_dir(s: Settings) -> Path:
     return d
 
 
+def metrics_writer(
+    s: Settings, instance: int, document: Callable[[], dict[str, Any]]
+) -> MetricsWriter:
+    """The writer of an instance's metrics file (:mod:`sarra.flow.metrics`), next to its pid
+    file, for the components without a consuming loop."""
+    name = metrics_name(s.component, s.name or "default", instance)
+    return MetricsWriter(instance_state_dir(s) / name, document)
+
+
 def heartbeat_for(s: Settings, instance: int) -> HeartbeatFile:
     """The heartbeat file of an instance, where ``status`` looks (cli.instances)."""
     name = f"sr_{s.component}_{s.name}_{instance:03d}.heart"
@@ -228,11 +241,72 @@ def remove_queue_and_state(session: Broker, name: str, s: Settings) -> None:
     clear_instance_state(s)
 
 
+class SessionPool:
+    """Connected sessions kept for ``status`` across calls, one per broker and user (``sr
+    web`` asks every configuration's queue every few seconds: one connection per broker,
+    not one per configuration and sample). Used by one thread at a time
+    (:func:`reusing_sessions`); :meth:`close` ends them all."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str, int, str, str], Broker] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[Broker]:
+        return list(self._sessions.values())
+
+    def queue_counts(self, session: Broker, name: str) -> tuple[int, int]:
+        """``name``'s counts on the pooled session to ``session``'s broker and user, which
+        ``session`` (new, unconnected) becomes if there is none, or it was lost."""
+        url = session.url
+        key = (url.protocol, url.host, url.port, url.user, url.vhost)
+        pooled = self._sessions.get(key)
+        if pooled is None or not pooled.connected:
+            if pooled is not None:
+                pooled.close()
+            self._sessions.pop(key, None)
+            session.connect()  # BrokerError: nothing pooled, reported by the caller
+            pooled = self._sessions[key] = session
+        try:
+            return pooled.queue_counts(name)
+        except BrokerNotFound:
+            raise  # the channel is closed, the connection kept: reused next time
+        except BrokerError:
+            pooled.close()
+            self._sessions.pop(key, None)
+            raise
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            with contextlib.suppress(Exception):
+                session.close()
+        self._sessions.clear()
+
+
+_pooling = threading.local()
+
+
+@contextmanager
+def reusing_sessions(pool: SessionPool) -> Iterator[SessionPool]:
+    """Within the block, in this thread, ``status`` counts queues on ``pool``'s sessions."""
+    previous = getattr(_pooling, "pool", None)
+    _pooling.pool = pool
+    try:
+        yield pool
+    finally:
+        _pooling.pool = previous
+
+
 def queue_status(session: Broker, name: str) -> InstanceStatus:
     """``status``: the queue's backlog and consumers (an unreachable broker is reported)."""
+    pool: SessionPool | None = getattr(_pooling, "pool", None)
     try:
-        with connected(session):
-            messages, consumers = session.queue_counts(name)
+        if pool is not None and session.url.protocol != "mqtt":  # MQTT has no queues to count
+            messages, consumers = pool.queue_counts(session, name)
+        else:
+            with connected(session):
+                messages, consumers = session.queue_counts(name)
     except BrokerError as e:
         return InstanceStatus(queue=name, extra={"error": str(e)})
     return InstanceStatus(queue=name, backlog=messages, consumers=consumers)
@@ -303,7 +377,9 @@ class MaskResolver(Generic[T]):
         mask = match(self.masks, notice.url, self.accept_unmatch, self.default)
         if mask is None:
             if self.log_reject:
-                log.info("rejected by masks: %s", notice.url)
+                source = notice.header("source")
+                detail = f"rejected by masks: {notice.url}"
+                log_event(log, logging.INFO, "rejected", notice.path, None, source, detail)
             return None
         renamed = notice.header("rename") if self.rename_header else None
         rel = destination_relpath(mask, notice.path, rename_header=renamed)

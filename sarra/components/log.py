@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import TextIO
+import time
+from typing import Any, TextIO
 
-from sarra.broker.base import Broker
+from sarra.broker.base import Broker, Delivery
 from sarra.components.common import (
     SingleQueueVerbs,
     broker_url,
     connected,
     declare_consumer_queue,
+    metrics_writer,
     queue_spec,
     session_for,
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.metrics import FlowMetrics
 from sarra.flow.reportlog import ReportLog
 from sarra.flow.reportqueue import ReportConsumer
 
@@ -78,16 +81,32 @@ class LogComponent(SingleQueueVerbs):
         session, user = self._session(cfg)
         bindings = self._bindings(cfg, user)
         shown = ReportLog(user, out, live=not cfg.log_summary)
-        ReportConsumer(
-            session,
-            queue_spec(cfg, self.queue_name(cfg), bindings),
-            tuple(x for x, _ in bindings),
-            cfg.prefetch,
-            shown.handle,
-            stop,
-            poll_every=0.2,
-            idle_after=SUMMARY_IDLE if cfg.log_summary else None,
-        ).run()
+        counters = FlowMetrics()
+
+        def handle(batch: list[Delivery]) -> None:
+            counters.notices_in += len(batch)
+            counters.last_activity = time.time()
+            shown.handle(batch)
+
+        def document() -> dict[str, Any]:
+            summary = shown.summary
+            counters.codes = dict(summary.by_code)  # a copy: the flow thread goes on counting
+            counters.failures = sum(n for code, n in counters.codes.items() if code >= 400)
+            counters.rejects = summary.skipped
+            connection = "connected" if session.connected else "disconnected"
+            return counters.snapshot(connection=connection)
+
+        with metrics_writer(cfg, instance, document):
+            ReportConsumer(
+                session,
+                queue_spec(cfg, self.queue_name(cfg), bindings),
+                tuple(x for x, _ in bindings),
+                cfg.prefetch,
+                handle,
+                stop,
+                poll_every=0.2,
+                idle_after=SUMMARY_IDLE if cfg.log_summary else None,
+            ).run()
         print(shown.summary.render(), file=out, flush=True)
         return 0
 

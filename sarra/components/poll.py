@@ -19,10 +19,12 @@ from sarra.components.common import (
     declare_post_exchange,
     heartbeat_for,
     instance_state_dir,
+    metrics_writer,
     session_for,
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.metrics import FlowMetrics, poster_snapshot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.poll import Poller, check_sum, poll_targets, public_url
 from sarra.flow.posting import NoticeBuilder, PostSettings, make_publisher, outage_max
@@ -86,8 +88,12 @@ class PollComponent:
 
         beat = heartbeat_for(cfg, instance).beat
         poller = Poller(cfg, settings, publisher, transport, Path(state), stop, heartbeat=beat)
+        counters = FlowMetrics()
         try:
-            return poller.run()
+            with metrics_writer(
+                cfg, instance, lambda: poster_snapshot(counters, publisher, session.connected)
+            ):
+                return poller.run()
         finally:
             session.close()
             if nodupe is not None:

@@ -13,11 +13,13 @@ from sarra.components.common import (
     broker_url,
     declare_post_exchange,
     instance_state_dir,
+    metrics_writer,
     session_for,
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
 from sarra.flow.hooks import Plugins
+from sarra.flow.metrics import FlowMetrics, poster_snapshot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import (
     NoticeBuilder,
@@ -102,12 +104,23 @@ class PostComponent:
         self.publisher = publisher
         started = time.monotonic()
         plugins_started = False
+        counters = FlowMetrics()
+        writer = None
+        if cfg.name:  # a configuration's run: its metrics file, next to its instances'
+            writer = metrics_writer(
+                cfg, instance, lambda: poster_snapshot(counters, publisher, session.connected)
+            ).start()
         try:
             plugins.on_start(cfg)
             plugins_started = True
             unposted, why = post_files(builder, publisher, paths, stop, complain)
+            counters.failures = len(unposted)
         finally:
-            session.close()
+            try:
+                session.close()
+            finally:
+                if writer is not None:
+                    writer.stop()  # after the close: the last document says disconnected
             if nodupe is not None:
                 nodupe.close()
             if plugins_started:

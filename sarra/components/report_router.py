@@ -19,20 +19,25 @@ Everything a delivery causes is broker-confirmed before the delivery is acked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
+from typing import Any
 
-from sarra.broker.base import Broker
+from sarra.broker.base import Broker, Delivery
 from sarra.components.common import (
     SingleQueueVerbs,
     broker_url,
     connected,
     credential_store,
     declare_consumer_queue,
+    metrics_writer,
     queue_spec,
     session_for,
 )
 from sarra.config.settings import Settings
+from sarra.flow.metrics import FlowMetrics
 from sarra.flow.reportqueue import ReportConsumer
 from sarra.flow.reportrouting import (
     ReportRouter,
@@ -75,17 +80,32 @@ class ReportRouterComponent(SingleQueueVerbs):
             session,
             lambda r: session_for(r.url, cfg, f"sr_report {cfg.name} -> {r.cluster}"),
         )
+        counters = FlowMetrics()
+
+        def handle(batch: list[Delivery]) -> None:
+            counters.notices_in += len(batch)
+            counters.last_activity = time.time()
+            publisher.handle(batch)
+
+        def document() -> dict[str, Any]:
+            c = dataclasses.replace(router.counts)  # a copy: the flow thread goes on counting
+            counters.notices_out = c.forwarded + c.delivered + c.relayed
+            counters.rejects = c.forged + c.unknown_cluster + c.no_source + c.loops + c.ignored
+            connection = "connected" if session.connected else "disconnected"
+            return counters.snapshot(connection=connection, reports=dataclasses.asdict(c))
+
         consumer = ReportConsumer(
             session,
             queue_spec(cfg, self.queue_name(cfg), bindings),
             ("xreport", *(x for x, _ in bindings)),
             cfg.prefetch,
-            publisher.handle,
+            handle,
             stop,
             on_lost=publisher.close,
         )
         try:
-            consumer.run()
+            with metrics_writer(cfg, instance, document):
+                consumer.run()
         finally:
             publisher.close()
         log.info("stopped; %s", router.counts)

@@ -48,6 +48,7 @@ from sarra.components.common import (
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
+from sarra.flow.events import log_event
 from sarra.flow.hooks import HeartbeatTicker, Plugins
 from sarra.flow.metrics import FlowMetrics, metrics_name, open_reassemblies, write_metrics
 from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_limiter
@@ -70,12 +71,32 @@ def default_bindings(s: Settings) -> Bindings:
 
 
 def log_outcome(item: WorkItem) -> None:
-    """The default ``on_settled``: one info line per file placed, one error line per failure."""
+    """The default ``on_settled``: one ``downloaded`` line per file or block placed, one
+    ``failed`` line per failure (:mod:`sarra.flow.events`)."""
+    notice = item.notice
     if item.code in (201, 205):
-        where = item.local_path or item.notice.path
-        log.info("%s %s %s (%d bytes)", item.code, item.message, where, item.size)
+        where = item.local_path or notice.path
+        detail = f"{item.message} {where} ({item.size} bytes)"
+        log_event(
+            log,
+            logging.INFO,
+            "downloaded",
+            notice.path,
+            item.code,
+            notice.header("source"),
+            detail,
+            size=item.size,
+        )
     elif item.code and item.code >= 400:
-        log.error("%s %s: %s", item.code, item.notice.path, item.message)
+        log_event(
+            log,
+            logging.ERROR,
+            "failed",
+            notice.path,
+            item.code,
+            notice.header("source"),
+            item.message,
+        )
 
 
 @dataclass

@@ -18,6 +18,7 @@ from sarra.components.runner import ConsumerComponent, Flow, Instance
 from sarra.config.credentials import parse_url
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.events import log_event
 from sarra.flow.send import Announce, RemoteTarget, Sender, SendSettings
 from sarra.flow.work import WorkItem
 
@@ -82,10 +83,13 @@ def _announce(s: Settings, destination: str) -> Announce | None:
 
 
 def _log_sent(item: WorkItem) -> None:
+    notice = item.notice
+    source = notice.header("source")
     if item.code == 201:
-        log.info("201 %s %s (%d bytes)", item.message, item.notice.path, item.size)
+        detail = f"{item.message} ({item.size} bytes)"
+        log_event(log, logging.INFO, "sent", notice.path, 201, source, detail, size=item.size)
     elif item.code and item.code >= 400:
-        log.error("%s %s: %s", item.code, item.notice.path, item.message)
+        log_event(log, logging.ERROR, "failed", notice.path, item.code, source, item.message)
 
 
 class SenderComponent(ConsumerComponent):

@@ -16,10 +16,12 @@ from sarra.components.common import (
     declare_post_exchange,
     heartbeat_for,
     instance_state_dir,
+    metrics_writer,
     session_for,
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.metrics import FlowMetrics, poster_snapshot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import NoticeBuilder, PostSettings, post_paths
 from sarra.flow.watcher import Watcher
@@ -52,7 +54,11 @@ class WatchComponent:
             if cache is not None:
                 cache.close()
             raise
-        return watcher.run()  # closes the session and the cache
+        counters = FlowMetrics()
+        with metrics_writer(
+            cfg, instance, lambda: poster_snapshot(counters, watcher.publisher, session.connected)
+        ):
+            return watcher.run()  # closes the session and the cache
 
     def declare(self, cfg: Settings) -> None:
         declare_post_exchange(cfg, "sr_watch")

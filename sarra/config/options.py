@@ -723,7 +723,8 @@ OPTIONS: tuple[Option, ...] = (
        choices=("debug", "info", "warning", "error", "critical", "none")),
     _o("debug", B, False, "same as loglevel debug", _ALL),
     _o("log_format", S, "text", "instance log lines: text, or json (one JSON object per line: "
-       "time, level, context component/config/instance, logger, message; passwords masked; "
+       "time, level, context component/config/instance, logger, message, and for a per-file "
+       "event also event, relPath, code, source, bytes; passwords masked; "
        "stray output such as a plugin's print stays text)",
        _ALL, ("logFormat",), choices=("text", "json")),
     _o("quiet", B, False, "no live progress line on a terminal (sr_post, and the foreground "

@@ -21,18 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import MessageError
 from sarra.notice import Notice
 
+log = logging.getLogger(__name__)
+
 #: version of the metrics document
 SCHEMA = 1
+#: seconds between two writes by a :class:`MetricsWriter`
+WRITE_EVERY = 5.0
 #: distinct sources counted by name; further ones are counted under :data:`OTHER_SOURCES`
 MAX_SOURCES = 100
 OTHER_SOURCES = "(other)"
@@ -151,6 +157,89 @@ class FlowMetrics:
             "lag": {"last": self.lag_last, "max": lag_max},
             **state,
         }
+
+
+class _Poster(Protocol):
+    """What :func:`poster_snapshot` reads of a :class:`sarra.flow.posting.Publisher`."""
+
+    published: int
+    items_posted: int
+    bytes_posted: int
+    rejected: int
+    suppressed: int
+
+    @property
+    def waiting(self) -> int: ...
+
+    def outage_seconds(self, now: float | None = None) -> float: ...
+
+
+def poster_snapshot(metrics: FlowMetrics, publisher: _Poster, connected: bool) -> dict[str, Any]:
+    """The metrics document of a posting component (sr_post, sr_watch, sr_poll): notices out
+    (confirmed by the broker), files and bytes announced, notices the masks rejected, notices
+    waiting for the broker as the retry depth. Called from the writer's thread: it only reads
+    the publisher's integers."""
+    if publisher.published != metrics.notices_out:
+        metrics.last_activity = time.time()
+    metrics.notices_out = publisher.published
+    metrics.files = publisher.items_posted
+    metrics.bytes = publisher.bytes_posted
+    metrics.rejects = publisher.rejected
+    return metrics.snapshot(
+        retry={"depth": publisher.waiting, "oldest_age": None},
+        connection="connected" if connected else "disconnected",
+        suppressed=publisher.suppressed,
+        outage_seconds=publisher.outage_seconds(),
+    )
+
+
+class MetricsWriter:
+    """Rewrites an instance's metrics file every :data:`WRITE_EVERY` seconds from
+    ``document()`` in a thread of its own, for the components without a consuming loop
+    (post, watch, poll, report, log): ``state`` is ``starting`` at :meth:`start`, ``running``
+    in between, ``stopped`` at :meth:`stop`. A ``document`` that raises is logged and the
+    previous file stays: metrics never stop a component."""
+
+    def __init__(
+        self, path: Path, document: Callable[[], dict[str, Any]], every: float | None = None
+    ) -> None:
+        self.path = path
+        self.document = document
+        self.every = WRITE_EVERY if every is None else every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def write(self, state: str) -> bool:
+        try:
+            doc = dict(self.document())
+        except Exception:
+            log.exception("metrics of %s not written", self.path.name)
+            return False
+        doc["state"] = state
+        return write_metrics(self.path, doc)
+
+    def start(self) -> MetricsWriter:
+        self.write("starting")
+
+        def run() -> None:
+            while not self._stop.wait(self.every):
+                self.write("running")
+
+        self._thread = threading.Thread(target=run, name="metrics", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.write("stopped")
+
+    def __enter__(self) -> MetricsWriter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def open_reassemblies(state_dir: Path) -> list[dict[str, Any]]:

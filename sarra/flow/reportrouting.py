@@ -19,6 +19,7 @@ from sarra.broker.base import Broker, BrokerUrl, Delivery
 from sarra.codec import v02
 from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.errors import AccessRefused, ConfigError, MessageError
+from sarra.flow.events import log_event
 from sarra.flow.republish import PumpIdentity
 from sarra.notice import Report, WireMessage
 from sarra.security_events import record_event
@@ -134,6 +135,7 @@ class ReportRouter:
                 log.info("dropping a report without a source: %s", notice.path)
                 return []
             self.counts.delivered += 1
+            _log_report(report, f"to xr_{source}")
             return [(None, _wire(report, f"xr_{source}"))]
         route = self.routes.get(cluster)
         if route is None:
@@ -149,6 +151,7 @@ class ReportRouter:
             log.warning("cluster_route %s points at our own broker: report dropped", cluster)
             return []
         self.counts.relayed += 1
+        _log_report(report, f"relayed to cluster {cluster} ({route.exchange})")
         return [(route, _wire(report, route.exchange))]
 
     def _seen_before(self, body: bytes, now: float) -> bool:
@@ -161,6 +164,15 @@ class ReportRouter:
             return True
         self._seen[key] = now
         return False
+
+
+def _log_report(report: Report, where: str) -> None:
+    """The ``report`` event of one routed report: its file, code, source and consumer."""
+    notice = report.notice
+    detail = f"{where}; {report.message} by {report.user or '-'}"
+    log_event(
+        log, logging.INFO, "report", notice.path, report.code, notice.header("source"), detail
+    )
 
 
 def _record(kind: str, exchange: str, claimed: str | None) -> None:

@@ -16,6 +16,7 @@ from sarra.codec import v02
 from sarra.codec.paths import cut_topic, topic_for
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.events import log_event
 from sarra.flow.hooks import Plugins
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
@@ -152,7 +153,16 @@ class Shoveler:
 
 def log_copy(item: WorkItem) -> None:
     """on_settled: a debug line per copy, an error line per notice that could not be copied."""
+    notice = item.notice
     if item.code == 201:
-        log.debug("copied %s", item.notice.path)
+        log_event(log, logging.DEBUG, "copied", notice.path, 201, notice.header("source"))
     elif item.code is not None and item.code >= 400:
-        log.error("%s %s: %s", item.code, item.notice.path, item.message)
+        log_event(
+            log,
+            logging.ERROR,
+            "failed",
+            notice.path,
+            item.code,
+            notice.header("source"),
+            item.message,
+        )

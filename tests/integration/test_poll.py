@@ -21,6 +21,7 @@ from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components.poll import PollComponent
+from sarra.flow.metrics import read_metrics
 from sarra.notice import Notice
 from tests.integration.flowkit import (
     Site,
@@ -220,6 +221,11 @@ def test_poll_announces_each_file_once_and_changes_again(site: Site, source: Sou
             passes(site, name)
         again = sorted(n.path for n in tap.notices[len(NAMES) :])
         assert again == [rel(source, "plain.txt"), rel(source, "with space.txt")]
+        # the poll's metrics file: what it announced, as a subscriber's says what it placed
+        doc = read_metrics(site.state_dir / "poll" / name / f"sr_poll_{name}_000.metrics.json")
+        assert doc is not None and doc["state"] == "stopped"
+        assert doc["notices"]["out"] == len(tap.notices) == doc["files"]
+        assert doc["retry"]["depth"] == 0
         latest = [n for n in tap.notices if n.path == rel(source, "plain.txt")][-1]
         assert latest.parts is not None and latest.parts.wire() == "1,3012,1,0,0"
     finally:

@@ -12,9 +12,11 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sarra.cli import pump
 from sarra.cli.instances import process_matches, read_pid_file
 from sarra.cli.runtime import default_runtime
-from sarra.cli.web import WebServer
+from sarra.cli.web import Credentials, WebServer
 from tests.integration.flowkit import Site, make_files, post, unique, wait_for
 
 PASSWORD = "Sup3rSecretPw"
@@ -86,9 +88,13 @@ def _sr(*argv: str) -> tuple[int, str]:
 
 
 def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # type: ignore[no-untyped-def]
-    pump_site: Site, nginx, tmp_path: Path
+    pump_site: Site, nginx, rabbitmq, tmp_path: Path
 ) -> None:
     site = pump_site
+    # the pump's roles, so that the page's police audit reaches the management API
+    (site.config_dir / "admin.conf").write_text(
+        f"admin amqp://guest@127.0.0.1:{site.broker_port}/\nmgmt_port {rabbitmq.mgmt_port}\n"
+    )
     tag = unique("web")
     good, bad = f"{tag}ok", f"{tag}ko"
     site.write_subscribe(
@@ -124,7 +130,7 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         assert post(site, nginx.base_url, nginx.root, [nginx.root / good]) == 0
         assert post(site, nginx.base_url, elsewhere, missing) == 0
 
-        server = WebServer(default_runtime(), "127.0.0.1", 0, None, every=1.0)
+        server = WebServer(default_runtime(), "127.0.0.1", 0, None, every=1.0, audit_every=2.0)
         server.start()
         host, port = server.address
         base = f"http://{host}:{port}"
@@ -152,21 +158,82 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         assert metrics[("sarra_instance_connected", ours)] == 1
         assert 0 <= metrics[("sarra_lag_seconds", ours)] < 60
 
+        def audited() -> bool:  # the audit that ran after the locked instance died
+            nonlocal metrics
+            metrics = _samples(_get(base + "/metrics").decode())
+            dead = ("sarra_police_findings", (("check", "instance_dead"), ("severity", "error")))
+            return metrics.get(dead, 0) >= 1
+
+        wait_for(audited, timeout=40, what="the police audit finding the dead instance")
+        # the queues are counted over one kept connection per broker and user (guest's: good
+        # and failing; locked's broker refuses nobody, so nothing of it is kept)
+        (kept,) = server.sessions.sessions()
+        assert kept.connected and kept.url.user == "guest"
+        server.sampler.sample()
+        server.sampler.sample()
+        assert server.sessions.sessions() == [kept] and kept.connected
+        assert metrics[("sarra_police_status", ())] == 2
         doc = json.loads(_get(base + "/status.json"))
+        audit = doc["audit"]
+        assert audit["status"] == "error", audit
+        assert audit["broker"] == f"http://127.0.0.1:{rabbitmq.mgmt_port}/"
+        dead = [f for f in audit["findings"] if f["check"] == "instance_dead"]
+        assert [f["subject"] for f in dead] == ["subscribe/locked/001"], audit
         by_config = {r["config"]: r for r in doc["configs"]}
         assert sorted(by_config) == ["failing", "good", "locked"]
         assert by_config["good"]["totals"]["files"] == 3
         assert by_config["failing"]["totals"]["by_source"] == {"(none)": {"499": 2}}
         assert by_config["good"]["queue"]["consumers"] == 1
         assert by_config["good"]["instances"]["running"] == 1
+        # why the locked flow is down: the note its instance left as the broker refused it
+        (locked,) = by_config["locked"]["instances"]["each"]
+        assert locked["state"] == "stale pid", locked
+        assert locked["why"].startswith(
+            "the broker refused access (bad credentials or permissions): "
+        ), locked
+        assert locked["why"].endswith("(exit status 1)")
+        assert by_config["good"]["instances"]["each"][0]["why"] is None
+        _rc, said = _sr("status")
+        (line,) = [x for x in said.splitlines() if x.startswith("subscribe/locked ") and "001" in x]
+        assert "the broker refused access (bad credentials or permissions)" in line, said
 
         page = _get(base + "/").decode()
         for label in ("subscribe/good", "subscribe/failing", "subscribe/locked"):
             assert label in page
         assert '<td class="bad">499</td><td>(none)</td><td class="num">2</td>' in page
+        assert '<span class="why bad">001: the broker refused access' in page
+        dead_row = '<td class="bad">error</td><td>instance_dead</td><td>subscribe/locked/001</td>'
+        assert dead_row in page
         for body in (page, json.dumps(doc), _get(base + "/metrics").decode()):
             assert PASSWORD not in body
             assert ":guest@" not in body
+
+        # a multi-user pump: each source's token sees its own flows only; the operator's all
+        server.credentials = Credentials(
+            token="op-tok", sources=(("alice", "alice-tok"), ("guest", "guest-tok"))
+        )
+
+        def seen(token: str) -> dict[str, Any]:
+            req = urllib.request.Request(
+                base + "/status.json", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return {r["config"]: r for r in json.loads(resp.read())["configs"]}
+
+        assert sorted(seen("op-tok")) == ["failing", "good", "locked"]
+        as_guest = seen("guest-tok")  # good and failing read xs_guest; locked is nobody's
+        assert sorted(as_guest) == ["failing", "good"]
+        assert as_guest["good"]["totals"]["files"] == 3
+        assert seen("alice-tok") == {}  # alice has no flow here, and no notice went through
+        req = urllib.request.Request(
+            base + "/metrics", headers={"Authorization": "Bearer alice-tok"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            alice_metrics = _samples(resp.read().decode())
+        assert not [k for k in alice_metrics if k[0] == "sarra_files_total"]
+        with contextlib.suppress(urllib.error.HTTPError), urllib.request.urlopen(base + "/"):
+            raise AssertionError("served without a token")
+        server.credentials = None
 
         # the page as a browser renders it, and a screenshot of it
         time.sleep(3)  # a few more samples: the charts have lines
@@ -174,6 +241,7 @@ def test_sr_web_shows_a_running_pump_and_its_metrics_match_what_was_sent(  # typ
         for label in ("subscribe/good", "subscribe/failing", "subscribe/locked"):
             assert label in dom
         assert "<polyline" in dom and "files/s" in dom
+        assert "Police audit" in dom and "instance_dead" in dom
         assert PASSWORD not in dom
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "sr-web.png"

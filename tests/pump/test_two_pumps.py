@@ -18,6 +18,7 @@ import pytest
 from sarra.broker.session import BrokerSession
 from sarra.components.log import LogComponent
 from sarra.errors import ConfigError
+from sarra.flow.metrics import read_metrics
 from tests.integration.flowkit import make_files, md5_tree, unique, wait_for
 from tests.pump.pumpkit import Home, Tap, post_files, pump_nginx, running
 from tests.servers.rabbitmq import start_rabbitmq
@@ -128,9 +129,16 @@ def test_files_cross_two_pumps_byte_identical_and_reports_reach_the_source_throu
                 out = io.StringIO()
                 seen: dict[str, Any] = {}
 
+                mine = Path(home.env["SR_STATE_DIR"]) / "log" / "mine"
+                counted_201 = []  # per sr_log run, the 201 reports its metrics file counted
+
                 def summary_has_every_file() -> bool:
                     stop = threading.Event()
                     LogComponent(out=out).run(_with_summary(home), 0, stop)
+                    doc = read_metrics(mine / "sr_log_mine_000.metrics.json")
+                    assert doc is not None and doc["state"] == "stopped"
+                    assert sum(doc["codes"].values()) + doc["rejects"] == doc["notices"]["in"]
+                    counted_201.append(doc["codes"].get("201", 0))
                     for line in out.getvalue().splitlines():
                         if line.startswith("  obs/") and " 201" in line:
                             seen[line.split(":")[0].strip()] = line
@@ -142,6 +150,19 @@ def test_files_cross_two_pumps_byte_identical_and_reports_reach_the_source_throu
     assert md5_tree(dl) == md5_tree(src)
     assert md5_tree(tree_b) == md5_tree(src)
     assert sorted(seen) == sorted(str(p.relative_to(src)) for p in files)
+    # sr_report and sr_log keep the same per-instance metrics file as a subscriber
+    state = Path(home.env["SR_STATE_DIR"])
+    router_a = read_metrics(state / "report" / "router_a" / "sr_report_router_a_000.metrics.json")
+    assert router_a is not None and router_a["state"] == "stopped"
+    # each file's report: admitted from xs_guest (the link), then delivered to xr_alice
+    assert router_a["reports"]["delivered"] >= len(files)
+    assert router_a["notices"]["in"] >= 2 * len(files)
+    assert router_a["notices"]["out"] == sum(
+        router_a["reports"][k] for k in ("forwarded", "delivered", "relayed")
+    )
+    router_b = read_metrics(state / "report" / "router_b" / "sr_report_router_b_000.metrics.json")
+    assert router_b is not None and router_b["reports"]["relayed"] >= len(files)
+    assert sum(counted_201) >= len(files)
     for n in tap_b.notices:
         assert n.header("source") == alice
         assert n.header("from_cluster") == f"pumpA{tag}"

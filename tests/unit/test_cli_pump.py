@@ -63,7 +63,20 @@ def test_status_json_has_the_documented_schema_and_no_secret(sr: Sr) -> None:
     by_label = {f"{r['component']}/{r['config']}": r for r in document["configs"]}
     assert sorted(by_label) == ["post/poll", "subscribe/feed", "subscribe/old"]
     feed = by_label["subscribe/feed"]
-    assert set(feed) == {"component", "config", "enabled", "error", "instances", "queue", "ok"}
+    assert set(feed) == {
+        "component",
+        "config",
+        "enabled",
+        "error",
+        "instances",
+        "queue",
+        "names",
+        "ok",
+    }
+    assert set(feed["names"]) == {"users", "exchanges", "source"}
+    assert all(
+        set(i) >= {"number", "state", "pid", "extra", "why"} for i in feed["instances"]["each"]
+    )
     assert feed["enabled"] is True
     assert feed["ok"] is False
     assert feed["instances"]["expected"] == 2

@@ -20,8 +20,10 @@ from sarra.flow.metrics import (
     NO_SOURCE,
     OTHER_SOURCES,
     FlowMetrics,
+    MetricsWriter,
     metrics_name,
     open_reassemblies,
+    poster_snapshot,
     read_metrics,
     write_metrics,
 )
@@ -206,3 +208,48 @@ def test_the_loop_counts_what_it_was_sent(tmp_path: Path) -> None:
     assert doc["connection"] == "connected"
     assert doc["in_flight"] == 0
     assert doc["lag"]["max"] is not None and 0 <= doc["lag"]["max"] < 20
+
+
+class _Pub:
+    """The counters a Publisher exposes (poster_snapshot reads nothing else)."""
+
+    def __init__(self) -> None:
+        self.published = self.items_posted = self.bytes_posted = 0
+        self.rejected = self.suppressed = 0
+        self.waiting = 0
+
+    def outage_seconds(self, now: float | None = None) -> float:
+        return 0.0
+
+
+def test_a_metrics_writer_writes_starting_running_stopped_and_survives_a_bad_document(
+    tmp_path: Path,
+) -> None:
+    pub = _Pub()
+    counters = FlowMetrics()
+    calls = []
+
+    def document() -> dict[str, object]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bad moment")
+        return poster_snapshot(counters, pub, connected=True)
+
+    path = tmp_path / "sr_post_pc_000.metrics.json"
+    writer = MetricsWriter(path, document, every=0.05).start()
+    first = read_metrics(path)
+    assert first is not None and first["state"] == "starting"
+    assert first["files"] == 0 and first["last_activity"] is None
+    pub.published, pub.items_posted, pub.bytes_posted, pub.rejected, pub.waiting = 5, 4, 900, 1, 2
+    deadline = time.monotonic() + 10
+    while (read_metrics(path) or {}).get("files") != 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    running = read_metrics(path)
+    assert running is not None and running["state"] == "running"
+    assert (running["notices"]["out"], running["bytes"], running["rejects"]) == (5, 900, 1)
+    assert running["retry"]["depth"] == 2 and running["connection"] == "connected"
+    assert running["last_activity"] is not None
+    writer.stop()
+    last = read_metrics(path)
+    assert last is not None and last["state"] == "stopped"

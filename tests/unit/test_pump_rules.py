@@ -4,6 +4,7 @@ sr_log's summary and its refusal of other users' reports."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ from sarra.codec import v02
 from sarra.components.log import log_exchange
 from sarra.errors import ConfigError, PolicyRefused
 from sarra.flow.baseurl import is_internal
+from sarra.flow.events import EVENT_ATTR
 from sarra.flow.reportlog import Delivered, Summary
 from sarra.flow.reportrouting import ReportRouter, Route, RoutePublisher, router_bindings
 from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings
@@ -173,6 +175,26 @@ def test_xreport_reports_go_to_the_source_locally_or_towards_their_cluster() -> 
     assert router.counts.unknown_cluster == 1
     again = router.handle(_on("xreport", _report("sub", source="bob", from_cluster="pumpz")))
     assert again == [] and router.counts.loops == 1
+
+
+def test_each_routed_report_is_one_report_event_line(caplog: pytest.LogCaptureFixture) -> None:
+    router = _router()
+    with caplog.at_level(logging.INFO, logger="sarra.flow.reportrouting"):
+        router.handle(_on("xreport", _report("sub", source="alice", from_cluster="pumpa")))
+        router.handle(_on("xreport", _report("sub", source="bob", from_cluster="pumpz")))
+    local, remote = (r for r in caplog.records if hasattr(r, EVENT_ATTR))
+    path = notice().path
+    assert getattr(local, EVENT_ATTR) == {
+        "event": "report",
+        "relPath": path,
+        "code": 201,
+        "source": "alice",
+    }
+    assert local.getMessage() == (
+        f"report code=201 relPath={path} source=alice: to xr_alice; Downloaded by sub"
+    )
+    assert getattr(remote, EVENT_ATTR)["source"] == "bob"
+    assert "relayed to cluster pumpz (xs_link)" in remote.getMessage()
 
 
 def test_v03_reports_are_admitted_and_routed_in_v03() -> None:

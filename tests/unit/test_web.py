@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sarra.cli import pump
 from sarra.cli.web import (
+    REFUSED,
     Credentials,
     WebServer,
     load_credentials,
@@ -255,3 +256,225 @@ def test_the_page_shows_configs_instances_failures_reassembly_and_charts(
     assert '<td class="bad">499</td><td>alice</td>' in page
     assert "big/file.bin" in page and "3/8 blocks" in page
     assert page.count("<svg") == 4 and "<polyline" not in page  # one point: no line yet
+
+
+def test_the_police_audit_is_on_the_page_in_status_json_and_metrics() -> None:
+    report = {
+        "time": time.time(),
+        "broker": "http://broker.example:15672/",
+        "status": "error",
+        "counts": {"instance_dead": 1, "queue_backlog": 1},
+        "findings": [
+            {
+                "check": "queue_backlog",
+                "severity": "warning",
+                "subject": "q_bob.x",
+                "detail": "12000 messages",
+                "fix": None,
+                "needs_force": False,
+            },
+            {
+                "check": "instance_dead",
+                "severity": "error",
+                "subject": "subscribe/feed/002",
+                "detail": f"pid 99 is gone ({SECRET_URL})",
+                "fix": "remove pid",
+                "needs_force": False,
+            },
+        ],
+        "fixed": [],
+    }
+    server = WebServer(
+        standin_runtime(),
+        "127.0.0.1",
+        0,
+        None,
+        every=3600,
+        collect_once=_sample,
+        audit_every=3600,
+        audit_once=lambda: report,
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while server.auditor is not None and server.auditor.latest is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        host, port = server.address
+        page = _get(f"http://{host}:{port}/")[1].decode()
+        # worst first, the fix sr_police would make, no password
+        errors = page.index("instance_dead")
+        assert errors < page.index("queue_backlog")
+        assert '<td class="bad">error</td><td>instance_dead</td><td>subscribe/feed/002</td>' in page
+        assert "<td>remove pid</td>" in page and "TopSecret" not in page
+        doc = json.loads(_get(f"http://{host}:{port}/status.json")[1])
+        assert doc["audit"]["counts"] == {"instance_dead": 1, "queue_backlog": 1}
+        text = _get(f"http://{host}:{port}/metrics")[1].decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("sarra_police_status", ())] == 2
+        dead = ("sarra_police_findings", (("check", "instance_dead"), ("severity", "error")))
+        assert samples[dead] == 1
+    finally:
+        server.stop()
+
+
+def test_an_audit_that_cannot_run_says_why_and_off_means_off() -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("no admin.conf")
+
+    server = WebServer(
+        standin_runtime(),
+        "127.0.0.1",
+        0,
+        None,
+        every=3600,
+        collect_once=_sample,
+        audit_every=3600,
+        audit_once=broken,
+    )
+    assert server.auditor is not None
+    server.auditor.audit()
+    assert server.audit_report()["status"] == "error"
+    assert server.audit_report()["error"] == "no admin.conf"
+    page = server.respond("/")[2].decode()
+    assert "error: no admin.conf" in page
+    metrics = server.respond("/metrics")[2].decode()
+    assert "sarra_police_status 3.0" in metrics
+    server.httpd.server_close()
+    off = WebServer(standin_runtime(), "127.0.0.1", 0, None, every=3600, collect_once=_sample)
+    assert off.auditor is None and off.audit_report()["status"] == "off"
+    assert "sarra_police" not in off.respond("/metrics")[2].decode()
+    off.httpd.server_close()
+
+
+def _flow(
+    config: str, exchanges: list[str], by_source: dict[str, dict[str, int]]
+) -> dict[str, Any]:
+    metrics = {
+        "schema": 1,
+        "time": time.time(),
+        "notices": {"in": 9, "out": 0},
+        "files": 7,
+        "blocks": 0,
+        "bytes": 700,
+        "rejects": 0,
+        "by_source": by_source,
+        "connection": "connected",
+    }
+    return {
+        "component": "sarra",
+        "config": config,
+        "enabled": True,
+        "ok": True,
+        "error": None,
+        "names": {"users": ["feeder"], "exchanges": exchanges, "source": None},
+        "instances": {
+            "expected": 1,
+            "running": 1,
+            "pids": [77],
+            "each": [
+                {"number": 1, "state": "running", "pid": 77, "extra": False, "metrics": metrics}
+            ],
+        },
+        "queue": {"name": f"q_feeder.{config}", "backlog": 3, "consumers": 1, "extra": {}},
+        "totals": {"files": 7, "bytes": 700, "by_source": by_source},
+        "reassembly": [],
+    }
+
+
+def test_each_source_sees_only_its_own_flows_and_the_operator_sees_all(tmp_path: Path) -> None:
+    auth = tmp_path / "web-auth"
+    auth.write_text("token 0perator\nsource alice al1ce-tok\nsource bob b0b-tok\n")
+    auth.chmod(0o600)
+    creds = load_credentials(auth)
+    sample = {
+        "schema": 1,
+        "time": time.time(),
+        "configs": [
+            _flow("from_alice", ["xs_alice"], {"alice": {"201": 7}}),
+            _flow("from_bob", ["xs_bob", "xs_bob_radar"], {"bob": {"201": 7}}),
+            _flow(
+                "shared", ["xs_alice", "xs_bob"], {"alice": {"201": 3, "499": 1}, "bob": {"201": 4}}
+            ),
+        ],
+    }
+    server = WebServer(
+        standin_runtime(),
+        "127.0.0.1",
+        0,
+        creds,
+        every=3600,
+        collect_once=lambda: sample,
+        audit_every=3600,
+        audit_once=lambda: {"status": "ok", "findings": [], "time": 1.0},
+    )
+    server.start()
+    try:
+        host, port = server.address
+        base = f"http://{host}:{port}"
+
+        def configs(auth_header: str) -> dict[str, Any]:
+            status, body, _ = _get(base + "/status.json", auth_header)
+            assert status == 200
+            return {r["config"]: r for r in json.loads(body)["configs"]}
+
+        everything = configs("Bearer 0perator")
+        assert sorted(everything) == ["from_alice", "from_bob", "shared"]
+        alice = configs("Bearer al1ce-tok")
+        assert sorted(alice) == ["from_alice", "shared"]
+        assert alice["from_alice"]["totals"]["files"] == 7
+        assert alice["shared"]["totals"] == {"by_source": {"alice": {"201": 3, "499": 1}}}
+        assert alice["shared"]["queue"] is None and alice["shared"]["shared"] is True
+        browser = "Basic " + base64.b64encode(b"bob:b0b-tok").decode()
+        bob = configs(browser)
+        assert sorted(bob) == ["from_bob", "shared"]
+        assert bob["shared"]["totals"] == {"by_source": {"bob": {"201": 4}}}
+        for path in ("/", "/status.json", "/metrics"):
+            status, body, _ = _get(base + path, "Bearer al1ce-tok")
+            assert status == 200
+            assert b"bob" not in body and b"q_feeder.shared" not in body, path
+        status, body, _ = _get(base + "/status.json", "Bearer al1ce-tok")
+        assert json.loads(body)["audit"]["status"] == "hidden"
+        text = _get(base + "/metrics", "Bearer al1ce-tok")[1].decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        shared = (("component", "sarra"), ("config", "shared"), ("instance", "001"))
+        assert (
+            samples[
+                (
+                    "sarra_outcomes_total",
+                    tuple(sorted((*shared, ("code", "499"), ("source", "alice")))),
+                )
+            ]
+            == 1
+        )
+        assert ("sarra_files_total", shared) not in samples  # not alice's to know
+        mine = (("component", "sarra"), ("config", "from_alice"), ("instance", "001"))
+        assert samples[("sarra_files_total", mine)] == 7
+        assert "bob" in _get(base + "/", "Bearer 0perator")[1].decode()
+        assert _get(base + "/", "Bearer wrong")[0] == 401
+        assert _get(base + "/", "Basic " + base64.b64encode(b"alice:b0b-tok").decode())[0] == 401
+    finally:
+        server.stop()
+
+
+def test_source_lines_are_checked(tmp_path: Path) -> None:
+    auth = tmp_path / "web-auth"
+    auth.write_text("source alice same\nsource bob same\n")
+    auth.chmod(0o600)
+    with pytest.raises(ConfigError, match="each token must be different"):
+        load_credentials(auth)
+    auth.write_text("source alice\n")
+    with pytest.raises(ConfigError, match="source <name> <secret>"):
+        load_credentials(auth)
+    auth.write_text("source alice a-tok\n")
+    creds = load_credentials(auth)
+    assert creds.identify("Bearer a-tok") == "alice"
+    assert creds.identify("Bearer other") == REFUSED and not creds.allows(None)
