@@ -76,6 +76,7 @@ def installed(
     assert done.returncode == 0, done.stdout + done.stderr
     install_dir = prefix / "drive_c" / "Program Files" / "sarra"
     assert (install_dir / "python" / "python.exe").is_file()
+    assert (install_dir / "docs" / "windows.txt").read_bytes().startswith(b"# sarra on Windows\r\n")
     assert not (install_dir / "python" / "bcryptprimitives.dll").exists()
     # what the install directory holds before any command runs
     yield inst, install_dir, msi, _listing(install_dir)
@@ -111,8 +112,9 @@ def _report_notice(
     base_url: str,
     rel: str,
     data: bytes,
-    extra: dict[str, str] = {},  # noqa: B006
+    extra: dict[str, str] | None = None,
 ) -> WireMessage:
+    extra = extra or {}
     headers = {
         "parts": f"1,{len(data)},1,0,0",
         "sum": "d," + hashlib.md5(data).hexdigest(),
