@@ -170,16 +170,40 @@ def test_the_installed_subscriber_refuses_every_hostile_name_and_sr_log_reads_th
         target=router.run, args=(router_cfg, 0, stop_router), daemon=True
     )
     router_thread.start()
+    # sr_log following the reports in the background, as well as read in summary runs
+    (site.config_dir / "log" / "live.conf").write_text(f"broker {site.broker}\nexpire 10m\n")
+    live = inst.launch("sr_log", "start", "live", env=env, timeout=180)
     try:
-        _hostile_run(inst, site, nginx, tmp_path, tag, dest, env)
+        assert live.returncode == 0, live.stdout + live.stderr
+        wait_for(lambda: _queue_exists_for(site, "log", "live"), timeout=60, what="its queue")
+        expected = _hostile_run(inst, site, nginx, tmp_path, tag, dest, env)
+        live_log = site.state_dir / "log" / "sr_log_live_001.log"
+
+        def followed() -> list[str]:
+            """The live lines (``time code consumer path (elapsed) message``)."""
+            text = live_log.read_text(errors="replace") if live_log.exists() else ""
+            return [ln for ln in text.splitlines() if ln[:1].isdigit() and f" {tag}/" in ln]
+
+        wait_for(lambda: len(followed()) >= len(expected), timeout=60, what="sr_log's lines")
     finally:
+        stopped = inst.launch("sr_log", "stop", "live", env=env, timeout=120)
         stop_router.set()
         router_thread.join(60)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    lines = followed()
+    assert len(lines) == len(expected), lines  # one line per report, each shown once
+    assert f"reports: {len(expected)}" in live_log.read_text()  # the summary, when stopped
+    for rel, code in expected.items():
+        assert [ln for ln in lines if f" {code} guest@" in ln and f" {tag}/{rel} (" in ln], (
+            rel,
+            lines,
+        )
 
 
 def _hostile_run(  # type: ignore[no-untyped-def]
     inst: Installed, site: Site, nginx, tmp_path: Path, tag: str, dest: Path, env: dict[str, str]
-) -> None:
+) -> dict[str, int]:
+    """The subscriber's run and sr_log's summary runs; returns ``{path: expected code}``."""
     good = ["one.txt", "with space.txt", *(n for n, _ in HOSTILE_HEADERS)]
     files = [nginx.root / tag / n for n in good]
     outer = dest.parents[2]
@@ -250,6 +274,7 @@ def _hostile_run(  # type: ignore[no-untyped-def]
         mine = [ln for ln in lines if ln.startswith(f"  {tag}/{rel}: ")]
         assert len(mine) == 1 and ": guest@" in mine[0], (rel, lines)  # once, from guest
         assert mine[0].endswith(f" {code}"), mine
+    return expected
 
 
 def _readme_logon_line() -> str:
@@ -314,20 +339,28 @@ def test_a_subscription_in_the_default_directory_starts_at_logon_as_the_readme_s
     assert list((home / "state" / "log").glob("sr_subscribe_obs_*.log"))
 
 
-def _queue_exists_in(site: Site, home: Path) -> bool:
-    """The default-directory subscriber's queue exists (its name is in its state)."""
-    names = list((home / "state" / "subscribe" / "obs").glob("*.qname"))
-    if not names:
-        return False
+def _queue_exists_for(site: Site, component: str, config: str) -> bool:
+    """The queue of ``config`` (a Windows instance named it in the site's state) exists."""
+    names = list((site.state_dir / component / config).glob("*.qname"))
+    return bool(names) and _queue_named(site, names[0].read_text().strip())
+
+
+def _queue_named(site: Site, name: str) -> bool:
     session = BrokerSession(site.broker_url(), name="probe")
     session.connect()
     try:
-        session.queue_counts(names[0].read_text().strip())
+        session.queue_counts(name)
     except Exception:
         return False
     finally:
         session.close()
     return True
+
+
+def _queue_exists_in(site: Site, home: Path) -> bool:
+    """The default-directory subscriber's queue exists (its name is in its state)."""
+    names = list((home / "state" / "subscribe" / "obs").glob("*.qname"))
+    return bool(names) and _queue_named(site, names[0].read_text().strip())
 
 
 def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: ignore[no-untyped-def]

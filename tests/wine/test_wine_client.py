@@ -383,3 +383,37 @@ def test_durable_renames_directory_flush_and_a_reused_pid_under_windows_apis(
         "alive True",
         "gone False",
     ], done.stdout
+
+
+STDIO_SCRIPT = r"""
+import logging, sys
+from pathlib import Path
+from sarra.cli.logs import setup_file_logging, stdio_into_log
+path = Path(sys.argv[1]) / "log" / "sr_log_live_001.log"
+stdio_into_log(path)
+handler = setup_file_logging(path, context="log/live/001")
+print("printed before", flush=True)
+logging.getLogger("t").warning("logged before")
+handler.doRollover()  # Windows refuses to rename a file still open as stdout
+print("printed after", flush=True)
+logging.getLogger("t").warning("logged after")
+sys.stderr.write("stderr after\n")
+sys.stderr.flush()
+"""
+
+
+def test_an_instance_log_holds_its_prints_across_a_rollover_on_windows(
+    winpy: WinPython, tmp_path: Path
+) -> None:
+    """A detached Windows instance has no output of its own: stdout and stderr are pointed
+    at its log (where sr_log's report lines and start-up errors go), and let go of the file
+    for the midnight rollover, which Windows would otherwise refuse."""
+    done = winpy.run(["-c", STDIO_SCRIPT, winpath(tmp_path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == ""  # all of it went to the log
+    logs = sorted((tmp_path / "log").iterdir())
+    assert len(logs) == 2 and logs[0].name == "sr_log_live_001.log", logs
+    current, rotated = (p.read_text(errors="replace") for p in logs)
+    assert "printed after" in current and "logged after" in current
+    assert "stderr after" in current and "before" not in current
+    assert "printed before" in rotated and "logged before" in rotated and "after" not in rotated
