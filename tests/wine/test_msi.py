@@ -78,8 +78,19 @@ def installed(
     assert (install_dir / "python" / "python.exe").is_file()
     assert (install_dir / "docs" / "windows.txt").read_bytes().startswith(b"# sarra on Windows\r\n")
     assert not (install_dir / "python" / "bcryptprimitives.dll").exists()
+    # the Start-menu shortcuts to the README and the manual pages
+    (menu,) = [m for m in _menus(prefix) if m.is_dir()]
+    assert sorted(p.name for p in menu.iterdir()) == ["sarra README.lnk", "sarra manual pages.lnk"]
     # what the install directory holds before any command runs
     yield inst, install_dir, msi, _listing(install_dir)
+
+
+def _menus(prefix: Path) -> list[Path]:
+    """The Start-menu folders the MSI's shortcuts may be in: the common one (ALLUSERS=1, as
+    on Windows) and the user's (where Wine 8's msiexec puts them even so)."""
+    menu = Path("Microsoft") / "Windows" / "Start Menu" / "Programs" / "sarra"
+    user = prefix / "drive_c" / "users" / getpass.getuser() / "AppData" / "Roaming"
+    return [prefix / "drive_c" / "ProgramData" / menu, user / menu]
 
 
 def _listing(root: Path) -> set[str]:
@@ -423,6 +434,7 @@ def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: 
     removed = inst.run_argv(["msiexec", "/x", winpath(msi), "/qn"], env, 300)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert not install_dir.exists()
+    assert not [m for m in _menus(inst.prefix) if m.exists()]
     assert (site.config_dir / "subscribe" / "msisub.conf").is_file()  # the user's files stay
     assert (site.config_dir / "credentials.conf").is_file()
 
