@@ -242,6 +242,28 @@ if sys.platform == "win32":
         finally:
             _CloseHandle(handle)
 
+    _TerminateProcess = _k32.TerminateProcess
+    _TerminateProcess.argtypes = [wintypes.HANDLE, wintypes.UINT]
+    _TerminateProcess.restype = wintypes.BOOL
+    _PROCESS_TERMINATE = 0x0001
+
+    def terminate_started(pid: int, started: int) -> bool:
+        """Terminate process ``pid`` only if it was created at ``started``: the check and the
+        termination go through one handle, so a pid reused in between is never hit. True if
+        it was terminated."""
+        handle = _OpenProcess(_PROCESS_TERMINATE | _PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            return False
+        try:
+            times = [ctypes.c_ulonglong() for _ in range(4)]
+            if not _GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+                return False
+            if times[0].value != started:
+                return False
+            return bool(_TerminateProcess(handle, 1))
+        finally:
+            _CloseHandle(handle)
+
     _LOCKFILE_FAIL_IMMEDIATELY = 0x1
     _LOCKFILE_EXCLUSIVE_LOCK = 0x2
     _ERROR_ACCESS_DENIED = 5

@@ -326,13 +326,15 @@ def _request_stop(inst: Instance, pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-def _force_stop(pid: int) -> None:
-    """End process ``pid`` at once: SIGKILL (TerminateProcess on Windows)."""
+def _force_stop(pid: int, started: int | None = None) -> None:
+    """End process ``pid`` at once: SIGKILL; on Windows TerminateProcess, and only if the
+    process was created at ``started`` (checked on the same handle)."""
+    if sys.platform == "win32":
+        if started is not None:
+            osport.terminate_started(pid, started)
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if sys.platform == "win32":
-            os.kill(pid, signal.SIGTERM)  # Windows: TerminateProcess
-        else:
-            os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
 
 
 def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
@@ -363,7 +365,7 @@ def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
             time.sleep(0.05)
     for number, (inst, pid, started) in waiting.items():
         if process_matches(pid, _markers(inst), started):
-            _force_stop(pid)
+            _force_stop(pid, started)
             outcomes[number] = "killed"
         else:
             outcomes[number] = "stopped"

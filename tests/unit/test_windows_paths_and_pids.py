@@ -171,7 +171,7 @@ def on_windows(monkeypatch: pytest.MonkeyPatch) -> FakeWindows:
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(instances.osport, "pid_alive", lambda pid: pid in fake.table)
     monkeypatch.setattr(instances.osport, "process_started", fake.table.get)
-    monkeypatch.setattr(instances, "_force_stop", fake.killed.append)
+    monkeypatch.setattr(instances, "_force_stop", lambda pid, started: fake.killed.append(pid))
     return fake
 
 

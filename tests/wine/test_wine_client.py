@@ -358,6 +358,9 @@ try:
     print("reused", instance_pid(inst)[0])
     print("stop", terminate([inst], timeout=1.0)[1])
     print("alive", other.poll() is None and osport.pid_alive(other.pid))
+    print("terminate, wrong time", osport.terminate_started(other.pid, theirs + 1))
+    print("terminate, its time", osport.terminate_started(other.pid, theirs))
+    other.wait(10)
 finally:
     other.kill()
     other.wait()
@@ -381,6 +384,8 @@ def test_durable_renames_directory_flush_and_a_reused_pid_under_windows_apis(
         "reused stale pid",
         "stop stale pid removed",
         "alive True",
+        "terminate, wrong time False",
+        "terminate, its time True",
         "gone False",
     ], done.stdout
 
