@@ -9,10 +9,18 @@ Windows (``sys.platform == "win32"``):
 - :func:`lock` takes a LockFileEx lock on one byte far beyond any real data (Windows byte
   locks are mandatory, so locking real data would block other writers' I/O); like ``flock``
   it is released when the descriptor is closed or the process dies.
-- :func:`fchmod` and :func:`fsync_dir` do nothing: Windows files have ACLs inherited from
-  their directory instead of mode bits, and NTFS journals directory updates itself.
+- :func:`fchmod` does nothing: Windows files have ACLs inherited from their directory
+  instead of mode bits.
+- Durability: ``os.fsync`` is the C runtime's ``_commit``, i.e. FlushFileBuffers (file data
+  and the file's own metadata). :func:`replace` renames with MoveFileExW and
+  ``MOVEFILE_WRITE_THROUGH``; :func:`fsync_dir` opens the directory
+  (``FILE_FLAG_BACKUP_SEMANTICS``, write access) and calls FlushFileBuffers on it, which
+  NTFS accepts; a file system that refuses to flush a directory (FAT, some network shares)
+  makes it return False, and only the write-through rename is left there.
 - :func:`pid_alive` asks OpenProcess/GetExitCodeProcess; ``os.kill(pid, 0)`` would call
   TerminateProcess there and kill the process it was meant to probe.
+  :func:`process_started` gives a process's creation time (GetProcessTimes), which tells a
+  reused pid apart from the process that wrote a pid file (Windows reuses pids quickly).
 - :data:`O_BINARY` must be in every ``os.open`` flag set (no newline translation).
 """
 
@@ -61,9 +69,6 @@ if sys.platform == "win32":
     def fchmod(fd: int, mode: int) -> None:
         """Windows has no mode bits (the file inherits its directory's ACL)."""
 
-    def fsync_dir(path: str | os.PathLike[str]) -> None:
-        """NTFS journals directory updates; a directory cannot be opened with ``os.open``."""
-
     class _Overlapped(ctypes.Structure):
         _fields_ = [
             ("Internal", ctypes.c_void_p),
@@ -102,6 +107,17 @@ if sys.platform == "win32":
     _CloseHandle = _k32.CloseHandle
     _CloseHandle.argtypes = [wintypes.HANDLE]
     _CloseHandle.restype = wintypes.BOOL
+
+    _GetProcessTimes = _k32.GetProcessTimes
+    _GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(ctypes.c_ulonglong)] * 4
+    _GetProcessTimes.restype = wintypes.BOOL
+    _FlushFileBuffers = _k32.FlushFileBuffers
+    _FlushFileBuffers.argtypes = [wintypes.HANDLE]
+    _FlushFileBuffers.restype = wintypes.BOOL
+    _MoveFileExW = _k32.MoveFileExW
+    _MoveFileExW.argtypes = [wintypes.LPCWSTR, wintypes.LPCWSTR, wintypes.DWORD]
+    _MoveFileExW.restype = wintypes.BOOL
+    _MOVEFILE_REPLACE_EXISTING, _MOVEFILE_WRITE_THROUGH = 0x1, 0x8
 
     _SetFileTime = _k32.SetFileTime
     _SetFileTime.argtypes = [wintypes.HANDLE, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -173,12 +189,90 @@ if sys.platform == "win32":
             _CloseHandle(handle)
             raise
 
+    _FILE_FLAG_BACKUP_SEMANTICS = 0x02000000
+    _OPEN_EXISTING = 3
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        """``os.replace`` that returns only once the rename is on disk
+        (MoveFileExW with MOVEFILE_WRITE_THROUGH)."""
+        if not _MoveFileExW(
+            os.fspath(src), os.fspath(dst), _MOVEFILE_REPLACE_EXISTING | _MOVEFILE_WRITE_THROUGH
+        ):
+            err = ctypes.get_last_error()
+            raise OSError(None, ctypes.FormatError(err), os.fspath(src), err, os.fspath(dst))
+
+    def fsync_dir(path: str | os.PathLike[str]) -> bool:
+        """Flush directory ``path``'s entries to disk (FlushFileBuffers on a directory
+        handle). False if the file system refuses to flush a directory (then the
+        write-through :func:`replace` is all there is); other errors are raised."""
+        handle = _CreateFileW(
+            os.fspath(path),
+            _GENERIC_READ | _GENERIC_WRITE,
+            _SHARE_ALL,
+            None,
+            _OPEN_EXISTING,
+            _FILE_FLAG_BACKUP_SEMANTICS,
+            None,
+        )
+        if handle is None or handle == _INVALID_HANDLE:
+            err = ctypes.get_last_error()
+            if err in _NO_DIR_FLUSH:
+                return False
+            raise OSError(None, ctypes.FormatError(err), os.fspath(path), err)
+        try:
+            if _FlushFileBuffers(handle):
+                return True
+            err = ctypes.get_last_error()
+            if err in _NO_DIR_FLUSH:
+                return False
+            raise OSError(None, ctypes.FormatError(err), os.fspath(path), err)
+        finally:
+            _CloseHandle(handle)
+
+    def process_started(pid: int) -> int | None:
+        """Creation time of process ``pid`` (FILETIME ticks), None if it cannot be asked."""
+        handle = _OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            return None
+        try:
+            times = [ctypes.c_ulonglong() for _ in range(4)]
+            if not _GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+                return None
+            return times[0].value or None
+        finally:
+            _CloseHandle(handle)
+
+    _TerminateProcess = _k32.TerminateProcess
+    _TerminateProcess.argtypes = [wintypes.HANDLE, wintypes.UINT]
+    _TerminateProcess.restype = wintypes.BOOL
+    _PROCESS_TERMINATE = 0x0001
+
+    def terminate_started(pid: int, started: int) -> bool:
+        """Terminate process ``pid`` only if it was created at ``started``: the check and the
+        termination go through one handle, so a pid reused in between is never hit. True if
+        it was terminated."""
+        handle = _OpenProcess(_PROCESS_TERMINATE | _PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        if not handle:
+            return False
+        try:
+            times = [ctypes.c_ulonglong() for _ in range(4)]
+            if not _GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+                return False
+            if times[0].value != started:
+                return False
+            return bool(_TerminateProcess(handle, 1))
+        finally:
+            _CloseHandle(handle)
+
     _LOCKFILE_FAIL_IMMEDIATELY = 0x1
     _LOCKFILE_EXCLUSIVE_LOCK = 0x2
     _ERROR_ACCESS_DENIED = 5
     _ERROR_LOCK_VIOLATION = 33
     _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
     _STILL_ACTIVE = 259
+    #: access denied, invalid function, not supported, invalid parameter: the file system
+    #: does not open or flush directories that way
+    _NO_DIR_FLUSH = frozenset({5, 1, 50, 87})
 
     def _lock_range() -> _Overlapped:
         # one byte at 2**63 - 2: past any file's data, so no real read or write is blocked
@@ -222,18 +316,24 @@ else:
     pread = os.pread
     fchmod = os.fchmod
     open_shared = os.open
+    replace = os.replace
 
     def futime(fd: int, mtime: float) -> None:
         """Set access and modification time of the open file ``fd``."""
         os.utime(fd, (mtime, mtime))
 
-    def fsync_dir(path: str | os.PathLike[str]) -> None:
-        """fsync directory ``path`` (makes a rename or creation in it durable)."""
+    def fsync_dir(path: str | os.PathLike[str]) -> bool:
+        """fsync directory ``path`` (makes a rename or creation in it durable); True."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        return True
+
+    def process_started(pid: int) -> int | None:
+        """None: on POSIX a pid file is checked against the process's command line."""
+        return None
 
     def lock(fd: int, *, exclusive: bool, blocking: bool = True) -> None:
         """``flock`` ``fd``; BlockingIOError if held elsewhere and not ``blocking``."""

@@ -19,7 +19,11 @@ exists, and instances are not children of the caller.
 Windows has neither fork nor signals: there ``start`` launches the instance itself as a
 detached process in a new process group (``DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP``) and
 waits until the pid file names it; liveness is asked of the process table
-(:func:`sarra.osport.pid_alive`; ``os.kill(pid, 0)`` would terminate the process there);
+(:func:`sarra.osport.pid_alive`; ``os.kill(pid, 0)`` would terminate the process there), and
+as Windows has no command line to read in ``/proc`` and reuses pids quickly, the pid file
+also records the instance's creation time (``started <FILETIME>``, second line), which must
+match the live process's (:func:`sarra.osport.process_started`): a reused pid, or a pid file
+without that line, reads as stale and that process is never terminated;
 ``stop`` asks for a graceful stop by creating ``<stem>.stop``, which the instance polls
 (:func:`watch_stop_request`), and terminates the process if it is still alive at the timeout.
 """
@@ -97,26 +101,41 @@ class Instance:
         return f"{self.component}/{self.config}/{instance_tag(self.number)}"
 
 
-def write_pid_file(path: Path, pid: int) -> None:
-    """Write ``pid`` to ``path`` atomically (temporary file, fsync, rename)."""
+def write_pid_file(path: Path, pid: int, started: int | None = None) -> None:
+    """Write ``pid`` to ``path`` atomically (temporary file, fsync, rename), with the
+    process's creation time as a second line ``started <n>`` when ``started`` is given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, f"{pid}\n".encode())
+        text = f"{pid}\n" + (f"started {started}\n" if started is not None else "")
+        os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    osport.replace(tmp, path)
+
+
+def read_pid_record(path: Path) -> tuple[int | None, int | None]:
+    """(pid, creation time) from ``path``; pid None if the file is missing, empty or its
+    first line is not a positive integer; creation time None where not recorded."""
+    try:
+        lines = path.read_text(encoding="ascii", errors="replace").splitlines()
+    except FileNotFoundError:
+        return None, None
+    first = lines[0].strip() if lines else ""
+    pid = int(first) if first.isdigit() and int(first) > 0 else None
+    started = None
+    for line in lines[1:]:
+        key, _, value = line.strip().partition(" ")
+        if key == "started" and value.isdigit():
+            started = int(value)
+    return pid, started
 
 
 def read_pid_file(path: Path) -> int | None:
     """The pid in ``path``, or None if the file is missing, empty or not a positive integer."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    return read_pid_record(path)[0]
 
 
 def remove_pid_file(path: Path, pid: int | None = None) -> None:
@@ -126,15 +145,20 @@ def remove_pid_file(path: Path, pid: int | None = None) -> None:
     path.unlink(missing_ok=True)
 
 
-def process_matches(pid: int, markers: Sequence[str]) -> bool:
+def process_matches(pid: int, markers: Sequence[str], started: int | None = None) -> bool:
     """True if ``pid`` is a live process whose argv contains every string in ``markers``.
 
-    Zombies have an empty command line, so they read as gone. Where /proc is missing
-    (Windows, BSD), only liveness is checked, without signalling the process.
+    Zombies have an empty command line, so they read as gone. On Windows the process must
+    be alive and have been created at ``started`` (what its pid file recorded; None never
+    matches: such a pid cannot be told from a reused one). Where /proc is missing
+    elsewhere (BSD), only liveness is checked, without signalling the process.
     """
+    if sys.platform == "win32":
+        return (
+            started is not None and osport.pid_alive(pid) and osport.process_started(pid) == started
+        )
     cmdline = Path(f"/proc/{pid}/cmdline")
-    # (on Windows "/proc" would be a directory of the current drive: under Wine, the host's)
-    if sys.platform != "win32" and Path("/proc/self/cmdline").exists():
+    if Path("/proc/self/cmdline").exists():
         try:
             args = cmdline.read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -150,12 +174,17 @@ def _markers(inst: Instance) -> tuple[str, ...]:
 
 def instance_pid(inst: Instance) -> tuple[State, int | None]:
     """Liveness of one instance: (RUNNING, pid), (STALE, pid) or (STOPPED, None)."""
-    pid = read_pid_file(inst.pid_path)
+    return _instance_record(inst)[:2]
+
+
+def _instance_record(inst: Instance) -> tuple[State, int | None, int | None]:
+    pid, started = read_pid_record(inst.pid_path)
     if pid is None:
-        return (State.STALE, None) if inst.pid_path.exists() else (State.STOPPED, None)
-    if process_matches(pid, _markers(inst)):
-        return State.RUNNING, pid
-    return State.STALE, pid
+        state = State.STALE if inst.pid_path.exists() else State.STOPPED
+        return state, None, None
+    if process_matches(pid, _markers(inst), started):
+        return State.RUNNING, pid, started
+    return State.STALE, pid, started
 
 
 def last_activity(inst: Instance) -> float | None:
@@ -297,13 +326,15 @@ def _request_stop(inst: Instance, pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
 
 
-def _force_stop(pid: int) -> None:
-    """End process ``pid`` at once: SIGKILL (TerminateProcess on Windows)."""
+def _force_stop(pid: int, started: int | None = None) -> None:
+    """End process ``pid`` at once: SIGKILL; on Windows TerminateProcess, and only if the
+    process was created at ``started`` (checked on the same handle)."""
+    if sys.platform == "win32":
+        if started is not None:
+            osport.terminate_started(pid, started)
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        if sys.platform == "win32":
-            os.kill(pid, signal.SIGTERM)  # Windows: TerminateProcess
-        else:
-            os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
 
 
 def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
@@ -313,28 +344,28 @@ def terminate(instances: Iterable[Instance], timeout: float) -> dict[int, str]:
     ``killed``, ``not running`` or ``stale pid removed``.
     """
     outcomes: dict[int, str] = {}
-    waiting: dict[int, tuple[Instance, int]] = {}
+    waiting: dict[int, tuple[Instance, int, int | None]] = {}
     instances_list = list(instances)
     for inst in instances_list:
-        state, pid = instance_pid(inst)
+        state, pid, started = _instance_record(inst)
         if state is State.RUNNING and pid is not None:
             _request_stop(inst, pid)
-            waiting[inst.number] = (inst, pid)
+            waiting[inst.number] = (inst, pid, started)
         else:
             outcomes[inst.number] = "stale pid removed" if state is State.STALE else "not running"
             remove_pid_file(inst.pid_path)
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
-        for number, (inst, pid) in list(waiting.items()):
-            if not process_matches(pid, _markers(inst)):
+        for number, (inst, pid, started) in list(waiting.items()):
+            if not process_matches(pid, _markers(inst), started):
                 outcomes[number] = "stopped"
                 remove_pid_file(inst.pid_path, pid)
                 del waiting[number]
         if waiting:
             time.sleep(0.05)
-    for number, (inst, pid) in waiting.items():
-        if process_matches(pid, _markers(inst)):
-            _force_stop(pid)
+    for number, (inst, pid, started) in waiting.items():
+        if process_matches(pid, _markers(inst), started):
+            _force_stop(pid, started)
             outcomes[number] = "killed"
         else:
             outcomes[number] = "stopped"
@@ -352,7 +383,7 @@ def daemonize(pid_path: Path) -> None:
     first. Where fork is unavailable, the current process just writes its pid file.
     """
     if sys.platform == "win32" or not hasattr(os, "fork"):
-        write_pid_file(pid_path, os.getpid())
+        write_pid_file(pid_path, os.getpid(), osport.process_started(os.getpid()))
         return
     read_end, write_end = os.pipe()
     child = os.fork()

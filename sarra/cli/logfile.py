@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ class StdioFollowingHandler(ModeFileHandler):
     """Moves file descriptors 1 and 2 onto the new file after each rollover."""
 
     def doRollover(self) -> None:
+        if sys.platform == "win32":  # fds 1 and 2 hold the file: Windows refuses to rename it
+            from sarra.cli.logs import _stdio_onto
+
+            _stdio_onto(os.devnull)
         super().doRollover()
         if self.stream is not None:
             fd = self.stream.fileno()

@@ -9,6 +9,7 @@ logs to the console. Every line carries time, level and ``component/config/insta
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -82,6 +83,34 @@ class JsonLineFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)
+
+
+def _stdio_onto(path: str | os.PathLike[str], mode: int = 0o600) -> None:
+    """Point file descriptors 1 and 2 at ``path``, appending (``sys.stdout``/``sys.stderr``
+    are flushed first, and made if the process had none)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), mode)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    if sys.stdout is None:  # (a Windows process started without standard handles)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
+    if sys.stderr is None:
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+
+
+def stdio_into_log(path: Path, mode: int = 0o600) -> None:
+    """Send this process's stdout and stderr (prints, tracebacks, start-up errors) to its log
+    ``path``: what the POSIX spawner does for a daemon instance, done by a Windows instance
+    itself (it is started detached, with no output of its own, as Wine's Windows Python cannot
+    start with a file as its standard output)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _stdio_onto(path, mode)
 
 
 def _level(loglevel: str) -> int:

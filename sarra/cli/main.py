@@ -35,10 +35,12 @@ from sarra.cli.instances import (
 )
 from sarra.cli.logs import (
     RedactingStream,
+    log_path,
     redact,
     remove_handler,
     setup_console_logging,
     setup_file_logging,
+    stdio_into_log,
 )
 from sarra.cli.runtime import (
     ARGV_ENV,
@@ -175,6 +177,10 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     does not detach, logs to stderr for the service manager, and stops with its supervisor.
     """
     rt = runtime if runtime is not None else default_runtime()
+    if sys.platform == "win32" and not os.environ.get(SUPERVISED_ENV, "").isdigit():
+        # started detached, with no output: prints, tracebacks and start-up errors go to the
+        # log, as the POSIX spawner arranges for its instances
+        stdio_into_log(log_path(rt.log_dir(), component, config, number))
     passed = json.loads(os.environ.get(ARGV_ENV) or "{}")
     user_argv = [str(a) for a in passed.get("argv", [])]
     inst = Instance(component, config, number, rt.state_dir(component, config), rt.log_dir())

@@ -1,7 +1,9 @@
 """Where sarra keeps configuration, state and logs, per platform (via platformdirs).
 
 On Linux the XDG variables are honoured (``XDG_CONFIG_HOME``, ``XDG_STATE_HOME``), giving
-``~/.config/sarra`` and ``~/.local/state/sarra``. ``SR_CONFIG_DIR`` and ``SR_STATE_DIR``
+``~/.config/sarra`` and ``~/.local/state/sarra``; on Windows the configuration is in
+``%LOCALAPPDATA%\\sarra`` and the state in ``%LOCALAPPDATA%\\sarra\\state`` (platformdirs gives
+one directory for both there). ``SR_CONFIG_DIR`` and ``SR_STATE_DIR``
 override both (tests and side-by-side installations use them). The log directory is
 ``<state_dir>/log``. Nothing here creates a directory: callers that write do that.
 
@@ -143,6 +145,10 @@ def state_dir(
         base = SYSTEM_STATE_DIR
     else:
         base = Path(platformdirs.user_state_dir(APPNAME, appauthor=False))
+        if base == Path(platformdirs.user_config_dir(APPNAME, appauthor=False)):
+            # Windows (%LOCALAPPDATA%\sarra) and macOS use one directory for both: the
+            # state goes below it, apart from the configuration (log\ holds sr_log's configs)
+            base = base / "state"
     if config_tree(env) == "sr3":
         base = base / "sr3"
     if component is not None:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sarra import osport
 from sarra.closing import Closing
 from sarra.errors import LocalError, translated_os_errors
 from sarra.notice import WireMessage, frozen_headers
@@ -308,7 +309,7 @@ class RetryQueue(Closing):
                 if WINDOWS and reopen:  # Windows never replaces a file that is open
                     os.close(self._fd)
                     self._fd = -1
-                os.replace(tmp, self.path)
+                osport.replace(tmp, self.path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise

@@ -19,8 +19,9 @@ a :class:`HostilePath`, as is a final name that is one), and names are also chec
 Windows' rules (:func:`sarra.localfs.winnames.check_windows_name`: reserved device names,
 streams, trailing dots and spaces...). The walk and the operation are then separate steps, so
 a local user able to swap a checked directory for a junction in between could redirect one
-operation; messages alone cannot. Modes are not applied (ACLs are inherited) and directories
-are not fsync'd (NTFS journals them).
+operation; messages alone cannot. Modes are not applied (ACLs are inherited); renames are
+write-through and directories are flushed with FlushFileBuffers where the file system allows
+it (:func:`sarra.osport.fsync_dir`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 
+from sarra import osport
 from sarra.closing import Closing
 from sarra.errors import HostilePath, LocalError, local_error, translated_os_errors
 from sarra.localfs.winnames import check_windows_name
@@ -53,75 +55,112 @@ O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_BINARY
 
 # Directory primitives: a directory is held as a descriptor on POSIX (every name below it is
-# resolved openat-style) and as its checked path on Windows.
+# resolved openat-style) and as its checked path on Windows. The Windows ones are defined on
+# every platform (as ``_win_*``) so that the unit tests run their walk over real directories
+# and links anywhere; only Windows uses them.
+
+#: the ``lstat`` of the Windows primitives (a unit test can show a junction through it)
+_lstat = os.lstat
+
+
+def _win_is_link(st: os.stat_result) -> bool:
+    return stat_mod.S_ISLNK(st.st_mode) or bool(
+        getattr(st, "st_file_attributes", 0) & stat_mod.FILE_ATTRIBUTE_REPARSE_POINT
+    )
+
+
+def _win_refuse_link(path: str) -> None:
+    try:
+        st = _lstat(path)
+    except FileNotFoundError:
+        return
+    if _win_is_link(st):
+        raise OSError(errno.ELOOP, "is a symlink or reparse point", path)
+
+
+def _win_open_root(root: Path) -> str:
+    if not root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(root))
+    return str(root)
+
+
+def _win_open_dir_at(parent: str, name: str) -> str:
+    path = os.path.join(parent, name)
+    st = _lstat(path)
+    if _win_is_link(st):
+        raise OSError(errno.ELOOP, "is a symlink or reparse point", path)
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+    return path
+
+
+def _win_open_at(parent: str, name: str, flags: int, mode: int = 0o777) -> int:
+    """``os.open`` of ``name`` in ``parent``, never through a link."""
+    path = os.path.join(parent, name)
+    _win_refuse_link(path)
+    return open_shared(path, flags, mode)
+
+
+def _win_mkdir_at(parent: str, name: str, mode: int) -> None:
+    os.mkdir(os.path.join(parent, name), mode)
+
+
+def _win_lstat_at(parent: str, name: str) -> os.stat_result:
+    return _lstat(os.path.join(parent, name))
+
+
+def _win_unlink_at(parent: str, name: str) -> None:
+    os.unlink(os.path.join(parent, name))
+
+
+def _win_rmdir_at(parent: str, name: str) -> None:
+    os.rmdir(os.path.join(parent, name))
+
+
+def _win_replace_at(src: str, src_name: str, dst: str, dst_name: str) -> None:
+    osport.replace(os.path.join(src, src_name), os.path.join(dst, dst_name))
+
+
+def _win_symlink_at(target: str, parent: str, name: str) -> None:
+    os.symlink(target, os.path.join(parent, name))
+
+
+def _win_fsync_dir(d: str) -> None:
+    osport.fsync_dir(d)  # False where the file system cannot flush a directory
+
+
+def _win_close_dir(d: str) -> None:
+    """Release a directory obtained from a walk (nothing to release on Windows)."""
+
+
+def _win_dup_dir(d: str) -> str:
+    return d
+
+
+def _win_scandir(d: str) -> Iterator[os.DirEntry[str]]:
+    return os.scandir(d)
+
+
+def _win_same_dir(a: str, b: str) -> bool:
+    return os.path.samestat(os.stat(a), os.stat(b))
+
+
 if sys.platform == "win32":
     Dir = str
-
-    def _is_link(st: os.stat_result) -> bool:
-        return stat_mod.S_ISLNK(st.st_mode) or bool(
-            st.st_file_attributes & stat_mod.FILE_ATTRIBUTE_REPARSE_POINT
-        )
-
-    def _refuse_link(path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if _is_link(st):
-            raise OSError(errno.ELOOP, "is a symlink or reparse point", path)
-
-    def _open_root(root: Path) -> Dir:
-        if not root.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(root))
-        return str(root)
-
-    def _open_dir_at(parent: Dir, name: str) -> Dir:
-        path = os.path.join(parent, name)
-        st = os.lstat(path)
-        if _is_link(st):
-            raise OSError(errno.ELOOP, "is a symlink or reparse point", path)
-        if not stat_mod.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
-        return path
-
-    def open_at(parent: Dir, name: str, flags: int, mode: int = 0o777) -> int:
-        """``os.open`` of ``name`` in ``parent``, never through a link."""
-        path = os.path.join(parent, name)
-        _refuse_link(path)
-        return open_shared(path, flags, mode)
-
-    def _mkdir_at(parent: Dir, name: str, mode: int) -> None:
-        os.mkdir(os.path.join(parent, name), mode)
-
-    def _lstat_at(parent: Dir, name: str) -> os.stat_result:
-        return os.lstat(os.path.join(parent, name))
-
-    def _unlink_at(parent: Dir, name: str) -> None:
-        os.unlink(os.path.join(parent, name))
-
-    def _rmdir_at(parent: Dir, name: str) -> None:
-        os.rmdir(os.path.join(parent, name))
-
-    def _replace_at(src: Dir, src_name: str, dst: Dir, dst_name: str) -> None:
-        os.replace(os.path.join(src, src_name), os.path.join(dst, dst_name))
-
-    def _symlink_at(target: str, parent: Dir, name: str) -> None:
-        os.symlink(target, os.path.join(parent, name))
-
-    def _fsync_dir(d: Dir) -> None:
-        pass  # NTFS journals directory updates; a directory cannot be opened with os.open
-
-    def close_dir(d: Dir) -> None:
-        """Release a directory obtained from a walk (nothing to release on Windows)."""
-
-    def _dup_dir(d: Dir) -> Dir:
-        return d
-
-    def _scandir(d: Dir) -> Iterator[os.DirEntry[str]]:
-        return os.scandir(d)
-
-    def _same_dir(a: Dir, b: Dir) -> bool:
-        return os.path.samestat(os.stat(a), os.stat(b))
+    _open_root = _win_open_root
+    _open_dir_at = _win_open_dir_at
+    open_at = _win_open_at
+    _mkdir_at = _win_mkdir_at
+    _lstat_at = _win_lstat_at
+    _unlink_at = _win_unlink_at
+    _rmdir_at = _win_rmdir_at
+    _replace_at = _win_replace_at
+    _symlink_at = _win_symlink_at
+    _fsync_dir = _win_fsync_dir
+    close_dir = _win_close_dir
+    _dup_dir = _win_dup_dir
+    _scandir = _win_scandir
+    _same_dir = _win_same_dir
 
 else:
     Dir = int

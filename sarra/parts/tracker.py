@@ -252,7 +252,7 @@ class PartTracker:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            osport.replace(tmp, path)
             osport.fsync_dir(path.parent)
 
     def _unlink(self, path: Path) -> None:

@@ -53,3 +53,17 @@ def test_root_and_the_sarra_account_use_the_system_tree_when_it_exists(monkeypat
     monkeypatch.setattr(paths, "_account", lambda: "alice")  # anyone else: their own
     assert paths.config_dir(empty) == tmp_path / "cfg" / "sarra"
     assert paths.state_dir(env=empty) == tmp_path / "st" / "sarra"
+
+
+def test_where_platformdirs_gives_one_directory_the_state_goes_below_it(monkeypatch, tmp_path):
+    # Windows: user_config_dir and user_state_dir are both %LOCALAPPDATA%\sarra
+    one = str(tmp_path / "AppData" / "Local" / "sarra")
+    monkeypatch.delenv("SR_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("SR_STATE_DIR", raising=False)
+    monkeypatch.setattr(paths, "uses_system_tree", lambda *a: False)
+    monkeypatch.setattr(paths.platformdirs, "user_config_dir", lambda *a, **k: one)
+    monkeypatch.setattr(paths.platformdirs, "user_state_dir", lambda *a, **k: one)
+    assert paths.config_dir() == Path(one)
+    assert paths.state_dir() == Path(one) / "state"
+    assert paths.log_dir() == Path(one) / "state" / "log"
+    assert paths.state_dir("log", "mine") == Path(one) / "state" / "log" / "mine"

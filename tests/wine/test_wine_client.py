@@ -332,3 +332,93 @@ def test_the_disk_retry_queue_compacts_and_reloads_on_windows(
     assert done.stdout.strip() == "['after compaction', 'body 250'] 51", done.stdout
     # compacted: 51 live records, not 300 puts + 250 removals + 1
     assert len((tmp_path / "retry.jsonl").read_bytes().splitlines()) == 51
+
+
+PRIMITIVES_SCRIPT = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+from sarra import osport
+from sarra.cli.instances import Instance, instance_pid, terminate, write_pid_file
+d = Path(sys.argv[1])
+print("fsync_dir", osport.fsync_dir(d))
+(d / "a").write_text("new")
+(d / "b").write_text("old")
+osport.replace(d / "a", d / "b")
+print("replace", (d / "b").read_text(), (d / "a").exists())
+me = osport.process_started(os.getpid())
+other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+try:
+    time.sleep(0.3)
+    theirs = osport.process_started(other.pid)
+    print("distinct", None not in (me, theirs) and me != theirs)
+    inst = Instance("subscribe", "reuse", 1, d / "state", d / "log")
+    write_pid_file(inst.pid_path, other.pid, theirs)
+    print("own", instance_pid(inst)[0])
+    write_pid_file(inst.pid_path, other.pid, theirs + 1)  # the pid, another process's time
+    print("reused", instance_pid(inst)[0])
+    print("stop", terminate([inst], timeout=1.0)[1])
+    print("alive", other.poll() is None and osport.pid_alive(other.pid))
+    print("terminate, wrong time", osport.terminate_started(other.pid, theirs + 1))
+    print("terminate, its time", osport.terminate_started(other.pid, theirs))
+    other.wait(10)
+finally:
+    other.kill()
+    other.wait()
+print("gone", osport.pid_alive(other.pid))
+"""
+
+
+def test_durable_renames_directory_flush_and_a_reused_pid_under_windows_apis(
+    winpy: WinPython, tmp_path: Path
+) -> None:
+    """MoveFileExW write-through, FlushFileBuffers on a directory, and GetProcessTimes telling
+    a live process that did not write a pid file from the one that did: that process is
+    read as stale and ``stop`` leaves it running."""
+    done = winpy.run(["-c", PRIMITIVES_SCRIPT, winpath(tmp_path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "fsync_dir True",
+        "replace new False",
+        "distinct True",
+        "own running",
+        "reused stale pid",
+        "stop stale pid removed",
+        "alive True",
+        "terminate, wrong time False",
+        "terminate, its time True",
+        "gone False",
+    ], done.stdout
+
+
+STDIO_SCRIPT = r"""
+import logging, sys
+from pathlib import Path
+from sarra.cli.logs import setup_file_logging, stdio_into_log
+path = Path(sys.argv[1]) / "log" / "sr_log_live_001.log"
+stdio_into_log(path)
+handler = setup_file_logging(path, context="log/live/001")
+print("printed before", flush=True)
+logging.getLogger("t").warning("logged before")
+handler.doRollover()  # Windows refuses to rename a file still open as stdout
+print("printed after", flush=True)
+logging.getLogger("t").warning("logged after")
+sys.stderr.write("stderr after\n")
+sys.stderr.flush()
+"""
+
+
+def test_an_instance_log_holds_its_prints_across_a_rollover_on_windows(
+    winpy: WinPython, tmp_path: Path
+) -> None:
+    """A detached Windows instance has no output of its own: stdout and stderr are pointed
+    at its log (where sr_log's report lines and start-up errors go), and let go of the file
+    for the midnight rollover, which Windows would otherwise refuse."""
+    done = winpy.run(["-c", STDIO_SCRIPT, winpath(tmp_path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == ""  # all of it went to the log
+    logs = sorted((tmp_path / "log").iterdir())
+    assert len(logs) == 2 and logs[0].name == "sr_log_live_001.log", logs
+    current, rotated = (p.read_text(errors="replace") for p in logs)
+    assert "printed after" in current and "logged after" in current
+    assert "stderr after" in current and "before" not in current
+    assert "printed before" in rotated and "logged before" in rotated and "after" not in rotated
