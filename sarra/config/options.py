@@ -711,7 +711,10 @@ OPTIONS: tuple[Option, ...] = (
        "admin host on mgmt_port)", _NONE),
     _o("mgmt_port", N, 15672, "RabbitMQ management API port (sr_police)", _NONE),
     _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL,
-       support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
+       support=REFUSED,
+       why="one active instance per node address is the scale-out work (issue 17), not yet; "
+       "on one host, sr_poll's instances of a configuration already take turns through a "
+       "lock (one polls, the others stand by): remove the line"),
     _o("statehost", B, False, "keep state under a per-host directory", _ALL,
        support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
     _o("tls_rigour", S, "normal",
