@@ -390,3 +390,59 @@ def test_sr3_block_sums_of_middle_blocks_are_wrong_and_our_subscriber_refuses_th
         assert (entry["identity"] == true) == (int(n) == 2)  # only the last block is right
     refused = [r for r in tap.reports if r.code == 499]
     assert refused and all("checksum mismatch" in r.message for r in refused)
+
+
+def test_sr3_subscriber_dies_on_our_v03_blocks_which_carry_no_manifest(
+    site: Site, rabbitmq: Any, nginx: Any, tmp_path: Path
+) -> None:
+    """Pins the sr3 3.3.1 behaviour of docs/interop.md: our v03 block posts (``blocks`` with
+    method, size, count, remainder, number: sr2's v03 form, no sr3 ``manifest``) are claimed by
+    sr3's own v03 reader, but sr3's subscriber, on the first inplace block, indexes
+    ``msg['blocks']['manifest']`` and its instance dies (KeyError); nothing is written under
+    the file's name."""
+    tag = unique("ourb")
+    src = nginx.root / tag / "big file #1.bin"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(os.urandom(2_621_440))
+    dest = tmp_path / "dest"
+    cap = Capture(rabbitmq, "xs_guest", f"v03.{tag}.#")
+    sub = Sr3Subscriber(
+        tmp_path / "sr3",
+        rabbitmq.url(),
+        "xs_guest",
+        dest,
+        topic_prefix="v03",
+        subtopic=f"{tag}.#",
+        bindings=mgmt_bindings(rabbitmq.mgmt_get),
+    )
+    died = ""
+    try:
+        with sub:
+            rc = post(
+                site, nginx.base_url, nginx.root, [src.parent],
+                ("post_format", "v03"), ("post_topic_prefix", "v03"), ("blocksize", "1048576"),
+            )  # fmt: skip
+            assert rc == 0
+            try:
+                sub.wait_downloaded(1, timeout=60)
+            except PeerError as e:
+                died = str(e)
+            log = sub.log_text()
+        posted = cap.drain()
+    finally:
+        cap.close()
+    # our three block posts, each read by sr3's own v03 reader
+    assert len(posted) == 3
+    numbers = []
+    for m in posted:
+        blocks = json.loads(m.body)["blocks"]
+        assert "manifest" not in blocks and blocks["method"] == "inplace"
+        numbers.append(blocks["number"])
+        read = _sr3_reads(m.body, m.content_type or "")
+        assert read["mine"] is True and read["msg"]["blocks"] == blocks
+    assert sorted(numbers) == [0, 1, 2]
+    # sr3's subscriber instance died on the missing manifest
+    assert "exited" in died, log[-3000:]
+    assert "KeyError: 'manifest'" in log
+    assert "msg['blocks']['manifest']" in log
+    assert not (dest / tag / src.name).exists()
