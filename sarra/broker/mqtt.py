@@ -353,10 +353,12 @@ class MqttSession:
             self._subscribe(filters)
 
     def cancel(self, queue: str) -> None:
-        entry = self._consumers.pop(queue, None)
-        if entry is not None and self._client is not None and self._lost is None:
-            for f in entry[0]:
-                self._client.unsubscribe(f)
+        """Stop dispatching ``queue``'s deliveries; its subscriptions stay in the persistent
+        session, so what is published while the consumer is stopped is kept for it (an
+        UNSUBSCRIBE would end that: ``cleanup`` ends the session). A delivery that arrives
+        after this is neither dispatched nor acked: the broker sends it again when the
+        session resumes."""
+        self._consumers.pop(queue, None)
 
     def fileno(self) -> int | None:
         return self._wake_r.fileno()

@@ -357,6 +357,11 @@ def _as_header(value: object) -> str | None:
     return None
 
 
+def same_blocks(blocks: Mapping[str, object], parts: PartSpec) -> bool:
+    """Whether a v03 ``blocks`` table reads as ``parts``."""
+    return _same_blocks(blocks, parts)
+
+
 def _same_blocks(blocks: Mapping[str, object], parts: PartSpec) -> bool:
     try:
         return _blocks(blocks) == parts
@@ -481,6 +486,7 @@ __all__ = [
     "looks_like_v03",
     "report_fields",
     "report_to_wire",
+    "same_blocks",
     "to_wire",
     "topic",
 ]

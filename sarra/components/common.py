@@ -84,12 +84,13 @@ def _publishes_on(url: BrokerUrl, s: Settings) -> bool:
     return True
 
 
-def session_for(url: BrokerUrl, s: Settings, name: str) -> Broker:
+def session_for(url: BrokerUrl, s: Settings, name: str, *, publishes: bool = True) -> Broker:
     """A session to ``url``: AMQP with the configured heartbeat (0: the default 60 s), or
     MQTT (:mod:`sarra.broker.mqtt`, v03 only: ``post_format v03`` is required when the
-    component publishes there, posts or reports)."""
+    component publishes there, posts or reports; ``publishes=False`` for a component that
+    only reads, such as sr_log)."""
     if url.protocol == "mqtt":
-        if s.post_format != "v03" and _publishes_on(url, s):
+        if publishes and s.post_format != "v03" and _publishes_on(url, s):
             raise ConfigError(
                 f"{url} is an MQTT broker, which carries v03 messages only: set "
                 "post_format v03 (and post_topic_prefix v03, topic_prefix v03), or "

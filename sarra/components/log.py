@@ -65,14 +65,18 @@ class LogComponent(SingleQueueVerbs):
 
     def _session(self, cfg: Settings) -> tuple[Broker, str]:
         url = broker_url(cfg)
-        return session_for(url, cfg, f"sr_log {cfg.name}"), url.user
+        # sr_log only reads: an mqtt:// broker needs no post_format v03
+        return session_for(url, cfg, f"sr_log {cfg.name}", publishes=False), url.user
 
     def broker_session(self, cfg: Settings) -> Broker:
         return self._session(cfg)[0]
 
     def _bindings(self, cfg: Settings, user: str) -> tuple[tuple[str, str], ...]:
         exchange = log_exchange(cfg, user)
-        keys = [b.routing_key for b in getattr(cfg, "bindings", ()) or ()]
+        # the loader gives every config a default binding (v02.report.#): only bindings the
+        # configuration asks for (subtopic, topic_prefix) replace the two below
+        asked = cfg.is_set("subtopic") or cfg.is_set("topic_prefix")
+        keys = [b.routing_key for b in getattr(cfg, "bindings", ()) or ()] if asked else []
         # xr_<user> holds reports only: sr3's v03 reports (topic v03.<dirs>) are read too
         return tuple((exchange, k) for k in dict.fromkeys(keys or ["v02.report.#", "v03.#"]))
 

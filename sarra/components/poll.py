@@ -2,7 +2,8 @@
 changed files, so that subscribers fetch them from the origin.
 
 The loop, the memory of what was announced and the lock that lets one instance poll at a
-time are :mod:`sarra.flow.poll`; this module resolves a configuration into them.
+time are :mod:`sarra.flow.poll`; this module resolves a configuration into them, with the
+``on_line`` and ``on_html_page`` plugins (:mod:`sarra.flow.hooks`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.components.base import InstanceStatus
@@ -24,6 +26,7 @@ from sarra.components.common import (
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
+from sarra.flow.hooks import Plugins
 from sarra.flow.metrics import FlowMetrics, poster_snapshot
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.poll import Poller, check_sum, poll_targets, public_url
@@ -38,6 +41,15 @@ def resolved(cfg: Settings) -> Settings:
         raise ConfigError("sr_poll needs destination (sr3 pollUrl)", option="destination")
     poll_targets(cfg)
     check_sum(cfg)
+    if cfg.plugins.get("on_html_page") and urlsplit(cfg.destination).scheme not in (
+        "http",
+        "https",
+    ):
+        raise ConfigError(
+            "on_html_page reads http(s) index pages: the destination is not http(s) "
+            "(use on_line to rewrite or reject the entries of an SFTP or FTP listing)",
+            option="on_html_page",
+        )
     if not cfg.post_base_url:
         cfg = dataclasses.replace(cfg, post_base_url=public_url(cfg.destination))
     return cfg
@@ -87,7 +99,10 @@ class PollComponent:
             )
 
         beat = heartbeat_for(cfg, instance).beat
-        poller = Poller(cfg, settings, publisher, transport, Path(state), stop, heartbeat=beat)
+        plugins = Plugins.from_config(cfg.plugins)
+        poller = Poller(
+            cfg, settings, publisher, transport, Path(state), stop, heartbeat=beat, plugins=plugins
+        )
         counters = FlowMetrics()
         try:
             with metrics_writer(

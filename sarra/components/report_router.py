@@ -57,7 +57,9 @@ class ReportRouterComponent(SingleQueueVerbs):
     one_shot = False
 
     def broker_session(self, cfg: Settings) -> Broker:
-        return session_for(broker_url(cfg), cfg, f"sr_report {cfg.name}")
+        # what sr_report publishes over MQTT is always v03 (RoutePublisher): post_format,
+        # which it does not read, is not required there
+        return session_for(broker_url(cfg), cfg, f"sr_report {cfg.name}", publishes=False)
 
     def router(self, cfg: Settings) -> ReportRouter:
         own = broker_url(cfg)
@@ -78,7 +80,9 @@ class ReportRouterComponent(SingleQueueVerbs):
         publisher = RoutePublisher(
             router,
             session,
-            lambda r: session_for(r.url, cfg, f"sr_report {cfg.name} -> {r.cluster}"),
+            lambda r: session_for(
+                r.url, cfg, f"sr_report {cfg.name} -> {r.cluster}", publishes=False
+            ),
         )
         counters = FlowMetrics()
 

@@ -419,9 +419,11 @@ _RUNNER = frozenset({"subscribe", "sarra", "sender", "winnow"})
 #: sr2's do_send took over the whole send, sr2's do_put only the write of the in-flight file
 _DO_SEND = ("use do_put: its plugin is asked first for every file and sends it under its final "
             "name (the whole send, as sr2's do_send did; see docs/plugins.md)")
-#: sr_poll reads nginx/Apache index pages and FTP/SFTP listings itself
-_POLL_HOOK = ("sarra's sr_poll parses nginx and Apache index pages and FTP and SFTP listings "
-              "itself, and has no plugin hook for other formats yet")
+#: sr_poll's announcing is its own: a plugin may read pages and rewrite entries, not replace it
+_DO_POLL = ("sr_poll's pass (the memory of what was announced, the lock between instances, "
+            "publishing confirmed before the memory is written) is not replaceable: read other "
+            "index page formats with on_html_page, rewrite or reject listed entries with "
+            "on_line, or post what a program of your own finds with sr_post")
 _SR2_PLUGIN_HOOKS = (
     ("on_message", ("on_msg",), _RUNNER, "run on each notice accepted", None),
     # a sender sends files it did not download: sr2's sr_sender never ran on_file either
@@ -436,8 +438,10 @@ _SR2_PLUGIN_HOOKS = (
     ("on_report", ("on_rpt",), _RUNNER, "run before each report is published (False: not "
      "published)", None),
     ("on_watch", (), _WATCHERS, "run at each watch pass", _NOT_CALLED),
-    ("on_line", (), frozenset({"poll"}), "normalize each line of a remote listing", _POLL_HOOK),
-    ("on_html_page", (), frozenset({"poll"}), "parse an HTML index page", _POLL_HOOK),
+    ("on_line", (), frozenset({"poll"}),
+     "rewrite (size, mtime) or reject each entry of a remote listing", None),
+    ("on_html_page", (), frozenset({"poll"}),
+     "read an http(s) index page of another format into entries", None),
     ("on_data", (), _DOWNLOADERS, "transform data while it is downloaded", _NOT_CALLED),
     ("do_download", (), _DOWNLOADERS, "download with a plugin for unknown schemes",
      "use do_get: its plugin is asked first for every URL, whatever the scheme (list an "
@@ -448,7 +452,7 @@ _SR2_PLUGIN_HOOKS = (
      "send with a plugin first (True: sent under the final name, None: sarra's own transport)",
      None),
     ("do_send", (), frozenset({"sender"}), "send with a plugin", _DO_SEND),
-    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", _POLL_HOOK),
+    ("do_poll", (), frozenset({"poll"}), "poll with a plugin", _DO_POLL),
     ("do_task", (), _ALL, "run a task with a plugin", _NOT_CALLED),
     ("destfn_script", (), _DOWNLOADERS | {"sender"}, "compute the destination file name",
      "use an on_message plugin that sets work.dest_rel (see sarra.flow.hooks)"),
@@ -711,7 +715,10 @@ OPTIONS: tuple[Option, ...] = (
        "admin host on mgmt_port)", _NONE),
     _o("mgmt_port", N, 15672, "RabbitMQ management API port (sr_police)", _NONE),
     _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL,
-       support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
+       support=REFUSED,
+       why="one active instance per node address is the scale-out work (issue 17), not yet; "
+       "on one host, sr_poll's instances of a configuration already take turns through a "
+       "lock (one polls, the others stand by): remove the line"),
     _o("statehost", B, False, "keep state under a per-host directory", _ALL,
        support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
     _o("tls_rigour", S, "normal",

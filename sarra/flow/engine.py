@@ -28,13 +28,14 @@ from pathlib import Path
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker, Delivery, QueueSpec
 from sarra.broker.session import backoff_delays
-from sarra.codec import v02
-from sarra.codec.salvage import report_for_undecodable
+from sarra.codec import v02, v03
+from sarra.codec.salvage import reformat, report_for_undecodable, v03_salvage_fields
 from sarra.errors import (
     AccessRefused,
     BrokerError,
     BrokerNotFound,
     Interrupted,
+    MalformedMessage,
     MessageError,
     NotFound,
     SarraError,
@@ -209,6 +210,8 @@ class ConsumingLoop:
         self.queue_losses = 0
         #: reports that could not be built (e.g. a notice header too long to emit)
         self.reports_unbuildable = 0
+        #: malformed messages whose body names nothing a 417 report could be about
+        self.malformed_unreported = 0
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -895,31 +898,38 @@ class ConsumingLoop:
         self._queue_report(item, code)
 
     def _report_malformed(self, msg: WireMessage, reason: str) -> None:
-        """Report a 417 about a message that could not be decoded, when its body allows."""
+        """Report a 417 about a message that could not be decoded, when its body allows
+        (v02: three body fields and a valid sum; v03: a JSON object with the three fields and
+        an identity); otherwise the drop is logged and counted, and nothing is reported."""
         if not self.reports.enabled:
-            return
-        try:
-            line = msg.body.decode("utf-8").split("\n", 1)[0].rstrip("\r")
-            fields = line.split(" ")
-        except UnicodeDecodeError:
-            return
-        if len(fields) != 3 or not all(fields):
             return
         r = self.reports
         try:
+            text = msg.body.decode("utf-8")
+            if v03.looks_like_v03(text, msg.content_type):
+                pubtime, base_url, rel, headers = v03_salvage_fields(text)
+            else:
+                fields = text.split("\n", 1)[0].rstrip("\r").split(" ")
+                if len(fields) != 3 or not all(fields):
+                    raise MalformedMessage("the body does not have three fields")
+                pubtime, base_url, rel = fields
+                headers = dict(msg.headers)
             wire = report_for_undecodable(
-                fields[0],
-                fields[1],
-                fields[2],
+                pubtime,
+                base_url,
+                rel,
                 msg.routing_key,
-                msg.headers,
+                headers,
                 code=417,
                 message=f"invalid message: {reason}"[:200],
                 host=r.host,
                 user=r.user,
                 exchange=r.exchange,
             )
-        except MessageError:
+            wire = reformat(wire, r.post_format)
+        except (MessageError, UnicodeDecodeError) as e:
+            self.malformed_unreported += 1
+            log.info("no 417 report for that message (%d so far): %s", self.malformed_unreported, e)
             return
         self._settle_reports.append(wire)
 

@@ -57,6 +57,26 @@ instance's loaded :class:`~sarra.config.settings.Settings`):
     to leave the file to the built-in transport; False or raise when the send failed
     (reported 499 and retried). The first plugin that does not return None wins. Removals
     and directory creations always use the built-in transport (see :mod:`sarra.flow.send`).
+``on_line(entry, directory) -> RemoteEntry | bool | None``
+    sr_poll only: called for each entry of a remote listing (nginx/Apache index pages, SFTP,
+    FTP(S); files and subdirectories), with the :class:`~sarra.transfer.base.RemoteEntry`
+    (``name``, ``size``, ``mtime``, ``is_dir``, ``is_link``) and the listed directory as the
+    poll names it (``/data/incoming``). Return ``False`` to leave the entry out (a file is not
+    announced, a directory is not descended into); return a ``RemoteEntry`` to use in its place
+    (another ``size`` or ``mtime``, e.g. ``mtime=None`` to announce a file again only when its
+    size changes); None or True keeps it. The name cannot change (the announced URL must be
+    the server's): a replacement with another name, or anything else returned, leaves the
+    entry out with a warning. With several plugins a ``False`` wins, then the first
+    replacement in configuration order. An exception fails that directory's listing for this
+    pass (logged; the next pass lists it again; nothing is forgotten or announced).
+``on_html_page(page, url) -> list[RemoteEntry] | None``
+    sr_poll with an ``http(s)`` destination only: called with the text of each directory
+    index page and its URL. Return the entries of the page (a list of ``RemoteEntry``) to use
+    them in place of sarra's own reading (nginx ``autoindex``, Apache index pages), or None
+    to leave the page to it. Each entry's name must be one plain segment (no ``/``, NUL,
+    CR/LF, ``.`` or ``..``), else it is left out with a warning; a directory entry
+    (``is_dir=True``) is listed in turn. The first plugin that does not return None wins. An
+    exception fails that page's listing for this pass (logged, tried again next pass).
 ``on_start(config) -> None`` / ``on_stop(config) -> None``
     Called when an instance starts and stops (every component, sr_post and sr_watch
     included); ``on_stop`` only after an ``on_start`` that returned.
@@ -81,6 +101,7 @@ import pluggy
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, SarraError, TransportUnavailable
 from sarra.flow.work import WorkItem
+from sarra.transfer.base import RemoteEntry, listed_name
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +146,14 @@ class HookSpecs:
         """Send ``local_path`` to ``url`` (True), or leave it to sarra (None)."""
 
     @hookspec
+    def on_line(self, entry: RemoteEntry, directory: str) -> RemoteEntry | bool | None:
+        """Keep (None/True), replace (a RemoteEntry) or leave out (False) a listed entry."""
+
+    @hookspec(firstresult=True)
+    def on_html_page(self, page: str, url: str) -> list[RemoteEntry] | None:
+        """The entries of an index page, or None to leave the page to sarra's reader."""
+
+    @hookspec
     def on_start(self, config: Settings) -> None:
         """The instance starts."""
 
@@ -142,6 +171,8 @@ HOOK_NAMES = (
     "on_heartbeat",
     "do_get",
     "do_put",
+    "on_line",
+    "on_html_page",
     "on_start",
     "on_stop",
 )
@@ -308,6 +339,48 @@ class Plugins:
         """The first plugin answer that is not None (None: no plugin sent it)."""
         result: bool | None = self._pm.hook.do_put(local_path=local_path, url=url)
         return result
+
+    def on_line(self, entry: RemoteEntry, directory: str) -> RemoteEntry | None:
+        """The entry to list in place of ``entry`` (itself, or a plugin's replacement), or
+        None when a plugin leaves it out (see the module docstring). Raises what a plugin
+        raises."""
+        results = self._pm.hook.on_line(entry=entry, directory=directory)
+        if any(r is False for r in results):
+            return None
+        for r in results:
+            if r is None or r is True:
+                continue
+            if isinstance(r, RemoteEntry) and r.name == entry.name:
+                return r
+            log.warning(
+                "on_line returned %r for %s/%s (a RemoteEntry of the same name, True, False or "
+                "None is expected): the entry is left out",
+                r,
+                directory.rstrip("/"),
+                entry.name,
+            )
+            return None
+        return entry
+
+    def on_html_page(self, page: str, url: str) -> list[RemoteEntry] | None:
+        """The entries a plugin read from the page (hostile names left out, logged), or None
+        when no plugin took it. Raises what a plugin raises."""
+        result = self._pm.hook.on_html_page(page=page, url=url)
+        if result is None:
+            return None
+        if isinstance(result, (str, bytes)) or not hasattr(result, "__iter__"):
+            raise TypeError(f"on_html_page returned {type(result).__name__}, not a list")
+        entries: dict[str, RemoteEntry] = {}
+        for e in result:
+            if not isinstance(e, RemoteEntry):
+                raise TypeError(f"on_html_page returned a {type(e).__name__}, not a RemoteEntry")
+            if e.name in (".", ".."):
+                continue
+            if not listed_name(e.name):
+                log.warning("index %s: on_html_page entry %r left out (could escape)", url, e.name)
+                continue
+            entries.setdefault(e.name, e)
+        return list(entries.values())
 
     def on_start(self, config: Settings) -> None:
         self._pm.hook.on_start(config=config)

@@ -17,6 +17,11 @@ relPath ``/<directory>/<name>``, ``parts 1,<size>,1,0,0`` and ``sum z,d`` (the s
 computes the md5 while downloading) unless ``sum`` says ``z,s``, ``n`` or ``0``; with ``sum d``
 or ``s`` each file announced is read through the transport to compute its sum (and its size
 is the length read).
+
+Plugins (:mod:`sarra.flow.hooks`): ``on_line`` sees every listed entry and may leave it out or
+give another size or time; ``on_html_page`` reads the index pages of an http(s) destination in
+place of :func:`~sarra.transfer.htmlindex.parse_index`. A plugin that raises fails that
+directory's listing for the pass, like an unreadable directory.
 """
 
 from __future__ import annotations
@@ -46,10 +51,13 @@ from sarra.errors import (
     SarraError,
     TransportUnavailable,
 )
+from sarra.flow.hooks import Plugins
 from sarra.flow.posting import PostSettings, Publisher
 from sarra.integrity.sums import name_sum, new_hasher, random_sum
 from sarra.notice import Checksum, Notice, PartSpec
 from sarra.transfer.base import RemoteEntry, Transport, listed_name
+from sarra.transfer.htmlindex import parse_index
+from sarra.transfer.http import HttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +200,7 @@ class Poller:
         state_dir: Path,
         stop: threading.Event,
         heartbeat: Callable[[str], None] = lambda note: None,
+        plugins: Plugins | None = None,
     ) -> None:
         self.cfg = cfg
         self.settings = settings
@@ -206,6 +215,7 @@ class Poller:
         self.heartbeat = heartbeat
         self.seen: Seen = {}
         self.announced = 0
+        self.plugins = plugins if plugins is not None and not plugins.empty else None
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -222,7 +232,7 @@ class Poller:
                     log.info("polling %s (this instance holds %s)", self.source, self.lock.path)
                     self.seen = self.state.load()
                 if transport is None:
-                    transport = self.new_transport()
+                    transport = self._open()
                 started = time.monotonic()
                 try:
                     self.poll_once(transport)
@@ -242,6 +252,36 @@ class Poller:
                 transport.close()
             self.lock.release()
         return 0
+
+    def _open(self) -> Transport:
+        """A new transport; an http(s) one reads index pages through the ``on_html_page``
+        plugins first (see :mod:`sarra.flow.hooks`)."""
+        transport = self.new_transport()
+        plugins = self.plugins
+        if plugins is not None and plugins.implements("on_html_page"):
+            if not isinstance(transport, HttpTransport):  # resolved() refuses it first
+                raise ConfigError("on_html_page applies to http(s) destinations only")
+
+            def read(page: str, url: str) -> list[RemoteEntry]:
+                try:
+                    entries = plugins.on_html_page(page, url)
+                except Exception as e:
+                    log.exception("on_html_page plugin failed on %s", url)
+                    raise SarraError(f"on_html_page plugin failed: {e}") from e
+                return parse_index(page, url) if entries is None else entries
+
+            transport.index_parser = read
+        return transport
+
+    def _line(self, entry: RemoteEntry, directory: str) -> RemoteEntry | None:
+        """``entry`` through the ``on_line`` plugins: kept, replaced, or None (left out)."""
+        if self.plugins is None:
+            return entry
+        try:
+            return self.plugins.on_line(entry, directory)
+        except Exception as e:
+            log.exception("on_line plugin failed on %s/%s", directory.rstrip("/"), entry.name)
+            raise SarraError(f"on_line plugin failed: {e}") from e
 
     def poll_once(self, transport: Transport) -> int:
         """One pass over every target; returns how many files were announced (confirmed)."""
@@ -318,7 +358,8 @@ class Poller:
         self, transport: Transport, directory: str, depth: int
     ) -> Iterator[tuple[str, list[RemoteEntry]]]:
         rel_dir = "/" + directory.strip("/") if directory.strip("/") else ""
-        entries = transport.listdir(f"{self.source}{rel_dir or '/'}")
+        listed = transport.listdir(f"{self.source}{rel_dir or '/'}")
+        entries = [k for k in (self._line(e, rel_dir or "/") for e in listed) if k is not None]
         files = [e for e in entries if not e.is_dir and listed_name(e.name)]
         yield rel_dir, files
         if depth >= MAX_DEPTH:

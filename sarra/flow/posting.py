@@ -8,6 +8,7 @@ notices in batches with publisher confirms.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import ntpath
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 
 from sarra.broker.base import Broker
 from sarra.broker.session import backoff_delays
-from sarra.codec import v02
+from sarra.codec import v02, v03
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.masks import Mask, match
 from sarra.config.settings import Settings
@@ -39,7 +40,7 @@ from sarra.errors import (
 from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.work import WorkItem
-from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum
+from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum, v02_to_v03
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.osport import O_BINARY, O_CLOEXEC
 from sarra.parts.arithmetic import effective_block_size, split
@@ -184,6 +185,38 @@ def announced_path(abs_path: str, base_dir: str | None, *, windows: bool = os.na
     return "/" + (rest.replace("\\", "/") if windows else rest)
 
 
+def _with_manifest(
+    notices: list[Notice], blocks: Sequence[PartSpec], sums: Sequence[Checksum]
+) -> list[Notice]:
+    """v03 block posts as sr3 writes them: every message carries the whole ``manifest``
+    (each block's size and identity), which sr3's subscriber needs (docs/interop.md). Only
+    for digest sums (a ``z``/``n``/``0`` sum has no per-block identity) and when the manifest
+    reads back as the same parts (not when the last block is full: sr3 then gives it
+    ``size`` = blocksize, which reads as another remainder)."""
+    try:
+        values = [v02_to_v03(c) for c in sums]
+    except MalformedMessage:
+        return notices
+    if any(c.letter not in ("d", "s") for c in sums):
+        return notices
+    manifest = {
+        str(spec.block_number): {"size": spec.length, "identity": value}
+        for spec, (_method, value) in zip(blocks, values, strict=True)
+    }
+    out = []
+    for notice, spec in zip(notices, blocks, strict=True):
+        table = {
+            "method": "inplace" if spec.method == "i" else "partitioned",
+            "size": spec.block_size,
+            "number": spec.block_number,
+            "manifest": manifest,
+        }
+        if not v03.same_blocks(table, spec):
+            return notices
+        out.append(dataclasses.replace(notice, v03_fields=json.dumps({"blocks": table})))
+    return out
+
+
 class NoticeBuilder:
     """Makes notices about local files according to :class:`PostSettings`."""
 
@@ -276,6 +309,8 @@ class NoticeBuilder:
             self._notice(logical, checksum, spec, headers, pubtime)
             for spec, checksum in zip(blocks, sums, strict=True)
         ]
+        if self.settings.post_format == "v03" and len(blocks) > 1:
+            notices = _with_manifest(notices, blocks, sums)
         if self.settings.randomize:
             random.shuffle(notices)
         return notices

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sarra.broker.base import Broker, BrokerUrl, Delivery
-from sarra.codec import v02
+from sarra.codec import v02, v03
 from sarra.config.credentials import CredentialStore, to_broker_url
 from sarra.errors import AccessRefused, ConfigError, MessageError
 from sarra.flow.events import log_event
@@ -229,6 +229,9 @@ class RoutePublisher:
                 except AccessRefused:
                     log.debug("may not declare %s; assuming it exists", m.exchange)
                 self.declared.add((key, m.exchange))
+        if s.url.protocol == "mqtt":
+            # MQTT carries v03 only: a v02 report (one a v02 component put there) goes in v03
+            messages = [_in_v03(m) for m in messages]
         s.publish(messages)
 
     def close(self) -> None:
@@ -236,6 +239,15 @@ class RoutePublisher:
         for s in self.remote.values():
             s.close()
         self.declared.clear()
+
+
+def _in_v03(m: WireMessage) -> WireMessage:
+    """``m`` (a routed report) itself when it is v03, else written again in v03."""
+    if m.content_type == v03.CONTENT_TYPE:
+        return m
+    report = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+    assert isinstance(report, Report)  # _wire made it from one
+    return v02.encode(report, m.exchange, post_format="v03")
 
 
 def _wire(report: Report, exchange: str) -> WireMessage:

@@ -18,7 +18,7 @@ import http.client
 import re
 import socket
 import ssl
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
@@ -139,6 +139,9 @@ class HttpTransport(Transport):
 
     Attributes:
         connections_made: number of TCP connections opened so far (reuse is observable).
+        index_parser: how :meth:`listdir` reads an index page, ``(page, url) -> entries``
+            (default :func:`~sarra.transfer.htmlindex.parse_index`; sr_poll puts its
+            ``on_html_page`` plugins here).
     """
 
     features = Features(ranges=True, get_into=True, listdir=True)
@@ -162,6 +165,7 @@ class HttpTransport(Transport):
         # sent on the connection before it is finished.
         self._pending: http.client.HTTPResponse | None = None
         self._closed = False
+        self.index_parser: Callable[[str, str], list[RemoteEntry]] = parse_index
 
     @property
     def connections_made(self) -> int:
@@ -465,7 +469,7 @@ class HttpTransport(Transport):
             body += chunk
             if len(body) > INDEX_PAGE_MAX:
                 raise IntegrityError(f"listdir {url}: index page longer than {INDEX_PAGE_MAX}")
-        return parse_index(body.decode("utf-8", errors="replace"), url)
+        return self.index_parser(body.decode("utf-8", errors="replace"), url)
 
     def close(self) -> None:
         self._drop()

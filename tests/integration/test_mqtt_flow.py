@@ -262,3 +262,31 @@ def test_sr_shovel_daemons_share_an_mqtt_subscription(
         logs,
         counts,
     )
+
+
+def test_what_is_posted_while_an_mqtt_subscriber_is_stopped_arrives_when_it_restarts(
+    rabbitmq: Any, mosquitto: Mosquitto, nginx: Any, tmp_path: Path
+) -> None:
+    tag = unique("mqs")
+    site = _site(tmp_path, rabbitmq, mosquitto)
+    src = nginx.root / tag
+    make_files(src, ["one.txt", "two.txt"], size=1000)
+    dest = tmp_path / "dest"
+    name = f"sub_{tag}"
+    site.write_subscribe(
+        name,
+        f"broker {mosquitto.url()}\nexchange xs_{tag}\ntopic_prefix v03\nsubtopic {tag}.#\n"
+        f"post_format v03\nreport_back off\ndirectory {dest}\nmirror on\nstrip 1\n"
+        "accept .*\n",
+    )
+    with running_subscriber(site, name):  # its persistent session is made, then it stops
+        mosquitto.wait_subscribed(resolve_queue_name(site.load("subscribe", name)))
+    rc = post(
+        site, nginx.base_url, nginx.root, [src],
+        ("post_broker", mosquitto.url()), ("post_exchange", f"xs_{tag}"),
+        ("post_format", "v03"), ("post_topic_prefix", "v03"),
+    )  # fmt: skip
+    assert rc == 0
+    with running_subscriber(site, name):
+        wait_for(lambda: md5_tree(dest) == md5_tree(src), 30, "what was posted while stopped")
+    assert md5_tree(dest) == md5_tree(src)

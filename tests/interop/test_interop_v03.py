@@ -390,3 +390,61 @@ def test_sr3_block_sums_of_middle_blocks_are_wrong_and_our_subscriber_refuses_th
         assert (entry["identity"] == true) == (int(n) == 2)  # only the last block is right
     refused = [r for r in tap.reports if r.code == 499]
     assert refused and all("checksum mismatch" in r.message for r in refused)
+
+
+def test_our_v03_blocks_carry_sr3s_manifest_and_sr3_downloads_every_block(
+    site: Site, rabbitmq: Any, nginx: Any, tmp_path: Path
+) -> None:
+    """Our v03 block posts carry sr3's ``manifest`` (every block's size and identity, in
+    every message); sr3's reader takes them and sr3's subscriber downloads every block."""
+    tag = unique("ourb")
+    src = nginx.root / tag / "big file #1.bin"
+    src.parent.mkdir(parents=True)
+    data = os.urandom(2_621_440)
+    src.write_bytes(data)
+    dest = tmp_path / "dest"
+    cap = Capture(rabbitmq, "xs_guest", f"v03.{tag}.#")
+    sub = Sr3Subscriber(
+        tmp_path / "sr3",
+        rabbitmq.url(),
+        "xs_guest",
+        dest,
+        topic_prefix="v03",
+        subtopic=f"{tag}.#",
+        bindings=mgmt_bindings(rabbitmq.mgmt_get),
+    )
+    try:
+        with sub:
+            rc = post(
+                site, nginx.base_url, nginx.root, [src.parent],
+                ("post_format", "v03"), ("post_topic_prefix", "v03"), ("blocksize", "1048576"),
+            )  # fmt: skip
+            assert rc == 0
+            got = sub.wait_downloaded(3, timeout=60)
+            log = sub.log_text()
+        posted = cap.drain()
+    finally:
+        cap.close()
+    assert got >= 3 and "Traceback" not in log, log[-3000:]
+    # three block posts, each with the whole manifest, read by sr3's own v03 reader
+    assert len(posted) == 3
+    for m in posted:
+        blocks = json.loads(m.body)["blocks"]
+        n = blocks["number"]
+        assert blocks["method"] == "inplace" and blocks["size"] == 1_048_576
+        assert {k: v["size"] for k, v in blocks["manifest"].items()} == {
+            "0": 1_048_576, "1": 1_048_576, "2": 524_288,
+        }  # fmt: skip
+        part = data[n * 1_048_576 : (n + 1) * 1_048_576]
+        assert blocks["manifest"][str(n)]["identity"] == json.loads(m.body)["identity"]["value"]
+        assert (
+            json.loads(m.body)["identity"]["value"]
+            == base64.b64encode(hashlib.md5(part).digest()).decode()
+        )
+        read = _sr3_reads(m.body, m.content_type or "")
+        assert read["mine"] is True and read["msg"]["blocks"] == blocks
+    # sr3 (without a reassembly callback) keeps each block as its own file, byte for byte
+    for n in range(3):
+        block = dest / tag / f"{src.name}§block_{n:04d},1.0mib_§"
+        assert block.read_bytes() == data[n * 1_048_576 : (n + 1) * 1_048_576]
+    assert not (dest / tag / src.name).exists()

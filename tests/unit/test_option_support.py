@@ -240,6 +240,18 @@ def test_a_refused_option_does_not_load_and_the_error_says_where_and_why(
     assert option.why, f"{option.name} is refused without a reason"
 
 
+def test_vip_in_a_poll_is_refused_naming_the_local_lock_and_the_scale_out_issue(
+    env: dict[str, str],
+) -> None:
+    (Path(env["SR_CONFIG_DIR"]) / "poll").mkdir()
+    file = _write(env, "poll", "destination sftp://h/\npost_broker amqp://h/\nvip 10.0.0.9\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config("poll", str(file), env=env)
+    message = str(caught.value)
+    assert f"{file}:3" in message and "'vip'" in message
+    assert "issue 17" in message and "take turns through a lock" in message
+
+
 @pytest.mark.parametrize("option", _by(Support.REFUSED), ids=_id)
 def test_a_refused_option_is_refused_on_the_command_line_too(option: Option) -> None:
     value = option.choices[0] if option.choices else SAMPLE[option.kind]

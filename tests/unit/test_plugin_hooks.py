@@ -325,8 +325,18 @@ def test_every_hook_argument_is_declared_with_the_type_sarra_passes() -> None:
 
     from sarra.config.settings import Settings
     from sarra.flow.hooks import HOOK_NAMES, HookSpecs
+    from sarra.transfer.base import RemoteEntry
 
-    expected = {"work": WorkItem, "config": Settings, "url": str, "path": str, "local_path": str}
+    expected = {
+        "work": WorkItem,
+        "config": Settings,
+        "url": str,
+        "path": str,
+        "local_path": str,
+        "entry": RemoteEntry,
+        "directory": str,
+        "page": str,
+    }
     for hook in HOOK_NAMES:
         for owner in (HookSpecs, Plugins):
             hints = typing.get_type_hints(getattr(owner, hook))
