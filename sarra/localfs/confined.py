@@ -239,6 +239,8 @@ _SYNC_FILE_RANGE = _find_sync_file_range()
 
 #: fsyncs of one batch run at most this many at a time (:func:`sync_files`)
 SYNC_CONCURRENCY = 8
+#: an fsync longer than this (s) sends the rest of the batch's fsyncs to the pool
+SLOW_FSYNC = 0.0005
 _sync_pool: ThreadPoolExecutor | None = None
 _sync_pool_lock = threading.Lock()
 
@@ -256,8 +258,9 @@ def sync_files(files: Sequence[InflightFile]) -> None:
     barrier of a batch commit (:meth:`sarra.flow.download.Downloader.commit_batch`).
 
     Writeback of all of them is started first (Linux ``sync_file_range``, which does not
-    wait), then they are fsync'd concurrently (:data:`SYNC_CONCURRENCY` at a time), so the
-    file system commits them together in a few journal commits rather than one each. Unlike
+    wait), then they are fsync'd: in the calling thread while each fsync is quick, the rest
+    concurrently (:data:`SYNC_CONCURRENCY` at a time) once one had to wait, so the file
+    system commits them together in a few journal commits rather than one each. Unlike
     ``syncfs``, data that other writers left dirty on the same file system (another
     instance's files) is neither flushed nor waited for here, so instances do not wait on
     each other's data. Returns only once every fsync has ended. On Windows nothing is done:
@@ -277,7 +280,15 @@ def sync_files(files: Sequence[InflightFile]) -> None:
         for f in files:
             # a hint only: an error here is reported by the fsync below
             _SYNC_FILE_RANGE(f.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-    futures = [_fsync_pool().submit(f.fsync) for f in files]
+    # in this thread while fsyncs are quick (a file system with nothing to write back, e.g.
+    # tmpfs: no hand-off to other threads); the rest concurrently once one has to wait
+    rest = list(files)
+    while rest:
+        started = time.monotonic()
+        rest.pop().fsync()
+        if time.monotonic() - started > SLOW_FSYNC:
+            break
+    futures = [_fsync_pool().submit(f.fsync) for f in rest]
     errors = [e for e in (fut.exception() for fut in futures) if e is not None]
     if errors:
         raise errors[0]
