@@ -745,7 +745,7 @@ class ConsumingLoop:
         if self._pending_items:
             assert self.commit_batch is not None
             try:
-                # e.g. one file system sync for the batch, then the renames: an item whose
+                # e.g. one data barrier (fsyncs) for the batch, then the renames: an item whose
                 # file could not be placed gets its real outcome before anything is reported
                 self.commit_batch(self._pending_items)
             except SarraError as e:
