@@ -469,8 +469,12 @@ class BrokerSession:
         busy counts as a sign of life.
         """
         try:
-            for _ in range(limit):
-                conn.drain_events(timeout=wait)
+            # the socket timeout is set once for the whole drain: each drain_events would
+            # otherwise set and restore it around every frame (two syscalls a frame, six a
+            # message), the largest single cost of a busy subscriber's intake
+            with conn.transport.having_timeout(wait):
+                for _ in range(limit):
+                    conn.drain_events(timeout=wait)
         except TimeoutError:
             pass
         conn.heartbeat_tick(rate=4)

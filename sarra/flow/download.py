@@ -28,7 +28,7 @@ from sarra.flow.plugin_get import PluginGetTransport
 from sarra.flow.ratelimit import TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to, is_unchanged
 from sarra.flow.work import PartState, Staged, WorkItem
-from sarra.localfs.confined import SafeRoot
+from sarra.localfs.confined import SafeRoot, sync_files
 from sarra.localfs.streaming import DIRECT_MIN, interruptible
 from sarra.notice import Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
@@ -379,22 +379,24 @@ class Downloader:
         return transport
 
     def commit_batch(self, items: list[WorkItem]) -> None:
-        """Place the files staged by ``work`` for these items: one file-system sync for the
-        batch (instead of an fsync per file), then each rename. An item whose file cannot be
-        placed gets that outcome instead (retried from disk when the error is retryable).
+        """Place the files staged by ``work`` for these items: one data barrier for the
+        batch (:func:`~sarra.localfs.confined.sync_files`: the batch's own files, not the
+        whole file system, and one journal commit instead of one per file), then each
+        rename. The renames are made durable by ``sync`` (directory fsyncs) before anything
+        is reported or acked, so a crash at any point leaves either no final name or a final
+        name over complete, durable data. An item whose file cannot be placed gets that
+        outcome instead (retried from disk when the error is retryable).
 
         Raises:
-            LocalError: the sync failed; nothing was renamed and the call can be repeated.
+            LocalError: the barrier failed; nothing was renamed and the call can be repeated.
         """
         staged = [i for i in items if i.staged is not None]
         if not staged:
             return
-        roots = {id(i.staged.root): i.staged.root for i in staged if i.staged is not None}
-        for root in roots.values():
-            root.sync_filesystem()
+        sync_files([i.staged.inflight for i in staged if i.staged is not None])
         for item in staged:
             assert item.staged is not None
-            root, inflight, rel = item.staged.root, item.staged.inflight, item.staged.rel
+            inflight, rel = item.staged.inflight, item.staged.rel
             mtime, mode = item.staged.mtime, item.staged.mode
             item.staged = None
             try:

@@ -190,6 +190,8 @@ class ConsumingLoop:
         self._outstanding: dict[int, Delivery] = {}
         self._outstanding_generation = 0
         self._wakeup = Wakeup()
+        #: the flow thread is (about to be) waiting in select: workers must wake it
+        self._sleeping = False
         self.last_activity = time.time()
         self._reports_lost = 0
         #: settled items whose after_settle step (delete, discard) raised: counted, logged
@@ -483,16 +485,26 @@ class ConsumingLoop:
         if self._pending_items:  # wake in time to commit the batch
             timeout = max(0.0, min(timeout, self._pending_since + BATCH_WAIT - time.monotonic()))
         wake = self._wakeup.fileno()
-        readable, _, _ = select.select([fd, wake], [], [], timeout)
+        # announced before the last look at the hand-back queue: a worker that hands an
+        # item back after that look sees the flag and wakes the select (see _finished)
+        self._sleeping = True
+        try:
+            if not self._done.empty():
+                return
+            readable, _, _ = select.select([fd, wake], [], [], timeout)
+        finally:
+            self._sleeping = False
         if wake in readable:
             self._wakeup.drain()
         if fd in readable:
             self.session.poll(0)
 
     def _finished(self, item: WorkItem) -> None:
-        """In a pool thread: hand the item back and wake the flow thread."""
+        """In a pool thread: hand the item back, and wake the flow thread if it sleeps in
+        ``select`` (a busy flow thread collects it at its next turn without a wake-up)."""
         self._done.put(item)
-        self._wakeup.wake()
+        if self._sleeping:
+            self._wakeup.wake()
 
     def _drain(self, timeout: float = 30.0) -> None:
         """Settle what finishes before stopping: transfers are abandoned between chunks
@@ -736,7 +748,7 @@ class ConsumingLoop:
         if self._pending_items:
             assert self.commit_batch is not None
             try:
-                # e.g. one file system sync for the batch, then the renames: an item whose
+                # e.g. one data barrier (fsyncs) for the batch, then the renames: an item whose
                 # file could not be placed gets its real outcome before anything is reported
                 self.commit_batch(self._pending_items)
             except SarraError as e:

@@ -95,7 +95,8 @@ def download_to(
     is committed with ``mtime`` and ``mode`` (see :meth:`InflightFile.commit`; with
     ``sync_dir`` false the caller must call ``root.sync_dirs()`` before relying on it).
     With ``stage`` the verified in-flight file is returned open in ``staged`` instead: the
-    caller commits it (or aborts it) later, e.g. after one file-system sync for a batch.
+    caller commits it (or aborts it) later, e.g. after one data barrier for a batch
+    (:func:`~sarra.localfs.confined.sync_files`).
 
     Raises :class:`IntegrityError` on size or sum mismatch, :class:`MalformedMessage` for a
     sum that does not describe data, :class:`HostilePath`, :class:`LocalError` or

@@ -26,7 +26,7 @@ class PartState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """A file written and fsync'd under its temporary name, to be renamed by the batch commit
+    """A file written under its temporary name, made durable and renamed by the batch commit
     (:meth:`sarra.flow.download.Downloader.commit_batch`)."""
 
     root: SafeRoot

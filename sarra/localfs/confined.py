@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
@@ -215,21 +216,82 @@ else:
 _TOKEN_RE = re.compile(r"~sr[0-9]+-[0-9a-f]{8}-[0-9]+")
 
 
-def _find_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs(2), or None where there is none."""
-    if sys.platform == "win32":
+#: ``sync_file_range(2)`` flag: start writing the range's dirty pages back, without waiting
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's Linux ``sync_file_range(2)``, or None where there is none."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.syncfs
+        fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int]
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     fn.restype = ctypes.c_int
     return fn
 
 
-_SYNCFS = _find_syncfs()
+_SYNC_FILE_RANGE = _find_sync_file_range()
+
+
+#: fsyncs of one batch run at most this many at a time (:func:`sync_files`)
+SYNC_CONCURRENCY = 8
+#: an fsync longer than this (s) sends the rest of the batch's fsyncs to the pool
+SLOW_FSYNC = 0.0005
+_sync_pool: ThreadPoolExecutor | None = None
+_sync_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    global _sync_pool
+    with _sync_pool_lock:
+        if _sync_pool is None:
+            _sync_pool = ThreadPoolExecutor(SYNC_CONCURRENCY, thread_name_prefix="fsync")
+        return _sync_pool
+
+
+def sync_files(files: Sequence[InflightFile]) -> None:
+    """Make the data and inode of every one of ``files`` durable, and nothing else's: the
+    barrier of a batch commit (:meth:`sarra.flow.download.Downloader.commit_batch`).
+
+    Writeback of all of them is started first (Linux ``sync_file_range``, which does not
+    wait), then they are fsync'd: in the calling thread while each fsync is quick, the rest
+    concurrently (:data:`SYNC_CONCURRENCY` at a time) once one had to wait, so the file
+    system commits them together in a few journal commits rather than one each. Unlike
+    ``syncfs``, data that other writers left dirty on the same file system (another
+    instance's files) is neither flushed nor waited for here, so instances do not wait on
+    each other's data. Returns only once every fsync has ended. On Windows nothing is done:
+    :meth:`InflightFile.commit` fsyncs each file there.
+
+    Raises:
+        LocalError: a file's data could not be made durable (nothing may be renamed).
+    """
+    if sys.platform == "win32" or not files:
+        return
+    for f in files:
+        f._check_open()
+    if len(files) == 1:
+        files[0].fsync()
+        return
+    if _SYNC_FILE_RANGE is not None:
+        for f in files:
+            # a hint only: an error here is reported by the fsync below
+            _SYNC_FILE_RANGE(f.fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+    # in this thread while fsyncs are quick (a file system with nothing to write back, e.g.
+    # tmpfs: no hand-off to other threads); the rest concurrently once one has to wait
+    rest = list(files)
+    while rest:
+        started = time.monotonic()
+        rest.pop().fsync()
+        if time.monotonic() - started > SLOW_FSYNC:
+            break
+    futures = [_fsync_pool().submit(f.fsync) for f in rest]
+    errors = [e for e in (fut.exception() for fut in futures) if e is not None]
+    if errors:
+        raise errors[0]
 
 
 def check_relpath(
@@ -391,7 +453,7 @@ class InflightFile(Closing):
         """Move the data into place under ``final_rel``, atomically and durably.
 
         ``data_synced`` says the caller already made the data durable (one
-        :meth:`SafeRoot.sync_filesystem` for a whole batch): the file's own fsync is skipped.
+        :func:`sync_files` for a whole batch): the file's own fsync is skipped.
 
         Mode (masked by 0o777 and the root's chmod policy; no setuid/setgid/sticky) and
         mtime are set on the open descriptor *before* the rename, so the final name appears
@@ -708,23 +770,6 @@ class SafeRoot:
         return removed
 
     # group commit -------------------------------------------------------------------------
-
-    def sync_filesystem(self) -> None:
-        """Make all data written on the root's file system durable (Linux ``syncfs``; else
-        ``sync``): one call for a batch of files instead of one fsync each.
-
-        Raises:
-            LocalError: the file system reported an error.
-        """
-        if sys.platform == "win32":
-            return  # no such call: InflightFile.commit fsyncs each file there instead
-        fd = self._root_fd()
-        if _SYNCFS is None:
-            os.sync()
-            return
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise local_error(OSError(err, os.strerror(err)), f"sync file system of {self.root}")
 
     def _note_dirty(self, parts: tuple[str, ...]) -> None:
         with self._dirty_lock:

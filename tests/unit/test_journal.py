@@ -40,3 +40,29 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     removed: list[tuple[str, str]] = []
     InflightJournal(path).recover(lambda d, rel: removed.append((d, rel)) is None)
     assert removed == [("/r", "x.tmp")]
+
+
+def test_a_long_run_keeps_the_journal_small_and_still_recovers_what_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    """Past max_bytes the journal is rewritten with only the files still in flight (a
+    busy instance always has some), so it does not grow with the number of files handled."""
+    journal_path = tmp_path / "inflight_000.journal"
+    root_dir = tmp_path / "dest"
+    journal = InflightJournal(journal_path, max_bytes=4096)
+    root = SafeRoot(root_dir, on_inflight=lambda rel, c: journal.note(str(root_dir), rel, c))
+    kept = [root.open_inflight(f"k/{i}.txt") for i in range(3)]
+    for i in range(500):  # many files come and go while those three stay in flight
+        f = root.open_inflight(f"d/{i}.txt")
+        f.write(b"x")
+        f.commit(f"d/{i}.txt")
+        assert journal_path.stat().st_size <= 4096 + 200
+    handled = InflightJournal(journal_path).recover(
+        lambda d, rel: SafeRoot(d, create=False).remove(rel)
+    )
+    assert sorted(handled) == sorted((str(root_dir), f.rel) for f in kept)
+    assert not any((root_dir / f.rel).exists() for f in kept)
+    assert len(list((root_dir / "d").iterdir())) == 500
+    assert not journal_path.with_name(journal_path.name + ".new").exists()
+    for f in kept:
+        f.abort()
