@@ -84,7 +84,7 @@ V03_SIDES = {"ours": "ours-v03", "sr3": "sr3-v03"}  # --v03 adds these
 OURS_V03_POST = ["post_format v03", "post_topic_prefix v03"]
 FLOOR = [sys.executable, str(ROOT / "bench" / "floor.py")]
 TMPFS = Path("/dev/shm")
-OURS_DOWNLOADED = "201 Downloaded"
+OURS_DOWNLOADED = "downloaded code=201 "
 # the one summary line: "posted F file(s) (N notices) to X in S s (R/s); ..." (formerly
 # "posted N notices to X in S s")
 OURS_POSTED_RE = re.compile(r"posted (?:\d+ file\(s\) \()?(\d+) notices\)? to .* in ([\d.]+)s")

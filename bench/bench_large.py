@@ -275,7 +275,7 @@ def run_ours(ctx: Ctx, src: Path, want_md5: str, instances: int) -> Figures:
     ok = md5_of(final) == want_md5
     log = _our_logs(root)
     started = log_timestamps(log, " [")  # every line
-    done = log_timestamps(log, "201 Downloaded")
+    done = log_timestamps(log, "downloaded code=201 ")
     steady = done[-1] - min(started) if started and done else None
     blocks = log.count("Inserted (block") + len(done)
     note = (f"{parts} parts of {ctx.part // MIB} MiB, {instances} instance(s) x 4 threads "

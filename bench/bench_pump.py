@@ -244,7 +244,7 @@ def ours_plan(ctx: Ctx, n: Names, home: Path, paths: list[Path]) -> Plan:
         f"to_clusters {CLUSTER}",
     ])  # fmt: skip
     sarra = Proc("sarra", [ours_bin("sr_sarra"), "foreground", "bench"], env, home,
-                 home / "sarra.log", sarra_q, n.source_exchange, "201 Downloaded")  # fmt: skip
+                 home / "sarra.log", sarra_q, n.source_exchange, OURS_DOWNLOADED)  # fmt: skip
     sub = Proc("subscriber", [ours_bin("sr_subscribe"), "foreground", "bench"], env, home,
                home / "subscribe.log", sub_q, n.public_exchange, OURS_DOWNLOADED)  # fmt: skip
     post = [ours_bin("sr_post"), "-c", str(post_cfg), *map(str, paths)]
