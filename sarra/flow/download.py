@@ -381,7 +381,8 @@ class Downloader:
     def commit_batch(self, items: list[WorkItem]) -> None:
         """Place the files staged by ``work`` for these items: one file-system sync for the
         batch (instead of an fsync per file), then each rename. An item whose file cannot be
-        placed gets that outcome instead (retried from disk when the error is retryable).
+        placed gets that outcome instead, its ``error`` set for the loop to decide between the
+        retry queue and a drop (``on_failure``).
 
         Raises:
             LocalError: the sync failed; nothing was renamed and the call can be repeated.
@@ -404,6 +405,7 @@ class Downloader:
             except SarraError as e:
                 log.error("%s: cannot place the file: %s", rel, e)
                 item.settle(e.report_code, f"cannot place the file: {e}")
+                item.error = e  # the loop decides: retry queue or drop (on_failure)
                 item.requeue = e.retryable
                 item.outgoing.clear()  # never announce a file that is not in place
 
