@@ -251,3 +251,34 @@ def test_disk_full_under_drop_is_reported_and_acked(  # type: ignore[no-untyped-
             _not_retried(site, tap, nginx, tag, "big.bin", dest)
     finally:
         tap.stop()
+
+
+# -- remote refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "queued"), [("", False), ("on_failure refused queue\n", True)])
+def test_a_refusal_is_dropped_by_default_and_queued_when_configured(  # type: ignore[no-untyped-def]
+    site, broken_http, tmp_path, policy, queued
+):
+    tag = unique("refused")
+    content = os.urandom(5000)
+    (broken_http.root / tag).mkdir(parents=True)
+    (broken_http.root / tag / "no.bin").write_bytes(content)
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest, policy)
+    # the fault server answers 403 Forbidden to everything under /status/403
+    base = f"{broken_http.base_url}/status/403"
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            publish_raw(site.broker_url(), [_notice(tag, base, "no.bin", content)])
+            wait_for(lambda: tap.about("no.bin") != [], what="a report of no.bin")
+            first = tap.about("no.bin")[0]
+            assert first.code == 499 and "403" in first.message
+            assert ("queued for retry" in first.message) is queued
+            assert (_retry_entries(site) > 0) is queued  # the entry is on disk, or not
+            if queued:  # tried again from disk, refused again
+                wait_for(lambda: len(tap.about("no.bin")) >= 2, what="a second try")
+    finally:
+        tap.stop()
+    assert not (dest / "no.bin").exists()
