@@ -239,3 +239,14 @@ def test_nothing_is_queued_without_a_retry_queue(tmp_path: Path) -> None:
     loop = _loop(tmp_path, FailurePolicy.from_lines(["disk_full queue"]), retry_ttl=0.0)
     assert not loop.requeue_after(DiskFull("full"))
     assert not loop.requeue_after(TransferError("5xx"))
+
+
+def test_on_failure_in_default_conf_applies_and_a_config_overrides_it(env) -> None:
+    (Path(env["SR_CONFIG_DIR"]) / "default.conf").write_text(
+        "on_failure not_found drop\non_failure refused queue\n"
+    )
+    _write(env, "on_failure refused drop\n")
+    settings = Settings.load("subscribe", "f", (), env=env)
+    policy = FailurePolicy.from_lines(settings.on_failure)
+    assert policy.actions["not_found"] == "drop"
+    assert policy.actions["refused"] == "drop"
