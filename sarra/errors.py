@@ -19,12 +19,23 @@ to (``report_code``)::
     │   ├── IntegrityError  (499)    size or checksum mismatch, Range ignored, truncated body
     │   ├── TransportUnavailable     connection refused/reset, timeouts
     │   ├── AuthenticationFailed     the remote refused our credentials (not retryable)
+    │   ├── RemoteRefused   (499)    the remote refused the operation: HTTP 403, FTP 550,
+    │   │                            SFTP permission denied (not retryable)
+    │   ├── RateCapped      (499)    a bandwidth cap refused the transfer (retryable)
     │   └── UnsupportedOperation (501) the transport cannot do this at all (not retryable)
     ├── BrokerError                  retryable: connection lost, channel closed, publish nacked
     │   ├── AccessRefused            broker refused a permission (not retryable)
     │   └── BrokerNotFound           no such exchange or queue on the broker
     └── LocalError          (500)    local file system operation failed
-        └── DiskFull        (500)    ENOSPC/EDQUOT: retryable once space is freed
+        ├── DiskFull        (500)    ENOSPC/EDQUOT: retryable once space is freed
+        └── QuotaExceeded   (507)    a per-source quota of the pump would be exceeded
+
+Failure classes: some types carry a ``failure_class`` (``not_found``, ``checksum``,
+``disk_full``, ``refused``, ``quota``, ``bandwidth``), the name the ``on_failure`` option
+uses to choose, per class, between reporting and dropping a failed notice or keeping it in
+the retry queue; :data:`FAILURE_CLASSES` is the one table of those classes and their default
+actions (see :mod:`sarra.flow.failpolicy`). A transport may set ``failure_class`` on one
+instance (e.g. FTP 552, the remote disk full, is a ``disk_full`` TransferError).
 
 Local OS errors are translated in one place: :func:`local_error` maps an ``OSError`` met
 while doing ``what`` to :class:`DiskFull` (``ENOSPC``/``EDQUOT``) or :class:`LocalError`
@@ -44,6 +55,8 @@ class SarraError(Exception):
 
     retryable: bool = False
     report_code: int = 500
+    #: the failure class ``on_failure`` names (None: decided by ``retryable`` alone)
+    failure_class: str | None = None
 
 
 class ConfigError(SarraError):
@@ -109,10 +122,13 @@ class NotFound(TransferError):
     """The origin says the object does not exist."""
 
     retryable = False
+    failure_class = "not_found"
 
 
 class IntegrityError(TransferError):
     """Received bytes do not match what was announced (size, checksum, range)."""
+
+    failure_class = "checksum"
 
 
 class TransportUnavailable(TransferError):
@@ -124,6 +140,22 @@ class AuthenticationFailed(TransferError):
     cannot help until the credentials change."""
 
     retryable = False
+
+
+class RemoteRefused(TransferError):
+    """The remote refused the operation itself (HTTP 403, FTP 550 permission denied, SFTP
+    permission denied): our credentials were accepted but do not allow it."""
+
+    retryable = False
+    failure_class = "refused"
+
+
+class RateCapped(TransferError):
+    """A bandwidth cap refused the transfer for now. Nothing raises it yet: the byte rate
+    limit of today (``byte_rate_max``) waits instead of failing; it is here so that a cap
+    shared across a pump's nodes can fail a transfer and be handled by ``on_failure``."""
+
+    failure_class = "bandwidth"
 
 
 class UnsupportedOperation(TransferError):
@@ -161,6 +193,83 @@ class DiskFull(LocalError):
     """The local disk (or quota) is full; retrying after space is freed may succeed."""
 
     retryable = True
+    failure_class = "disk_full"
+
+
+class QuotaExceeded(LocalError):
+    """A write would exceed a source's quota on the pump (bytes or files). Nothing raises it
+    yet: quotas per source are to come; it is here so that they report it (507) and
+    ``on_failure quota`` decides what becomes of the notice."""
+
+    report_code = 507
+    failure_class = "quota"
+
+
+#: The failure classes ``on_failure`` names: class -> (default action, what it covers). The
+#: defaults keep the behaviour sarra had before the option: a file announced before every
+#: server has it, a truncated or corrupted download and a full disk are retried; a refusal
+#: is reported and dropped, as is an exceeded quota (the source hears of it at once).
+FAILURE_CLASSES: dict[str, tuple[str, str]] = {
+    "not_found": (
+        "queue",
+        "the origin says the file does not exist (HTTP 404/410, FTP 550 "
+        "no such file, SFTP no such file)",
+    ),
+    "checksum": (
+        "queue",
+        "what arrived does not match the notice: checksum or size mismatch, "
+        "truncated body, Range ignored",
+    ),
+    "disk_full": (
+        "queue",
+        "no space left on the destination: ENOSPC/EDQUOT locally, FTP 552 "
+        "or SFTP no space on a remote",
+    ),
+    "refused": (
+        "drop",
+        "the remote refuses the operation: HTTP 403, FTP 550 permission "
+        "denied, SFTP permission denied",
+    ),
+    "quota": (
+        "drop",
+        "a per-source quota of the pump would be exceeded (quotas are not "
+        "built yet: the class is reserved for them)",
+    ),
+    "bandwidth": (
+        "queue",
+        "a bandwidth cap refused the transfer (byte_rate_max waits "
+        "instead of failing: no failure of this class arises yet)",
+    ),
+}
+
+#: the actions of ``on_failure``: report and ack, or keep in the retry queue
+FAILURE_ACTIONS = ("drop", "queue")
+
+
+def parse_on_failure(text: str) -> tuple[str, str]:
+    """``CLASS ACTION`` of one ``on_failure`` line, checked. Raises ValueError naming the
+    known classes or actions."""
+    words = text.split()
+    if len(words) != 2:
+        raise ValueError(f"expected on_failure CLASS drop|queue, got {text!r}")
+    name, action = words[0].lower(), words[1].lower()
+    if name not in FAILURE_CLASSES:
+        raise ValueError(f"unknown failure class {words[0]!r}; known: {', '.join(FAILURE_CLASSES)}")
+    if action not in FAILURE_ACTIONS:
+        raise ValueError(f"unknown action {words[1]!r} for {name}; expected drop or queue")
+    return name, action
+
+
+def on_failure_help() -> str:
+    """The help of the ``on_failure`` option, made from the table (--help and man page)."""
+    classes = "; ".join(
+        f"{name}: {what} [default {action}]" for name, (action, what) in FAILURE_CLASSES.items()
+    )
+    return (
+        "what becomes of a notice that failed with this class of failure: drop (report it "
+        "and ack) or queue (retry it from disk with backoff until retry_ttl); repeatable, "
+        f"the last line for a class wins. Classes: {classes}"
+    )
 
 
 #: errnos meaning "no space left" (disk or quota): retrying after space is freed may succeed

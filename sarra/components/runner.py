@@ -49,6 +49,7 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
 from sarra.flow.events import log_event
+from sarra.flow.failpolicy import FailurePolicy
 from sarra.flow.hooks import HeartbeatTicker, Plugins
 from sarra.flow.metrics import FlowMetrics, metrics_name, open_reassemblies, write_metrics
 from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_limiter
@@ -256,6 +257,7 @@ class ConsumerComponent:
                 attempts=flow.attempts or s.attempts,
                 retry_ttl=retry_ttl,
                 declare_queue=s.declare_queue,
+                failure_policy=FailurePolicy.from_lines(s.on_failure),
             ),
             ReportSettings(
                 enabled=s.report_back,

@@ -35,7 +35,7 @@ from sarra.config.options import (
     options_table,
     parse_value,
 )
-from sarra.errors import ConfigError
+from sarra.errors import ConfigError, parse_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,9 @@ class _Loader:
                 hooks.clear()
             else:
                 hooks.append(_plugin_spec(text))
+        elif name == "on_failure":  # one "CLASS ACTION" per line, checked here
+            failure_class, action = parse_on_failure(text)
+            self.values[name] = (*self.values[name], f"{failure_class} {action}")
         else:  # Kind.LIST
             words = tuple(text.split())
             if name == "base_url_accept":

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from sarra.errors import on_failure_help
+
 #: Every component an option may apply to (sr2 program names without the ``sr_`` prefix);
 #: a superset of those implemented (:data:`sarra.components.IMPLEMENTED`).
 OPTION_COMPONENTS: tuple[str, ...] = (
@@ -576,6 +578,8 @@ OPTIONS: tuple[Option, ...] = (
     _o("retry", B, True, "keep failed notices in a disk retry queue", _CONSUMERS,
        ("retry_mode",)),
     _o("retry_ttl", D, None, "drop retries older than this (default: expire)", _CONSUMERS),
+    _o("on_failure", Kind.LIST, (), on_failure_help(), _CONSUMERS,
+       metavar="CLASS drop|queue"),
     _o("retry_delay", D, 30.0,
        "first delay before retrying a failed notice from disk; doubles on each failure",
        _CONSUMERS),

@@ -61,6 +61,7 @@ class Settings(SettingsBase):
     attempts: int
     retry: bool
     retry_ttl: float | None
+    on_failure: tuple[str, ...]
     retry_delay: float
     retry_delay_max: float
     timeout: float

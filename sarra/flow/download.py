@@ -385,7 +385,8 @@ class Downloader:
         rename. The renames are made durable by ``sync`` (directory fsyncs) before anything
         is reported or acked, so a crash at any point leaves either no final name or a final
         name over complete, durable data. An item whose file cannot be placed gets that
-        outcome instead (retried from disk when the error is retryable).
+        outcome instead, its ``error`` set for the loop to decide between the retry queue
+        and a drop (``on_failure``).
 
         Raises:
             LocalError: the barrier failed; nothing was renamed and the call can be repeated.
@@ -406,6 +407,7 @@ class Downloader:
             except SarraError as e:
                 log.error("%s: cannot place the file: %s", rel, e)
                 item.settle(e.report_code, f"cannot place the file: {e}")
+                item.error = e  # the loop decides: retry queue or drop (on_failure)
                 item.requeue = e.retryable
                 item.outgoing.clear()  # never announce a file that is not in place
 

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
@@ -37,9 +37,9 @@ from sarra.errors import (
     Interrupted,
     MalformedMessage,
     MessageError,
-    NotFound,
     SarraError,
 )
+from sarra.flow.failpolicy import FailurePolicy
 from sarra.flow.metrics import FlowMetrics
 from sarra.flow.ratelimit import TokenBucket
 from sarra.flow.retryqueue import RetryItem, RetryQueue
@@ -81,6 +81,8 @@ class LoopSettings:
     declare_queue: bool = True
     #: exchanges to declare (when allowed) before binding: see components.common
     exchanges: tuple[str, ...] = ()
+    #: drop or queue a failed notice, per failure class (``on_failure``)
+    failure_policy: FailurePolicy = field(default_factory=FailurePolicy)
 
 
 #: an ``expire`` under this (ms) is warned about at start: it does not ride out a long outage
@@ -606,7 +608,7 @@ class ConsumingLoop:
         except Exception as e:  # a plugin bug must not stop the flow nor lose the notice
             log.exception("selecting %s failed", item.notice.path)
             item.settle(500, f"internal error: {type(e).__name__}: {e}")
-            item.requeue = self.settings.retry_ttl > 0
+            item.requeue = self.requeue_after(e)
             go = False
         if not go:
             self._settled(item)
@@ -633,12 +635,12 @@ class ConsumingLoop:
                     # outcome, the broker redelivers it (a retry entry stays on disk)
                     item.abandoned = True
                     return
-                if not e.retryable or attempt == attempts:
+                if not self.settings.failure_policy.retry_now(e) or attempt == attempts:
                     item.settle(e.report_code, str(e))
-                    # a 404 is not retried at once, but later from disk: on a pump a file may
-                    # be announced before every web server sees it
-                    later = e.retryable or isinstance(e, NotFound)
-                    item.requeue = later and self.settings.retry_ttl > 0
+                    # e.g. a 404 is not retried at once, but later from disk (on_failure
+                    # not_found queue): on a pump a file may be announced before every web
+                    # server sees it
+                    item.requeue = self.requeue_after(e)
                     return
                 log.info("%s: attempt %d failed (%s); retrying", item.notice.path, attempt, e)
                 if self.stop.wait(min(0.2 * 2**attempt, 2.0)):
@@ -654,8 +656,14 @@ class ConsumingLoop:
                     log.exception("processing %s failed", item.notice.path)
                 item.error = e
                 item.settle(500, f"internal error: {type(e).__name__}: {e}")
-                item.requeue = self.settings.retry_ttl > 0
+                item.requeue = self.requeue_after(e)
                 return
+
+    def requeue_after(self, error: BaseException) -> bool:
+        """THE decision for a failed notice: True to keep it in the retry queue, False to
+        report and ack it (drop). The ``on_failure`` policy for ``error``'s class (else its
+        ``retryable``), and never without a retry queue (``retry_ttl`` 0)."""
+        return self.settings.retry_ttl > 0 and self.settings.failure_policy.queue(error)
 
     def _collect(self) -> None:
         while True:
@@ -756,6 +764,9 @@ class ConsumingLoop:
                 return
             pending, self._pending_items = self._pending_items, []
             for item in pending:
+                if item.error is not None and not item.abandoned:
+                    # e.g. its file could not be placed at the commit: the same decision
+                    item.requeue = self.requeue_after(item.error)
                 self._outcome(item)
         if not (
             self._settle_reports or self._settle_acks or self._settle_retries or self._settle_posts

@@ -27,9 +27,10 @@ Paths: as for sftp, an ``ftp://`` URL of this origin (``ftp://h/abs`` is absolut
 or a plain server path, used as it is. A path holding ``..``, NUL, CR or LF is refused before
 any I/O (CR/LF would inject FTP commands).
 
-Errors: 530 at login is AuthenticationFailed; 550 is NotFound (unless it says permission
-denied: not retryable); other 5xx replies are not retryable, 4xx replies are; 421, timeouts and
-lost connections are TransportUnavailable (retryable).
+Errors: 530 at login is AuthenticationFailed; 550 is NotFound, or RemoteRefused when it says
+permission denied (not retryable); 552 (storage exceeded) is a retryable ``disk_full``
+failure; other 5xx replies are not retryable, 4xx replies are; 421, timeouts and lost
+connections are TransportUnavailable (retryable).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from sarra.errors import (
     LocalError,
     NotFound,
     PolicyRefused,
+    RemoteRefused,
     SarraError,
     TransferError,
     TransportUnavailable,
@@ -216,8 +218,12 @@ class FtpTransport(Transport):
                 return NotFound(f"{what}: {err}")
             if code in ("530", "532"):
                 return AuthenticationFailed(f"{what}: {err}")
+            if code == "550":  # permission denied
+                return RemoteRefused(f"{what}: {err}")
             failure = TransferError(f"{what}: {err}")
-            failure.retryable = code == "552"  # storage allocation exceeded
+            if code == "552":  # storage allocation exceeded: the remote disk is full
+                failure.retryable = True
+                failure.failure_class = "disk_full"
             return failure
         if isinstance(err, ftplib.error_temp):
             if _code(err) == "421":

@@ -28,6 +28,7 @@ from sarra.errors import (
     IntegrityError,
     NotFound,
     PolicyRefused,
+    RemoteRefused,
     TransferError,
     TransportUnavailable,
 )
@@ -119,6 +120,8 @@ def _status_error(status: int, reason: str, what: str) -> TransferError:
         return NotFound(message)
     if status == 401:
         return AuthenticationFailed(message)
+    if status == 403:
+        return RemoteRefused(message)
     if status == 416:
         return IntegrityError(message)
     error = TransferError(message)

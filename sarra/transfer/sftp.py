@@ -30,11 +30,13 @@ from typing import TypeVar
 import paramiko
 
 from sarra.errors import (
+    FULL_ERRNOS,
     AuthenticationFailed,
     IntegrityError,
     LocalError,
     NotFound,
     PolicyRefused,
+    RemoteRefused,
     SarraError,
     TransferError,
     TransportUnavailable,
@@ -205,8 +207,12 @@ class SftpTransport(Transport):
         if isinstance(err, OSError):
             if err.errno in (errno.ENOENT, errno.ENOTDIR):
                 return NotFound(f"{what}: {err.strerror or err}")
+            if err.errno in (errno.EACCES, errno.EPERM):
+                return RemoteRefused(f"{what}: {err.strerror or err}")
             failure = TransferError(f"{what}: {err.strerror or err}")
-            failure.retryable = err.errno not in (errno.EACCES, errno.EPERM)
+            failure.retryable = True
+            if err.errno in FULL_ERRNOS:
+                failure.failure_class = "disk_full"
             return failure
         return TransferError(f"{what}: {err}")
 

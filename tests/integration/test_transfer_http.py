@@ -10,7 +10,13 @@ from contextlib import closing
 import pytest
 
 from sarra.config.credentials import Credential, parse_url
-from sarra.errors import IntegrityError, NotFound, TransferError, TransportUnavailable
+from sarra.errors import (
+    IntegrityError,
+    NotFound,
+    RemoteRefused,
+    TransferError,
+    TransportUnavailable,
+)
 from sarra.transfer import open_transport
 from sarra.transfer.http import CHUNK_SIZE, HttpTransport
 from sarra.transfer.url import retrieval_url
@@ -144,7 +150,8 @@ def test_error_statuses_are_transfer_errors(
 ) -> None:
     with pytest.raises(TransferError) as caught:
         bhttp.get(f"{faulty.base_url}/status/{code}/x", 0, 10)
-    assert type(caught.value) is TransferError
+    # a 403 is the remote refusing the operation (failure class "refused"), not a plain error
+    assert type(caught.value) is (RemoteRefused if code == 403 else TransferError)
     assert caught.value.retryable is retryable
     # The short error body was drained: the connection is still the first one.
     assert b"".join(bhttp.get(f"{faulty.base_url}/f.bin", 0, 3)) == DATA[:3]
