@@ -171,6 +171,8 @@ def test_a_poster_loses_no_notice_when_its_node_stops(cluster, tmp_path):  # typ
     expected = {f"{tag}/{rel}" for rel in batch.expected}
     got = {rel.lstrip("/") for rel in seen}
     missing = expected - got
+    moved = rf"connected to amqp://guest@127\.0\.0\.1:({cluster[1].port}|{cluster[2].port})/"
+    assert re.search(moved, log), f"sr_post never moved to another node\n{log[-3000:]}"
     assert not missing, f"{len(missing)} notices lost, e.g. {sorted(missing)[:3]}\n{log[-2000:]}"
     dups = sum(n - 1 for n in seen.values())
     print(f"poster over a node stop: {len(expected)} announced, {len(got)} queued, {dups} dup")
