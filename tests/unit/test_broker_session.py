@@ -13,7 +13,7 @@ import amqp.exceptions
 import pytest
 
 from sarra.broker import BrokerSession, BrokerUrl, Delivery, backoff_delays
-from sarra.broker.base import BrokerNode
+from sarra.broker.base import BrokerNode, QueueSpec
 from sarra.broker.session import _delivery, _translate
 from sarra.errors import AccessRefused, BrokerError
 from sarra.notice import WireMessage
@@ -226,3 +226,19 @@ def test_connect_moves_on_to_the_next_node_and_after_a_loss_starts_past_the_lost
     down = {"c"}
     session.connect()
     assert tried == ["c", "a"] and session.node.host == "a"
+
+
+def test_a_quorum_queue_is_declared_with_its_x_queue_type_and_a_classic_one_without() -> None:
+    """The arguments sent (the broker's view of them: tests/cluster)."""
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    class Channel:
+        def queue_declare(self, name: str, **kw: object) -> object:
+            calls.append((name, kw))
+            return type("Ok", (), {"message_count": 0, "consumer_count": 0})()
+
+    BrokerSession._declare_queue_on(Channel(), QueueSpec("q1", queue_type="quorum", expire_ms=5))
+    BrokerSession._declare_queue_on(Channel(), QueueSpec("q2"))
+    assert calls[0][1]["arguments"] == {"x-queue-type": "quorum", "x-expires": 5}
+    assert calls[0][1]["durable"] is True and calls[0][1]["auto_delete"] is False
+    assert calls[1][1]["arguments"] is None
