@@ -16,8 +16,22 @@ from sarra.notice import WireMessage
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerNode:
+    """One node of a broker cluster, with the password of its own credentials line."""
+
+    host: str
+    port: int
+    password: str = field(default="anonymous", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerUrl:
-    """Where and as whom to connect. ``password`` never appears in ``repr``/``str``."""
+    """Where and as whom to connect. ``password`` never appears in ``repr``/``str``.
+
+    ``host``, ``port`` and ``password`` are those of the first node; ``nodes`` lists every
+    node of a broker cluster in the order written (empty for a single broker), and a session
+    connects to the first live one (:meth:`candidates`).
+    """
 
     host: str
     port: int = 5672
@@ -27,11 +41,24 @@ class BrokerUrl:
     tls: bool = False
     #: ``amqp`` or ``mqtt`` (:mod:`sarra.broker.mqtt`)
     protocol: str = "amqp"
+    #: every node of a broker cluster, the first being host/port (empty: one broker)
+    nodes: tuple[BrokerNode, ...] = ()
+
+    def candidates(self) -> tuple[BrokerNode, ...]:
+        """The nodes to try, in order: ``nodes``, or the one host."""
+        return self.nodes or (BrokerNode(self.host, self.port, self.password),)
 
     def __str__(self) -> str:
         scheme = self.protocol + ("s" if self.tls else "")
         vhost = "" if self.vhost == "/" else self.vhost
-        return f"{scheme}://{self.user}@{self.host}:{self.port}/{vhost}"
+        hosts = ",".join(f"{n.host}:{n.port}" for n in self.candidates())
+        return f"{scheme}://{self.user}@{hosts}/{vhost}"
+
+    def node_url(self, node: BrokerNode) -> str:
+        """This URL as text, naming only ``node`` (for logs of one connection)."""
+        scheme = self.protocol + ("s" if self.tls else "")
+        vhost = "" if self.vhost == "/" else self.vhost
+        return f"{scheme}://{self.user}@{node.host}:{node.port}/{vhost}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +76,8 @@ class QueueSpec:
     auto_delete: bool = False
     expire_ms: int | None = None
     message_ttl_ms: int | None = None
+    #: ``classic`` or ``quorum`` (x-queue-type; a quorum queue is durable, never auto-delete)
+    queue_type: str = "classic"
 
 
 @dataclass(frozen=True, slots=True)

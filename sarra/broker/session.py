@@ -35,7 +35,7 @@ from typing import Any, NoReturn, cast
 import amqp
 import amqp.exceptions
 
-from sarra.broker.base import Broker, BrokerUrl, Delivery, QueueSpec
+from sarra.broker.base import Broker, BrokerNode, BrokerUrl, Delivery, QueueSpec
 from sarra.broker.frames import FrameError, publish_frames
 from sarra.errors import AccessRefused, BrokerError, BrokerNotFound
 from sarra.notice import WireMessage
@@ -139,6 +139,9 @@ class BrokerSession:
         self._pending: set[int] = set()
         self._low = 1  # lowest tag that a ``multiple`` ack may still have to remove
         self._nacked = 0
+        # the node of a broker cluster in use, and whether its connection was lost
+        self._node = 0
+        self._node_lost = False
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -150,6 +153,12 @@ class BrokerSession:
     def connected(self) -> bool:
         return self._conn is not None and bool(self._conn.connected)
 
+    @property
+    def node(self) -> BrokerNode:
+        """The node of :attr:`url` connected to (or last tried)."""
+        nodes = self.url.candidates()
+        return nodes[self._node % len(nodes)]
+
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<BrokerSession {self.url} gen={self._generation} {state}>"
@@ -158,19 +167,47 @@ class BrokerSession:
     def connect(self) -> None:
         """(Re)connect, open both channels and re-establish remembered consumers.
 
-        Raises AccessRefused when the broker refuses the login or a permission, BrokerError
-        for anything else; messages name the broker and user, never the password.
+        For a broker cluster (a URL naming several nodes) the nodes are tried in turn, from
+        the one last used, or from the next one when the last connection was lost; the first
+        that answers is used. Raises AccessRefused when the broker refuses the login or a
+        permission, BrokerError for anything else (when every node failed: the last error);
+        messages name the broker and user, never the password.
         """
         self._drop()
         url = self.url
-        host = f"[{url.host}]" if ":" in url.host else url.host
+        nodes = url.candidates()
+        start = (self._node + 1) % len(nodes) if self._node_lost else self._node % len(nodes)
+        self._node_lost = False
+        failures: list[str] = []
+        for step in range(len(nodes)):
+            index = (start + step) % len(nodes)
+            try:
+                conn = self._open(nodes[index])
+            except AccessRefused:
+                raise
+            except BrokerError as exc:
+                if len(nodes) == 1:
+                    raise
+                failures.append(str(exc))
+                log.warning("%s; trying the next node", exc)
+                continue
+            self._node = index
+            break
+        else:
+            raise BrokerError(f"no node of {url} answers: {'; '.join(failures)}")
+        self._attach(conn, nodes[self._node])
+
+    def _open(self, node: BrokerNode) -> Any:
+        """A py-amqp connection to ``node``, logged in (BrokerError or AccessRefused)."""
+        url = self.url
+        host = f"[{node.host}]" if ":" in node.host else node.host
         sslopts: dict[str, Any] | bool = False
         if url.tls:
-            sslopts = {"server_hostname": url.host, "cert_reqs": ssl.CERT_REQUIRED}
+            sslopts = {"server_hostname": node.host, "cert_reqs": ssl.CERT_REQUIRED}
         conn = amqp.Connection(
-            host=f"{host}:{url.port}",
+            host=f"{host}:{node.port}",
             userid=url.user,
-            password=url.password,
+            password=node.password,
             virtual_host=url.vhost,
             heartbeat=self.heartbeat,
             connect_timeout=self.connect_timeout,
@@ -182,14 +219,18 @@ class BrokerSession:
         except _LIBRARY_ERRORS as exc:
             with contextlib.suppress(*_LIBRARY_ERRORS):
                 conn.collect()
-            raise _translate(exc, f"cannot connect to {url}") from exc
+            raise _translate(exc, f"cannot connect to {url.node_url(node)}") from exc
+        return conn
+
+    def _attach(self, conn: Any, node: BrokerNode) -> None:
+        url = self.url
         self._conn = conn
         self._generation += 1
         # py-amqp only sends and checks heartbeats when ticked: tick several times per
         # negotiated interval so the broker never misses two of ours
         negotiated = float(conn.heartbeat or 0)
         self._tick_every = min(_MAX_WAIT, negotiated / 8) if negotiated else _MAX_WAIT
-        log.info("connected to %s (generation %d)", url, self._generation)
+        log.info("connected to %s (generation %d)", url.node_url(node), self._generation)
         try:
             self._consume_ch = conn.channel()
             for consumer in list(self._consumers.values()):
@@ -260,6 +301,7 @@ class BrokerSession:
 
     def _live(self) -> Any:
         if self._conn is None or not self._conn.connected:
+            self._node_lost = self._conn is not None
             self._drop()
             raise BrokerError(f"not connected to {self.url}")
         return self._conn
@@ -277,6 +319,7 @@ class BrokerSession:
         if channel_only and control and sig not in _CONSUME_METHODS:
             self._discard_control()
         else:
+            self._node_lost = not channel_only  # the node failed: next connect tries another
             self._drop()
         raise _translate(exc, f"{what} ({self.url})") from exc
 
@@ -355,7 +398,9 @@ class BrokerSession:
 
     @staticmethod
     def _declare_queue_on(ch: Any, spec: QueueSpec) -> tuple[int, int]:
-        arguments: dict[str, int] = {}
+        arguments: dict[str, int | str] = {}
+        if spec.queue_type != "classic":
+            arguments["x-queue-type"] = spec.queue_type
         if spec.expire_ms is not None:
             arguments["x-expires"] = spec.expire_ms
         if spec.message_ttl_ms is not None:

@@ -163,6 +163,7 @@ def queue_spec(s: Settings, queue_name: str, bindings: tuple[tuple[str, str], ..
         durable=s.durable,
         expire_ms=seconds_to_ms(s.expire),
         message_ttl_ms=seconds_to_ms(s.message_ttl),
+        queue_type=s.queue_type,
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote
 
-from sarra.broker.base import BrokerUrl
+from sarra.broker.base import BrokerNode, BrokerUrl
 from sarra.config import winacl
 from sarra.errors import ConfigError, CredentialsError
 
@@ -49,28 +49,43 @@ class ParsedUrl:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     path: str = ""
+    #: the further nodes of a broker cluster (``amqp://u@h1:p1,h2:p2,h3/vhost``), in order
+    more_hosts: tuple[tuple[str, int | None], ...] = ()
 
     @property
     def effective_port(self) -> int | None:
         return self.port if self.port is not None else DEFAULT_PORTS.get(self.scheme)
 
+    def nodes(self) -> tuple[ParsedUrl, ...]:
+        """One single-host URL per node, the first host first (just ``self`` for one host)."""
+        if not self.more_hosts:
+            return (self,)
+        first = replace(self, more_hosts=())
+        return (first, *(replace(first, host=h, port=p) for h, p in self.more_hosts))
+
     def without_password(self) -> str:
         """The URL as text, without its password."""
         user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port is not None else ""
-        return f"{self.scheme}://{user}{self.host}{port}{self.path}"
+        hosts = ",".join(
+            h + (f":{p}" if p is not None else "")
+            for h, p in ((self.host, self.port), *self.more_hosts)
+        )
+        return f"{self.scheme}://{user}{hosts}{self.path}"
 
     def __str__(self) -> str:
         return self.without_password()
 
 
 def parse_url(text: str) -> ParsedUrl:
-    """Split ``scheme://[user[:password]@]host[:port][path]``.
+    """Split ``scheme://[user[:password]@]host[:port][,host[:port]...][path]``.
 
     The user information ends at the last ``@``, so a password may hold ``/``, ``?`` or ``@``.
+    Several comma-separated hosts (the nodes of a broker cluster, as libpq writes them) are
+    allowed for amqp and amqps only; the first is ``host``/``port``, the others ``more_hosts``.
 
     Raises:
-        ConfigError: no ``scheme://``, no host, or a bad port (the message omits the password).
+        ConfigError: no ``scheme://``, no host, a bad port, or several hosts in a URL other
+            than amqp/amqps (the message omits the password).
     """
     scheme, sep, rest = text.strip().partition("://")
     if not sep or not scheme:
@@ -84,7 +99,24 @@ def parse_url(text: str) -> ParsedUrl:
         user = unquote(name) or None
         password = unquote(secret) if colon else None
     slash = rest.find("/")
-    hostport, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    hostports, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+    hostport, *others = hostports.split(",")
+    scheme = scheme.lower()
+    if others and scheme not in ("amqp", "amqps"):
+        raise ConfigError(f"several hosts are for amqp broker URLs only: {_redact(text)!r}")
+    host, port = _host_port(hostport, text)
+    more: list[tuple[str, int | None]] = []
+    for other in others:
+        more.append(_host_port(other, text))
+        if not more[-1][0]:
+            raise ConfigError(f"empty host in URL {_redact(text)!r}")
+    if not host and scheme != "file":
+        raise ConfigError(f"no host in URL {_redact(text)!r}")
+    return ParsedUrl(scheme, host, port, user, password, path, tuple(more))
+
+
+def _host_port(hostport: str, text: str) -> tuple[str, int | None]:
+    """``host[:port]`` or ``[v6]:port``, the host lower-cased."""
     host, port = hostport, None
     if hostport.startswith("["):  # IPv6 literal
         end = hostport.find("]")
@@ -96,9 +128,7 @@ def parse_url(text: str) -> ParsedUrl:
         if not port_text.isdigit():
             raise ConfigError(f"bad port in URL {_redact(text)!r}")
         port = int(port_text)
-    if not host and scheme != "file":
-        raise ConfigError(f"no host in URL {_redact(text)!r}")
-    return ParsedUrl(scheme.lower(), host.lower(), port, user, password, path)
+    return host.lower(), port
 
 
 def _redact(text: str) -> str:
@@ -148,6 +178,12 @@ def _parse_line(line: str, where: str, number: int) -> Credential:
         url = parse_url(url_text)
     except ConfigError as exc:
         raise CredentialsError(str(exc), path=where, line=number) from exc
+    if url.more_hosts:
+        raise CredentialsError(
+            "one host per line: write one line for each node of a broker cluster",
+            path=where,
+            line=number,
+        )
     credential = Credential(url)
     for raw in options_text.replace("\t", " ").split(","):
         word = raw.strip()
@@ -285,11 +321,14 @@ def to_broker_url(url_text: str, store: CredentialStore) -> BrokerUrl:
     amqps means TLS; default ports 5672/5671; a path ``''`` or ``/`` means vhost ``/``, anything
     else loses its leading ``/`` and is percent-decoded. No user means anonymous/anonymous. The
     password comes from the store; one written in the config URL is used only as a last resort
-    (the loader warns about it).
+    (the loader warns about it). A URL naming several nodes (``amqp://u@h1,h2:5673,h3/v``) gives
+    a :class:`BrokerUrl` of its first node whose ``nodes`` are all of them, each with the
+    password of its own credentials line (and ``tls`` if any line says so).
 
     Raises:
-        ConfigError: not an amqp/amqps URL.
-        CredentialsError: a named user other than anonymous has no password anywhere.
+        ConfigError: not an amqp/amqps/mqtt/mqtts URL.
+        CredentialsError: a named user other than anonymous has no password anywhere (for
+            any one of the nodes).
     """
     url = parse_url(url_text)
     if url.scheme not in ("amqp", "amqps", "mqtt", "mqtts"):
@@ -299,27 +338,32 @@ def to_broker_url(url_text: str, store: CredentialStore) -> BrokerUrl:
         )
     tls = url.scheme.endswith("s")
     protocol = url.scheme.rstrip("s")
-    port = url.port if url.port is not None else DEFAULT_PORTS[url.scheme]
     user = url.user or "anonymous"
-    credential = store.find(replace(url, user=user))
-    if credential is not None and credential.password is not None:
-        password = credential.password
-    elif url.password is not None:
-        password = url.password
-    elif user == "anonymous":
-        password = "anonymous"
-    else:
-        raise CredentialsError(
-            f"no password for {url.without_password()} in the credentials file",
-            path=str(store.path),
-        )
-    tls = tls or (credential is not None and credential.tls)
+    nodes: list[BrokerNode] = []
+    for node in url.nodes():
+        port = node.port if node.port is not None else DEFAULT_PORTS[url.scheme]
+        credential = store.find(replace(node, user=user))
+        if credential is not None and credential.password is not None:
+            password = credential.password
+        elif url.password is not None:
+            password = url.password
+        elif user == "anonymous":
+            password = "anonymous"
+        else:
+            raise CredentialsError(
+                f"no password for {node.without_password()} in the credentials file",
+                path=str(store.path),
+            )
+        tls = tls or (credential is not None and credential.tls)
+        nodes.append(BrokerNode(node.host, port, password))
+    first = nodes[0]
     return BrokerUrl(
-        host=url.host,
-        port=port,
+        host=first.host,
+        port=first.port,
         user=user,
-        password=password,
+        password=first.password,
         vhost=_vhost(url.path),
         tls=tls,
         protocol=protocol,
+        nodes=tuple(nodes) if len(nodes) > 1 else (),
     )

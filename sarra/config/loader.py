@@ -143,6 +143,8 @@ class _Loader:
         self.now = now
         self.values: dict[str, Any] = {o.name: o.default_for(component) for o in _TABLE}
         self.explicit: set[str] = set()
+        #: where each option was last set: (file, line)
+        self.origin: dict[str, tuple[str, int | None]] = {}
         self.masks: list[Mask] = []
         self.bindings: list[tuple[str | None, str, str]] = []
         self.plugins: dict[str, list[str]] = {}
@@ -232,6 +234,7 @@ class _Loader:
         else:
             self._apply_scalar(option, text, where, line)
         self.explicit.add(option.name)
+        self.origin[option.name] = (where, line)
 
     def _mask(self, pattern: str, *, accept: bool, filename: str = "") -> Mask:
         """A mask for ``pattern`` that carries the path options in force at this point of the
@@ -368,6 +371,15 @@ class _Loader:
             v["report_exchange"] = f"xs_{_url_user(v['broker'])}"
         if v["retry_ttl"] is None:
             v["retry_ttl"] = v["expire"]
+        if v["queue_type"] == "quorum" and not v["durable"]:
+            where, line = self.origin.get("durable", self.origin["queue_type"])
+            raise ConfigError(
+                "queue_type quorum needs a durable queue (RabbitMQ's quorum queues are always "
+                "durable): remove 'durable off' or use queue_type classic",
+                path=where,
+                line=line,
+                option="durable",
+            )
         bindings: list[Binding] = []
         if consumer:
             raw = self.bindings if "subtopic" in self.explicit else []

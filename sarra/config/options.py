@@ -467,7 +467,8 @@ _SR2_PLUGIN_HOOKS = (
 OPTIONS: tuple[Option, ...] = (
     # -- input broker, exchange, queue
     _o("broker", U, None,
-       "input broker, amqp[s]://user@host[:port]/[vhost] or mqtt[s]://user@host[:port]/",
+       "input broker, amqp[s]://user@host[:port][,host[:port]...]/[vhost] (several hosts: "
+       "the nodes of a broker cluster) or mqtt[s]://user@host[:port]/",
        _CONSUMERS, ("b",)),
     _o("exchange", S, None, "exchange to bind to (subscribe, sarra: xpublic)", _CONSUMERS,
        ("ex",), {"subscribe": "xpublic", "sender": "xpublic", "sarra": "xpublic",
@@ -488,6 +489,10 @@ OPTIONS: tuple[Option, ...] = (
        _CONSUMERS, ("queue", "qn", "queueName")),
     _o("queue_suffix", S, None, "suffix appended to the default queue name", _CONSUMERS),
     _o("durable", B, True, "declare the queue durable", _CONSUMERS),
+    _o("queue_type", S, "classic",
+       "type of the queue declared: classic, or quorum (replicated over the nodes of a broker "
+       "cluster, survives the loss of a minority of them; must be durable)", _CONSUMERS,
+       ("queueType",), choices=("classic", "quorum")),
     _o("expire", D, 300.0, "delete the queue after this long unused (sr2 5m: override it)",
        _CONSUMERS, ("expiry",)),
     _o("message_ttl", D, None, "discard queued notices older than this", _CONSUMERS,
@@ -626,7 +631,8 @@ OPTIONS: tuple[Option, ...] = (
        ("cb", "suppress_duplicates_basis", "sdb", "nodupe_basis"),
        choices=("data", "name", "path")),
     # -- posting
-    _o("post_broker", U, None, "broker to post to", _REPOSTERS, ("pb",)),
+    _o("post_broker", U, None, "broker to post to (several amqp hosts: a broker cluster)",
+       _REPOSTERS, ("pb",)),
     _o("post_exchange", S, None, "exchange to post to (default xs_<post_broker user>)",
        _REPOSTERS, ("pe", "px"), {"sarra": "xpublic"}),
     _o("post_exchange_suffix", S, None, "post to xs_<post_broker user>_<suffix>", _REPOSTERS,

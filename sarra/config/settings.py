@@ -23,6 +23,7 @@ class Settings(SettingsBase):
     queue_name: str | None
     queue_suffix: str | None
     durable: bool
+    queue_type: str
     expire: float
     message_ttl: float | None
     prefetch: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -12,6 +13,7 @@ import amqp.exceptions
 import pytest
 
 from sarra.broker import BrokerSession, BrokerUrl, Delivery, backoff_delays
+from sarra.broker.base import BrokerNode, QueueSpec
 from sarra.broker.session import _delivery, _translate
 from sarra.errors import AccessRefused, BrokerError
 from sarra.notice import WireMessage
@@ -162,3 +164,81 @@ def test_connect_with_backoff_logs_and_sleeps_between_attempts(
         "attempt 3",
     ]
     assert all(0.25 <= s <= 4.0 for s in slept)
+
+
+def test_a_cluster_url_tries_every_node_and_names_them_all_when_none_answers() -> None:
+    ports = [closed_port(), closed_port()]
+    nodes = tuple(BrokerNode("127.0.0.1", p, "s3cr3t-pw") for p in ports)
+    url = BrokerUrl("127.0.0.1", ports[0], "alice", "s3cr3t-pw", nodes=nodes)
+    session = BrokerSession(url, connect_timeout=2)
+    with pytest.raises(BrokerError) as err:
+        session.connect()
+    text = str(err.value)
+    assert all(f"alice@127.0.0.1:{p}" in text for p in ports)
+    assert "s3cr3t-pw" not in text and session.generation == 0
+
+
+def test_connect_moves_on_to_the_next_node_and_after_a_loss_starts_past_the_lost_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The order of the nodes tried (the real connections: tests/cluster)."""
+    nodes = tuple(BrokerNode(h, 5672, "pw") for h in ("a", "b", "c"))
+    session = BrokerSession(BrokerUrl("a", 5672, "u", "pw", nodes=nodes))
+    tried: list[str] = []
+    down = {"a"}
+
+    class Conn:
+        def __init__(self) -> None:
+            self.connected = True
+            self.transport = self
+
+        def having_timeout(self, timeout: float) -> contextlib.nullcontext[None]:
+            return contextlib.nullcontext()
+
+        def close(self) -> None:
+            self.connected = False
+
+        def collect(self) -> None:
+            pass
+
+    def fake_open(node: BrokerNode) -> Conn:
+        tried.append(node.host)
+        if node.host in down:
+            raise BrokerError(f"cannot connect to {node.host}")
+        return Conn()
+
+    def fake_attach(conn: Conn, node: BrokerNode) -> None:
+        session._conn = conn
+        session._generation += 1
+
+    monkeypatch.setattr(session, "_open", fake_open)
+    monkeypatch.setattr(session, "_attach", fake_attach)
+    session.connect()
+    assert tried == ["a", "b"] and session.node.host == "b"
+    session.close()  # a polite close: the same node again
+    tried.clear()
+    session.connect()
+    assert tried == ["b"]
+    session._conn.connected = False  # the node died under the session
+    with pytest.raises(BrokerError, match="not connected"):
+        session.poll(0)
+    tried.clear()
+    down = {"c"}
+    session.connect()
+    assert tried == ["c", "a"] and session.node.host == "a"
+
+
+def test_a_quorum_queue_is_declared_with_its_x_queue_type_and_a_classic_one_without() -> None:
+    """The arguments sent (the broker's view of them: tests/cluster)."""
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    class Channel:
+        def queue_declare(self, name: str, **kw: object) -> object:
+            calls.append((name, kw))
+            return type("Ok", (), {"message_count": 0, "consumer_count": 0})()
+
+    BrokerSession._declare_queue_on(Channel(), QueueSpec("q1", queue_type="quorum", expire_ms=5))
+    BrokerSession._declare_queue_on(Channel(), QueueSpec("q2"))
+    assert calls[0][1]["arguments"] == {"x-queue-type": "quorum", "x-expires": 5}
+    assert calls[0][1]["durable"] is True and calls[0][1]["auto_delete"] is False
+    assert calls[1][1]["arguments"] is None

@@ -149,3 +149,61 @@ def test_the_example_file_loads_with_its_ftp_lines() -> None:
     assert store.lookup("ftp://anonymous@ftp.example.com/").passive
     ftps = store.lookup("ftps://feeder@files.example.com:2121/")
     assert not ftps.passive and ftps.password == "secret"
+
+
+CLUSTER_LINES = """\
+amqp://feeder:pw-one@node1:5672/
+amqp://feeder:pw-two@node2:5673/
+amqp://feeder:pw-three@node3/
+"""
+
+
+def test_a_broker_url_may_name_several_nodes_as_libpq_does():
+    url = parse_url("amqp://feeder@Node1:5672,node2:5673,[::1]:5674/ops")
+    assert (url.host, url.port, url.path) == ("node1", 5672, "/ops")
+    assert url.more_hosts == (("node2", 5673), ("[::1]", 5674))
+    assert [(n.host, n.port, n.path, n.user) for n in url.nodes()] == [
+        ("node1", 5672, "/ops", "feeder"),
+        ("node2", 5673, "/ops", "feeder"),
+        ("[::1]", 5674, "/ops", "feeder"),
+    ]
+    assert url.without_password() == "amqp://feeder@node1:5672,node2:5673,[::1]:5674/ops"
+    assert parse_url("amqp://h1/").nodes() == (parse_url("amqp://h1/"),)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["sftp://u@h1,h2/x", "mqtt://u@h1,h2/", "amqp://u@h1,,h3/", "amqp://u@h1,h2:port/"],
+)
+def test_several_hosts_are_refused_outside_amqp_and_when_malformed(text):
+    with pytest.raises(ConfigError):
+        parse_url(text)
+
+
+def test_each_node_takes_the_password_of_its_own_credentials_line(tmp_path):
+    store = CredentialStore.load(store_file(tmp_path, CLUSTER_LINES))
+    broker = to_broker_url("amqp://feeder@node1,node2:5673,node3/", store)
+    assert (broker.host, broker.port, broker.password) == ("node1", 5672, "pw-one")
+    assert [(n.host, n.port, n.password) for n in broker.candidates()] == [
+        ("node1", 5672, "pw-one"),
+        ("node2", 5673, "pw-two"),
+        ("node3", 5672, "pw-three"),
+    ]
+    assert str(broker) == "amqp://feeder@node1:5672,node2:5673,node3:5672/"
+    for secret in ("pw-one", "pw-two", "pw-three"):
+        assert secret not in str(broker) and secret not in repr(broker)
+    single = to_broker_url("amqp://feeder@node2:5673/", store)
+    assert single.nodes == () and single.candidates()[0].password == "pw-two"
+
+
+def test_a_cluster_node_without_a_credentials_line_is_named(tmp_path):
+    store = CredentialStore.load(store_file(tmp_path, CLUSTER_LINES))
+    with pytest.raises(CredentialsError, match="no password for amqp://feeder@node4"):
+        to_broker_url("amqp://feeder@node1,node4/", store)
+
+
+def test_a_credentials_line_naming_several_hosts_is_refused_with_its_line(tmp_path):
+    path = store_file(tmp_path, "# c\namqp://feeder:pw@node1,node2/\n")
+    with pytest.raises(CredentialsError, match="one host per line") as err:
+        CredentialStore.load(path)
+    assert err.value.line == 2

@@ -382,3 +382,16 @@ def test_queue_suffix_ends_the_generated_queue_name(env):
     write(env, "subscribe/qs.conf", "broker amqp://guest@h/\nqueue_suffix east\n")
     name = resolve_queue_name(load(env, "qs"), env)
     assert re.fullmatch(r"q_guest\.sr_subscribe\.qs\.\d{8}\.\d{8}\.east", name)
+
+
+def test_queue_type_quorum_is_declared_and_refuses_a_queue_that_is_not_durable(env):
+    write(env, "subscribe/q.conf", "broker amqp://u@h/\nqueue_type quorum\n")
+    assert load(env, "q").values["queue_type"] == "quorum"
+    assert load(env, None).values["queue_type"] == "classic"
+    path = write(env, "subscribe/bad.conf", "broker amqp://u@h/\nqueue_type quorum\ndurable off\n")
+    with pytest.raises(ConfigError, match="quorum needs a durable queue") as err:
+        load(env, "bad")
+    assert (err.value.path, err.value.line) == (str(path), 3)
+    write(env, "subscribe/odd.conf", "broker amqp://u@h/\nqueue_type stream\n")
+    with pytest.raises(ConfigError, match="classic, quorum"):
+        load(env, "odd")
