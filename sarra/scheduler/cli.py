@@ -49,6 +49,7 @@ exit codes:
   3  framework removed by Mesos (not re-registered)
   4  stop refused (workers allocated, no --force)
   5  not authorized (the control endpoint did not accept the token)
+  6  the Mesos master refused the framework's credentials (HTTP 401; not retried)
 
 See sr_scheduler(1) and docs/mesos.md.
 """

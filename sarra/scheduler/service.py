@@ -45,7 +45,12 @@ from typing import Any
 
 from sarra.errors import ConfigError, LocalError, SarraError
 from sarra.scheduler.core import Deposed, PumpScheduler
-from sarra.scheduler.mesos import FrameworkRemoved, MesosClient, SubscriptionRefused
+from sarra.scheduler.mesos import (
+    AuthenticationFailed,
+    FrameworkRemoved,
+    MesosClient,
+    SubscriptionRefused,
+)
 from sarra.scheduler.spec import PumpSpec, is_loopback, load_spec, parse_listen, reload_changes
 from sarra.scheduler.state import StateStore
 
@@ -78,6 +83,20 @@ def read_token(path: Path) -> str:
     if len(token) < 32:
         raise LocalError(f"control token {path} is empty or too short")
     return token
+
+
+def read_secret(path: Path) -> str:
+    """The framework secret in ``path`` (mode 600); :class:`LocalError` says why not."""
+    try:
+        if sys.platform != "win32" and os.stat(path).st_mode & 0o077:
+            raise LocalError(f"secret_file {path} is readable by other users: chmod 600 it")
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8"
+        raise LocalError(f"cannot read secret_file {path}: {why}") from e
+    if not secret:
+        raise LocalError(f"secret_file {path} is empty")
+    return secret
 
 
 def ensure_token(path: Path) -> str:
@@ -127,6 +146,7 @@ class SchedulerService:
         }
         self.address = ""
         self.token = ""  # set by prepare(); never logged nor shown
+        self.credentials: tuple[str, str] | None = None  # (principal, secret), from prepare()
 
     def prepare(self) -> None:
         """Check ``state_dir`` before serving anything: writable, token made, state readable.
@@ -145,6 +165,9 @@ class SchedulerService:
         except OSError as e:
             raise LocalError(f"state_dir {d} is not writable: {e.strerror}") from e
         self.store.load()  # a corrupt state.json is refused here, not in the leader loop
+        s = self.spec.scheduler
+        if s.secret_file:
+            self.credentials = (s.principal, read_secret(Path(s.secret_file)))
 
     # -- status endpoint -------------------------------------------------------------------
     def start_http(self) -> tuple[str, int]:
@@ -364,7 +387,9 @@ class SchedulerService:
         self.status = {**self.status, "leader": True, "connected": False}
         self._write_leader_addr()
         s = self.spec.scheduler
-        sched = PumpScheduler(self.spec, self.store, MesosClient(s.master, s.call_timeout))
+        sched = PumpScheduler(
+            self.spec, self.store, MesosClient(s.master, s.call_timeout, self.credentials)
+        )
         self.scheduler = sched
         backoff = 0.5
         try:
@@ -373,6 +398,15 @@ class SchedulerService:
                 try:
                     sched.connect()
                     backoff = 0.5
+                except AuthenticationFailed as e:
+                    log.error(
+                        "authentication to the Mesos master failed as principal %r (%s): "
+                        "check principal and secret_file; not retrying",
+                        s.principal or "(none: no secret_file)", e,
+                    )  # fmt: skip
+                    self.exit_code = 6
+                    self.stop_event.set()
+                    break
                 except FrameworkRemoved as e:
                     if self.spec.scheduler.on_framework_removed != "register":
                         log.error(

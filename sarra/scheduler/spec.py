@@ -131,13 +131,16 @@ class SchedulerSettings:
     zk_session_timeout: float = 10.0
     on_framework_removed: str = "stop"
     watch_spec: bool = False  # reload the spec file by itself when its mtime changes
+    principal: str = ""  # framework_info.principal; with secret_file, HTTP basic to the master
+    secret_file: str = ""  # mode-600 file holding the principal's secret (read at start)
 
 
 # Settings a running scheduler cannot take over: they name the framework, where it talks or
 # what it subscribed with. A reload that changes one is refused (restart the copies instead).
 RESTART_ONLY = (
     "name", "master", "user", "state_dir", "zookeeper", "election_path", "failover_timeout",
-    "checkpoint", "status_listen", "call_timeout", "zk_session_timeout",
+    "checkpoint", "status_listen", "call_timeout", "zk_session_timeout", "principal",
+    "secret_file",
 )  # fmt: skip
 
 
@@ -260,6 +263,10 @@ def parse_spec(text: str, path: str = "<spec>") -> PumpSpec:
     }  # fmt: skip
     status_listen = _get(sched, "status_listen", str, where) or "127.0.0.1:0"
     parse_listen(status_listen, where)
+    principal = _get(sched, "principal", str, where) or ""
+    secret_file = _get(sched, "secret_file", str, where) or ""
+    if secret_file and not principal:
+        raise ConfigError(f"{where}: secret_file needs principal (the name the secret is for)")
     settings = SchedulerSettings(
         name=name,
         master=master,
@@ -270,6 +277,8 @@ def parse_spec(text: str, path: str = "<spec>") -> PumpSpec:
         checkpoint=bool(_get(sched, "checkpoint", bool, where) in (None, True)),
         watch_spec=bool(_get(sched, "watch_spec", bool, where)),
         status_listen=status_listen,
+        principal=principal,
+        secret_file=str(Path(secret_file).expanduser()) if secret_file else "",
         on_framework_removed=on_removed,
         **numbers,
     )

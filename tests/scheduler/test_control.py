@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sarra.scheduler import cli
-from tests.scheduler.conftest import ROOT, SLEEPER, Proc, spec_text, wait_for
+from tests.scheduler.conftest import ROOT, SLEEPER, Proc, spec_text, status_of, wait_for
 from tests.scheduler.fake_master import Cluster
 
 WRONG = "not-the-token-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -49,6 +49,12 @@ def start(cluster: Cluster, tmp_path: Path, extra: str = "") -> tuple[Proc, Path
     proc = Proc(spec, tmp_path / "run.log")
     wait_for(lambda: (state / "leader.addr").exists(), 30, "the leader's address")
     wait_for(lambda: len(cluster.running_tasks()) == 1, 30, "the worker running")
+    token = (state / "control.token").read_text().strip()
+    base = "http://" + (state / "leader.addr").read_text().strip()
+    wait_for(
+        lambda: json.loads(call(base + "/status.json", token)[1]).get("allocated") == 1,
+        10, "the status document to show the worker",
+    )  # fmt: skip
     return proc, spec, state
 
 
@@ -204,7 +210,7 @@ def test_help_explains_verbs_mesos_and_exit_codes() -> None:
     for verb in ("run", "status", "reload", "stop"):
         assert f"\n  {verb} " in text, verb
     codes = text.split("exit codes:")[1]
-    for code in range(6):
+    for code in range(7):
         assert f"\n  {code}  " in codes, code
     assert "``" not in text  # not a raw docstring
 
@@ -215,3 +221,87 @@ def test_every_worker_component_is_an_installed_command() -> None:
     scripts = (ROOT / "pyproject.toml").read_text()
     for name in WORKER_COMPONENTS:
         assert f'\nsr_{name} = "sarra.cli.main:sr_{name}"' in scripts, name
+
+
+# -- framework authentication to the master -------------------------------------------------
+
+
+def auth_spec(cluster: Cluster, tmp_path: Path, secret: str) -> tuple[Path, Path]:
+    secret_file = tmp_path / "mesos.secret"
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, (secret + "\n").encode())
+    os.close(fd)
+    spec = tmp_path / "spec.toml"
+    extra = f'principal = "sarra-pump"\nsecret_file = "{secret_file}"\n'
+    spec.write_text(
+        spec_text(cluster.masters[0].url, tmp_path / "st", SLEEPER.format(count=1), extra)
+    )
+    return spec, secret_file
+
+
+def test_the_framework_authenticates_to_a_master_that_requires_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    secret = "s3cret-Framework-Pass"
+    cluster.credentials = {"sarra-pump": secret}
+    spec, _ = auth_spec(cluster, tmp_path, secret)
+    proc = Proc(spec, tmp_path / "run.log")
+    try:
+        wait_for(lambda: len(cluster.running_tasks()) == 1, 30, "the worker launched")
+        assert cluster.unauthorized == 0 and "ACCEPT" in [k for _, k in cluster.calls]
+        doc = wait_for(
+            lambda: (d := status_of(tmp_path / "st")).get("framework_id") and d, 10, "status"
+        )
+        assert secret not in json.dumps(doc)
+        assert sr_scheduler("--force", "stop", str(spec)).returncode == 0
+        assert proc.p.wait(20) == 0
+        assert secret not in proc.text()
+    finally:
+        proc.kill()
+
+
+def test_a_401_from_the_master_is_an_authentication_failure_not_retried(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.credentials = {"sarra-pump": "the-right-one"}
+    spec, _ = auth_spec(cluster, tmp_path, "a-wrong-secret")
+    proc = Proc(spec, tmp_path / "run.log")
+    try:
+        assert proc.p.wait(30) == 6
+        text = proc.text()
+        assert "authentication to the Mesos master failed as principal 'sarra-pump'" in text
+        assert "not retrying" in text and "Traceback" not in text
+        assert cluster.unauthorized == 1 and not cluster.calls and not cluster.launches
+        assert "a-wrong-secret" not in text
+    finally:
+        proc.kill()
+
+
+def test_without_credentials_the_master_refuses_with_401(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.credentials = {"sarra-pump": "x"}
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec_text(cluster.masters[0].url, tmp_path / "st", SLEEPER.format(count=1)))
+    proc = Proc(spec, tmp_path / "run.log")
+    try:
+        assert proc.p.wait(30) == 6
+        assert "authentication to the Mesos master failed" in proc.text()
+        assert cluster.unauthorized == 1 and not cluster.launches
+    finally:
+        proc.kill()
+
+
+def test_a_secret_file_readable_by_others_or_missing_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    spec, secret_file = auth_spec(cluster, tmp_path, "whatever")
+    secret_file.chmod(0o644)
+    code, err = refused(spec)
+    assert code == 1 and f"secret_file {secret_file} is readable by other users" in err
+    secret_file.unlink()
+    code, err = refused(spec)
+    assert code == 1 and f"cannot read secret_file {secret_file}" in err
+    assert not cluster.calls
+    text = spec.read_text().replace('principal = "sarra-pump"\n', "")
+    spec.write_text(text)
+    code, err = refused(spec)
+    assert code == 2 and "secret_file needs principal" in err
