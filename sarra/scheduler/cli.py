@@ -1,15 +1,8 @@
 """``sr_scheduler [--force] [--teardown] {run,status,reload,stop} spec.toml``.
 
-* ``run``: run one scheduler copy in the foreground (systemd or Marathon keep it up).
-* ``status``: print the leader's status document (JSON) from its status endpoint.
-* ``reload``: make the running leader re-read its spec file (the file given here is checked
-  first); a bad spec is refused with the reason and the running one kept. SIGHUP to a ``run``
-  process does the same.
-* ``stop``: ask the leader to stop; refused while workers are allocated unless ``--force``.
-  With ``--teardown`` the framework is removed and every worker killed (explicit removal).
-
-Exit codes: 0 done, 1 failure, 2 usage or spec error (also a refused reload), 3 framework
-removed (not re-registered), 4 stop refused.
+The command line of the scheduler; :data:`EPILOG` (shown by ``--help``) says what each verb
+does and what the exit codes mean. ``status``, ``reload`` and ``stop`` find the leader through
+``<state_dir>/leader.addr`` and authenticate with ``<state_dir>/control.token`` by themselves.
 """
 
 from __future__ import annotations
@@ -26,43 +19,102 @@ from types import FrameType
 from typing import TextIO
 
 from sarra import __version__
-from sarra.errors import ConfigError
-from sarra.scheduler.service import SchedulerService
+from sarra.errors import ConfigError, SarraError
+from sarra.scheduler.service import SchedulerService, read_token, token_path
 from sarra.scheduler.spec import PumpSpec, load_spec
+
+DESCRIPTION = "Keep a declared set of pump workers running as Apache Mesos tasks."
+
+EPILOG = """\
+Mesos is used here as the placement layer: the spec (TOML) names worker types (an sr_*
+component and configuration, a count, cpus, mem...) and sr_scheduler, registered as a Mesos
+framework, accepts offers from the agents to run that many workers, relaunches the ones that
+die and keeps them running (failover_timeout) while no scheduler copy is connected.
+
+verbs:
+  run     run one scheduler copy in the foreground (several copies elect a leader through
+          ZooKeeper); makes <state_dir>/control.token (mode 600) if absent
+  status  print the leader's status document (JSON)
+  reload  make the leader re-read its spec file; a bad spec is refused, the running one kept
+  stop    ask the leader to stop; refused while workers run unless --force; with --teardown
+          the framework is removed and every worker killed
+
+status, reload and stop find the leader in <state_dir>/leader.addr and send the control
+token from <state_dir>/control.token: run them as the scheduler's user.
+
+exit codes:
+  0  done
+  1  failure (scheduler unreachable, state_dir unusable, corrupt state.json...)
+  2  usage or spec error, or reload refused
+  3  framework removed by Mesos (not re-registered)
+  4  stop refused (workers allocated, no --force)
+  5  not authorized (the control endpoint did not accept the token)
+  6  the Mesos master refused the framework's credentials (HTTP 401; not retried)
+
+See sr_scheduler(1) and docs/mesos.md.
+"""
+
+UNAUTHORIZED = 5
+
+
+class Unreachable(SarraError):
+    """The leader's status endpoint cannot be reached."""
 
 
 def _leader_url(spec: PumpSpec) -> str:
     path = spec.scheduler.state_dir / "leader.addr"
     try:
         return "http://" + path.read_text().strip()
+    except FileNotFoundError as e:
+        raise Unreachable(f"no running leader known ({path} does not exist)") from e
     except OSError as e:
-        raise ConfigError(f"no running leader known ({path}: {e.strerror})") from e
+        raise Unreachable(f"cannot read {path}: {e.strerror}") from e
 
 
-def _ask_leader(url: str, out: TextIO, *, refused: tuple[int, int]) -> int:
-    """POST to the leader's ``url`` and write the ``result`` it answers, success or not.
+def _call(url: str, token: str, out: TextIO, *, post: bool, refused: tuple[int, int]) -> int:
+    """Call the leader's ``url`` with the token; write what it answers, success or not.
 
     Returns 0 when done; ``refused = (status, code)``: ``code`` when the leader refuses with
-    HTTP ``status``, 1 for any other HTTP error (OSError is left to the caller).
+    HTTP ``status``, :data:`UNAUTHORIZED` on 401, 1 for any other HTTP error.
     """
-    req = urllib.request.Request(url, method="POST", data=b"")
+    req = urllib.request.Request(
+        url, method="POST" if post else "GET", data=b"" if post else None,
+        headers={"Authorization": f"Bearer {token}"},
+    )  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            out.write(json.load(resp)["result"] + "\n")
+            if post:
+                out.write(json.load(resp)["result"] + "\n")
+            else:
+                out.write(resp.read().decode() + "\n")
         return 0
     except urllib.error.HTTPError as e:
-        out.write(json.load(e)["result"] + "\n")
+        try:
+            text = str(json.load(e)["result"])
+        except (ValueError, KeyError, TypeError):
+            text = f"HTTP {e.code} {e.reason}"
+        if e.code == 401:
+            sys.stderr.write(f"sr_scheduler: {text}\n")
+            return UNAUTHORIZED
+        out.write(text + "\n")
         status, code = refused
         return code if e.code == status else 1
+    except OSError as e:
+        raise Unreachable(f"cannot reach the scheduler at {url}: {e}") from e
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
-    parser = argparse.ArgumentParser(prog="sr_scheduler", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="sr_scheduler",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s (sarra) {__version__}")
     parser.add_argument("--force", action="store_true", help="stop even with workers allocated")
     parser.add_argument("--teardown", action="store_true", help="stop: remove the framework")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
-    parser.add_argument("verb", choices=("run", "status", "reload", "stop"))
+    parser.add_argument("verb", choices=("run", "status", "reload", "stop"), help="see below")
     parser.add_argument("spec", help="the pump specification (TOML)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -87,19 +139,21 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                 signal.signal(signal.SIGHUP, on_hup)
             return service.run()
         base = _leader_url(spec)
+        token = read_token(token_path(spec))
         if args.verb == "status":
-            with urllib.request.urlopen(base + "/status.json", timeout=10) as resp:
-                out.write(resp.read().decode() + "\n")
-            return 0
+            return _call(base + "/status.json", token, out, post=False, refused=(0, 1))
         if args.verb == "reload":
-            return _ask_leader(f"{base}/reload", out, refused=(400, 2))
+            return _call(f"{base}/reload", token, out, post=True, refused=(400, 2))
         query = f"force={int(args.force)}&teardown={int(args.teardown)}"
-        return _ask_leader(f"{base}/stop?{query}", out, refused=(409, 4))
+        return _call(f"{base}/stop?{query}", token, out, post=True, refused=(409, 4))
     except ConfigError as e:
         sys.stderr.write(f"sr_scheduler: {e}\n")
         return 2
-    except OSError as e:
-        sys.stderr.write(f"sr_scheduler: cannot reach the scheduler: {e}\n")
+    except SarraError as e:
+        sys.stderr.write(f"sr_scheduler: {e}\n")
+        return 1
+    except OSError as e:  # anything the checks above did not name: still no traceback
+        sys.stderr.write(f"sr_scheduler: {e}\n")
         return 1
 
 

@@ -101,7 +101,7 @@ class PumpScheduler:
     def framework_info(self) -> dict[str, Any]:
         s = self.settings
         caps = [{"type": "PARTITION_AWARE"}, {"type": "MULTI_ROLE"}]
-        return {
+        info: dict[str, Any] = {
             "user": s.user,
             "name": f"sarra-{s.name}",
             "roles": list(self.spec.roles),
@@ -109,6 +109,9 @@ class PumpScheduler:
             "checkpoint": s.checkpoint,
             "capabilities": caps,
         }
+        if s.principal:
+            info["principal"] = s.principal
+        return info
 
     def connect(self) -> None:
         """(Re)subscribe with the persisted framework id, then reconcile everything known."""

@@ -17,6 +17,7 @@ One :class:`Subscription` per SUBSCRIBE; no reconnection inside the client: the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -53,6 +54,10 @@ class CallRefused(SarraError):
 
 class SubscriptionRefused(SarraError):
     """SUBSCRIBE was answered with an ERROR event instead of SUBSCRIBED."""
+
+
+class AuthenticationFailed(CallRefused):
+    """The master answered 401: no credentials, or not the ones it knows (not worth retrying)."""
 
 
 class FrameworkRemoved(SubscriptionRefused):
@@ -275,9 +280,19 @@ class Subscription:
 class MesosClient:
     """Calls for one framework against whichever master leads."""
 
-    def __init__(self, master: str, call_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        master: str,
+        call_timeout: float = 30.0,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        """``credentials``: (principal, secret) sent as HTTP basic authentication."""
         self.master = master
         self.call_timeout = call_timeout
+        self._auth: dict[str, str] = {}
+        if credentials is not None:
+            raw = f"{credentials[0]}:{credentials[1]}".encode()
+            self._auth = {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
         self.base: str | None = None
         self.stream_id: str | None = None
         self.framework_id: str | None = None
@@ -299,7 +314,7 @@ class MesosClient:
         if suppressed_roles:
             call["subscribe"]["suppressed_roles"] = list(suppressed_roles)
         body = json.dumps(call).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **self._auth}
         last: Exception | None = None
         candidates = ([self.base] if self.base else []) + detect_masters(self.master)
         for base in dict.fromkeys(candidates):
@@ -311,6 +326,8 @@ class MesosClient:
             if resp.status != 200:
                 text = resp.read().decode(errors="replace")
                 conn.close()
+                if resp.status == 401:
+                    raise AuthenticationFailed(resp.status, text)
                 raise CallRefused(resp.status, text)
             stream_id = resp.getheader("Mesos-Stream-Id") or ""
             sub = Subscription(base, conn, resp, sock, stream_id)
@@ -346,7 +363,9 @@ class MesosClient:
         doc: dict[str, Any] = {"type": kind, "framework_id": {"value": self.framework_id}}
         if payload is not None:
             doc[kind.lower()] = payload
-        headers = {"Content-Type": "application/json", "Mesos-Stream-Id": self.stream_id}
+        headers = {
+            "Content-Type": "application/json", "Mesos-Stream-Id": self.stream_id, **self._auth
+        }  # fmt: skip
         base, conn, resp, _ = _open(self.base, json.dumps(doc).encode(), headers, self.call_timeout)
         try:
             text = resp.read().decode(errors="replace")
@@ -355,6 +374,8 @@ class MesosClient:
         if base != self.base:
             # A call redirected elsewhere means the leader moved; the stream will follow.
             log.warning("call %s was redirected to %s: leader changed", kind, base)
+        if resp.status == 401:
+            raise AuthenticationFailed(resp.status, text)
         if resp.status not in (200, 202):
             raise CallRefused(resp.status, text)
         return resp.status

@@ -6,10 +6,18 @@ to Mesos. A leader that loses its ZooKeeper session, or that the master tells "F
 over" (another copy subscribed), steps down and rejoins the election. Without ``zookeeper`` the
 copy leads at once (single-copy deployments kept up by systemd or Marathon).
 
-Every copy serves ``GET /status.json`` (and a small HTML page at ``/``) on ``status_listen``;
-the leader writes its address to ``<state_dir>/leader.addr`` so ``sr_scheduler status`` and
-``stop`` find it. ``POST /stop`` is refused (409) while workers are allocated unless
-``force=1``; ``teardown=1`` removes the framework (kills every worker) — the only TEARDOWN.
+Every copy serves ``GET /status.json`` (and a small HTML page at ``/``) on ``status_listen``
+(loopback by default); the leader writes its address to ``<state_dir>/leader.addr`` so
+``sr_scheduler status`` and ``stop`` find it. ``POST /stop`` is refused (409) while workers
+are allocated unless ``force=1``; ``teardown=1`` removes the framework (kills every worker) —
+the only TEARDOWN.
+
+Control token: at start a copy makes sure ``<state_dir>/control.token`` exists (mode 600,
+created with a fresh random token when absent; copies sharing the directory share it). Every
+``POST`` (stop, teardown, reload) must carry ``Authorization: Bearer <token>``, and so must
+``GET`` when ``status_listen`` is not a loopback address (except ``GET /health``, which
+answers ``ok`` and nothing else, for health checks); otherwise the answer is 401 and the
+refusal is logged (method, path, peer; never the token). ``sr_scheduler`` reads the file itself.
 
 Live reload: ``POST /reload`` (``sr_scheduler reload``), SIGHUP, or with ``watch_spec = true``
 a change of the spec file's mtime, re-reads the spec file. A spec that does not parse, or that
@@ -20,11 +28,14 @@ one worker at a time. A copy that becomes leader reads the file afresh.
 
 from __future__ import annotations
 
+import hmac
 import html
 import json
 import logging
 import os
+import secrets
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -32,13 +43,79 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from sarra.errors import ConfigError, SarraError
+from sarra.errors import ConfigError, LocalError, SarraError
 from sarra.scheduler.core import Deposed, PumpScheduler
-from sarra.scheduler.mesos import FrameworkRemoved, MesosClient, SubscriptionRefused
-from sarra.scheduler.spec import PumpSpec, load_spec, reload_changes
+from sarra.scheduler.mesos import (
+    AuthenticationFailed,
+    FrameworkRemoved,
+    MesosClient,
+    SubscriptionRefused,
+)
+from sarra.scheduler.spec import PumpSpec, is_loopback, load_spec, parse_listen, reload_changes
 from sarra.scheduler.state import StateStore
 
 log = logging.getLogger(__name__)
+
+TOKEN_FILE = "control.token"
+
+
+def token_path(spec: PumpSpec) -> Path:
+    """Where the control token of ``spec``'s scheduler lives."""
+    return spec.scheduler.state_dir / TOKEN_FILE
+
+
+def read_token(path: Path) -> str:
+    """The control token in ``path``; :class:`LocalError` says why it cannot be used."""
+    try:
+        if sys.platform != "win32" and os.stat(path).st_mode & 0o077:
+            raise LocalError(
+                f"control token {path} is readable by other users: remove it (a new one is "
+                "made at the next start) or chmod 600 it"
+            )
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError as e:
+        raise LocalError(
+            f"no control token at {path}: is a scheduler running with this state_dir?"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not ASCII"
+        raise LocalError(f"cannot read control token {path}: {why}") from e
+    if len(token) < 32:
+        raise LocalError(f"control token {path} is empty or too short")
+    return token
+
+
+def read_secret(path: Path) -> str:
+    """The framework secret in ``path`` (mode 600); :class:`LocalError` says why not."""
+    try:
+        if sys.platform != "win32" and os.stat(path).st_mode & 0o077:
+            raise LocalError(f"secret_file {path} is readable by other users: chmod 600 it")
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8"
+        raise LocalError(f"cannot read secret_file {path}: {why}") from e
+    if not secret:
+        raise LocalError(f"secret_file {path} is empty")
+    return secret
+
+
+def ensure_token(path: Path) -> str:
+    """Return the token in ``path``, making the file (mode 600, random token) when absent."""
+    if not path.exists():
+        tmp = path.with_name(f"{TOKEN_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another copy made it first: then use theirs
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return read_token(path)
 
 
 class SchedulerService:
@@ -68,10 +145,34 @@ class SchedulerService:
             "copy": self.identity,
         }
         self.address = ""
+        self.token = ""  # set by prepare(); never logged nor shown
+        self.credentials: tuple[str, str] | None = None  # (principal, secret), from prepare()
+
+    def prepare(self) -> None:
+        """Check ``state_dir`` before serving anything: writable, token made, state readable.
+
+        Raises :class:`LocalError` naming the directory or file and the problem.
+        """
+        d = self.spec.scheduler.state_dir
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LocalError(f"state_dir {d} cannot be created: {e.strerror}") from e
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise LocalError(f"state_dir {d} is not writable: permission denied to this user")
+        try:
+            self.token = ensure_token(d / TOKEN_FILE)
+        except OSError as e:
+            raise LocalError(f"state_dir {d} is not writable: {e.strerror}") from e
+        self.store.load()  # a corrupt state.json is refused here, not in the leader loop
+        s = self.spec.scheduler
+        if s.secret_file:
+            self.credentials = (s.principal, read_secret(Path(s.secret_file)))
 
     # -- status endpoint -------------------------------------------------------------------
     def start_http(self) -> tuple[str, int]:
-        host, _, port = self.spec.scheduler.status_listen.rpartition(":")
+        host, port = parse_listen(self.spec.scheduler.status_listen, "status_listen")
+        exposed = not is_loopback(host)
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,7 +186,35 @@ class SchedulerService:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _authorized(self) -> bool:
+                got = self.headers.get("Authorization", "")
+                ok = bool(service.token) and hmac.compare_digest(
+                    got.encode("utf-8", "replace"), f"Bearer {service.token}".encode()
+                )
+                if not ok:
+                    log.warning(
+                        "control endpoint: refused %s %s from %s (%s)",
+                        self.command, urllib.parse.urlsplit(self.path).path,
+                        self.client_address[0], "wrong token" if got else "no token",
+                    )  # fmt: skip
+                    body = json.dumps(
+                        {"result": "refused: this call needs the control token "
+                         "(sr_scheduler reads it from <state_dir>/control.token)"}
+                    ).encode()  # fmt: skip
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="sr_scheduler"')
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                return ok
+
             def do_GET(self) -> None:
+                if self.path == "/health":  # liveness for Marathon or a load balancer: no data
+                    self._send(200, b"ok\n", "text/plain")
+                    return
+                if exposed and not self._authorized():
+                    return
                 doc = service.status
                 if self.path.startswith("/status.json"):
                     self._send(200, json.dumps(doc, indent=1).encode(), "application/json")
@@ -95,6 +224,8 @@ class SchedulerService:
                     self._send(404, b"not found\n", "text/plain")
 
             def do_POST(self) -> None:
+                if not self._authorized():
+                    return
                 url = urllib.parse.urlsplit(self.path)
                 q = urllib.parse.parse_qs(url.query)
                 if url.path == "/reload":
@@ -110,7 +241,17 @@ class SchedulerService:
                 )
                 self._send(code, json.dumps({"result": text}).encode(), "application/json")
 
-        self._httpd = ThreadingHTTPServer((host or "127.0.0.1", int(port or 0)), Handler)
+        server_class = ThreadingHTTPServer
+        if ":" in host:
+
+            class V6Server(ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+
+            server_class = V6Server
+        try:
+            self._httpd = server_class((host, port), Handler)
+        except OSError as e:
+            raise LocalError(f"cannot listen on status_listen {host}:{port}: {e.strerror}") from e
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, name="status-http", daemon=True).start()
         addr = self._httpd.server_address
@@ -183,7 +324,9 @@ class SchedulerService:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> int:
-        """Run until stopped; the process exit code."""
+        """Run until stopped; the process exit code (:class:`LocalError`: bad state_dir)."""
+        if not self.token:
+            self.prepare()
         host, port = self.start_http()
         self.address = f"{host}:{port}"
         log.info("status endpoint on http://%s/ (copy %s)", self.address, self.identity)
@@ -244,7 +387,9 @@ class SchedulerService:
         self.status = {**self.status, "leader": True, "connected": False}
         self._write_leader_addr()
         s = self.spec.scheduler
-        sched = PumpScheduler(self.spec, self.store, MesosClient(s.master, s.call_timeout))
+        sched = PumpScheduler(
+            self.spec, self.store, MesosClient(s.master, s.call_timeout, self.credentials)
+        )
         self.scheduler = sched
         backoff = 0.5
         try:
@@ -253,6 +398,15 @@ class SchedulerService:
                 try:
                     sched.connect()
                     backoff = 0.5
+                except AuthenticationFailed as e:
+                    log.error(
+                        "authentication to the Mesos master failed as principal %r (%s): "
+                        "check principal and secret_file; not retrying",
+                        s.principal or "(none: no secret_file)", e,
+                    )  # fmt: skip
+                    self.exit_code = 6
+                    self.stop_event.set()
+                    break
                 except FrameworkRemoved as e:
                     if self.spec.scheduler.on_framework_removed != "register":
                         log.error(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import ipaddress
 import json
 import re
 import tomllib
@@ -40,6 +41,31 @@ from sarra.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 ON_REMOVED = ("stop", "register")
+# The sr_* components a worker can run (``sr_<component> foreground <config>``): the daemons.
+WORKER_COMPONENTS = ("poll", "report", "sarra", "sender", "shovel", "subscribe", "watch", "winnow")
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) of ``status_listen``; port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{where}: status_listen must be host:port (e.g. 127.0.0.1:8088), not {value!r}"
+        )
+    if any(c.isspace() or c in "/?#@" for c in host):
+        raise ConfigError(f"{where}: status_listen has an invalid host {host!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address or ``localhost``) is reachable from this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything, so treat it as exposed
 
 
 @dataclass(frozen=True)
@@ -105,13 +131,16 @@ class SchedulerSettings:
     zk_session_timeout: float = 10.0
     on_framework_removed: str = "stop"
     watch_spec: bool = False  # reload the spec file by itself when its mtime changes
+    principal: str = ""  # framework_info.principal; with secret_file, HTTP basic to the master
+    secret_file: str = ""  # mode-600 file holding the principal's secret (read at start)
 
 
 # Settings a running scheduler cannot take over: they name the framework, where it talks or
 # what it subscribed with. A reload that changes one is refused (restart the copies instead).
 RESTART_ONLY = (
     "name", "master", "user", "state_dir", "zookeeper", "election_path", "failover_timeout",
-    "checkpoint", "status_listen", "call_timeout", "zk_session_timeout",
+    "checkpoint", "status_listen", "call_timeout", "zk_session_timeout", "principal",
+    "secret_file",
 )  # fmt: skip
 
 
@@ -156,6 +185,11 @@ def _worker(name: str, table: dict[str, Any], path: str) -> WorkerType:
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     component = _get(table, "component", str, where) or "subscribe"
+    if component not in WORKER_COMPONENTS:
+        raise ConfigError(
+            f"{where}: component {component!r} is not an sr_* daemon; one of "
+            f"{', '.join(WORKER_COMPONENTS)}"
+        )
     config = _get(table, "config", str, where)
     if not config:
         raise ConfigError(f"{where}: config (the worker's configuration name) is required")
@@ -227,6 +261,12 @@ def parse_spec(text: str, path: str = "<spec>") -> PumpSpec:
             "call_timeout", "zk_session_timeout",
         )
     }  # fmt: skip
+    status_listen = _get(sched, "status_listen", str, where) or "127.0.0.1:0"
+    parse_listen(status_listen, where)
+    principal = _get(sched, "principal", str, where) or ""
+    secret_file = _get(sched, "secret_file", str, where) or ""
+    if secret_file and not principal:
+        raise ConfigError(f"{where}: secret_file needs principal (the name the secret is for)")
     settings = SchedulerSettings(
         name=name,
         master=master,
@@ -236,7 +276,9 @@ def parse_spec(text: str, path: str = "<spec>") -> PumpSpec:
         election_path=_get(sched, "election_path", str, where) or f"/sarra/scheduler/{name}",
         checkpoint=bool(_get(sched, "checkpoint", bool, where) in (None, True)),
         watch_spec=bool(_get(sched, "watch_spec", bool, where)),
-        status_listen=_get(sched, "status_listen", str, where) or "127.0.0.1:0",
+        status_listen=status_listen,
+        principal=principal,
+        secret_file=str(Path(secret_file).expanduser()) if secret_file else "",
         on_framework_removed=on_removed,
         **numbers,
     )

@@ -8,7 +8,9 @@ refuse filters, SUPPRESS/REVIVE, ACCEPT validation (TASK_ERROR / TASK_DROPPED|LO
 tasks run as real local processes in sandboxes, executor updates with uuids held per task until
 acknowledged and resent with backoff, reconciliation answers per case, KILL with SIGTERM then
 SIGKILL, agents that can be removed, non-leading masters answering 307 and 503 without a leader,
-and a new leader that re-learns agents after a delay.
+a new leader that re-learns agents after a delay, and, when ``Cluster.credentials`` is set,
+HTTP framework authentication (basic; 401 before any routing, as the master's authenticator
+does; a subscribing ``framework_info.principal`` must be the authenticated one, else 400).
 
 One :class:`Cluster` holds the agents (and so the task processes); masters come and go over it.
 A single ticker thread drives time (processes, resends, heartbeats, offers, timeouts); each
@@ -175,6 +177,9 @@ class Cluster:
         self.accepts: list[list[str]] = []  # offer ids of every ACCEPT, in order
         self.calls: list[tuple[str, str]] = []  # (master port, call type)
         self.launches: list[str] = []  # task ids, in launch order
+        # HTTP framework authentication (principal -> secret); None: not required
+        self.credentials: dict[str, str] | None = None
+        self.unauthorized = 0  # requests answered 401
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-mesos", daemon=True)
         self._thread.start()
@@ -409,6 +414,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     master: FakeMaster
 
+    principal: str | None = None  # set by FakeMaster.authenticate
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -538,8 +545,29 @@ class FakeMaster:
         self.completed.clear()
 
     # -- request handling -----------------------------------------------------------------
+    def authenticate(self, h: _Handler) -> bool:
+        """HTTP basic, as the master's authenticator does before any route (401 otherwise)."""
+        creds = self.cluster.credentials
+        h.principal = None
+        if creds is None:
+            return True
+        kind, _, value = (h.headers.get("Authorization") or "").partition(" ")
+        try:
+            principal, _, secret = base64.b64decode(value, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            principal, secret = "", ""
+        if kind != "Basic" or creds.get(principal) != secret or not principal:
+            with self.cluster.lock:
+                self.cluster.unauthorized += 1
+            h._reply(401, "", {"WWW-Authenticate": 'Basic realm="mesos"'})
+            return False
+        h.principal = principal
+        return True
+
     def handle(self, h: _Handler, body: bytes) -> None:
         c = self.cluster
+        if not self.authenticate(h):
+            return
         with c.lock:
             leader = c.leader
         if leader is None:
@@ -625,6 +653,12 @@ class FakeMaster:
             h._reply(
                 400,
                 "Failed to validate scheduler::Call: Expecting 'subscribe.framework_info' with 'user' and 'name'",  # noqa: E501
+            )
+            return
+        if h.principal is not None and info.get("principal") != h.principal:
+            h._reply(
+                400,
+                f"Framework principal '{info.get('principal')}' does not match authenticated principal '{h.principal}'",  # noqa: E501
             )
             return
         top = (call.get("framework_id") or {}).get("value")

@@ -38,7 +38,9 @@ def rewrite(path: Path, text: str) -> None:
 
 def post_reload(state_dir: Path) -> tuple[int, str]:
     addr = (state_dir / "leader.addr").read_text().strip()
-    req = urllib.request.Request(f"http://{addr}/reload", method="POST", data=b"")
+    token = (state_dir / "control.token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    req = urllib.request.Request(f"http://{addr}/reload", method="POST", data=b"", headers=auth)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, str(json.load(resp)["result"])
