@@ -480,6 +480,24 @@ def test_the_installed_sr_watch_announces_creations_renames_and_only_complete_fi
     )
 
 
+def test_the_installed_sr_post_refuses_a_credentials_file_others_can_read(
+    installed: tuple[Installed, Path, Path, set[str]], site: Site, tmp_path: Path
+) -> None:
+    inst = installed[0]
+    env = win_env(site)
+    cred = site.config_dir / "credentials.conf"
+    (tmp_path / "f.txt").write_text("x")
+    args = ("-pb", site.broker, "-pbu", "http://files.example.com/", "-pbd", winpath(tmp_path))
+    cred.chmod(0o644)  # Wine shows this mode as an ACL granting Everyone read access
+    refused = inst.launch("sr_post", *args, winpath(tmp_path / "f.txt"), env=env)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0, out
+    assert "readable by others" in out and "icacls" in out and "S-1-1-0" in out, out
+    cred.chmod(0o600)
+    ok = inst.launch("sr_post", *args, winpath(tmp_path / "f.txt"), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
 def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: ignore[no-untyped-def]
     installed: tuple[Installed, Path, Path, set[str]], site: Site, nginx, tmp_path: Path
 ) -> None:
