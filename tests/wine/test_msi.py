@@ -27,7 +27,12 @@ from tests.integration.flowkit import (
     wait_for,
 )
 from tests.wine.conftest import ROOT, WinPython, winpath
-from tests.wine.test_wine_client import _capture, _queue_exists, win_env
+from tests.wine.test_wine_client import (
+    _capture,
+    _queue_exists,
+    blocks_by_two_instances,
+    win_env,
+)
 
 pytestmark = [pytest.mark.wine, pytest.mark.servers]
 
@@ -496,6 +501,15 @@ def test_the_installed_sr_post_refuses_a_credentials_file_others_can_read(
     cred.chmod(0o600)
     ok = inst.launch("sr_post", *args, winpath(tmp_path / "f.txt"), env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_two_installed_instances_reassemble_a_file_posted_in_blocks_once(  # type: ignore[no-untyped-def]
+    installed: tuple[Installed, Path, Path, set[str]], site: Site, nginx, tmp_path: Path
+) -> None:
+    inst = installed[0]
+    blocks_by_two_instances(
+        lambda *args, **kw: inst.launch("sr_subscribe", *args, **kw), site, nginx, tmp_path
+    )
 
 
 def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: ignore[no-untyped-def]
