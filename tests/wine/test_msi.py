@@ -524,20 +524,21 @@ def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: 
 
     tag = unique("msi")
     data = tmp_path / "data"
-    (src,) = make_files(data / tag, ["obs/a.txt"])
+    make_files(data / tag, ["obs/a.txt", "obs/deep/b c.txt"])
     session, _, got = _capture(site, "xs_guest", f"v02.post.{tag}.#")
     try:
         posted = inst.launch(
             "sr_post", "-pb", site.broker, "-pbu", "http://files.example.com/",
-            "-pbd", winpath(data), winpath(src), env=env,
+            "-pbd", winpath(data), winpath(data / tag), env=env,  # a tree: the directory
         )  # fmt: skip
         assert posted.returncode == 0, posted.stdout + posted.stderr
         deadline = time.monotonic() + 20
-        while not got and time.monotonic() < deadline:
+        while len(got) < 2 and time.monotonic() < deadline:
             session.poll(0.2)
     finally:
         session.close()
-    assert [n.path for n in got] == [f"{tag}/obs/a.txt"]
+    assert sorted(n.path for n in got) == [f"{tag}/obs/a.txt", f"{tag}/obs/deep/b c.txt"]
+    assert all("\\" not in n.rel_path and ":" not in n.rel_path for n in got)
 
     files = make_files(nginx.root / tag, ["one.txt", "sub/two.txt"])
     dest = tmp_path / "dest"
