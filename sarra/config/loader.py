@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from sarra import osport
 from sarra.config import paths, plugin_names
 from sarra.config.credentials import parse_url
 from sarra.config.masks import NOTICE_VARIABLES, Mask, expand_variables
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 _TABLE = options_table()
 _CONSUMER_INFLIGHT = frozenset({"subscribe", "sender"})
 _EVENTS = frozenset({"create", "delete", "link", "modify", "move", "mkdir", "rmdir"})
+#: options that set Unix modes: no effect on Windows, warned about there when set explicitly
+_MODE_OPTIONS = frozenset({"chmod", "chmod_dir", "chmod_log"})
 _NONE_WORDS = frozenset({"none", "off", "false", "0"})
 _URL_OPTIONS = frozenset(
     {"broker", "post_broker", "destination", "admin", "feeder", "management_url"}
@@ -153,6 +156,7 @@ class _Loader:
         self.declared: dict[str, list[str]] = {}
         self.warnings: list[str] = []
         self.noop_warned: set[str] = set()
+        self.mode_warned: set[str] = set()
         self.stack: list[Path] = []
         self.strict_components = True
 
@@ -210,6 +214,8 @@ class _Loader:
             message = f"{where}:{line or '-'}: option {word!r} is ignored by {self.component}"
             self.warnings.append(message)
             log.warning("%s", message)
+        if option.name in _MODE_OPTIONS and osport.WINDOWS:
+            self._warn_mode_on_windows(option.name, word, where, line)
         try:
             if text is not None:
                 keep = NOTICE_VARIABLES if option.name == "directory" else frozenset()
@@ -225,6 +231,21 @@ class _Loader:
         except (ValueError, IndexError) as exc:
             shown = str(exc) if option.name not in _URL_OPTIONS else "bad URL"
             raise ConfigError(shown, path=where, line=line, option=word) from exc
+
+    def _warn_mode_on_windows(self, name: str, word: str, where: str, line: int | None) -> None:
+        """``chmod``, ``chmod_dir`` and ``chmod_log`` set explicitly on Windows: a warning
+        naming the file and line, once per option (docs/windows.md says why not a refusal)."""
+        if name in self.mode_warned:
+            return
+        self.mode_warned.add(name)
+        message = (
+            f"{where}:{line or '-'}: option {word!r} has no effect on Windows: files have "
+            "ACLs, not mode bits; new files and directories inherit the ACL of the directory "
+            "they are made in (for logs, the user's profile), so set that directory's ACL "
+            "(icacls) to restrict or widen access"
+        )
+        self.warnings.append(message)
+        log.warning("%s", message)
 
     def _apply(self, option: Option, text: str | None, where: str, line: int | None) -> None:
         if option.kind in _COMPOUND:

@@ -2,8 +2,10 @@
 
 Raw events (from watchdog or from comparing polling snapshots) are folded per path into one
 pending entry. An entry becomes an :class:`Action` once it has been quiet for a whole
-coalescing ``interval`` and, for writes, once the file is old enough (``min_age``, the numeric
-``inflight``) and not named as in flight (an ``inflight`` suffix, prefix or ``dir/``). So a file
+coalescing ``interval`` (no event, and for a write its size and mtime as at its last event:
+Windows may report writes through a handle still open late or not at all) and, for writes,
+once the file is old enough (``min_age``, the numeric ``inflight``) and not named as in
+flight (an ``inflight`` suffix, prefix or ``dir/``). So a file
 written continuously is announced once, after the writer stops.
 
 Folding rules (``fresh`` = the path appeared since the last announcement, so receivers never
@@ -94,6 +96,9 @@ class _Pending:
     since: float  # monotonic time of the last event
     fresh: bool = False
     oldname: str | None = None
+    #: a write's (size, mtime_ns) at its last event: a file that changed without an event
+    #: (Windows reports writes through a handle still open late, or not at all) is not quiet
+    seen: tuple[int, int] | None = None
 
 
 class Coalescer:
@@ -144,6 +149,8 @@ class Coalescer:
         # a new kind of change goes to the back, so actions keep the order of events
         self._pending.pop(path, None)
         self._pending[path] = entry
+        if entry.kind == "write" and entry.seen is None:
+            entry.seen = self._signature(path)
 
     def _written(self, path: str, now: float, *, created: bool) -> None:
         entry = self._pending.get(path)
@@ -153,8 +160,16 @@ class Coalescer:
             self._put(path, _Pending("write", now, fresh=False))
         elif entry.kind in ("write", "rename"):
             entry.since = now
+            entry.seen = self._signature(path)
         else:
             self._put(path, _Pending("write", now, fresh=created))
+
+    def _signature(self, path: str) -> tuple[int, int] | None:
+        try:
+            st = self._lstat(path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
 
     def _deleted(self, path: str, now: float) -> None:
         entry = self._pending.get(path)
@@ -229,13 +244,15 @@ class Coalescer:
         for path, entry in list(self._pending.items()):
             if not flush and now - entry.since < self.interval:
                 continue
-            done, produced = self._release(path, entry, wall)
+            done, produced = self._release(path, entry, now, wall)
             if done:
                 del self._pending[path]
                 actions.extend(produced)
         return actions
 
-    def _release(self, path: str, entry: _Pending, wall: float) -> tuple[bool, list[Action]]:
+    def _release(
+        self, path: str, entry: _Pending, now: float, wall: float
+    ) -> tuple[bool, list[Action]]:
         ev = self.events
         if entry.kind == "remove":
             return True, [Action("remove", path)] if "delete" in ev else []
@@ -260,6 +277,12 @@ class Coalescer:
         if is_link:
             return True, [Action("link", path)] if "link" in ev else []
         if self.min_age is not None and wall - st.st_mtime < self.min_age:
+            return False, []
+        if entry.kind == "write" and (st.st_size, st.st_mtime_ns) != entry.seen:
+            # changed since its last event, with no event of its own: still being written
+            # as far as anyone can tell, so it must be quiet for a whole interval from now
+            entry.seen = (st.st_size, st.st_mtime_ns)
+            entry.since = now
             return False, []
         wanted = "create" if entry.fresh else "modify"
         return True, [Action("file", path)] if wanted in ev else []

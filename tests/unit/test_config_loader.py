@@ -395,3 +395,30 @@ def test_queue_type_quorum_is_declared_and_refuses_a_queue_that_is_not_durable(e
     write(env, "subscribe/odd.conf", "broker amqp://u@h/\nqueue_type stream\n")
     with pytest.raises(ConfigError, match="classic, quorum"):
         load(env, "odd")
+
+
+def test_mode_options_set_on_windows_warn_with_file_line_and_reason(env, monkeypatch):
+    from sarra import osport
+
+    path = write(
+        env,
+        "subscribe/m.conf",
+        "broker amqp://h/\nchmod 644\nchmod_dir 755\ndefault_log_mode 640\n",
+    )
+    write(env, "subscribe/quiet.conf", "broker amqp://h/\n")
+    monkeypatch.setattr(osport, "WINDOWS", False)
+    assert load(env, "m").warnings == ()  # on Linux they are applied, nothing to say
+    monkeypatch.setattr(osport, "WINDOWS", True)
+    assert load(env, "quiet").warnings == ()  # the defaults in force: nothing to say
+    cfg = load(env, "m", ("chmod", "600"))
+    assert (cfg.chmod, cfg.chmod_dir, cfg.chmod_log) == (0o600, 0o755, 0o640)  # still parsed
+    assert [w.split(": option ")[0] for w in cfg.warnings] == [
+        f"{path}:2",
+        f"{path}:3",
+        f"{path}:4",
+    ]  # once per option: the command line's chmod repeats line 2's
+    for word, w in zip(("'chmod'", "'chmod_dir'", "'default_log_mode'"), cfg.warnings, strict=True):
+        assert f"option {word} has no effect on Windows" in w
+        assert "ACL" in w and "icacls" in w
+    with pytest.raises(ConfigError):  # a bad value is still refused, not just warned about
+        load(env, "m", ("chmod", "rwx"))

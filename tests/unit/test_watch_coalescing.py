@@ -51,6 +51,37 @@ def test_a_file_written_continuously_is_not_released_until_the_writes_stop(
     assert c.ready(now=22.0, wall=WALL) == [Action("file", f)]
 
 
+def test_a_file_that_grows_without_events_is_not_released_until_it_stops(
+    tmp_path: Path,
+) -> None:
+    """Windows may not report writes through a handle still open: a file whose size or mtime
+    changed since its last event is still being written, and waits a whole interval more."""
+    path = tmp_path / "slow.bin"
+    f = make_file(path, b"a" * 4096)
+    c = coalescer()
+    c.add(FsEvent("created", f), now=0.0)
+    with path.open("ab") as out:
+        out.write(b"b" * 4096)  # no event for it
+    assert c.ready(now=4.0, wall=WALL) == []  # quiet by events, not by the file
+    with path.open("ab") as out:
+        out.write(b"c" * 4096)
+    os.utime(path, (WALL - 50, WALL - 50))  # the size or the mtime alone is enough
+    assert c.ready(now=7.5, wall=WALL) == []
+    assert c.ready(now=10.0, wall=WALL) == []  # 2.5 s since it was last seen changing
+    assert c.ready(now=10.5, wall=WALL) == [Action("file", f)]
+
+
+def test_a_file_rewritten_to_the_same_size_with_a_new_mtime_waits_too(tmp_path: Path) -> None:
+    path = tmp_path / "same.bin"
+    f = make_file(path, b"a" * 10)
+    c = coalescer()
+    c.add(FsEvent("modified", f), now=0.0)
+    path.write_bytes(b"b" * 10)
+    os.utime(path, (WALL - 10, WALL - 10))
+    assert c.ready(now=3.0, wall=WALL) == []
+    assert c.ready(now=6.0, wall=WALL) == [Action("file", f)]
+
+
 def test_a_numeric_inflight_holds_files_younger_than_the_minimum_age(tmp_path: Path) -> None:
     f = make_file(tmp_path / "young.txt", age=2.0)
     c = coalescer(min_age=10.0)

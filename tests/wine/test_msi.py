@@ -9,7 +9,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import pytest
 from sarra.broker.session import BrokerSession
 from sarra.codec.timestamps import now_timestamp
 from sarra.components import REGISTRY
-from sarra.notice import WireMessage
+from sarra.notice import Notice, WireMessage
 from tests.integration.flowkit import (
     ReportTap,
     Site,
@@ -27,7 +27,12 @@ from tests.integration.flowkit import (
     wait_for,
 )
 from tests.wine.conftest import ROOT, WinPython, winpath
-from tests.wine.test_wine_client import _capture, _queue_exists, win_env
+from tests.wine.test_wine_client import (
+    _capture,
+    _queue_exists,
+    blocks_by_two_instances,
+    win_env,
+)
 
 pytestmark = [pytest.mark.wine, pytest.mark.servers]
 
@@ -374,6 +379,139 @@ def _queue_exists_in(site: Site, home: Path) -> bool:
     return bool(names) and _queue_named(site, names[0].read_text().strip())
 
 
+def test_the_installed_sr_watch_announces_creations_renames_and_only_complete_files(
+    installed: tuple[Installed, Path, Path, set[str]], site: Site, tmp_path: Path
+) -> None:
+    """The installed ``sr_watch`` in the background (``start``, ``status``, ``stop``) over a
+    directory given with Windows paths: what is there at start, a file created in a new
+    subdirectory, a rename (the old name removed, then the new one posted, each naming the
+    other), a file written slowly (announced once, complete) and one written under an
+    ``inflight`` suffix (announced only under its final name), every relPath under
+    ``post_base_dir`` with slashes. Its ``chmod_log`` line is warned about (no effect on
+    Windows), naming the file and line."""
+    inst = installed[0]
+    env = win_env(site)
+    tag = unique("mwatch")
+    root = tmp_path / "root"
+    wdir = root / tag
+    wdir.mkdir(parents=True)
+    (wdir / "ready.txt").write_text("ready\n")
+    (site.config_dir / "watch").mkdir()
+    conf = site.config_dir / "watch" / "mw.conf"
+    conf.write_text(
+        f"post_broker {site.broker}\npost_exchange xs_guest\n"
+        f"post_base_url http://files.example.com/\npost_base_dir {winpath(root)}\n"
+        f"path {winpath(wdir)}\nsleep 1\ninflight .tmp\nchmod_log 640\n"
+    )
+    session, _, got = _capture(site, "xs_guest", f"v02.post.{tag}.#")
+
+    def collect(what: Callable[[list[Notice]], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not what(got) and time.monotonic() < deadline:
+            session.poll(0.2)
+        assert what(got), [
+            (n.path, n.headers.get("newname"), n.headers.get("oldname")) for n in got
+        ]
+
+    def names(notices: list[Notice]) -> list[str]:
+        return ["/" + n.path for n in notices]  # relPath, decoded
+
+    slow = b"".join(bytes([65 + i]) * 4096 for i in range(8))
+    try:
+        started = inst.launch("sr_watch", "start", "mw", env=env, timeout=180)
+        try:
+            assert started.returncode == 0, started.stdout + started.stderr
+            status = inst.launch("sr_watch", "status", "mw", env=env)
+            assert "running" in status.stdout, status.stdout + status.stderr
+            collect(lambda g: len(g) >= 1)  # what is there at start is announced
+            assert names(got) == [f"/{tag}/ready.txt"]
+            (wdir / "sub").mkdir()
+            (wdir / "sub" / "new file.txt").write_text("new\n")
+            collect(lambda g: f"/{tag}/sub/new file.txt" in names(g))
+            (wdir / "f1.txt").write_bytes(b"hello world\n")
+            collect(lambda g: f"/{tag}/f1.txt" in names(g))
+            mark = len(got)
+            os.rename(wdir / "f1.txt", wdir / "f2.txt")
+            collect(lambda g: f"/{tag}/f2.txt" in names(g[mark:]))
+            mark = len(got)
+            with (wdir / "slow.bin").open("wb") as out:  # still being written for 2.4 s
+                for i in range(8):
+                    out.write(slow[i * 4096 : (i + 1) * 4096])
+                    out.flush()
+                    time.sleep(0.3)
+            (wdir / "data.csv.tmp").write_text("1,2,3\n")
+            time.sleep(1.5)  # over the interval: a .tmp name is held back, not merely late
+            os.rename(wdir / "data.csv.tmp", wdir / "data.csv")
+            collect(lambda g: {f"/{tag}/slow.bin", f"/{tag}/data.csv"} <= set(names(g[mark:])))
+            end = time.monotonic() + 2.5  # over two intervals: nothing more comes
+            while time.monotonic() < end:
+                session.poll(0.2)
+        finally:
+            stopped = inst.launch("sr_watch", "stop", "mw", env=env, timeout=120)
+    finally:
+        session.close()
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    status = inst.launch("sr_watch", "status", "mw", env=env)
+    assert "running" not in status.stdout, status.stdout
+    by_path: dict[str, list[Notice]] = {}
+    for n in got:
+        assert "\\" not in n.rel_path and ":" not in n.rel_path, n.rel_path
+        by_path.setdefault("/" + n.path, []).append(n)
+    assert sorted(by_path) == sorted(
+        f"/{tag}/{n}"
+        for n in ("ready.txt", "sub/new file.txt", "f1.txt", "f2.txt", "slow.bin", "data.csv")
+    ), sorted(by_path)
+    # the rename: f1.txt posted when made, then removed naming f2.txt; f2.txt names f1.txt
+    first, removed = by_path[f"/{tag}/f1.txt"]
+    assert first.headers["sum"].startswith("d,") and first.headers.get("newname") is None
+    assert removed.headers["sum"].startswith("R,")
+    assert removed.headers["newname"] == f"/{tag}/f2.txt"
+    [renamed] = by_path[f"/{tag}/f2.txt"]
+    assert renamed.headers["oldname"] == f"/{tag}/f1.txt"
+    assert renamed.headers["sum"] == "d," + hashlib.md5(b"hello world\n").hexdigest()
+    # the slow file once, whole; the .tmp one only under its final name
+    slows = by_path[f"/{tag}/slow.bin"]
+    assert len(slows) == 1, [(x.headers["parts"], x.headers["sum"]) for x in slows]
+    [whole] = slows
+    assert whole.headers["sum"] == "d," + hashlib.md5(slow).hexdigest()
+    assert whole.headers["parts"] == f"1,{len(slow)},1,0,0"
+    [final] = by_path[f"/{tag}/data.csv"]
+    assert final.headers.get("oldname") is None
+    # chmod_log was warned about where it is set (line 8), at start and in the instance's log
+    warning = f"{winpath(conf)}:8: option 'chmod_log' has no effect on Windows"
+    logs = "".join(p.read_text(errors="replace") for p in site.state_dir.rglob("sr_watch_mw_*.log"))
+    assert warning.lower() in (started.stdout + started.stderr + logs).lower(), (
+        started.stderr + logs
+    )
+
+
+def test_the_installed_sr_post_refuses_a_credentials_file_others_can_read(
+    installed: tuple[Installed, Path, Path, set[str]], site: Site, tmp_path: Path
+) -> None:
+    inst = installed[0]
+    env = win_env(site)
+    cred = site.config_dir / "credentials.conf"
+    (tmp_path / "f.txt").write_text("x")
+    args = ("-pb", site.broker, "-pbu", "http://files.example.com/", "-pbd", winpath(tmp_path))
+    cred.chmod(0o644)  # Wine shows this mode as an ACL granting Everyone read access
+    refused = inst.launch("sr_post", *args, winpath(tmp_path / "f.txt"), env=env)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0, out
+    assert "readable by others" in out and "icacls" in out and "S-1-1-0" in out, out
+    cred.chmod(0o600)
+    ok = inst.launch("sr_post", *args, winpath(tmp_path / "f.txt"), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_two_installed_instances_reassemble_a_file_posted_in_blocks_once(  # type: ignore[no-untyped-def]
+    installed: tuple[Installed, Path, Path, set[str]], site: Site, nginx, tmp_path: Path
+) -> None:
+    inst = installed[0]
+    blocks_by_two_instances(
+        lambda *args, **kw: inst.launch("sr_subscribe", *args, **kw), site, nginx, tmp_path
+    )
+
+
 def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: ignore[no-untyped-def]
     installed: tuple[Installed, Path, Path, set[str]], site: Site, nginx, tmp_path: Path
 ) -> None:
@@ -386,20 +524,21 @@ def test_the_installed_client_posts_subscribes_and_uninstalls_cleanly(  # type: 
 
     tag = unique("msi")
     data = tmp_path / "data"
-    (src,) = make_files(data / tag, ["obs/a.txt"])
+    make_files(data / tag, ["obs/a.txt", "obs/deep/b c.txt"])
     session, _, got = _capture(site, "xs_guest", f"v02.post.{tag}.#")
     try:
         posted = inst.launch(
             "sr_post", "-pb", site.broker, "-pbu", "http://files.example.com/",
-            "-pbd", winpath(data), winpath(src), env=env,
+            "-pbd", winpath(data), winpath(data / tag), env=env,  # a tree: the directory
         )  # fmt: skip
         assert posted.returncode == 0, posted.stdout + posted.stderr
         deadline = time.monotonic() + 20
-        while not got and time.monotonic() < deadline:
+        while len(got) < 2 and time.monotonic() < deadline:
             session.poll(0.2)
     finally:
         session.close()
-    assert [n.path for n in got] == [f"{tag}/obs/a.txt"]
+    assert sorted(n.path for n in got) == [f"{tag}/obs/a.txt", f"{tag}/obs/deep/b c.txt"]
+    assert all("\\" not in n.rel_path and ":" not in n.rel_path for n in got)
 
     files = make_files(nginx.root / tag, ["one.txt", "sub/two.txt"])
     dest = tmp_path / "dest"

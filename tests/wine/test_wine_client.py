@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -220,6 +222,17 @@ def _content(size: int) -> bytes:
 def test_two_background_instances_reassemble_a_file_posted_in_blocks_once(  # type: ignore[no-untyped-def]
     winpy: WinPython, site: Site, nginx, tmp_path: Path
 ) -> None:
+    blocks_by_two_instances(
+        lambda *args, **kw: winpy.sr("subscribe", *args, **kw), site, nginx, tmp_path
+    )
+
+
+def blocks_by_two_instances(  # type: ignore[no-untyped-def]
+    subscribe: Callable[..., subprocess.CompletedProcess[str]], site: Site, nginx, tmp_path: Path
+) -> None:
+    """A file posted in randomised blocks, reassembled by two background instances of
+    ``subscribe`` (an ``sr_subscribe`` runner: verb, config, env=, timeout=) with one
+    ``on_file`` and no leftovers."""
     tag = unique("wparts")
     block = 64 * 1024
     data = _content(12 * block + 777)
@@ -241,7 +254,7 @@ def test_two_background_instances_reassemble_a_file_posted_in_blocks_once(  # ty
         f"expire 10m\nreport_back off\ninstances 2\non_file {winpath(plugin)}\naccept .*\n",
     )
     env = win_env(site)
-    done = winpy.sr("subscribe", "start", "wparts", env=env, timeout=180)
+    done = subscribe("start", "wparts", env=env, timeout=180)
     try:
         assert done.returncode == 0, done.stdout + done.stderr
         assert len(list(site.state_dir.rglob("*.pid"))) == 2
@@ -255,7 +268,7 @@ def test_two_background_instances_reassemble_a_file_posted_in_blocks_once(  # ty
         wait_for(lambda: on_file_log.exists(), what="on_file")
         time.sleep(2)  # a second (wrong) on_file would show up by now
     finally:
-        stopped = winpy.sr("subscribe", "stop", "wparts", env=env, timeout=120)
+        stopped = subscribe("stop", "wparts", env=env, timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert (dest / "big.bin").read_bytes() == data
     assert len(on_file_log.read_text().splitlines()) == 1
