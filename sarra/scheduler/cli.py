@@ -1,8 +1,9 @@
-"""``sr_scheduler [--force] [--teardown] {run,status,reload,stop} spec.toml``.
+"""``sr_scheduler [--force] [--teardown] [--new-framework] [--json] VERB spec.toml``.
 
 The command line of the scheduler; :data:`EPILOG` (shown by ``--help``) says what each verb
-does and what the exit codes mean. ``status``, ``reload`` and ``stop`` find the leader through
-``<state_dir>/leader.addr`` and authenticate with ``<state_dir>/control.token`` by themselves.
+does and what the exit codes mean. ``status``, ``reload`` and ``stop`` find the leader and the
+control token by themselves: in ZooKeeper when the spec sets ``zookeeper`` (from any host),
+else in ``<state_dir>/leader.addr`` and ``<state_dir>/control.token``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import TextIO
 
 from sarra import __version__
 from sarra.errors import ConfigError, SarraError
+from sarra.scheduler.plan import render_text
 from sarra.scheduler.service import SchedulerService, read_token, token_path
 from sarra.scheduler.spec import PumpSpec, load_spec
+from sarra.scheduler.zkstate import Shared, zk_client
 
 DESCRIPTION = "Keep a declared set of pump workers running as Apache Mesos tasks."
 
@@ -33,20 +36,28 @@ die and keeps them running (failover_timeout) while no scheduler copy is connect
 
 verbs:
   run     run one scheduler copy in the foreground (several copies elect a leader through
-          ZooKeeper); makes <state_dir>/control.token (mode 600) if absent
-  status  print the leader's status document (JSON)
+          ZooKeeper); makes <state_dir>/control.token (mode 600) if absent; after a
+          teardown it refuses to register a new framework unless given --new-framework
+  status  print the leader's deployment plan: one phase per worker type, one step per
+          slot with its status (complete, running, staging, launching, rolling, outdated,
+          waiting-for-volume, waiting-for-offer, failed, pending, stopping) and the reason;
+          with --json, the whole status document (as served at /status.json)
   reload  make the leader re-read its spec file; a bad spec is refused, the running one kept
-  stop    ask the leader to stop; refused while workers run unless --force; with --teardown
-          the framework is removed and every worker killed
+  stop    stop the scheduler (with ZooKeeper: every copy); refused while workers run unless
+          --force; workers keep running; with --teardown the framework is removed, every
+          worker killed, and no copy registers a new framework (until --new-framework)
 
-status, reload and stop find the leader in <state_dir>/leader.addr and send the control
-token from <state_dir>/control.token: run them as the scheduler's user.
+status, reload and stop find the leader and the control token by themselves: with zookeeper
+set in the spec, in ZooKeeper (from any host; zk_auth_file if the nodes are protected), else
+in <state_dir>/leader.addr and <state_dir>/control.token (run them as the scheduler's user).
+Sent to a standby copy, reload and stop are relayed to the leader.
 
 exit codes:
   0  done
   1  failure (scheduler unreachable, state_dir unusable, corrupt state.json...)
-  2  usage or spec error, or reload refused
-  3  framework removed by Mesos (not re-registered)
+  2  usage or spec error (the message names the file, line, table and field), or
+     reload refused
+  3  framework removed by Mesos or torn down by an operator (not re-registered)
   4  stop refused (workers allocated, no --force)
   5  not authorized (the control endpoint did not accept the token)
   6  the Mesos master refused the framework's credentials (HTTP 401; not retried)
@@ -61,6 +72,27 @@ class Unreachable(SarraError):
     """The leader's status endpoint cannot be reached."""
 
 
+def _from_zookeeper(spec: PumpSpec) -> tuple[str, str]:
+    """(leader URL, control token) read from the pump's znodes."""
+    from kazoo.exceptions import KazooException
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    s = spec.scheduler
+    zk = zk_client(s)
+    try:
+        zk.start(timeout=max(s.zk_session_timeout, 5.0))
+        shared = Shared(zk, s.election_path)
+        addr = shared.leader_address()
+        if addr is None:
+            raise Unreachable(f"no leader elected (nothing at {shared.leader} in ZooKeeper)")
+        return "http://" + addr, shared.read_token()
+    except (KazooException, KazooTimeoutError) as e:
+        raise Unreachable(f"cannot read the leader from ZooKeeper {s.zookeeper}: {e!r}") from e
+    finally:
+        zk.stop()
+        zk.close()
+
+
 def _leader_url(spec: PumpSpec) -> str:
     path = spec.scheduler.state_dir / "leader.addr"
     try:
@@ -71,11 +103,20 @@ def _leader_url(spec: PumpSpec) -> str:
         raise Unreachable(f"cannot read {path}: {e.strerror}") from e
 
 
-def _call(url: str, token: str, out: TextIO, *, post: bool, refused: tuple[int, int]) -> int:
+def _call(
+    url: str,
+    token: str,
+    out: TextIO,
+    *,
+    post: bool,
+    refused: tuple[int, int],
+    words: bool = False,
+) -> int:
     """Call the leader's ``url`` with the token; write what it answers, success or not.
 
     Returns 0 when done; ``refused = (status, code)``: ``code`` when the leader refuses with
-    HTTP ``status``, :data:`UNAUTHORIZED` on 401, 1 for any other HTTP error.
+    HTTP ``status``, :data:`UNAUTHORIZED` on 401, 1 for any other HTTP error. ``words``: a
+    GET answer (the status document) is written as the plan in words, not as JSON.
     """
     req = urllib.request.Request(
         url, method="POST" if post else "GET", data=b"" if post else None,
@@ -85,6 +126,11 @@ def _call(url: str, token: str, out: TextIO, *, post: bool, refused: tuple[int, 
         with urllib.request.urlopen(req, timeout=10) as resp:
             if post:
                 out.write(json.load(resp)["result"] + "\n")
+            elif words:
+                try:
+                    out.write(render_text(json.load(resp)))
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise Unreachable(f"{url} answered something that is not a status: {e}") from e
             else:
                 out.write(resp.read().decode() + "\n")
         return 0
@@ -113,9 +159,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s (sarra) {__version__}")
     parser.add_argument("--force", action="store_true", help="stop even with workers allocated")
     parser.add_argument("--teardown", action="store_true", help="stop: remove the framework")
+    parser.add_argument(
+        "--new-framework", action="store_true",
+        help="run: clear a recorded teardown and register a new framework",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="status: the JSON document")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
-    parser.add_argument("verb", choices=("run", "status", "reload", "stop"), help="see below")
-    parser.add_argument("spec", help="the pump specification (TOML)")
+    parser.add_argument(
+        "verb",
+        choices=("run", "status", "reload", "stop"),
+        metavar="VERB",
+        help="run, status, reload or stop (see verbs below)",
+    )
+    parser.add_argument("spec", metavar="SPEC", help="the pump specification (TOML file)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -125,7 +181,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         spec = load_spec(args.spec)
         if args.verb == "run":
-            service = SchedulerService(spec, args.spec)
+            service = SchedulerService(spec, args.spec, new_framework=args.new_framework)
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
                 service.stop()
@@ -138,10 +194,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             if sys.platform != "win32":  # Windows: `reload` (POST /reload) instead
                 signal.signal(signal.SIGHUP, on_hup)
             return service.run()
-        base = _leader_url(spec)
-        token = read_token(token_path(spec))
+        if spec.scheduler.zookeeper:
+            base, token = _from_zookeeper(spec)
+        else:
+            base = _leader_url(spec)
+            token = read_token(token_path(spec))
         if args.verb == "status":
-            return _call(base + "/status.json", token, out, post=False, refused=(0, 1))
+            return _call(
+                base + "/status.json", token, out, post=False, refused=(0, 1), words=not args.json
+            )
         if args.verb == "reload":
             return _call(f"{base}/reload", token, out, post=True, refused=(400, 2))
         query = f"force={int(args.force)}&teardown={int(args.teardown)}"

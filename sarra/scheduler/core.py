@@ -23,9 +23,11 @@ from typing import Any
 
 from sarra.errors import SarraError
 from sarra.scheduler import placement
+from sarra.scheduler import resources as mres
 from sarra.scheduler.mesos import CallRefused, MesosClient, StreamItem, Subscription
+from sarra.scheduler.plan import build_plan
 from sarra.scheduler.spec import PumpSpec, WorkerType
-from sarra.scheduler.state import NOT_TERMINAL, SchedulerState, StateStore, TaskRecord
+from sarra.scheduler.state import NOT_TERMINAL, Deposed, SchedulerState, Store, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +35,31 @@ SHORT_REFUSE = 2.0  # decline offers we may want soon (something pending but unp
 REVIVE_EVERY = 10.0  # while something is pending and no offer came, revive again
 
 
-class Deposed(SarraError):
-    """The master says another scheduler copy now holds this framework ("failed over")."""
-
-
-def _scalar(name: str, value: float, role: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "SCALAR",
-        "scalar": {"value": value},
-        "allocation_info": {"role": role},
-    }
-
-
 def _offer_view(offer: dict[str, Any]) -> placement.OfferView:
+    """What placement needs of an offer: free scalars usable by its role, typed attributes."""
     res = {"cpus": 0.0, "mem": 0.0, "disk": 0.0}
-    role = str((offer.get("allocation_info") or {}).get("role", "*"))
-    for r in offer.get("resources", []):
-        if r.get("type") == "SCALAR" and r.get("name") in res and not r.get("reservations"):
-            res[r["name"]] += float((r.get("scalar") or {}).get("value", 0.0))
-    attrs = tuple(
-        (str(a.get("name")), str((a.get("text") or {}).get("value", "")))
-        for a in offer.get("attributes", [])
-        if a.get("type") == "TEXT"
-    )
+    volumes = []
+    for p in mres.pieces(offer):
+        if p.volume is not None:
+            volumes.append(p.volume)
+        else:
+            res[p.name] += p.value
+    attrs = []
+    for a in offer.get("attributes", []):
+        try:
+            typed = mres.offered_attribute(a)
+        except (KeyError, TypeError, ValueError):
+            typed = None
+        if typed is not None:
+            attrs.append((str(a.get("name")), typed))
     return placement.OfferView(
         offer_id=offer["id"]["value"],
         agent_id=offer["agent_id"]["value"],
         hostname=str(offer.get("hostname", "")),
         resources=placement.Resources(res["cpus"], res["mem"], res["disk"]),
-        role=role,
-        attributes=attrs,
+        role=str((offer.get("allocation_info") or {}).get("role") or "*"),
+        attributes=tuple(attrs),
+        volumes=tuple(volumes),
     )
 
 
@@ -73,7 +69,7 @@ class PumpScheduler:
     def __init__(
         self,
         spec: PumpSpec,
-        store: StateStore,
+        store: Store,
         client: MesosClient,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -96,11 +92,16 @@ class PumpScheduler:
         self.teardown_requested = False
         self.events_seen = 0
         self.slot_why: dict[str, str] = {}  # slot -> why it is pending (logged at its launch)
+        self.slot_wait: dict[str, str] = {}  # slot -> why the last placement round left it
+        self.slot_wait_agents: dict[str, tuple[tuple[str, str], ...]] = {}  # host, why not
 
     # -- framework info and connection ---------------------------------------------------
     def framework_info(self) -> dict[str, Any]:
         s = self.settings
-        caps = [{"type": "PARTITION_AWARE"}, {"type": "MULTI_ROLE"}]
+        caps = [
+            {"type": "PARTITION_AWARE"}, {"type": "MULTI_ROLE"},
+            {"type": "RESERVATION_REFINEMENT"},
+        ]  # fmt: skip
         info: dict[str, Any] = {
             "user": s.user,
             "name": f"sarra-{s.name}",
@@ -119,6 +120,7 @@ class PumpScheduler:
         sub, payload = self.client.subscribe(
             self.framework_info(), self.state.framework_id, (), self.settings.heartbeat_misses
         )
+        self.sub = sub  # closed by close() even if what follows fails
         fid = self.client.framework_id
         if fid != self.state.framework_id:
             log.info("framework id is %s (was %s): persisted", fid, self.state.framework_id)
@@ -128,7 +130,6 @@ class PumpScheduler:
             "subscribed to %s as %s (heartbeat %ss)",
             sub.base, fid, payload.get("heartbeat_interval_seconds"),
         )  # fmt: skip
-        self.sub = sub
         self.offers.clear()  # the master discards outstanding offers on (re)subscription
         self.suppressed = None
         now = self.clock()
@@ -238,7 +239,9 @@ class PumpScheduler:
             else:
                 log.info("update %s for forgotten task %s (duplicate): ignored", st, task_id)
         else:
-            self._apply(rec, st, agent_id, str(status.get("message", "")), reason, now)
+            healthy = status.get("healthy")
+            healthy = healthy if isinstance(healthy, bool) else None
+            self._apply(rec, st, agent_id, str(status.get("message", "")), reason, now, healthy)
         self.store.save(self.state)  # persist before acknowledging
         uid = status.get("uuid")
         if uid and agent_id:
@@ -248,13 +251,26 @@ class PumpScheduler:
                 log.warning("acknowledge of %s %s failed (will be resent): %s", task_id, st, e)
 
     def _apply(
-        self, rec: TaskRecord, st: str, agent_id: str, message: str, reason: Any, now: float
+        self,
+        rec: TaskRecord,
+        st: str,
+        agent_id: str,
+        message: str,
+        reason: Any,
+        now: float,
+        healthy: bool | None = None,
     ) -> None:
         prev = rec.state
         rec.last_update = now
         rec.message = message
         if agent_id:
             rec.agent_id = agent_id
+        if healthy is not None and healthy != rec.healthy:
+            log.info(
+                "task %s (%s) is %s %s", rec.task_id, rec.slot,
+                "healthy" if healthy else "UNHEALTHY", message,
+            )  # fmt: skip
+            rec.healthy = healthy
         if st == prev:
             return
         rec.state = st
@@ -270,6 +286,13 @@ class PumpScheduler:
             # only a worker that really ran and died makes its agent suspect; a launch that
             # never happened (LOST/DROPPED/GONE from the master) says nothing about the agent
             failed_there = st in ("TASK_FAILED", "TASK_FINISHED")
+            killed_unhealthy = st == "TASK_KILLED" and rec.healthy is False  # by its check
+            if (
+                not rec.started
+                and rec.kill_requested is None
+                and (st in ("TASK_FAILED", "TASK_FINISHED", "TASK_ERROR") or killed_unhealthy)
+            ):
+                self._crashed(rec, f"{st} {reason} {message}".strip(), now)
             if failed_there and not rec.started and rec.kill_requested is None:
                 until = now + self.settings.avoid_seconds
                 self.state.avoid[rec.agent_id] = until
@@ -278,6 +301,38 @@ class PumpScheduler:
                     rec.task_id, st, rec.agent_id, self.settings.avoid_seconds,
                 )  # fmt: skip
             del self.state.tasks[rec.task_id]
+
+    def _crashed(self, rec: TaskRecord, why: str, now: float) -> None:
+        """A worker died before it counted as started: back off its slot, maybe give it up."""
+        s = self.settings
+        c = self.state.crash.setdefault(rec.slot, {"failures": 0})
+        c["failures"] = n = int(c.get("failures", 0)) + 1
+        c["last"] = why
+        delay = min(s.backoff_seconds * 2 ** (n - 1), s.backoff_max_seconds)
+        c["until"] = now + delay
+        if s.crash_loop_limit and n >= s.crash_loop_limit:
+            c["given_up"] = True
+            log.error(
+                "decision: give up slot %s: crash loop, %d consecutive failures before it "
+                "counted as started (last: %s); not relaunched until the next reload",
+                rec.slot, n, why,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "slot %s crash loop: failure %d (%s); relaunch in %.1fs",
+                rec.slot, n, why, delay,
+            )  # fmt: skip
+
+    def _held_back(self, slot: str, now: float) -> str | None:
+        """Why ``slot`` is not relaunched now (crash-loop backoff), or None."""
+        c = self.state.crash.get(slot)
+        if c is None:
+            return None
+        if c.get("given_up"):
+            return f"given up after {c['failures']} consecutive failures"
+        if float(c.get("until", 0.0)) > now:
+            return f"backing off after {c['failures']} failure(s)"
+        return None
 
     def _slot_taken(self, rec: TaskRecord) -> bool:
         return any(
@@ -306,10 +361,13 @@ class PumpScheduler:
                 and not rec.started
                 and rec.running_since is not None
                 and now - rec.running_since >= s.min_running_seconds
+                and (rec.healthy or not rec.health_checked)
             ):
                 rec.started = True
                 dirty = True
                 log.info("task %s (%s) counts as started", rec.task_id, rec.slot)
+                if self.state.crash.pop(rec.slot, None) is not None:
+                    log.info("slot %s is out of its crash loop", rec.slot)
             if rec.kill_requested is None and rec.slot not in slots and rec.state in NOT_TERMINAL:
                 self._decide_kill(rec, f"slot {rec.slot} is no longer in the spec (scale down)")
             if (
@@ -354,7 +412,11 @@ class PumpScheduler:
         if dirty:
             self.store.save(self.state)
         self._reconcile(now)
-        pending = [slot for slot in slots if slot not in live_slots]
+        pending = [
+            slot for slot in slots if slot not in live_slots and not self._held_back(slot, now)
+        ]
+        self.slot_wait = {k: v for k, v in self.slot_wait.items() if k in pending}
+        self.slot_wait_agents = {k: v for k, v in self.slot_wait_agents.items() if k in pending}
         self._offers_and_launch(pending, slots, now)
 
     def _grace(self, rec: TaskRecord) -> float | None:
@@ -371,7 +433,7 @@ class PumpScheduler:
             outdated = [t for t in tasks if t is not None and t.version != w.version]
             if not outdated:
                 continue
-            if not all(t is not None and t.started for t in tasks):
+            if not all(t is not None and t.started and t.healthy is not False for t in tasks):
                 continue  # wait: the previous replacement (or another slot) is not healthy yet
             victim = outdated[0]
             why = f"rolling update of {w.name}: version {victim.version} -> {w.version}"
@@ -441,16 +503,24 @@ class PumpScheduler:
                 hostnames=slots[slot].hostnames,
                 attributes=slots[slot].attributes,
                 prefer_agent=self.state.last_agent.get(slot),
+                **self._volume_need(slot, slots[slot]),
             )
             for slot in pending
         ]
         views = {oid: _offer_view(o) for oid, o in self.offers.items()}
         decisions = placement.place(needs, running, list(views.values()), now, self.state.avoid)
+        offered = dict(self.offers)
         self.offers.clear()
         for slot, why in decisions.reasons.items():
             log.info("slot %s not placed this round: %s", slot, why)
+            self.slot_wait[slot] = why
+            self.slot_wait_agents[slot] = decisions.by_agent.get(slot, ())
         for launch in decisions.launches:
-            self._launch(launch, slots, views, now, decisions.placed)
+            for slot in launch.slots:
+                self.slot_wait.pop(slot, None)
+                self.slot_wait_agents.pop(slot, None)
+        for launch in decisions.launches:
+            self._launch(launch, slots, views, offered, now, decisions.placed)
         if decisions.decline:
             refuse = SHORT_REFUSE if decisions.unplaced else s.refuse_seconds
             ids = list(decisions.decline)
@@ -470,19 +540,34 @@ class PumpScheduler:
         launch: placement.Launch,
         slots: dict[str, WorkerType],
         views: dict[str, placement.OfferView],
+        offered: dict[str, dict[str, Any]],
         now: float,
         placed: dict[str, str],
     ) -> None:
         view = views[launch.offer_ids[0]]
         infos = []
         records = []
+        ops: list[dict[str, Any]] = []
+        free = [p for oid in launch.offer_ids for p in mres.pieces(offered[oid])]
         for slot in launch.slots:
             w = slots[slot]
             task_id = f"{self.settings.name}.{slot}.{w.version}.{uuid.uuid4().hex[:8]}"
+            try:
+                resources, free, slot_ops = self._slot_resources(
+                    w, slot, view.role, free, slot in launch.create_volumes
+                )
+            except ValueError as e:  # placement and the offers disagree: never launch blind
+                log.error("slot %s not launched on %s: %s", slot, view.hostname, e)
+                continue
+            ops.extend(slot_ops)
             rec = TaskRecord(task_id, slot, w.name, w.version, launch.agent_id, view.hostname)
             rec.launched_at = now
+            rec.health_checked = w.health_check is not None
             records.append(rec)
-            infos.append(self.task_info(w, slot, task_id, launch.agent_id, view.role))
+            infos.append(self.task_info(w, slot, task_id, launch.agent_id, resources))
+        if not records:
+            self._call(self.client.decline, list(launch.offer_ids), SHORT_REFUSE)
+            return
         for rec in records:  # write-ahead: the intent is durable before ACCEPT leaves
             self.state.tasks[rec.task_id] = rec
         self.store.save(self.state)
@@ -496,7 +581,7 @@ class PumpScheduler:
                 placed.get(rec.slot, "it fits"),
             )  # fmt: skip
         try:
-            self.client.accept(launch.offer_ids, infos, SHORT_REFUSE)
+            self.client.accept(launch.offer_ids, infos, SHORT_REFUSE, ops)
         except CallRefused as e:
             log.error("ACCEPT refused (%s): launches dropped, slots stay pending", e)
             for rec in records:
@@ -505,15 +590,112 @@ class PumpScheduler:
         except SarraError as e:
             log.warning("ACCEPT outcome unknown (%s): reconciliation will tell", e)
 
+    def volume_id(self, slot: str) -> str:
+        """The persistence id of a slot's volume (stable across relaunches and copies)."""
+        return f"sarra.{self.settings.name}.{slot}"
+
+    def _volume_need(self, slot: str, w: WorkerType) -> dict[str, Any]:
+        """The placement fields of a slot's volume: where it is, whether a task may hold it."""
+        if not w.volume_mb:
+            return {}
+        holders = [r for r in self.state.tasks.values() if r.slot == slot]
+        agent = holders[-1].agent_id if holders else self.state.last_agent.get(slot)
+        return {
+            "volume_id": self.volume_id(slot),
+            "volume_mb": w.volume_mb,
+            "volume_agent": agent,
+            "volume_busy": bool(holders),
+        }
+
+    def _slot_resources(
+        self, w: WorkerType, slot: str, role: str, free: list[mres.Piece], create: bool
+    ) -> tuple[list[dict[str, Any]], list[mres.Piece], list[dict[str, Any]]]:
+        """(the task's resources, what is left, RESERVE/CREATE operations to run first).
+
+        Resources are cut from the offered ones as offered (reserved pieces first, each keeping
+        its reservations). A volume is either the offered one with the slot's persistence id or,
+        with ``create``, disk reserved to the role and made a volume in the same ACCEPT.
+        """
+        out: list[dict[str, Any]] = []
+        ops: list[dict[str, Any]] = []
+        for name, amount in (("cpus", w.cpus), ("mem", w.mem), ("disk", w.disk)):
+            if amount > 0:
+                got, free = mres.take(free, name, amount, role)
+                out.extend(got)
+        if not w.volume_mb:
+            return out, free, ops
+        vid = self.volume_id(slot)
+        if not create:
+            mine = [p for p in free if p.volume == vid]
+            if not mine:
+                raise ValueError(f"volume {vid} is not in the offers")
+            path = ((mine[0].raw.get("disk") or {}).get("volume") or {}).get("container_path")
+            if path != w.volume_path or abs(mine[0].value - w.volume_mb) > 1e-6:
+                raise ValueError(
+                    f"volume {vid} exists with path {path!r} and {mine[0].value} MB, the spec says "
+                    f"{w.volume_path!r} and {w.volume_mb} MB: a volume cannot change (use a new "
+                    "worker type, or destroy the volume with the Mesos operator API)"
+                )
+            free = [p for p in free if p.volume != vid]
+            return [*out, mine[0].raw], free, ops
+        # disk already reserved to the role is used first (reservations are kept as offered)
+        whole = [
+            p for p in free if p.name == "disk" and p.volume is None and p.value >= w.volume_mb
+        ]
+        if not whole:
+            raise ValueError(f"no single disk resource holds {w.volume_mb} MB for volume {vid}")
+        whole.sort(key=lambda p: p.reserved is None)  # disk already reserved to the role first
+        disks, rest = mres.take([whole[0]], "disk", w.volume_mb, role)
+        free = [p for p in free if p is not whole[0]] + rest
+        principal = self.settings.principal
+        reservation: dict[str, Any] = {
+            "type": "DYNAMIC",
+            "role": role,
+            "labels": {"labels": [{"key": "sarra.volume", "value": vid}]},
+        }
+        if principal:
+            reservation["principal"] = principal
+        unreserved = [d for d in disks if not mres.reserved_role(d)]
+        reserved = [d for d in disks if mres.reserved_role(d)]
+        to_reserve = [
+            {
+                **{k: v for k, v in d.items() if k not in ("role", "reservation")},
+                "reservations": [reservation],
+            }
+            for d in unreserved
+        ]
+        if to_reserve:
+            ops.append({"type": "RESERVE", "reserve": {"resources": to_reserve}})
+        persistence: dict[str, Any] = {"id": vid}
+        if principal:
+            persistence["principal"] = principal
+        volumes = [
+            {
+                **d,
+                "disk": {
+                    **(d.get("disk") or {}),
+                    "persistence": persistence,
+                    "volume": {"container_path": w.volume_path, "mode": "RW"},
+                },
+            }
+            for d in reserved + to_reserve
+        ]
+        if len(volumes) != 1:
+            raise ValueError(f"volume {vid} would span {len(volumes)} disk resources")
+        ops.append({"type": "CREATE", "create": {"volumes": volumes}})
+        return [*out, volumes[0]], free, ops
+
     def task_info(
-        self, w: WorkerType, slot: str, task_id: str, agent_id: str, role: str
+        self,
+        w: WorkerType,
+        slot: str,
+        task_id: str,
+        agent_id: str,
+        resources: list[dict[str, Any]],
     ) -> dict[str, Any]:
-        resources = [_scalar("cpus", w.cpus, role), _scalar("mem", w.mem, role)]
-        if w.disk > 0:
-            resources.append(_scalar("disk", w.disk, role))
         env = [{"name": k, "type": "VALUE", "value": v} for k, v in w.env]
         env.append({"name": "SR_SCHEDULER_SLOT", "type": "VALUE", "value": slot})
-        return {
+        info: dict[str, Any] = {
             "name": f"{self.settings.name}:{slot}",
             "task_id": {"value": task_id},
             "agent_id": {"value": agent_id},
@@ -533,6 +715,9 @@ class PumpScheduler:
                 ]
             },
         }
+        if w.health_check is not None:
+            info["health_check"] = w.health_check.mesos(env)
+        return info
 
     # -- helpers ---------------------------------------------------------------------------
     def _decide_kill(self, rec: TaskRecord, reason: str) -> None:
@@ -550,8 +735,16 @@ class PumpScheduler:
         :meth:`_rolling_step`, one at a time. Pending slots make the next tick revive offers.
         """
         old = set(self.desired_slots())
+        versions = {n: w.version for n, w in self.spec.workers.items()}
         self.spec = spec
         self.settings = spec.scheduler
+        for slot, c in list(self.state.crash.items()):
+            name = slot.rsplit("-", 1)[0]
+            w = spec.workers.get(name)
+            if w is None or w.version != versions.get(name) or c.get("given_up"):
+                # a changed worker type, or the operator's reload: a fresh start
+                log.info("slot %s: crash-loop record cleared by the reload", slot)
+                del self.state.crash[slot]
         for slot in sorted(set(self.desired_slots()) - old):
             self.slot_why[slot] = "new slot in the reloaded spec (scale up)"
 
@@ -588,6 +781,12 @@ class PumpScheduler:
                     "command": w.command,
                     "cpus": w.cpus,
                     "mem": w.mem,
+                    "role": w.role,
+                    **(
+                        {"volume": {"size": w.volume_mb, "path": w.volume_path}}
+                        if w.volume_mb
+                        else {}
+                    ),
                 }
                 for n, w in self.spec.workers.items()
             },
@@ -599,6 +798,7 @@ class PumpScheduler:
                     "hostname": r.hostname,
                     "state": r.state,
                     "started": r.started,
+                    "healthy": r.healthy,
                     "age": round(now - r.launched_at, 1),
                     "version": r.version,
                     "killing": r.kill_requested is not None,
@@ -606,6 +806,24 @@ class PumpScheduler:
                 for r in sorted(self.state.tasks.values(), key=lambda r: r.slot)
             ],
             "pending": sorted(set(slots) - live),
+            "crash_loops": {
+                slot: {
+                    "failures": c.get("failures", 0),
+                    "last": c.get("last", ""),
+                    "given_up": bool(c.get("given_up")),
+                    "relaunch_in": max(0.0, round(float(c.get("until", 0.0)) - now, 1)),
+                }
+                for slot, c in sorted(self.state.crash.items())
+                if slot in slots
+            },
+            "plan": build_plan(
+                self.spec.workers,
+                self.state.tasks.values(),
+                self.slot_wait,
+                self.slot_why,
+                self.settings.min_running_seconds,
+                self.slot_wait_agents,
+            ),
             "avoid": {a: round(t - now, 1) for a, t in self.state.avoid.items()},
             "allocated": self.allocated(),
         }

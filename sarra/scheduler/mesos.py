@@ -25,6 +25,7 @@ import logging
 import queue
 import re
 import socket
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Sequence
@@ -96,18 +97,20 @@ class StreamItem:
     text: str = ""
 
 
-def detect_masters(master: str, timeout: float = 10.0) -> list[str]:
-    """Base URLs (``http://host:port``) to try, leader first when known."""
-    if master.startswith("http://"):
-        out = []
-        for part in master[len("http://") :].split(","):
-            part = part.strip().rstrip("/")
-            if part:
-                out.append(part if part.startswith("http://") else "http://" + part)
-        return out
+def detect_masters(master: str, timeout: float = 10.0, zk_auth: str = "") -> list[str]:
+    """Base URLs (``scheme://host:port[/prefix]``) to try, leader first when known.
+
+    ``http[s]://h1:5050,h2:5050/prefix``: every listed master, each with the same path prefix
+    (a proxy that serves the API under ``/prefix/api/v1/scheduler``).
+    """
+    for scheme in ("http://", "https://"):
+        if master.startswith(scheme):
+            hosts, slash, prefix = master[len(scheme) :].partition("/")
+            prefix = ("/" + prefix.strip("/")) if slash and prefix.strip("/") else ""
+            return [scheme + h.strip() + prefix for h in hosts.split(",") if h.strip()]
     if master.startswith("zk://"):
-        return [_leader_from_zookeeper(master, timeout)]
-    raise MasterUnavailable(f"master URL must be zk:// or http://, not {master!r}")
+        return [_leader_from_zookeeper(master, timeout, zk_auth)]
+    raise MasterUnavailable(f"master URL must be zk://, http:// or https://, not {master!r}")
 
 
 def split_zk_url(url: str) -> tuple[str, str]:
@@ -117,13 +120,15 @@ def split_zk_url(url: str) -> tuple[str, str]:
     return hosts, "/" + path.rstrip("/")
 
 
-def _leader_from_zookeeper(url: str, timeout: float) -> str:
+def _leader_from_zookeeper(url: str, timeout: float, zk_auth: str = "") -> str:
+    """The leading master's base URL; ``zk_auth`` ("user:password") for digest auth."""
     from kazoo.client import KazooClient
     from kazoo.exceptions import KazooException
     from kazoo.handlers.threading import KazooTimeoutError
 
     hosts, path = split_zk_url(url)
-    zk = KazooClient(hosts=hosts, timeout=timeout)
+    auth = [("digest", zk_auth)] if zk_auth else None
+    zk = KazooClient(hosts=hosts, timeout=timeout, auth_data=auth)
     try:
         zk.start(timeout=timeout)
         children = [c for c in zk.get_children(path) if c.startswith("json.info_")]
@@ -149,33 +154,99 @@ def _leader_from_zookeeper(url: str, timeout: float) -> str:
 
 
 def _resolve(base: str, location: str) -> str:
-    """Resolve a (possibly protocol-relative) Location against ``base``; keep scheme+netloc."""
+    """Resolve a (possibly protocol-relative) Location against ``base``.
+
+    Keeps the scheme (a redirect never downgrades https), takes the new host and port, and
+    the path prefix in front of the API path of the location.
+    """
     target = urllib.parse.urljoin(base + API_PATH, location)
     p = urllib.parse.urlsplit(target)
-    return f"{p.scheme or 'http'}://{p.netloc}"
+    scheme = urllib.parse.urlsplit(base).scheme or "http"
+    path = p.path.rstrip("/")
+    prefix = path[: -len(API_PATH)] if path.endswith(API_PATH) else ""
+    return f"{scheme}://{p.netloc}{prefix}"
+
+
+def _connection(
+    base: str, timeout: float, tls: ssl.SSLContext | None
+) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to ``base`` and the API path to POST to there."""
+    p = urllib.parse.urlsplit(base)
+    host = p.hostname or "127.0.0.1"
+    path = p.path.rstrip("/") + API_PATH
+    if p.scheme == "https":
+        context = tls if tls is not None else ssl.create_default_context()
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, p.port or 5050, timeout=timeout, context=context
+        )
+        return conn, path
+    return http.client.HTTPConnection(host, p.port or 5050, timeout=timeout), path
+
+
+def close_stranded_tls_socket(exc: BaseException) -> bool:
+    """Close the TLS socket a failed wrap left open in ``exc``'s traceback; True if one was.
+
+    CPython's ``ssl.SSLSocket._create`` (3.11, 3.12) re-raises an error of its "is the
+    socket connected?" probe (``ECONNRESET`` from a peer that reset the connection between
+    ``connect`` and the wrap, e.g. a master closing its listening socket) without closing
+    the TLS socket it has already moved the descriptor into. Only the traceback references
+    that socket: the descriptor stays open for as long as the exception (or a log record
+    holding it) lives, then goes with a ResourceWarning. Only the ``self`` of a ``_create``
+    frame is closed: no other socket of the failed call (a server's listening socket in
+    ``accept``'s frame) is touched.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_create" and frame.f_code.co_filename == ssl.__file__:
+            stranded = frame.f_locals.get("self")
+            if isinstance(stranded, ssl.SSLSocket) and stranded.fileno() != -1:
+                with contextlib.suppress(OSError):
+                    stranded.close()
+                return True
+        tb = tb.tb_next
+    return False
+
+
+def _finish(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> str:
+    """The rest of a (short) response's body; the connection and response closed, always.
+
+    A read that fails (time-out, reset) must not leave the socket to the garbage collector.
+    """
+    try:
+        return resp.read().decode(errors="replace")
+    finally:
+        with contextlib.suppress(OSError):
+            resp.close()
+        conn.close()
 
 
 def _open(
-    base: str, body: bytes, headers: dict[str, str], timeout: float
+    base: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[str, http.client.HTTPConnection, http.client.HTTPResponse, socket.socket | None]:
     """POST to ``base``'s scheduler endpoint, following 307s; the open response."""
     seen: list[str] = []
     for _ in range(MAX_REDIRECTS + 1):
-        p = urllib.parse.urlsplit(base)
-        conn = http.client.HTTPConnection(
-            p.hostname or "127.0.0.1", p.port or 5050, timeout=timeout
-        )
+        conn, path = _connection(base, timeout, tls)
         try:
-            conn.request("POST", API_PATH, body=body, headers=headers)
+            conn.request("POST", path, body=body, headers=headers)
             sock = conn.sock
             resp = conn.getresponse()
+        except ssl.SSLError as e:
+            conn.close()
+            close_stranded_tls_socket(e)
+            raise MasterUnavailable(f"TLS with master {base} failed: {e.reason or e}") from e
         except (OSError, http.client.HTTPException) as e:
             conn.close()
+            close_stranded_tls_socket(e)
             raise MasterUnavailable(f"cannot reach master {base}: {e}") from e
         if resp.status == 307:
             location = resp.getheader("Location") or ""
-            resp.read()
-            conn.close()
+            _finish(conn, resp)
             seen.append(base)
             base = _resolve(base, location)
             log.info("master redirected to the leader at %s", base)
@@ -183,8 +254,7 @@ def _open(
                 raise MasterUnavailable(f"redirect loop between masters {seen}")
             continue
         if resp.status == 503:
-            text = resp.read().decode(errors="replace")
-            conn.close()
+            text = _finish(conn, resp)
             raise MasterUnavailable(f"master {base} has no leader yet (503 {text.strip()})")
         return base, conn, resp, sock
     raise MasterUnavailable(f"more than {MAX_REDIRECTS} redirects from {seen}")
@@ -275,6 +345,12 @@ class Subscription:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         self._conn.close()
+        # The response's file object holds the socket open after ``conn.close()``: the
+        # descriptor goes only with it. The reader thread closes it itself once its read
+        # returns (the shutdown above ends that read); no other thread may close it under it.
+        if self._thread is None or self._thread is threading.current_thread():
+            with contextlib.suppress(OSError):
+                self._resp.close()
 
 
 class MesosClient:
@@ -285,10 +361,23 @@ class MesosClient:
         master: str,
         call_timeout: float = 30.0,
         credentials: tuple[str, str] | None = None,
+        ca_file: str = "",
+        zk_auth: str = "",
     ) -> None:
-        """``credentials``: (principal, secret) sent as HTTP basic authentication."""
+        """``credentials``: (principal, secret) sent as HTTP basic authentication.
+
+        ``ca_file``: PEM bundle https masters are verified with (host name included); the
+        system's trusted CAs when empty. ``zk_auth``: "user:password" for a zk:// master.
+        """
         self.master = master
         self.call_timeout = call_timeout
+        self._zk_auth = zk_auth
+        self._tls: ssl.SSLContext | None = None
+        if master.startswith("https://"):
+            try:
+                self._tls = ssl.create_default_context(cafile=ca_file or None)
+            except (OSError, ssl.SSLError) as e:
+                raise MasterUnavailable(f"cannot load master_ca_file {ca_file}: {e}") from e
         self._auth: dict[str, str] = {}
         if credentials is not None:
             raw = f"{credentials[0]}:{credentials[1]}".encode()
@@ -316,16 +405,17 @@ class MesosClient:
         body = json.dumps(call).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json", **self._auth}
         last: Exception | None = None
-        candidates = ([self.base] if self.base else []) + detect_masters(self.master)
+        candidates = ([self.base] if self.base else []) + detect_masters(
+            self.master, zk_auth=self._zk_auth
+        )
         for base in dict.fromkeys(candidates):
             try:
-                base, conn, resp, sock = _open(base, body, headers, self.call_timeout)
+                base, conn, resp, sock = _open(base, body, headers, self.call_timeout, self._tls)
             except MasterUnavailable as e:
                 last = e
                 continue
             if resp.status != 200:
-                text = resp.read().decode(errors="replace")
-                conn.close()
+                text = _finish(conn, resp)
                 if resp.status == 401:
                     raise AuthenticationFailed(resp.status, text)
                 raise CallRefused(resp.status, text)
@@ -333,9 +423,17 @@ class MesosClient:
             sub = Subscription(base, conn, resp, sock, stream_id)
             try:
                 first = sub.first_event()
+            except MasterUnavailable:
+                # e.g. the master closed the stream before its first event (it was stopping):
+                # the stream's socket is closed here, not left to the garbage collector.
+                sub.close()
+                raise
             except (OSError, http.client.HTTPException, ValueError) as e:
                 sub.close()
                 raise MasterUnavailable(f"subscription to {base} failed: {e}") from e
+            except BaseException:
+                sub.close()
+                raise
             if first.get("type") == "ERROR":
                 sub.close()
                 message = str((first.get("error") or {}).get("message", ""))
@@ -366,11 +464,10 @@ class MesosClient:
         headers = {
             "Content-Type": "application/json", "Mesos-Stream-Id": self.stream_id, **self._auth
         }  # fmt: skip
-        base, conn, resp, _ = _open(self.base, json.dumps(doc).encode(), headers, self.call_timeout)
-        try:
-            text = resp.read().decode(errors="replace")
-        finally:
-            conn.close()
+        base, conn, resp, _ = _open(
+            self.base, json.dumps(doc).encode(), headers, self.call_timeout, self._tls
+        )
+        text = _finish(conn, resp)
         if base != self.base:
             # A call redirected elsewhere means the leader moved; the stream will follow.
             log.warning("call %s was redirected to %s: leader changed", kind, base)
@@ -381,13 +478,21 @@ class MesosClient:
         return resp.status
 
     def accept(
-        self, offer_ids: Sequence[str], task_infos: Sequence[dict[str, Any]], refuse: float
+        self,
+        offer_ids: Sequence[str],
+        task_infos: Sequence[dict[str, Any]],
+        refuse: float,
+        before: Sequence[dict[str, Any]] = (),
     ) -> int:
+        """ACCEPT: the operations ``before`` (RESERVE, CREATE...) in order, then one LAUNCH."""
         return self.call(
             "ACCEPT",
             {
                 "offer_ids": [{"value": o} for o in offer_ids],
-                "operations": [{"type": "LAUNCH", "launch": {"task_infos": list(task_infos)}}],
+                "operations": [
+                    *before,
+                    {"type": "LAUNCH", "launch": {"task_infos": list(task_infos)}},
+                ],
                 "filters": {"refuse_seconds": refuse},
             },
         )

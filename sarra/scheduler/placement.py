@@ -10,8 +10,13 @@ Rules, in order:
   over several offers of the same agent and role);
 * a worker fits an agent when the agent's combined free resources (minus what this round
   already placed there) cover its cpus/mem/disk, the offer's role is the worker's role, the
-  hostname is allowed and every required attribute matches;
-* agents in ``avoid`` (until a time later than ``now``) are skipped;
+  hostname is allowed and every required attribute matches (typed: see
+  :func:`sarra.scheduler.resources.attribute_matches`);
+* a worker with a persistent volume whose volume exists (``volume_agent``) goes to that agent
+  only: onto the offered volume, or, when the agent is offered without it and no earlier task
+  still holds it, onto a new one; a worker without a volume yet needs its size as extra disk;
+* agents in ``avoid`` (until a time later than ``now``) are skipped, except by a worker whose
+  volume is there (its state is nowhere else);
 * a worker with a ``prefer_agent`` (relaunch in place) goes there when it fits;
 * otherwise the agent running the fewest workers of that type wins (spreading), ties broken
   by most free cpus, then agent id (deterministic);
@@ -22,6 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from sarra.scheduler.resources import attribute_matches
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,10 @@ class Need:
     hostnames: tuple[str, ...] = ()
     attributes: tuple[tuple[str, str], ...] = ()
     prefer_agent: str | None = None
+    volume_id: str | None = None  # persistence id of the worker's volume, None: no volume
+    volume_mb: float = 0.0
+    volume_agent: str | None = None  # the agent holding the volume (None: not created yet)
+    volume_busy: bool = False  # an earlier task of the slot may still hold the volume
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,8 @@ class OfferView:
     hostname: str
     resources: Resources
     role: str = "*"
-    attributes: tuple[tuple[str, str], ...] = ()
+    attributes: tuple[tuple[str, Any], ...] = ()  # name, (type, value) as offered
+    volumes: tuple[str, ...] = ()  # persistence ids of the volumes offered (not free disk)
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class Launch:
     agent_id: str
     offer_ids: tuple[str, ...]
     slots: tuple[str, ...]
+    create_volumes: tuple[str, ...] = ()  # slots whose volume is reserved and created first
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,8 @@ class Decisions:
     unplaced: tuple[str, ...] = ()
     reasons: dict[str, str] = field(default_factory=dict)  # slot -> why it was not placed
     placed: dict[str, str] = field(default_factory=dict)  # slot -> why it went where it did
+    # slot not placed -> (hostname, why not there) for every offered agent
+    by_agent: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,24 +113,43 @@ class _Agent:
     agent_id: str
     hostname: str
     role: str
-    attributes: dict[str, str]
+    attributes: dict[str, Any]
     free: Resources
     offer_ids: list[str]
     placed: list[str]
+    volumes: set[str] = field(default_factory=set)
+    created: list[str] = field(default_factory=list)
 
 
-def _fits(need: Need, agent: _Agent) -> str | None:
-    """None when the need fits the agent, else the reason it does not."""
+def _volume_plan(need: Need, agent: _Agent) -> tuple[str | None, bool, Resources]:
+    """(reason it cannot go there or None, create a volume?, resources it takes there)."""
+    if need.volume_id is None:
+        return None, False, need.resources
+    if need.volume_agent is not None and need.volume_agent != agent.agent_id:
+        return f"its volume is on agent {need.volume_agent}", False, need.resources
+    if need.volume_id in agent.volumes:
+        return None, False, need.resources  # the volume brings its own disk
+    if need.volume_agent is not None and need.volume_busy:
+        return "its volume is still held by its previous task", False, need.resources
+    return None, True, need.resources + Resources(0.0, 0.0, need.volume_mb)
+
+
+def _fits(need: Need, agent: _Agent) -> tuple[str | None, bool, Resources]:
+    """(None when the need fits the agent, else why not; create a volume?; what it takes)."""
     if need.role != agent.role:
-        return "role"
+        return "role", False, need.resources
     if need.hostnames and agent.hostname not in need.hostnames:
-        return "hostname"
+        return "hostname", False, need.resources
     for k, v in need.attributes:
-        if agent.attributes.get(k) != v:
-            return f"attribute {k}"
-    if not agent.free.covers(need.resources):
-        return "resources"
-    return None
+        offered = agent.attributes.get(k)
+        if offered is None or not attribute_matches(v, offered):
+            return f"attribute {k}", False, need.resources
+    why, create, takes = _volume_plan(need, agent)
+    if why is not None:
+        return why, False, takes
+    if not agent.free.covers(takes):
+        return "resources", create, takes
+    return None, create, takes
 
 
 def place(
@@ -139,25 +174,36 @@ def place(
             )
         a.free = a.free + o.resources
         a.offer_ids.append(o.offer_id)
+        a.volumes.update(o.volumes)
     counts: dict[str, dict[str, int]] = {k: dict(v) for k, v in running.items()}
     reasons: dict[str, str] = {}
     placed: dict[str, str] = {}
     unplaced: list[str] = []
+    by_agent: dict[str, tuple[tuple[str, str], ...]] = {}
     for need in desired:
         candidates: list[_Agent] = []
+        refusals: list[tuple[str, str]] = []
+        plans: dict[tuple[str, str], tuple[bool, Resources]] = {}
         why = "no offers"
+        if need.volume_agent is not None:
+            why = f"its volume is on agent {need.volume_agent}, not offered"
         for a in agents.values():
-            if avoid.get(a.agent_id, 0.0) > now:
+            if avoid.get(a.agent_id, 0.0) > now and need.volume_agent != a.agent_id:
                 why = "agent avoided"
+                refusals.append((a.hostname, why))
                 continue
-            r = _fits(need, a)
+            r, create, takes = _fits(need, a)
             if r is None:
                 candidates.append(a)
+                plans[(a.agent_id, a.role)] = (create, takes)
             else:
-                why = r
+                refusals.append((a.hostname, r))
+                if not r.startswith("its volume is on agent") or why == "no offers":
+                    why = r
         if not candidates:
             unplaced.append(need.slot)
             reasons[need.slot] = why
+            by_agent[need.slot] = tuple(refusals)
             continue
         preferred = [a for a in candidates if a.agent_id == need.prefer_agent]
         if preferred:
@@ -178,14 +224,19 @@ def place(
                 f"{len(candidates)} fitting agent(s)"
                 + ("" if need.prefer_agent is None else ", its previous agent not offered or full")
             )
-        chosen.free = chosen.free - need.resources
+        create, takes = plans[(chosen.agent_id, chosen.role)]
+        chosen.free = chosen.free - takes
         chosen.placed.append(need.slot)
+        if create:
+            chosen.created.append(need.slot)
+        elif need.volume_id is not None:
+            chosen.volumes.discard(need.volume_id)
         per = counts.setdefault(chosen.agent_id, {})
         per[need.worker_type] = per.get(need.worker_type, 0) + 1
     launches = tuple(
-        Launch(a.agent_id, tuple(a.offer_ids), tuple(a.placed))
+        Launch(a.agent_id, tuple(a.offer_ids), tuple(a.placed), tuple(a.created))
         for a in sorted(agents.values(), key=lambda a: (a.agent_id, a.role))
         if a.placed
     )
     decline = tuple(oid for a in agents.values() if not a.placed for oid in a.offer_ids)
-    return Decisions(launches, decline, tuple(unplaced), reasons, placed)
+    return Decisions(launches, decline, tuple(unplaced), reasons, placed, by_agent)

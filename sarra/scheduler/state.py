@@ -4,9 +4,13 @@ Write-ahead rule: a task record is written (and fsynced) *before* the ACCEPT tha
 so whichever copy leads next knows every task that might exist and reconciles it instead of
 launching a second one. The framework id is written as soon as SUBSCRIBED brings it.
 
-Storage is one JSON document replaced atomically (temporary file, fsync, rename, fsync of the
-directory). With several scheduler copies on different hosts the state directory must be on
-storage they all see (the copies never write at the same time: only the elected leader writes).
+Two stores keep the same JSON document: :class:`StateStore`, a file replaced atomically
+(temporary file, fsync, rename, fsync of the directory) for a single copy, and
+``sarra.scheduler.zkstate.ZkStateStore``, a znode written only while this copy holds the
+election (the election is the fence), for several copies on several hosts.
+
+A teardown asked by an operator is recorded in the document (``torn_down``) so that no copy,
+now or later, registers a new framework by itself.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sarra.errors import LocalError
+from sarra.errors import LocalError, SarraError
 
 NOT_TERMINAL = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING")
 
@@ -40,7 +44,9 @@ class TaskRecord:
     reconcile_sent: float | None = None
     kill_requested: float | None = None  # last KILL sent (kills are repeated until terminal)
     kill_reason: str = ""  # why the scheduler decided to kill it (logged with every KILL)
-    started: bool = False  # RUNNING for at least min_running_seconds
+    started: bool = False  # RUNNING for at least min_running_seconds (and healthy, if checked)
+    health_checked: bool = False  # launched with a health check
+    healthy: bool | None = None  # the last health reported by the agent (None: not yet)
     message: str = ""
 
     @property
@@ -59,6 +65,57 @@ class SchedulerState:
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     avoid: dict[str, float] = field(default_factory=dict)  # agent id -> until (epoch seconds)
     last_agent: dict[str, str] = field(default_factory=dict)  # slot -> agent of its last task
+    # slot -> {"failures": n, "until": epoch, "last": why, "given_up": bool}: a worker that
+    # keeps dying before it counts as started is relaunched after a growing delay, then not
+    crash: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # set by an operator's teardown: {"framework_id", "at" (epoch), "by" (copy)}; no copy
+    # registers a new framework while it is set (``sr_scheduler --new-framework run`` clears it)
+    torn_down: dict[str, Any] | None = None
+
+
+class Deposed(SarraError):
+    """This copy no longer leads: another copy holds the framework or the election."""
+
+
+def encode(state: SchedulerState) -> bytes:
+    """The persisted JSON form of ``state``."""
+    doc = {
+        "framework_id": state.framework_id,
+        "tasks": {k: asdict(v) for k, v in state.tasks.items()},
+        "avoid": state.avoid,
+        "last_agent": state.last_agent,
+        "crash": state.crash,
+        "torn_down": state.torn_down,
+    }
+    return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+
+def decode(raw: bytes | str, where: str) -> SchedulerState:
+    """Parse the persisted form; :class:`LocalError` naming ``where`` when it is corrupt."""
+    try:
+        doc: dict[str, Any] = json.loads(raw)
+        tasks = {k: TaskRecord(**v) for k, v in doc.get("tasks", {}).items()}
+        torn = doc.get("torn_down")
+        if torn is not None and not isinstance(torn, dict):
+            raise TypeError("torn_down is not an object")
+        return SchedulerState(
+            framework_id=doc.get("framework_id"),
+            tasks=tasks,
+            avoid={str(k): float(v) for k, v in doc.get("avoid", {}).items()},
+            last_agent={str(k): str(v) for k, v in doc.get("last_agent", {}).items()},
+            crash={str(k): dict(v) for k, v in doc.get("crash", {}).items()},
+            torn_down=torn,
+        )
+    except (ValueError, TypeError, AttributeError) as e:
+        raise LocalError(f"scheduler state {where} is corrupt: {e}") from e
+
+
+class Store(Protocol):
+    """Where the leader keeps :class:`SchedulerState` (a file, or a znode)."""
+
+    def load(self) -> SchedulerState: ...
+
+    def save(self, state: SchedulerState) -> None: ...
 
 
 class StateStore:
@@ -75,27 +132,11 @@ class StateStore:
             return SchedulerState()
         except OSError as e:
             raise LocalError(f"cannot read scheduler state {self.path}: {e}") from e
-        try:
-            doc: dict[str, Any] = json.loads(raw)
-            tasks = {k: TaskRecord(**v) for k, v in doc.get("tasks", {}).items()}
-        except (ValueError, TypeError) as e:
-            raise LocalError(f"scheduler state {self.path} is corrupt: {e}") from e
-        return SchedulerState(
-            framework_id=doc.get("framework_id"),
-            tasks=tasks,
-            avoid={str(k): float(v) for k, v in doc.get("avoid", {}).items()},
-            last_agent={str(k): str(v) for k, v in doc.get("last_agent", {}).items()},
-        )
+        return decode(raw, str(self.path))
 
     def save(self, state: SchedulerState) -> None:
         """Replace the document atomically and durably."""
-        doc = {
-            "framework_id": state.framework_id,
-            "tasks": {k: asdict(v) for k, v in state.tasks.items()},
-            "avoid": state.avoid,
-            "last_agent": state.last_agent,
-        }
-        data = json.dumps(doc, indent=1, sort_keys=True).encode()
+        data = encode(state)
         tmp = self.path.with_suffix(".tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ def spec_text(
         "[scheduler]\n"
         'name = "pump"\n'
         f'master = "{master}"\n'
+        f'user = "{getpass.getuser()}"\n'
         f'state_dir = "{state_dir}"\n'
         "failover_timeout = 60\n"
         "min_running_seconds = 0.5\n"
@@ -62,6 +64,7 @@ def spec_text(
         "heartbeat_misses = 4\n"
         "kill_retry_seconds = 2\n"
         "call_timeout = 5\n"
+        "backoff_seconds = 0.5\n"
         f"{extra}\n{workers}"
     )
 
@@ -135,12 +138,12 @@ def start_scheduler(tmp_path: Path) -> Iterator[Callable[[str], Runner]]:
 class Proc:
     """A scheduler copy as a real process (``python -m sarra.scheduler.cli run``)."""
 
-    def __init__(self, spec_path: Path, log: Path) -> None:
+    def __init__(self, spec_path: Path, log: Path, *options: str) -> None:
         self.log = log
         self.out = open(log, "wb")  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "sarra.scheduler.cli", "run", str(spec_path)],
+            [sys.executable, "-m", "sarra.scheduler.cli", *options, "run", str(spec_path)],
             stdout=self.out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
 

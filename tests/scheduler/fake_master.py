@@ -11,6 +11,39 @@ SIGKILL, agents that can be removed, non-leading masters answering 307 and 503 w
 a new leader that re-learns agents after a delay, and, when ``Cluster.credentials`` is set,
 HTTP framework authentication (basic; 401 before any routing, as the master's authenticator
 does; a subscribing ``framework_info.principal`` must be the authenticated one, else 400).
+Health checks (``TaskInfo.health_check``, COMMAND in the sandbox or HTTP GET on loopback) are
+run as an agent's executor does: after ``delay_seconds``, every ``interval_seconds``, each
+bounded by ``timeout_seconds``; a change of health is a TASK_RUNNING update with ``healthy`` and
+reason REASON_TASK_HEALTH_CHECK_STATUS_UPDATED; failures before the first success are ignored
+for ``grace_period_seconds``; ``consecutive_failures`` failures kill the task (TASK_KILLED,
+``healthy`` false).
+A master may serve HTTPS (``add_master(tls=context)``: the test makes a CA and a certificate) and
+the API under a path prefix (``add_master(prefix="/mesos")``, as behind a proxy: any other path
+is 404), with redirects naming the leader's own prefix.
+
+The offer side follows the real master and agent too:
+
+* roles: a framework's roles are validated like the master does (``roles`` needs the
+  MULTI_ROLE capability, ``role`` and ``roles`` not both, valid names) and a refused one gets an
+  ERROR event; every role is offered: unreserved resources to one role at a time (the first
+  role neither suppressed nor filtered on that agent), reserved ones only to their role;
+* reservations: agents may have static reservations (``AgentSpec.reserved``); a framework with
+  RESERVATION_REFINEMENT sees ``reservations``, one without sees the older ``role`` and
+  ``reservation`` fields; a task must name reserved resources exactly as offered (else
+  TASK_ERROR), and every resource of a MULTI_ROLE framework must carry the offer's
+  ``allocation_info.role``;
+* RESERVE (dynamic, principal checked) and CREATE (persistent volumes, unique persistence id,
+  relative container path, on reserved disk only) run in order before LAUNCH; an invalid one is
+  dropped (``Cluster.dropped``) and the next operations see the resources without it; a
+  volume's directory lives on the agent (``<root>/<agent>/volumes/roles/<role>/<id>``), is
+  linked into the sandbox at its container path (as the posix isolator does) and survives its
+  tasks; an unused volume is offered again with its reserved disk;
+* attributes are parsed as an agent parses ``--attributes``: numbers are SCALAR, ``[a-b]``
+  RANGES, ``{a,b}`` SET, the rest TEXT;
+* a task starts with an agent's environment only: ``CommandInfo.environment``, the MESOS_*
+  variables and a default PATH (never the test's own environment), as the framework's
+  ``user``: a user that does not exist, or another user than the one running the tests, fails
+  the task as an unprivileged agent would.
 
 One :class:`Cluster` holds the agents (and so the task processes); masters come and go over it.
 A single ticker thread drives time (processes, resends, heartbeats, offers, timeouts); each
@@ -23,22 +56,28 @@ import base64
 import contextlib
 import json
 import os
+import pwd
 import queue
 import random
 import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from sarra.scheduler.mesos import close_stranded_tls_socket
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TERMINAL = {
     "TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED",
     "TASK_GONE", "TASK_GONE_BY_OPERATOR",
@@ -52,7 +91,58 @@ class AgentSpec:
     cpus: float = 4.0
     mem: float = 4096.0
     disk: float = 10000.0
-    attributes: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)  # as --attributes values
+    reserved: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # static
+
+
+# A resource of an agent: (name, reservations as JSON ("" = unreserved), persistence id or "").
+Key = tuple[str, str, str]
+
+
+def _attribute(name: str, text: str) -> dict[str, Any]:
+    """An agent's ``--attributes`` value, typed as the agent does."""
+    t = text.strip()
+    if t.startswith("[") and t.endswith("]"):
+        rs = []
+        for part in t[1:-1].split(","):
+            lo, _, hi = part.strip().partition("-")
+            rs.append({"begin": int(lo), "end": int(hi)})
+        return {"name": name, "type": "RANGES", "ranges": {"range": rs}}
+    if t.startswith("{") and t.endswith("}"):
+        items = [i.strip() for i in t[1:-1].split(",") if i.strip()]
+        return {"name": name, "type": "SET", "set": {"item": items}}
+    try:
+        return {"name": name, "type": "SCALAR", "scalar": {"value": float(t)}}
+    except ValueError:
+        return {"name": name, "type": "TEXT", "text": {"value": text}}
+
+
+def _role_error(role: str) -> str | None:
+    if role == "*":
+        return None
+    if not role or role.startswith("/") or role.endswith("/") or "//" in role:
+        return f"Role '{role}' is invalid: empty, or a leading, trailing or double slash"
+    for part in role.split("/"):
+        if part in (".", "..", "*") or part.startswith("-"):
+            return f"Role '{role}' is invalid: component '{part}'"
+        if any(c in part for c in "\t\n\v\f\r \x7f"):
+            return f"Role '{role}' is invalid: whitespace or backspace"
+    return None
+
+
+def _last_role(reservations: str) -> str | None:
+    stack = json.loads(reservations) if reservations else []
+    return str(stack[-1]["role"]) if stack else None
+
+
+@dataclass
+class Volume:
+    persistence_id: str
+    role: str
+    reservations: str
+    size: float
+    container_path: str
+    path: Path
 
 
 @dataclass
@@ -72,6 +162,9 @@ class Task:
     next_send: float = 0.0
     backoff: float = 0.0
     labels: dict[str, Any] = field(default_factory=dict)
+    uses: dict[Key, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # what the task process started with
+    health: HealthRun | None = None  # the task's health check, when it has one
 
 
 @dataclass
@@ -80,6 +173,27 @@ class Agent:
     spec: AgentSpec
     tasks: dict[str, Task] = field(default_factory=dict)
     removed: bool = False
+    pool: dict[Key, float] = field(default_factory=dict)  # total resources, by key
+    volumes: dict[str, Volume] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s = self.spec
+        unreserved = [s.cpus, s.mem, s.disk]
+        for role, amounts in s.reserved.items():
+            res = json.dumps([{"type": "STATIC", "role": role}], sort_keys=True)
+            for i, name in enumerate(("cpus", "mem", "disk")):
+                if amounts[i] > 0:
+                    self.pool[(name, res, "")] = amounts[i]
+                    unreserved[i] -= amounts[i]
+        for i, name in enumerate(("cpus", "mem", "disk")):
+            self.pool[(name, "", "")] = unreserved[i]
+
+
+@dataclass
+class Offer:
+    agent_id: str
+    role: str
+    pool: dict[Key, float]
 
 
 @dataclass
@@ -89,13 +203,17 @@ class Framework:
     stream: Stream | None = None
     disconnected_at: float | None = None
     suppressed: set[str] = field(default_factory=set)
-    filters: dict[str, float] = field(default_factory=dict)  # agent id -> refused until
-    offers: dict[str, tuple[str, tuple[float, float, float], str]] = field(default_factory=dict)
+    filters: dict[tuple[str, str], float] = field(default_factory=dict)  # (agent, role) -> until
+    offers: dict[str, Offer] = field(default_factory=dict)
 
     @property
     def partition_aware(self) -> bool:
         caps = {c.get("type") for c in self.info.get("capabilities", [])}
         return "PARTITION_AWARE" in caps
+
+    @property
+    def capabilities(self) -> set[str]:
+        return {str(c.get("type")) for c in self.info.get("capabilities", [])}
 
     @property
     def roles(self) -> list[str]:
@@ -177,6 +295,8 @@ class Cluster:
         self.accepts: list[list[str]] = []  # offer ids of every ACCEPT, in order
         self.calls: list[tuple[str, str]] = []  # (master port, call type)
         self.launches: list[str] = []  # task ids, in launch order
+        self.dropped: list[str] = []  # offer operations dropped as invalid, with the reason
+        self.operations: list[str] = []  # types of the offer operations applied, in order
         # HTTP framework authentication (principal -> secret); None: not required
         self.credentials: dict[str, str] | None = None
         self.unauthorized = 0  # requests answered 401
@@ -185,8 +305,8 @@ class Cluster:
         self._thread.start()
 
     # -- masters ---------------------------------------------------------------------------
-    def add_master(self) -> FakeMaster:
-        m = FakeMaster(self)
+    def add_master(self, tls: ssl.SSLContext | None = None, prefix: str = "") -> FakeMaster:
+        m = FakeMaster(self, tls, prefix)
         with self.lock:
             self.masters.append(m)
             if self.leader is None and len(self.masters) == 1:
@@ -258,7 +378,7 @@ class Cluster:
                         "connected": fw.stream is not None,
                         "offers": len(fw.offers),
                         "suppressed": sorted(fw.suppressed),
-                        "filters": dict(fw.filters),
+                        "filters": {f"{a}/{r}": t for (a, r), t in fw.filters.items()},
                     }
                     for fid, fw in (m.frameworks.items() if m else [])
                 },
@@ -300,19 +420,48 @@ class Cluster:
                     if t.killing and now >= t.kill_deadline:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(t.proc.pid, signal.SIGKILL)
+                    elif t.health is not None and not t.killing:
+                        self._health(t, now)
                     continue
-                if t.killing:
+                if t.killing and t.health is not None and t.health.killed:
+                    self.executor_update(t, "TASK_KILLED", healthy=False)
+                elif t.killing:
                     self.executor_update(t, "TASK_KILLED", "REASON_EXECUTOR_TERMINATED")
                 elif code == 0:
                     self.executor_update(t, "TASK_FINISHED")
                 else:
                     self.executor_update(t, "TASK_FAILED", "REASON_COMMAND_EXECUTOR_FAILED")
 
-    def executor_update(self, t: Task, state: str, reason: str | None = None) -> None:
+    def _health(self, t: Task, now: float) -> None:
+        """Start the next check when due; act on a finished one."""
+        h = t.health
+        assert h is not None
+        result = h.result
+        if result is not None:
+            h.result = None
+            if result:
+                h.failures = 0
+                h.ever_healthy = True
+            elif h.ever_healthy or now - h.started >= h.grace:
+                h.failures += 1
+            if result != h.reported and (result or h.failures > 0):
+                h.reported = result
+                self.executor_update(
+                    t, "TASK_RUNNING", "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED", healthy=result
+                )
+            if h.failures >= h.limit:
+                h.killed = True
+                self.kill(t, None)
+                return
+        if not h.running and now >= h.next_check:
+            h.next_check = now + h.interval
+            h.start(self.root / t.agent_id / t.framework_id / t.task_id)
+
+    def executor_update(self, t: Task, state: str, reason: str | None = None, **extra: Any) -> None:
         """A reliable (uuid-carrying) update from the task's executor, queued on its agent."""
         t.state = state
         uid = base64.b64encode(uuid.uuid4().bytes).decode()
-        t.updates.append(_status(t, state, "SOURCE_EXECUTOR", reason, uuid=uid))
+        t.updates.append(_status(t, state, "SOURCE_EXECUTOR", reason, uuid=uid, **extra))
         if len(t.updates) == 1:
             t.next_send = 0.0
             t.backoff = self.update_retry
@@ -346,10 +495,14 @@ class Cluster:
                 return t
         return None
 
-    def launch(self, fw: Framework, agent: Agent, info: dict[str, Any]) -> None:
-        """Start one task as a real local process in its sandbox."""
+    def launch(
+        self, fw: Framework, agent: Agent, info: dict[str, Any], uses: dict[Key, float]
+    ) -> None:
+        """Start one task as a real local process in its sandbox, as the framework's user."""
         tid = info["task_id"]["value"]
-        res = {r["name"]: float(r.get("scalar", {}).get("value", 0.0)) for r in info["resources"]}
+        res: dict[str, float] = {}
+        for (name, _, _), v in uses.items():
+            res[name] = res.get(name, 0.0) + v
         t = Task(
             tid,
             fw.framework_id,
@@ -358,23 +511,45 @@ class Cluster:
             res.get("mem", 0.0),
             res.get("disk", 0.0),
         )
+        t.uses = dict(uses)
         ns = ((info.get("kill_policy") or {}).get("grace_period") or {}).get("nanoseconds")
         if ns is not None:
             t.grace = int(ns) / 1e9
+        if info.get("health_check"):
+            t.health = HealthRun(info["health_check"], time.monotonic())
         agent.tasks[tid] = t
         self.launches.append(tid)
         cmd = info["command"]
         sandbox = self.root / agent.agent_id / fw.framework_id / tid
         sandbox.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        # an agent's environment, never the test's: CommandInfo.environment, MESOS_*, PATH
+        env: dict[str, str] = {}
         for var in (cmd.get("environment") or {}).get("variables", []):
             env[var["name"]] = var.get("value", "")
+        env.setdefault("PATH", DEFAULT_PATH)
         env.update(
             MESOS_SANDBOX=str(sandbox), MESOS_DIRECTORY=str(sandbox),
             MESOS_FRAMEWORK_ID=fw.framework_id, MESOS_EXECUTOR_ID=tid,
             MESOS_AGENT_ENDPOINT="127.0.0.1:5051", MESOS_TASK_ID=tid,
         )  # fmt: skip
+        t.env = dict(env)
         self.executor_update(t, "TASK_STARTING")
+        user = str(info.get("user") or fw.info.get("user") or "")
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            uid = None
+        if uid is None or (uid != os.getuid() and os.getuid() != 0):
+            why = "no such user" if uid is None else "the agent cannot switch to that user"
+            (sandbox / "stderr").write_text(f"Failed to run as user '{user}': {why}\n")
+            self.executor_update(t, "TASK_FAILED", "REASON_EXECUTOR_TERMINATED")
+            return
+        for (_, _, pid), _ in uses.items():  # persistent volumes: linked at their path
+            if pid:
+                vol = agent.volumes[pid]
+                link = sandbox / vol.container_path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(vol.path, target_is_directory=True)
         try:
             for u in cmd.get("uris", []):
                 src = (
@@ -392,9 +567,14 @@ class Cluster:
                 else [cmd["value"], *cmd.get("arguments", [])]
             )
             with open(sandbox / "stdout", "wb") as out, open(sandbox / "stderr", "wb") as err:
+                switch = uid if os.getuid() == 0 and uid != 0 else None
+                if switch is not None:
+                    for d in (sandbox, *(agent.volumes[k[2]].path for k in uses if k[2])):
+                        os.chown(d, switch, -1)
                 t.proc = subprocess.Popen(
-                    argv, cwd=sandbox, env=env, stdout=out, stderr=err, start_new_session=True
-                )
+                    argv, cwd=sandbox, env=env, stdout=out, stderr=err, start_new_session=True,
+                    user=switch,
+                )  # fmt: skip
         except (OSError, KeyError, shutil.ReadError) as e:
             (sandbox / "stderr").write_text(f"launch failed: {e}\n")
             self.executor_update(t, "TASK_FAILED", "REASON_CONTAINER_LAUNCH_FAILED")
@@ -437,7 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if urllib.parse.urlsplit(self.path).path not in PATHS:
+        if urllib.parse.urlsplit(self.path).path not in [self.master.prefix + p for p in PATHS]:
             self._reply(404)
             return
         self.master.handle(self, body)
@@ -465,8 +645,16 @@ class _Handler(BaseHTTPRequestHandler):
                     nxt = stream.q.get(timeout=0.1)
                 except queue.Empty:
                     r, _, _ = select.select([sock], [], [], 0)
-                    if r and not sock.recv(1, socket.MSG_PEEK):
-                        break  # the scheduler closed its end
+                    if r:  # the scheduler sends nothing more on a stream: data means the end
+                        try:
+                            if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS
+                                data = sock.recv(1)
+                            else:
+                                data = sock.recv(1, socket.MSG_PEEK)
+                        except ssl.SSLWantReadError:
+                            data = b"-"
+                        if not data:
+                            break  # the scheduler closed its end
                     continue
                 if nxt is None:
                     with contextlib.suppress(OSError):
@@ -483,13 +671,62 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeMaster:
     """One master process: an HTTP server on a free loopback port."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(
+        self, cluster: Cluster, tls: ssl.SSLContext | None = None, prefix: str = ""
+    ) -> None:
         self.cluster = cluster
+        self.prefix = prefix
         handler = type("Handler", (_Handler,), {"master": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
+        self.tls_failures = 0  # TLS handshakes that failed (a client that did not trust us)
+        # Connections being served: closed at shutdown, so that no handler thread still
+        # running then leaves its socket to the garbage collector (a ResourceWarning, an
+        # error under this suite's warning filter, in whichever test happens to collect it).
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
+        track = self.httpd.finish_request
+
+        def tracked(request: Any, client_address: Any) -> None:
+            with self._open_lock:
+                self._open.add(request)
+            try:
+                track(request, client_address)
+            finally:
+                with self._open_lock:
+                    self._open.discard(request)
+
+        self.httpd.finish_request = tracked  # type: ignore[method-assign]
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+            serve = self.httpd.finish_request
+
+            def handshake_then_serve(request: Any, client_address: Any) -> None:
+                try:
+                    request.do_handshake()
+                except (ssl.SSLError, OSError):
+                    self.tls_failures += 1
+                    return
+                serve(request, client_address)
+
+            self.httpd.finish_request = handshake_then_serve  # type: ignore[method-assign]
+            accept = self.httpd.get_request
+
+            def get_request() -> Any:
+                # A client that reset before the accept: CPython's wrap re-raises the reset
+                # without closing the TLS socket it made (socketserver then drops the error).
+                try:
+                    return accept()
+                except OSError as e:
+                    close_stranded_tls_socket(e)
+                    raise
+
+            self.httpd.get_request = get_request  # type: ignore[method-assign]
         self.port = int(self.httpd.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}{prefix}"
         self.frameworks: dict[str, Framework] = {}
         self.completed: set[str] = set()
         self.counter = 0
@@ -498,6 +735,7 @@ class FakeMaster:
         self.recovering = False  # hook: 503 "Master has not finished recovery"
         self.root_submissions = True
         self._last_alloc = 0.0
+        self._turn = 0
         self._zk: Any = None
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -534,6 +772,13 @@ class FakeMaster:
             self.forget()
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self._open_lock:
+            left = list(self._open)
+        for request in left:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                request.close()
 
     def forget(self) -> None:
         """Lose all in-memory state (a master process that died or lost leadership)."""
@@ -574,7 +819,8 @@ class FakeMaster:
             h._reply(503, "No leader elected")
             return
         if leader is not self:
-            h._reply(307, "", {"Location": f"//127.0.0.1:{leader.port}/api/v1/scheduler"})
+            location = f"//127.0.0.1:{leader.port}{leader.prefix}/api/v1/scheduler"
+            h._reply(307, "", {"Location": location})
             return
         if self.recovering:
             h._reply(503, "Master has not finished recovery")
@@ -660,6 +906,20 @@ class FakeMaster:
                 400,
                 f"Framework principal '{info.get('principal')}' does not match authenticated principal '{h.principal}'",  # noqa: E501
             )
+            return
+        caps = {str(c.get("type")) for c in info.get("capabilities", [])}
+        refusal = None
+        if info.get("roles") and "role" in info:
+            refusal = "'FrameworkInfo.role' and 'FrameworkInfo.roles' cannot both be set"
+        elif info.get("roles") and "MULTI_ROLE" not in caps:
+            refusal = "'FrameworkInfo.roles' is set but the MULTI_ROLE capability is not"
+        else:
+            roles = list(info.get("roles") or [info.get("role") or "*"])
+            refusal = next((e for e in map(_role_error, roles) if e), None)
+            if refusal is None and len(set(roles)) != len(roles):
+                refusal = "'FrameworkInfo.roles' contains duplicate items"
+        if refusal is not None:
+            h.serve_stream(Stream(), _error(refusal), None)
             return
         top = (call.get("framework_id") or {}).get("value")
         inner = (info.get("id") or {}).get("value")
@@ -781,7 +1041,7 @@ class FakeMaster:
         for oid in offer_ids:
             offer = fw.offers.pop(oid, None)
             if offer is not None:
-                fw.filters[offer[0]] = time.monotonic() + refuse
+                fw.filters[(offer.agent_id, offer.role)] = time.monotonic() + refuse
 
     def _accept(self, fw: Framework, body: dict[str, Any]) -> None:
         c = self.cluster
@@ -790,7 +1050,7 @@ class FakeMaster:
             return  # lost on the way: nothing happens
         offer_ids = [o["value"] for o in body.get("offer_ids", [])]
         c.accepts.append(offer_ids)
-        agents = {fw.offers[o][0] for o in offer_ids if o in fw.offers}
+        agents = {fw.offers[o].agent_id for o in offer_ids if o in fw.offers}
         if c.drop_accepts_for_agent is not None and c.drop_accepts_for_agent in agents:
             return  # lost on the way
         if c.rescind_next_accept:
@@ -799,57 +1059,178 @@ class FakeMaster:
                 if fw.offers.pop(oid, None) is not None and fw.stream is not None:
                     fw.stream.send({"type": "RESCIND", "rescind": {"offer_id": {"value": oid}}})
         offers = [fw.offers.get(oid) for oid in offer_ids]
+        present = [o for o in offers if o is not None]
         valid = (
             bool(offers)
-            and all(o is not None for o in offers)
-            and len({o[0] for o in offers if o}) == 1
+            and len(present) == len(offers)
+            and len({o.agent_id for o in present}) == 1
+            and len({o.role for o in present}) == 1  # "must be allocated to the same role"
         )
-        tasks = [
-            ti
-            for op in body.get("operations", [])
-            if op.get("type") == "LAUNCH"
-            for ti in op["launch"].get("task_infos", [])
-        ]
+        operations = body.get("operations", [])
         if not valid:
             for oid in offer_ids:
                 fw.offers.pop(oid, None)
             state = "TASK_DROPPED" if fw.partition_aware else "TASK_LOST"
-            for ti in tasks:
-                self._master_update(
-                    fw,
-                    ti["task_id"]["value"],
-                    ti["agent_id"]["value"],
-                    state,
-                    "REASON_INVALID_OFFERS",
-                    "Task launched with invalid offers",
-                )
+            for op in operations:
+                for ti in (op.get("launch") or {}).get("task_infos", []):
+                    self._master_update(
+                        fw,
+                        ti["task_id"]["value"],
+                        ti["agent_id"]["value"],
+                        state,
+                        "REASON_INVALID_OFFERS",
+                        "Task launched with invalid offers",
+                    )
             return
-        agent = c.agents[offers[0][0]]  # type: ignore[index]
-        free = [sum(o[1][i] for o in offers if o) for i in range(3)]  # type: ignore[misc]
-        for ti in tasks:
-            tid = ti["task_id"]["value"]
-            res = {
-                r["name"]: float(r.get("scalar", {}).get("value", 0.0))
-                for r in ti.get("resources", [])
-            }
-            need = [res.get("cpus", 0.0), res.get("mem", 0.0), res.get("disk", 0.0)]
-            error = None
-            if c.find_task(fw.framework_id, tid) is not None:
-                error = "Task has duplicate ID"
-            elif ("command" in ti) == ("executor" in ti):
-                error = "Task should have at least one (but not both) of CommandInfo or ExecutorInfo present"  # noqa: E501
-            elif not ti.get("resources"):
-                error = "Task uses no resources"
-            elif any(n > f + 1e-9 for n, f in zip(need, free, strict=True)):
-                error = "Task uses more resources than available in the offers"
-            if error:
-                self._master_update(
-                    fw, tid, agent.agent_id, "TASK_ERROR", "REASON_TASK_INVALID", error
-                )
+        agent = c.agents[present[0].agent_id]
+        role = present[0].role
+        pool: dict[Key, float] = {}
+        for o in present:
+            for k, v in o.pool.items():
+                pool[k] = pool.get(k, 0.0) + v
+        for op in operations:
+            kind = op.get("type")
+            if kind == "LAUNCH":
+                for ti in (op.get("launch") or {}).get("task_infos", []):
+                    self._launch_one(fw, agent, role, pool, ti)
                 continue
-            free = [f - n for f, n in zip(free, need, strict=True)]
-            c.launch(fw, agent, ti)
+            if kind == "RESERVE":
+                error = self._reserve(fw, agent, role, pool, op.get("reserve") or {})
+            elif kind == "CREATE":
+                error = self._create(fw, agent, role, pool, op.get("create") or {})
+            else:
+                error = "not modelled by the test master"
+            if error:
+                c.dropped.append(f"{kind}: {error}")
+            else:
+                c.operations.append(str(kind))
         self._release(fw, offer_ids, body.get("filters"))
+
+    def _key(self, fw: Framework, r: dict[str, Any], role: str) -> tuple[Key, float]:
+        """A resource named in a call, as an agent resource key (ValueError: invalid)."""
+        name = r.get("name")
+        if r.get("type") != "SCALAR" or name not in ("cpus", "mem", "disk"):
+            raise ValueError(f"resource {name!r}: only SCALAR cpus, mem and disk are modelled")
+        alloc = (r.get("allocation_info") or {}).get("role")
+        if "MULTI_ROLE" in fw.capabilities and alloc is None:
+            raise ValueError("Resources must have 'allocation_info' set (MULTI_ROLE framework)")
+        if alloc is not None and alloc != role:
+            raise ValueError(f"Resources allocated to role '{alloc}', the offers to '{role}'")
+        if r.get("reservations") and ("role" in r or "reservation" in r):
+            raise ValueError("Resource with 'reservations' cannot also set 'role'/'reservation'")
+        stack = list(r.get("reservations") or [])
+        if not stack and r.get("role") not in (None, "*"):
+            old = {"type": "DYNAMIC" if "reservation" in r else "STATIC", "role": r["role"]}
+            stack = [{**(r.get("reservation") or {}), **old}]
+        pid = str(((r.get("disk") or {}).get("persistence") or {}).get("id") or "")
+        value = float((r.get("scalar") or {}).get("value", 0.0))
+        if value <= 0:
+            raise ValueError(f"resource {name} has no positive value")
+        return (str(name), json.dumps(stack, sort_keys=True) if stack else "", pid), value
+
+    def _principal_error(self, fw: Framework, principal: Any, what: str) -> str | None:
+        """With a framework principal, a reservation or volume must carry that one (without
+        one, any value is allowed), as the master's RESERVE and CREATE validation does."""
+        mine = fw.info.get("principal")
+        if mine and not principal:
+            return f"operation by principal '{mine}' has a {what} with no principal set"
+        if mine and principal != mine:
+            return f"{what} principal '{principal}' does not match the principal '{mine}'"
+        return None
+
+    def _reserve(
+        self, fw: Framework, agent: Agent, role: str, pool: dict[Key, float], body: dict[str, Any]
+    ) -> str | None:
+        moves = []
+        for r in body.get("resources", []):
+            try:
+                key, value = self._key(fw, r, role)
+            except ValueError as e:
+                return str(e)
+            stack = json.loads(key[1]) if key[1] else []
+            if not stack or stack[-1].get("type") != "DYNAMIC" or key[2]:
+                return "a RESERVE needs a DYNAMIC reservation on plain resources"
+            if stack[-1].get("role") != role or role == "*":
+                return f"reservation role '{stack[-1].get('role')}' is not the offer role '{role}'"
+            err = self._principal_error(fw, stack[-1].get("principal"), "reservation")
+            if err:
+                return err
+            source = (key[0], json.dumps(stack[:-1], sort_keys=True) if len(stack) > 1 else "", "")
+            if pool.get(source, 0.0) + 1e-9 < value:
+                return f"the offers do not hold {value} {key[0]} to reserve"
+            moves.append((source, key, value))
+        for source, key, value in moves:
+            for p in (pool, agent.pool):
+                p[source] = p.get(source, 0.0) - value
+                p[key] = p.get(key, 0.0) + value
+        return None
+
+    def _create(
+        self, fw: Framework, agent: Agent, role: str, pool: dict[Key, float], body: dict[str, Any]
+    ) -> str | None:
+        made = []
+        for r in body.get("volumes", []):
+            try:
+                key, value = self._key(fw, r, role)
+            except ValueError as e:
+                return str(e)
+            disk = r.get("disk") or {}
+            path = str((disk.get("volume") or {}).get("container_path") or "")
+            if key[0] != "disk" or not key[2]:
+                return "a volume is disk with 'disk.persistence.id'"
+            if not key[1]:
+                return "Persistent volumes cannot be created from unreserved resources"
+            if not path or path.startswith("/") or ".." in path.split("/"):
+                return f"volume container_path '{path}' must be relative, inside the sandbox"
+            if key[2] in agent.volumes:
+                return f"Persistence ID '{key[2]}' already exists"
+            owner = (disk.get("persistence") or {}).get("principal")
+            err = self._principal_error(fw, owner, "volume")
+            if err:
+                return err
+            source = ("disk", key[1], "")
+            if pool.get(source, 0.0) + 1e-9 < value:
+                return f"the offers do not hold {value} MB of reserved disk for the volume"
+            made.append((source, key, value, path))
+        for source, key, value, path in made:
+            for p in (pool, agent.pool):
+                p[source] = p.get(source, 0.0) - value
+                p[key] = p.get(key, 0.0) + value
+            vrole = _last_role(key[1]) or role
+            d = self.cluster.root / agent.agent_id / "volumes" / "roles" / vrole / key[2]
+            d.mkdir(parents=True, exist_ok=True)
+            agent.volumes[key[2]] = Volume(key[2], vrole, key[1], value, path, d)
+        return None
+
+    def _launch_one(
+        self, fw: Framework, agent: Agent, role: str, pool: dict[Key, float], ti: dict[str, Any]
+    ) -> None:
+        c = self.cluster
+        tid = ti["task_id"]["value"]
+        error = None
+        uses: dict[Key, float] = {}
+        try:
+            for r in ti.get("resources", []):
+                key, value = self._key(fw, r, role)
+                uses[key] = uses.get(key, 0.0) + value
+        except ValueError as e:
+            error = str(e)
+        if error:
+            pass
+        elif c.find_task(fw.framework_id, tid) is not None:
+            error = "Task has duplicate ID"
+        elif ("command" in ti) == ("executor" in ti):
+            error = "Task should have at least one (but not both) of CommandInfo or ExecutorInfo present"  # noqa: E501
+        elif not ti.get("resources"):
+            error = "Task uses no resources"
+        elif any(pool.get(k, 0.0) + 1e-9 < v for k, v in uses.items()):
+            error = "Task uses more resources than available in the offers"
+        if error:
+            self._master_update(fw, tid, agent.agent_id, "TASK_ERROR", "REASON_TASK_INVALID", error)
+            return
+        for k, v in uses.items():
+            pool[k] -= v
+        c.launch(fw, agent, ti, uses)
 
     def _master_update(
         self, fw: Framework, task_id: str, agent_id: str, state: str, reason: str, message: str
@@ -920,7 +1301,7 @@ class FakeMaster:
     def agent_removed(self, agent: Agent) -> None:
         for fw in self.frameworks.values():
             for oid, offer in list(fw.offers.items()):
-                if offer[0] == agent.agent_id:
+                if offer.agent_id == agent.agent_id:
                     del fw.offers[oid]
                     if fw.stream is not None:
                         fw.stream.send({"type": "RESCIND", "rescind": {"offer_id": {"value": oid}}})
@@ -968,49 +1349,158 @@ class FakeMaster:
             return
         self._last_alloc = now
         for fw in self.frameworks.values():
-            role = fw.roles[0]
-            if fw.stream is None or role in fw.suppressed:
+            if fw.stream is None:
                 continue
             offers = []
             for a in c.agents.values():
-                if a.removed or fw.filters.get(a.agent_id, 0.0) > now:
+                if a.removed or any(o.agent_id == a.agent_id for o in fw.offers.values()):
                     continue
-                if any(o[0] == a.agent_id for o in fw.offers.values()):
-                    continue
-                used = [0.0, 0.0, 0.0]
-                for t in a.tasks.values():
-                    if t.state not in TERMINAL:
-                        used = [used[0] + t.cpus, used[1] + t.mem, used[2] + t.disk]
-                for other in self.frameworks.values():
-                    for o in other.offers.values():
-                        if o[0] == a.agent_id:
-                            used = [u + x for u, x in zip(used, o[1], strict=True)]
-                free = (a.spec.cpus - used[0], a.spec.mem - used[1], a.spec.disk - used[2])
-                if free[0] < 0.01 or free[1] < 1:
-                    continue
-                # split_offers: the agent's free resources come as two offers (as when the
-                # allocator offers freed resources separately); the scheduler must combine them
-                parts = 2 if c.split_offers else 1
-                for _ in range(parts):
-                    part = (free[0] / parts, free[1] / parts, free[2] / parts)
-                    self.offer_counter += 1
-                    oid = f"{c.master_id}-O{self.offer_counter}"
-                    fw.offers[oid] = (a.agent_id, part, role)
-                    alloc = {"role": role}
-                    offers.append({
-                        "id": {"value": oid}, "framework_id": {"value": fw.framework_id},
-                        "agent_id": {"value": a.agent_id}, "hostname": a.spec.hostname,
-                        "allocation_info": alloc,
-                        "resources": [
-                            {"name": n, "type": "SCALAR", "scalar": {"value": v}, "allocation_info": alloc}  # noqa: E501
-                            for n, v in zip(("cpus", "mem", "disk"), part, strict=True)
-                        ],
-                        "attributes": [
-                            {"name": k, "type": "TEXT", "text": {"value": v}} for k, v in a.spec.attributes.items()  # noqa: E501
-                        ],
-                    })  # fmt: skip
+                free = self._free(a)
+                unreserved_given = False
+                # which role gets the unreserved resources first turns round (as a fair
+                # allocator's shares would), so no role starves behind another one's declines
+                self._turn += 1
+                k = self._turn % len(fw.roles)
+                for role in fw.roles[k:] + fw.roles[:k]:
+                    if role in fw.suppressed or fw.filters.get((a.agent_id, role), 0.0) > now:
+                        continue
+                    pool = {}
+                    for k, v in free.items():
+                        if v < 1e-6:
+                            continue
+                        res_role = _last_role(k[1])
+                        if res_role is None and unreserved_given:
+                            continue
+                        if res_role is not None and not (
+                            role == res_role or role.startswith(res_role + "/")
+                        ):
+                            continue  # reserved to another role: never offered to this one
+                        if len(json.loads(k[1] or "[]")) > 1 and (
+                            "RESERVATION_REFINEMENT" not in fw.capabilities
+                        ):
+                            continue  # refined reservations need the capability
+                        pool[k] = v
+                    cpus = sum(v for k, v in pool.items() if k[0] == "cpus")
+                    mem = sum(v for k, v in pool.items() if k[0] == "mem")
+                    if cpus < 0.01 or mem < 1:
+                        continue  # below the minimum allocatable resources
+                    if any(_last_role(k[1]) is None for k in pool):
+                        unreserved_given = True
+                    # split_offers: the agent's free resources come as two offers (as when the
+                    # allocator offers freed resources separately); the scheduler must combine
+                    parts = 2 if c.split_offers else 1
+                    for i in range(parts):
+                        part = {
+                            k: (v if k[2] else v / parts)
+                            for k, v in pool.items()
+                            if not k[2] or i == 0
+                        }
+                        self.offer_counter += 1
+                        oid = f"{c.master_id}-O{self.offer_counter}"
+                        fw.offers[oid] = Offer(a.agent_id, role, part)
+                        offers.append(self._offer_json(fw, a, oid, role, part))
             if offers:
                 fw.stream.send({"type": "OFFERS", "offers": {"offers": offers}})
+
+    def _free(self, a: Agent) -> dict[Key, float]:
+        """The agent's resources not used by a live task nor outstanding in an offer."""
+        free = dict(a.pool)
+        for t in a.tasks.values():
+            if t.state not in TERMINAL:
+                for k, v in t.uses.items():
+                    free[k] = free.get(k, 0.0) - v
+        for other in self.frameworks.values():
+            for o in other.offers.values():
+                if o.agent_id == a.agent_id:
+                    for k, v in o.pool.items():
+                        free[k] = free.get(k, 0.0) - v
+        return free
+
+    def _offer_json(
+        self, fw: Framework, a: Agent, oid: str, role: str, pool: dict[Key, float]
+    ) -> dict[str, Any]:
+        alloc = {"role": role}
+        resources = []
+        for (name, res, pid), v in sorted(pool.items()):
+            r: dict[str, Any] = {
+                "name": name, "type": "SCALAR", "scalar": {"value": round(v, 3)},
+                "allocation_info": alloc,
+            }  # fmt: skip
+            stack = json.loads(res) if res else []
+            if stack and "RESERVATION_REFINEMENT" in fw.capabilities:
+                r["reservations"] = stack
+            elif stack:  # the format before reservation refinement
+                r["role"] = stack[-1]["role"]
+                if stack[-1].get("type") == "DYNAMIC":
+                    r["reservation"] = {
+                        k: stack[-1][k] for k in ("principal", "labels") if k in stack[-1]
+                    }
+            if pid:
+                vol = a.volumes[pid]
+                persistence = {"id": pid}
+                if fw.info.get("principal"):
+                    persistence["principal"] = fw.info["principal"]
+                r["disk"] = {
+                    "persistence": persistence,
+                    "volume": {"container_path": vol.container_path, "mode": "RW"},
+                }
+            resources.append(r)
+        return {
+            "id": {"value": oid}, "framework_id": {"value": fw.framework_id},
+            "agent_id": {"value": a.agent_id}, "hostname": a.spec.hostname,
+            "allocation_info": alloc,
+            "resources": resources,
+            "attributes": [_attribute(k, v) for k, v in a.spec.attributes.items()],
+        }  # fmt: skip
+
+
+class HealthRun:
+    """One task's health checking, as its executor does it (checks run in a thread each)."""
+
+    def __init__(self, check: dict[str, Any], started: float) -> None:
+        self.check = check
+        self.started = started
+        self.next_check = started + float(check.get("delay_seconds", 15.0))
+        self.interval = float(check.get("interval_seconds", 10.0))
+        self.timeout = float(check.get("timeout_seconds", 20.0))
+        self.grace = float(check.get("grace_period_seconds", 10.0))
+        self.limit = int(check.get("consecutive_failures", 3))
+        self.failures = 0
+        self.ever_healthy = False
+        self.reported: bool | None = None
+        self.result: bool | None = None  # set by the check's thread
+        self.running = False
+        self.killed = False  # killed because of failed checks
+        self.runs = 0
+
+    def start(self, sandbox: Path) -> None:
+        self.running = True
+        self.runs += 1
+        threading.Thread(target=self._run, args=(sandbox,), daemon=True).start()
+
+    def _run(self, sandbox: Path) -> None:
+        ok = False
+        try:
+            if self.check.get("type") == "COMMAND":
+                cmd = self.check["command"]
+                env = {"PATH": DEFAULT_PATH}  # the agent's, never the test's
+                for var in (cmd.get("environment") or {}).get("variables", []):
+                    env[var["name"]] = var.get("value", "")
+                env["MESOS_SANDBOX"] = str(sandbox)
+                done = subprocess.run(
+                    ["/bin/sh", "-c", cmd["value"]], cwd=sandbox, env=env,
+                    timeout=self.timeout, capture_output=True,
+                )  # fmt: skip
+                ok = done.returncode == 0
+            elif self.check.get("type") == "HTTP":
+                http = self.check["http"]
+                url = f"http://127.0.0.1:{int(http['port'])}{http.get('path', '/')}"
+                with urllib.request.urlopen(url, timeout=self.timeout) as resp:
+                    ok = 200 <= resp.status < 400
+        except (OSError, subprocess.SubprocessError, KeyError, ValueError):
+            ok = False
+        self.result = ok
+        self.running = False
 
 
 def _error(message: str) -> dict[str, Any]:

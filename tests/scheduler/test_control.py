@@ -81,6 +81,9 @@ def test_on_loopback_changes_need_the_token_that_sr_scheduler_finds_by_itself(
         assert "(no token)" in proc.text() and "(wrong token)" in proc.text()
         # the operator's commands find the leader and the token by themselves
         done = sr_scheduler("status", str(spec))
+        assert done.returncode == 0 and "plan deployment: " in done.stdout, done.stderr
+        assert "phase feed: " in done.stdout and "feed-0  " in done.stdout
+        done = sr_scheduler("--json", "status", str(spec))
         assert done.returncode == 0 and json.loads(done.stdout)["leader"], done.stderr
         done = sr_scheduler("reload", str(spec))
         assert done.returncode == 0 and "no change" in done.stdout, done.stderr
@@ -107,7 +110,7 @@ def test_off_loopback_status_needs_the_token_too(cluster: Cluster, tmp_path: Pat
         code, body = call(base + "/status.json", token)
         assert code == 200 and json.loads(body)["allocated"] == 1
         out = io.StringIO()
-        assert cli.main(["status", str(spec)], out=out) == 0
+        assert cli.main(["--json", "status", str(spec)], out=out) == 0
         assert json.loads(out.getvalue())["leader"]
         token_file.write_text(WRONG + "\n")  # still mode 600, but not what the copy uses
         done = sr_scheduler("status", str(spec))
@@ -205,7 +208,16 @@ def test_help_explains_verbs_mesos_and_exit_codes() -> None:
     assert done.returncode == 0
     text = done.stdout
     assert text.startswith("usage: sr_scheduler")
-    for needle in ("Mesos", "verbs:", "exit codes:", "control.token", "leader.addr"):
+    for needle in (
+        "Mesos",
+        "verbs:",
+        "exit codes:",
+        "control.token",
+        "leader.addr",
+        "--new-framework",
+        "ZooKeeper",
+        "relayed to the leader",
+    ):
         assert needle in text, needle
     for verb in ("run", "status", "reload", "stop"):
         assert f"\n  {verb} " in text, verb
@@ -213,6 +225,11 @@ def test_help_explains_verbs_mesos_and_exit_codes() -> None:
     for code in range(7):
         assert f"\n  {code}  " in codes, code
     assert "``" not in text  # not a raw docstring
+    assert "--json" in text and "deployment plan" in text and "waiting-for-offer" in text
+    assert (
+        "usage: sr_scheduler [-h] [--version] [--force] [--teardown] [--new-framework] [--json]"
+        " [--debug] VERB SPEC" in " ".join(text.split())
+    )
 
 
 def test_every_worker_component_is_an_installed_command() -> None:

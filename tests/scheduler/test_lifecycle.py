@@ -30,15 +30,16 @@ def started(runner: Runner) -> int:
 def test_the_example_spec_loads_and_bad_specs_name_the_problem(tmp_path: Path) -> None:
     spec = load_spec(ETC / "pump.toml")
     assert spec.workers and all(w.count >= 1 for w in spec.workers.values())
+    head = '[scheduler]\nmaster = "http://m:5050"\nuser = "sarra"\n'
     with pytest.raises(ConfigError, match="count"):
-        parse_spec('[scheduler]\nmaster = "http://m:5050"\n[workers.a]\nconfig = "x"\ncount = -1\n')
+        parse_spec(head + '[workers.a]\nconfig = "x"\ncount = -1\n')
     with pytest.raises(ConfigError, match="master"):
         parse_spec("[scheduler]\n")
     with pytest.raises(ConfigError, match="TOML"):
         parse_spec("[scheduler\n")
     with pytest.raises(ConfigError, match=r"unknown keys.*watch_spc"):
-        parse_spec('[scheduler]\nmaster = "http://m:5050"\nwatch_spc = true\n')
-    base = '[scheduler]\nmaster = "http://m:5050"\n[workers.a]\nconfig = "x"\ncount = 1\n'
+        parse_spec(head + "watch_spc = true\n")
+    base = head + '[workers.a]\nconfig = "x"\ncount = 1\n'
     assert parse_spec(base).workers["a"].command == "sr_subscribe foreground x"
     bigger = parse_spec(base.replace("count = 1", "count = 5")).workers["a"]
     assert bigger.version == parse_spec(base).workers["a"].version  # count does not roll
@@ -118,7 +119,7 @@ def test_stop_is_refused_while_workers_are_allocated_unless_forced(
     wait_for(lambda: started(r) == 1 and r.service.status.get("allocated") == 1, 30, "1 started")
     spec = str(r.spec_path)
     out = io.StringIO()
-    assert cli.main(["status", spec], out=out) == 0
+    assert cli.main(["--json", "status", spec], out=out) == 0
     doc = json.loads(out.getvalue())
     assert doc["leader"] and doc["tasks"][0]["state"] == "TASK_RUNNING"
     addr = (tmp_path / "st" / "leader.addr").read_text().strip()

@@ -253,4 +253,4 @@ def test_offers_of_one_agent_are_combined_in_one_accept_and_unneeded_ones_are_fi
     fid = runner.sched.state.framework_id
     idle = next(a for a in cluster.agents if a not in agents)
     filters = cluster.state()["frameworks"][fid]["filters"]
-    assert filters.get(idle, 0.0) - time.monotonic() > 20
+    assert filters.get(f"{idle}/*", 0.0) - time.monotonic() > 20  # per agent and role
