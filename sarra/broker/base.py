@@ -78,6 +78,9 @@ class QueueSpec:
     message_ttl_ms: int | None = None
     #: ``classic`` or ``quorum`` (x-queue-type; a quorum queue is durable, never auto-delete)
     queue_type: str = "classic"
+    #: ``x-single-active-consumer``: the broker delivers to one consumer at a time, the next
+    #: registered one taking over (with the unacked messages) when it goes
+    single_active: bool = False
 
 
 @dataclass(frozen=True, slots=True)

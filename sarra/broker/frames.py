@@ -17,6 +17,7 @@ at most ``frame_max - 8`` bytes (none for an empty body).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from struct import Struct
 
@@ -40,7 +41,10 @@ class FrameError(ValueError):
     """The message does not fit the AMQP field sizes (a short string over 255 bytes)."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _short(text: str) -> bytes:
+    """An AMQP short string. Cached: header names, exchanges, routing keys and the content
+    type repeat from one message to the next."""
     raw = text.encode("utf-8")
     if len(raw) > 255:
         raise FrameError(f"{text[:40]!r}...: longer than 255 bytes")
@@ -92,3 +96,37 @@ def publish_frames(channel: int, frame_max: int, m: WireMessage) -> bytes:
         piece = body[start : start + chunk]
         parts += (_FRAME_HEAD.pack(3, channel, len(piece)), piece, _FRAME_END)
     return b"".join(parts)
+
+
+#: a basic.ack or basic.nack method frame: type 1, channel, size 13; class 60, method 80
+#: (ack) or 120 (nack), delivery tag, flags (bit 0: multiple); then the frame end
+_CONFIRM_FRAME = Struct(">BHIHHQBB")
+CONFIRM_FRAME_SIZE = _CONFIRM_FRAME.size  # 21
+_ACK, _NACK = 80, 120
+
+
+def scan_confirms(buf: bytes, channel: int) -> tuple[int, list[tuple[int, bool, bool]]]:
+    """The publisher confirms (basic.ack / basic.nack on ``channel``) at the start of ``buf``.
+
+    Returns how many bytes they take and, for each in order, ``(delivery_tag, multiple,
+    nack)``. Scanning stops at the first thing that is not a complete confirm frame on
+    ``channel`` (another frame, another channel, a frame cut by the end of ``buf``, a bad
+    frame end): what follows is left to py-amqp, which reads it as it would have.
+    """
+    pos, end = 0, len(buf)
+    out: list[tuple[int, bool, bool]] = []
+    unpack = _CONFIRM_FRAME.unpack_from
+    while end - pos >= CONFIRM_FRAME_SIZE:
+        ftype, ch, size, cls, method, tag, flags, frame_end = unpack(buf, pos)
+        if (
+            ftype != 1
+            or ch != channel
+            or size != 13
+            or cls != 60
+            or method not in (_ACK, _NACK)
+            or frame_end != 0xCE
+        ):
+            break
+        out.append((tag, bool(flags & 1), method == _NACK))
+        pos += CONFIRM_FRAME_SIZE
+    return pos, out

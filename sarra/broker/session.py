@@ -36,7 +36,7 @@ import amqp
 import amqp.exceptions
 
 from sarra.broker.base import Broker, BrokerNode, BrokerUrl, Delivery, QueueSpec
-from sarra.broker.frames import FrameError, publish_frames
+from sarra.broker.frames import CONFIRM_FRAME_SIZE, FrameError, publish_frames, scan_confirms
 from sarra.errors import AccessRefused, BrokerError, BrokerNotFound
 from sarra.notice import WireMessage
 
@@ -52,6 +52,8 @@ _WRITE_CHUNK = 128 * 1024
 _MAX_WAIT = 1.0
 #: reading "what is already there" still needs a (tiny) socket timeout
 _NO_WAIT = 0.001
+#: bytes asked of the socket at once when reading a run of publisher confirms
+_CONFIRM_RECV = 64 * 1024
 _LIBRARY_ERRORS: tuple[type[Exception], ...] = (amqp.exceptions.AMQPError, OSError)
 
 
@@ -398,9 +400,11 @@ class BrokerSession:
 
     @staticmethod
     def _declare_queue_on(ch: Any, spec: QueueSpec) -> tuple[int, int]:
-        arguments: dict[str, int | str] = {}
+        arguments: dict[str, int | str | bool] = {}
         if spec.queue_type != "classic":
             arguments["x-queue-type"] = spec.queue_type
+        if spec.single_active:
+            arguments["x-single-active-consumer"] = True
         if spec.expire_ms is not None:
             arguments["x-expires"] = spec.expire_ms
         if spec.message_ttl_ms is not None:
@@ -522,6 +526,10 @@ class BrokerSession:
                     conn.drain_events(timeout=wait)
         except TimeoutError:
             pass
+        self._after_drain(conn)
+
+    def _after_drain(self, conn: Any) -> None:
+        """Tick heartbeats; raise BrokerError if the broker cancelled a consumer meanwhile."""
         conn.heartbeat_tick(rate=4)
         if self._cancelled:
             queues = ", ".join(self._cancelled)
@@ -663,15 +671,67 @@ class BrokerSession:
 
     def _await_confirms(self, conn: Any, allowed: int, deadline: float) -> None:
         while len(self._pending) > allowed and not self._nacked:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 raise BrokerError(
                     f"{len(self._pending)} publishes not confirmed in "
                     f"{self.confirm_timeout:.0f}s ({self.url})"
                 )
-            self._drain(conn, min(remaining, self._tick_every), limit=1)
+            self._drain_confirms(conn, allowed, min(remaining, self._tick_every), now)
+
+    def _drain_confirms(self, conn: Any, allowed: int, wait: float, now: float) -> None:
+        """Read frames until at most ``allowed`` publishes are unconfirmed (or a nack), for
+        up to ``wait`` s in all; then tick heartbeats. As :meth:`_drain` with ``limit=1``
+        per frame, but the socket timeout is set once for the whole run of confirms (a
+        set and a restore per confirm were two system calls a message)."""
+        until = now + wait
+        # confirms are read in bulk on a plain socket: py-amqp's transport (``_read_buffer``)
+        # is the one a TLS socket needs too, but a select-free recv on it is not ours to do
+        bulk = not self.url.tls and isinstance(getattr(conn.transport, "_read_buffer", None), bytes)
+        channel = self._control_ch.channel_id if self._control_ch is not None else -1
+        try:
+            with conn.transport.having_timeout(wait):
+                while len(self._pending) > allowed and not self._nacked:
+                    if not (bulk and self._read_confirms(conn, channel)):
+                        conn.drain_events(timeout=wait)
+                    if time.monotonic() >= until:
+                        break
+        except TimeoutError:
+            pass
+        self._after_drain(conn)
         if self._nacked:
             raise BrokerError(f"the broker refused (nacked) {self._nacked} messages ({self.url})")
+
+    def _read_confirms(self, conn: Any, channel: int) -> bool:
+        """Take the run of publisher confirms at the head of py-amqp's read buffer (reading
+        the socket once, under its current timeout, when the buffer does not start with a
+        whole one) and count each as its callback would. Returns False when none was there:
+        the caller lets py-amqp read the next frame (a heartbeat, a channel close, a
+        delivery, or the rest of a confirm cut by the read). One ``recv`` then serves a
+        whole run of ``basic.ack`` frames instead of py-amqp's three reads and its method
+        dispatch per frame.
+        """
+        transport = conn.transport
+        buf: bytes = transport._read_buffer
+        if len(buf) < CONFIRM_FRAME_SIZE:
+            data = transport.sock.recv(_CONFIRM_RECV)
+            if not data:
+                raise OSError("Server unexpectedly closed connection")
+            buf += data
+            transport._read_buffer = buf
+        used, confirms = scan_confirms(buf, channel)
+        if not used:
+            return False
+        transport._read_buffer = buf[used:]
+        # py-amqp counts received frames to know the broker is alive (heartbeats)
+        conn.bytes_recv += len(confirms)
+        for tag, multiple, nack in confirms:
+            if nack:
+                self._on_confirm_nack(tag, multiple)
+            else:
+                self._on_confirm_ack(tag, multiple)
+        return True
 
     def _on_confirm_ack(self, delivery_tag: int, multiple: bool) -> None:
         if multiple:

@@ -27,7 +27,6 @@ it (:func:`sarra.osport.fsync_dir`).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import itertools
 import os
@@ -225,7 +224,9 @@ def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # the process's own symbols, libc's among them: ctypes.util.find_library would run
+        # ``ldconfig -p`` in a child process at every start (a fork of the whole subscriber)
+        libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None
@@ -774,6 +775,11 @@ class SafeRoot:
     def _note_dirty(self, parts: tuple[str, ...]) -> None:
         with self._dirty_lock:
             self._dirty.add(parts)
+
+    def has_dirty(self) -> bool:
+        """Whether a rename awaits :meth:`sync_dirs`."""
+        with self._dirty_lock:
+            return bool(self._dirty)
 
     def sync_dirs(self) -> int:
         """fsync every directory noted by ``commit(sync_dir=False)``; returns how many.

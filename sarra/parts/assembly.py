@@ -168,8 +168,12 @@ class Ticket(Closing):
         final_rel: str,
         present: bytes | None,
         fd: int | None,
+        *,
+        growing: bool = False,
     ) -> None:
         self.key = key
+        #: the block belongs to a growing file (its version is the growth id)
+        self.growing = growing
         self.spec = spec
         self.version = version
         self.final_rel = final_rel

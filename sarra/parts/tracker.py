@@ -13,7 +13,8 @@ the kernel releases it when a holder dies, so a SIGKILLed instance never wedges 
 file is only unlinked by a holder; a waiter that then acquires a lock on an unlinked inode
 notices (inode differs from the path's) and retries, so removal is race-free too.
 
-State directory layout (``state_dir`` should be per component/config, on local disk)::
+State directory layout (``state_dir`` is per component/config, on local disk; pump nodes that
+write one shared tree share it instead, on that file system: option ``parts_dir``)::
 
     locks/<key>.lock     flock target for everything about this final path
     open/<key>.json      record of the version being received (one per final path)
@@ -36,6 +37,12 @@ final name -> ``placed`` -> caller runs ``on_file`` -> :meth:`PartTracker.finish
 :meth:`~PartTracker.recover` takes over (``Completion.resumed``) from the recorded step. Once
 ``done`` is recorded, ``on_file`` is never offered again; a crash after ``on_file`` ran but
 before ``finish`` recorded it offers it once more (the only window, and unavoidable).
+
+A *growing* file (:mod:`sarra.parts.growing`) is a version keyed by (final path, block size,
+growth id) instead: its provisional blocks raise the block count as they come, its size is
+unknown until a final block's notice sets count and size for good (``size_final``), and it
+is complete only then, with every block of that count present. A block beyond, or a final
+count contradicting, what is recorded is refused (:class:`MalformedMessage`).
 
 ``inplace off`` (``.Part`` files kept separately) is not tracked here: those blocks are placed
 and re-announced one by one, and their leftovers are ordinary files for housekeeping.
@@ -142,13 +149,58 @@ class _Record:
     mode: int | None = None
     updated: float = 0.0
     about: dict[str, Any] | None = None
+    #: a growing file (see the module docstring): the block count is provisional until a
+    #: final notice sets it (``size_final``), and a version is (final path, block size, id)
+    growing: bool = False
 
-    def same_version(self, version: str, spec: PartSpec) -> bool:
+    def same_version(self, version: str, spec: PartSpec, growing: bool = False) -> bool:
+        if growing or self.growing:
+            return (self.growing, self.version, self.block_size) == (
+                growing,
+                version,
+                spec.block_size,
+            )
         return (self.version, self.block_size, self.block_count) == (
             version,
             spec.block_size,
             spec.block_count,
         )
+
+    def incomplete(self, present: int) -> bool:
+        """Whether blocks are still missing (or, growing, the final size is still unknown)."""
+        return present < self.block_count or (self.growing and not self.size_final)
+
+    def grow(self, spec: PartSpec, final: bool) -> bool:
+        """Take a growing file's block ``spec`` into account; True when the record changed.
+
+        A provisional block may raise the block count; a final one sets the count and the
+        size for good. Raises :class:`MalformedMessage` for a block beyond a final count or
+        a final count that contradicts another final one or blocks already present.
+        """
+        cnt = spec.block_count
+        if self.size_final:
+            if cnt > self.block_count or (final and cnt != self.block_count):
+                raise MalformedMessage(
+                    f"growing {self.final_rel}: parts {spec.wire()!r} contradict the final "
+                    f"count of {self.block_count} blocks"
+                )
+            return False
+        if final:
+            beyond = any(self.has(n) for n in range(cnt, len(self.present) * 8))
+            if beyond:
+                raise MalformedMessage(
+                    f"growing {self.final_rel}: final parts {spec.wire()!r} end before "
+                    "blocks already received"
+                )
+            self.block_count, self.file_size, self.size_final = cnt, spec.file_size, True
+            self.present = self.present[: (cnt + 7) // 8]
+            self.present.extend(bytes((cnt + 7) // 8 - len(self.present)))
+            return True
+        if cnt <= self.block_count:
+            return False
+        self.block_count = cnt
+        self.present.extend(bytes((cnt + 7) // 8 - len(self.present)))
+        return True
 
     def has(self, n: int) -> bool:
         return bool(self.present[n >> 3] & (1 << (n & 7)))
@@ -283,6 +335,8 @@ class PartTracker:
         mtime: float | None = None,
         mode: int | None = None,
         about: dict[str, Any] | None = None,
+        growing: bool = False,
+        final: bool = False,
     ) -> Ticket:
         """Open (or start) tracking of a version for the block ``spec`` describes.
 
@@ -294,16 +348,20 @@ class PartTracker:
         Raises :class:`MalformedMessage` for impossible ``parts`` or when ``max_open``
         versions are already tracked, :class:`HostilePath`, :class:`LocalError`/
         :class:`DiskFull`.
+
+        ``growing``: the block belongs to a growing file whose ``version`` is its growth id;
+        ``final``: its ``parts`` give the final block count and remainder (else they are
+        provisional: only the block's own range is meaningful).
         """
         check_spec(spec)
         key, norm = self.key_for(final_rel)
-        size, size_final = known_size(spec)
+        size, size_final = (None, False) if growing else known_size(spec)
         with self._lock(f"{key}.lock"):
             done = self._read("done", key)
-            if done is not None and done.same_version(version, spec):
-                return Ticket(key, spec, version, norm, None, None)
+            if done is not None and done.same_version(version, spec, growing):
+                return Ticket(key, spec, version, norm, None, None, growing=growing)
             rec = self._read("open", key)
-            if rec is not None and not rec.same_version(version, spec):
+            if rec is not None and not rec.same_version(version, spec, growing):
                 self._discard(key, rec)
                 rec = None
             if done is not None:
@@ -317,13 +375,15 @@ class PartTracker:
                         self._discard(key, rec)
                         rec = None
                 if rec is None:
-                    rec, fd = self._create(key, norm, spec, version, about)
-                changed = False
+                    rec, fd = self._create(key, norm, spec, version, about, growing)
+                changed = rec.grow(spec, final) if growing and rec.step == _RECEIVING else False
                 if size is not None and (not rec.size_final) and rec.file_size != size:
                     rec.file_size, changed = size, True
                 if size_final and not rec.size_final:
                     rec.size_final, changed = True, True
-                if (mtime, mode) != (rec.mtime, rec.mode) and rec.step == _RECEIVING:
+                # a growing file's time and mode are those its final notices give
+                settles = final or not growing or rec.mtime is None
+                if settles and (mtime, mode) != (rec.mtime, rec.mode) and rec.step == _RECEIVING:
                     rec.mtime, rec.mode, changed = mtime, mode, True
                 if changed:
                     self._write("open", key, rec)
@@ -333,7 +393,7 @@ class PartTracker:
                 # so abandon() (also under it) cannot miss a writer that has just begun.
                 if fd is not None:
                     osport.lock(fd, exclusive=False)
-                return Ticket(key, spec, version, norm, bytes(rec.present), fd)
+                return Ticket(key, spec, version, norm, bytes(rec.present), fd, growing=growing)
             except BaseException:
                 if fd is not None:
                     os.close(fd)
@@ -356,7 +416,7 @@ class PartTracker:
             rec = self._read("open", ticket.key)
             if (
                 rec is None
-                or not rec.same_version(ticket.version, ticket.spec)
+                or not rec.same_version(ticket.version, ticket.spec, ticket.growing)
                 or rec.step != _RECEIVING
                 or rec.count_present() > 0
             ):
@@ -375,7 +435,13 @@ class PartTracker:
             return True
 
     def _create(
-        self, key: str, norm: str, spec: PartSpec, version: str, about: dict[str, Any] | None
+        self,
+        key: str,
+        norm: str,
+        spec: PartSpec,
+        version: str,
+        about: dict[str, Any] | None,
+        growing: bool = False,
     ) -> tuple[_Record, int]:
         with self._lock(".new"):
             tracked = len(self._keys("open"))
@@ -402,6 +468,7 @@ class PartTracker:
                     present=bytearray((spec.block_count + 7) // 8),
                     updated=time.time(),
                     about=about,
+                    growing=growing,
                 )
                 try:
                     self._write("open", key, rec)
@@ -429,11 +496,13 @@ class PartTracker:
             raise MalformedMessage(f"block {n} out of range for {ticket.spec.wire()!r}")
         with self._lock(f"{ticket.key}.lock"):
             done = self._read("done", ticket.key)
-            if done is not None and done.same_version(ticket.version, ticket.spec):
+            if done is not None and done.same_version(ticket.version, ticket.spec, ticket.growing):
                 return Marked(MarkStatus.DONE, done.block_count, done.block_count)
             rec = self._read("open", ticket.key)
-            if rec is None or not rec.same_version(ticket.version, ticket.spec):
+            if rec is None or not rec.same_version(ticket.version, ticket.spec, ticket.growing):
                 return Marked(MarkStatus.STALE, 0, ticket.spec.block_count)
+            if n >= rec.block_count:
+                raise MalformedMessage(f"block {n} beyond the {rec.block_count} of {rec.final_rel}")
             duplicate = rec.has(n)
             if not duplicate:
                 if block_sum is not None:
@@ -441,7 +510,7 @@ class PartTracker:
                 rec.present[n >> 3] |= 1 << (n & 7)
                 rec.updated = time.time()
             present = rec.count_present()
-            if present < rec.block_count:
+            if rec.incomplete(present):
                 if not duplicate:
                     self._write("open", ticket.key, rec)
                 status = MarkStatus.DUPLICATE if duplicate else MarkStatus.RECORDED
@@ -551,7 +620,7 @@ class PartTracker:
         for key in self._keys("open"):
             with self._lock(f"{key}.lock"):
                 rec = self._read("open", key)
-                if rec is None or rec.count_present() < rec.block_count:
+                if rec is None or rec.incomplete(rec.count_present()):
                     continue
                 marked = self._complete(key, rec, persist=False)
                 if marked.completion is not None:
@@ -608,7 +677,7 @@ class PartTracker:
         all sums were kept; None otherwise (e.g. to announce it again after a redelivery)."""
         with self._lock(f"{ticket.key}.lock"):
             done = self._read("done", ticket.key)
-            if done is None or not done.same_version(ticket.version, ticket.spec):
+            if done is None or not done.same_version(ticket.version, ticket.spec, ticket.growing):
                 return None
             if done.file_size is None:
                 return None

@@ -9,13 +9,13 @@ directories); the second and third leave their fresh state (``reset``) and
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.servers.lifecycle import discard
 from tests.servers.rabbitmq import RabbitNode, start_rabbitmq
 
 _HERE = Path(__file__).parent
@@ -51,8 +51,7 @@ def start_cluster(size: int = 3) -> list[RabbitNode]:
 
 def stop_cluster(nodes: list[RabbitNode]) -> None:
     for node in reversed(nodes):
-        node.stop()
-        shutil.rmtree(node.base_dir, ignore_errors=True)
+        discard(node)
 
 
 @pytest.fixture(scope="session")
