@@ -25,7 +25,15 @@ instance_stuck         warning   running, but no log/heartbeat for ``stuck_after
 credentials_mode       error     a credentials or key file readable by others      chmod 600
 security_event         warning   forged source/report etc. recorded by components  -
 access_refused         warning   the broker log shows a refused access             -
+quota_usage            info      a source's usage of its ``quota`` (admin.conf)    -
+quota_refused          warning   a source refused for its quota within the window  -
+quota_store_down       error     the Redis quota ledger cannot be read             -
+cluster_node_down      error     a node of the broker cluster is not running       -
+queue_replica_down     warning   a replica (or the node) of a ``q_`` queue is down  -
 =====================  ========  ================================================  ===========
+
+The report also shows the cluster (:mod:`sarra.broker.cluster`): its nodes, and each ``q_``
+queue's leader and replicas (``cluster`` in the JSON output).
 
 ``delete*``: only with ``--force``. Exit status of the audit: 0 nothing above info,
 1 warnings, 2 errors (the Nagios convention).
@@ -44,8 +52,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sarra.broker.cluster import ClusterView
 from sarra.cli.instances import Instance, State, instance_pid, last_activity, pid_file_numbers
 from sarra.config import paths
+from sarra.config.quota import Quota
+from sarra.errors import QuotaStoreUnavailable
+from sarra.flow.quota import Ledger
 from sarra.police.mgmt import Management
 from sarra.police.pump import Pump
 from sarra.security_events import read_events
@@ -95,6 +107,7 @@ class AuditReport:
     broker: str
     findings: list[Finding] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    cluster: ClusterView | None = None
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +125,7 @@ class AuditReport:
                 "counts": self.counts(),
                 "findings": [f.to_dict() for f in self.findings],
                 "fixed": self.fixed,
+                "cluster": None if self.cluster is None else self.cluster.to_dict(),
             },
             indent=2,
             sort_keys=True,
@@ -129,6 +143,8 @@ class AuditReport:
                 hint = f"  [fix: {f.fix}{' --force' if f.needs_force else ''}]"
             lines.append(f"{f.severity.upper():<7} {f.check:<18} {f.subject}: {f.detail}{hint}")
         lines.extend(f"FIXED   {what}" for what in self.fixed)
+        if self.cluster is not None:
+            lines.extend(self.cluster.lines())
         status = ["ok", "warning", "error"][self.exit_code]
         lines.append(f"{len(self.findings)} finding(s); status {status}")
         return "\n".join(lines) + "\n"
@@ -270,6 +286,27 @@ def check_queues(
                         f"{before} -> {messages} messages in {settings.sample_seconds:g} s",
                     )
                 )
+    return found
+
+
+def check_cluster(view: ClusterView) -> list[Finding]:
+    """Nodes not running; ``q_`` queues with a replica (a classic queue: its node) down."""
+    found = [
+        Finding("cluster_node_down", ERROR, n.name, "broker node not running")
+        for n in view.nodes
+        if not n.running
+    ]
+    for q in view.queues:
+        if q.replicas_down:
+            left = f"{len(q.online)} of {len(q.members)} online"
+            found.append(
+                Finding(
+                    "queue_replica_down",
+                    WARNING,
+                    q.name,
+                    f"{q.type} queue: {', '.join(q.replicas_down)} down ({left})",
+                )
+            )
     return found
 
 
@@ -420,3 +457,43 @@ def check_broker_log(path: Path) -> list[Finding]:
         )
         for (user, what, name), n in sorted(counts.items())
     ]
+
+
+def check_quotas(
+    quotas: Mapping[str, Quota], ledger: Ledger, window: float, now: float
+) -> list[Finding]:
+    """Usage and refusals of every source with a ``quota`` line (and of any source whose
+    ledger remains after its line was removed); refusals are a warning while the last one
+    is less than ``window`` seconds old (``events_window``). The ledger is the node's files
+    or the pump's Redis (``quota_redis_serverurl``); a Redis that cannot be read is an
+    error finding ``quota_store_down``."""
+    found: list[Finding] = []
+    try:
+        sources = sorted(set(quotas) | set(ledger.sources()))
+        usages = [(source, ledger.usage(source)) for source in sources]
+    except QuotaStoreUnavailable as exc:
+        return [Finding("quota_store_down", ERROR, repr(ledger), str(exc))]
+    for source, usage in usages:
+        quota = quotas.get(source)
+        limit_b = "no limit" if quota is None or quota.bytes is None else f"{quota.bytes}"
+        limit_f = "no limit" if quota is None or quota.files is None else f"{quota.files}"
+        found.append(
+            Finding(
+                "quota_usage",
+                INFO,
+                source,
+                f"{usage.bytes} bytes of {limit_b}, {usage.files} files of {limit_f}, "
+                f"{usage.refused} refused",
+            )
+        )
+        if usage.refused and now - usage.last_refusal_time < window:
+            when = time.strftime("%F %T", time.localtime(usage.last_refusal_time))
+            found.append(
+                Finding(
+                    "quota_refused",
+                    WARNING,
+                    source,
+                    f"{usage.refused} file(s) refused; last at {when}: {usage.last_refusal}",
+                )
+            )
+    return found

@@ -5,10 +5,15 @@
     sr_police [--admin-conf FILE] [--json] declare
     sr_police [--admin-conf FILE] [--json] audit [--fix [--force]] [thresholds]
     sr_police [--admin-conf FILE] [--json] fix [--force] [thresholds]
+    sr_police [--admin-conf FILE] [--listen HOST:PORT [--allow-remote]] authorize
 
 Without a verb, ``audit``. ``fix`` is ``audit --fix``: it repairs what it safely can, then
 audits again and reports what remains. Exit status: declare 0 (done) or 2 (failed); audit
 0 (ok), 1 (warnings), 2 (errors), the Nagios convention, so a monitor can run it directly.
+``authorize`` runs, in the foreground until stopped, the private-data authorizer nginx's
+``auth_request`` asks (see :mod:`sarra.police.private`): on loopback only unless
+``--allow-remote``; SIGHUP re-reads admin.conf and credentials.conf, SIGTERM or SIGINT stops it
+(exit 0); exit 2 on a configuration error, 1 when it cannot listen.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +34,7 @@ from sarra.errors import SarraError
 from sarra.police import run
 from sarra.police.audit import AuditSettings
 from sarra.police.declare import SKIPPED
+from sarra.police.private import is_loopback, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s (sarra) {__version__}")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--loglevel", default="warning", help="log level (default warning)")
-    p.add_argument("verb", nargs="?", default="audit", choices=("declare", "audit", "fix"))
+    p.add_argument(
+        "verb", nargs="?", default="audit", choices=("declare", "audit", "fix", "authorize")
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8091",
+        metavar="HOST:PORT",
+        help="authorize: where to answer nginx (default 127.0.0.1:8091; loopback only, "
+        "unless --allow-remote)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="authorize: accept a --listen address that is not loopback (nginx on another "
+        "host; the authorizer answers anyone who reaches it)",
+    )
     p.add_argument("--fix", action="store_true", help="audit: repair what can safely be")
     p.add_argument(
         "--force", action="store_true", help="with fix: also delete misnamed queues and exchanges"
@@ -101,6 +124,8 @@ def main(
     try:
         if args.verb == "declare":
             return _declare(args, environment, stream)
+        if args.verb == "authorize":
+            return _authorize(args, environment)
         return _audit(args, environment, stream)
     except SarraError as exc:
         if args.json:
@@ -118,6 +143,45 @@ def _declare(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
         for action in actions:
             print(action, file=out)
     return 1 if any(a.outcome == SKIPPED for a in actions) else 0
+
+
+def _authorize(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError:
+        print(f"sr_police: bad --listen {args.listen!r}: expected HOST:PORT", file=sys.stderr)
+        return 2
+    if not args.allow_remote and not is_loopback(host):
+        print(
+            f"sr_police: --listen {args.listen!r} is not a loopback address: whoever reaches "
+            "the authorizer can have it check passwords; add --allow-remote to listen there "
+            "anyway",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        server = run.authorizer(env, args.admin_conf, host, port)
+    except OSError as exc:  # the port is taken, the address is not ours: worth a restart
+        print(f"sr_police: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("authorizer: %s, stopping", signal.Signals(signum).name)
+        threading.Thread(target=server.server.shutdown, daemon=True).start()
+
+    def reload(_signum: int, _frame: object) -> None:
+        threading.Thread(target=server.reload, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, reload)
+    try:
+        server.serve_forever()
+    finally:
+        server.server.server_close()
+    log.info("authorizer: stopped")
+    return 0
 
 
 def _audit(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:

@@ -1,4 +1,5 @@
-"""A small client of the RabbitMQ management HTTP API (stdlib ``http.client`` + ``json``).
+"""A client of the RabbitMQ management HTTP API for sr_police: the calls it makes, over the
+transport in :mod:`sarra.broker.management`.
 
 Why HTTP and not ``rabbitmqctl``: the API works from any host that can reach the broker
 (rabbitmqctl needs the node's Erlang cookie, so root on the broker host), it returns
@@ -11,15 +12,13 @@ Message and consumer counts come from the broker's statistics, refreshed every f
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
-import ssl
 import urllib.parse
 from typing import Any
 
+from sarra.broker.cluster import QUEUE_COLUMNS, ClusterView
+from sarra.broker.management import DEFAULT_PORT, ManagementApi
 from sarra.config.credentials import parse_url
-from sarra.errors import AccessRefused, BrokerError, ConfigError
+from sarra.errors import ConfigError
 from sarra.police.pump import Permission
 
 VHOST = "/"
@@ -29,7 +28,7 @@ def _q(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
 
-class Management:
+class Management(ManagementApi):
     """Calls to ``<base_url>/api/...`` as one (administrator) user."""
 
     def __init__(self, base_url: str, user: str, password: str, *, timeout: float = 15.0):
@@ -39,65 +38,18 @@ class Management:
             raise ConfigError(f"bad management_url: {exc}", option="management_url") from exc
         if url.scheme not in ("http", "https"):
             raise ConfigError("management_url must be http:// or https://", option="management_url")
-        self.scheme = url.scheme
-        self.host = url.host.strip("[]")
-        self.port = url.effective_port or 15672
-        self.prefix = url.path.rstrip("/")
-        self.username = user
-        self.timeout = timeout
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self._auth = f"Basic {token}"
+        super().__init__(
+            url.scheme,
+            url.host.strip("[]"),
+            url.effective_port or DEFAULT_PORT,
+            url.path,
+            user,
+            password,
+            timeout=timeout,
+        )
 
     def __repr__(self) -> str:
         return f"<Management {self.scheme}://{self.username}@{self.host}:{self.port}{self.prefix}>"
-
-    # -- transport ---------------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; the decoded JSON reply, or None for an empty reply or a GET 404.
-
-        Raises:
-            AccessRefused: 401 (login refused) or 403 (not allowed).
-            BrokerError: the API cannot be reached, or any other error status.
-        """
-        conn: http.client.HTTPConnection
-        if self.scheme == "https":
-            ctx = ssl.create_default_context()
-            conn = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.timeout, context=ctx
-            )
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        headers = {"Authorization": self._auth, "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        where = f"{method} {self.prefix}/api/{path}"
-        try:
-            conn.request(method, f"{self.prefix}/api/{path}", body=data, headers=headers)
-            resp = conn.getresponse()
-            payload = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise BrokerError(
-                f"management API {self.host}:{self.port} unreachable ({where}): {exc}"
-            ) from exc
-        finally:
-            conn.close()
-        if resp.status in (401, 403):
-            raise AccessRefused(
-                f"management API refused {where} for user {self.username!r} ({resp.status})"
-            )
-        if resp.status == 404 and method == "GET":
-            return None
-        if resp.status >= 300:
-            text = payload.decode(errors="replace")[:300]
-            raise BrokerError(f"management API {where}: {resp.status} {text}")
-        if not payload.strip():
-            return None
-        try:
-            return json.loads(payload)
-        except ValueError as exc:
-            raise BrokerError(f"management API {where}: reply is not JSON") from exc
 
     # -- users and permissions ---------------------------------------------------------
     def whoami(self) -> dict[str, Any]:
@@ -144,6 +96,12 @@ class Management:
             "GET", f"queues/{_q(VHOST)}?columns=name,messages,messages_ready,consumers,durable"
         )
         return list(rows or [])
+
+    def cluster(self) -> ClusterView:
+        """The nodes, and where each ``q_`` queue lives (leader, replicas)."""
+        nodes = self.request("GET", "nodes?columns=name,running") or []
+        queues = self.request("GET", f"queues/{_q(VHOST)}?columns={QUEUE_COLUMNS}") or []
+        return ClusterView.from_rows(nodes, queues)
 
     def delete_queue(self, name: str) -> None:
         self.request("DELETE", f"queues/{_q(VHOST)}/{_q(name)}")

@@ -5,16 +5,24 @@ Roles (spec 1.5, facts 4.3): ``admin`` (the broker administrator, from ``admin U
 ``declare source NAME`` and ``declare subscriber NAME``. ``declare exchange NAME`` adds an
 exchange for the pump to create. Permissions use the *anchored* regular expressions of the
 spec, so that user ``al`` can neither write ``xs_alice`` nor read ``xr_alice``.
+
+Private data (see :mod:`sarra.police.private`): ``declare group NAME:USER[,USER...]`` names a
+set of users; ``declare private SOURCE:READER[,READER...]`` (a reader is a user or ``@group``)
+gives the source an exchange ``xp_<source>`` that only the source, its readers, the admin and
+the feeder may read, and whose files under ``/private/<source>/`` the HTTP authorizer serves
+to those readers only.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sarra.config.credentials import ParsedUrl, parse_url
 from sarra.config.loader import Config
 from sarra.errors import ConfigError
+from sarra.police.private import PRIVATE_WORDS, private_readers
 
 ADMIN, FEEDER, SOURCE, SUBSCRIBER = "admin", "feeder", "source", "subscriber"
 ROLES = (ADMIN, FEEDER, SOURCE, SUBSCRIBER)
@@ -35,14 +43,19 @@ class Permission:
     read: str
 
 
-def permission_for(role: str, user: str) -> Permission:
-    """The spec 1.5 permissions of ``user`` in ``role`` (names are regex-escaped)."""
+def permission_for(role: str, user: str, private_of: tuple[str, ...] = ()) -> Permission:
+    """The spec 1.5 permissions of ``user`` in ``role`` (names are regex-escaped), plus read
+    on ``xp_<s>`` for each source ``s`` in ``private_of`` (whose private data ``user`` may
+    read) and, for a source with private data (its own name in ``private_of``), write."""
     u = re.escape(user)
     if role in (ADMIN, FEEDER):
         return Permission(".*", ".*", ".*")
     read = rf"^q_{u}\..*|^x[lrs]_{u}(_.*)?$|^x.*public$"
+    read += "".join(rf"|^xp_{re.escape(s)}$" for s in private_of)
     if role == SOURCE:
         own = rf"^q_{u}\..*|^xs_{u}(_.*)?$"
+        if user in private_of:
+            own += rf"|^xp_{u}$"
         return Permission(own, own, read)
     if role == SUBSCRIBER:
         return Permission(rf"^q_{u}\..*", rf"^q_{u}\..*|^xs_{u}$", read)
@@ -55,10 +68,12 @@ class PumpUser:
 
     name: str
     role: str
+    #: sources whose private exchange ``xp_<source>`` this user may read (its own included)
+    private_of: tuple[str, ...] = ()
 
     @property
     def permission(self) -> Permission:
-        return permission_for(self.role, self.name)
+        return permission_for(self.role, self.name, self.private_of)
 
     @property
     def tags(self) -> str:
@@ -69,7 +84,8 @@ class PumpUser:
     def exchanges(self) -> tuple[str, ...]:
         """Exchanges created for this user: ``xs_<u>``, plus ``xr_<u>`` for a source."""
         if self.role == SOURCE:
-            return (f"xs_{self.name}", f"xr_{self.name}")
+            own = (f"xs_{self.name}", f"xr_{self.name}")
+            return (*own, f"xp_{self.name}") if self.name in self.private_of else own
         if self.role == SUBSCRIBER:
             return (f"xs_{self.name}",)
         return ()
@@ -85,6 +101,8 @@ class Pump:
     extra_exchanges: tuple[str, ...] = ()
     cluster: str | None = None
     management_url: str = ""
+    #: source -> the users who may read its private data (the source itself included)
+    private: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Pump:
@@ -117,16 +135,23 @@ class Pump:
         for word, names in cfg.declared.items():
             if word == "exchange":
                 extra.extend(names)
+            elif word in PRIVATE_WORDS:
+                continue  # read below, once every user is known
             elif word in _ROLE_WORDS:
                 for name in names:
                     add(name, _ROLE_WORDS[word])
             else:
                 raise ConfigError(f"unknown role {word!r} in declare", option="declare")
         management = cfg.get("management_url") or _default_management(admin, cfg.get("mgmt_port"))
+        private = private_readers(cfg.declared, roles)
         return cls(
             admin=admin,
             feeder=feeder,
-            users=tuple(PumpUser(n, r) for n, r in roles.items()),
+            users=tuple(
+                PumpUser(n, r, tuple(s for s in private if n in private[s]))
+                for n, r in roles.items()
+            ),
+            private=private,
             extra_exchanges=tuple(dict.fromkeys(extra)),
             cluster=cfg.get("cluster"),
             management_url=str(management),

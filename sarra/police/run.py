@@ -15,12 +15,15 @@ from pathlib import Path
 from sarra.config import paths
 from sarra.config.credentials import CredentialStore
 from sarra.config.loader import load_pump_config
+from sarra.config.quota import quota_table
 from sarra.errors import BrokerError, CredentialsError
+from sarra.flow.quota import RedisLedger, open_ledger
 from sarra.police import audit as au
 from sarra.police.declare import Action, declare_pump, declare_users, password_for
 from sarra.police.mgmt import Management
+from sarra.police.private import Access, Authorizer, environment_files
 from sarra.police.pump import Pump
-from sarra.security_events import events_path
+from sarra.security_events import events_path, record_event
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,33 @@ def declare(env: Mapping[str, str] | None = None, admin_conf: Path | None = None
     return declare_pump(pump, management_for(pump, store), store)
 
 
+def authorizer(
+    env: Mapping[str, str] | None = None,
+    admin_conf: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> Authorizer:
+    """``sr_police authorize``: the private-data authorizer for nginx (not yet serving).
+
+    Raises:
+        ConfigError, CredentialsError: the pump or credentials.conf cannot be loaded.
+    """
+
+    def load() -> Access:
+        pump = load_pump(env, admin_conf)
+        store = load_store(env)
+        passwords = {u.name: password_for(pump, store, u.name) for u in pump.users}
+        return Access(pump.private, {u: p for u, p in passwords.items() if p is not None})
+
+    def record(kind: str, user: str, detail: str) -> None:
+        record_event(kind, env=env, user=user, detail=detail, component="authorize")
+
+    watched = environment_files(env)
+    if admin_conf is not None:
+        watched[0] = admin_conf
+    return Authorizer(load, watched, host, port, record)
+
+
 def audit(
     env: Mapping[str, str] | None = None,
     settings: au.AuditSettings | None = None,
@@ -83,10 +113,26 @@ def audit(
             time.sleep(settings.sample_seconds)
             second = mgmt.queues()
         findings += au.check_queues(pump, first, second, settings)
+        report.cluster = mgmt.cluster()
+        findings += au.check_cluster(report.cluster)
     except (BrokerError, CredentialsError) as exc:
         findings.append(au.Finding("broker_unreachable", au.ERROR, pump.management_url, str(exc)))
     findings += au.check_instances(env, settings.stuck_after, report.time)
     findings += au.check_events(events_path(env), settings.events_window, report.time)
+    pump_config = load_pump_config(env, admin_conf=admin_conf)
+    quotas = quota_table(pump_config.get("quota") or ())
+    ledger = open_ledger(
+        pump_config.get("quota_redis_serverurl"),
+        pump_config.get("quota_redis_keybase"),
+        paths.state_dir(env=env),
+        env,
+        check_mode=False,  # credentials_mode is its own finding
+    )
+    try:
+        findings += au.check_quotas(quotas, ledger, settings.events_window, report.time)
+    finally:
+        if isinstance(ledger, RedisLedger):
+            ledger.close()
     if settings.broker_log is not None:
         findings += au.check_broker_log(settings.broker_log)
     return report

@@ -35,6 +35,8 @@ DEPENDS = (
     "python3-kazoo",
     "python3-prometheus-client",
     "python3-tqdm",
+    "python3-redis",
+    "python3-httptools",
 )
 NSPAWN = ("systemd-nspawn", "-q", "--register=no", "--keep-unit")
 

@@ -38,6 +38,8 @@ STEPS = [
     "crash",
     "pump",
     "pump-status",
+    "authorize",  # run by test_authorize.py
+    "authorize-stop",
 ]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -16,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
+from sarra.broker.base import BrokerUrl
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components import REGISTRY
 from sarra.config.settings import load_settings
 from sarra.errors import MessageError
-from sarra.notice import Notice, Report
+from sarra.notice import Notice, Report, WireMessage
+from tests.integration.flowkit import ExchangeTap
 from tests.servers.nginx import NGINX, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,8 +59,9 @@ class PumpWeb:
 
 
 @contextmanager
-def pump_nginx(directory: Path, root: Path) -> Iterator[PumpWeb]:
-    """nginx running the shipped etc/nginx/sarra.conf, adapted to a free port and ``root``."""
+def pump_nginx(directory: Path, root: Path, authorizer_port: int = 0) -> Iterator[PumpWeb]:
+    """nginx running the shipped etc/nginx/sarra.conf, adapted to a free port and ``root``,
+    and asking the private-data authorizer on ``authorizer_port`` (if given)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tmp").mkdir(exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,12 @@ def pump_nginx(directory: Path, root: Path) -> Iterator[PumpWeb]:
     server = SARRA_NGINX_CONF.read_text()
     server, n1 = re.subn(r"(?m)^(\s*)listen\s+80;", rf"\1listen 127.0.0.1:{port};", server)
     server, n2 = re.subn(r"(?m)^(\s*)root\s+/var/www/sarra;", rf"\1root {root};", server)
-    assert n1 == 1 and n2 == 1, "etc/nginx/sarra.conf no longer has the expected lines"
+    server, n3 = re.subn(
+        r"proxy_pass http://127\.0\.0\.1:8091;",
+        f"proxy_pass http://127.0.0.1:{authorizer_port or free_port()};",
+        server,
+    )
+    assert n1 == n2 == n3 == 1, "etc/nginx/sarra.conf no longer has the expected lines"
     (directory / "sarra.conf").write_text(server)
     (directory / "nginx.conf").write_text(_MAIN_CONF.format(dir=directory))
     log = directory / "error.log"
@@ -171,59 +177,21 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass
-class Tap:
+class Tap(ExchangeTap):
     """Collects what is published on ``exchange`` with ``key`` (notices and reports)."""
 
-    url: BrokerUrl
-    exchange: str
-    key: str = "#"
     notices: list[Notice] = field(default_factory=list)
     reports: list[Report] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def start(self) -> Tap:
-        ready = threading.Event()
-
-        def run() -> None:
-            s = BrokerSession(self.url, name="tap")
-            s.connect()
-            s.declare_exchange(self.exchange)
-            q = QueueSpec(
-                f"q_{self.url.user}.tap.{secrets.token_hex(4)}",
-                ((self.exchange, self.key),),
-                durable=False,
-                auto_delete=True,
-            )
-            s.declare_queue(q)
-
-            def on(d: Delivery) -> None:
-                m = d.message
-                try:
-                    x = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
-                except MessageError:
-                    x = None
-                if isinstance(x, Notice):
-                    self.notices.append(x)
-                elif isinstance(x, Report):
-                    self.reports.append(x)
-                s.ack(d)
-
-            s.consume(q.name, 500, on)
-            ready.set()
-            while not self._stop.is_set():
-                s.poll(0.1)
-            s.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(30), "tap did not start"
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+    def take(self, m: WireMessage) -> None:
+        try:
+            x = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        except MessageError:
+            x = None
+        if isinstance(x, Notice):
+            self.notices.append(x)
+        elif isinstance(x, Report):
+            self.reports.append(x)
 
     def paths(self) -> list[str]:
         return [n.path for n in self.notices]

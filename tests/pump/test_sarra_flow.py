@@ -161,6 +161,59 @@ def test_a_sarra_killed_after_placing_files_still_announces_every_one_after_rest
             assert any(n.path == rel and n.base_url.rstrip("/") == pump_url for n in tap.notices)
 
 
+def test_with_nodupe_on_a_sarra_killed_before_announcing_announces_every_file_then_suppresses(
+    home: Home, rabbitmq: Any, tmp_path: Path
+) -> None:
+    """``nodupe_ttl 300``: the cache recorded every notice at selection, and the instance is
+    killed after placing the files but before announcing or acking them. On restart the
+    notices come back redelivered: each is re-announced, none suppressed by the entries of
+    the killed instance (that would lose them downstream). Posted again afterwards, the
+    same files are suppressed (not announced twice)."""
+    tag = unique("")
+    with pump_nginx(tmp_path / "nginx", tmp_path / "www") as web:
+        src = web.root / "src"
+        files = make_files(src, [f"k/f{i}.bin" for i in range(20)], size=3000)
+        tree = web.root / "pub"
+        conf = _sarra_conf(rabbitmq, tag, tree, web.base_url, f"alice{tag}") + "nodupe_ttl 300\n"
+        home.write("sarra", "feed", conf)
+        from sarra.components import REGISTRY
+
+        REGISTRY["sarra"].declare(home.load("sarra", "feed"))
+        tap = Tap(rabbitmq.broker_url(), f"xpub{tag}").start()
+        log = tmp_path / "sarra.log"
+        hold = tmp_path / "holding"
+        broker = _broker(rabbitmq)
+        base = f"{web.base_url}/src"
+        route = ("to_clusters", f"pump{tag}")
+        proc = foreground(home, "sarra", "feed", log, SARRA_TEST_HOLD_BEFORE_ANNOUNCE=str(hold))
+        try:
+            assert post_files(home, broker, f"xs_alice{tag}", base, src, files, route) == 0
+            wait_for(hold.exists, 60, "files placed and the instance holding")
+            cache = list((home.root / "state").rglob("recent_files_000.cache"))
+            assert cache and cache[0].read_text().count("\n") >= 1, "no entry before the kill"
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            assert tap.notices == [], "announced before the kill: the test proves nothing"
+            proc = foreground(home, "sarra", "feed", log)
+            want = {str(p.relative_to(src)) for p in files}
+            wait_for(lambda: set(tap.paths()) >= want, 60, "every file announced after restart")
+            announced = len(tap.notices)
+            # the same files again, then one new file as a marker: only the marker goes on
+            assert post_files(home, broker, f"xs_alice{tag}", base, src, files, route) == 0
+            marker = make_files(src, ["k/marker.bin"], size=3000)
+            assert post_files(home, broker, f"xs_alice{tag}", base, src, marker, route) == 0
+            wait_for(lambda: "k/marker.bin" in tap.paths(), 60, "the marker announced")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            kill(proc)
+            tap.stop()
+        text = log.read_text()
+        assert len(tap.notices) == announced + 1, (tap.paths(), text[-3000:])
+        assert text.count("duplicate suppressed") >= len(files), text[-3000:]
+        assert md5_tree(tree) == md5_tree(src)
+
+
 @dataclass
 class _Pumped:
     """What one pumping of a file in blocks left behind."""
@@ -172,7 +225,12 @@ class _Pumped:
 
 
 def _pump_in_blocks(
-    home: Home, rabbitmq: Any, tmp_path: Path, sarra_extra: str, announced: int
+    home: Home,
+    rabbitmq: Any,
+    tmp_path: Path,
+    sarra_extra: str,
+    announced: int,
+    *post_extra: tuple[str, str],
 ) -> _Pumped:
     """Post a 10-block file (shuffled) to a sarra with ``sarra_extra`` options, wait for
     ``announced`` announcements and the file behind the pump, and collect what happened."""
@@ -208,6 +266,7 @@ def _pump_in_blocks(
                         ("blocksize", str(block)),
                         ("randomize", "on"),
                         ("to_clusters", f"pump{tag}"),
+                        *post_extra,
                     )
                     == 0
                 )
@@ -245,6 +304,24 @@ def test_with_inplace_on_sarra_announces_the_assembled_file_block_by_block_once_
         assert n.parts is not None
         piece = got.source[n.parts.offset : n.parts.offset + n.parts.length]
         assert n.checksum.value == hashlib.md5(piece).hexdigest()
+    assert got.downstream.read_bytes() == got.source
+
+
+def test_a_growing_file_through_sarra_with_inplace_on_is_announced_once_as_an_ordinary_file(
+    home: Home, rabbitmq: Any, tmp_path: Path
+) -> None:
+    # sr_post --growing: its 9 full blocks go out as provisional blocks of a growth, then,
+    # after growing_idle, the last one as final (the growth itself: tests/integration)
+    got = _pump_in_blocks(
+        home, rabbitmq, tmp_path, "inplace on\n", 10, ("growing", "on"), ("growing_idle", "1")
+    )
+    assert (got.tree / "d" / "big.bin").read_bytes() == got.source
+    # complete at the pump: its blocks carry the final parts and no growth any more, so the
+    # next hop (sarra, sr2 or sr3) takes them as an ordinary file
+    assert sorted(n.parts.block_number for n in got.notices if n.parts) == list(range(10))
+    rem = len(got.source) - 9 * 65536
+    assert {n.parts.wire()[:-2] for n in got.notices if n.parts} == {f"i,65536,10,{rem}"}
+    assert all(n.header("growing") is None for n in got.notices)
     assert got.downstream.read_bytes() == got.source
 
 

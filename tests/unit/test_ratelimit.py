@@ -11,7 +11,7 @@ import pytest
 from sarra.config import load_config
 from sarra.config.options import options_table, parse_float, parse_rate
 from sarra.config.settings import Settings
-from sarra.errors import Interrupted
+from sarra.errors import FAILURE_CLASSES, Interrupted, RateCapped
 from sarra.flow.ratelimit import (
     READ_MIN,
     TokenBucket,
@@ -21,6 +21,7 @@ from sarra.flow.ratelimit import (
     read_size,
     throttle_callback,
     throttled,
+    wait_exceeded,
 )
 from sarra.localfs.streaming import BUFFER_SIZE, DIRECT_ALIGN
 from sarra.transfer.base import copy_range
@@ -45,9 +46,11 @@ class FakeTime:
         return False
 
 
-def bucket(rate: float, burst: float | None = None) -> tuple[TokenBucket, FakeTime]:
+def bucket(
+    rate: float, burst: float | None = None, wait_max: float = 0.0
+) -> tuple[TokenBucket, FakeTime]:
     t = FakeTime()
-    return TokenBucket(rate, burst, clock=t.clock, wait=t.wait), t
+    return TokenBucket(rate, burst, clock=t.clock, wait=t.wait, wait_max=wait_max), t
 
 
 def test_the_burst_passes_at_once_then_each_unit_waits_its_share():
@@ -190,6 +193,73 @@ def test_a_put_is_throttled_chunk_by_chunk_before_each_write():
         copy_range(io.BytesIO(b"z" * 10), io.BytesIO(), 0, None, throttle)
 
 
+@pytest.mark.parametrize(
+    ("waited", "delay", "wait_max", "exceeded"),
+    [
+        (0.0, 1e9, 0.0, False),  # 0: no bound, however long
+        (0.0, 0.0, 1.0, False),  # no wait at all
+        (0.0, 1.0, 1.0, False),  # exactly the limit: still waited
+        (0.5, 0.5, 1.0, False),
+        (0.5, 0.6, 1.0, True),  # the total would pass it
+        (0.0, 1.5, 1.0, True),  # one wait alone past it
+    ],
+)
+def test_the_wait_limit_counts_the_transfer_total(waited, delay, wait_max, exceeded):
+    assert wait_exceeded(waited, delay, wait_max) is exceeded
+
+
+def _source(chunks: list[bytes], closed: list[bool]):
+    try:
+        yield from chunks
+    finally:
+        closed.append(True)
+
+
+def test_a_download_past_bandwidth_wait_max_fails_rate_capped_without_waiting():
+    # 100 B/s, 1 s allowed in total: two chunks of 50 wait 0.5 s each, the third fails
+    b, t = bucket(100, burst=1, wait_max=1.0)
+    closed: list[bool] = []
+    got = []
+    with pytest.raises(RateCapped) as e:
+        for chunk in throttled(_source([b"x" * 51, b"y" * 50, b"z" * 50, b"w"], closed), b):
+            got.append(chunk)
+    assert got == [b"x" * 51, b"y" * 50]
+    assert t.waits == [pytest.approx(0.5), pytest.approx(0.5)]  # the third never waited
+    assert closed == [True]
+    assert e.value.retryable and e.value.failure_class == "bandwidth"
+    assert e.value.report_code == 499
+    assert "bandwidth_wait_max 1 s" in str(e.value)
+
+
+def test_each_transfer_counts_its_own_waits():
+    b, t = bucket(100, burst=1, wait_max=1.0)
+    for _ in range(3):  # each within the limit, together far past it
+        assert len(list(throttled(_source([b"x" * 51, b"y" * 50], []), b))) == 2
+        t.now += 10.0  # idle between transfers: the bucket refills its burst
+    assert sum(t.waits) == pytest.approx(3.0)
+
+
+def test_without_a_wait_limit_a_transfer_waits_as_long_as_the_cap_requires():
+    b, t = bucket(100, burst=1)
+    assert len(list(throttled(_source([b"x" * 1000] * 5, []), b))) == 5
+    assert sum(t.waits) == pytest.approx(50.0, rel=1e-3)
+
+
+def test_a_put_past_bandwidth_wait_max_fails_rate_capped():
+    b, t = bucket(1 << 20, burst=1, wait_max=2.0)
+    target = io.BytesIO()
+    with pytest.raises(RateCapped):
+        copy_range(io.BytesIO(b"z" * (3 << 20)), target, 0, None, throttle_callback(b))
+    assert sum(t.waits) <= 2.0
+    assert target.tell() < 3 << 20  # stopped before the last chunk was written
+    # a new callback per transfer: a small put passes
+    assert copy_range(io.BytesIO(b"z" * (1 << 20)), io.BytesIO(), 0, None, throttle_callback(b))
+
+
+def test_the_bandwidth_class_names_its_option():
+    assert "bandwidth_wait_max" in FAILURE_CLASSES["bandwidth"][1]
+
+
 def test_the_message_limiter_spreads_notices_evenly():
     t = FakeTime()
     m = TokenBucket(4, burst=1.0, clock=t.clock, wait=t.wait)
@@ -227,6 +297,17 @@ def test_a_bad_rate_is_refused(text):
 def test_a_bad_message_rate_is_refused(text):
     with pytest.raises(ValueError):
         parse_float(text)
+
+
+def test_bandwidth_wait_max_loads_as_a_duration_default_zero(tmp_path: Path):
+    conf = tmp_path / "config" / "subscribe"
+    conf.mkdir(parents=True)
+    (conf / "w.conf").write_text("bandwidth_wait_max 10m\n")
+    (conf / "d.conf").write_text("kbytes_ps 5\n")
+    env = {"SR_CONFIG_DIR": str(tmp_path / "config"), "HOME": str(tmp_path)}
+    for name, seconds in (("w", 600.0), ("d", 0.0)):
+        s = Settings.from_config(load_config("subscribe", name, (), env=env))
+        assert s.bandwidth_wait_max == seconds
 
 
 def test_sr2_and_sr3_spellings_load_into_typed_settings(tmp_path: Path):
