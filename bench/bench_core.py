@@ -17,9 +17,11 @@ B. **subscribe**: the side's own subscriber pre-declares its queue, *our* sr_pos
 
 The ``floor`` side (``bench/floor.py``) is what this machine allows, measured in the same run:
 for B a minimal single-process subscriber doing only the irreducible durable work, for A the
-broker's pipelined-confirm ceiling with no files; every figure is also printed as a fraction
-of it. ``--dest-fs tmpfs|disk`` puts destinations and state on /dev/shm or the disk;
-``--instances N`` adds ours x N beside ours x 1; ``--v03`` adds the v03 line against sr3.
+broker's pipelined-confirm ceiling with no files (frames packed beforehand, written in large
+writes; ``--ceiling-mode py-amqp``: the former py-amqp ``basic_publish`` one); every figure is
+also printed as a fraction of it. ``--dest-fs tmpfs|disk`` puts destinations and state on
+/dev/shm or the disk; ``--instances N`` adds ours x N beside ours x 1; ``--v03`` adds the v03
+line against sr3.
 
 A benchmark, not a test: it prints figures and ratios and writes them as JSON to
 ``bench/out/core-<timestamp>.json``; it asserts no timing. It exits non-zero when a side
@@ -306,7 +308,7 @@ class PostFigures:
     seconds: float
     steady_rate: float  # messages/s excluding start-up, from the side's log
     peak_rss_kib: int
-    checksum: str
+    checksum: str  # the default checksum (the ceiling: and how it published)
 
     @property
     def rate(self) -> float:
@@ -374,17 +376,20 @@ def run_post(side: str, ctx: Ctx, paths: list[Path]) -> PostFigures:
             env = site.env
         elif side == "floor":  # the broker's ceiling: pipelined confirms, no files
             cmd = [*FLOOR, "publish", "--port", str(ctx.node.port), "--exchange", exchange,
-                   "--base-url", ctx.base_url, "--count", str(len(paths))]  # fmt: skip
+                   "--base-url", ctx.base_url, "--count", str(len(paths)),
+                   "--mode", ctx.ceiling_mode]  # fmt: skip
             env = ours_env()
         else:
             cmd, env = peer_post_cmd(side, home, ctx, exchange, paths), peer_env(home)
         seconds, peak = measured(cmd, env, home, log)
         text = log.read_text(errors="replace")
+        note = DEFAULT_CHECKSUM[side]
         if side.startswith("ours"):
             steady = ours_posted_rate(text)
         elif side == "floor":
             done = json.loads(text.strip().splitlines()[-1])
             steady = done["messages"] / done["seconds"] if done["seconds"] > 0 else 0.0
+            note += "; " + ceiling_mode_note(done)
         else:
             stamps = log_timestamps(text, SR2_POSTED_LINE if side == "sr2" else SR3_POSTED_LINE)
             span = stamps[-1] - stamps[0] if len(stamps) > 1 else 0.0
@@ -392,7 +397,14 @@ def run_post(side: str, ctx: Ctx, paths: list[Path]) -> PostFigures:
         got = ctx.amqp.settled_depth(counter, len(paths))
     finally:
         ctx.amqp.delete(counter)
-    return PostFigures(side, got, seconds, steady, peak, DEFAULT_CHECKSUM[side])
+    return PostFigures(side, got, seconds, steady, peak, note)
+
+
+def ceiling_mode_note(done: dict[str, Any]) -> str:
+    """How the ceiling program published, from its JSON line."""
+    if done.get("mode") == "frames":
+        return f"mode frames (pre-packed, {done['write_size'] // 1024} KiB writes)"
+    return f"mode {done.get('mode', 'py-amqp')} (basic_publish per message)"
 
 
 # -- B: subscribing ---------------------------------------------------------------------------
@@ -627,10 +639,18 @@ def run_subscribe(side: str, ctx: Ctx, paths: list[Path]) -> SubFigures:
     steady = runner.steady_rate()
     good = verify(ctx.www, dest, paths)
     ctx.amqp.delete(runner.queue)
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.rmtree(runner.root, ignore_errors=True)
+    tidy_run(ctx, dest, runner.root)
     return SubFigures(side, good, seconds, first, steady, max(peaks, default=0),
                       runner.settings, queued, peaks)  # fmt: skip
+
+
+def tidy_run(ctx: Ctx, dest: Path, root: Path) -> None:
+    """After a subscriber run: its destination goes (the copies are verified, and the next
+    runs must not fill the --dest-fs with them); its config, state and logs (``root``) stay
+    with ``--keep``, for a look at what it did."""
+    shutil.rmtree(dest, ignore_errors=True)
+    if not ctx.keep:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -647,6 +667,8 @@ class Ctx:
     timeout: float
     state_dir: Path  # where subscribers' destinations and state go (--dest-fs)
     instances: int  # --instances
+    keep: bool = False  # --keep: the runners' config, state and logs stay too
+    ceiling_mode: str = "frames"  # --ceiling-mode: how floor.py publish sends
 
     def fresh(self, prefix: str) -> Path:
         """A new empty directory in the work area (every run of every side gets its own)."""
@@ -728,6 +750,9 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
                 f"  {name}: rate x{fmt_ratio(rr)}, steady x{fmt_ratio(sr)} (target >= {tgt:g}: "
                 f"{ok_rate} on wall rate); peak RSS x{fmt_ratio(mr)} (target <= 1: {ok_mem})"
             )
+    reach = post_reach(rows, targets.get("post", 7.0))
+    if reach:
+        print(reach)
     print("fractions of the floor, same run (post: of the broker's pipelined-confirm ceiling)")
     for bench in dict.fromkeys(r["bench"] for r in rows):
         by = by_side(rows, bench)
@@ -758,6 +783,25 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
                   f"on the disk >= 1.5: {met}), steady "
                   f"x{fmt_ratio(ratio(r['steady_rate'], o['steady_rate']))}; peak RSS per "
                   f"instance {r['peak_rss_mib']:.1f} vs {o['peak_rss_mib']:.1f} MiB")  # fmt: skip
+
+
+def post_reach(rows: list[dict[str, Any]], target: float) -> str | None:
+    """Whether ``target`` x sr3's wall-clock post rate is reachable at all in this run: the
+    wall time it allows (sr3's wall s / target) against the ceiling program's wall time (its
+    Python start-up and the broker's pipelined confirms, no file read). None without both
+    sides. A ratio to read, not a verdict: above 1, even the ceiling program is too slow."""
+    by = by_side(rows, "post")
+    if "sr3" not in by or "floor" not in by:
+        return None
+    allowed = by["sr3"]["seconds"] / target
+    ceil = by["floor"]["seconds"]
+    line = (f"  post reach: x{target:g} sr3 allows {allowed:.3f} s wall (sr3 "
+            f"{by['sr3']['seconds']:.3f} s / {target:g}); the ceiling program takes {ceil:.3f} s "
+            f"= x{fmt_ratio(ratio(ceil, allowed))} of it")  # fmt: skip
+    if "ours" in by:
+        ours = by["ours"]["seconds"]
+        line += f", ours {ours:.3f} s = x{fmt_ratio(ratio(ours, allowed))}"
+    return line + " (> 1: out of reach in this run)"
 
 
 def gross_regressions(rows: list[dict[str, Any]]) -> list[str]:
@@ -818,6 +862,8 @@ def environment(args: argparse.Namespace) -> Iterator[Ctx]:
             args.timeout,
             state_dir,
             args.instances,
+            keep=args.keep,
+            ceiling_mode=args.ceiling_mode,
         )
     finally:
         if broker is not None:
@@ -859,7 +905,14 @@ def main() -> int:
                     help="exit 1 on a gross regression: ours slower than sr3 on any line, or "
                          "under a quarter of the floor (wall-clock rates)")  # fmt: skip
     ap.add_argument("--timeout", type=float, default=240.0, help="per subscriber run, seconds")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--ceiling-mode", choices=("frames", "py-amqp"), default="frames",
+                    help="how the post ceiling (floor.py publish) sends: pre-packed frames in "
+                         "large writes, or py-amqp's basic_publish per message (the former "
+                         "reference)")  # fmt: skip
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directories: the work directory and each "
+                         "subscriber run's config, state and logs (the downloaded copies "
+                         "are removed after each run)")  # fmt: skip
     args = ap.parse_args()
     sides = [s for s in args.sides.split(",") if s]
     unknown = [s for s in sides if s not in SIDES]

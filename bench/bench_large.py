@@ -64,6 +64,7 @@ from bench.bench_core import (  # noqa: E402
     warm_up,
 )
 from bench.peers import TreeSampler, declare_queue, log_timestamps, process_tree  # noqa: E402
+from sarra.cli.logs import instance_tag  # noqa: E402
 from tests.interop.peers import PeerError, Sr3Subscriber, mgmt_bindings  # noqa: E402
 from tests.servers.nginx import start_nginx  # noqa: E402
 
@@ -148,6 +149,9 @@ class Figures:
     note: str = ""
     #: ours only: first log line of any instance (start-up done) to the completing block's line
     steady_seconds: float | None = None
+    #: ours only: ``start`` spawned until the first log line of any instance (Python start-up,
+    #: imports, configuration), i.e. seconds - steady_seconds
+    startup_seconds: float | None = None
 
     @property
     def mib_per_s(self) -> float:
@@ -277,12 +281,17 @@ def run_ours(ctx: Ctx, src: Path, want_md5: str, instances: int) -> Figures:
     started = log_timestamps(log, " [")  # every line
     done = log_timestamps(log, "downloaded code=201 ")
     steady = done[-1] - min(started) if started and done else None
-    blocks = log.count("Inserted (block") + len(done)
+    startup = seconds - steady if steady is not None else None
+    # one "downloaded code=201" line per block (the last one says Downloaded), by instance
+    per_instance = [log.count(f"/{instance_tag(n)} sarra.components.runner: downloaded code=201 ")
+                    for n in range(1, instances + 1)]  # fmt: skip
     note = (f"{parts} parts of {ctx.part // MIB} MiB, {instances} instance(s) x 4 threads "
-            f"(transfer_threads default); {blocks} blocks logged")  # fmt: skip
+            f"(transfer_threads default); {len(done)} blocks logged "
+            f"({' + '.join(map(str, per_instance))} by instance)")  # fmt: skip
     ctx.amqp.delete(queue)
     shutil.rmtree(root, ignore_errors=True)
-    return Figures(f"ours x{instances}", src.stat().st_size, seconds, peak, ok, note, steady)
+    return Figures(f"ours x{instances}", src.stat().st_size, seconds, peak, ok, note, steady,
+                   startup)  # fmt: skip
 
 
 def _our_logs(root: Path) -> str:
@@ -374,16 +383,78 @@ def summarize(runs: list[Figures]) -> list[dict[str, Any]]:
             rate = statistics.median(r.mib_per_s for r in rs)
             steadies = [r.steady_mib_per_s for r in rs if r.steady_mib_per_s]
             steady = statistics.median(steadies) if steadies else None
+            startups = [r.startup_seconds for r in rs if r.startup_seconds is not None]
             rows.append({
                 "size": size, "side": side, "runs": len(rs),
                 "seconds": statistics.median(r.seconds for r in rs), "mib_per_s": rate,
                 "pct_of_curl": 100 * rate / ceiling if ceiling else None,
                 "steady_mib_per_s": steady,
                 "steady_pct_of_curl": 100 * steady / ceiling if ceiling and steady else None,
+                "startup_seconds": statistics.median(startups) if startups else None,
                 "peak_rss_mib": max(r.peak_rss_kib for r in rs) / 1024,
                 "md5_ok": all(r.md5_ok for r in rs), "note": rs[0].note,
             })  # fmt: skip
     return rows
+
+
+#: issue 14, item 5: one instance of ours against curl on a 1 GiB file (percent of curl's rate)
+TARGET_STEADY_PCT = 90.0
+TARGET_WALL_PCT = 85.0
+#: two instances never slower than one (ours x2 / ours x1 on the wall clock)
+TARGET_INSTANCES = 1.0
+
+#: what is durable when each side's clock stops (printed with the results)
+DURABILITY = {
+    "curl": "none: the file may still be dirty pages when curl exits",
+    "curl+fsync": "the whole file, by one fsync(2) after curl exits",
+    "ours": "every block fsync'd before it is recorded; the complete file fsync'd, renamed to "
+    "its final name and its directory fsync'd before the clock stops",
+    "sr3": "none asked (sr3 does not fsync)",
+}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def target_lines(rows: list[dict[str, Any]], size: int) -> list[str]:
+    """Issue 14's large-file targets for ``size``, judged on the summary ``rows``:
+    ours x1's steady and wall-clock rates as percentages of curl's (the steady one too is of
+    curl's wall-clock rate, curl's start-up being a few ms), the same against curl+fsync (the
+    fair comparison for durability), and ours x2 / ours x1."""
+    by_side = {r["side"]: r for r in rows if r["size"] == size}
+    one, two = by_side.get("ours x1"), by_side.get("ours x2")
+    curl, synced = by_side.get("curl"), by_side.get("curl+fsync")
+    lines = []
+    if one is not None and curl is not None and curl["mib_per_s"]:
+        wall = 100 * one["mib_per_s"] / curl["mib_per_s"]
+        text = (
+            f"ours x1 / curl ({size // MIB} MiB): wall {wall:.0f} % "
+            f"(target >= {TARGET_WALL_PCT:.0f} %: {_met(wall >= TARGET_WALL_PCT)})"
+        )
+        if one["steady_mib_per_s"]:
+            steady = 100 * one["steady_mib_per_s"] / curl["mib_per_s"]
+            ok = steady >= TARGET_STEADY_PCT
+            text += f", steady {steady:.0f} % (target >= {TARGET_STEADY_PCT:.0f} %: {_met(ok)})"
+        if one.get("startup_seconds") is not None:
+            text += f"; start-up {one['startup_seconds']:.2f} s"
+        lines.append(text)
+    if one is not None and synced is not None and synced["mib_per_s"]:
+        wall = 100 * one["mib_per_s"] / synced["mib_per_s"]
+        text = f"ours x1 / curl+fsync ({size // MIB} MiB, both durable): wall {wall:.0f} %"
+        if one["steady_mib_per_s"]:
+            text += f", steady {100 * one['steady_mib_per_s'] / synced['mib_per_s']:.0f} %"
+        lines.append(text)
+    if one is not None and two is not None and one["mib_per_s"]:
+        ratio = two["mib_per_s"] / one["mib_per_s"]
+        text = (
+            f"instances: ours x2 / ours x1 ({size // MIB} MiB): wall {ratio:.2f} "
+            f"(target >= {TARGET_INSTANCES:.1f}: {_met(ratio >= TARGET_INSTANCES)})"
+        )
+        if one["steady_mib_per_s"] and two["steady_mib_per_s"]:
+            text += f", steady {two['steady_mib_per_s'] / one['steady_mib_per_s']:.2f}"
+        lines.append(text)
+    return lines
 
 
 def make_plan(
@@ -459,6 +530,12 @@ def main() -> int:
     for r in rows:
         if r["size"] == sizes[-1]:
             print(f"  {r['side']}: {r['note']}")
+    for size in sizes:
+        for line in target_lines(rows, size):
+            print(line)
+    print("durability when the clock stops:")
+    for side in dict.fromkeys(r["side"].split(" x")[0] for r in rows):
+        print(f"  {side}: {DURABILITY.get(side, '?')}")
     for p in problems:
         print(f"PROBLEM: {p.splitlines()[0]}")
     out_dir = ROOT / "bench" / "out"
@@ -471,6 +548,8 @@ def main() -> int:
         "part_mib": args.part, "sum": args.sum, "sizes_mib": [s // MIB for s in sizes],
         "repeat": args.repeat,
         "summary": rows,
+        "durability": DURABILITY,
+        "targets": [line for size in sizes for line in target_lines(rows, size)],
         "runs": [asdict(r) | {"mib_per_s": r.mib_per_s, "steady_mib_per_s": r.steady_mib_per_s}
                  for r in runs],
         "problems": problems,

@@ -6,9 +6,12 @@ the ratios of one bench run into an exit status.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from bench.bench_core import gross_regressions, ours_posted_rate
+import pytest
+
+from bench.bench_core import Ctx, gross_regressions, ours_posted_rate, post_reach, tidy_run
 
 
 def row(bench: str, side: str, rate: float) -> dict[str, Any]:
@@ -73,9 +76,41 @@ def test_no_verdict_against_a_side_that_did_not_run() -> None:
 def test_post_summary_line_both_forms() -> None:
     new = (
         "2026-12-07 00:45:30,032 [INFO] post/bench sarra.components.post: posted 300 file(s) "
-        "(600 notices) to x_bench in 0.10s (6000/s); 0 not posted"
+        "(600 notices) to x_bench in 0.100s (6000/s); 0 not posted"
     )
     old = "2026-12-07 00:45:30,032 [INFO] posted 300 notices to x_bench in 0.25s (1200/s)"
     assert ours_posted_rate(new) == 6000.0
     assert ours_posted_rate(old) == 1200.0
     assert ours_posted_rate("connected\nnothing posted here\n") == 0.0
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_keeps_a_subscriber_runs_config_state_and_logs(tmp_path: Path, keep: bool) -> None:
+    ctx = Ctx(tmp_path, None, "http://127.0.0.1", tmp_path / "www", None, None, 1.0,  # type: ignore[arg-type]
+              tmp_path / "state", 1, keep=keep)  # fmt: skip
+    dest, root = tmp_path / "state" / "dest_ours" / "dest", tmp_path / "state" / "b_ours"
+    for d in (dest / "a", root / "state" / "subscribe" / "bench", root / "config"):
+        d.mkdir(parents=True)
+    (dest / "a" / "f").write_text("copy")
+    (root / "state" / "subscribe" / "bench" / "retry_000.jsonl").write_text("")
+    tidy_run(ctx, dest, root)
+    assert not dest.exists()  # the copies go either way (verified; the --dest-fs stays free)
+    assert (root / "state" / "subscribe" / "bench" / "retry_000.jsonl").exists() is keep
+    assert root.exists() is keep
+
+
+def test_post_reach_compares_the_ceiling_wall_time_with_what_7x_sr3_allows() -> None:
+    rows = healthy()
+    for r, seconds in zip(rows[:3], (0.70, 1.40, 0.30), strict=True):  # ours, sr3, floor
+        r["seconds"] = seconds
+    line = post_reach(rows, 7.0)
+    assert line is not None
+    # 7x sr3 allows 1.40 / 7 = 0.200 s; the ceiling took 0.30 s (x1.50), ours 0.70 s (x3.50)
+    assert "allows 0.200 s" in line
+    assert "ceiling program takes 0.300 s = x1.50" in line
+    assert "ours 0.700 s = x3.50" in line
+
+
+def test_post_reach_needs_sr3_and_the_floor() -> None:
+    rows = [r for r in healthy() if r["side"] != "floor"]
+    assert post_reach(rows, 7.0) is None
