@@ -28,7 +28,9 @@ to (``report_code``)::
     │   └── BrokerNotFound           no such exchange or queue on the broker
     └── LocalError          (500)    local file system operation failed
         ├── DiskFull        (500)    ENOSPC/EDQUOT: retryable once space is freed
-        └── QuotaExceeded   (507)    a per-source quota of the pump would be exceeded
+        ├── QuotaExceeded   (507)    a per-source quota of the pump would be exceeded
+        └── QuotaStoreUnavailable    the shared quota ledger (Redis) cannot be reached:
+                                     retryable, the file is not written unchecked
 
 Failure classes: some types carry a ``failure_class`` (``not_found``, ``checksum``,
 ``disk_full``, ``refused``, ``quota``, ``bandwidth``), the name the ``on_failure`` option
@@ -46,8 +48,6 @@ is the same as a context manager, raising it ``from`` the ``OSError``.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class SarraError(Exception):
@@ -57,6 +57,8 @@ class SarraError(Exception):
     report_code: int = 500
     #: the failure class ``on_failure`` names (None: decided by ``retryable`` alone)
     failure_class: str | None = None
+    #: reported even when ``report_back`` is off (the pump's sarra): the source must hear
+    report_always: bool = False
 
 
 class ConfigError(SarraError):
@@ -151,9 +153,11 @@ class RemoteRefused(TransferError):
 
 
 class RateCapped(TransferError):
-    """A bandwidth cap refused the transfer for now. Nothing raises it yet: the byte rate
-    limit of today (``byte_rate_max``) waits instead of failing; it is here so that a cap
-    shared across a pump's nodes can fail a transfer and be handled by ``on_failure``."""
+    """A bandwidth cap refused the transfer for now: under ``bandwidth_wait_max``, the byte
+    rate caps (``kbytes_ps``/``byte_rate_max`` of the instance, the pump-wide ``bandwidth``
+    and ``bandwidth_shared``) would have held the transfer longer than that in total
+    (:class:`sarra.flow.ratelimit.TransferWaits`). The transfer stopped without waiting;
+    retryable (the caps may be less crowded later), ``on_failure bandwidth`` decides."""
 
     failure_class = "bandwidth"
 
@@ -197,12 +201,23 @@ class DiskFull(LocalError):
 
 
 class QuotaExceeded(LocalError):
-    """A write would exceed a source's quota on the pump (bytes or files). Nothing raises it
-    yet: quotas per source are to come; it is here so that they report it (507) and
-    ``on_failure quota`` decides what becomes of the notice."""
+    """A write would exceed a source's quota on the pump (bytes or files): raised by the
+    pump's sr_sarra before writing (:mod:`sarra.flow.quota`). Reported 507 (HTTP's
+    "Insufficient Storage") even with ``report_back`` off, so that the report reaches the
+    source through the report routing; ``on_failure quota`` decides what becomes of the
+    notice (default drop)."""
 
     report_code = 507
     failure_class = "quota"
+    report_always = True
+
+
+class QuotaStoreUnavailable(LocalError):
+    """The pump's shared quota ledger (``quota_redis_serverurl``) cannot be reached or
+    fails, so a write cannot be checked against its source's quota: the file is not written
+    and its notice is retried later (:mod:`sarra.flow.quota`)."""
+
+    retryable = True
 
 
 #: The failure classes ``on_failure`` names: class -> (default action, what it covers). The
@@ -232,13 +247,14 @@ FAILURE_CLASSES: dict[str, tuple[str, str]] = {
     ),
     "quota": (
         "drop",
-        "a per-source quota of the pump would be exceeded (quotas are not "
-        "built yet: the class is reserved for them)",
+        "a per-source quota of the pump (quota lines of admin.conf) would be "
+        "exceeded: report 507 to the source",
     ),
     "bandwidth": (
         "queue",
-        "a bandwidth cap refused the transfer (byte_rate_max waits "
-        "instead of failing: no failure of this class arises yet)",
+        "the byte rate caps (kbytes_ps, byte_rate_max, bandwidth, bandwidth_shared) "
+        "would hold a transfer longer than bandwidth_wait_max in total (0, the "
+        "default: they never fail a transfer, it waits)",
     ),
 }
 
@@ -289,11 +305,23 @@ def local_error(exc: OSError, what: str) -> LocalError:
     return LocalError(text)
 
 
-@contextmanager
-def translated_os_errors(what: str) -> Iterator[None]:
+class translated_os_errors:  # named like the function it was: callers unchanged
     """Re-raise any ``OSError`` inside the block as :func:`local_error` ``(exc, what)``,
-    chained ``from`` it; other exceptions pass through untouched."""
-    try:
-        yield
-    except OSError as exc:
-        raise local_error(exc, what) from exc
+    chained ``from`` it; other exceptions pass through untouched.
+
+    A class rather than a ``@contextmanager`` generator: it wraps several system calls of
+    every file written, and a generator costs several times more to enter and leave."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, OSError):
+            raise local_error(exc, self.what) from exc

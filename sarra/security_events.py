@@ -12,6 +12,8 @@ The file is ``<state_dir>/police/events.jsonl``: one JSON object per line, appen
 * ``forged_report``: a report on ``xs_<u>`` claimed to come from another user;
 * ``unknown_source``: a notice on an ``xs_*`` exchange no declared user owns (not forwarded);
 * ``cluster_loop``: a notice from another pump claimed the local cluster (dropped).
+* ``private_refused``, ``private_bad_password``: the private-data authorizer refused a pump
+  user who is not a reader, or a wrong password (:mod:`sarra.police.private`).
 
 Each record is one ``write`` on a file opened with ``O_APPEND``, so several processes may
 append at once without interleaving lines. Recording never raises: a component must not

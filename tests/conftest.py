@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.servers.sshd",
     "tests.servers.ftpd",
     "tests.servers.mosquitto",
+    "tests.servers.redis",
 ]

@@ -26,12 +26,18 @@ match the live process's (:func:`sarra.osport.process_started`): a reused pid, o
 without that line, reads as stale and that process is never terminated;
 ``stop`` asks for a graceful stop by creating ``<stem>.stop``, which the instance polls
 (:func:`watch_stop_request`), and terminates the process if it is still alive at the timeout.
+
+State files are replaced atomically through a temporary named after the final file and the
+writer's pid (``[.]<name>.<pid>.tmp``; the retry queue's compaction ``<name>.<pid>.compact``).
+A killed writer leaves it behind: an instance starting removes those of the configuration's
+state directory whose writer is gone (:func:`remove_stale_temporaries`); nothing reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import re
 import signal
@@ -45,6 +51,8 @@ from pathlib import Path
 
 from sarra import osport
 from sarra.cli.logs import instance_tag, log_path
+
+log = logging.getLogger(__name__)
 
 #: how often a Windows instance looks for its stop request (seconds)
 STOP_POLL = 0.5
@@ -99,6 +107,50 @@ class Instance:
     @property
     def label(self) -> str:
         return f"{self.component}/{self.config}/{instance_tag(self.number)}"
+
+
+#: the temporary of an atomic state write: ``[.]<final name>.<writer's pid>.tmp|compact``
+_TEMPORARY = re.compile(r"\.?.+\.(?P<pid>[0-9]{1,10})\.(?:tmp|compact)")
+
+
+def remove_stale_temporaries(state_dir: Path) -> list[str]:
+    """Remove from ``state_dir`` (not below it) the temporaries of atomic state writes whose
+    writing process is gone (SIGKILL, power cut); returns their names. A temporary of a live
+    process (another instance writing now) and any other file are left alone."""
+    try:
+        entries = list(os.scandir(state_dir))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        m = _TEMPORARY.fullmatch(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid() or _writer_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # another instance starting removed it first
+        except OSError as e:
+            log.warning("could not remove the stale temporary %s: %s", entry.path, e)
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still write: it exists and, on Linux, is not a zombie (a
+    killed instance stays one until reaped, which a container's init may never do)."""
+    if not 0 < pid < 2**31 or not osport.pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) S ...": the state follows the last ")"
+            return f.read().rpartition(b")")[2].split()[:1] != [b"Z"]
+    except OSError:
+        return True  # no /proc (not Linux), or not ours to read: alive as far as we know
 
 
 def write_pid_file(path: Path, pid: int, started: int | None = None) -> None:

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TextIO
 
 from sarra import __version__
@@ -30,6 +30,7 @@ from sarra.cli.instances import (
     Instance,
     daemonize,
     remove_pid_file,
+    remove_stale_temporaries,
     watch_stop_request,
     write_pid_file,
 )
@@ -84,7 +85,7 @@ def main(
         if getattr(cmdline, "help", False) is True:
             print(help_text(rt, component), file=out)
             return 0
-        ctx = verbs.Context(rt, component, rt.registry[component], cmdline, args, out, err)
+        ctx = verbs.Context(rt, component, rt.registry, cmdline, args, out, err)
         with config_tree(getattr(cmdline, "sr3", False) is True):
             return dispatch(ctx)
     except ConfigError as exc:
@@ -130,7 +131,7 @@ def dispatch(ctx: verbs.Context) -> int:
     action = ctx.cmdline.action
     configs = list(ctx.cmdline.configs)
     if action is None:
-        if ctx.component.one_shot:
+        if ctx.one_shot:
             return run_one_shot(ctx, configs)
         raise ConfigError(f"no action given; one of: {', '.join(verbs.VERBS)}")
     spec = verbs.VERBS.get(action)
@@ -143,7 +144,7 @@ def dispatch(ctx: verbs.Context) -> int:
     if not configs and spec.all_configs != "none":
         found = cf.list_configs(ctx.runtime.config_dir(), ctx.name)
         configs = [c.name for c in found if c.enabled or spec.all_configs == "all"]
-    if ctx.component.one_shot and action in {"start", "restart", "sanity", "supervise"}:
+    if ctx.one_shot and action in {"start", "restart", "sanity", "supervise"}:
         for arg in configs:
             _, cfg = verbs.load(ctx, arg)
             if not cfg.sleep > 0:
@@ -196,6 +197,11 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         write_exit_note(inst, 2, f"configuration error: {exc}")
         return 2
     clear_exit_note(inst)
+    # The stop handlers come before the pid file: once the pid file names this process a
+    # ``stop`` may signal it, and a SIGTERM that came before the handlers would kill it
+    # outright (no graceful stop, the pid file left behind). The fork keeps them.
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
     supervisor = os.environ.get(SUPERVISED_ENV, "")
     if supervisor.isdigit():  # a child of ``supervise``: stays attached, logs to stderr
         set_parent_death_signal(int(supervisor))
@@ -204,6 +210,11 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
             context=inst.label, loglevel=verbs.loglevel(cfg), json_lines=cfg.log_format == "json"
         )
     else:
+        # spawn made the log 600 for the instance's stdout; it has its chmod_log mode before
+        # the pid file says the instance started (a stop right after start leaves it so too)
+        if sys.platform != "win32":
+            with suppress(OSError):
+                os.chmod(inst.log_path, cfg.chmod_log)
         daemonize(inst.pid_path)
         handler = setup_file_logging(
             inst.log_path,
@@ -215,10 +226,10 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
         )
     sys.stdout = RedactingStream(sys.__stdout__ or sys.stdout)
     sys.stderr = RedactingStream(sys.__stderr__ or sys.stderr)
-    stop = threading.Event()
-    restore = install_stop_handlers(stop)
     end_watch = watch_stop_request(inst, stop)  # Windows' stand-in for SIGTERM
     log.info("instance %s started, pid %d", inst.label, os.getpid())
+    for name in remove_stale_temporaries(inst.state_dir):
+        log.info("removed %s, left in %s by a process that is gone", name, inst.state_dir)
     reason = "stopped on request"
     try:
         rc = comp.run(cfg, number, stop)

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from sarra.cli import configs as cf
 from sarra.cli import verbs
 from sarra.cli.account import become_system_account
+from sarra.cli.clusterstatus import cluster_section
 from sarra.cli.downcause import why_down
 from sarra.cli.instances import State, instance_pid, pid_file_numbers
 from sarra.cli.logs import redact
@@ -125,6 +126,8 @@ def main(
                 records = [status_record(rt, pair) for pair in pairs]
                 ok = rc == 0 and all(r["ok"] for r in records)
                 document = {"schema": JSON_SCHEMA, "ok": ok, "configs": records}
+                if not selection:
+                    document["cluster"] = cluster_section(rt.config_dir())[0]
                 print(json.dumps(document, indent=2), file=out)
                 return 0 if ok else 1
             if action == "supervise":
@@ -133,7 +136,11 @@ def main(
                 for pair in pairs:
                     print(pair.label + ("" if pair.enabled else "  (disabled)"), file=out)
                 return rc
-            return max(rc, run_pairs(rt, action, pairs, out, err))
+            rc = max(rc, run_pairs(rt, action, pairs, out, err))
+            if action == "status" and not selection:
+                for line in cluster_section(rt.config_dir())[1]:
+                    print(line, file=out)
+            return rc
     except ConfigError as exc:
         print(f"sr: {redact(str(exc))}", file=err)
         return 2
@@ -216,7 +223,7 @@ def context(
     """The :class:`verbs.Context` of ``sr_<component> <action> <config>``."""
     argv = [action, config]
     cmdline = rt.parse_command_line(component, argv)
-    return verbs.Context(rt, component, rt.registry[component], cmdline, argv, out, err)
+    return verbs.Context(rt, component, rt.registry, cmdline, argv, out, err)
 
 
 def run_pairs(rt: Runtime, action: str, pairs: Sequence[Pair], out: TextIO, err: TextIO) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +31,7 @@ from sarra.cli.instances import (
     instance_pid,
     last_activity,
     pid_file_numbers,
+    remove_stale_temporaries,
     spawn,
     terminate,
 )
@@ -42,6 +44,8 @@ from sarra.config.convert import convert_text
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, SarraError
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Context:
@@ -49,11 +53,28 @@ class Context:
 
     runtime: Runtime
     name: str
-    component: Component
+    #: where :attr:`component` comes from (``runtime.registry`` as a rule)
+    registry: Mapping[str, Component]
     cmdline: CommandLine
     argv: Sequence[str]
     out: TextIO
     err: TextIO
+
+    @property
+    def component(self) -> Component:
+        """The component, imported on first use: ``start`` and ``stop`` only load
+        configurations and manage processes, so they do not import the flow code that the
+        instances they spawn import anyway (its start-up is on the path to the first file)."""
+        return self.registry[self.name]
+
+    @property
+    def one_shot(self) -> bool:
+        """The component's ``one_shot``, from the registry when it knows it without
+        importing the component (:meth:`sarra.components.Registry.one_shot`)."""
+        known = getattr(self.registry, "one_shot", None)
+        if callable(known):
+            return bool(known(self.name))
+        return self.component.one_shot
 
     def say(self, subject: str, text: str) -> None:
         print(f"{self.name}/{subject}: {text}", file=self.out)
@@ -406,7 +427,10 @@ def foreground(ctx: Context, configs: Sequence[str]) -> int:
         config = "-"
     else:
         config, cfg = load(ctx, arg)
-    return run_instance(ctx.component, cfg, f"{ctx.name}/{config}/000", 0, console=True)
+    state_dir = ctx.runtime.state_dir(ctx.name, config) if arg is not None else None
+    return run_instance(
+        ctx.component, cfg, f"{ctx.name}/{config}/000", 0, console=True, state_dir=state_dir
+    )
 
 
 def supervise(ctx: Context, configs: Sequence[str]) -> int:
@@ -448,9 +472,18 @@ def run_supervisor(plan: Callable[[], list[Planned]], runtime: Runtime) -> int:
 
 
 def run_instance(
-    component: Component, cfg: Settings, context: str, number: int, console: bool
+    component: Component,
+    cfg: Settings,
+    context: str,
+    number: int,
+    console: bool,
+    state_dir: Path | None = None,
 ) -> int:
-    """Run one instance of ``component`` in this process until it returns or is signalled."""
+    """Run one instance of ``component`` in this process until it returns or is signalled.
+
+    ``state_dir``: the configuration's state directory, cleared first of the temporaries that
+    killed writers left there (:func:`sarra.cli.instances.remove_stale_temporaries`).
+    """
     handler = (
         setup_console_logging(
             context=context, loglevel=loglevel(cfg), json_lines=cfg.log_format == "json"
@@ -458,6 +491,9 @@ def run_instance(
         if console
         else None
     )
+    if state_dir is not None:
+        for name in remove_stale_temporaries(state_dir):
+            _log.info("removed %s, left in %s by a process that is gone", name, state_dir)
     stop_event = threading.Event()
     restore = install_stop_handlers(stop_event)
     line = None
@@ -500,6 +536,57 @@ def _clean(ctx: Context, config: str, cfg: Settings) -> bool:
     shutil.rmtree(ctx.runtime.state_dir(ctx.name, config), ignore_errors=True)
     ctx.say(config, "cleaned up")
     return True
+
+
+def retry_return(ctx: Context, configs: Sequence[str]) -> int:
+    """``retry-return CONFIG PATH...``: hand the disk retry entries in PATH (``retry_NNN.jsonl``
+    files, or a directory holding them: a dead node's state directory of CONFIG) back to
+    CONFIG's queue on the broker, as a stopping instance does (:mod:`sarra.flow.retryreturn`).
+    Refused for this node's own state while CONFIG's instances run (they own those files)."""
+    from sarra.flow.retryqueue import RetryQueue
+    from sarra.flow.retryreturn import hand_back
+
+    if len(configs) < 2:
+        raise ConfigError("retry-return needs a configuration and at least one path")
+    config, cfg = load(ctx, configs[0])
+    target = getattr(ctx.component, "retry_target", None)
+    if target is None:
+        raise ConfigError(f"sr_{ctx.name} has no queue of its own to return retry entries to")
+    files: list[Path] = []
+    for arg in configs[1:]:
+        p = Path(arg)
+        if p.is_dir():
+            files.extend(sorted(p.glob("retry_[0-9][0-9][0-9]*.jsonl")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ConfigError(f"retry-return: {arg}: no such file or directory")
+    own = ctx.runtime.state_dir(ctx.name, config).resolve()
+    if running(ctx, config) and any(f.resolve().is_relative_to(own) for f in files):
+        ctx.complain(config, "instances are running and own these retry files; stop them first")
+        return 1
+    if not files:
+        ctx.complain(config, f"no retry_NNN.jsonl file in {', '.join(configs[1:])}")
+        return 1
+    # the queue must exist: the default exchange drops a message for a missing queue
+    if not ctx.attempt(config, "declare", ctx.component.declare, cfg):
+        return 1
+    rc = 0
+    for f in files:
+        number = f.stem.rpartition("_")[2]
+        session, queue = target(cfg, int(number) if number.isdigit() else None)
+        rq = RetryQueue(f, ttl=3600.0)
+        try:
+            returned, reason = hand_back(rq, session, queue)
+            left = len(rq)
+        finally:
+            rq.close()
+            session.close()
+        ctx.say(config, f"{f}: {returned} retry entries returned to queue {queue}")
+        if left:
+            ctx.complain(config, f"{f}: {left} retry entries kept (not returned: {reason})")
+            rc = 1
+    return rc
 
 
 def declare(ctx: Context, configs: Sequence[str]) -> int:
@@ -614,6 +701,9 @@ VERBS: dict[str, Action] = {
     ),
     "cleanup": Action(cleanup, "delete the queue and local state (when stopped)", "some"),
     "declare": Action(declare, "create the exchanges and queues used", "some"),
+    "retry-return": Action(
+        retry_return, "hand a stopped node's disk retry entries (paths) back to the queue", "some"
+    ),
     "list": Action(list_, "list configs, or print the given one", "any", "none"),
     "convert": Action(
         convert, "print the sarra form of sr2 or sr3 config files (paths or configs)", "some"

@@ -8,9 +8,9 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from sarra.codec.fields import check_known_headers, data_parts, parse_checksum
+from sarra.codec.fields import check_known_headers, check_text, data_parts, parse_checksum, shown
 from sarra.codec.paths import escape_relpath, logical_path, topic_for
-from sarra.codec.timestamps import parse_timestamp
+from sarra.codec.timestamps import check_timestamp
 from sarra.errors import MalformedMessage
 from sarra.notice import Notice, frozen_headers
 from sarra.parts.arithmetic import parse_part_suffix
@@ -39,11 +39,22 @@ def build_notice(
     for posts (``parts`` required on data, ``link`` required on ``L``); reports relax them.
 
     Raises:
-        MalformedMessage: any field breaks the v02 grammar (spec 3, 4, 5, 6, 7.1).
+        MalformedMessage: any field breaks the v02 grammar (spec 3, 4, 5, 6, 7.1), or is
+            not valid UTF-8 text (a lone surrogate: an undecodable file name, a JSON
+            ``\\ud800`` escape), which no encoder could send.
     """
-    parse_timestamp(pubtime)
+    check_text("relPath", rel_path)
+    check_text("baseUrl", base_url)
+    check_text("pubTime", pubtime)
+    for name, value in headers.items():
+        if not (name.isascii() and value.isascii()):
+            check_text("header name", name)
+            check_text(f"header {shown(name)!r}", value)
+    if topic is not None:
+        check_text("topic", topic)
+    check_timestamp(pubtime)
     _check_base_url(base_url)
-    if not rel_path or any(c in rel_path for c in " \n\r"):
+    if not rel_path or " " in rel_path or "\n" in rel_path or "\r" in rel_path:
         raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
     path = logical_path(rel_path)
     if not path:
@@ -52,7 +63,7 @@ def build_notice(
         raise MalformedMessage("NUL in relPath")
     for name in ("mtime", "atime"):
         if name in headers:
-            parse_timestamp(headers[name])
+            check_timestamp(headers[name])
     check_known_headers(headers)
     sum_text = headers.get("sum")
     if sum_text is None:

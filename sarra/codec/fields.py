@@ -3,6 +3,7 @@ emission order (spec 4, 5, 6.1-6.3, 9.5)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -133,12 +134,16 @@ def parse_checksum(text: str) -> Checksum:
     return Checksum(letter, value)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_parts(text: str) -> PartSpec:
     """Parse a ``parts`` header and check it per spec 6.1/6.3.
 
     Raises:
         MalformedMessage: bad grammar, values outside the rules of 6.3, or a value (or the
             file size the values imply) over :data:`PARTS_VALUE_MAX`.
+
+    Cached (a valid text only: an exception is not cached, and a :class:`PartSpec` is
+    frozen): a burst of notices about files of a few sizes repeats a few parts texts.
     """
     fields = text.split(",")
     if len(fields) != 5 or fields[0] not in ("1", "i", "p"):
@@ -195,7 +200,7 @@ def data_parts(
 
 def ordered(headers: Mapping[str, str], drop: Iterable[str] = ()) -> dict[str, str]:
     """``headers`` in sr2's order (4.5) without ``drop`` and the v03 names (4.3)."""
-    skip = V03_NAMES.union(drop)
+    skip = V03_NAMES.union(drop) if drop else V03_NAMES
     out = {k: headers[k] for k in SR2_ORDER if k in headers and k not in skip}
     out.update((k, v) for k, v in headers.items() if k not in out and k not in skip)
     return out
@@ -226,17 +231,59 @@ def fit_header_value(text: str, value_max: int) -> str:
     return out
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """True when ``text`` cannot be written as UTF-8: it holds a lone surrogate (a file name
+    that was not valid UTF-8, decoded with ``surrogateescape``, or a JSON ``\\ud800``
+    escape). Costs nothing for ASCII text."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def shown(text: str) -> str:
+    """``text`` safe to log or put in an error: itself when it is valid UTF-8, else the
+    repr of its bytes (``b'bad\\xff.txt'``) or, for a surrogate no byte explains, its
+    ASCII repr."""
+    if not has_lone_surrogate(text):
+        return text
+    try:
+        return repr(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return ascii(text)
+
+
+def check_text(what: str, text: str) -> None:
+    """Refuse a field that cannot be sent as UTF-8 text.
+
+    Raises:
+        MalformedMessage: ``text`` holds a lone surrogate; names ``what`` and shows the text
+            in a safe form.
+    """
+    if has_lone_surrogate(text):
+        raise MalformedMessage(f"{what} {shown(text)[:200]} is not valid UTF-8 (lone surrogate)")
+
+
 def check_emittable(headers: Mapping[str, str], value_max: int) -> None:
     """Refuse headers sr2 would refuse (4.4): values over ``value_max`` bytes, long names.
 
     Raises:
-        MalformedMessage: naming the header and its byte length.
+        MalformedMessage: naming the header and its byte length, or a name or value that
+            is not valid UTF-8 (a lone surrogate).
     """
     for name, value in headers.items():
-        name_len = len(name.encode("utf-8"))
+        if not (name.isascii() and value.isascii()):
+            check_text("header name", name)
+            check_text(f"header {shown(name)!r} value", value)
+        # an ASCII str's length is its UTF-8 length (isascii() costs nothing: CPython keeps
+        # the flag); only other text is encoded (which also refuses lone surrogates)
+        name_len = len(name) if name.isascii() else len(name.encode("utf-8"))
         if name_len > HEADER_NAME_MAX:
             raise MalformedMessage(f"header name {name[:40]!r}... is {name_len} bytes (max 255)")
-        value_len = len(value.encode("utf-8"))
+        value_len = len(value) if value.isascii() else len(value.encode("utf-8"))
         if value_len > value_max:
             raise MalformedMessage(
                 f"header {name!r} value is {value_len} bytes (max {value_max} for v02)"

@@ -6,8 +6,11 @@ in one pass, so ``%41`` and a lone ``%`` survive unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+
+from sarra.errors import MalformedMessage
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,17 @@ def cut_topic(topic: str, max_bytes: int = TOPIC_MAX_BYTES) -> str:
     """Cut ``topic`` to the longest prefix of at most ``max_bytes`` UTF-8 bytes.
 
     The cut always falls on a character boundary, and a cut is logged as a warning.
+
+    Raises:
+        MalformedMessage: ``topic`` is not valid UTF-8 (a lone surrogate from a directory
+            name that was not).
     """
-    raw = topic.encode("utf-8")
+    try:
+        raw = topic.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedMessage(
+            f"topic {ascii(topic)[:200]} is not valid UTF-8 (lone surrogate)"
+        ) from exc
     if len(raw) <= max_bytes:
         return topic
     # errors="ignore" drops only the partial character at the end of the slice
@@ -52,8 +64,14 @@ def topic_for(prefix: str, logical_path: str) -> str:
     The file name never appears; empty components are dropped; a ``.`` inside a directory
     name adds levels, as in sr2. The result is cut per :func:`cut_topic`.
     """
-    dirs = [d for d in logical_path.split("/")[:-1] if d]
-    return cut_topic(".".join([prefix, *(escape_relpath(d) for d in dirs)]))
+    return cut_topic(_joined_topic(prefix, logical_path.rpartition("/")[0]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _joined_topic(prefix: str, directory: str) -> str:
+    """``prefix`` and the escaped levels of ``directory``, before the cut. Cached: a run
+    posts many files from few directories (the cut, which may log, is made every time)."""
+    return ".".join([prefix, *(escape_relpath(d) for d in directory.split("/") if d)])
 
 
 def report_topic(post_topic: str) -> str:

@@ -36,6 +36,25 @@ def parse_timestamp(s: str) -> float:
     return seconds + fraction
 
 
+def check_timestamp(s: str) -> None:
+    """Refuse ``s`` unless it is a v02 timestamp (as :func:`parse_timestamp` reads them).
+
+    The emitted form (``YYYYMMDDHHMMSS.nnnnnnnnn``, what every poster writes) is checked
+    without the regular expression or the float: its date and time digits are the only
+    part that can still be wrong (an impossible date).
+
+    Raises:
+        MalformedMessage: ``s`` does not follow the grammar or names an impossible date.
+    """
+    if len(s) == 24 and s[14] == "." and s.isascii() and s[:14].isdigit() and s[15:].isdigit():
+        try:
+            _whole_seconds(s[:8], s[8:14])
+        except ValueError as exc:
+            raise MalformedMessage(f"bad timestamp {s!r}: {exc}") from exc
+        return
+    parse_timestamp_parts(s)
+
+
 def parse_timestamp_parts(s: str) -> tuple[int, float]:
     """Return (whole UTC epoch seconds, fraction in ``[0, 1)``) of a v02 timestamp.
 

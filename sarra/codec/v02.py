@@ -19,6 +19,7 @@ from sarra.codec.fields import (
     V03_NAMES,
     Limits,
     check_emittable,
+    check_text,
     fit_header_value,
     normalize_headers,
     ordered,
@@ -162,9 +163,15 @@ def _decode_report(
 def _body(*fields: str) -> bytes:
     """One body line of space-separated fields, each checked to hold no separator."""
     for f in fields:
-        if not f or any(c in f for c in " \n\r"):
+        if not f or " " in f or "\n" in f or "\r" in f:
             raise MalformedMessage(f"body field {f[:80]!r} is empty or holds a separator")
-    return " ".join(fields).encode("utf-8")
+    line = " ".join(fields)
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:
+        for f in fields:
+            check_text("body field", f)
+        raise  # unreachable: one field holds the surrogate
 
 
 def _wire(
@@ -177,6 +184,7 @@ def _wire(
     message_ttl_ms: int | None,
 ) -> WireMessage:
     check_emittable(headers, header_value_max)
+    check_text("topic", topic)
     if len(topic.encode("utf-8")) > ROUTING_KEY_MAX:
         raise MalformedMessage(f"topic longer than {ROUTING_KEY_MAX} bytes")
     return WireMessage(

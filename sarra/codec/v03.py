@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -89,6 +90,8 @@ def decode(
         raise MalformedMessage(f"v03 body is not JSON: {str(exc)[:120]}") from exc
     if not isinstance(obj, dict):
         raise MalformedMessage("v03 body is not a JSON object")
+    if _SURROGATE_ESCAPE.search(text):
+        _check_unicode(obj)
     if "retPath" in obj and "retrievePath" not in obj:  # sr3 before #628
         obj["retrievePath"] = obj.pop("retPath")
     pubtime, base_url, rel = (_text(obj, k) for k in ("pubTime", "baseUrl", "relPath"))
@@ -167,6 +170,25 @@ def _report(notice: Notice, table: Mapping[str, object], hdrs: Mapping[str, str]
         elapsed=elapsed,
         message=message,
     )
+
+
+#: a JSON escape of a UTF-16 surrogate: a pair is a character, a lone one is no text at all
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(obj: object) -> None:
+    """Refuse a body whose escapes decode to a lone surrogate (``"\\ud800"``): no UTF-8
+    encoder, file system or peer could carry it.
+
+    Raises:
+        MalformedMessage: some key or string value holds a lone surrogate.
+    """
+    try:
+        _dump(obj).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedMessage(
+            "v03 body holds a lone surrogate escape (\\ud800-\\udfff): not valid Unicode"
+        ) from exc
 
 
 def _word(value: object, fallback: str | None) -> str:
@@ -385,9 +407,9 @@ def _wire(
     persistent: bool,
     message_ttl_ms: int | None,
 ) -> WireMessage:
-    if len(routing_key.encode("utf-8")) > ROUTING_KEY_MAX:
-        raise MalformedMessage(f"topic longer than {ROUTING_KEY_MAX} bytes")
     try:
+        if len(routing_key.encode("utf-8")) > ROUTING_KEY_MAX:
+            raise MalformedMessage(f"topic longer than {ROUTING_KEY_MAX} bytes")
         body = _dump(obj).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MalformedMessage(f"v03 field is not valid UTF-8: {exc.reason}") from exc

@@ -25,19 +25,33 @@ IMPLEMENTED: dict[str, str] = {
     "log": "sarra.components.log:LogComponent",
 }
 
+#: the components whose ``one_shot`` is True (a run, not daemons): known without importing
+#: them, so ``sr_subscribe start`` dispatches without loading the subscriber's flow code
+ONE_SHOT: frozenset[str] = frozenset({"post"})
 
-class _Registry(Mapping[str, Component]):
+
+class Registry(Mapping[str, Component]):
     """Instantiates each component on first use."""
 
-    def __init__(self, table: Mapping[str, str]) -> None:
+    def __init__(self, table: Mapping[str, str], one_shot: frozenset[str] = frozenset()) -> None:
         self._table = dict(table)
+        self._one_shot = one_shot
         self._made: dict[str, Component] = {}
+
+    def one_shot(self, name: str) -> bool:
+        """The ``one_shot`` of component ``name``, without importing it (KeyError if unknown)."""
+        if name not in self._table:
+            raise KeyError(name)
+        return name in self._one_shot
 
     def __getitem__(self, name: str) -> Component:
         if name not in self._made:
             module, _, cls = self._table[name].partition(":")
             self._made[name] = getattr(importlib.import_module(module), cls)()
         return self._made[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table  # Mapping's would import the component
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._table)
@@ -46,4 +60,4 @@ class _Registry(Mapping[str, Component]):
         return len(self._table)
 
 
-REGISTRY: Mapping[str, Component] = _Registry(IMPLEMENTED)
+REGISTRY: Registry = Registry(IMPLEMENTED, ONE_SHOT)

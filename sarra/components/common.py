@@ -164,6 +164,7 @@ def queue_spec(s: Settings, queue_name: str, bindings: tuple[tuple[str, str], ..
         expire_ms=seconds_to_ms(s.expire),
         message_ttl_ms=seconds_to_ms(s.message_ttl),
         queue_type=s.queue_type,
+        single_active=s.single_active_consumer,
     )
 
 

@@ -13,7 +13,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sarra.broker.admin import ensure_exchanges
+from sarra.broker.admin import cleanup_queue, declare_and_bind, ensure_exchanges
+from sarra.broker.base import BrokerUrl, QueueSpec
+from sarra.broker.election import Election, election_spec
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -53,6 +55,11 @@ def resolved(cfg: Settings) -> Settings:
     if not cfg.post_base_url:
         cfg = dataclasses.replace(cfg, post_base_url=public_url(cfg.destination))
     return cfg
+
+
+def election_queue(cfg: Settings, url: BrokerUrl) -> QueueSpec:
+    """The queue where the pollers of ``cfg`` on every host elect the one that polls."""
+    return election_spec(f"q_{url.user}.sr_poll.{cfg.name}.election", cfg.queue_type)
 
 
 class PollComponent:
@@ -100,8 +107,21 @@ class PollComponent:
 
         beat = heartbeat_for(cfg, instance).beat
         plugins = Plugins.from_config(cfg.plugins)
+        election = None
+        if cfg.single_active_consumer:
+            election = Election(
+                lambda: session_for(url, cfg, "sr_poll election"), election_queue(cfg, url)
+            ).start()
         poller = Poller(
-            cfg, settings, publisher, transport, Path(state), stop, heartbeat=beat, plugins=plugins
+            cfg,
+            settings,
+            publisher,
+            transport,
+            Path(state),
+            stop,
+            heartbeat=beat,
+            plugins=plugins,
+            election=election,
         )
         counters = FlowMetrics()
         try:
@@ -110,15 +130,35 @@ class PollComponent:
             ):
                 return poller.run()
         finally:
+            if election is not None:
+                election.close()  # after the last hand-over: the next poller takes over now
             session.close()
             if nodupe is not None:
                 nodupe.close()
 
     def declare(self, cfg: Settings) -> None:
-        declare_post_exchange(resolved(cfg), "sr_poll")
+        cfg = resolved(cfg)
+        declare_post_exchange(cfg, "sr_poll")
+        if cfg.single_active_consumer:
+            url = broker_url(cfg, "post_broker")
+            session = session_for(url, cfg, "sr_poll")
+            try:
+                session.connect()
+                declare_and_bind(session, election_queue(cfg, url))
+            finally:
+                session.close()
 
     def cleanup(self, cfg: Settings) -> None:
-        """Forget what was announced (the next poll announces everything listed again)."""
+        """Forget what was announced (the next poll announces everything listed again),
+        here and, with single_active_consumer, in the election queue's token."""
+        if cfg.single_active_consumer:
+            url = broker_url(cfg, "post_broker")
+            session = session_for(url, cfg, "sr_poll")
+            try:
+                session.connect()
+                cleanup_queue(session, election_queue(cfg, url).name)
+            finally:
+                session.close()
         state = instance_state_dir(cfg)
         (state / "poll_seen.json").unlink(missing_ok=True)
         for cache in Path(state).glob("recent_posts_*.cache"):

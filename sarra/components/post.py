@@ -8,6 +8,7 @@ import threading
 import time
 
 from sarra.broker.admin import ensure_exchanges
+from sarra.codec.fields import shown
 from sarra.components.base import InstanceStatus
 from sarra.components.common import (
     broker_url,
@@ -18,9 +19,8 @@ from sarra.components.common import (
 )
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
-from sarra.flow.hooks import Plugins
+from sarra.flow.growing import growth_follower
 from sarra.flow.metrics import FlowMetrics, poster_snapshot
-from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import (
     NoticeBuilder,
     PostSettings,
@@ -58,7 +58,8 @@ class PostComponent:
     A broker outage is waited out (``post_outage_max``, see
     :class:`~sarra.flow.posting.Publisher`); a file counts as posted once the broker
     confirmed all its notices. The run ends with a summary line; when something was not
-    posted (unreadable, or the broker stayed away too long) the exit status is 1 and the
+    posted (unreadable, a name that is not valid UTF-8, or the broker stayed away too long)
+    the exit status is 1 and the
     first :data:`UNPOSTED_SHOWN` such paths are named on standard error.
     """
 
@@ -76,19 +77,24 @@ class PostComponent:
         url = broker_url(cfg, "post_broker")
         settings = PostSettings.from_config(cfg, url.user, url.host)
         builder = NoticeBuilder(settings)
+        follower = growth_follower(cfg, builder)  # refuses a growing without a fixed blocksize
         session = session_for(url, cfg, "sr_post")
         ttl = cfg.suppress_duplicates
-        nodupe = (
-            DuplicateCache(
+        nodupe = None
+        if ttl > 0:
+            from sarra.flow.nodupe import DuplicateCache
+
+            nodupe = DuplicateCache(
                 instance_state_dir(cfg) / "recent_posts.cache",
                 ttl=ttl,
                 basis=cfg.cache_basis,
             )
-            if ttl > 0
-            else None
-        )
         declare = cfg.declare_exchange is not False
-        plugins = Plugins.from_config(cfg.plugins)
+        plugins = None  # none configured: pluggy and the hook machinery are not loaded
+        if cfg.plugins:
+            from sarra.flow.hooks import Plugins
+
+            plugins = Plugins.from_config(cfg.plugins)
         publisher = make_publisher(
             cfg,
             session,
@@ -102,6 +108,8 @@ class PostComponent:
             plugins=plugins,
         )
         self.publisher = publisher
+        # the clock starts on an open connection, as the broker's ceiling in bench/ times it
+        publisher.connect_ahead()
         started = time.monotonic()
         plugins_started = False
         counters = FlowMetrics()
@@ -111,9 +119,18 @@ class PostComponent:
                 cfg, instance, lambda: poster_snapshot(counters, publisher, session.connected)
             ).start()
         try:
-            plugins.on_start(cfg)
-            plugins_started = True
-            unposted, why = post_files(builder, publisher, paths, stop, complain)
+            if plugins is not None:
+                plugins.on_start(cfg)
+                plugins_started = True
+            unposted, why = post_files(
+                builder,
+                publisher,
+                paths,
+                stop,
+                complain,
+                follower=follower,
+                idle=cfg.growing_idle,
+            )
             counters.failures = len(unposted)
         finally:
             try:
@@ -123,11 +140,11 @@ class PostComponent:
                     writer.stop()  # after the close: the last document says disconnected
             if nodupe is not None:
                 nodupe.close()
-            if plugins_started:
+            if plugins is not None and plugins_started:
                 plugins.on_stop(cfg)
         elapsed = time.monotonic() - started
         log.info(
-            "posted %d file(s) (%d notices) to %s in %.2fs (%.0f/s); %d not posted",
+            "posted %d file(s) (%d notices) to %s in %.3fs (%.0f/s); %d not posted",
             publisher.items_posted,
             publisher.published,
             settings.exchange if cfg.outlet == "post" else f"standard output ({cfg.outlet})",
@@ -148,7 +165,7 @@ class PostComponent:
         reason = f" ({why})" if why else ""
         print(f"sr_post: {len(unposted)} file(s) not posted{reason}:", file=sys.stderr)
         for path in unposted[:UNPOSTED_SHOWN]:
-            print(f"sr_post:   {path}", file=sys.stderr)
+            print(f"sr_post:   {shown(path)}", file=sys.stderr)
         if len(unposted) > UNPOSTED_SHOWN:
             print(f"sr_post:   ... and {len(unposted) - UNPOSTED_SHOWN} more", file=sys.stderr)
 

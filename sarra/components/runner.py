@@ -47,8 +47,16 @@ from sarra.components.common import (
 )
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
-from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings, Selector, Worker
-from sarra.flow.events import log_event
+from sarra.flow.bandwidth import Bandwidth, open_bandwidth
+from sarra.flow.engine import (
+    ConsumingLoop,
+    InlineWorker,
+    LoopSettings,
+    ReportSettings,
+    Selector,
+    Worker,
+)
+from sarra.flow.events import log_event, log_failure
 from sarra.flow.failpolicy import FailurePolicy
 from sarra.flow.hooks import HeartbeatTicker, Plugins
 from sarra.flow.metrics import FlowMetrics, metrics_name, open_reassemblies, write_metrics
@@ -88,16 +96,8 @@ def log_outcome(item: WorkItem) -> None:
             detail,
             size=item.size,
         )
-    elif item.code and item.code >= 400:
-        log_event(
-            log,
-            logging.ERROR,
-            "failed",
-            notice.path,
-            item.code,
-            notice.header("source"),
-            item.message,
-        )
+    else:
+        log_failure(log, item)
 
 
 @dataclass
@@ -117,6 +117,9 @@ class Instance:
     #: the instance's byte rate limit (``kbytes_ps``, ``byte_rate_max``), shared by every
     #: transfer of the flow, downloads and sends alike; None when unlimited
     limiter: TokenBucket | None = None
+    #: the pump-wide caps (``bandwidth``, ``bandwidth_shared``), None when there are none;
+    #: its limiters include ``limiter``
+    bandwidth: Bandwidth | None = None
 
     def post_session(self, label: str = "post") -> Broker:
         """A second session to ``post_broker``, for flows that publish elsewhere."""
@@ -132,6 +135,8 @@ class Flow:
 
     select: Selector
     work: Worker
+    #: small work done in the flow thread instead of the pool (see engine.InlineWorker)
+    inline: InlineWorker | None = None
     before_settle: Callable[[], None] | None = None
     commit_batch: Callable[[list[WorkItem]], None] | None = None
     #: after each flush, with the items whose outcomes were made durable, reported and acked
@@ -213,11 +218,18 @@ class ConsumerComponent:
             state_dir=instance_state_dir(s),
             plugins=Plugins.from_config(s.plugins),
             session_factory=self.session_factory,
-            limiter=byte_limiter(byte_rate(s.kbytes_ps, s.byte_rate_max), stop),
+            limiter=byte_limiter(
+                byte_rate(s.kbytes_ps, s.byte_rate_max), stop, s.bandwidth_wait_max
+            ),
         )
         if run.limiter is not None:
             log.info("transfers capped at %d bytes/s", run.limiter.rate)
+        run.bandwidth = open_bandwidth(s, s.component, run.limiter, stop)
+        if run.bandwidth is not None:
+            log.info("pump-wide bandwidth caps in %s", run.bandwidth.store)
         flow = self.build(run)
+        if run.bandwidth is not None:
+            flow.close.append(run.bandwidth.close)
         retry_queue = flow.retry_queue or retry_queue_for(s, instance)
         flow.close.append(retry_queue.close)
         retry_ttl = flow.retry_ttl
@@ -286,6 +298,7 @@ class ConsumerComponent:
             on_report=None if plugins.empty else lambda item: plugins.on_report(item),
             on_post=None if plugins.empty else lambda item: plugins.on_post(item),
             metrics=metrics,
+            inline=flow.inline,
         )
         run.report = loop.report
         run.plugins.on_start(s)
@@ -328,6 +341,11 @@ class ConsumerComponent:
             else:
                 print(f"declared queue {spec.name}, not bound (bind_queue off; asked for: {keys})")
             self.declare_outputs(s, session)
+
+    def retry_target(self, s: Settings, instance: int | None = None) -> tuple[Broker, str]:
+        """Where ``retry-return`` hands retry entries back: a new session, and the queue."""
+        session, _user = self._session(s)
+        return session, self.queue_name(s, instance)
 
     def cleanup(self, s: Settings) -> None:
         session, _user = self._session(s)

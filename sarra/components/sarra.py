@@ -24,10 +24,14 @@ from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker
 from sarra.components.common import MaskResolver, broker_url, download_settings
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance, default_bindings
+from sarra.config import paths
+from sarra.config.quota import quota_table
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.download import Destination, Downloader
 from sarra.flow.journal import InflightJournal
+from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.quota import QuotaGuard, open_ledger
 from sarra.flow.republish import PumpIdentity, Republisher, RepublishSettings, declared_users
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,16 @@ def sarra_bindings(s: Settings) -> Bindings:
             raise ConfigError("read_sources is on but no source is declared", option="read_sources")
         return tuple((f"xs_{u}", f"{s.topic_prefix}.#") for u in dict.fromkeys(sources))
     return default_bindings(s)
+
+
+def quota_guard(s: Settings) -> QuotaGuard | None:
+    """The ``quota`` lines (admin.conf) over the pump-wide ledger (the node's files, or the
+    Redis of ``quota_redis_serverurl``); None without any."""
+    quotas = quota_table(s.quota)
+    if not quotas:
+        return None
+    ledger = open_ledger(s.quota_redis_serverurl, s.quota_redis_keybase, paths.state_dir())
+    return QuotaGuard(quotas, ledger)
 
 
 def pump_identity(s: Settings) -> PumpIdentity:
@@ -104,6 +118,16 @@ class SarraComponent(ConsumerComponent):
         pump = pump_identity(s)
         settings = republish_settings(s)
         journal = InflightJournal(run.state_dir / f"inflight_{n:03d}.journal")
+        nodupe = (
+            DuplicateCache(
+                run.state_dir / f"recent_files_{n:03d}.cache",
+                ttl=s.suppress_duplicates,
+                basis=s.cache_basis,
+            )
+            if s.suppress_duplicates > 0
+            else None
+        )
+        guard = quota_guard(s)
         downloader = Downloader(
             # the Republisher applies the pump's own baseUrl host policy (sources are often
             # on private networks; its own hosts are trusted), so not the subscriber's
@@ -111,13 +135,15 @@ class SarraComponent(ConsumerComponent):
             replace(download_settings(s), base_url_private=True, discard=False),
             MaskResolver(s, Destination, directory=s.directory or settings.post_base_dir),
             run.plugins,
-            None,
+            nodupe,  # a redelivered notice is never suppressed: it is re-announced
             journal,
-            parts_state=run.state_dir,
+            parts_state=Path(s.parts_dir) if s.parts_dir else run.state_dir,
             inplace=s.inplace,  # off by default on a pump: segments kept
             batch_commit=True,
             interrupt=run.stop,
             limiter=run.limiter,
+            quota=guard,
+            bandwidth=run.bandwidth,
         )
         downloader.recover_leftovers()
         republisher = Republisher(downloader, pump, settings)
@@ -132,16 +158,29 @@ class SarraComponent(ConsumerComponent):
                 while not run.stop.wait(0.1):
                     pass
 
+        def housekeeping() -> None:
+            if nodupe is not None:
+                nodupe.expire()
+            downloader.housekeeping(run.report)
+
         return Flow(
             republisher.select,
             republisher.work,
+            # small whole files on a near origin: fetched, staged and announced in the flow
+            # thread (no hand-off to the pool); committed, published and acked by batch
+            inline=republisher.work_inline,
             before_settle=before_settle,
             commit_batch=downloader.commit_batch,
             after_settle=lambda items: downloader.after_settle(items, run.report),
-            housekeeping=lambda: downloader.housekeeping(run.report),
+            housekeeping=housekeeping,
             abort=downloader.abort,
             post_session=post_session,
             cluster=pump.cluster,
-            close=[downloader.close, journal.close],
+            close=[
+                downloader.close,
+                journal.close,
+                *([] if nodupe is None else [nodupe.close]),
+                *([] if guard is None else [guard.close]),
+            ],
             summary=republisher.counts.summary,
         )

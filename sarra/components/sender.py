@@ -17,9 +17,16 @@ from sarra.components.common import MaskResolver, credential_store, instance_sta
 from sarra.components.runner import ConsumerComponent, Flow, Instance
 from sarra.config.credentials import parse_url
 from sarra.config.settings import Settings
-from sarra.errors import ConfigError
-from sarra.flow.events import log_event
-from sarra.flow.send import Announce, RemoteTarget, Sender, SendSettings
+from sarra.errors import ConfigError, HostilePath
+from sarra.flow.events import log_event, log_failure
+from sarra.flow.send import (
+    Announce,
+    RemoteTarget,
+    Sender,
+    SendSettings,
+    confine_directory,
+    remote_root,
+)
 from sarra.flow.work import WorkItem
 
 log = logging.getLogger(__name__)
@@ -40,15 +47,15 @@ def send_settings(s: Settings) -> SendSettings:
         )
     if s.notify_only:
         raise ConfigError("a sender always sends: notify_only is not allowed", option="notify_only")
-    path = parse_url(destination).path
-    if path not in ("", "/"):
-        # sr2 and sr3 do not use it either; say so rather than ignore it silently
-        log.warning(
-            "destination %s: its path %s is not used: files go under `directory` (%s)",
-            destination,
-            path,
-            s.directory or "the login directory",
-        )
+    try:
+        root = remote_root(destination)
+        # a static directory outside the destination's path is a configuration error; one
+        # that ${...} expands is checked per notice (417)
+        for directory in {s.directory or "", *(m.directory or "" for m in s.masks)}:
+            if "${" not in directory:
+                confine_directory(root, directory)
+    except HostilePath as e:
+        raise ConfigError(f"destination {destination}: {e}", option="destination") from e
     # an age makes no sense for pushing: keep the temporary name
     inflight = s.inflight if isinstance(s.inflight, str) and s.inflight else ".tmp"
     return SendSettings(
@@ -59,11 +66,12 @@ def send_settings(s: Settings) -> SendSettings:
         credentials=credential_store().find,
         tls_verify=s.tls_rigour != "lax",
         transport_options={"state_dir": str(instance_state_dir(s))},
-        announce=_announce(s, destination),
+        announce=_announce(s, destination, root),
+        remote_root=root,
     )
 
 
-def _announce(s: Settings, destination: str) -> Announce | None:
+def _announce(s: Settings, destination: str, root: str | None) -> Announce | None:
     if not s.post_broker:
         return None
     url = parse_url(s.post_broker)  # the password is not needed here
@@ -72,8 +80,9 @@ def _announce(s: Settings, destination: str) -> Announce | None:
         exchange = f"{exchange}_{s.post_exchange_suffix}"
     return Announce(
         exchange=exchange,
-        base_url=s.post_base_url or destination,
-        base_dir=s.post_base_dir or None,
+        base_url=s.post_base_url or _public(destination),
+        # announced under the destination URL, paths are relative to its own path
+        base_dir=s.post_base_dir or (None if s.post_base_url else root),
         exchange_split=s.post_exchange_split,
         to_clusters=s.to_clusters or url.host,
         header_value_max=s.header_value_max,
@@ -82,14 +91,21 @@ def _announce(s: Settings, destination: str) -> Announce | None:
     )
 
 
+def _public(url: str) -> str:
+    """``url`` as announced: without the password a destination may carry (the loader warns
+    about it; it must not reach every reader of the post exchange)."""
+    parsed = parse_url(url)
+    return url if parsed.password is None else parsed.without_password()
+
+
 def _log_sent(item: WorkItem) -> None:
     notice = item.notice
     source = notice.header("source")
     if item.code == 201:
         detail = f"{item.message} ({item.size} bytes)"
         log_event(log, logging.INFO, "sent", notice.path, 201, source, detail, size=item.size)
-    elif item.code and item.code >= 400:
-        log_event(log, logging.ERROR, "failed", notice.path, item.code, source, item.message)
+    else:
+        log_failure(log, item)
 
 
 class SenderComponent(ConsumerComponent):
@@ -114,6 +130,7 @@ class SenderComponent(ConsumerComponent):
             MaskResolver(s, RemoteTarget, rename_header=True),
             run.plugins,
             limiter=run.limiter,
+            bandwidth=run.bandwidth,
         )
         return Flow(
             sender.select,

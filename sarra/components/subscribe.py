@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sarra.components.common import MaskResolver, download_settings
 from sarra.components.runner import ConsumerComponent, Flow, Instance
 from sarra.flow.download import Destination, Downloader
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
+from sarra.flow.sharedstore import SharedDuplicateCache, open_store
+from sarra.localfs import groupsync
+from sarra.localfs.groupsync import GroupSync
 
 
 class SubscribeComponent(ConsumerComponent):
@@ -18,8 +22,11 @@ class SubscribeComponent(ConsumerComponent):
 
     def build(self, run: Instance) -> Flow:
         s, n = run.settings, run.number
-        nodupe = None
-        if s.suppress_duplicates > 0:
+        nodupe: DuplicateCache | None = None
+        store = open_store(s, self.name, run.stop) if s.suppress_duplicates > 0 else None
+        if store is not None:
+            nodupe = SharedDuplicateCache(store, s.suppress_duplicates, s.cache_basis)
+        elif s.suppress_duplicates > 0:
             nodupe = DuplicateCache(
                 run.state_dir / f"recent_files_{n:03d}.cache",
                 ttl=s.suppress_duplicates,
@@ -32,11 +39,16 @@ class SubscribeComponent(ConsumerComponent):
             run.plugins,
             nodupe,
             journal,
-            parts_state=run.state_dir,
+            parts_state=Path(s.parts_dir) if s.parts_dir else run.state_dir,
             inplace=s.inplace,
             batch_commit=True,
+            # instances of this configuration share their barriers (one syncfs for all)
+            group_sync=(
+                GroupSync(run.state_dir) if s.instances > 1 and groupsync.available() else None
+            ),
             interrupt=run.stop,
             limiter=run.limiter,
+            bandwidth=run.bandwidth,
         )
         downloader.recover_leftovers()
 
@@ -48,6 +60,7 @@ class SubscribeComponent(ConsumerComponent):
         flow = Flow(
             downloader.select,
             downloader.work,
+            inline=downloader.work_inline,
             before_settle=downloader.sync,
             commit_batch=downloader.commit_batch,
             after_settle=lambda items: downloader.after_settle(items, run.report),

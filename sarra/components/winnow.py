@@ -23,6 +23,12 @@ notices with ``post_exchange_split <instances>`` (sr2 rule, spec 1.3: by checksu
 of one file land on one shard whatever their baseUrl). A shared cache under ``flock`` was not
 chosen: it serializes every instance on one file, and the lock says nothing about the window
 between publishing and recording, which the journal closes per shard.
+
+**Several nodes** (``nodupe_driver redis``): winnows on different hosts consuming one queue
+share their entries in Redis (:mod:`sarra.flow.sharedstore`): a notice is *claimed* there
+atomically before it is forwarded and marked done once the post is confirmed, so each file is
+forwarded by one node; a claim left by a node that died expires and the file is forwarded by
+another. While Redis is unreachable the winnow waits and acks nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
 from sarra.errors import BrokerError, ConfigError
 from sarra.flow.retryqueue import RetryQueue
+from sarra.flow.sharedstore import open_store
 from sarra.flow.winnow import (
     input_bindings,
     journal_name,
@@ -89,6 +96,7 @@ class WinnowComponent(ConsumerComponent):
         tag = 0 if shard is None else shard
         post_url = broker_url(s, "post_broker" if s.post_broker else "broker")
         post_session = self.session_factory(post_url, s, f"sr_winnow {s.name} (post)")
+        store = open_store(s, self.name, run.stop)
         winnower = start_winnower(
             s,
             post_session,
@@ -97,6 +105,7 @@ class WinnowComponent(ConsumerComponent):
             run.state_dir / f"recent_files_{tag:03d}.cache",
             run.stop,
             run.plugins,
+            store,
         )
         return Flow(
             winnower.select,
@@ -109,7 +118,7 @@ class WinnowComponent(ConsumerComponent):
             attempts=1,
             retry_queue=RetryQueue(run.state_dir / f"retry_{tag:03d}.jsonl", ttl=3600.0),
             retry_ttl=0.0,
-            close=[winnower.cache.close],
+            close=[winnower.close, winnower.cache.close] + ([] if store is None else [store.close]),
         )
 
     def declare(self, s: Settings) -> None:

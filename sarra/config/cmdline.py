@@ -37,6 +37,7 @@ ACTION_NAMES: tuple[str, ...] = (
     "supervise",
     "cleanup",
     "declare",
+    "retry-return",
     "list",
     "convert",
     "edit",

@@ -34,8 +34,10 @@ from sarra.config.options import (
     Option,
     Support,
     options_table,
+    parse_bandwidth,
     parse_value,
 )
+from sarra.config.quota import parse_quota
 from sarra.errors import ConfigError, parse_on_failure
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,17 @@ _EVENTS = frozenset({"create", "delete", "link", "modify", "move", "mkdir", "rmd
 _MODE_OPTIONS = frozenset({"chmod", "chmod_dir", "chmod_log"})
 _NONE_WORDS = frozenset({"none", "off", "false", "0"})
 _URL_OPTIONS = frozenset(
-    {"broker", "post_broker", "destination", "admin", "feeder", "management_url"}
+    {
+        "broker",
+        "post_broker",
+        "destination",
+        "admin",
+        "feeder",
+        "management_url",
+        "bandwidth_redis_serverurl",
+        "nodupe_redis_serverurl",
+        "quota_redis_serverurl",
+    }
 )
 CMDLINE = "<command line>"
 _COMPOUND = frozenset(
@@ -154,6 +166,9 @@ class _Loader:
         self.headers_add: dict[str, str] = {}
         self.headers_del: list[str] = []
         self.declared: dict[str, list[str]] = {}
+        #: the words of plain list options (``path``, ...) so far, made their value by
+        #: :meth:`finish`: a tuple rebuilt at each occurrence was quadratic in sr_post's paths
+        self.lists: dict[str, list[str]] = {}
         self.warnings: list[str] = []
         self.noop_warned: set[str] = set()
         self.mode_warned: set[str] = set()
@@ -313,12 +328,20 @@ class _Loader:
         elif name == "on_failure":  # one "CLASS ACTION" per line, checked here
             failure_class, action = parse_on_failure(text)
             self.values[name] = (*self.values[name], f"{failure_class} {action}")
+        elif name == "quota":  # one "SOURCE bytes=SIZE files=N" per line, checked here
+            source, quota = parse_quota(text)
+            self.values[name] = (*self.values[name], f"{source} {quota.text()}")
+        elif name == "bandwidth":  # one "NAME RATE [WEIGHT]" per line, checked here
+            parse_bandwidth(text)
+            self.values[name] = (*self.values[name], " ".join(text.split()))
         else:  # Kind.LIST
-            words = tuple(text.split())
+            # a path from the command line is one shell word, spaces and all (sr_post "a b.txt"
+            # posts one file); in a file, a path line lists words as sr2's did
+            words = [text] if name == "path" and where == CMDLINE else text.split()
             if name == "base_url_accept":
                 for w in words:
                     parse_value(_REGEX, w)
-            self.values[name] = (*self.values[name], *words)
+            self.lists.setdefault(name, list(self.values[name])).extend(words)
 
     def _apply_scalar(self, option: Option, text: str | None, where: str, line: int | None) -> None:
         name = option.name
@@ -327,6 +350,15 @@ class _Loader:
             bad = set(value.replace(",", "|").split("|")) - _EVENTS
             if bad:
                 raise ValueError(f"unknown events {sorted(bad)}; known: {sorted(_EVENTS)}")
+        if name == "quota_redis_serverurl" and value:
+            url = parse_url(value)
+            # ConfigError, not ValueError: a URL option's ValueError is shown as "bad URL"
+            if url.scheme not in ("redis", "rediss"):
+                raise ConfigError(
+                    f"expected a redis:// or rediss:// URL, not {url.without_password()}"
+                )
+            if url.path.strip("/") and not url.path.strip("/").isdigit():
+                raise ConfigError(f"the path of the URL is a database number, not {url.path!r}")
         if name in _URL_OPTIONS and value and parse_url(value).password is not None:
             message = (
                 f"{where}:{line or '-'}: option {option.name!r} carries a password; "
@@ -373,6 +405,8 @@ class _Loader:
 
     def finish(self, path: Path | None) -> Config:
         v = self.values
+        for name, words in self.lists.items():
+            v[name] = tuple(words)
         consumer = _TABLE["broker"].applies_to(self.component)
         if v["debug"]:
             v["loglevel"] = "debug"

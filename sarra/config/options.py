@@ -11,7 +11,6 @@ into a :class:`~sarra.errors.ConfigError` naming file, line and option.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +44,10 @@ _DOWNLOADERS = frozenset({"subscribe", "sarra", "sender"})
 _WATCHERS = frozenset({"post", "watch"})
 #: sr_poll reads no local file and calls no plugin: the options about those do not apply to it
 _NOT_POLL = _ALL - {"poll"}
+#: the components whose duplicate suppression can be shared across nodes (nodupe_driver)
+_SHARED_NODUPE = frozenset({"subscribe", "winnow"})
+#: the components that suppress duplicates (sender, report and log refuse the options)
+_NODUPE = _ALL - {"sender", "report", "log"}
 
 
 class Kind(enum.Enum):
@@ -207,6 +210,34 @@ def parse_rate(text: str) -> int:
     base = 1024 if marker else 1000
     power = _RATE_PREFIXES.index(prefix) + 1 if prefix else 0
     return int(float(number) * base**power)
+
+
+#: the name of the pump total in ``bandwidth`` lines
+BANDWIDTH_TOTAL = "*"
+
+
+def parse_bandwidth(text: str) -> tuple[str, int, float]:
+    """One ``bandwidth`` line: ``NAME RATE [WEIGHT]`` -> (name, bytes/s, weight).
+
+    Raises ValueError (the loader adds file and line) for anything else."""
+    words = text.split()
+    if len(words) not in (2, 3):
+        raise ValueError("expected bandwidth SOURCE|* RATE [WEIGHT], e.g. bandwidth alice 10M 2")
+    name, rate_text = words[0], words[1]
+    rate = parse_rate(rate_text)
+    if rate <= 0:
+        raise ValueError(f"a bandwidth cap must be positive, not {rate_text!r}")
+    weight = 1.0
+    if len(words) == 3:
+        if name == BANDWIDTH_TOTAL:
+            raise ValueError("bandwidth * takes no weight (weights belong to sources)")
+        try:
+            weight = float(words[2])
+        except ValueError:
+            raise ValueError(f"a bandwidth weight is a positive number, not {words[2]!r}") from None
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"a bandwidth weight is a positive number, not {words[2]!r}")
+    return name, rate, weight
 
 
 def parse_float(text: str) -> float:
@@ -383,6 +414,8 @@ class OptionTable:
 
     def suggest(self, word: str) -> str | None:
         """The closest known spelling of ``word``, if any is close."""
+        import difflib  # only for a misspelt option: not loaded by every process
+
         close = difflib.get_close_matches(word, list(self._lookup), n=1, cutoff=0.75)
         return close[0] if close else None
 
@@ -491,13 +524,24 @@ OPTIONS: tuple[Option, ...] = (
     _o("durable", B, True, "declare the queue durable", _CONSUMERS),
     _o("queue_type", S, "classic",
        "type of the queue declared: classic, or quorum (replicated over the nodes of a broker "
-       "cluster, survives the loss of a minority of them; must be durable)", _CONSUMERS,
+       "cluster, survives the loss of a minority of them; must be durable; sr_poll: of its "
+       "election queue, with single_active_consumer)", _CONSUMERS | {"poll"},
        ("queueType",), choices=("classic", "quorum")),
+    _o("single_active_consumer", B, False,
+       "one active instance across hosts, elected by the broker: consumers declare their "
+       "queue with x-single-active-consumer (one instance receives, the next takes over with "
+       "its unacknowledged notices when it goes); sr_poll polls only while it holds the "
+       "election of the single-active-consumer queue q_<user>.sr_poll.<config>.election on "
+       "post_broker, whose token carries the poll state to the next poller (replaces sr2's "
+       "vip)", _CONSUMERS | {"poll"}, ("singleActiveConsumer",)),
     _o("expire", D, 300.0, "delete the queue after this long unused (sr2 5m: override it)",
        _CONSUMERS, ("expiry",)),
     _o("message_ttl", D, None, "discard queued notices older than this", _CONSUMERS,
        ("message-ttl",)),
-    _o("prefetch", N, 25, "notices fetched ahead of processing", _CONSUMERS),
+    _o("prefetch", N, 25, "notices fetched ahead of processing (subscribe and sarra: 100, "
+       "for larger batches: half a window shares one durability barrier, one ack and, in a "
+       "sarra, one confirmed publication)", _CONSUMERS,
+       per={"sarra": 100, "subscribe": 100}),
     _o("reset", B, False,
        "start (and restart) afresh: delete the queue and local state first, as cleanup does, "
        "when no instance runs", _CONSUMERS),
@@ -548,6 +592,11 @@ OPTIONS: tuple[Option, ...] = (
     _o("part_expiry", D, 24 * 3600.0,
        "give up on a file received in parts after this long without progress (report 499)",
        _DOWNLOADERS),
+    _o("parts_dir", S, None,
+       "where the records of files received in parts (inplace on) are kept, with their "
+       "locks (default: the instance's state directory); pump nodes writing one shared tree "
+       "set it to one directory on that shared file system, so blocks landing on different "
+       "nodes complete the file once", frozenset({"subscribe", "sarra"}), metavar="DIR"),
     _o("overwrite", B, False,
        "download a whole file even when the local copy has its size, checksum and mtime "
        "(off: skip it, report 304; blocks of a file in parts are always skipped)",
@@ -573,8 +622,9 @@ OPTIONS: tuple[Option, ...] = (
        ("default_dir_mode", "ddm", "permDirDefault")),
     _o("chmod_log", Kind.MODE, 0o600, "mode of log files", _ALL,
        ("default_log_mode", "dlm", "permLog")),
-    _o("destination", U, None, "remote destination of a sender, or the server a poll lists "
-       "(sr3 pollUrl)", frozenset({"sender", "poll"}), ("sendTo", "remoteUrl", "pollUrl")),
+    _o("destination", U, None, "remote destination of a sender (a path after the host is the "
+       "remote tree it writes in), or the server a poll lists (sr3 pollUrl)",
+       frozenset({"sender", "poll"}), ("sendTo", "remoteUrl", "pollUrl")),
     _o("transfer_threads", N, 4, "parallel downloads (bounded pool, one connection each)",
        _DOWNLOADERS),
     # -- reliability
@@ -585,6 +635,18 @@ OPTIONS: tuple[Option, ...] = (
     _o("retry_ttl", D, None, "drop retries older than this (default: expire)", _CONSUMERS),
     _o("on_failure", Kind.LIST, (), on_failure_help(), _CONSUMERS,
        metavar="CLASS drop|queue"),
+    _o("quota", Kind.LIST, (),
+       "a source's share of the pump's tree (admin.conf): sr_sarra refuses a file that would "
+       "take the source over it (report 507, failure class quota); bytes=SIZE and/or files=N; "
+       "repeatable, the last line for a source wins", frozenset({"sarra"}),
+       metavar="SOURCE bytes=SIZE files=N"),
+    _o("quota_redis_serverurl", U, None,
+       "keep the quota ledger in this Redis (redis://[user@]host[:port][/db], rediss:// for "
+       "TLS; the password from credentials.conf) instead of <state_dir>/quota/: shared by the "
+       "nodes of a pump on one tree (admin.conf). While it is unreachable, files of sources "
+       "with a quota are not written but retried later", frozenset({"sarra"}), metavar="URL"),
+    _o("quota_redis_keybase", S, None, "prefix of the Redis quota ledger's keys (default "
+       "sarra.quota): the same on every node of the pump", frozenset({"sarra"})),
     _o("retry_delay", D, 30.0,
        "first delay before retrying a failed notice from disk; doubles on each failure",
        _CONSUMERS),
@@ -600,6 +662,28 @@ OPTIONS: tuple[Option, ...] = (
        "byteRateMax: k, m, g are decimal (500k: 500,000 bytes/s), binary when the value ends "
        "in i or b (500ki, 500kb: 512,000); 0: unlimited; with kbytes_ps, the smaller wins",
        _DOWNLOADERS, ("byteRateMax",)),
+    _o("bandwidth", Kind.LIST, (),
+       "a pump-wide cap, one per line (usually in admin.conf): bandwidth SOURCE RATE [WEIGHT] "
+       "caps the transfers of files from SOURCE (the notice's source) at RATE bytes/s for all "
+       "processes on all nodes together; bandwidth * RATE is the pump's total, divided among "
+       "the sources transferring at the time in proportion to their WEIGHT (default 1). RATE "
+       "as byte_rate_max; kept in Redis at bandwidth_redis_serverurl (see sarra.flow.bandwidth)",
+       _DOWNLOADERS, metavar="SOURCE|* RATE [WEIGHT]"),
+    _o("bandwidth_shared", Kind.RATE, 0,
+       "cap this configuration's transfers at this many bytes/s for all its instances on all "
+       "nodes together (a bucket in Redis at bandwidth_redis_serverurl; 0: none)",
+       _DOWNLOADERS),
+    _o("bandwidth_redis_serverurl", U, None,
+       "the Redis server of the pump-wide bandwidth caps (redis://[user@]host[:port][/db]; "
+       "the password from credentials.conf; default: nodupe_redis_serverurl). While it is "
+       "unreachable each process limits itself alone at the same rates", _DOWNLOADERS,
+       metavar="URL"),
+    _o("bandwidth_wait_max", D, 0.0,
+       "the longest one transfer may wait, in total, on the byte rate caps (kbytes_ps, "
+       "byte_rate_max, bandwidth, bandwidth_shared): when its next wait would take it past "
+       "this, the transfer stops, its temporary file is removed and it fails with class "
+       "bandwidth (on_failure bandwidth: queue retries it later, drop reports 499); "
+       "0: wait as long as the caps require", _DOWNLOADERS),
     _o("message_rate_max", Kind.FLOAT, 0.0,
        "take at most this many notices per second from the queue, per instance (sr3's "
        "messageRateMax; 0: unlimited)", frozenset({"subscribe", "sarra", "sender", "winnow"}),
@@ -624,12 +708,26 @@ OPTIONS: tuple[Option, ...] = (
     _o("report_exchange", S, None, "exchange of reports (default xs_<broker user>)", _CONSUMERS,
        ("lx", "le")),
     _o("suppress_duplicates", Kind.CACHING, 0.0,
-       "drop notices seen within this time (on: 300 s)", _ALL,
+       "drop notices seen within this time (on: 300 s)", _NODUPE,
        ("caching", "cache", "no_duplicates", "noduplicates", "nd", "sd", "nodupe_ttl"),
        {"winnow": 1200.0}),
-    _o("cache_basis", S, "path", "what identifies a duplicate", _ALL,
+    _o("cache_basis", S, "path", "what identifies a duplicate", _NODUPE,
        ("cb", "suppress_duplicates_basis", "sdb", "nodupe_basis"),
        choices=("data", "name", "path")),
+    _o("nodupe_driver", S, "disk", "where duplicate suppression keeps its entries: disk "
+       "(per instance, in its state directory) or redis (shared by the instances of this "
+       "configuration on every node, at nodupe_redis_serverurl; see sarra.flow.sharedstore)",
+       _SHARED_NODUPE, choices=("disk", "redis")),
+    _o("nodupe_redis_serverurl", U, None, "the Redis server of nodupe_driver redis "
+       "(redis://[user@]host[:port][/db], rediss:// for TLS; the password from "
+       "credentials.conf)", _SHARED_NODUPE, metavar="URL"),
+    _o("nodupe_redis_keybase", S, None, "prefix of this configuration's Redis keys (default "
+       "sarra.nodupe.<component>.<config>): the same on every node sharing the queue",
+       _SHARED_NODUPE),
+    _o("nodupe_redis_claim", D, 30.0, "sr_winnow with nodupe_driver redis: how long a node's "
+       "claim on a notice lasts before it is confirmed; a node that dies holding claims "
+       "delays those files by this long (longer than a post's confirmation takes)",
+       frozenset({"winnow"})),
     # -- posting
     _o("post_broker", U, None, "broker to post to (several amqp hosts: a broker cluster)",
        _REPOSTERS, ("pb",)),
@@ -692,6 +790,11 @@ OPTIONS: tuple[Option, ...] = (
        _WATCHERS, ("fp",)),
     _o("post_on_start", B, True, "post the existing tree at start", _WATCHERS, ("pos",)),
     _o("randomize", B, False, "post parts in random order", _WATCHERS, ("r",)),
+    _o("growing", B, False, "announce files still being written (append-only) block by "
+       "block as they grow, then their final blocks once they settle (needs a fixed "
+       "blocksize; receivers must be sarra with inplace on)", _WATCHERS),
+    _o("growing_idle", D, 5.0, "post with growing on: a file is finished once it has not "
+       "grown for this long", frozenset({"post"})),
     _o("realpath_post", B, False,
        "resolve symbolic links (os.path.realpath) in the paths given, post_base_dir and "
        "linked directories walked, and post the resolved paths (still confined to "
@@ -726,11 +829,15 @@ OPTIONS: tuple[Option, ...] = (
     _o("mgmt_port", N, 15672, "RabbitMQ management API port (sr_police)", _NONE),
     _o("vip", Kind.LIST, (), "run only on the node holding one of these addresses", _ALL,
        support=REFUSED,
-       why="one active instance per node address is the scale-out work (issue 17), not yet; "
-       "on one host, sr_poll's instances of a configuration already take turns through a "
-       "lock (one polls, the others stand by): remove the line"),
+       why="an address is not how sarra elects the one active instance: replace the line "
+       "with 'single_active_consumer on' (the broker elects one poll, or one sender, across "
+       "hosts, and hands over when it goes; admin guide section 8)"),
     _o("statehost", B, False, "keep state under a per-host directory", _ALL,
-       support=REFUSED, why="needs the scale-out work (several nodes): not yet"),
+       support=REFUSED,
+       why="the state directory is already each host's own unless the home directory is "
+       "shared: on such hosts give each its own SR_STATE_DIR (what statehost did); what pump "
+       "nodes must share goes through nodupe_driver redis, parts_dir and retry-return "
+       "(admin guide section 8)"),
     _o("tls_rigour", S, "normal",
        "https and ftps transfers: lax skips certificate checks, normal and strict check "
        "them (amqps connections always check)",

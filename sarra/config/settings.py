@@ -24,6 +24,7 @@ class Settings(SettingsBase):
     queue_suffix: str | None
     durable: bool
     queue_type: str
+    single_active_consumer: bool
     expire: float
     message_ttl: float | None
     prefetch: int
@@ -47,6 +48,7 @@ class Settings(SettingsBase):
     inflight: float | str | None
     inplace: bool
     part_expiry: float
+    parts_dir: str | None
     overwrite: bool
     delete: bool
     discard: bool
@@ -63,12 +65,19 @@ class Settings(SettingsBase):
     retry: bool
     retry_ttl: float | None
     on_failure: tuple[str, ...]
+    quota: tuple[str, ...]
+    quota_redis_serverurl: str | None
+    quota_redis_keybase: str | None
     retry_delay: float
     retry_delay_max: float
     timeout: float
     batch: int
     kbytes_ps: int
     byte_rate_max: int
+    bandwidth: tuple[str, ...]
+    bandwidth_shared: int
+    bandwidth_redis_serverurl: str | None
+    bandwidth_wait_max: float
     message_rate_max: float
     bufsize: int
     heartbeat: float
@@ -79,6 +88,10 @@ class Settings(SettingsBase):
     report_exchange: str | None
     suppress_duplicates: float
     cache_basis: str
+    nodupe_driver: str
+    nodupe_redis_serverurl: str | None
+    nodupe_redis_keybase: str | None
+    nodupe_redis_claim: float
     post_broker: str | None
     post_exchange: str | None
     post_exchange_suffix: str | None
@@ -108,6 +121,8 @@ class Settings(SettingsBase):
     force_polling: bool
     post_on_start: bool
     randomize: bool
+    growing: bool
+    growing_idle: float
     realpath_post: bool
     reconnect: bool
     post_outage_max: float

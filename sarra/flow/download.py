@@ -8,8 +8,11 @@ suppression) and ``work`` (pool thread: download, link, remove, mkdir, rmdir).
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +22,19 @@ from urllib.parse import urlsplit
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import MalformedMessage, PolicyRefused, SarraError
 from sarra.flow import baseurl
+from sarra.flow.bandwidth import Bandwidth
 from sarra.flow.baseurl import SUBSCRIBER_REFUSED, HostGuard, resolve_host
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.partial import PartReceiver
+from sarra.flow.partial import PartReceiver, block_paths
 from sarra.flow.plugin_get import PluginGetTransport
-from sarra.flow.ratelimit import TokenBucket, read_size, throttled
-from sarra.flow.wholefile import download_to, is_unchanged
+from sarra.flow.quota import QuotaGuard
+from sarra.flow.ratelimit import Limiter, TokenBucket, read_size, throttled
+from sarra.flow.wholefile import WholeFileResult, download_to, is_unchanged
 from sarra.flow.work import PartState, Staged, WorkItem
 from sarra.localfs.confined import SafeRoot, sync_files
+from sarra.localfs.groupsync import GroupSync
 from sarra.localfs.streaming import DIRECT_MIN, interruptible
 from sarra.notice import Notice, PartSpec
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
@@ -45,6 +51,30 @@ log = logging.getLogger(__name__)
 
 #: schemes fetched when no base_url_accept line is configured (spec 9.4)
 DEFAULT_SCHEMES = frozenset({"http", "https", "sftp", "ftp", "ftps"})
+
+#: whole files up to this size (bytes) may be fetched in the flow thread (:meth:`Downloader.
+#: work_inline`): no hand-off to the pool, whose thread switches cost more than such a file
+INLINE_MAX = 256 << 10
+#: an origin whose inline fetches all took longer than this (s) in a window of
+#: :data:`INLINE_WINDOW` fetches (the fastest of them: a busy machine's occasional stall does
+#: not count, a far origin's round trip does), or whose inline fetch failed, is left to the
+#: pool for :data:`INLINE_BACKOFF` s, where its transfers overlap; a near origin stays inline
+INLINE_SLOW = 0.01
+INLINE_WINDOW = 4
+INLINE_BACKOFF = 60.0
+#: socket timeout (s) of the flow thread's own connections, and the longest an inline fetch
+#: may take in all (a watchdog aborts it then, as it does at once when the instance stops): a
+#: stalled or trickling origin holds the flow thread (acks, heartbeats, stop) no longer than
+#: about this before its notice goes to the pool
+INLINE_TIMEOUT = 2.0
+#: how often (s) the watchdog of inline fetches looks
+_WATCH_EVERY = 0.25
+#: a batch barrier (the fsyncs of a batch commit) longer than this (s) stops inline fetches
+#: until one is quick again: the flow thread runs the barrier, so on a file system where
+#: durability costs time (a disk) downloads must go on in the pool meanwhile
+INLINE_BARRIER_MAX = 0.005
+#: schemes fetched inline: a kept-alive HTTP connection costs nothing to reuse
+_INLINE_SCHEMES = ("http:", "https:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +135,22 @@ class Downloader:
         parts_state: Path | None = None,
         inplace: bool = True,
         batch_commit: bool = False,
+        group_sync: GroupSync | None = None,
         resolver: baseurl.Resolver = resolve_host,
         interrupt: threading.Event | None = None,
         limiter: TokenBucket | None = None,
+        quota: QuotaGuard | None = None,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.settings = settings
+        #: quotas per source (the pump's sarra): checked and charged before each write
+        self.quota = quota
         #: set when the instance stops: transfers are abandoned between two chunks
         self.interrupt = interrupt
         #: the instance's byte rate limit, shared by every transfer thread (None: unlimited)
         self.limiter = limiter
+        #: the pump-wide caps (sarra.flow.bandwidth); None: only ``limiter``
+        self.bandwidth = bandwidth
         self._hosts = (
             None
             if settings.base_url_private
@@ -125,6 +162,8 @@ class Downloader:
         )
         #: stage verified whole files for :meth:`commit_batch` (the loop must call it)
         self.batch_commit = batch_commit
+        #: barriers shared with the other instances (:mod:`sarra.localfs.groupsync`), or None
+        self.group_sync = group_sync
         self.journal = journal
         self.parts = (
             PartReceiver(
@@ -136,6 +175,7 @@ class Downloader:
                 expiry=settings.part_expiry,
                 interrupt=interrupt,
                 limiter=limiter,
+                bandwidth=bandwidth,
             )
             if parts_state is not None
             else None
@@ -152,8 +192,30 @@ class Downloader:
         self._cannot_delete: set[str] = set()
         #: base URLs already warned about: their i blocks are kept as .Part files
         self._ranges_kept: set[str] = set()
+        #: whole files up to this size may be fetched in the flow thread (0: never)
+        self.inline_max = (
+            INLINE_MAX if batch_commit and limiter is None and bandwidth is None else 0
+        )
+        #: origin -> monotonic time until which it is fetched by the pool only
+        self._inline_off: dict[str, float] = {}
+        #: origin -> (fetches, fastest of them in s) in its current window
+        self._inline_window: dict[str, tuple[int, float]] = {}
+        #: the inline fetch under way: when it must end, and its transport (for the watchdog)
+        self._inline_deadline: float | None = None
+        self._inline_transport: Transport | None = None
+        self._watchdog: threading.Thread | None = None
+        self._closing = threading.Event()
+        #: the last batch barrier took longer than INLINE_BARRIER_MAX
+        self._barrier_slow = False
 
     # -- flow thread ---------------------------------------------------------------------------
+
+    def _limiter(self, notice: Notice) -> Limiter | None:
+        """The limiter of a transfer for ``notice``: the pump-wide caps of its source (with
+        the instance's own limit) when there are any, else the instance's limit."""
+        if self.bandwidth is None:
+            return self.limiter
+        return self.bandwidth.limiter(notice.header("source"))
 
     def select(self, item: WorkItem) -> bool:
         """Decide whether ``item`` goes to the transfer pool; settle it if not."""
@@ -175,10 +237,15 @@ class Downloader:
             return False
         if item.dest_rel is not None and item.dest_rel != rel:
             root.check_relpath(item.dest_rel)  # plugins cannot escape either
-        if self.nodupe is not None and item.retry is None and self.nodupe.check(notice):
-            log.info("duplicate suppressed: %s", notice.path)
-            item.settle(0, "duplicate")
-            return False
+        if self.nodupe is not None and item.retry is None:
+            if _redelivered(item):
+                # its entry may be this instance's own, recorded before a crash cut the
+                # download short: processed, never suppressed (see sarra.flow.nodupe)
+                self.nodupe.note(notice)
+            elif self.nodupe.check(notice):
+                log.info("duplicate suppressed: %s", notice.path)
+                item.settle(0, "duplicate")
+                return False
         letter = notice.checksum.letter
         if letter == "R" and "delete" not in self.settings.events and not notice.header("newname"):
             item.settle(0, "delete events are not processed")
@@ -233,6 +300,108 @@ class Downloader:
                 self._roots[directory] = root
             return root
 
+    def work_inline(self, item: WorkItem) -> bool:
+        """Flow thread, right after :meth:`select`: fetch a small whole file here and now,
+        as :meth:`work` does in the pool, without the hand-off to a pool thread and back
+        (on a near origin the thread switches cost more than the file). Returns True when
+        the item's work is done (settled), False when it must go to the pool: not a small
+        whole file from an http(s) origin known to be fast, or this attempt failed, in which
+        case the item is left as it was and its origin is left to the pool for
+        :data:`INLINE_BACKOFF` s (the pool fetches it again with the usual timeout, attempts
+        and failure handling). The same goes for an origin whose fetches are all slower than
+        :data:`INLINE_SLOW` (see :data:`INLINE_WINDOW`): there the pool's transfers overlap,
+        which is faster.
+
+        Only when nothing may run between the transfer and the batch commit (no plugins,
+        files staged for the commit), no byte rate limit nor bandwidth cap applies, and the
+        last batch barrier was quick (:data:`INLINE_BARRIER_MAX`; on a disk the pool downloads
+        while the flow thread waits for the barrier).
+        """
+        notice = item.notice
+        parts = notice.parts
+        if (
+            self.inline_max <= 0
+            or self._barrier_slow
+            or parts is None
+            or not parts.whole
+            or parts.file_size > self.inline_max
+            or notice.checksum.file_op
+            or not notice.base_url.startswith(_INLINE_SCHEMES)
+            or not self.plugins.empty
+        ):
+            return False
+        origin = notice.base_url
+        off = self._inline_off.get(origin)
+        started = time.monotonic()
+        if off is not None:
+            if started < off:
+                return False
+            del self._inline_off[origin]
+            self._inline_window.pop(origin, None)  # probed afresh
+        self._local.inline = True
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch_inline, name="inline-watchdog", daemon=True
+            )
+            self._watchdog.start()
+        self._inline_deadline = started + INLINE_TIMEOUT
+        try:
+            self.work(item)
+        except Exception as e:  # the pool does it again, with its attempts and error handling
+            log.debug("%s: fetched by the pool after an inline attempt failed: %s", notice.path, e)
+            self._inline_off[origin] = time.monotonic() + INLINE_BACKOFF
+            self._inline_window.pop(origin, None)
+            self._drop_inline_transport(notice.base_url)
+            if item.staged is not None:
+                item.staged.inflight.abort()
+            item.staged, item.code, item.message = None, None, ""
+            item.size, item.computed, item.error = 0, None, None
+            return False
+        finally:
+            self._local.inline = False
+            self._inline_deadline = None
+        now = time.monotonic()
+        count, fastest = self._inline_window.get(origin, (0, INLINE_BACKOFF))
+        count, fastest = count + 1, min(fastest, now - started)
+        if count < INLINE_WINDOW:
+            self._inline_window[origin] = (count, fastest)
+        else:
+            del self._inline_window[origin]
+            if fastest > INLINE_SLOW:
+                log.debug("%s: fetched by the pool for %.0f s (inline fetches too slow)",
+                          origin, INLINE_BACKOFF)  # fmt: skip
+                self._inline_off[origin] = now + INLINE_BACKOFF
+        return True
+
+    def _watch_inline(self) -> None:
+        """Abort an inline fetch that outlives :data:`INLINE_TIMEOUT` (a trickling origin
+        never lets a read time out) or that the instance's stop finds running: the flow
+        thread must stay free; the notice goes to the pool, which handles both."""
+        while not self._closing.wait(_WATCH_EVERY):
+            deadline = self._inline_deadline
+            if deadline is None:
+                continue
+            stopping = self.interrupt is not None and self.interrupt.is_set()
+            if stopping or time.monotonic() > deadline:
+                transport = self._inline_transport
+                if transport is not None and self._inline_deadline == deadline:
+                    try:
+                        transport.abort()
+                    except Exception:  # best effort: the fetch then ends by its timeout
+                        log.debug("aborting an inline fetch failed", exc_info=True)
+
+    def _drop_inline_transport(self, url: str) -> None:
+        cache: dict[Any, Transport] | None = getattr(self._local, "inline_transports", None)
+        transport = None if cache is None else cache.pop(origin_of(url), None)
+        if transport is not None:
+            with self._transports_lock:
+                if transport in self._all_transports:
+                    self._all_transports.remove(transport)
+            try:
+                transport.close()
+            except Exception:  # closing is best effort
+                log.debug("closing a transport failed", exc_info=True)
+
     # -- pool threads --------------------------------------------------------------------------
 
     def work(self, item: WorkItem) -> None:
@@ -250,7 +419,10 @@ class Downloader:
             item.settle(201, "Linked")
             return
         if letter == "R":
+            before = self._quota_size(root, rel, notice)
             existed = root.remove(rel)
+            if existed and self.quota is not None:
+                self.quota.removed(notice.header("source"), before)
             if self.nodupe is not None:
                 self.nodupe.forget(notice.path)
             item.settle(201, "removed" if existed else "removed (already absent)")
@@ -280,18 +452,65 @@ class Downloader:
         transport = self._transport(url)
         mtime = _header_time(notice, "mtime") if self.settings.preserve_time else None
         mode = _header_mode(notice) if self.settings.preserve_mode else None
+        old_size = self._quota_size(root, rel, notice)
+        charge = None
+        if self.quota is not None:  # QuotaExceeded (507) before a byte is written
+            charge = self.quota.admit(notice.header("source"), size or 0, old_size)
+        try:
+            result = self._download(item, root, rel, url, transport, size, mtime, mode)
+        except BaseException:
+            if self.quota is not None:
+                self.quota.release(charge)
+            raise
+        if self.quota is not None:
+            self.quota.adjust(charge, result.size - (old_size or 0))
+            item.quota_charge = charge if result.staged is not None else None
+        if not result.verified and notice.checksum.letter != "z":
+            log.info("%s: placed unverified (sum %s)", rel, notice.checksum.letter)
+        if notice.checksum.letter == "z":
+            item.settle(205, "Downloaded (checksum computed on download)")
+        else:
+            item.settle(201, "Downloaded")
+        self.run_on_file(item)
+
+    def _quota_size(self, root: SafeRoot, rel: str, notice: Notice) -> int | None:
+        """The size of the regular file at ``rel`` when its source has a quota (None: none,
+        or no quota to keep: the stat is saved)."""
+        if self.quota is None or notice.header("source") not in self.quota.quotas:
+            return None
+        st = root.stat(rel)
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+
+    def _download(
+        self,
+        item: WorkItem,
+        root: SafeRoot,
+        rel: str,
+        url: str,
+        transport: Transport,
+        size: int | None,
+        mtime: float | None,
+        mode: int | None,
+    ) -> WholeFileResult:
+        """Fetch ``url`` into ``rel`` (staged for the batch commit when it applies)."""
+        notice = item.notice
         progress = (
             _Progress(rel, size) if size and size >= self.settings.progress_threshold else None
         )
-        chunks: Iterable[bytes | memoryview] = (
-            aligned_chunks(transport, url, buffer_size=read_size(self.limiter))
-            if size and size >= DIRECT_MIN
-            else transport.get(url)
-        )
-        result = download_to(
+        limiter = self._limiter(notice)
+        chunks: Iterable[bytes | memoryview]
+        if size and size >= DIRECT_MIN:
+            chunks = aligned_chunks(transport, url, buffer_size=read_size(limiter))
+        elif size is not None and getattr(self._local, "inline", False):
+            # an inline small file: http(s)' lean path (one piece, a C response parser)
+            get_small = getattr(transport, "get_small", None)
+            chunks = transport.get(url) if get_small is None else get_small(url, size)
+        else:
+            chunks = transport.get(url)
+        result: WholeFileResult = download_to(
             root,
             rel,
-            interruptible(throttled(chunks, self.limiter), self.interrupt),
+            interruptible(throttled(chunks, limiter), self.interrupt),
             expected_size=size,
             checksum=notice.checksum,
             inflight=self.settings.inflight,
@@ -306,18 +525,42 @@ class Downloader:
             item.staged = Staged(root, result.staged, rel, mtime, mode)
         item.size = result.size
         item.computed = result.checksum
-        if not result.verified and notice.checksum.letter != "z":
-            log.info("%s: placed unverified (sum %s)", rel, notice.checksum.letter)
-        if notice.checksum.letter == "z":
-            item.settle(205, "Downloaded (checksum computed on download)")
-        else:
-            item.settle(201, "Downloaded")
-        self.run_on_file(item)
+        return result
 
     def _receive_part(self, item: WorkItem, root: SafeRoot, rel: str) -> None:
+        """One block. Under a quota, a block kept as its own ``.Part`` file (``inplace off``)
+        is charged as a file of its own before it is written; a block assembled into its
+        file (``inplace on``) is refused when the whole file would not fit, and the whole
+        file is charged when its last block completes it."""
         notice = item.notice
         if self.parts is None:
             raise MalformedMessage("multi-part notices need a part receiver (state directory)")
+        spec = notice.parts
+        assert spec is not None
+        guard, source = self.quota, notice.header("source")
+        if guard is None or source not in guard.quotas:
+            self._receive_block(item, root, rel)
+            return
+        target, kept = block_paths(rel, spec, notice.checksum.letter)
+        if not self.parts.inplace:
+            old = self._quota_size(root, kept, notice)
+            charge = guard.admit(source, spec.length, old)
+            try:
+                self._receive_block(item, root, rel)
+            except BaseException:
+                guard.release(charge)
+                raise
+            guard.adjust(charge, item.size - (old or 0))
+            return
+        old = self._quota_size(root, target, notice)
+        guard.check(source, spec.file_size, old)
+        self._receive_block(item, root, rel)
+        if item.part is PartState.COMPLETE:
+            guard.placed(source, item.size - (old or 0), 1 if old is None else 0)
+
+    def _receive_block(self, item: WorkItem, root: SafeRoot, rel: str) -> None:
+        notice = item.notice
+        assert self.parts is not None
         url = retrieval_url(
             notice.base_url, notice.path, rel_path_absolute=notice.rel_path.startswith("/")
         )
@@ -349,19 +592,25 @@ class Downloader:
             item.settle(500, f"{hook} plugin failed: {e}")
 
     def _transport(self, url: str) -> Transport:
-        cache: dict[Any, Transport] | None = getattr(self._local, "transports", None)
+        # the flow thread's inline fetches have connections of their own (shorter timeout)
+        inline = getattr(self._local, "inline", False)
+        attr = "inline_transports" if inline else "transports"
+        cache: dict[Any, Transport] | None = getattr(self._local, attr, None)
         if cache is None:
             cache = {}
-            self._local.transports = cache
+            setattr(self._local, attr, cache)
         origin = origin_of(url)
         transport = cache.get(origin)
         if transport is None:
+            timeout = self.settings.timeout
+            if inline:
+                timeout = min(timeout, INLINE_TIMEOUT)
 
             def builtin() -> Transport:
                 return open_transport(
                     url,
                     credentials=self.settings.credentials(str(origin)),
-                    timeout=self.settings.timeout,
+                    timeout=timeout,
                     tls_verify=self.settings.tls_verify,
                     ca_file=self.settings.ca_file,
                     options=self.settings.transport_options,
@@ -376,6 +625,8 @@ class Downloader:
             cache[origin] = transport
             with self._transports_lock:
                 self._all_transports.append(transport)
+        if inline:
+            self._inline_transport = transport
         return transport
 
     def commit_batch(self, items: list[WorkItem]) -> None:
@@ -384,9 +635,11 @@ class Downloader:
         whole file system, and one journal commit instead of one per file), then each
         rename. The renames are made durable by ``sync`` (directory fsyncs) before anything
         is reported or acked, so a crash at any point leaves either no final name or a final
-        name over complete, durable data. An item whose file cannot be placed gets that
-        outcome instead, its ``error`` set for the loop to decide between the retry queue
-        and a drop (``on_failure``).
+        name over complete, durable data. With ``group_sync`` (several instances) a
+        ``syncfs`` shared with the other instances comes before each of the two fsync
+        rounds, which then find nothing left to write (:mod:`sarra.localfs.groupsync`).
+        An item whose file cannot be placed gets that outcome instead, its ``error`` set for
+        the loop to decide between the retry queue and a drop (``on_failure``).
 
         Raises:
             LocalError: the barrier failed; nothing was renamed and the call can be repeated.
@@ -394,7 +647,17 @@ class Downloader:
         staged = [i for i in items if i.staged is not None]
         if not staged:
             return
-        sync_files([i.staged.inflight for i in staged if i.staged is not None])
+        started = time.monotonic()
+        files = [i.staged.inflight for i in staged if i.staged is not None]
+        if self.group_sync is not None:
+            # one syncfs shared with the other instances; the fsyncs below then find the data
+            # written and the journal committed (the guarantee stays theirs)
+            written = time.monotonic_ns()
+            devs = {os.fstat(f.fd).st_dev: f.fd for f in files}
+            for fd in devs.values():
+                self.group_sync.barrier(fd, written)
+        sync_files(files)
+        self._barrier_slow = time.monotonic() - started > INLINE_BARRIER_MAX
         for item in staged:
             assert item.staged is not None
             inflight, rel = item.staged.inflight, item.staged.rel
@@ -410,6 +673,9 @@ class Downloader:
                 item.error = e  # the loop decides: retry queue or drop (on_failure)
                 item.requeue = e.retryable
                 item.outgoing.clear()  # never announce a file that is not in place
+                if self.quota is not None:
+                    self.quota.release(item.quota_charge)
+            item.quota_charge = None
 
     def after_settle(
         self, items: list[WorkItem], report: Callable[[Notice, int, str], None] | None = None
@@ -514,6 +780,11 @@ class Downloader:
         """Make every rename since the last call durable (before reports and acks)."""
         with self._roots_lock:
             roots = list(self._roots.values())
+        if self.group_sync is not None:
+            written = time.monotonic_ns()  # after every rename to be made durable
+            for root in roots:
+                if root.has_dirty():
+                    self.group_sync.barrier_dir(root.root, written)
         for root in roots:
             root.sync_dirs()
 
@@ -559,6 +830,7 @@ class Downloader:
 
     def close(self) -> None:
         """Close every transport of every thread, and the roots' descriptors."""
+        self._closing.set()
         with self._roots_lock:
             roots = list(self._roots.values())
         for root in roots:
@@ -625,3 +897,8 @@ def _header_mode(notice: Notice) -> int | None:
         return int(value, 8) & 0o777
     except ValueError:
         return None
+
+
+def _redelivered(item: WorkItem) -> bool:
+    """Whether the broker gave ``item`` again (its consumer died or lost its connection)."""
+    return item.delivery is not None and item.delivery.redelivered

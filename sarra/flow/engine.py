@@ -39,6 +39,7 @@ from sarra.errors import (
     MessageError,
     SarraError,
 )
+from sarra.flow import retryreturn
 from sarra.flow.failpolicy import FailurePolicy
 from sarra.flow.metrics import FlowMetrics
 from sarra.flow.ratelimit import TokenBucket
@@ -92,6 +93,10 @@ SHORT_EXPIRY_MS = 3_600_000
 #: (well within the 10 s that ``stop`` waits before SIGKILL)
 STOP_GRACE = 2.0
 
+#: how long, at most, a stopping loop spends handing its retry entries back to the broker
+#: (the rest stays on disk; ``stop`` sends SIGKILL 10 s after SIGTERM)
+HAND_BACK_TIME = 4.0
+
 #: how often a paused loop checks whether its state directory is writable again (seconds)
 PROBE_EVERY = 5.0
 
@@ -105,6 +110,11 @@ was settled already (rejected, duplicate, unchanged, hostile...)."""
 Worker = Callable[[WorkItem], None]
 """Runs in a pool thread: performs the transfer and settles the item (code/message), or
 raises; an exception is turned into an outcome by the loop."""
+
+InlineWorker = Callable[[WorkItem], bool]
+"""Runs in the flow thread right after a True ``select``: performs the work there and settles
+the item, returning True, or returns False (the item as it was, never raising) to send it to
+the pool. For work too small to be worth a hand-off to a pool thread and back."""
 
 
 class ConsumingLoop:
@@ -132,8 +142,11 @@ class ConsumingLoop:
         on_report: Callable[[WorkItem], bool] | None = None,
         on_post: Callable[[WorkItem], bool] | None = None,
         metrics: FlowMetrics | None = None,
+        inline: InlineWorker | None = None,
     ) -> None:
         self.session = session
+        #: work done in the flow thread when it says so (see :data:`InlineWorker`)
+        self.inline = inline
         #: the instance's counters (flow thread only), published with the heartbeat
         self.metrics = metrics if metrics is not None else FlowMetrics()
         #: ``message_rate_max``: each delivery takes a token on arrival and is handled once
@@ -325,6 +338,7 @@ class ConsumingLoop:
         """Process until ``stop`` is set; then finish in-flight work, settle and return."""
         self._connect()
         next_hk = time.monotonic() + 5
+        clean = False
         try:
             while not self.stop.is_set():
                 try:
@@ -369,8 +383,11 @@ class ConsumingLoop:
                     self.session.close()
                     self._back_off_if_repeating()
             self._drain()
+            clean = True
         finally:
             self._pool.shutdown(wait=True, cancel_futures=False)
+            if clean:
+                self._return_retries()
             self.session.close()
             if self.post_session is not None:
                 self.post_session.close()
@@ -547,6 +564,11 @@ class ConsumingLoop:
                 self._deferred.append((time.monotonic() + delay, delivery))
                 return
         self._handle_delivery(delivery)
+        if self.inline is not None and len(self._pending_items) >= self._batch_size:
+            # work done in this thread piles up between two polls: commit and ack half a
+            # prefetch window at a time, so the broker sends more while the rest is worked
+            # on (outside _handle_delivery: a failure here is the loop's, as in run)
+            self._flush_settled()
 
     def _release_deferred(self) -> None:
         """Handle the deliveries held by ``message_rate_max`` whose turn has come."""
@@ -575,6 +597,9 @@ class ConsumingLoop:
             self._outstanding_generation = delivery.generation
         self._outstanding[delivery.delivery_tag] = delivery
         msg = delivery.message
+        if retryreturn.is_returned(msg):
+            self._restore_returned(delivery)
+            return
         try:
             decoded = v02.decode(
                 msg.exchange, msg.routing_key, msg.body, msg.headers, msg.content_type
@@ -602,6 +627,11 @@ class ConsumingLoop:
     def _admit(self, item: WorkItem) -> None:
         try:
             go = self.select(item)
+        except Interrupted:
+            # stopping while select waited (e.g. for the shared duplicate store): no outcome,
+            # the broker gives the notice to another instance
+            item.abandoned = True
+            go = False
         except SarraError as e:
             item.settle(e.report_code, str(e))
             go = False
@@ -611,6 +641,10 @@ class ConsumingLoop:
             item.requeue = self.requeue_after(e)
             go = False
         if not go:
+            self._settled(item)
+            return
+        if self.inline is not None and self.inline(item):
+            # done here; committed, reported and acked with its batch like pool work
             self._settled(item)
             return
         self._in_pool += 1
@@ -718,8 +752,8 @@ class ConsumingLoop:
             block=item.part is not None,
             whole=item.part is None or item.part is PartState.COMPLETE,
         )
-        if self.reports.enabled and code != 0:
-            self._queue_report(item, code)
+        if code != 0 and (self.reports.enabled or getattr(item.error, "report_always", False)):
+            self._queue_report(item, code)  # e.g. a quota refusal: its source must hear of it
         if item.outgoing and self.on_post is not None and not self.on_post(item):
             log.info("%s: not posted (an on_post plugin suppressed it)", item.notice.path)
             self.posts_suppressed += 1
@@ -958,6 +992,53 @@ class ConsumingLoop:
 
     # -- retries from disk -----------------------------------------------------------------
 
+    def _return_retries(self) -> None:
+        """At a clean stop: hand the disk retry entries back to the broker (see
+        :mod:`sarra.flow.retryreturn`); those it refuses stay on disk, said in the log."""
+        if not len(self.retry_queue):
+            return
+        name = self.settings.queue.name
+        why_not = None
+        if self.session.url.protocol == "mqtt":
+            why_not = "MQTT has no default exchange"
+        elif not self.session.connected:  # no reconnecting now: the stop must end
+            why_not = "not connected to the broker at the stop"
+        if why_not is not None:
+            retryreturn.log_hand_back(name, 0, len(self.retry_queue), why_not)
+            return
+        try:
+            returned, reason = retryreturn.hand_back(
+                self.retry_queue,
+                self.session,
+                name,
+                others_only=True,
+                deadline=time.monotonic() + HAND_BACK_TIME,
+            )
+        except Exception as e:  # a bug: the entries stay on disk, the stop goes on
+            log.exception("handing the retry entries back failed")
+            returned, reason = 0, f"internal error: {e}"
+        retryreturn.log_hand_back(name, returned, len(self.retry_queue), reason)
+
+    def _restore_returned(self, delivery: Delivery) -> None:
+        """A retry entry handed back by a stopping node: into this node's disk retry queue as
+        it was (attempts, first failure, due time), then acked; held unacked (paused) when
+        the disk does not take it."""
+        try:
+            entry = retryreturn.from_returned(delivery.message)
+        except ValueError as e:
+            log.error("rejected a malformed returned retry entry: %s", e)
+            self._count(417)
+            self._settle_acks.append(delivery)
+            return
+        try:
+            self.retry_queue.put(entry)
+        except Exception as e:  # not durable: hold the delivery unacked, stop consuming
+            log.error("cannot restore a returned retry entry (%s); holding it", e)
+            self._pause(f"retry queue: {e}")
+            return
+        log.info("restored retry entry %s", retryreturn.describe(entry))
+        self._settle_acks.append(delivery)
+
     def _run_retries(self) -> None:
         """Every few seconds: give up on expired entries (reported 499), and list the due
         ones; :meth:`_feed_retries` admits them as fast as the pool takes them."""
@@ -1016,4 +1097,5 @@ _DEFAULT_MESSAGES = {
     499: "transfer failed",
     500: "local operation failed",
     503: "not allowed",
+    507: "quota exceeded",
 }

@@ -29,17 +29,24 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sarra.flow.work import WorkItem
 
 #: the LogRecord attribute holding an event's fields
 EVENT_ATTR = "sr_event"
+
+#: a blank (``str.isspace``: ``\s`` of a str pattern is the same test) or a double quote
+_NEEDS_QUOTES = re.compile(r'[\s"]')
 
 
 def _word(value: object) -> str:
     if value is None or value == "":
         return "-"
     text = str(value)
-    if any(c.isspace() for c in text) or '"' in text:
+    if _NEEDS_QUOTES.search(text):
         return json.dumps(text, ensure_ascii=False)
     return text
 
@@ -54,8 +61,12 @@ def log_event(
     detail: str = "",
     *,
     size: int | None = None,
+    stacklevel: int = 2,
 ) -> None:
-    """Log one per-file event (see the module's table)."""
+    """Log one per-file event (see the module's table).
+
+    ``stacklevel`` as for :meth:`logging.Logger.log`, counted from the caller of this function.
+    """
     if not logger.isEnabledFor(level):
         return
     fields: dict[str, Any] = {
@@ -69,4 +80,21 @@ def log_event(
     text = f"{event} code={_word(code)} relPath={_word(rel_path)} source={_word(source)}"
     if detail:
         text = f"{text}: {detail}"
-    logger.log(level, "%s", text, extra={EVENT_ATTR: fields}, stacklevel=2)
+    logger.log(level, "%s", text, extra={EVENT_ATTR: fields}, stacklevel=stacklevel)
+
+
+def log_failure(logger: logging.Logger, item: WorkItem) -> None:
+    """The ``failed`` event for a settled item whose code is 400 or more (nothing otherwise)."""
+    if item.code is None or item.code < 400:
+        return
+    notice = item.notice
+    log_event(
+        logger,
+        logging.ERROR,
+        "failed",
+        notice.path,
+        item.code,
+        notice.header("source"),
+        item.message,
+        stacklevel=3,
+    )

@@ -21,6 +21,34 @@ Persistence (optional, one file per instance): an append-only file of lines
 appended on every record (flushed, not fsync'd: losing the tail after a crash only lets a
 duplicate through) and rewritten compactly on :meth:`save`, on close, and when dead lines
 outnumber live ones.
+
+Crash windows (a consumer, sr_subscribe: :meth:`sarra.flow.download.Downloader.select`).
+An entry is recorded when its notice is *selected*, long before its file is durable, and the
+notice is acked only once the file is (the batch commit's fsync barrier). So an entry may
+name a file that was never placed: the instance was killed (or stopped) mid-download, or
+lost its broker connection. Every such notice is still unacked, and the broker gives it
+again marked *redelivered*; a redelivered notice is therefore never suppressed, only
+recorded (:meth:`note`): it is processed, and a file that was in fact placed before the
+crash costs a comparison (304), not a download. The other copies of that file (same key,
+other messages) that the entry suppressed while it was pending were acked, but they do not
+matter: the redelivered original brings the file. Hence:
+
+* killed after selecting, before the file is durable: the entry is on disk, the notice
+  comes back redelivered and is downloaded (no loss);
+* killed after the file is durable, before the ack: the notice comes back redelivered and
+  finds the file unchanged (304, no second download);
+* killed after the ack: the entry suppresses later copies, as in normal operation;
+* the OS crashes: the cache's unsynced tail may be lost, which only lets a duplicate through.
+
+Posters (sr_post, sr_watch, sr_poll) have no redelivery: their entries are recorded with
+``persist=False`` when a notice is queued and written (:meth:`persist`) only once the broker
+confirmed it. Killed in between (say during a broker outage), the entries die with the
+process and the next run posts those files; a graceful stop forgets them as well.
+
+Nothing is added to the normal path (no fsync per entry): a notice that is not redelivered
+is checked as before. A notice taken from the retry queue is never checked (it was selected
+once already). Suppression is kept in normal operation; after a crash or a reconnection the
+notices in flight then (at most ``prefetch`` per instance) are compared again.
 """
 
 from __future__ import annotations
@@ -61,6 +89,11 @@ def derive_key(notice: Notice) -> str:
     parts = notice.parts
     if parts is not None and not parts.whole:
         key = f"{key},{parts.block_size},{parts.block_number}"
+    growth = notice.header("growing")
+    if growth is not None:
+        # a growing file's final notice may repeat a block already announced: it is news
+        # (it gives the final size), so the growth (and its ",final") is part of the key
+        key = f"{key},{growth}"
     return key
 
 
@@ -81,6 +114,8 @@ class DuplicateCache(Closing):
         self._seen: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._by_value: dict[str, set[int]] = {}
         self._lines = 0
+        #: entries recorded with ``persist=False``, written only by :meth:`persist`
+        self._unsaved: set[int] = set()
         self._fh: IO[str] | None = None
         if self.path is not None:
             with translated_os_errors(f"open duplicate cache {self.path}"):
@@ -98,10 +133,12 @@ class DuplicateCache(Closing):
             return "data"
         return path.lstrip("/")
 
-    def check(self, notice: Notice, now: float | None = None) -> bool:
+    def check(self, notice: Notice, now: float | None = None, *, persist: bool = True) -> bool:
         """True if ``notice`` was seen within ttl (a duplicate); otherwise record it.
 
-        Either way the entry's time becomes ``now``.
+        Either way the entry's time becomes ``now``. With ``persist`` off the entry is kept
+        in memory only until :meth:`persist` (a poster calls it once the broker confirmed
+        the notice: an entry on disk for a notice never posted would suppress it forever).
         """
         if self.ttl <= 0:
             return False
@@ -113,8 +150,25 @@ class DuplicateCache(Closing):
         duplicate = previous is not None and now - previous[0] < self.ttl
         self._add(digest, now, value)
         self._seen.move_to_end(digest)
-        self._append(digest, now, value)
+        if persist:
+            self._unsaved.discard(digest)
+            self._append(digest, now, value)
+        else:
+            self._unsaved.add(digest)
         return duplicate
+
+    def persist(self) -> None:
+        """Write the entries recorded with ``persist=False`` (flushed, not fsync'd)."""
+        unsaved, self._unsaved = self._unsaved, set()
+        for digest in unsaved:
+            entry = self._seen.get(digest)
+            if entry is not None:
+                self._append(digest, *entry)
+
+    def note(self, notice: Notice, now: float | None = None) -> None:
+        """Record ``notice`` without suppressing it: a notice the broker redelivers (see the
+        module docstring's crash windows), so later copies are suppressed again."""
+        self.check(notice, now)
 
     def forget(self, path: str) -> int:
         """Drop every entry recorded for the logical ``path`` (e.g. after a delete).
@@ -127,6 +181,7 @@ class DuplicateCache(Closing):
         digests = self._by_value.pop(self.value_of(path), set())
         for digest in digests:
             self._seen.pop(digest, None)
+            self._unsaved.discard(digest)
         if digests:
             self._maybe_compact()
         return len(digests)
@@ -153,9 +208,12 @@ class DuplicateCache(Closing):
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with translated_os_errors(f"save duplicate cache {self.path}"):
             try:
+                written = 0
                 with open(tmp, "w", encoding="utf-8") as out:
                     for digest, (seen, value) in self._seen.items():
-                        out.write(_format(digest, seen, value))
+                        if digest not in self._unsaved:
+                            out.write(_format(digest, seen, value))
+                            written += 1
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, self.path)
@@ -165,7 +223,7 @@ class DuplicateCache(Closing):
             if self._fh is not None:
                 self._fh.close()
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
-        self._lines = len(self._seen)
+            self._lines = written
 
     def close(self) -> None:
         """Save and close the file."""

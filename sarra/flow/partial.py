@@ -20,13 +20,15 @@ from typing import Any
 
 from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
-from sarra.flow.ratelimit import TokenBucket, read_size, throttled
+from sarra.flow.bandwidth import Bandwidth
+from sarra.flow.ratelimit import Limiter, TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to
 from sarra.flow.work import PartState, WorkItem
 from sarra.integrity.sums import new_hasher
 from sarra.localfs.confined import SafeRoot
 from sarra.localfs.streaming import DIRECT_MIN, interruptible, stream
 from sarra.notice import VERIFIABLE_SUMS, Checksum, Notice, PartSpec
+from sarra.parts import growing
 from sarra.parts.arithmetic import parse_part_suffix, part_suffix
 from sarra.parts.tracker import DEFAULT_EXPIRY, Marked, MarkStatus, PartTracker, Ticket
 from sarra.transfer.base import Transport
@@ -54,12 +56,14 @@ class PartReceiver:
         expiry: float = DEFAULT_EXPIRY,
         interrupt: threading.Event | None = None,
         limiter: TokenBucket | None = None,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.state_dir = state_dir
         #: set when the instance stops: transfers are abandoned between two chunks
         self.interrupt = interrupt
         #: the instance's byte rate limit (None: unlimited)
         self.limiter = limiter
+        self.bandwidth = bandwidth
         self.inplace = inplace
         self.inflight = inflight
         self.on_file = on_file
@@ -68,6 +72,13 @@ class PartReceiver:
         self.expiry = expiry
         self._trackers: dict[str, PartTracker] = {}
         self._lock = threading.Lock()
+
+    def _limiter(self, notice: Notice) -> Limiter | None:
+        """The limiter of a transfer for ``notice``: the pump-wide caps of its source (with
+        the instance's own limit) when there are any, else the instance's limit."""
+        if self.bandwidth is None:
+            return self.limiter
+        return self.bandwidth.limiter(notice.header("source"))
 
     def tracker(self, root: SafeRoot) -> PartTracker:
         key = hashlib.sha256(str(root.root).encode()).hexdigest()[:16]
@@ -95,26 +106,29 @@ class PartReceiver:
         notice = item.notice
         spec = notice.parts
         assert spec is not None and not spec.whole
-        if spec.method == "p":
-            parsed = parse_part_suffix(rel)
-            if parsed is None:
-                raise MalformedMessage(f"p block {rel!r} has no .Part suffix")
-            target_rel = parsed[0]
-            remote_offset = 0  # a p block is its own object
-        else:
-            target_rel = rel
-            remote_offset = spec.offset
+        target_rel, _ = block_paths(rel, spec, notice.checksum.letter)
+        # a p block is its own object
+        remote_offset = 0 if spec.method == "p" else spec.offset
         if not self.inplace:
             self._keep_part(item, root, rel, target_rel, url, transport, remote_offset, mtime)
             return
         tracker = self.tracker(root)
         version = notice_version(notice)
+        growth = notice.header(growing.HEADER)
+        growth_id, final = growing.parse_header(growth) if growth is not None else ("", False)
         # a p block (its own .Part object upstream) lands at its offset like an i block
         tracked = PartSpec(
             "i", spec.block_size, spec.block_count, spec.remainder, spec.block_number
         )
         ticket = tracker.begin(
-            target_rel, tracked, version, mtime=mtime, mode=mode, about=_about(notice)
+            target_rel,
+            tracked,
+            growth_id or version,
+            mtime=mtime,
+            mode=mode,
+            about=_about(notice),
+            growing=growth is not None,
+            final=final,
         )
         try:
             marked = self._write_block(item, tracker, ticket, transport, url, remote_offset)
@@ -145,7 +159,8 @@ class PartReceiver:
             return
         if status is MarkStatus.RECORDED:
             item.size = spec.length
-            item.settle(201, f"Inserted (block {marked.present} of {marked.count})")
+            of = f"{marked.count}+" if growth is not None and not final else f"{marked.count}"
+            item.settle(201, f"Inserted (block {marked.present} of {of})")
             self._part_done(item)
         elif status is MarkStatus.STALE:
             item.settle(304, "superseded by a newer version of the file")
@@ -177,18 +192,19 @@ class PartReceiver:
                 item.settle(304, "not modified (this version is complete)")
                 return None
             if ticket.needs():
+                limiter = self._limiter(notice)
                 chunks: Iterator[bytes | memoryview]
                 write: Callable[[memoryview, int], None]
                 if spec.length >= DIRECT_MIN:
                     chunks = aligned_chunks(
-                        transport, url, remote_offset, spec.length, read_size(self.limiter)
+                        transport, url, remote_offset, spec.length, read_size(limiter)
                     )
                     write = ticket.pwrite_aligned
                 else:
                     chunks = iter(transport.get(url, remote_offset, spec.length))
                     write = ticket.pwrite
                 computed = _stream_block(
-                    interruptible(throttled(chunks, self.limiter), self.interrupt),
+                    interruptible(throttled(chunks, limiter), self.interrupt),
                     notice.checksum,
                     spec,
                     write,
@@ -215,13 +231,9 @@ class PartReceiver:
         notice = item.notice
         spec = notice.parts
         assert spec is not None
-        if spec.method == "p":
-            part_rel = rel
-        else:
-            name = target_rel.rsplit("/", 1)
-            suffix = part_suffix(name[-1], spec, notice.checksum.letter)
-            part_rel = f"{name[0]}/{suffix}" if len(name) == 2 else suffix
+        _, part_rel = block_paths(rel, spec, notice.checksum.letter)
         root.check_relpath(part_rel)
+        limiter = self._limiter(notice)
         result = download_to(
             root,
             part_rel,
@@ -229,12 +241,12 @@ class PartReceiver:
                 throttled(
                     (
                         aligned_chunks(
-                            transport, url, remote_offset, spec.length, read_size(self.limiter)
+                            transport, url, remote_offset, spec.length, read_size(limiter)
                         )
                         if spec.length >= DIRECT_MIN
                         else transport.get(url, remote_offset, spec.length)
                     ),
-                    self.limiter,
+                    limiter,
                 ),
                 self.interrupt,
             ),
@@ -287,6 +299,19 @@ class PartReceiver:
                         f"gave up after {self.expiry:.0f}s: "
                         f"{expired.present} of {expired.block_count} blocks arrived",
                     )
+
+
+def block_paths(rel: str, spec: PartSpec, letter: str) -> tuple[str, str]:
+    """(the file a block of ``rel`` belongs to, the ``.Part`` file it is kept as with
+    ``inplace off``). Raises MalformedMessage for a ``p`` block without a .Part suffix."""
+    if spec.method == "p":
+        parsed = parse_part_suffix(rel)
+        if parsed is None:
+            raise MalformedMessage(f"p block {rel!r} has no .Part suffix")
+        return parsed[0], rel
+    name = rel.rsplit("/", 1)
+    suffix = part_suffix(name[-1], spec, letter)
+    return rel, f"{name[0]}/{suffix}" if len(name) == 2 else suffix
 
 
 def _about(notice: Notice) -> dict[str, Any]:

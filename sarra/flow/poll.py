@@ -8,9 +8,13 @@ the broker confirmed the notices, so a restart neither loses nor repeats an anno
 (a crash between the confirmation and the write repeats it: a duplicate, never a loss).
 
 Only one poller of a configuration polls at a time: the instances share a lock file in the
-configuration's state directory (``fcntl.flock``, so local to one host; across hosts this is
-the scale-out issue's election). The one holding it polls; the others wait as stand-bys and
-take over (reading the state the last holder wrote) when it ends.
+configuration's state directory (``fcntl.flock``, local to one host). The one holding it polls;
+the others wait as stand-bys and take over (reading the state the last holder wrote) when it
+ends. Across hosts (``single_active_consumer on``) the lock holder also stands for the
+broker's election (:mod:`sarra.broker.election`) and polls only while it holds the token; it
+hands its state over in a new token after each pass, and a poller elected takes the state of
+the token it receives. A poller that loses the broker mid-pass may end that pass while the
+next holder starts: the files of one pass may be announced twice, none is missed.
 
 Notices are sr2's: baseUrl ``post_base_url`` (default: the destination, without password),
 relPath ``/<directory>/<name>``, ``parts 1,<size>,1,0,0`` and ``sum z,d`` (the subscriber
@@ -30,7 +34,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,8 +42,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from sarra import osport
+from sarra.broker.election import Election
 from sarra.codec import v02
-from sarra.codec.build import poster_rel_path
+from sarra.codec.fields import has_lone_surrogate, shown
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.masks import Mask
 from sarra.config.settings import Settings
@@ -58,6 +62,7 @@ from sarra.notice import Checksum, Notice, PartSpec
 from sarra.transfer.base import RemoteEntry, Transport, listed_name
 from sarra.transfer.htmlindex import parse_index
 from sarra.transfer.http import HttpTransport
+from sarra.transfer.url import retrieval_url
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,28 @@ def check_sum(cfg: Settings) -> str:
     return cfg.sum
 
 
+def unlisted(source: str, rel_dir: str, name: str, what: str = "file") -> str:
+    """The log line of a listed name that is not valid UTF-8 (a lone surrogate: bytes a
+    transport decoded with ``surrogateescape``): it cannot be announced."""
+    return (
+        f"in {source}{shown(rel_dir) or '/'}: {shown(name)} skipped: {what} name is not "
+        "valid UTF-8: cannot be announced"
+    )
+
+
+def _seen_json(seen: Seen) -> str:
+    return json.dumps({"version": 1, "seen": {k: list(v) for k, v in sorted(seen.items())}})
+
+
+def _seen_from_json(text: str) -> Seen:
+    try:
+        raw = json.loads(text)
+        return {str(k): (v[0], v[1]) for k, v in raw.get("seen", {}).items()}
+    except (ValueError, TypeError, AttributeError, IndexError) as e:
+        log.error("poll state in the election token unreadable (%s): starting afresh", e)
+        return {}
+
+
 class SeenState:
     """What was announced, kept in a JSON file replaced atomically (temp file, fsync,
     rename)."""
@@ -145,8 +172,12 @@ class SeenState:
         return {str(k): (v[0], v[1]) for k, v in raw.get("seen", {}).items()}
 
     def save(self, seen: Seen) -> None:
-        data = json.dumps({"version": 1, "seen": {k: list(v) for k, v in sorted(seen.items())}})
-        fd, tmp = tempfile.mkstemp(prefix=".poll_state.", dir=self.path.parent)
+        data = _seen_json(seen)
+        # named as every atomic state write is, so a start removes it after a kill (cli.instances)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(data)
@@ -201,6 +232,7 @@ class Poller:
         stop: threading.Event,
         heartbeat: Callable[[str], None] = lambda note: None,
         plugins: Plugins | None = None,
+        election: Election | None = None,
     ) -> None:
         self.cfg = cfg
         self.settings = settings
@@ -216,6 +248,11 @@ class Poller:
         self.seen: Seen = {}
         self.announced = 0
         self.plugins = plugins if plugins is not None and not plugins.empty else None
+        self.election = election
+        self.elected = False
+        self._handed: Seen | None = None
+        #: subdirectories not walked for a name that is not valid UTF-8 (each logged once)
+        self._unwalked: set[tuple[str, str]] = set()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -231,6 +268,12 @@ class Poller:
                         continue
                     log.info("polling %s (this instance holds %s)", self.source, self.lock.path)
                     self.seen = self.state.load()
+                if self.election is not None and not self._elected_now():
+                    self.heartbeat(
+                        f"stand-by: another poller holds the election {self.election.spec.name}"
+                    )
+                    self.stop.wait(STANDBY_RETRY)
+                    continue
                 if transport is None:
                     transport = self._open()
                 started = time.monotonic()
@@ -252,6 +295,30 @@ class Poller:
                 transport.close()
             self.lock.release()
         return 0
+
+    def _elected_now(self) -> bool:
+        """Whether this poller holds the election; on taking it, the state of the token
+        received replaces the local one (unless the token is the first, which has none)."""
+        assert self.election is not None
+        if not self.election.active:
+            if self.elected:
+                log.warning("lost the election %s: standing by", self.election.spec.name)
+                self.elected = False
+            return False
+        if not self.elected:
+            token = self.election.payload
+            if token is not None and token[0] > 0:
+                self.seen = _seen_from_json(token[1])
+                self._handed = dict(self.seen)
+            log.info(
+                "holding the election %s: polling %s (state of token %d, %d files)",
+                self.election.spec.name,
+                self.source,
+                token[0] if token is not None else -1,
+                len(self.seen),
+            )
+            self.elected = True
+        return True
 
     def _open(self) -> Transport:
         """A new transport; an http(s) one reads index pages through the ``on_html_page``
@@ -298,6 +365,8 @@ class Poller:
                 log.error("listing %s%s failed: %s", self.source, target.directory, err)
             if self.stop.is_set():
                 return 0
+        if self.election is not None and not self.election.active:
+            return 0  # lost the election while listing: the next holder announces them
         pubtime = now_timestamp()
         queued: list[tuple[str, RemoteEntry]] = []
         for rel, entry in fresh:
@@ -306,7 +375,7 @@ class Poller:
             except TransportUnavailable:
                 raise
             except SarraError as err:  # e.g. gone before its size was asked: next pass
-                log.error("not announced: %s: %s", rel, err)
+                log.error("not announced: %s: %s", shown(rel), err)
                 continue
             self.publisher.add([notice], item=rel)
             queued.append((rel, entry))
@@ -320,6 +389,9 @@ class Poller:
             seen[rel] = (entry.size, entry.mtime)
         self.state.save(seen)
         self.seen = seen
+        if self.election is not None and seen != self._handed:
+            self.election.hand_over(_seen_json(seen))
+            self._handed = dict(seen)
         self.announced += len(fresh)
         if fresh:
             log.info("announced %d new or changed file(s) of %s", len(fresh), self.source)
@@ -344,6 +416,11 @@ class Poller:
                 rel = f"{rel_dir}/{entry.name}"
                 key = (entry.size, entry.mtime)
                 listed[rel] = key
+                if has_lone_surrogate(entry.name):
+                    # recorded as seen (so logged once, again only if it changes), never fresh
+                    if seen.get(rel) != key:
+                        log.error(unlisted(self.source, rel_dir, entry.name))
+                    continue
                 if seen.get(rel) != key and self._wanted(target, entry):
                     fresh.append((rel, entry))
                     fresh_rels.add(rel)
@@ -354,18 +431,44 @@ class Poller:
             # recorded now: what is unchanged or not wanted; the fresh once confirmed
             seen.update({r: k for r, k in listed.items() if r not in fresh_rels})
 
+    def _url(self, rel: str) -> str:
+        """The URL of ``rel`` (a decoded path under the destination; empty for its root) on
+        the polled server, each segment percent-encoded, so a name holding ``?``, ``#`` or
+        ``%`` is neither cut nor decoded on the way (:func:`sarra.transfer.url.retrieval_url`)."""
+        if not rel.strip("/"):
+            return f"{self.source}/"
+        return retrieval_url(self.source, rel.lstrip("/"))
+
     def _walk(
         self, transport: Transport, directory: str, depth: int
     ) -> Iterator[tuple[str, list[RemoteEntry]]]:
+        """The files of ``directory`` and, recursively, of its subdirectories. A subdirectory
+        that cannot be listed is logged and left out of this pass (what was seen in it is kept,
+        not forgotten); the target's own directory failing ends the walk (SarraError)."""
         rel_dir = "/" + directory.strip("/") if directory.strip("/") else ""
-        listed = transport.listdir(f"{self.source}{rel_dir or '/'}")
-        entries = [k for k in (self._line(e, rel_dir or "/") for e in listed) if k is not None]
+        try:
+            listed = transport.listdir(self._url(rel_dir))
+            entries = [k for k in (self._line(e, rel_dir or "/") for e in listed) if k is not None]
+        except TransportUnavailable:
+            raise  # the connection is gone: the whole pass is done again on a new one
+        except SarraError as err:
+            if depth == 0:
+                raise
+            log.error(
+                "listing %s failed (the other directories are polled): %s", self._url(rel_dir), err
+            )
+            return
         files = [e for e in entries if not e.is_dir and listed_name(e.name)]
         yield rel_dir, files
         if depth >= MAX_DEPTH:
             return
         for sub in entries:
             if sub.is_dir and not sub.is_link and listed_name(sub.name):
+                if has_lone_surrogate(sub.name):
+                    if (rel_dir, sub.name) not in self._unwalked:
+                        self._unwalked.add((rel_dir, sub.name))
+                        log.error(unlisted(self.source, rel_dir, sub.name, "directory"))
+                    continue
                 yield from self._walk(transport, f"{rel_dir}/{sub.name}", depth + 1)
 
     def _wanted(self, target: Target, entry: RemoteEntry) -> bool:
@@ -382,7 +485,7 @@ class Poller:
 
     def notice(self, transport: Transport, rel: str, entry: RemoteEntry, pubtime: str) -> Notice:
         size = entry.size
-        url = f"{self.source}{poster_rel_path(rel)}"
+        url = self._url(rel)
         if self.sum in ("d", "s"):
             checksum, size = self._read_sum(transport, url)
         else:

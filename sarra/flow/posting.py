@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sarra.broker.base import Broker
 from sarra.broker.session import backoff_delays
 from sarra.codec import v02, v03
+from sarra.codec.fields import has_lone_surrogate, shown
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.masks import Mask, match
 from sarra.config.settings import Settings
@@ -37,13 +38,15 @@ from sarra.errors import (
     MalformedMessage,
     MessageError,
 )
-from sarra.flow.hooks import Plugins
-from sarra.flow.nodupe import DuplicateCache
-from sarra.flow.work import WorkItem
+from sarra.flow.growing import GrowthFollower, follow
 from sarra.integrity.sums import BUFFER_SIZE, name_sum, new_hasher, random_sum, v02_to_v03
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
 from sarra.osport import O_BINARY, O_CLOEXEC
 from sarra.parts.arithmetic import effective_block_size, split
+
+if TYPE_CHECKING:  # imported where used: a poster without plugins never loads pluggy
+    from sarra.flow.hooks import Plugins
+    from sarra.flow.nodupe import DuplicateCache
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,17 @@ def announced_path(abs_path: str, base_dir: str | None, *, windows: bool = os.na
     return "/" + (rest.replace("\\", "/") if windows else rest)
 
 
+def unannounceable(abs_path: str) -> str:
+    """Why ``abs_path`` is skipped: the log line naming its directory and its name, each
+    as the repr of its bytes when it is not valid UTF-8 (v02 and v03 notices carry text)."""
+    directory, name = os.path.split(abs_path)
+    what = "file name" if has_lone_surrogate(name) else "directory name"
+    return (
+        f"in {shown(directory)}: {shown(name)} skipped: {what} is not valid UTF-8: "
+        "cannot be announced"
+    )
+
+
 def _with_manifest(
     notices: list[Notice], blocks: Sequence[PartSpec], sums: Sequence[Checksum]
 ) -> list[Notice]:
@@ -217,12 +231,18 @@ def _with_manifest(
     return out
 
 
+#: directories whose announced-path prefix :class:`NoticeBuilder` keeps
+_DIR_PREFIX_MAX = 4096
+
+
 class NoticeBuilder:
     """Makes notices about local files according to :class:`PostSettings`."""
 
     def __init__(self, settings: PostSettings) -> None:
         self.settings = settings
         self._base_dir = os.path.abspath(settings.base_dir) if settings.base_dir else None
+        #: announced-path prefix per absolute directory (see :meth:`logical_path`)
+        self._dir_prefix: dict[str, str | None] = {}
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -230,7 +250,10 @@ class NoticeBuilder:
         """Whether the accept/reject masks let ``notice`` be posted (matched on its URL, as
         consumers match; first match wins, ``accept_unmatch`` when none matches)."""
         s = self.settings
-        if match(s.masks, notice.url, s.accept_unmatch) is not None:
+        if not s.masks:  # the usual case: no mask, accept_unmatch decides (no URL to build)
+            if s.accept_unmatch:
+                return True
+        elif match(s.masks, notice.url, s.accept_unmatch) is not None:
             return True
         if s.log_reject:
             log.info("rejected by masks, not posted: %s", notice.url)
@@ -241,9 +264,39 @@ class NoticeBuilder:
         ``file:`` URLs without a base dir); see :func:`announced_path`.
 
         Raises:
-            LocalError: the path is not under post_base_dir.
+            LocalError: the path is not under post_base_dir, or the announced path is not
+                valid UTF-8 (see :func:`unannounceable`).
         """
-        return announced_path(abs_path, self._base_dir)
+        if os.name != "nt":
+            head, _sep, name = abs_path.rpartition("/")
+            if head.startswith("/") and name and name != "." and name != "..":
+                prefix = self._dir_prefix.get(head, "")
+                if prefix == "":
+                    prefix = self._prefix_of(head)
+                if prefix is not None and not has_lone_surrogate(name):
+                    return prefix + name
+        logical = announced_path(abs_path, self._base_dir)
+        if has_lone_surrogate(logical):
+            raise LocalError(unannounceable(abs_path))
+        return logical
+
+    def _prefix_of(self, head: str) -> str | None:
+        """What :func:`announced_path` puts before the name of any file in the absolute
+        directory ``head`` (cached: a run posts many files from few directories), or None
+        when it refuses them or their path is not valid UTF-8 (the caller then takes the
+        uncached way, which raises as usual). Normalising ``head/name`` normalises ``head``
+        alone when ``name`` is one plain component, so a probe name stands for every name.
+        """
+        try:
+            probe = announced_path(head + "/x", self._base_dir, windows=False)
+        except LocalError:
+            prefix = None
+        else:
+            prefix = None if has_lone_surrogate(probe) else probe[:-1]
+        if len(self._dir_prefix) >= _DIR_PREFIX_MAX:
+            self._dir_prefix.clear()
+        self._dir_prefix[head] = prefix
+        return prefix
 
     def _headers(
         self, st: os.stat_result | None, extra: Iterable[tuple[str, str]] = ()
@@ -283,14 +336,22 @@ class NoticeBuilder:
 
     # -- notices -------------------------------------------------------------------------------
 
-    def file_notices(self, abs_path: str, extra: Iterable[tuple[str, str]] = ()) -> list[Notice]:
+    def file_notices(
+        self,
+        abs_path: str,
+        extra: Iterable[tuple[str, str]] = (),
+        *,
+        lstat: os.stat_result | None = None,
+    ) -> list[Notice]:
         """Notices for one regular file (one per block), or its link notice if it is a symlink.
+
+        ``lstat``: the caller's ``os.lstat`` of ``abs_path``, just taken (saves a system call).
 
         Raises:
             LocalError: the file cannot be read (missing, permission, not a regular file).
         """
         try:
-            st = os.lstat(abs_path)
+            st = os.lstat(abs_path) if lstat is None else lstat
             if statmod.S_ISLNK(st.st_mode):
                 if not self.settings.follow_symlinks:
                     return [self.link_notice(abs_path, extra)]
@@ -315,6 +376,28 @@ class NoticeBuilder:
             random.shuffle(notices)
         return notices
 
+    def block_notices(
+        self, abs_path: str, blocks: Sequence[PartSpec], extra: Iterable[tuple[str, str]] = ()
+    ) -> list[Notice]:
+        """Notices for the given blocks of a regular file (a growing file's, see
+        :mod:`sarra.parts.growing`), each with its own block's sum, in block order.
+
+        Raises:
+            LocalError: the file cannot be read, or is shorter than the blocks.
+        """
+        try:
+            st = os.stat(abs_path)
+        except OSError as e:
+            raise LocalError(f"{abs_path}: cannot read: {e.strerror}") from e
+        logical = self.logical_path(abs_path)
+        pubtime = now_timestamp()
+        headers = self._headers(st, extra)
+        sums = self._block_sums(abs_path, blocks, logical)
+        return [
+            self._notice(logical, checksum, spec, headers, pubtime)
+            for spec, checksum in zip(blocks, sums, strict=True)
+        ]
+
     def _block_sums(
         self, abs_path: str, blocks: Sequence[PartSpec], logical: str
     ) -> list[Checksum]:
@@ -325,7 +408,7 @@ class NoticeBuilder:
             return [random_sum() for _ in blocks]
         if algo.startswith("z,"):
             return [Checksum("z", algo[2:])] * len(blocks)
-        if len(blocks) == 1 and blocks[0].length <= SMALL_FILE:
+        if len(blocks) == 1 and blocks[0].length <= SMALL_FILE and blocks[0].offset == 0:
             return [Checksum(algo, self._small_sum(abs_path, blocks[0].length, algo))]
         sums: list[Checksum] = []
         try:
@@ -333,6 +416,8 @@ class NoticeBuilder:
                 buf = bytearray(min(BUFFER_SIZE, max(blocks[0].length, 1)))
                 view = memoryview(buf)
                 for spec in blocks:
+                    if f.tell() != spec.offset:  # growing files: blocks from the middle
+                        f.seek(spec.offset)
                     hasher = new_hasher(algo)
                     remaining = spec.length
                     while remaining > 0:
@@ -373,11 +458,15 @@ class NoticeBuilder:
             target = os.readlink(abs_path)
         except OSError as e:
             raise LocalError(f"{abs_path}: cannot read link: {e.strerror}") from e
+        logical = self.logical_path(abs_path)
+        if has_lone_surrogate(target):
+            raise LocalError(
+                f"{shown(abs_path)} skipped: its link target {shown(target)} is not valid "
+                "UTF-8: cannot be announced"
+            )
         headers = self._headers(None, extra)
         headers["link"] = target
-        return self._notice(
-            self.logical_path(abs_path), name_sum("L", target), None, headers, now_timestamp()
-        )
+        return self._notice(logical, name_sum("L", target), None, headers, now_timestamp())
 
     def remove_notice(self, abs_path: str, extra: Iterable[tuple[str, str]] = ()) -> Notice:
         """The notice for a removed path: ``sum R`` of its basename (spec 7.2)."""
@@ -389,9 +478,22 @@ class NoticeBuilder:
 
     def rename_notices(self, old_abs: str, new_abs: str) -> list[Notice]:
         """The v2 two-message rename (spec 7.3): R of the old name with ``newname``, then the
-        new name as a normal post with ``oldname``."""
-        old_logical = self.logical_path(old_abs)
+        new name as a normal post with ``oldname``.
+
+        An old name that is not valid UTF-8 was never announced: the new name (once renamed
+        to a valid one) is posted as a new file, and the rename is logged."""
         new_logical = self.logical_path(new_abs)
+        try:
+            old_logical = self.logical_path(old_abs)
+        except LocalError:
+            if not has_lone_surrogate(announced_path(old_abs, self._base_dir)):
+                raise
+            log.info(
+                "%s: renamed from %s, which is not valid UTF-8: posted as a new file",
+                new_abs,
+                shown(old_abs),
+            )
+            return self.file_notices(new_abs)
         first = self.remove_notice(old_abs, [("newname", new_logical)])
         rest = self.file_notices(new_abs, [("oldname", old_logical)])
         return [first, *rest]
@@ -472,6 +574,8 @@ class Publisher:
         self.builder = builder
         self.batch = batch
         self.nodupe = nodupe
+        #: a cache checked by the caller (sr_watch) with ``persist=False``: persisted here too
+        self.confirm_cache: DuplicateCache | None = None
         self.outage_max = outage_max if outage_max and outage_max > 0 else None
         self.on_connect = on_connect
         self.stop = stop
@@ -541,15 +645,19 @@ class Publisher:
             if not self.builder.accepts(notice):
                 self.rejected += 1
                 continue
-            if self.nodupe is not None and self.nodupe.check(notice):
+            # persisted once confirmed (_confirmed): see sarra.flow.nodupe, crash windows
+            if self.nodupe is not None and self.nodupe.check(notice, persist=False):
                 log.info("not posting %s: unchanged since it was last posted", notice.path)
                 self.suppressed += 1
                 continue
             plugins = self.plugins
-            if plugins is not None and not plugins.empty and not plugins.on_post(WorkItem(notice)):
-                log.info("not posting %s: an on_post plugin suppressed it", notice.path)
-                self.suppressed += 1
-                continue
+            if plugins is not None and not plugins.empty:
+                from sarra.flow.work import WorkItem
+
+                if not plugins.on_post(WorkItem(notice)):
+                    log.info("not posting %s: an on_post plugin suppressed it", notice.path)
+                    self.suppressed += 1
+                    continue
             try:
                 wires.append(self.builder.wire(notice))
             except MalformedMessage as e:
@@ -570,6 +678,21 @@ class Publisher:
         elif len(self._pending) - self._sent >= SEND_AHEAD:
             self._send_ahead()
 
+    def connect_ahead(self) -> None:
+        """Connect now, once, before the first flush (and run ``on_connect``), so that the
+        broker gets to work from the start. A failure changes nothing: the next flush
+        connects (and waits out an outage) as usual."""
+        if self.session.connected or not self._connect_ahead:
+            return
+        self._connect_ahead = False
+        try:
+            self.session.connect()
+            if self.on_connect is not None:
+                self.on_connect(self.session)
+        except BrokerError as e:  # AccessRefused included: try_flush meets it again
+            log.debug("connecting ahead failed (%s); the next flush connects", e)
+            self.session.close()
+
     def _send_ahead(self) -> None:
         """Hand the queued notices not yet sent to the broker now, without waiting for
         confirms, so that it works on them while the next ones are built; :meth:`try_flush`
@@ -577,15 +700,13 @@ class Publisher:
         failure here changes nothing but the next flush (which republishes everything)."""
         if self._outage_since is not None:
             return
-        if not self.session.connected and not self._connect_ahead:
-            return
-        try:
+        if not self.session.connected:
+            if not self._connect_ahead:
+                return
+            self.connect_ahead()
             if not self.session.connected:
-                # once, before the first flush: the broker gets to work from the start
-                self._connect_ahead = False
-                self.session.connect()
-                if self.on_connect is not None:
-                    self.on_connect(self.session)
+                return
+        try:
             if self._sent and self.session.generation != self._sent_generation:
                 self._sent = 0  # a reconnect lost what was sent on the old connection
             self.session.send(self._pending[self._sent :])
@@ -684,6 +805,9 @@ class Publisher:
         self._pending.clear()
         self._pending_paths.clear()
         self._pending_items.clear()
+        for cache in (self.nodupe, self.confirm_cache):
+            if cache is not None:
+                cache.persist()
 
     def _failed(self, error: BrokerError, now: float) -> None:
         self.last_error = str(error)
@@ -752,6 +876,9 @@ class PrintingPublisher(Publisher):
         self.outlet = outlet
         self.out = out
 
+    def connect_ahead(self) -> None:
+        """The broker is never reached."""
+
     def _send_ahead(self) -> None:
         """Nothing goes to a broker."""
 
@@ -780,45 +907,55 @@ def post_files(
     paths: list[str],
     stop: threading.Event,
     complain: Callable[[str], None],
+    follower: GrowthFollower | None = None,
+    idle: float = 5.0,
 ) -> tuple[list[str], str]:
     """sr_post's pass: post every file under ``paths`` (a tree is listed when reached) until
     ``stop``, then flush. Returns what was not posted (unreadable, never confirmed by the
     broker, or never tried) and why ("" when nothing went wrong as a whole); each unreadable
-    file or unlistable directory is also given to ``complain``."""
+    file or unlistable directory is also given to ``complain``.
+
+    With a ``follower`` (``growing on``) each file is followed block by block until it has
+    not grown for ``idle`` seconds (:func:`sarra.flow.growing.follow`)."""
     unposted: list[str] = []
     why = ""
 
-    def is_real_dir(abs_path: str) -> bool:
-        # one lstat (isdir and islink would be two calls); a missing path is no directory:
-        # file_notices reports it
-        try:
-            return statmod.S_ISDIR(os.lstat(abs_path).st_mode)
-        except OSError:
-            return False
-
-    def files() -> Iterator[str]:
+    def files() -> Iterator[tuple[str, os.stat_result | None]]:
+        """Each file with its lstat when one was taken (None: file_notices takes it)."""
         for path in paths:
             abs_path = os.path.abspath(path)
-            if is_real_dir(abs_path):
+            # one lstat (isdir and islink would be two calls), handed on to file_notices;
+            # a missing path is no directory: file_notices reports it
+            try:
+                st: os.stat_result | None = os.lstat(abs_path)
+            except OSError:
+                st = None
+            if st is not None and statmod.S_ISDIR(st.st_mode):
                 try:
                     tree = list(builder.tree(abs_path))
                 except LocalError as e:
                     complain(str(e))
                     unposted.append(abs_path)
                     continue
-                yield from tree
+                for f in tree:
+                    yield f, None
             else:
-                yield abs_path
+                yield abs_path, st
 
     todo = files()
     try:
-        for f in todo:
+        for f, st in todo:
             if stop.is_set():
                 unposted.append(f)
                 why = "stopped"
                 break
             try:
-                publisher.add(builder.file_notices(f), item=f)
+                if follower is None:
+                    publisher.add(builder.file_notices(f, lstat=st), item=f)
+                elif not follow(follower, f, _growth_publisher(publisher, f), idle, stop):
+                    unposted.append(f)
+                    why = "stopped while the file was growing"
+                    break
             except (LocalError, MessageError) as e:
                 complain(str(e))
                 unposted.append(f)
@@ -828,5 +965,17 @@ def post_files(
         log.error("giving up: %s", e)
     # what the broker never confirmed, then what was never tried
     unposted.extend(publisher.pending_items())
-    unposted.extend(todo)
+    unposted.extend(f for f, _ in todo)
     return unposted, why
+
+
+def _growth_publisher(publisher: Publisher, item: str) -> Callable[[list[Notice], bool], None]:
+    """How sr_post hands a growing file's notices over: each provisional batch is flushed
+    at once (receivers fetch blocks as they complete); the final one completes ``item``."""
+
+    def publish(notices: list[Notice], final: bool) -> None:
+        publisher.add(notices, item=item if final else None)
+        if not final:
+            publisher.flush()
+
+    return publish

@@ -41,11 +41,12 @@ from urllib.parse import urlsplit
 from sarra.codec import v02
 from sarra.codec.fields import parse_checksum
 from sarra.config.settings import Settings
-from sarra.errors import ConfigError, LocalError
+from sarra.errors import ConfigError, LocalError, SarraError
 from sarra.flow.baseurl import REPUBLISHER_REFUSED, HostGuard, Resolver, resolve_host
 from sarra.flow.download import Downloader
 from sarra.flow.work import PartState, WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
+from sarra.parts import growing
 from sarra.parts.arithmetic import split
 from sarra.security_events import FORGED_SOURCE, record_event
 
@@ -285,6 +286,43 @@ class Republisher:
     def work(self, item: WorkItem) -> None:
         """Download (or apply the file operation), then queue the re-announcement."""
         self.downloader.work(item)
+        self._queue_announcement(item)
+
+    # -- flow thread, right after select ---------------------------------------------------
+
+    def work_inline(self, item: WorkItem) -> bool:
+        """:meth:`work` in the flow thread for a small whole file
+        (:meth:`Downloader.work_inline <sarra.flow.download.Downloader.work_inline>`: same
+        conditions, same fallback to the pool). Returns True when the item is settled, with
+        its re-announcement queued; False (the item as it was) to send it to the pool.
+
+        The announcement goes out with its batch exactly as for pool work: after the batch
+        commit (fsyncs, renames) and ``sync``, published with confirms, and only then is the
+        delivery acked. Never raises: an announcement that cannot be built settles the item
+        with the error's code, as the pool's error handling would.
+
+        A file whose source has a quota goes to the pool: a refusal (507) is an error the
+        inline attempt would leave to the pool, which would then count it a second time in
+        the ledger (and keep the origin out of the flow thread for nothing).
+        """
+        quota = self.downloader.quota
+        if quota is not None and item.notice.header("source") in quota.quotas:
+            return False
+        if not self.downloader.work_inline(item):
+            return False
+        try:
+            self._queue_announcement(item)
+        except SarraError as e:
+            item.settle(e.report_code, str(e))
+            item.error = e  # the loop decides at the flush: retry queue or drop
+        except Exception as e:  # a bug: retried later, never acked as lost work
+            log.exception("announcing %s failed", item.notice.path)
+            item.settle(500, f"internal error: {type(e).__name__}: {e}")
+            item.error = e
+        return True
+
+    def _queue_announcement(self, item: WorkItem) -> None:
+        """Queue on ``item.outgoing`` what :meth:`work` announces for its outcome."""
         code = item.code
         part = item.part
         if part in (PartState.INSERTED, PartState.COMPLETE, PartState.DONE):
@@ -321,7 +359,11 @@ class Republisher:
         spec = item.notice.parts
         assert spec is not None
         for block, text in zip(split(file_size, spec.block_size), sums, strict=True):
-            wire = self.announcement(item, parts=block, checksum=parse_checksum(text))
+            # complete now: announced as an ordinary file (a growth's header would make the
+            # next hop wait for a final notice, and sr2/sr3 understand the blocks as they are)
+            wire = self.announcement(
+                item, parts=block, checksum=parse_checksum(text), drop=(growing.HEADER,)
+            )
             item.outgoing.append(wire)
         self.counts.add("announced" if item.code in _DONE else "reannounced")
         if item.code == 304:
@@ -333,8 +375,10 @@ class Republisher:
         *,
         parts: PartSpec | None = None,
         checksum: Checksum | None = None,
+        drop: tuple[str, ...] = (),
     ) -> WireMessage:
-        """The re-announcement of the file ``item`` placed, as the pump publishes it."""
+        """The re-announcement of the file ``item`` placed, as the pump publishes it
+        (without the headers named in ``drop``)."""
         s = self.settings
         local = item.local_path
         if local is None:
@@ -359,7 +403,7 @@ class Republisher:
             base_url=s.post_base_url,
             path=rel,
             set_headers=dict(s.extra_headers),
-            drop_headers=("rename", *s.drop_headers),
+            drop_headers=("rename", *s.drop_headers, *drop),
             checksum=computed,
             parts=parts,
         )

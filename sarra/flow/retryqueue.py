@@ -217,6 +217,11 @@ class RetryQueue(Closing):
                 os.unlink(probe)
         return None
 
+    def items(self) -> list[RetryItem]:
+        """A snapshot of the pending items (e.g. to hand them back to the broker)."""
+        with self._lock:
+            return list(self._items.values())
+
     def next_due(self) -> float | None:
         """Earliest ``next_at`` among pending items, or None when empty."""
         with self._lock:

@@ -13,6 +13,14 @@ Confinement: both the local path (under ``base_dir``) and the remote path (under
 configured remote ``directory``) are checked with :func:`sarra.localfs.confined.check_relpath`
 (no ``..``, NUL, invalid UTF-8...): a hostile notice is refused with 417 before any I/O.
 
+The path of the ``destination`` URL, when it has one, is the remote tree everything is written
+in (:func:`remote_root`, :func:`confine_directory`): ``sftp://u@h/data/out`` is the absolute
+``/data/out``, ``sftp://u@h/~/out`` is ``out`` in the login directory (the URL convention of
+:mod:`sarra.transfer.url`, the same for ftp/ftps). A relative ``directory`` is then taken under
+it, an absolute one must lie inside it; any other directory (one a ``${...}`` expansion made,
+for instance) is refused with 417, so nothing is written outside that tree. Without a path
+(``sftp://u@h/``), ``directory`` is absolute or relative to the login directory, as before.
+
 A ``do_put(local_path, url)`` plugin (:mod:`sarra.flow.hooks`) is asked first for every file
 to push: ``url`` is the destination URL of the **final** remote name. When it returns True the
 plugin has delivered the file under that name: sarra makes no directory, no in-flight name,
@@ -44,12 +52,14 @@ from sarra.errors import (
     SarraError,
     TransferError,
 )
+from sarra.flow.bandwidth import Bandwidth
 from sarra.flow.hooks import Plugins, transfer_by_plugin
 from sarra.flow.ratelimit import TokenBucket, throttle_callback
 from sarra.flow.work import WorkItem
 from sarra.localfs.confined import check_relpath
 from sarra.notice import Notice, WireMessage
 from sarra.transfer import Transport, open_transport
+from sarra.transfer.url import server_path
 
 if TYPE_CHECKING:
     from sarra.config.credentials import Credential
@@ -108,6 +118,43 @@ class SendSettings:
     ca_file: str | None = None
     transport_options: dict[str, Any] = field(default_factory=dict)
     announce: Announce | None = None
+    #: the path of ``destination``: every remote path stays under it (None: no path given)
+    remote_root: str | None = None
+
+
+def remote_root(destination: str) -> str | None:
+    """The remote tree the path of ``destination`` names: ``/abs/dir`` (``sftp://h/abs/dir``),
+    ``rel/dir`` under the login directory (``sftp://h/~/rel/dir``), or None when the URL has
+    no path beyond ``/`` or ``/~``. Raises HostilePath for a path with ``..`` (and the like)."""
+    path = server_path(destination)
+    if path in (".", "/"):
+        return None
+    parts = check_relpath(path)
+    joined = "/".join(parts)
+    return f"/{joined}" if path.startswith("/") else joined
+
+
+def confine_directory(root: str | None, directory: str) -> str:
+    """The remote directory ``directory`` names under the destination's ``root``.
+
+    Without a root it is ``directory`` itself. Otherwise a relative ``directory`` (or none) is
+    taken under ``root``, an absolute one must name ``root`` or a directory inside it.
+    Raises HostilePath for a directory outside the root or with a ``..`` component.
+    """
+    if root is None:
+        return directory
+    if directory in ("", ".", "./"):
+        return root
+    if not directory.startswith("/"):
+        return f"{root}/{'/'.join(check_relpath(directory))}"
+    inside = "/" + "/".join(check_relpath(directory)) if directory.strip("/") else "/"
+    if root.startswith("/") and (inside == root or inside.startswith(root + "/")):
+        return inside
+    where = root if root.startswith("/") else f"~/{root}"
+    raise HostilePath(
+        f"directory {directory} is outside the destination's tree {where}: "
+        "give a directory relative to it, or one inside it"
+    )
 
 
 def inflight_path(final: str, inflight: str | None) -> str:
@@ -131,9 +178,13 @@ class Sender:
         resolve: RemoteResolver,
         plugins: Plugins | None = None,
         limiter: TokenBucket | None = None,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         self.settings = settings
+        #: the pump-wide caps (sarra.flow.bandwidth): each put then throttles by its source
+        self.bandwidth = bandwidth
         #: the instance's byte rate limit, shared by every transport's put (None: unlimited)
+        self.limiter = limiter
         self._throttle = throttle_callback(limiter)
         self.resolve = resolve
         self.plugins = plugins or Plugins.from_config({})
@@ -167,7 +218,9 @@ class Sender:
             item.settle(0, "rejected by the configuration")
             return False
         check_relpath(target.rel)  # the remote path stays under the remote directory
-        item.dest_root, item.dest_rel = target.directory, target.rel
+        # ... and the remote directory under the destination's path (HostilePath: 417)
+        directory = confine_directory(self.settings.remote_root, target.directory)
+        item.dest_root, item.dest_rel = directory, target.rel
         letter = notice.checksum.letter
         if letter in ("L", "r"):
             item.settle(0, "links and directory removals are not sent")
@@ -215,6 +268,14 @@ class Sender:
             self._mkdirs(self._transport(), final, force=True)
             item.settle(201, "directory created")
             return
+        if self.bandwidth is not None:
+            # this thread's transport, throttled as this notice's source is (a callback per
+            # notice: under bandwidth_wait_max it counts this transfer's waits)
+            self._transport().throttle = throttle_callback(
+                self.bandwidth.limiter(notice.header("source"))
+            )
+        elif self.limiter is not None and self.limiter.wait_max > 0:
+            self._transport().throttle = throttle_callback(self.limiter)
         local = str(item.local_source)
         if not os.path.isfile(local):
             raise LocalError(f"local file {local} is missing or not a regular file")

@@ -16,7 +16,7 @@ from sarra.codec import v02
 from sarra.codec.paths import cut_topic, topic_for
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError
-from sarra.flow.events import log_event
+from sarra.flow.events import log_event, log_failure
 from sarra.flow.hooks import Plugins
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
@@ -156,13 +156,5 @@ def log_copy(item: WorkItem) -> None:
     notice = item.notice
     if item.code == 201:
         log_event(log, logging.DEBUG, "copied", notice.path, 201, notice.header("source"))
-    elif item.code is not None and item.code >= 400:
-        log_event(
-            log,
-            logging.ERROR,
-            "failed",
-            notice.path,
-            item.code,
-            notice.header("source"),
-            item.message,
-        )
+    else:
+        log_failure(log, item)

@@ -25,8 +25,10 @@ from watchdog.observers import Observer
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker
 from sarra.codec import v02
+from sarra.codec.fields import shown
 from sarra.config.settings import Settings
 from sarra.errors import LocalError, MessageError
+from sarra.flow.growing import growth_follower
 from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.posting import NoticeBuilder, make_publisher, outage_max
@@ -139,6 +141,8 @@ class Watcher:
             interval=self.sleep, events=self.events, min_age=min_age, inflight=names
         )
         self.builder = builder
+        #: growing on: files being written are announced block by block (sarra.flow.growing)
+        self.follower = growth_follower(cfg, builder)
         self.session = session
         exchange = self.builder.settings.exchange
         declare = cfg.declare_exchange
@@ -157,6 +161,7 @@ class Watcher:
         self.backlog: deque[Action] = deque()
         self.queue: queue.Queue[FsEvent] = queue.Queue()
         self.cache = cache
+        self.publisher.confirm_cache = cache
         self.observer: Any = None
         self._snap: Snapshot = {}
 
@@ -198,6 +203,10 @@ class Watcher:
 
     def notices_for(self, action: Action) -> list[Notice]:
         b = self.builder
+        if self.follower is not None:
+            if action.kind == "file":
+                return self.follower.finish(action.path)
+            self.follower.forget(action.oldname or action.path)
         if action.kind == "file":
             return b.file_notices(action.path)
         if action.kind == "link":
@@ -242,17 +251,38 @@ class Watcher:
             try:
                 notices = self.notices_for(action)
             except (LocalError, MessageError) as e:
-                log.error("not posting %s %s: %s", action.kind, action.path, e)
+                log.error("not posting %s %s: %s", action.kind, shown(action.path), e)
                 continue
             notices = self._not_duplicates(notices)
             try:
                 self.publisher.add(notices, item=action.path, wait=False)
             except MessageError as e:
-                log.error("not posting %s: %s", action.path, e)
+                log.error("not posting %s: %s", shown(action.path), e)
                 continue
             count += len(notices)
             log.debug("%s %s: %d notice(s)", action.kind, action.path, len(notices))
         if not self.publisher.in_outage:
+            self.publisher.try_flush()
+        return count
+
+    def grow(self) -> int:
+        """growing on: announce the blocks completed since the last call of every file still
+        being written; returns the notices handed over. A file that cannot be read or shrank
+        is left to its ordinary announcement once it settles."""
+        if self.follower is None:
+            return 0
+        count = 0
+        for path in self.coalescer.pending_writes():
+            try:
+                notices = self._not_duplicates(self.follower.poll(path))
+                if notices:
+                    self.publisher.add(notices, wait=False)
+            except (LocalError, MessageError) as e:
+                log.warning("not following %s as it grows: %s", shown(path), e)
+                self.follower.forget(path)
+                continue
+            count += len(notices)
+        if count:
             self.publisher.try_flush()
         return count
 
@@ -283,7 +313,7 @@ class Watcher:
                 # removals always go out; a later re-creation is news again
                 self.cache.forget(n.path)
                 kept.append(n)
-            elif not self.cache.check(n):
+            elif not self.cache.check(n, persist=False):  # persisted once confirmed
                 kept.append(n)
             else:
                 log.debug("duplicate suppressed: %s", n.path)
@@ -408,6 +438,7 @@ class Watcher:
                     )
                     return False
             elif now >= next_check:
+                self.grow()
                 self.announce(self.coalescer.ready(now, time.time()))
                 next_check = now + check_every
         # stopping: take what has arrived, announce what is already complete

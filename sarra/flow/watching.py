@@ -126,6 +126,10 @@ class Coalescer:
     def pending_paths(self) -> list[str]:
         return list(self._pending)
 
+    def pending_writes(self) -> list[str]:
+        """Paths written to and not yet released (files still being written, or settling)."""
+        return [p for p, e in self._pending.items() if e.kind == "write"]
+
     # -- folding -------------------------------------------------------------------------------
 
     def add(self, event: FsEvent, now: float) -> None:

@@ -17,6 +17,7 @@ from sarra.config.settings import Settings
 from sarra.errors import ConfigError, MessageError
 from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache, _digest, derive_key
+from sarra.flow.sharedstore import Claim, SharedStore
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice, WireMessage
 
@@ -58,8 +59,11 @@ class Winnower:
         header_value_max: int = 1 << 16,
         plugins: Plugins | None = None,
         post_format: str = "v02",
+        store: SharedStore | None = None,
     ) -> None:
         self.cache = cache
+        #: the entries shared with the winnows of other nodes (``nodupe_driver redis``)
+        self.store = store
         self.post_format = post_format
         #: ``on_message`` plugins, asked before the duplicate check (as sr2's winnow did)
         self.plugins = plugins or Plugins()
@@ -81,6 +85,10 @@ class Winnower:
         digest = self.cache.digest(notice)
         if digest in self._pending or self.cache.seen(notice):
             item.settle(304, "not modified (duplicate)")
+            return False
+        # may wait (another node holds it, Redis is down); raises Interrupted on stop
+        if self.store is not None and self.store.claim(digest, self._forward) is Claim.DUPLICATE:
+            item.settle(304, "not modified (duplicate, shared store)")
             return False
         forwarded = v02.derive(notice, exchange=self.target_exchange(notice))
         self._outbox.append(
@@ -105,19 +113,39 @@ class Winnower:
 
     def before_settle(self) -> None:
         """Publish (confirmed), then record durably; raising keeps the acks waiting."""
+        self._forward()
+        self.cache.sync()
+
+    def close(self) -> None:
+        """Stopping: give up the shared claims of notices not yet published, so other nodes
+        take them at once rather than after the claims expire (their deliveries go back
+        unacked). The cache is closed by its own close."""
+        if self.store is not None and self._outbox and self._pending:
+            released = self.store.release(self._pending)
+            log.info("released %d shared claims of notices not forwarded", released)
+
+    def _forward(self) -> None:
+        """Publish the outbox (confirmed), then mark its notices done in the shared store
+        (if any) and record them in the cache. The acks come later (the loop's settle)."""
         if self._outbox:
             if not self.post_session.connected:
                 self.post_session.connect()
             self.post_session.publish(self._outbox)
             self._outbox = []
+        if self._pending:
+            if self.store is not None:
+                self.store.commit(self._pending)
             for notice in self._pending.values():
                 self.cache.record(notice)
             self._pending.clear()
-        self.cache.sync()
 
 
-def replay_journal(session: Broker, spec: QueueSpec, cache: WinnowCache) -> int:
-    """Declare the journal queue and record every post it holds in ``cache``; each batch is
+def replay_journal(
+    session: Broker, spec: QueueSpec, cache: WinnowCache, store: SharedStore | None = None
+) -> int:
+    """Declare the journal queue and record every post it holds in ``cache`` (and mark it
+    done in ``store``: a predecessor killed between publishing and committing left a claim
+    that would otherwise expire and let another node forward the file again); each batch is
     fsync'd before it is acked. Returns how many posts were read."""
     batch: list[Delivery] = []
     session.declare_queue(spec)
@@ -126,6 +154,7 @@ def replay_journal(session: Broker, spec: QueueSpec, cache: WinnowCache) -> int:
     while idle < 3:
         session.poll(0.2)
         if batch:
+            done: list[int] = []
             for d in batch:
                 m = d.message
                 try:
@@ -136,6 +165,9 @@ def replay_journal(session: Broker, spec: QueueSpec, cache: WinnowCache) -> int:
                     continue
                 if isinstance(notice, Notice):
                     cache.record(notice)
+                    done.append(cache.digest(notice))
+            if store is not None:
+                store.commit(done)
             cache.sync()
             session.ack(batch[-1], multiple=True)
             total += len(batch)
@@ -196,6 +228,7 @@ def start_winnower(
     cache_path: Path,
     stop: threading.Event,
     plugins: Plugins | None = None,
+    store: SharedStore | None = None,
 ) -> Winnower:
     """The winnower of one shard: its cache, then (once the post broker answers) the post
     exchanges declared and the journal replayed into the cache, so that whatever a killed
@@ -215,11 +248,17 @@ def start_winnower(
                 durable=True,
                 message_ttl_ms=int(ttl * 1000),
             )
-            replayed = replay_journal(post_session, journal, cache)
+            replayed = replay_journal(post_session, journal, cache, store)
             log.info("journal: %d forwarded posts known from earlier runs", replayed)
     except BaseException:
         cache.close()
         raise
     return Winnower(
-        cache, post_session, exchange, split, plugins=plugins, post_format=s.post_format
+        cache,
+        post_session,
+        exchange,
+        split,
+        plugins=plugins,
+        post_format=s.post_format,
+        store=store,
     )

@@ -67,6 +67,8 @@ class WorkItem:
     outgoing: list[WireMessage] = field(default_factory=list)
     #: set by the downloader: the file waits under its temporary name for the batch commit
     staged: Staged | None = None
+    #: the quota charge taken before writing the file (given back if it is not placed)
+    quota_charge: Any = None
     #: set by the block assembler for a .Part notice
     part: PartState | None = None
     #: (file size, every block's sum) once a file assembled from blocks is complete

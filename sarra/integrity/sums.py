@@ -15,8 +15,6 @@ import random
 from collections.abc import Callable
 from typing import Protocol
 
-import xxhash
-
 from sarra.errors import LocalError, MalformedMessage
 from sarra.notice import Checksum
 
@@ -34,11 +32,18 @@ class Hasher(Protocol):
         """The digest of everything added so far, lowercase hex."""
 
 
+def _xxh3_128() -> Hasher:
+    """xxhash's XXH3 128-bit, imported when first used (posting never needs it)."""
+    import xxhash
+
+    return xxhash.xxh3_128()
+
+
 #: hashers by letter; ``x`` is internal and never appears in a message
 HASHERS: dict[str, Callable[[], Hasher]] = {
     "d": hashlib.md5,
     "s": hashlib.sha512,
-    "x": xxhash.xxh3_128,
+    "x": _xxh3_128,
 }
 #: letters whose value is a hash of a name, and the hash they use
 NAME_HASHERS: dict[str, Callable[[], Hasher]] = {
@@ -83,7 +88,9 @@ def name_sum(letter: str, name: str) -> Checksum:
     """
     hasher = NAME_HASHERS[letter]()
     text = name if letter == "L" else os.path.basename(name.rstrip("/"))
-    hasher.update(text.encode("utf-8"))
+    # surrogatepass: a name that is not valid UTF-8 still hashes (the notice that would
+    # carry it is refused by build_notice, with a clear reason, not a UnicodeEncodeError)
+    hasher.update(text.encode("utf-8", "surrogatepass"))
     return Checksum(letter, hasher.hexdigest())
 
 

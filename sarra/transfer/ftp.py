@@ -636,12 +636,9 @@ def _entries(
 ) -> list[RemoteEntry]:
     found: list[RemoteEntry] = []
     for raw in lines:
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            log.warning("%s: listing line not in UTF-8 left out: %r", where, raw)
-            continue
-        entry = parse(line)
+        # a name that is not valid UTF-8 keeps its bytes as surrogates (as os.listdir
+        # does): the poll skips it, naming it by its bytes, once
+        entry = parse(raw.decode("utf-8", "surrogateescape"))
         if entry is None:
             continue
         if not listed_name(entry.name):

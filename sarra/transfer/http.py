@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sarra.errors import (
@@ -29,6 +30,7 @@ from sarra.errors import (
     NotFound,
     PolicyRefused,
     RemoteRefused,
+    SarraError,
     TransferError,
     TransportUnavailable,
 )
@@ -43,8 +45,12 @@ from sarra.transfer.base import (
     check_range,
     confined,
 )
-from sarra.transfer.htmlindex import parse_index
 from sarra.transfer.url import Origin, origin_of, request_target
+
+try:  # the C response parser of get_small; without it get_small is plain get
+    import httptools
+except ImportError:  # pragma: no cover - a dependency, but the Debian package may lack it
+    httptools = None  # type: ignore[assignment]
 
 #: longest directory index page read by :meth:`HttpTransport.listdir`
 INDEX_PAGE_MAX = 16 * 1024 * 1024
@@ -64,6 +70,16 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 _USER_AGENT = "sarra/0.1"
 
+#: a request target that http.client would refuse (control characters, spaces): get_small
+#: leaves such a URL to get, which raises as before
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+
+#: longest error page that get_small reads to keep its connection (longer: dropped)
+_ERROR_BODY_MAX = 65536
+
+#: bytes asked of the socket per read by get_small
+_SMALL_READ = 65536
+
 
 def _nothing() -> Generator[bytes, None, None]:
     yield from ()
@@ -71,6 +87,22 @@ def _nothing() -> Generator[bytes, None, None]:
 
 def _nothing_into() -> Generator[memoryview, None, None]:
     yield from ()
+
+
+def _parse_index(page: str, url: str) -> list[RemoteEntry]:
+    # imported here: html.parser costs every subscriber half a MiB, and only listdir needs it
+    from sarra.transfer.htmlindex import parse_index
+
+    return parse_index(page, url)
+
+
+def _one(chunk: bytes) -> Generator[bytes, None, None]:
+    if chunk:
+        yield chunk
+
+
+class _Retry(Exception):
+    """get_small: the kept-alive connection was closed while idle; send again on a new one."""
 
 
 @dataclass(slots=True)
@@ -119,14 +151,59 @@ def _status_error(status: int, reason: str, what: str) -> TransferError:
     if status in (404, 410):
         return NotFound(message)
     if status == 401:
-        return AuthenticationFailed(message)
+        return AuthenticationFailed(f"{message} (credentials missing or refused)")
     if status == 403:
-        return RemoteRefused(message)
+        # e.g. private data of which we are not a reader (the pump's authorizer)
+        return RemoteRefused(f"{message} (not authorized to read it)")
     if status == 416:
         return IntegrityError(message)
     error = TransferError(message)
     error.retryable = status >= 500 or status in _RETRYABLE_STATUS
     return error
+
+
+class _SmallResponse:
+    """What :meth:`HttpTransport.get_small` keeps of a response, filled by the httptools
+    parser's callbacks (none per header: only the status and the body are kept)."""
+
+    __slots__ = (
+        "begun",
+        "body",
+        "complete",
+        "headed",
+        "keep_alive",
+        "parser",
+        "reason",
+        "size",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.reason = b""
+        self.body: list[bytes] = []
+        self.size = 0
+        self.begun = 0
+        self.headed = False
+        self.complete = False
+        self.keep_alive = False
+        # (llhttp forgets whether the connection may stay open once the message is over)
+        self.parser: Any = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_headers_complete(self) -> None:
+        self.headed = True
+
+    def on_body(self, data: bytes) -> None:
+        self.size += len(data)
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 class HttpTransport(Transport):
@@ -168,7 +245,7 @@ class HttpTransport(Transport):
         # sent on the connection before it is finished.
         self._pending: http.client.HTTPResponse | None = None
         self._closed = False
-        self.index_parser: Callable[[str, str], list[RemoteEntry]] = parse_index
+        self.index_parser: Callable[[str, str], list[RemoteEntry]] = _parse_index
 
     @property
     def connections_made(self) -> int:
@@ -215,8 +292,8 @@ class HttpTransport(Transport):
             self._conn = None
         self._pending = None
 
-    def _request(self, method: str, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-        """Send one request, reconnecting once if an idle kept-alive connection was dropped."""
+    def _checked_target(self, method: str, url: str) -> str:
+        """The request target of ``url``, once checked to be on this origin and confined."""
         url_origin = origin_of(url)
         if (url_origin.scheme, url_origin.host, url_origin.port) != (
             self.origin.scheme,
@@ -225,7 +302,11 @@ class HttpTransport(Transport):
         ):
             raise PolicyRefused(f"{url!r} is not on this transport's origin {self.origin}")
         confined(unquote(urlsplit(url).path), f"{method} {url}")
-        target = request_target(url)
+        return request_target(url)
+
+    def _request(self, method: str, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """Send one request, reconnecting once if an idle kept-alive connection was dropped."""
+        target = self._checked_target(method, url)
         headers = {"User-Agent": _USER_AGENT, **headers}
         if self._auth is not None:
             headers["Authorization"] = self._auth
@@ -273,6 +354,121 @@ class HttpTransport(Transport):
         if opened is None:
             return _nothing()
         return self._body(*opened, url)
+
+    def get_small(self, url: str, limit: int) -> Generator[bytes, None, None]:
+        """Like ``get(url)`` for a whole object of at most ``limit`` bytes, on a leaner
+        path: the request is written to the kept-alive socket in one piece and the response
+        read by the httptools C parser (http.client parses each header line in Python
+        through the email package, which costs a small file more than its bytes). The whole
+        body is read before this returns, then yielded as one chunk.
+
+        Same checks and errors as :meth:`get` (status, Content-Length against the body,
+        TLS, credentials, timeouts, one new connection when a kept-alive one was closed
+        while idle), plus: a body longer than ``limit``, or one ended only by the
+        connection's close (no Content-Length, not chunked), is refused with IntegrityError
+        and the connection dropped. Without httptools, or for a target http.client would
+        refuse, this is :meth:`get`.
+        """
+        if httptools is None:
+            return self.get(url)
+        target = self._checked_target("GET", url)
+        if _UNSAFE_TARGET.search(target):
+            return self.get(url)
+        return self._small(url, target, limit)
+
+    def _small_request(self, target: str) -> bytes:
+        host = f"[{self.origin.host}]" if ":" in self.origin.host else self.origin.host
+        default = 443 if self.origin.scheme == "https" else 80
+        if self.origin.port is not None and self.origin.port != default:
+            host = f"{host}:{self.origin.port}"
+        lines = [
+            f"GET {target} HTTP/1.1",
+            f"Host: {host}",
+            "Accept-Encoding: identity",
+            f"User-Agent: {_USER_AGENT}",
+        ]
+        if self._auth is not None:
+            lines.append(f"Authorization: {self._auth}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _small(self, url: str, target: str, limit: int) -> Generator[bytes, None, None]:
+        request = self._small_request(target)
+        for attempt in (1, 2):
+            conn = self._connection()
+            reused = conn.sock is not None
+            try:
+                if not reused:
+                    conn.connect()
+                sock = conn.sock
+                sock.sendall(request)
+                got = self._small_response(sock, url, limit, reused and attempt == 1)
+            except _Retry:
+                self._drop()
+                continue
+            except SarraError:
+                raise  # the connection was dropped, or kept after a drained error page
+            except TimeoutError as err:
+                self._drop()
+                raise TransportUnavailable(f"GET {url}: timed out") from err
+            except _DROPPED as err:
+                self._drop()
+                if reused and attempt == 1:
+                    continue
+                raise TransportUnavailable(f"GET {url}: connection lost: {err}") from err
+            except ssl.SSLCertVerificationError as err:
+                self._drop()
+                failure = TransferError(f"GET {url}: TLS verification failed: {err}")
+                failure.retryable = False
+                raise failure from err
+            except (OSError, httptools.HttpParserError) as err:
+                self._drop()
+                raise TransportUnavailable(f"GET {url}: {err}") from err
+            return _one(got)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _small_response(self, sock: socket.socket, url: str, limit: int, retry: bool) -> bytes:
+        """Read one response from ``sock`` and check it; the connection is kept only after
+        a complete, wanted response that lets it stay open."""
+        response = _SmallResponse()
+        parser = response.parser
+        try:
+            most, wanted = limit, True
+            while not response.complete:
+                data = sock.recv(_SMALL_READ)
+                if not data:
+                    if retry and not response.begun:
+                        raise _Retry()  # closed while idle: once more on a new connection
+                    if response.headed and wanted:
+                        self._drop()
+                        raise IntegrityError(
+                            f"GET {url}: truncated body ({response.size} bytes came)"
+                        )
+                    break
+                parser.feed_data(data)
+                if response.begun > 1:
+                    self._drop()
+                    raise IntegrityError(f"GET {url}: bytes after the response")
+                if wanted and response.headed and parser.get_status_code() != 200:
+                    # an error page: drained when short, to keep the connection
+                    most, wanted = _ERROR_BODY_MAX, False
+                if response.size > most:
+                    if wanted:
+                        self._drop()
+                        raise IntegrityError(
+                            f"GET {url}: body longer than the {limit} bytes expected"
+                        )
+                    break
+            if not response.headed:
+                self._drop()
+                raise TransportUnavailable(f"GET {url}: connection closed before the response")
+            if not response.keep_alive:
+                self._drop()
+            status = parser.get_status_code()
+            if status != 200:
+                raise _status_error(status, response.reason.decode("latin-1"), f"GET {url}")
+            return b"".join(response.body)
+        finally:
+            response.parser = None  # no cycle left for the garbage collector
 
     def get_into(
         self,

@@ -25,7 +25,7 @@ import os
 import socket
 import stat as statmod
 from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import paramiko
 
@@ -432,7 +432,13 @@ class SftpTransport(Transport):
 
         def listing(sftp: paramiko.SFTPClient) -> list[RemoteEntry]:
             entries: list[RemoteEntry] = []
-            for attr in sftp.listdir_attr(path or "."):
+            try:
+                attrs = sftp.listdir_attr(path or ".")
+            except UnicodeDecodeError:
+                # paramiko decodes every name as strict UTF-8: one name that is not makes
+                # the whole listing fail; read it again as bytes (surrogateescape)
+                attrs = _listdir_attr_bytes(sftp, path or ".", where)
+            for attr in attrs:
                 name = attr.filename
                 if name in (".", ".."):
                     continue
@@ -472,3 +478,41 @@ class SftpTransport(Transport):
             # shutdown wakes paramiko's reader thread, which fails the blocked SFTP request
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _listdir_attr_bytes(
+    sftp: paramiko.SFTPClient, path: str, where: str
+) -> list[paramiko.SFTPAttributes]:
+    """``listdir_attr`` for a directory holding a name that is not valid UTF-8: the same
+    SSH_FXP_OPENDIR/READDIR exchange (paramiko's request layer), names read as bytes and
+    decoded with ``surrogateescape``, as ``os.listdir`` does: the poll skips such a name
+    (no v02 or v03 notice can carry it) and logs it once, not at every pass."""
+    from paramiko import sftp as proto  # the protocol constants
+
+    # paramiko's own request layer (no public call lists names as bytes)
+    client: Any = sftp  # typed without its private methods
+    attributes: Any = paramiko.SFTPAttributes
+    request = client._request
+    kind, msg = request(proto.CMD_OPENDIR, client._adjust_cwd(path))
+    if kind != proto.CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    found: list[paramiko.SFTPAttributes] = []
+    try:
+        while True:
+            try:
+                kind, msg = request(proto.CMD_READDIR, handle)
+            except EOFError:
+                break
+            if kind != proto.CMD_NAME:
+                raise paramiko.SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                raw = msg.get_string()
+                msg.get_string()  # the long name (ls -l form): not used
+                attr = attributes._from_msg(msg)
+                attr.filename = raw.decode("utf-8", "surrogateescape")
+                found.append(attr)
+    finally:
+        request(proto.CMD_CLOSE, handle)
+    log.debug("listing of %s holds names that are not valid UTF-8", where)
+    return found

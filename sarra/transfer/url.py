@@ -18,6 +18,8 @@ A notice gives a baseUrl and a logical path (the decoded relPath without its lea
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -59,11 +61,31 @@ class Origin:
         return f"{self.scheme}://{user}{host}{port}"
 
 
+#: ``scheme://authority`` at the start of a URL: all that its origin depends on
+_AUTHORITY = re.compile(r"[^:/?#]+://[^/?#]*")
+
+
 def origin_of(url: str) -> Origin:
     """The origin (scheme, host, port, user) of ``url``, default port filled in.
 
     Raises PolicyRefused for a scheme no transport handles, and for a malformed port.
     """
+    # parsed once per scheme://authority: every file of a flow asks for its origin
+    m = _AUTHORITY.match(url)
+    if m is not None:
+        try:
+            return _origin_of_authority(m.group(0))
+        except PolicyRefused:
+            pass  # raised again below, naming the whole URL
+    return _parse_origin(url)
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_of_authority(prefix: str) -> Origin:
+    return _parse_origin(prefix)
+
+
+def _parse_origin(url: str) -> Origin:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:

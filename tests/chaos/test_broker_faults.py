@@ -141,7 +141,8 @@ def flow(
 
 
 def test_broker_app_and_node_restarts_mid_flow_lose_nothing(node, broken_http, tmp_path):  # type: ignore[no-untyped-def]
-    with flow("restart: stop_app/start_app + node", node, broken_http, tmp_path) as run:
+    # 0.1 s a file: the flow outlasts both faults (at the default 0.05 s it could end first)
+    with flow("restart: stop_app/start_app + node", node, broken_http, tmp_path, slow=0.1) as run:
         run.post()
         run.progress(20)
         run.mid_flow()
@@ -181,7 +182,8 @@ def test_a_frozen_broker_is_detected_and_the_flow_resumes(node, broken_http, tmp
 
 
 def test_a_connection_close_storm_loses_nothing(node, broken_http, tmp_path):  # type: ignore[no-untyped-def]
-    with flow("close storm: 1/s for 10 s", node, broken_http, tmp_path) as run:
+    # 0.1 s a file: the flow outlasts the first closes (at 0.05 s it could end first)
+    with flow("close storm: 1/s for 10 s", node, broken_http, tmp_path, slow=0.1) as run:
         run.post()
         run.progress(20)
         closes = 0
@@ -569,10 +571,10 @@ def test_a_kill_during_the_retry_queue_drain_loses_nothing(node, broken_http, tm
         slow=0.0,
         extra="retry_delay 2\nretry_delay_max 3\n",
     ) as run:
-        hidden = run.batch.src.with_name(run.batch.src.name + ".away")
-        run.post()  # announced with their sums, then taken away: the origin answers 404
-        run.batch.src.rename(hidden)
+        # announced with their sums while the origin answers 404 for them (as in the next test)
+        broken_http.absent = str(run.batch.src.relative_to(broken_http.root))
         try:
+            run.post()
             ck.wait_until(
                 lambda: run.fleet.log_text().count("queued for retry") >= run.batch.announced,
                 60,
@@ -580,7 +582,7 @@ def test_a_kill_during_the_retry_queue_drain_loses_nothing(node, broken_http, tm
             )
         finally:
             broken_http.slow_seconds = 0.1
-            hidden.rename(run.batch.src)
+            broken_http.absent = ""
         run.progress(5, timeout=60)
         run.mid_flow()
         for victim in range(INSTANCES):
@@ -602,17 +604,18 @@ def test_the_retry_queue_drains_at_the_speed_of_the_flow_once_the_origin_is_back
         slow=0.0,
         extra="retry_delay 1\nretry_delay_max 1\n",
     ) as run:
-        hidden = run.batch.src.with_name(run.batch.src.name + ".away")
-        run.post()
-        run.batch.src.rename(hidden)
+        # the origin answers 404 from before the post (hiding the files after it raced with
+        # subscribers that fetched them while the poster was still running)
+        broken_http.absent = str(run.batch.src.relative_to(broken_http.root))
         try:
+            run.post()
             ck.wait_until(
                 lambda: run.fleet.log_text().count("queued for retry") >= run.batch.announced,
                 60,
                 "every notice in the retry queue\n" + run.fleet.tail(1500),
             )
         finally:
-            hidden.rename(run.batch.src)
+            broken_http.absent = ""
         # 120 small files from a local origin take well under a second when fresh; 20 s
         # leaves room for the retry delay and a slow machine
         ck.wait_until(lambda: run.verified() == run.batch.announced, 20, "the retry queue to drain")

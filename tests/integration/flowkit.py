@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
@@ -21,6 +21,9 @@ from sarra.components.subscribe import SubscribeComponent
 from sarra.config.settings import load_settings
 from sarra.errors import MessageError
 from sarra.notice import Notice, Report, WireMessage
+
+#: file names that need escaping (space, #), non-ASCII, and nested directories
+AWKWARD = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "deep/er/nested file.bin"]
 
 
 @dataclass
@@ -65,6 +68,17 @@ class Site:
         path = self.config_dir / "subscribe" / f"{name}.conf"
         path.write_text(f"broker {self.broker}\nbase_url_private on\n" + body)
         return path
+
+    def mirror_subscription(self, tag: str, dest: Path, extra: str = "") -> str:
+        """Write ``sub_<tag>``: what is posted under ``<tag>/`` on xs_guest, mirrored into
+        ``dest`` (the tag stripped), plus ``extra`` lines; returns the config's name."""
+        name = f"sub_{tag}"
+        self.write_subscribe(
+            name,
+            f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
+            f"expire 10m\n{extra}accept .*\n",
+        )
+        return name
 
     def load(self, component: str, name: str | None, options: list[tuple[str, str]] = ()) -> Any:  # type: ignore[assignment]
         return load_settings(component, name, list(options), env={**os.environ, **self.env})
@@ -134,47 +148,37 @@ def post(
 
 
 @dataclass
-class ReportTap:
-    """Collects the reports published on an exchange (bound to ``v02.report.#``)."""
+class ExchangeTap:
+    """Collects what is published on ``exchange`` with ``key``: a thread consumes a throw-away
+    queue bound there and hands each message to :meth:`take` (what a subclass keeps), then
+    acks it."""
 
     url: BrokerUrl
     exchange: str
-    reports: list[Report] = field(default_factory=list)
-    raw: list[WireMessage] = field(default_factory=list)
-    undecodable: list[str] = field(default_factory=list)
-    #: time.monotonic() at which each of ``reports`` arrived
-    arrivals: list[float] = field(default_factory=list)
+    key: str = "#"
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def start(self) -> ReportTap:
+    def take(self, m: WireMessage) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
         ready = threading.Event()
 
         def run() -> None:
-            s = BrokerSession(self.url, name="report-tap")
+            s = BrokerSession(self.url, name="tap")
             s.connect()
             s.declare_exchange(self.exchange)
             q = QueueSpec(
                 f"q_{self.url.user}.tap.{secrets.token_hex(4)}",
-                ((self.exchange, "v02.report.#"),),
+                ((self.exchange, self.key),),
                 durable=False,
                 auto_delete=True,
             )
             s.declare_queue(q)
 
             def on(d: Delivery) -> None:
-                m = d.message
-                self.raw.append(m)
-                try:
-                    decoded = v02.decode(
-                        m.exchange, m.routing_key, m.body, m.headers, m.content_type
-                    )
-                except MessageError as e:
-                    self.undecodable.append(str(e))
-                else:
-                    if isinstance(decoded, Report):
-                        self.reports.append(decoded)
-                        self.arrivals.append(time.monotonic())
+                self.take(d.message)
                 s.ack(d)
 
             s.consume(q.name, 500, on)
@@ -185,13 +189,36 @@ class ReportTap:
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
-        assert ready.wait(30), "report tap did not start"
+        assert ready.wait(30), f"{type(self).__name__} did not start"
         return self
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+
+
+@dataclass
+class ReportTap(ExchangeTap):
+    """Collects the reports published on an exchange (bound to ``v02.report.#``)."""
+
+    key: str = "v02.report.#"
+    reports: list[Report] = field(default_factory=list)
+    raw: list[WireMessage] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
+    #: time.monotonic() at which each of ``reports`` arrived
+    arrivals: list[float] = field(default_factory=list)
+
+    def take(self, m: WireMessage) -> None:
+        self.raw.append(m)
+        try:
+            decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        except MessageError as e:
+            self.undecodable.append(str(e))
+        else:
+            if isinstance(decoded, Report):
+                self.reports.append(decoded)
+                self.arrivals.append(time.monotonic())
 
     def codes(self) -> dict[int, int]:
         out: dict[int, int] = {}

@@ -360,3 +360,29 @@ def test_a_consumer_comes_back_by_itself_after_the_broker_app_restarts(
             session.ack(d)
         got.clear()
     assert bodies == {wire(amqp_names.x(), n).body for n in range(3)}
+
+
+def test_publishes_a_full_queue_refuses_are_nacked_and_publish_raises(
+    rabbitmq: RabbitNode, sessions: SessionFactory, amqp_names: AmqpNames
+) -> None:
+    """A queue with ``x-overflow reject-publish`` makes the broker nack what it cannot hold:
+    the confirms read in bulk count the nacks, and the publish raises."""
+    import amqp
+
+    session = sessions()
+    declare_exchanges(session, [amqp_names.x()])
+    conn = amqp.Connection(host=f"127.0.0.1:{rabbitmq.port}", userid="guest", password="guest")
+    conn.connect()
+    try:
+        ch = conn.channel()
+        q = amqp_names.q()
+        ch.queue_declare(q, durable=False, auto_delete=False,
+                         arguments={"x-max-length": 5, "x-overflow": "reject-publish"})  # fmt: skip
+        ch.queue_bind(q, amqp_names.x(), "v02.post.#")
+        session.publish([wire(amqp_names.x(), i) for i in range(5)])  # room for all five
+        with pytest.raises(BrokerError, match="nacked"):
+            session.publish([wire(amqp_names.x(), i) for i in range(5, 300)])
+        assert ch.queue_declare(q, passive=True).message_count == 5
+        ch.queue_delete(q)
+    finally:
+        conn.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,11 +26,6 @@ from tests.integration.flowkit import (
 )
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq: Any) -> Site:
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def _notice(tag: str, base_url: str, name: str, data: bytes, parts: PartSpec) -> WireMessage:

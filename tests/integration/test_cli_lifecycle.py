@@ -227,14 +227,54 @@ def test_without_reset_a_start_keeps_the_state(cli: Cli) -> None:
     assert cli("stop", "feed") == 0
 
 
+def test_a_start_removes_the_temporaries_a_killed_instance_left_and_keeps_the_state(
+    cli: Cli,
+) -> None:
+    (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\n")
+    assert cli("start", "feed") == 0, cli.out
+    killed = cli.pids()[1]
+    os.kill(killed, signal.SIGKILL)
+    wait_until_gone(killed)
+    state = {"retry_001.jsonl": '{"op": "put"}\n', "recent_files_001.cache": "d1 x\n"}
+    for name, text in state.items():
+        (cli.state / name).write_text(text)
+    stale = [
+        f"recent_files_001.cache.{killed}.tmp",  # nodupe's save
+        f".sr_subscribe_feed_001.metrics.json.{killed}.tmp",  # metrics, exit notes, pid files
+        f"retry_001.jsonl.{killed}.compact",  # the retry queue's compaction
+        f".poll_seen.json.{killed}.tmp",  # a poll's state
+    ]
+    kept = [
+        f"recent_files_002.cache.{os.getpid()}.tmp",  # a live writer's
+        "notes.tmp",  # not a temporary of ours
+        f"retry_001.jsonl.{killed}.tmp.old",
+    ]
+    for name in stale + kept:
+        (cli.state / name).write_text("half-written")
+    (cli.state / "sub").mkdir()
+    (cli.state / "sub" / f"x.{killed}.tmp").write_text("not in the state directory itself")
+
+    assert cli("start", "feed") == 0, cli.out
+    for _ in range(200):  # the instance clears them once started, after start returned
+        if not any((cli.state / name).exists() for name in stale):
+            break
+        time.sleep(0.05)
+    assert [name for name in stale if (cli.state / name).exists()] == []
+    assert all((cli.state / name).read_text() == "half-written" for name in kept)
+    assert (cli.state / "sub" / f"x.{killed}.tmp").exists()
+    assert {name: (cli.state / name).read_text() for name in state} == state
+    assert cli("stop", "feed") == 0
+    log = (cli.logs / "sr_subscribe_feed_001.log").read_text()
+    assert f"removed recent_files_001.cache.{killed}.tmp" in log
+
+
 def test_chmod_log_sets_the_mode_of_instance_logs(cli: Cli) -> None:
     (cli.config_dir / "subscribe" / "feed.conf").write_text("instances 1\nchmod_log 640\n")
     assert cli("start", "feed") == 0, cli.out
     log = cli.logs / "sr_subscribe_feed_001.log"
-    for _ in range(100):
-        if log.exists():
-            break
-        time.sleep(0.05)
+    # already when start returns (the instance has written its pid file): a stop that comes
+    # at once must not leave the 600 the spawner created the file with
+    assert log.stat().st_mode & 0o777 == 0o640
     assert cli("stop", "feed") == 0
     assert log.stat().st_mode & 0o777 == 0o640
 

@@ -34,11 +34,6 @@ from tests.integration.flowkit import (
 from tests.servers.tmpfs import fill, tmpfs
 
 
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
-
-
 def _subscription(site: Site, tag: str, dest: Path, extra: str = "") -> str:
     name = f"sub_{tag}"
     site.write_subscribe(

@@ -54,11 +54,6 @@ def rewrite(corpus_file: str, **lines: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
-
-
 def _subscription(site: Site, corpus_file: str, dest: Path, folder: Path) -> str:
     """Install a corpus subscription in ``folder`` (a component directory) under a new name,
     pointed at the test broker and ``dest``. ``base_url_private on`` lets it fetch from the
@@ -298,9 +293,10 @@ def test_v2_to_remote_sftp_sends_only_grib2_flat_and_announces_them(site, sshd, 
     """The v2 sender: ``accept .*\\.grib2$`` then ``reject .*``, ``mirror off``, files from
     ``base_dir`` pushed over sftp and announced on ``post_exchange`` with ``post_base_url``.
 
-    The corpus names the remote directory in the destination URL (``.../incoming``); sarra, as
-    sr3 does for sftp, takes the remote directory from ``directory`` instead, so the test adds
-    one line giving it (every other line is the corpus file's)."""
+    The corpus names the remote directory in the destination URL (``.../incoming``), a path
+    this sshd does not have: the test gives the destination without a path (sr2 and sr3 ignore
+    it for sftp; sarra would write under it) and adds one line giving ``directory`` (every
+    other line is the corpus file's)."""
     tag = unique("snd")
     local = tmp_path / "var" / "data" / "outgoing"
     files = make_files(local, [f"{tag}/model/a.grib2", f"{tag}/b.grib2", f"{tag}/notes.txt"])

@@ -25,11 +25,6 @@ BLOCK = 64 * 1024
 
 
 @pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
-
-
-@pytest.fixture
 def tap(site: Site):  # type: ignore[no-untyped-def]
     t = ReportTap(site.broker_url(), "xs_guest").start()
     yield t

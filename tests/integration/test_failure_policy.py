@@ -8,6 +8,7 @@ to match the notice, space is freed on the destination).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -282,3 +283,87 @@ def test_a_refusal_is_dropped_by_default_and_queued_when_configured(  # type: ig
     finally:
         tap.stop()
     assert not (dest / "no.bin").exists()
+
+
+# -- bandwidth caps past bandwidth_wait_max -------------------------------------------------
+
+
+def _partial_or_final(dest: Path, name: str) -> list[Path]:
+    """Every file under ``dest`` whose name holds ``name`` (the final name or a temporary)."""
+    return [p for p in dest.rglob("*") if p.is_file() and name in p.name] if dest.exists() else []
+
+
+def test_a_transfer_held_past_bandwidth_wait_max_under_drop_is_reported_499_and_acked(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path
+):
+    # 1 MiB at 100 kB/s needs 10 s; the instance's own cap may hold it 1 s in all
+    tag = unique("bwdrop")
+    (src,) = make_files(nginx.root / tag, ["slow.bin"], size=1 << 20)
+    dest = tmp_path / "dest"
+    name = _subscription(
+        site,
+        tag,
+        dest,
+        "byte_rate_max 100k\nbandwidth_wait_max 1s\non_failure bandwidth drop\n",
+    )
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            started = time.monotonic()
+            publish_raw(
+                site.broker_url(), [_notice(tag, nginx.base_url, "slow.bin", src.read_bytes())]
+            )
+            wait_for(lambda: tap.about("slow.bin") != [], what="a report of slow.bin")
+            elapsed = time.monotonic() - started
+            (report,) = tap.about("slow.bin")
+            assert report.code == 499, report
+            assert "bandwidth_wait_max" in report.message
+            assert "queued for retry" not in report.message
+            assert elapsed < 8.0, f"failed after {elapsed:.1f} s: it waited the cap out"
+            assert _retry_entries(site) == 0
+            assert _partial_or_final(dest, "slow.bin") == []  # no temporary, no final name
+            _not_retried(site, tap, nginx, tag, "slow.bin", dest)
+    finally:
+        tap.stop()
+    assert _partial_or_final(dest, "slow.bin") == []
+
+
+def test_a_transfer_held_past_bandwidth_wait_max_by_a_pump_wide_cap_is_queued_then_delivered(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path, redis_server
+):
+    # a pump-wide cap of its source (Redis): 1 MiB at 100 kB/s, 1 s of waiting allowed
+    tag = unique("bwqueue")
+    source = f"src{tag}"  # a bucket of this run only: the session's Redis keeps others
+    cred = site.config_dir / "credentials.conf"
+    cred.write_text(cred.read_text() + redis_server.credentials_line() + "\n")
+    (site.config_dir / "admin.conf").write_text(
+        f"bandwidth {source} 100k\nbandwidth_redis_serverurl {redis_server.url()}\n"
+    )
+    (src,) = make_files(nginx.root / tag, ["held.bin"], size=1 << 20)
+    content = src.read_bytes()
+    dest = tmp_path / "dest"
+    name = _subscription(site, tag, dest, "bandwidth_wait_max 1s\n")  # default: queue
+    notice = _notice(tag, nginx.base_url, "held.bin", content)
+    notice = dataclasses.replace(notice, headers={**notice.headers, "source": source})
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_subscriber(site, name):
+            publish_raw(site.broker_url(), [notice])
+            wait_for(lambda: tap.about("held.bin") != [], what="a report of held.bin")
+            first = tap.about("held.bin")[0]
+            assert first.code == 499 and "bandwidth_wait_max" in first.message
+            assert "queued for retry" in first.message
+            assert _retry_entries(site) > 0  # on disk, in the retry queue
+            assert not (dest / "held.bin").exists()
+            # tried again from disk (retry_delay 1 s), held up again
+            wait_for(lambda: len(tap.about("held.bin")) >= 2, what="a second try")
+            assert all(r.code == 499 for r in tap.about("held.bin"))
+            assert not (dest / "held.bin").exists()
+        # the limit raised (a restart reads the configuration): the queued notice lands
+        _subscription(site, tag, dest, "bandwidth_wait_max 60s\n")
+        with running_subscriber(site, name):
+            wait_for(lambda: any(r.code == 201 for r in tap.about("held.bin")), 60, "201")
+    finally:
+        tap.stop()
+    assert (dest / "held.bin").read_bytes() == content
+    assert _partial_or_final(dest, "held.bin") == [dest / "held.bin"]

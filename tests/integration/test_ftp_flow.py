@@ -17,6 +17,7 @@ from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.notice import Notice
 from tests.integration.flowkit import (
+    AWKWARD,
     ReportTap,
     Site,
     make_files,
@@ -30,13 +31,6 @@ from tests.integration.test_sender import running_sender
 from tests.servers.ftpd import Ftpd
 
 pytestmark = pytest.mark.servers
-
-AWKWARD = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "deep/er/nested file.bin"]
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 @pytest.fixture(params=["ftp", "ftps"])
@@ -55,16 +49,6 @@ def _leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and ("~sr" in p.name or p.suffix == ".tmp")]
 
 
-def _subscribe(site: Site, tag: str, dest: Path) -> str:
-    name = f"sub_{tag}"
-    site.write_subscribe(
-        name,
-        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
-        "expire 10m\naccept .*\n",
-    )
-    return name
-
-
 def test_announced_ftp_urls_are_downloaded_verified_and_reported(
     site: Site, server: Ftpd, tmp_path: Path
 ) -> None:
@@ -74,7 +58,7 @@ def test_announced_ftp_urls_are_downloaded_verified_and_reported(
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscribe(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             # sr2's form: the base URL names the server, paths are absolute on it
             assert post(site, server.url, server.root, [src]) == 0
             wait_for(lambda: len(tap.about("")) >= len(AWKWARD), what="a report per file")
@@ -96,7 +80,7 @@ def test_a_file_posted_in_blocks_is_fetched_by_ranges_and_reassembled(
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscribe(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             assert post(site, server.url, server.root, [src], ("blocksize", "128K")) == 0
             wait_for(lambda: len(tap.about("big.bin")) >= 6, what="a report per block")
     finally:
@@ -156,6 +140,38 @@ def test_sr_sender_pushes_files_to_the_ftp_server_and_announces_them(
     watcher.delete_queue(queue.name)
     watcher.close()
     assert not os.path.exists(server.root.parent / tag)  # nothing outside the served root
+
+
+def test_a_sender_writes_under_the_path_of_its_ftp_destination_and_never_outside_it(
+    site: Site, server: Ftpd, tmp_path: Path
+) -> None:
+    tag = unique("ftproot")
+    exchange = f"x_send_{tag}"
+    local = tmp_path / "local"
+    (server.root / tag).mkdir()
+    (site.config_dir / "sender").mkdir(parents=True, exist_ok=True)
+    (site.config_dir / "sender" / f"snd_{tag}.conf").write_text(
+        f"broker {site.broker}\nexchange {exchange}\ndestination {server.url}/{tag}\n"
+        f"base_dir {local}\ndirectory in\nexpire 10m\naccept .*\n"
+    )
+    names = [f"{tag}/one.txt", f"{tag}/sub/two.bin"]
+    make_files(local, names, size=10_000)
+    tap = ReportTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_sender(site, f"snd_{tag}"):
+            assert (
+                post(site, "http://localhost", local, [local / tag], ("post_exchange", exchange))
+                == 0
+            )
+            wait_for(
+                lambda: [r.code for r in tap.reports if tag in r.notice.path].count(201) == 2,
+                60,
+                "a 201 report per file",
+            )
+    finally:
+        tap.stop()
+    assert md5_tree(server.root / tag / "in") == md5_tree(local)
+    assert not (server.root / "in").exists()  # not the login directory
 
 
 def test_delete_on_removes_ftp_sources_once_their_copies_are_in_place(

@@ -3,10 +3,6 @@ and the instance's metrics file counts exactly what was sent."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from sarra.flow.metrics import read_metrics
 from tests.integration.flowkit import (
     ReportTap,
@@ -17,11 +13,6 @@ from tests.integration.flowkit import (
     unique,
     wait_for,
 )
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def _metrics(site: Site, name: str) -> dict | None:  # type: ignore[type-arg]

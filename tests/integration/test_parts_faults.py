@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -36,11 +35,6 @@ from tests.servers.tmpfs import grow, tmpfs
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(150)]
 
 BLOCK = 256 * 1024
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq: Any) -> Site:
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 @pytest.fixture

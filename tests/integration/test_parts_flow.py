@@ -30,11 +30,6 @@ from tests.integration.flowkit import (
 BLOCK = 64 * 1024
 
 
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
-
-
 def _content(size: int, seed: int = 1) -> bytes:
     out = bytearray()
     block = hashlib.sha512(str(seed).encode()).digest()

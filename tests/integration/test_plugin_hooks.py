@@ -8,8 +8,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.integration.flowkit import (
     ReportTap,
     Site,
@@ -19,11 +17,6 @@ from tests.integration.flowkit import (
     unique,
     wait_for,
 )
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def _plugin(tmp_path: Path, log: Path, body: str) -> Path:

@@ -11,8 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from sarra.broker.base import Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
@@ -20,11 +18,6 @@ from sarra.notice import Notice
 from tests.integration.flowkit import ReportTap, Site, make_files, md5_tree, wait_for
 from tests.integration.test_sender import Setup, running_sender
 from tests.servers.sshd import Sshd
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def test_on_post_false_keeps_the_sender_from_announcing_a_delivered_file(

@@ -4,8 +4,8 @@ subscriber downloads what a poll announced."""
 
 from __future__ import annotations
 
+import logging
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from sarra.broker.base import BrokerUrl, Delivery, QueueSpec
-from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components.poll import PollComponent
 from sarra.flow.metrics import read_metrics
-from sarra.notice import Notice
+from sarra.notice import Notice, WireMessage
 from tests.integration.flowkit import (
+    ExchangeTap,
     Site,
     make_files,
     md5_tree,
@@ -42,52 +41,16 @@ NAMES = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "sub/in
 
 
 @dataclass
-class NoticeTap:
+class NoticeTap(ExchangeTap):
     """Collects the notices posted on an exchange (bound to ``v02.post.#``)."""
 
-    url: BrokerUrl
-    exchange: str
+    key: str = "v02.post.#"
     notices: list[Notice] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def start(self) -> NoticeTap:
-        ready = threading.Event()
-
-        def run() -> None:
-            s = BrokerSession(self.url, name="notice-tap")
-            s.connect()
-            s.declare_exchange(self.exchange)
-            q = QueueSpec(
-                f"q_{self.url.user}.tap.{secrets.token_hex(4)}",
-                ((self.exchange, "v02.post.#"),),
-                durable=False,
-                auto_delete=True,
-            )
-            s.declare_queue(q)
-
-            def on(d: Delivery) -> None:
-                m = d.message
-                decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
-                assert isinstance(decoded, Notice)
-                self.notices.append(decoded)
-                s.ack(d)
-
-            s.consume(q.name, 500, on)
-            ready.set()
-            while not self._stop.is_set():
-                s.poll(0.1)
-            s.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(30), "notice tap did not start"
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+    def take(self, m: WireMessage) -> None:
+        decoded = v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        assert isinstance(decoded, Notice)
+        self.notices.append(decoded)
 
     def paths(self) -> list[str]:
         return sorted(n.path for n in self.notices)
@@ -315,6 +278,29 @@ def test_hostile_names_in_a_listing_are_never_announced(site: Site, source: Sour
         tap.stop()
 
 
+def test_directories_named_with_url_delimiters_are_listed_and_a_failing_one_skipped(
+    site: Site, http_source: Source, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = http_source
+    names = ["top.txt", "q?mark/a.txt", "h#ash/b.txt", "pct%41/c.txt", "z/deeper/d.txt"]
+    make_files(src.local, names)
+    # a subdirectory nginx cannot list: its index.html is a symlink loop (500)
+    (src.local / "broken").mkdir()
+    (src.local / "broken" / "index.html").symlink_to("index.html")
+    name = unique("p")
+    write_poll(site, name, src)
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with caplog.at_level(logging.ERROR), running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= len(names), what="one notice per file")
+            passes(site, name)
+        assert tap.paths() == sorted(rel(src, n) for n in names)
+        failed = [r.getMessage() for r in caplog.records if "listing" in r.getMessage()]
+        assert failed and all(f"{src.directory}/broken/" in m for m in failed)
+    finally:
+        tap.stop()
+
+
 def test_what_a_poll_announces_a_subscriber_downloads(
     site: Site, source: Source, tmp_path: Path
 ) -> None:
@@ -390,3 +376,38 @@ def test_sr_poll_start_with_two_instance_processes_announces_once(
     finally:
         tap.stop()
     assert tap.paths() == [rel(src, "a.txt"), rel(src, "b.txt"), rel(src, "c.txt")]
+
+
+@pytest.mark.parametrize("kind", ["http", "sftp"])
+def test_a_name_that_is_not_utf8_is_skipped_and_the_others_announced(
+    site: Site, kind: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    # not ftp: pyftpdlib sends such a name with "?" in place of the bad bytes (the FTP
+    # client's side is tested in tests/unit/test_codec_surrogates.py)
+    source = _source(kind, request, site)
+    source.local.mkdir(parents=True)
+    make_files(source.local, ["good.txt", "sub/inner.txt"])
+    with open(os.fsencode(source.local) + b"/bad\xff.txt", "wb") as f:
+        f.write(b"a Latin-1 name\n")
+    os.mkdir(os.fsencode(source.local) + b"/dir\xe9")
+    with open(os.fsencode(source.local) + b"/dir\xe9/inside.txt", "wb") as f:
+        f.write(b"under a Latin-1 directory name\n")
+    caplog.set_level(logging.INFO)
+    expected = sorted(rel(source, n) for n in ["good.txt", "sub/inner.txt"])
+    name = unique("p")
+    write_poll(site, name, source)
+    tap = NoticeTap(site.broker_url(), "xs_guest").start()
+    try:
+        with running_poll(site, name):
+            wait_for(lambda: len(tap.notices) >= len(expected), what="the good names")
+            passes(site, name, 4)  # and the poll goes on, pass after pass
+        assert tap.paths() == expected
+    finally:
+        tap.stop()
+    lines = [r.getMessage() for r in caplog.records if "UTF-8" in r.getMessage()]
+    # named safely: by its bytes (sftp, ftp) or as the index page escaped it (http)
+    shown = "'bad%FF.txt' left out" if source.kind == "http" else "b'bad\\xff.txt'"
+    assert any(shown in line for line in lines), lines
+    assert "Traceback" not in caplog.text
+    if source.kind == "sftp":  # logged once, not at every pass
+        assert sum("b'bad\\xff.txt'" in line for line in lines) == 1, lines

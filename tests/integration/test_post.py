@@ -9,18 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from sarra.broker.base import Delivery, QueueSpec
 from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.notice import Notice
 from tests.integration.flowkit import Site, make_files, unique
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 class Capture:
@@ -302,3 +295,19 @@ def test_realpath_post_walks_a_linked_directory_under_its_real_path(site, tmp_pa
     finally:
         cap.close()
     assert paths == [f"{tag}/real/one.txt"]  # the loop back to an ancestor is not walked
+
+
+def test_a_path_with_spaces_on_the_command_line_is_one_file(site, tmp_path):  # type: ignore[no-untyped-def]
+    # a shell script's sr_post "$file": one argument is one path, whatever it holds
+    data = tmp_path / "data"
+    make_files(data, ["d/two words.txt", "d/-path x.txt"])
+    done = _sr_post(
+        site, "-pb", _closed_port_broker(site), "-outlet", "url", "-pbu", "http://h.example/pub/",
+        "-pbd", str(data), str(data / "d" / "two words.txt"),
+        "-path", str(data / "d" / "-path x.txt"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "http://h.example/pub/d/two%20words.txt",
+        "http://h.example/pub/d/-path%20x.txt",
+    ]

@@ -256,3 +256,28 @@ def test_sr_watch_announces_what_changed_during_a_20s_outage_and_keeps_watching(
     names = ["before", "during1", "during2", "during3", "after"]
     assert sorted(set(paths)) == sorted(f"wdir/{n}.txt" for n in names)
     assert "notice(s) waiting" in caplog.text and "reachable again" in caplog.text
+
+
+def test_sr_post_with_caching_killed_while_the_broker_is_down_posts_everything_on_the_next_run(  # type: ignore[no-untyped-def]
+    node, site, tmp_path
+):
+    """``-caching``: an sr_post SIGKILLed while its notices wait for the broker never posted
+    them; the next run must post them rather than find them "unchanged since last posted"
+    (a cache entry counts only once the broker confirmed the notice)."""
+    tag = unique("cachekill")
+    expected = _tree(tmp_path / tag, 20)
+    tap = Tap(node, "xs_guest", f"v02.post.{tag}.#")
+    args = ("-pbu", "http://h", "-pbd", str(tmp_path), "-caching", "1h")
+    node.stop_app()
+    try:
+        proc = _sr_post(site, *args, "-post_outage_max", "120", str(tmp_path / tag))
+        time.sleep(4)
+        assert proc.poll() is None, "sr_post gave up instead of waiting for the broker"
+        proc.kill()  # SIGKILL: no stop, no cleanup
+        proc.communicate(timeout=10)
+    finally:
+        node.start_app()
+    again = _sr_post(site, *args, str(tmp_path / tag))
+    err = _finish(again)
+    assert again.returncode == 0, err
+    assert sorted(set(tap.drain(20, timeout=10))) == sorted(expected), err[-2000:]

@@ -16,14 +16,7 @@ import termios
 import threading
 from pathlib import Path
 
-import pytest
-
 from tests.integration.flowkit import Site, make_files, unique, wait_for
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 class Pty:

@@ -18,6 +18,7 @@ from sarra.broker.session import BrokerSession
 from sarra.codec import v02
 from sarra.components.sender import SenderComponent
 from sarra.notice import Notice
+from sarra.transfer.url import retrieval_url
 from tests.integration.flowkit import (
     ReportTap,
     Site,
@@ -29,11 +30,6 @@ from tests.integration.flowkit import (
     wait_for,
 )
 from tests.servers.sshd import Sshd
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 @pytest.fixture
@@ -263,3 +259,66 @@ def test_byte_rate_max_caps_what_a_sender_pushes_over_sftp(
     assert md5_tree(s.remote) == md5_tree(s.local)
     measured = size / elapsed
     assert abs(measured - cap) <= 0.15 * cap, f"measured {measured:,.0f} bytes/s, cap {cap:,}"
+
+
+def test_a_send_held_past_bandwidth_wait_max_fails_499_and_leaves_nothing_remote(
+    site: Site, sshd: Sshd, tmp_path: Path, tap: ReportTap
+) -> None:
+    # 6 MiB at 1 MB/s needs 6 s; the cap may hold the put 1 s in all: it stops, the remote
+    # temporary is deleted, on_failure bandwidth drop reports 499 and acks
+    s = Setup(site, sshd, tmp_path)
+    s.write("byte_rate_max 1m\nbandwidth_wait_max 1s\non_failure bandwidth drop\n")
+    files = make_files(s.local, [f"{s.tag}/big.bin"], size=6 << 20)
+    with running_sender(site, s.name):
+        s.post(files)
+        wait_for(lambda: _codes(tap, s.tag) != {}, 60, "a report")
+        time.sleep(2.0)  # a retry (none expected) would report again
+    assert _codes(tap, s.tag) == {499: 1}
+    (report,) = [r for r in tap.reports if s.tag in r.notice.path]
+    assert "bandwidth_wait_max" in report.message
+    assert [p for p in s.remote.rglob("*") if p.is_file()] == []
+
+
+def _announced_urls(site: Site, queue: str, count: int) -> list[str]:
+    watcher = BrokerSession(site.broker_url(), name="announcements")
+    watcher.connect()
+    got: list[Delivery] = []
+    watcher.consume(queue, 100, got.append)
+    wait_for(lambda: watcher.poll(0.1) >= 0 and len(got) == count, 30, "the announcements")
+    notices = [
+        v02.decode(m.exchange, m.routing_key, m.body, m.headers, m.content_type)
+        for m in (d.message for d in got)
+    ]
+    watcher.delete_queue(queue)
+    watcher.close()
+    return sorted(retrieval_url(n.base_url, n.path) for n in notices if isinstance(n, Notice))
+
+
+def test_the_path_of_the_destination_is_the_remote_tree_and_directory_is_relative_to_it(
+    site: Site, sshd: Sshd, tmp_path: Path, tap: ReportTap
+) -> None:
+    s = Setup(site, sshd, tmp_path)
+    announced_on = f"x_sent_{s.tag}"
+    queue = f"q_guest.ann.{s.tag}"
+    watcher = BrokerSession(site.broker_url(), name="announcements")
+    watcher.connect()
+    watcher.declare_exchange(announced_on)
+    watcher.declare_queue(QueueSpec(queue, ((announced_on, "#"),), durable=False))
+    watcher.close()
+    destination = f"sftp://{sshd.user}@127.0.0.1:{sshd.port}{s.remote}"
+    (site.config_dir / "sender").mkdir(parents=True, exist_ok=True)
+    (site.config_dir / "sender" / f"{s.name}.conf").write_text(
+        f"broker {site.broker}\nexchange {s.exchange}\ndestination {destination}\n"
+        f"base_dir {s.local}\ndirectory in\nexpire 10m\n"
+        f"post_broker {site.broker}\npost_exchange {announced_on}\naccept .*\n"
+    )
+    names = [f"{s.tag}/a.txt", f"{s.tag}/sub/b#hash.bin"]
+    files = make_files(s.local, names, size=20_000)
+    with running_sender(site, s.name):
+        s.post(files)
+        wait_for(lambda: _codes(tap, s.tag).get(201) == 2, 60, "two 201 reports")
+    assert md5_tree(s.remote / "in") == md5_tree(s.local)
+    assert s.leftovers() == []
+    assert _announced_urls(site, queue, 2) == sorted(
+        retrieval_url(destination, f"in/{n}") for n in names
+    )

@@ -11,6 +11,7 @@ import pytest
 from sarra.codec.timestamps import now_timestamp
 from sarra.notice import WireMessage
 from tests.integration.flowkit import (
+    AWKWARD,
     ReportTap,
     Site,
     make_files,
@@ -21,23 +22,6 @@ from tests.integration.flowkit import (
     unique,
     wait_for,
 )
-
-AWKWARD = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "deep/er/nested file.bin"]
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq) -> Site:  # type: ignore[no-untyped-def]
-    return Site(tmp_path / "site", rabbitmq.port).setup()
-
-
-def _subscription(site: Site, tag: str, dest: Path, extra: str = "") -> str:
-    name = f"sub_{tag}"
-    site.write_subscribe(
-        name,
-        f"exchange xs_guest\nsubtopic {tag}.#\ndirectory {dest}\nmirror on\nstrip 1\n"
-        f"expire 10m\n{extra}accept .*\n",
-    )
-    return name
 
 
 def _leftovers(root: Path) -> list[Path]:
@@ -51,7 +35,7 @@ def test_files_posted_by_sr_post_arrive_verified_and_each_is_reported(site, ngin
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             assert post(site, nginx.base_url, nginx.root, [src]) == 0
             wait_for(lambda: len(tap.about("")) >= len(AWKWARD), what="a report per file")
     finally:
@@ -71,7 +55,7 @@ def test_reposting_unchanged_files_gives_304_and_no_second_download(site, nginx,
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             post(site, nginx.base_url, nginx.root, [src])
             wait_for(lambda: len(tap.about(".txt")) >= 2, what="first reports")
             first = {p: p.stat().st_ino for p in dest.rglob("*.txt")}
@@ -91,7 +75,7 @@ def test_with_overwrite_on_unchanged_files_are_downloaded_again(site, nginx, tmp
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest, "overwrite on\n")):
+        with running_subscriber(site, site.mirror_subscription(tag, dest, "overwrite on\n")):
             post(site, nginx.base_url, nginx.root, [src])
             wait_for(lambda: len(tap.about(".txt")) >= 2, what="first reports")
             first = {p: p.stat().st_ino for p in dest.rglob("*.txt")}
@@ -144,7 +128,7 @@ def test_malformed_messages_get_417_and_the_subscriber_keeps_running(site, nginx
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             publish_raw(site.broker_url(), [*bad, good_msg])
             wait_for(lambda: (dest / "good.txt").exists(), what="the good file")
             wait_for(lambda: any(r.code == 201 for r in tap.about("good.txt")), what="201")
@@ -209,7 +193,7 @@ def test_hostile_paths_are_refused_and_nothing_is_written_outside(  # type: igno
     )
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             publish_raw(site.broker_url(), [msg, marker])
             expected = 2 if reported else 1
             wait_for(
@@ -238,7 +222,7 @@ def test_a_file_url_is_not_fetched_without_base_url_accept(site, nginx, tmp_path
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             publish_raw(site.broker_url(), [msg])
             wait_for(lambda: any(r.code == 503 for r in tap.reports), what="503")
     finally:
@@ -261,7 +245,7 @@ def test_origin_failures_are_reported_499_and_nothing_is_placed(  # type: ignore
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest, "attempts 2\n")):
+        with running_subscriber(site, site.mirror_subscription(tag, dest, "attempts 2\n")):
             publish_raw(site.broker_url(), [msg])
             wait_for(lambda: any(r.code == 499 for r in tap.about("f.bin")), what="499")
     finally:
@@ -279,7 +263,7 @@ def test_large_whole_files_take_the_direct_path_and_arrive_identical(site, nginx
     dest = tmp_path / "dest"
     tap = ReportTap(site.broker_url(), "xs_guest").start()
     try:
-        with running_subscriber(site, _subscription(site, tag, dest)):
+        with running_subscriber(site, site.mirror_subscription(tag, dest)):
             assert post(site, nginx.base_url, nginx.root, [src], ("blocksize", "1")) == 0
             wait_for(lambda: len(tap.about(".bin")) >= 2, what="a report per file")
     finally:
@@ -305,7 +289,7 @@ def test_with_bind_queue_off_the_queue_gets_nothing_until_an_administrator_binds
     src = nginx.root / tag
     make_files(src, ["first.txt"])
     dest = tmp_path / "dest"
-    name = _subscription(site, tag, dest, "bind_queue off\n")
+    name = site.mirror_subscription(tag, dest, "bind_queue off\n")
     with site_env(site):
         cfg = site.load("subscribe", name)
     assert cfg.bind_queue is False

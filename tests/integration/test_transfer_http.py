@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +213,154 @@ def test_get_into_detects_ignored_ranges_and_truncation(
     assert (
         bytes(next(iter(bhttp.get_into(f"{faulty.base_url}/f.bin", buffers, 0, 10)))) == (DATA[:10])
     )
+
+
+# -- get_small: the lean path of inline small files -------------------------------------------
+
+SMALL = DATA[:2048]
+
+
+@pytest.fixture(scope="module")
+def small_served(nginx: Nginx) -> str:
+    (nginx.root / "a").mkdir(exist_ok=True)
+    (nginx.root / "a" / "small.bin").write_bytes(SMALL)
+    return "a/small.bin"
+
+
+def test_get_small_fetches_whole_small_files_on_one_connection(
+    nginx: Nginx, small_served: str, served: str, http: HttpTransport
+) -> None:
+    url = retrieval_url(nginx.base_url, small_served)
+    for _ in range(20):
+        assert list(http.get_small(url, len(SMALL))) == [SMALL]
+    # the lean path and http.client share the kept-alive connection
+    assert b"".join(http.get(url, 5, 5)) == SMALL[5:10]
+    assert list(http.get_small(url, len(SMALL))) == [SMALL]
+    with pytest.raises(NotFound):
+        http.get_small(retrieval_url(nginx.base_url, "a/missing"), 10)
+    assert list(http.get_small(url, len(SMALL))) == [SMALL]
+    assert http.connections_made <= 2  # an error response may cost the connection
+    with pytest.raises(IntegrityError, match="longer than"):
+        http.get_small(retrieval_url(nginx.base_url, served), len(SMALL))
+    assert list(http.get_small(url, len(SMALL))) == [SMALL]
+
+
+def test_get_small_over_https_checks_certificates(nginx: Nginx, small_served: str) -> None:
+    url = retrieval_url(nginx.https_base_url, small_served)
+    with closing(HttpTransport(url, timeout=10)) as strict, pytest.raises(TransferError) as err:
+        strict.get_small(url, len(SMALL))
+    assert "TLS verification failed" in str(err.value)
+    assert not err.value.retryable
+    with closing(HttpTransport(url, timeout=10, ca_file=str(nginx.ca_file))) as trusted:
+        assert list(trusted.get_small(url, len(SMALL))) == [SMALL]
+        assert list(trusted.get_small(url, len(SMALL))) == [SMALL]
+        assert trusted.connections_made == 1
+
+
+def test_get_small_refuses_a_truncated_body(faulty: BrokenHttp, bhttp: HttpTransport) -> None:
+    with pytest.raises(IntegrityError, match="truncated"):
+        bhttp.get_small(f"{faulty.base_url}/truncate/f.bin", len(DATA))
+    assert list(bhttp.get_small(f"{faulty.base_url}/f.bin", len(DATA))) == [DATA]
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"), [(503, True), (500, True), (429, True), (403, False), (404, False)]
+)
+def test_get_small_error_statuses_are_transfer_errors(
+    faulty: BrokenHttp, bhttp: HttpTransport, code: int, retryable: bool
+) -> None:
+    with pytest.raises(TransferError) as caught:
+        bhttp.get_small(f"{faulty.base_url}/status/{code}/x", 10)
+    expected = {403: RemoteRefused, 404: NotFound}.get(code, TransferError)
+    assert type(caught.value) is expected
+    assert caught.value.retryable is retryable
+    assert list(bhttp.get_small(f"{faulty.base_url}/f.bin", len(DATA))) == [DATA]
+
+
+def test_get_small_reopens_a_dropped_keep_alive_connection(
+    faulty: BrokenHttp, bhttp: HttpTransport
+) -> None:
+    url = f"{faulty.base_url}/f.bin"
+    assert list(bhttp.get_small(url, len(DATA))) == [DATA]
+    faulty.drop_connections()
+    assert list(bhttp.get_small(url, len(DATA))) == [DATA]
+    assert bhttp.connections_made == 2
+
+
+def test_get_small_sends_credentials(faulty: BrokenHttp) -> None:
+    url = f"{faulty.base_url}/f.bin"
+    password = Credential(parse_url(f"http://bob:s3cret@127.0.0.1:{faulty.port}"))
+    with closing(HttpTransport(f"http://127.0.0.1:{faulty.port}", credentials=password)) as basic:
+        assert list(basic.get_small(url, len(DATA))) == [DATA]
+    expected = "Basic " + base64.b64encode(b"bob:s3cret").decode()
+    assert faulty.last_headers["Authorization"] == expected
+    assert faulty.last_headers["Host"] == f"127.0.0.1:{faulty.port}"
+
+
+def test_get_small_on_an_unreachable_origin_is_transport_unavailable(nginx: Nginx) -> None:
+    from tests.servers.nginx import free_port
+
+    transport = HttpTransport(f"http://127.0.0.1:{free_port()}", timeout=5)
+    with pytest.raises(TransportUnavailable):
+        transport.get_small(f"http://127.0.0.1:{transport.origin.port}/x", 10)
+
+
+# -- stream(): ranged streams in parallel, hashed inline or by a helper thread ----------------
+
+
+@pytest.mark.parametrize("cpus", [64, 1], ids=["overlap", "inline"])
+def test_parallel_ranged_streams_write_and_hash_exactly_what_nginx_serves(
+    nginx: Nginx, served: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int
+) -> None:
+    # the block path of a large file: several ranges at once, each into page-aligned buffers,
+    # written by direct I/O where the file system takes it, its md5 over the bytes written
+    from sarra.localfs import streaming
+    from sarra.transfer.chunks import aligned_chunks
+
+    monkeypatch.setattr(streaming, "CPUS", cpus)
+    url = retrieval_url(nginx.base_url, served)
+    ranges = [(at, min(BLOCK, len(DATA) - at)) for at in range(0, len(DATA), BLOCK)]
+    digests: dict[int, str] = {}
+    errors: list[BaseException] = []
+    fd = os.open(tmp_path / "out.bin", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def fetch(offset: int, length: int) -> None:
+        try:
+            with closing(HttpTransport(nginx.base_url, timeout=10)) as transport:
+                md5 = hashlib.md5()
+                writer = streaming.DirectWriter(fd, lambda v, o: _pwrite(fd, v, o), "out.bin")
+                try:
+                    got = streaming.stream(
+                        aligned_chunks(transport, url, offset, length, 1 << 16),
+                        md5,
+                        writer.pwrite,
+                        start=offset,
+                        limit=length,
+                        what="range",
+                    )
+                finally:
+                    writer.close()
+                assert got == length
+                digests[offset] = md5.hexdigest()
+        except BaseException as exc:  # kept for the test's own thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch, args=r) for r in ranges]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert not errors
+    assert (tmp_path / "out.bin").read_bytes() == DATA
+    assert digests == {at: hashlib.md5(DATA[at : at + length]).hexdigest() for at, length in ranges}
+    assert streaming._STREAMS.active == 0
+
+
+def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done

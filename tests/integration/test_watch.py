@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
@@ -435,3 +436,47 @@ def test_a_watching_instance_beats_its_heartbeat_file(
         time.sleep(0.2)
     assert heart.stat().st_mtime > time.time() - 30  # written again while idle
     w.nothing_more(0.2)
+
+
+#: a Latin-1 file name, not valid UTF-8
+BAD = b"bad\xff.txt"
+SKIPPED = "file name is not valid UTF-8: cannot be announced"
+
+
+def test_sr_watch_logs_a_name_that_is_not_utf8_and_keeps_announcing(
+    watching: WatchFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    w = watching()
+    (w.wdir / os.fsdecode(BAD)).write_bytes(b"latin-1 name\n")
+    os.symlink(os.fsdecode(b"target\xff"), w.wdir / "link.lnk")  # a link to such a name
+    (w.wdir / "after.txt").write_bytes(b"posted after\n")
+    got = w.collect(1)
+    assert [n.rel_path for n in got] == ["/wdir/after.txt"]
+    w.nothing_more()
+    assert w.thread.is_alive()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(f"in {w.wdir}: {BAD!r} skipped: {SKIPPED}" in line for line in lines), lines
+    assert any("link target b'target\\xff' is not valid UTF-8" in line for line in lines), lines
+    # and it goes on: a later file is announced too
+    (w.wdir / "later.txt").write_bytes(b"later\n")
+    assert [n.rel_path for n in w.collect(1)] == ["/wdir/later.txt"]
+    # renamed to a valid name, it is posted as a new file (no remove of the old name)
+    os.rename(w.wdir / os.fsdecode(BAD), w.wdir / "renamed.txt")
+    [n] = w.collect(1)
+    assert n.rel_path == "/wdir/renamed.txt" and n.header("oldname") is None
+    assert n.header("sum") == f"d,{md5(b'latin-1 name' + bytes([10]))}"
+    w.nothing_more()
+
+
+def test_sr_watch_polling_skips_it_too(
+    watching: WatchFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    w = watching(force_polling="on")
+    (w.wdir / os.fsdecode(BAD)).write_bytes(b"latin-1 name\n")
+    (w.wdir / "polled.txt").write_bytes(b"polled\n")
+    assert [n.rel_path for n in w.collect(1)] == ["/wdir/polled.txt"]
+    w.nothing_more()
+    assert w.thread.is_alive()
+    assert any(SKIPPED in r.getMessage() for r in caplog.records), caplog.text

@@ -12,19 +12,10 @@ import pytest
 
 from tests.integration.flowkit import make_files, unique
 from tests.integration.test_mqtt_flow import MqttTap
-from tests.interop.peers import SR3_POSTED_LINE, count_lines, peer_bin, peers_dir, sr3_post
+from tests.interop.peers import SR3_POSTED_LINE, count_lines, peers_dir, sr3_post
 from tests.servers.mosquitto import Mosquitto
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(180)]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    """Install the peers if they are missing (a no-op taking < 1 s when present)."""
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr3")
 
 
 def test_sr3_has_paho_mqtt_so_its_mqtt_code_is_what_runs() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,30 +34,16 @@ from tests.interop.peers import (
     Sr2Subscriber,
     count_lines,
     mgmt_bindings,
-    peer_bin,
     sr2_post,
 )
 from tests.interop.test_interop_v02 import Capture
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 BLOCK = 8 * MIB
 #: the order the captured sr2 blocks are republished in (none in place, not ascending)
 ORDER = [5, 2, 7, 0, 3, 6, 1, 4]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    """Install the peers if they are missing (a no-op taking < 1 s when present)."""
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr_post")
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq: Any) -> Site:
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def _content(size: int, seed: int) -> bytes:

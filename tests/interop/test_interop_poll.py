@@ -19,19 +19,7 @@ from tests.servers.ftpd import Ftpd
 
 pytestmark = pytest.mark.servers
 
-REPO = Path(__file__).resolve().parents[2]
 NAMES = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "-dash.bin"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr_poll")
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq: Any) -> Site:
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def _sr2_poll(home: Path, rabbitmq: Any, ftpd: Ftpd, directory: str, exchange: str) -> Path:

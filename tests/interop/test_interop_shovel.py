@@ -5,7 +5,6 @@ every file from the origin the notices name (names with spaces, ``#``, non-ASCII
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from sarra.codec import v02
 from sarra.notice import Notice
 from tests.integration.flowkit import (
+    AWKWARD,
     Site,
     make_files,
     md5_tree,
@@ -22,19 +22,10 @@ from tests.integration.flowkit import (
     wait_for,
 )
 from tests.integration.test_shovel import Running
-from tests.interop.peers import SR3_POSTED_LINE, count_lines, peer_bin, sr3_post
+from tests.interop.peers import SR3_POSTED_LINE, count_lines, sr3_post
 from tests.interop.test_interop_v02 import Capture
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(180)]
-
-REPO = Path(__file__).resolve().parents[2]
-AWKWARD = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "deep/er/nested file.bin"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr3")
 
 
 def test_sr3_v03_posts_shovelled_to_v02_are_downloaded_by_our_subscriber(

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import pytest
 from sarra.codec import v02
 from sarra.notice import Report
 from tests.integration.flowkit import (
+    AWKWARD,
     ReportTap,
     Site,
     make_files,
@@ -39,29 +39,11 @@ from tests.interop.peers import (
     Sr2Subscriber,
     count_lines,
     mgmt_bindings,
-    peer_bin,
     sr2_post,
     write_sr2_plugin,
 )
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(120)]
-
-REPO = Path(__file__).resolve().parents[2]
-
-#: names that need escaping (space, #), non-ASCII, and nested directories
-AWKWARD = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "deep/er/nested file.bin"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    """Install the peers if they are missing (a no-op taking < 1 s when present)."""
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr_post")
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq: Any) -> Site:
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 # -- raw capture of what a peer publishes ---------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from sarra.codec import v02
 from sarra.notice import Notice, Report
 from tests.integration.flowkit import (
+    AWKWARD,
     ReportTap,
     Site,
     make_files,
@@ -39,7 +40,6 @@ from tests.interop.peers import (
     Sr3Subscriber,
     count_lines,
     mgmt_bindings,
-    peer_bin,
     peers_dir,
     sr3_post,
 )
@@ -47,24 +47,9 @@ from tests.interop.test_interop_v02 import Capture, Captured
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[2]
 
-#: names that need escaping (space, #), non-ASCII, and nested directories
-AWKWARD = ["plain.txt", "with space.txt", "hash#mark.txt", "résumé.dat", "deep/er/nested file.bin"]
 #: the directories of AWKWARD, which sr3 announces as mkdir (fileOp directory)
 DIRS = ["deep", "deep/er"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    """Install the peers if they are missing (a no-op taking < 1 s when present)."""
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr3")
-
-
-@pytest.fixture
-def site(tmp_path: Path, rabbitmq: Any) -> Site:
-    return Site(tmp_path / "site", rabbitmq.port).setup()
 
 
 def _sr3_reads(body: bytes, content_type: str) -> dict[str, Any]:

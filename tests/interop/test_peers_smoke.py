@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -30,16 +29,6 @@ from tests.interop.peers import (
 )
 
 pytestmark = [pytest.mark.servers, pytest.mark.interop, pytest.mark.timeout(120)]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def peers_installed() -> None:
-    """Install the peers if they are missing (a no-op taking < 1 s when present)."""
-    subprocess.run([str(REPO / "scripts" / "install-peers")], check=True, timeout=900)
-    peer_bin("sr_post")
-    peer_bin("sr3")
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.lifecycle import session_server, started, terminate, wait_listening
 from tests.servers.nginx import _test_ca_and_server_cert
 from tests.servers.rabbitmq import _free_ports, _port_open
 
@@ -63,21 +62,16 @@ class Mosquitto:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 20
-        while not (_port_open(self.port) and (not self.tls_port or _port_open(self.tls_port))):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mosquitto did not start: {self.log_tail()}")
-            time.sleep(0.05)
+        wait_listening(
+            self.proc,
+            lambda: _port_open(self.port) and (not self.tls_port or _port_open(self.tls_port)),
+            "mosquitto",
+            self.log_tail,
+        )
 
     def stop(self) -> None:
         """SIGTERM: Mosquitto writes its persistence file, then exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self.proc = None
 
     def restart(self) -> None:
@@ -130,25 +124,11 @@ def start_mosquitto() -> Mosquitto:
         account = pwd.getpwnam("mosquitto")
         for path in (base, passwd, base / "key.pem", base / "cert.pem", base / "ca.pem"):
             os.chown(path, account.pw_uid, account.pw_gid)
-    node = Mosquitto(port, base, tls_port)
-    try:
-        node.start()
-    except BaseException:
-        node.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    return node
+    return started(Mosquitto(port, base, tls_port))
 
 
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[Mosquitto]:
     """A throwaway Mosquitto for the whole session (user sarra, on loopback)."""
-    try:
-        node = start_mosquitto()
-    except RuntimeError as e:
-        pytest.fail(f"the MQTT tests need a real Mosquitto: {e}", pytrace=False)
-    try:
+    with session_server(start_mosquitto, "the MQTT tests need a real Mosquitto") as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(node.base_dir, ignore_errors=True)

@@ -222,6 +222,8 @@ class BrokenHttp:
     #: how long ``/slow/`` answers pause mid-body (a test may change it any time)
     slow_seconds: float = 0.0
     last_headers: dict[str, str] = field(default_factory=dict)
+    #: while set, files under this directory (relative to ``root``) answer 404 as if absent
+    absent: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -278,7 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
         if mode not in ("norange", "truncate", "corrupt", "shiftrange", "slow"):
             mode, rest = "", path.lstrip("/")
         file = (self.state.root / rest).resolve()
-        if not file.is_relative_to(self.state.root.resolve()) or not file.is_file():
+        absent = self.state.absent
+        hidden = absent and file.is_relative_to((self.state.root / absent).resolve())
+        if hidden or not file.is_relative_to(self.state.root.resolve()) or not file.is_file():
             self._send_status(404)
             return
         data = file.read_bytes()

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from sarra.broker.base import BrokerUrl
+from tests.servers.lifecycle import session_server, started
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 READY_TIMEOUT = 60.0
@@ -291,28 +292,14 @@ def start_rabbitmq(tls: tuple[bytes, bytes, bytes] | None = None) -> RabbitNode:
     """
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
         raise RuntimeError("RabbitMQ is not installed: run `apt-get install -y rabbitmq-server`")
-    node = _make_node(tls)
-    try:
-        node.start()
-    except BaseException:
-        node.stop()
-        shutil.rmtree(node.base_dir, ignore_errors=True)
-        raise
-    return node
+    return started(_make_node(tls))
 
 
 @pytest.fixture(scope="session")
 def rabbitmq() -> Iterator[RabbitNode]:
     """A throwaway RabbitMQ node for the whole session (guest/guest on loopback)."""
-    try:
-        node = start_rabbitmq()
-    except RuntimeError as e:
-        pytest.fail(f"the broker tests need a real node: {e}", pytrace=False)
-    try:
+    with session_server(start_rabbitmq, "the broker tests need a real node") as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(node.base_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

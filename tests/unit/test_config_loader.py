@@ -102,6 +102,15 @@ def test_subscribe_defaults_differ_from_post_defaults(env):
     assert post.blocksize == 200 * 1024 * 1024
 
 
+def test_a_sarra_fetches_100_notices_ahead_by_default_and_a_prefetch_line_overrides_it(env):
+    # larger batches: one durability barrier and one confirmed publication per batch
+    assert load(env, None, component="sarra").prefetch == 100
+    assert load(env, None).prefetch == 100  # the subscriber: one barrier and one ack per batch
+    assert load(env, None, component="sender").prefetch == 25
+    assert load(env, None, ("prefetch", "25")).prefetch == 25
+    assert load(env, None, ("prefetch", "10"), component="sarra").prefetch == 10
+
+
 def test_a_subscriber_that_reposts_has_no_inflight_suffix(env):
     cfg = load(env, None, ("post_broker", "amqp://feeder@localhost/"))
     assert cfg.inflight is None
@@ -422,3 +431,26 @@ def test_mode_options_set_on_windows_warn_with_file_line_and_reason(env, monkeyp
         assert "ACL" in w and "icacls" in w
     with pytest.raises(ConfigError):  # a bad value is still refused, not just warned about
         load(env, "m", ("chmod", "rwx"))
+
+
+def test_list_options_gather_every_occurrence_in_order_file_then_command_line(env):
+    write(env, "post/many.conf", "path /a /b\npath /c\ncluster_aliases x\n")
+    given = [("path", f"/p{i}") for i in range(3000)]
+    cfg = load(
+        env,
+        "many",
+        *given,
+        ("path", "/q"),
+        ("path", "/r"),
+        ("cluster_aliases", "y z"),
+        component="post",
+    )
+    assert cfg.get("path") == ("/a", "/b", "/c", *(f"/p{i}" for i in range(3000)), "/q", "/r")
+    assert cfg.cluster_aliases == ("x", "y", "z")
+    assert load(env, None, component="post").get("path") == ()
+
+
+def test_a_command_line_path_is_one_path_spaces_included_a_file_line_lists_words(env):
+    write(env, "post/two.conf", "path /a /b\n")
+    cfg = load(env, "two", ("path", "/data/two words.txt"), ("path", "/c"), component="post")
+    assert cfg.get("path") == ("/a", "/b", "/data/two words.txt", "/c")

@@ -179,3 +179,74 @@ def test_a_stop_between_attempts_abandons_the_notice_instead_of_waiting_out_the_
     assert calls and True not in calls, calls
     # not acked: back in the queue for the next run
     assert len(broker.ready("q")) == 1 and broker.unacked() == 0
+
+
+def test_inline_work_is_committed_and_acked_half_a_prefetch_window_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Work done in the flow thread (``inline``) never reaches the pool; its outcomes are
+    committed (the batch barrier) before their acks, and a batch is committed as soon as half
+    the prefetch window is pending, while the rest of the window is being worked on."""
+    broker = MemoryBroker()
+    session = MemorySession(broker, name="flow")
+    inline_threads: set[int] = set()
+    batches: list[list[str]] = []
+    unacked_at_commit: list[int] = []
+
+    def inline(item: WorkItem) -> bool:
+        inline_threads.add(threading.get_ident())
+        item.settle(201, "done inline")
+        return True
+
+    def work(item: WorkItem) -> None:
+        raise AssertionError("inline work went to the pool")
+
+    def commit_batch(items: list[WorkItem]) -> None:
+        batches.append([_name(i) for i in items])
+        unacked_at_commit.append(broker.unacked())
+
+    stop = threading.Event()
+    loop = ConsumingLoop(
+        session,
+        LoopSettings(
+            queue=QueueSpec("q", (("xin", "#"),)),
+            prefetch=20,
+            threads=2,
+            attempts=1,
+            retry_ttl=0.0,
+            exchanges=("xin",),
+        ),
+        ReportSettings(False, "xr", "host", "user", None, None, None),
+        lambda item: True,
+        work,
+        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
+        stop=stop,
+        commit_batch=commit_batch,
+        inline=inline,
+    )
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    names = [f"f{i:02d}" for i in range(50)]
+    try:
+        pub = broker.session("publisher")
+        pub.connect()
+        pub.declare_exchange("xin")
+        _wait(lambda: "q" in broker.queues, "the queue", lambda: None)
+        pub.publish([_wire(n) for n in names])
+
+        def state() -> object:
+            return batches, broker.unacked()
+
+        _wait(lambda: sum(map(len, batches)) == 50, "every notice committed", state)
+        _wait(lambda: broker.unacked() == 0, "every notice acked", state)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert inline_threads == {thread.ident}
+    assert sorted(n for b in batches for n in b) == names  # each committed once
+    # each batch was committed while its deliveries were still unacked
+    assert all(u >= len(b) for u, b in zip(unacked_at_commit, batches, strict=True))
+    # half a window (prefetch 20: 10) at a time, not one window per poll
+    assert max(map(len, batches)) <= 10
+    assert loop.counts == {201: 50}

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from sarra.broker.base import Delivery
 from sarra.errors import ConfigError
+from sarra.flow.download import Destination, Downloader, DownloadSettings
+from sarra.flow.hooks import Plugins
 from sarra.flow.nodupe import DuplicateCache, derive_key
-from sarra.notice import Checksum, Notice, PartSpec, frozen_headers
+from sarra.flow.work import WorkItem
+from sarra.notice import Checksum, Notice, PartSpec, WireMessage, frozen_headers
 
 T0 = 1_700_000_000.0
 MD5 = "6f5902ac237024bdd0c176cb93063dc4"
@@ -157,3 +161,80 @@ def test_zero_ttl_disables_suppression(tmp_path: Path) -> None:
         assert not c.check(notice(), T0)
         assert not c.check(notice(), T0)
         assert len(c) == 0
+
+
+# -- the consumer's select: a redelivered notice is never suppressed (crash windows) --------
+
+
+def _select_item(n: Notice, redelivered: bool) -> WorkItem:
+    wire = WireMessage(n.exchange, n.topic, b"{}", {})
+    return WorkItem(n, delivery=Delivery(wire, 1, 0, redelivered=redelivered))
+
+
+def _downloader(tmp_path: Path, cache: DuplicateCache) -> Downloader:
+    return Downloader(
+        DownloadSettings(base_url_private=True),
+        lambda _n: Destination(str(tmp_path / "dest"), _n.path),
+        Plugins(),
+        cache,
+    )
+
+
+def test_an_entry_left_by_a_killed_instance_does_not_suppress_its_redelivered_notice(
+    tmp_path: Path,
+) -> None:
+    """The entry is written at selection (before the download); the instance dies without
+    closing the cache; on restart the broker redelivers the unacked notice: it is selected
+    (so downloaded), while a fresh copy of it is suppressed as in normal operation."""
+    path = tmp_path / "recent.cache"
+    killed = DuplicateCache(path, ttl=300)
+    first = _downloader(tmp_path, killed)
+    assert first.select(_select_item(notice(), redelivered=False))
+    killed._fh.close()  # type: ignore[union-attr]  # SIGKILL: no save, no close
+
+    restarted = DuplicateCache(path, ttl=300)
+    assert len(restarted) == 1  # the entry survived the kill
+    down = _downloader(tmp_path, restarted)
+    again = _select_item(notice(), redelivered=True)
+    assert down.select(again)
+    assert again.code is None  # not settled: it goes on to the transfer pool
+    copy = _select_item(notice(), redelivered=False)
+    assert not down.select(copy)
+    assert (copy.code, copy.message) == (0, "duplicate")
+    restarted.close()
+
+
+def test_a_redelivered_notice_never_seen_is_recorded_so_later_copies_are_suppressed(
+    tmp_path: Path,
+) -> None:
+    cache = DuplicateCache(None, ttl=300)
+    down = _downloader(tmp_path, cache)
+    assert down.select(_select_item(notice(), redelivered=True))
+    assert len(cache) == 1
+    assert not down.select(_select_item(notice(), redelivered=False))
+
+
+def _on_disk(path: Path) -> int:
+    """Entries in the file (its lines; read, not loaded: loading rewrites it)."""
+    return len(path.read_text().splitlines())
+
+
+def test_an_entry_recorded_without_persist_reaches_the_file_only_once_persisted(
+    tmp_path: Path,
+) -> None:
+    """A poster records at queueing time and persists once the broker confirmed: killed in
+    between, the next run does not find the entry (so it posts the file)."""
+    path = tmp_path / "recent.cache"
+    with DuplicateCache(path, ttl=300) as c:
+        assert not c.check(notice("a"), persist=False)
+        assert c.check(notice("a"), persist=False)  # suppressed in memory meanwhile
+        c.save()  # a compaction meanwhile does not write it either
+        assert _on_disk(path) == 0  # "killed" now: nothing on disk
+        c.persist()
+        assert _on_disk(path) == 1
+        assert not c.check(notice("b"), persist=False)
+        c.forget("b")  # e.g. given up (broker unreachable): never written
+        c.persist()
+    assert _on_disk(path) == 1  # close rewrote it: "a" only
+    with DuplicateCache(path, ttl=300) as loaded:
+        assert len(loaded) == 1

@@ -240,7 +240,7 @@ def test_a_refused_option_does_not_load_and_the_error_says_where_and_why(
     assert option.why, f"{option.name} is refused without a reason"
 
 
-def test_vip_in_a_poll_is_refused_naming_the_local_lock_and_the_scale_out_issue(
+def test_vip_in_a_poll_is_refused_naming_its_replacement_single_active_consumer(
     env: dict[str, str],
 ) -> None:
     (Path(env["SR_CONFIG_DIR"]) / "poll").mkdir()
@@ -249,7 +249,10 @@ def test_vip_in_a_poll_is_refused_naming_the_local_lock_and_the_scale_out_issue(
         load_config("poll", str(file), env=env)
     message = str(caught.value)
     assert f"{file}:3" in message and "'vip'" in message
-    assert "issue 17" in message and "take turns through a lock" in message
+    assert "replace the line with 'single_active_consumer on'" in message
+    # the replacement is an option of the poll, which loads
+    file.write_text("destination sftp://h/\npost_broker amqp://h/\nsingle_active_consumer on\n")
+    assert load_config("poll", str(file), env=env).get("single_active_consumer") is True
 
 
 @pytest.mark.parametrize("option", _by(Support.REFUSED), ids=_id)

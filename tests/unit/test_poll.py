@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import logging
 import os
 import threading
 import time
@@ -277,6 +278,92 @@ def test_a_directory_that_cannot_be_listed_does_not_stop_the_others(tmp_path: Pa
     )
     assert poller.poll_once(transport) == 1  # type: ignore[arg-type]
     assert [n.path for n in publisher.sent] == ["here/f.txt"]
+
+
+def test_a_subdirectory_that_cannot_be_listed_is_skipped_and_what_it_held_not_forgotten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sarra.errors import NotFound
+
+    cfg = resolved(
+        _settings(
+            tmp_path,
+            [("post_broker", "amqp://u@b/"), ("destination", "ftp://h"), ("directory", "/d"),
+             ("accept", ".*"), ("sum", "0")],
+        )
+    )  # fmt: skip
+    now = time.time()
+    pages = {
+        "ftp://h/d": [
+            RemoteEntry("a", None, now, is_dir=True),
+            RemoteEntry("b", None, now, is_dir=True),
+            RemoteEntry("c", None, now, is_dir=True),
+        ],
+        "ftp://h/d/a": [RemoteEntry("1.txt", 1, now)],
+        "ftp://h/d/b": [RemoteEntry("2.txt", 1, now)],
+        "ftp://h/d/c": [RemoteEntry("3.txt", 1, now)],
+    }
+    failing: set[str] = set()
+
+    class Flaky(_Listing):
+        def listdir(self, url: str) -> list[RemoteEntry]:
+            if url in failing:
+                raise NotFound(f"{url}: 550 cannot list")
+            return super().listdir(url)
+
+    publisher = _Publisher()
+    transport = Flaky(pages)
+    poller = Poller(
+        cfg,
+        PostSettings.from_config(cfg, "u", "b"),
+        publisher,  # type: ignore[arg-type]
+        lambda: transport,  # type: ignore[arg-type,return-value]
+        tmp_path,
+        threading.Event(),
+    )
+    assert poller.poll_once(transport) == 3  # type: ignore[arg-type]
+    failing.add("ftp://h/d/b")
+    pages["ftp://h/d/c"].append(RemoteEntry("4.txt", 1, now))
+    with caplog.at_level(logging.ERROR):
+        assert poller.poll_once(transport) == 1  # type: ignore[arg-type]
+    assert "listing ftp://h/d/b failed" in caplog.text
+    assert [n.path for n in publisher.sent][3:] == ["d/c/4.txt"]
+    failing.clear()  # listed again: what it held was not forgotten, so not announced again
+    assert poller.poll_once(transport) == 0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("destination", "directory", "url"),
+    [
+        ("http://h:8080", "/d/q?mark", "http://h:8080/d/q%3Fmark"),
+        ("http://h", "/d/h#ash", "http://h/d/h%23ash"),
+        ("http://h", "/d/pct%41", "http://h/d/pct%2541"),
+        ("ftp://h", "/d/q?m#h", "ftp://h/d/q%3Fm%23h"),
+        ("sftp://h/~", "in/q?m", "sftp://h/~/in/q%3Fm"),
+    ],
+)
+def test_listing_urls_percent_encode_each_directory_name(
+    tmp_path: Path, destination: str, directory: str, url: str
+) -> None:
+    cfg = resolved(
+        _settings(
+            tmp_path,
+            [("post_broker", "amqp://u@b/"), ("destination", destination),
+             ("directory", directory), ("accept", ".*"), ("sum", "0")],
+        )
+    )  # fmt: skip
+    publisher = _Publisher()
+    transport = _Listing({url: [RemoteEntry("f.txt", 1, time.time())]})
+    poller = Poller(
+        cfg,
+        PostSettings.from_config(cfg, "u", "b"),
+        publisher,  # type: ignore[arg-type]
+        lambda: transport,  # type: ignore[arg-type,return-value]
+        tmp_path,
+        threading.Event(),
+    )
+    assert poller.poll_once(transport) == 1  # type: ignore[arg-type]
+    assert [n.path for n in publisher.sent] == [f"{directory.strip('/')}/f.txt"]
 
 
 def test_a_rounded_size_is_asked_of_the_server_when_announced(tmp_path: Path) -> None:

@@ -56,3 +56,9 @@ def test_without_masks_everything_is_posted(tmp_path: Path) -> None:
     publisher, broker = _publisher(tmp_path, "")
     _post(publisher, tmp_path, ["a.tmp", "b.txt"])
     assert len(broker.published) == 2 and publisher.rejected == 0
+
+
+def test_without_masks_and_accept_unmatch_off_nothing_is_posted(tmp_path: Path) -> None:
+    publisher, broker = _publisher(tmp_path, "accept_unmatch off\nlog_reject on\n")
+    _post(publisher, tmp_path, ["a.tmp", "b.txt"])
+    assert broker.published == [] and publisher.rejected == 2

@@ -92,3 +92,25 @@ def test_a_broker_that_is_down_at_the_start_is_left_to_the_flush(tmp_path: Path)
     assert session.sends == [] and not session.connected
     publisher.flush()
     assert len(_posted(broker)) == 3 * SEND_AHEAD
+
+
+def test_connecting_ahead_opens_the_connection_before_any_notice(tmp_path: Path) -> None:
+    publisher, session, broker = _publisher(tmp_path, batch=1000)
+    publisher.connect_ahead()
+    assert session.connected and session.sends == []
+    _add(publisher, tmp_path, SEND_AHEAD)
+    assert session.sends == [SEND_AHEAD]  # on the connection already open
+    publisher.flush()
+    assert len(_posted(broker)) == SEND_AHEAD
+
+
+def test_a_refused_connect_ahead_is_tried_once_then_left_to_the_flush(tmp_path: Path) -> None:
+    publisher, session, broker = _publisher(tmp_path, batch=1000)
+    broker.refuse_connects(1)
+    publisher.connect_ahead()  # refused: no exception, not connected
+    assert not session.connected
+    _add(publisher, tmp_path, 2 * SEND_AHEAD)
+    # the one attempt was made; sending ahead does not try again
+    assert session.sends == [] and not session.connected
+    publisher.flush()
+    assert len(_posted(broker)) == 2 * SEND_AHEAD

@@ -14,6 +14,7 @@ import pytest
 from sarra.broker.base import Broker, BrokerUrl
 from sarra.broker.memory import MemoryBroker, MemorySession
 from sarra.codec import v02
+from sarra.components.common import MaskResolver
 from sarra.components.sender import SenderComponent, send_settings
 from sarra.components.winnow import WinnowComponent
 from sarra.config.settings import Settings, load_settings
@@ -22,6 +23,7 @@ from sarra.flow.send import RemoteTarget, Sender, SendSettings, inflight_path
 from sarra.flow.winnow import WinnowCache, Winnower, input_bindings, shard_of
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, Notice, PartSpec, WireMessage
+from sarra.transfer.url import retrieval_url
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 
@@ -142,16 +144,80 @@ def test_tls_rigour_lax_turns_off_certificate_checks_of_a_sender(
     assert settings.tls_verify is verify
 
 
-def test_a_path_in_the_destination_is_not_used_and_the_sender_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _dest_conf(tmp_path: Path, destination: str, extra: str = "") -> Settings:
     conf = tmp_path / "dest.conf"
     conf.write_text(
-        "broker amqp://u@localhost/\nexchange xpublic\n"
-        "destination ftp://u@h/incoming\ndirectory /data/in\n"
+        f"broker amqp://u@localhost/\nexchange xpublic\ndestination {destination}\n{extra}"
+        "post_broker amqp://u@localhost/\naccept .*\n"
     )
-    send_settings(load_settings("sender", str(conf), env=_env(tmp_path)))
-    assert "its path /incoming is not used" in caplog.text and "/data/in" in caplog.text
+    return load_settings("sender", str(conf), env=_env(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("destination", "directory", "remote", "announced"),
+    [
+        # no path: directory as it is (absolute, or relative to the login directory)
+        ("sftp://u@h/", "/data/in", "/data/in/a/x", "sftp://u@h/data/in/a/x"),
+        ("sftp://u@h", "in", "in/a/x", "sftp://u@h/~/in/a/x"),
+        # a path: the remote tree; directory relative to it, or inside it
+        ("sftp://u@h/data/out", "", "/data/out/a/x", "sftp://u@h/data/out/a/x"),
+        ("sftp://u@h/data/out/", "in", "/data/out/in/a/x", "sftp://u@h/data/out/in/a/x"),
+        ("ftp://u@h/data/out", "/data/out/in", "/data/out/in/a/x", "ftp://u@h/data/out/in/a/x"),
+        ("ftp://u@h/~/out", "in", "out/in/a/x", "ftp://u@h/~/out/in/a/x"),
+        ("sftp://u@h/sp%20ace", "", "/sp ace/a/x", "sftp://u@h/sp%20ace/a/x"),
+    ],
+)
+def test_the_path_of_the_destination_is_the_remote_tree_files_are_sent_to_and_announced_in(
+    tmp_path: Path, destination: str, directory: str, remote: str, announced: str
+) -> None:
+    cfg = _dest_conf(tmp_path, destination, f"directory {directory}\n" if directory else "")
+    settings = send_settings(cfg)
+    sender = Sender(settings, MaskResolver(cfg, RemoteTarget, rename_header=True))
+    item = WorkItem(notice=_notice("a/x", base="file:"))
+    assert sender.select(item) is True
+    assert RemoteTarget(str(item.dest_root), str(item.dest_rel)).path == remote
+    sender._announce(item, remote)
+    (wire,) = item.outgoing
+    decoded = v02.decode(wire.exchange, wire.routing_key, wire.body, wire.headers)
+    assert (
+        isinstance(decoded, Notice) and retrieval_url(decoded.base_url, decoded.path) == announced
+    )
+
+
+def test_a_password_in_the_destination_is_never_announced(tmp_path: Path) -> None:
+    cfg = _dest_conf(tmp_path, "sftp://u:s3cret@h/data")
+    announce = send_settings(cfg).announce
+    assert announce is not None and announce.base_url == "sftp://u@h/data"
+
+
+@pytest.mark.parametrize(
+    ("destination", "directory"),
+    [
+        ("sftp://u@h/data/out", "/data/other"),  # absolute, elsewhere
+        ("sftp://u@h/data/out", "/data/outside"),  # a prefix of the name is not inside
+        ("sftp://u@h/data/out", "/"),
+        ("sftp://u@h/data/out", "../other"),
+        ("sftp://u@h/data/out", "in/../../other"),
+        ("ftp://u@h/~/out", "/out"),  # the login directory is not known: absolute is outside
+        ("sftp://u@h/data/../etc", ""),
+    ],
+)
+def test_a_directory_outside_the_destination_path_does_not_start(
+    tmp_path: Path, destination: str, directory: str
+) -> None:
+    cfg = _dest_conf(tmp_path, destination, f"directory {directory}\n" if directory else "")
+    with pytest.raises(ConfigError):
+        send_settings(cfg)
+
+
+def test_an_expanded_directory_outside_the_destination_path_is_refused_per_notice(
+    tmp_path: Path,
+) -> None:
+    cfg = _dest_conf(tmp_path, "sftp://u@h/data/out", "directory /data/${SOURCE}\n")
+    sender = Sender(send_settings(cfg), MaskResolver(cfg, RemoteTarget, rename_header=True))
+    assert sender.select(WorkItem(notice=_notice("a/x", base="file:", source="out"))) is True
+    with pytest.raises(HostilePath, match="outside the destination's tree /data/out"):
+        sender.select(WorkItem(notice=_notice("a/x", base="file:", source="evil")))
 
 
 def test_a_sender_without_destination_does_not_start(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from sarra.codec.timestamps import (
+    check_timestamp,
     format_timestamp_ns,
     now_timestamp,
     parse_timestamp,
@@ -77,6 +78,35 @@ def test_the_t_separator_is_accepted() -> None:
 def test_malformed_timestamps_are_refused(stamp: str) -> None:
     with pytest.raises(MalformedMessage, match="timestamp"):
         parse_timestamp(stamp)
+    with pytest.raises(MalformedMessage, match="timestamp"):
+        check_timestamp(stamp)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "20261323065900.123456789",  # the emitted form's length, an impossible month
+        "20260230065900.000000000",  # February 30th
+        "20261123246000.000000000",  # hour 24
+        "2026112306590٠.123456789",  # an Arabic-Indic digit: str.isdigit() alone would pass it
+        "20261123065900.12345678٠",
+        "20261123065900,123456789",
+    ],
+)
+def test_the_emitted_form_fast_check_refuses_what_the_parser_refuses(stamp: str) -> None:
+    with pytest.raises(MalformedMessage, match="timestamp"):
+        parse_timestamp(stamp)
+    with pytest.raises(MalformedMessage, match="timestamp"):
+        check_timestamp(stamp)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["20261123065900.123456789", "20240229235959.999999999", "20261123065900", "20261123T065900.5"],
+)
+def test_check_timestamp_accepts_what_the_parser_accepts(stamp: str) -> None:
+    parse_timestamp(stamp)
+    check_timestamp(stamp)  # no exception
 
 
 def test_output_has_exactly_nine_truncated_digits() -> None:

@@ -82,6 +82,28 @@ def test_origins_fill_in_default_ports_and_keep_the_user() -> None:
     assert str(origin_of("sftp://bob@h:2222/x")) == "sftp://bob@h:2222"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h/a", "http://h", "HTTPS://H:8443/x?q=1", "sftp://bob@h:2222/x#f",
+        "http://u%40x@h:81/p", "ftp://[::1]:2121/a/b", "http://h?x", "file:///x", "file:/x",
+    ],
+)  # fmt: skip
+def test_an_origin_is_the_same_whether_parsed_from_the_whole_url_or_remembered(url: str) -> None:
+    """origin_of remembers the origin of each scheme://authority it parsed."""
+    from sarra.transfer.url import _parse_origin
+
+    assert origin_of(url) == _parse_origin(url)
+    assert origin_of(url) == _parse_origin(url)  # the second time from memory
+
+
+@pytest.mark.parametrize("url", ["gopher://h/a/b", "http://h:notaport/a/b", "http:///a/b"])
+def test_a_refused_origin_names_the_whole_url_every_time(url: str) -> None:
+    for _ in range(2):
+        with pytest.raises(PolicyRefused, match="/a/b"):
+            origin_of(url)
+
+
 def test_request_targets_keep_the_encoded_path_and_query() -> None:
     assert request_target("http://h/a%20b/c?x=1") == "/a%20b/c?x=1"
     assert request_target("http://h") == "/"
