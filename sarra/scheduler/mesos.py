@@ -186,10 +186,11 @@ def _connection(
 def close_stranded_tls_socket(exc: BaseException) -> bool:
     """Close the TLS socket a failed wrap left open in ``exc``'s traceback; True if one was.
 
-    CPython's ``ssl.SSLSocket._create`` (3.11, 3.12) re-raises an error of its "is the
-    socket connected?" probe (``ECONNRESET`` from a peer that reset the connection between
-    ``connect`` and the wrap, e.g. a master closing its listening socket) without closing
-    the TLS socket it has already moved the descriptor into. Only the traceback references
+    CPython's ``ssl.SSLSocket._create`` (python/cpython#113280; 3.11.7 on our machines)
+    re-raises an error of its "is the socket connected?" probe (``ECONNRESET`` from a peer
+    that reset the connection between ``connect`` and the wrap, e.g. a master closing its
+    listening socket) without closing the TLS socket it has already moved the descriptor
+    into. Only the traceback references
     that socket: the descriptor stays open for as long as the exception (or a log record
     holding it) lives, then goes with a ResourceWarning. Only the ``self`` of a ``_create``
     frame is closed: no other socket of the failed call (a server's listening socket in
