@@ -140,7 +140,7 @@ def main() -> int:
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     env_args = argparse.Namespace(dest_fs=args.dest_fs, keep=False, threads=args.threads,
-                                  timeout=600, instances=1)  # fmt: skip
+                                  timeout=600, instances=1, ceiling_mode="frames")  # fmt: skip
     core.warm_up()
     results: dict[tuple[str, int], dict[str, float]] = {}
     with core.environment(env_args) as ctx:
