@@ -424,16 +424,11 @@ class MesosClient:
             sub = Subscription(base, conn, resp, sock, stream_id)
             try:
                 first = sub.first_event()
-            except MasterUnavailable:
-                # e.g. the master closed the stream before its first event (it was stopping):
-                # the stream's socket is closed here, not left to the garbage collector.
-                sub.close()
-                raise
             except (OSError, http.client.HTTPException, ValueError) as e:
                 sub.close()
                 raise MasterUnavailable(f"subscription to {base} failed: {e}") from e
-            except BaseException:
-                sub.close()
+            except BaseException:  # e.g. a first record that is not JSON (MasterUnavailable):
+                sub.close()  # the stream is closed here, not left to the garbage collector
                 raise
             if first.get("type") == "ERROR":
                 sub.close()
