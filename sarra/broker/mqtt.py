@@ -8,8 +8,14 @@ which are already %-escaped (a directory named ``a#b`` is the level ``a%23b``); 
 AMQP topics carry as it is but MQTT reserves, is written ``%2B``. A *queue* is a persistent
 MQTT session: its client id is the queue name plus ``_NN``, the instance number,
 ``clean_session`` off, so what is published while the consumer is away
-is kept by the broker (QoS 1) and delivered when it comes back; every subscription is a shared
-subscription ``$share/<queue>/<filter>``, so instances of one configuration share the work.
+is kept by the broker (QoS 1) and delivered when it comes back. With several instances
+(``shared``), every subscription is a shared subscription ``$share/<queue>/<filter>``, so the
+instances of one configuration share the work; with one instance it is the plain filter. A
+plain subscription is used whenever sharing is not needed because Mosquitto (2.0.11, measured
+here) drops what matches a restored shared subscription between its own restart and the
+subscriber's return, while it keeps it for a plain one. A session that changes form (the
+number of instances went from one to several, or back) subscribes under the new form and
+unsubscribes the old one, so nothing arrives twice.
 The session begins at the first run of the instance (``declare`` records nothing on an MQTT
 broker: a session made then under another client id would take a share of the messages and
 keep it); what is published before that is not kept. When the number of instances is lowered,
@@ -113,6 +119,7 @@ class MqttSession:
         confirm_timeout: float = 60.0,
         connect_timeout: float = 15.0,
         client_id: str | None = None,
+        shared: bool = True,
     ) -> None:
         self._url = url
         self.name = name
@@ -120,6 +127,8 @@ class MqttSession:
         self.confirm_timeout = confirm_timeout
         self.connect_timeout = connect_timeout
         self._client_id = client_id
+        #: subscribe with ``$share/<queue>/`` filters (several instances share the messages)
+        self.shared = shared
         #: the instance number, part of a consumer's client id (set by the runner)
         self.instance = 0
         self._connected_as = ""
@@ -132,7 +141,7 @@ class MqttSession:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        #: queue name -> (filters, callback)
+        #: queue name -> (plain filters, callback)
         self._consumers: dict[str, tuple[tuple[str, ...], Callable[[Delivery], None]]] = {}
         self._declared: dict[str, tuple[str, ...]] = {}
         #: delivery tag -> paho message id, of the current generation, in delivery order
@@ -141,6 +150,9 @@ class MqttSession:
         self._created: list[str] = []
         self._session_present = False
         self._lock = threading.Lock()
+        #: SUBACK / UNSUBACK reason codes by message id, of the current connection
+        self._replies: dict[int, list[Any]] = {}
+        self._replied = threading.Condition()
 
     # -- protocol properties ---------------------------------------------------------------
 
@@ -203,9 +215,18 @@ class MqttSession:
             self._inbox.put((generation, msg))
             self._wake()
 
+        def on_reply(c: Any, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+            with self._replied:
+                self._replies[mid] = list(codes)
+                self._replied.notify_all()
+
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_message = on_message
+        client.on_subscribe = on_reply
+        client.on_unsubscribe = on_reply
+        with self._replied:
+            self._replies.clear()
         self._lost = None
         try:
             client.connect(self._url.host, self._url.port, keepalive=self.keepalive)
@@ -234,7 +255,7 @@ class MqttSession:
         for name, (filters, _cb) in self._consumers.items():
             if not self._session_present:
                 self._created.append(name)
-            self._subscribe(filters)
+            self._subscribe(name, filters)
         log.debug("%s: connected to %s as %r", self.name, self._url, client_id)
 
     def connect_with_backoff(self, max_wait: float | None = None) -> None:
@@ -289,7 +310,7 @@ class MqttSession:
     def _filters(self, spec: QueueSpec) -> tuple[str, ...]:
         if not spec.bind:
             return ()
-        return tuple(f"$share/{spec.name}/{mqtt_filter(x, k)}" for x, k in spec.bindings)
+        return tuple(mqtt_filter(x, k) for x, k in spec.bindings)
 
     def declare_queue(self, spec: QueueSpec) -> tuple[int, int]:
         """Record the subscriptions of ``spec``; they are made by :meth:`consume`, under the
@@ -297,12 +318,46 @@ class MqttSession:
         self._declared[spec.name] = self._filters(spec)
         return (0, 0)
 
-    def _subscribe(self, filters: Sequence[str]) -> None:
+    def subscription_filters(
+        self, queue: str, filters: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """The filters ``queue``'s session subscribes to, and those of the other form (shared
+        or plain), which a resumed session unsubscribes."""
+        plain = list(filters)
+        shared = [f"$share/{queue}/{f}" for f in filters]
+        return (shared, plain) if self.shared else (plain, shared)
+
+    def _subscribe(self, queue: str, filters: Sequence[str]) -> None:
         client = self._live()
-        for f in filters:
-            rc, _mid = client.subscribe(f, qos=1)
+        wanted, other = self.subscription_filters(queue, filters)
+        for f in wanted:
+            rc, mid = client.subscribe(f, qos=1)
             if rc != 0:
                 raise BrokerError(f"subscribe to {f} failed (rc {rc})")
+            codes = self._reply(mid, f"SUBACK for {f}")
+            if any(getattr(c, "is_failure", False) for c in codes):
+                raise AccessRefused(f"{self._url} refused the subscription to {f}: {codes[0]}")
+        if self._session_present and other:
+            # the session may hold the other form from a run with another number of
+            # instances: keeping both would deliver every message twice
+            rc, mid = client.unsubscribe(other)
+            if rc != 0:
+                raise BrokerError(f"unsubscribe from {other} failed (rc {rc})")
+            self._reply(mid, f"UNSUBACK for {other}")
+
+    def _reply(self, mid: int, what: str) -> list[Any]:
+        """Wait for the broker's answer to the (un)subscription ``mid``: from then on the
+        session's subscriptions are those asked for."""
+        deadline = time.monotonic() + self.connect_timeout
+        with self._replied:
+            while mid not in self._replies:
+                if self._lost is not None:
+                    raise BrokerError(f"{self.name}: connection lost before the {what}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BrokerError(f"{self.name}: no {what} within {self.connect_timeout}s")
+                self._replied.wait(min(left, 0.1))
+            return self._replies.pop(mid)
 
     def queue_exists(self, name: str) -> bool:
         return name in self._declared or name in self._consumers
@@ -350,7 +405,7 @@ class MqttSession:
         if self._client is not None and self._connected_as != self._client_id_for():
             self.connect()  # the session's client id comes from its queue: reconnect under it
         elif self._client is not None:
-            self._subscribe(filters)
+            self._subscribe(queue, filters)
 
     def cancel(self, queue: str) -> None:
         """Stop dispatching ``queue``'s deliveries; its subscriptions stay in the persistent
@@ -412,8 +467,7 @@ class MqttSession:
         mqtt = _paho()
         for filters, cb in self._consumers.values():
             for f in filters:
-                plain = f.split("/", 2)[2] if f.startswith("$share/") else f
-                if mqtt.topic_matches_sub(plain, topic):
+                if mqtt.topic_matches_sub(f, topic):
                     return cb
         return None
 

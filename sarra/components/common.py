@@ -99,7 +99,10 @@ def session_for(url: BrokerUrl, s: Settings, name: str, *, publishes: bool = Tru
             )
         from sarra.broker.mqtt import MqttSession  # paho and its socket layer: MQTT only
 
-        return MqttSession(url, keepalive=int(s.broker_heartbeat) or 60, name=name)
+        # shared subscriptions only where instances share a queue (see sarra.broker.mqtt)
+        return MqttSession(
+            url, keepalive=int(s.broker_heartbeat) or 60, name=name, shared=s.instances > 1
+        )
     return BrokerSession(url, heartbeat=int(s.broker_heartbeat) or 60, name=name)
 
 

@@ -40,8 +40,10 @@ def _collect(s: MqttSession, got: list[Delivery], pred: Callable[[], bool], t: f
         s.poll(0.1)
 
 
-def _consumer(m: Mosquitto, queue: str, x: str, got: list[Delivery], n: int = 0) -> MqttSession:
-    s = MqttSession(_url(m), name="test-consumer")
+def _consumer(
+    m: Mosquitto, queue: str, x: str, got: list[Delivery], n: int = 0, *, shared: bool = True
+) -> MqttSession:
+    s = MqttSession(_url(m), name="test-consumer", shared=shared)
     s.instance = n
     s.connect()
     s.declare_queue(QueueSpec(queue, ((x, "v03.#"),)))
@@ -116,6 +118,79 @@ def test_queued_messages_and_the_session_survive_a_broker_restart(mosquitto: Mos
     finally:
         sub.close()
         sub.delete_queue(q)
+
+
+def test_a_single_instance_session_keeps_what_is_published_after_a_broker_restart(
+    mosquitto: Mosquitto,
+) -> None:
+    """One instance subscribes with the plain filter: what is published after a broker
+    restart and before the consumer is back is kept for it. (Mosquitto 2.0.11 drops part or
+    all of it for a shared subscription: measured when this was changed, see docs/mqtt.md.)"""
+    x, q = unique("x"), unique("q_sarra.test.")
+    got: list[Delivery] = []
+    sub = _consumer(mosquitto, q, x, got, shared=False)
+    sub.close()
+    mosquitto.restart()
+    pub = MqttSession(_url(mosquitto), name="test-publisher")
+    pub.connect()
+    pub.publish([_msg(x, "v03.r", i) for i in range(30)])
+    pub.close()
+    sub.connect()
+    try:
+        _collect(sub, got, lambda: len(got) >= 30)
+        sub.poll(0.3)
+        assert sorted(json.loads(d.message.body)["n"] for d in got) == list(range(30))
+        for d in got:
+            sub.ack(d)
+    finally:
+        sub.close()
+        sub.delete_queue(q)
+
+
+def test_a_second_instance_shares_with_the_first_and_gets_no_copy_of_its_messages(
+    mosquitto: Mosquitto,
+) -> None:
+    """Instance 0 runs alone (a plain subscription), then the configuration gets a second
+    instance: instance 0's session subscribes in the shared form and drops the plain one,
+    which would otherwise still give it every message, so each message reaches one
+    instance once, and both instances get a share."""
+    x, q = unique("x"), unique("q_sarra.test.")
+    pub = MqttSession(_url(mosquitto), name="test-publisher")
+    pub.connect()
+    alone: list[Delivery] = []
+    s0 = _consumer(mosquitto, q, x, alone, 0, shared=False)
+    try:
+        pub.publish([_msg(x, "v03.f", i) for i in range(20)])
+        _collect(s0, alone, lambda: len(alone) >= 20)
+        assert sorted(json.loads(d.message.body)["n"] for d in alone) == list(range(20))
+        for d in alone:
+            s0.ack(d)
+        s0.close()
+        a: list[Delivery] = []
+        b: list[Delivery] = []
+        s0 = _consumer(mosquitto, q, x, a, 0, shared=True)
+        s1 = _consumer(mosquitto, q, x, b, 1, shared=True)
+        try:
+            pub.publish([_msg(x, "v03.f", i) for i in range(100, 140)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(a) + len(b) < 40:
+                s0.poll(0.05)
+                s1.poll(0.05)
+            for _ in range(10):  # a copy through a leftover plain subscription shows by now
+                s0.poll(0.05)
+                s1.poll(0.05)
+            numbers = sorted(json.loads(d.message.body)["n"] for d in [*a, *b])
+            assert numbers == list(range(100, 140))
+            assert a and b
+            for s, ds in ((s0, a), (s1, b)):
+                for d in ds:
+                    s.ack(d)
+        finally:
+            s1.close()
+    finally:
+        s0.close()
+        pub.close()
+        MqttSession(_url(mosquitto)).delete_queue(q)
 
 
 def test_instances_share_a_subscription(mosquitto: Mosquitto) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import subprocess
 import tempfile
 import time
@@ -78,13 +79,14 @@ class Mosquitto:
         self.stop()
         self.start()
 
-    def wait_subscribed(self, share: str, timeout: float = 30.0) -> None:
-        """Wait until some client subscribed with the shared subscription group ``share``
-        (a consumer's queue name): from then on, what is published is kept for it."""
+    def wait_subscribed(self, queue: str, timeout: float = 30.0) -> None:
+        """Wait until a session of ``queue`` (client id ``<queue>_NN``) subscribed, with a
+        plain or a shared filter: from then on, what is published is kept for it."""
+        made = re.compile(rf"(^|\s){re.escape(queue)}_\d+ 1 ", re.MULTILINE)
         deadline = time.monotonic() + timeout
-        while f"$share/{share}/" not in self.log_tail(1 << 20):
+        while not made.search(self.log_tail(1 << 20)):
             if time.monotonic() > deadline:
-                raise AssertionError(f"no subscription of {share} within {timeout}s")
+                raise AssertionError(f"no subscription of {queue} within {timeout}s")
             time.sleep(0.05)
 
     def log_tail(self, limit: int = 4000) -> str:

@@ -3,6 +3,7 @@ a real Mosquitto in tests/integration/test_mqtt_session.py and test_mqtt_flow.py
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,53 @@ def test_the_winnow_refuses_an_mqtt_broker(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="AMQP brokers only") as caught:
         WinnowComponent().check(cfg)
     assert caught.value.option == "broker"
+
+
+def test_one_instance_subscribes_plainly_several_share(tmp_path: Path) -> None:
+    url = BrokerUrl("127.0.0.1", 1883, "u", "p", protocol="mqtt")
+    base = "broker mqtt://u@127.0.0.1/\ntopic_prefix v03\npost_format v03\n"
+    one = session_for(url, _cfg(tmp_path, base), "t")
+    two = session_for(url, _cfg(tmp_path, base + "instances 2\n"), "t")
+    assert isinstance(one, MqttSession) and isinstance(two, MqttSession)
+    assert one.subscription_filters("q", ["x/v03/#"]) == (["x/v03/#"], ["$share/q/x/v03/#"])
+    assert two.subscription_filters("q", ["x/v03/#"]) == (["$share/q/x/v03/#"], ["x/v03/#"])
+
+
+class _RefusingClient:
+    """Stands for paho's client: SUBACK answered by the test (the real broker's refusals
+    need an ACL that Mosquitto 2.0 applies at delivery, not at SUBSCRIBE)."""
+
+    def __init__(self, session: MqttSession, answer: object | None) -> None:
+        self.session, self.answer = session, answer
+        self.asked: list[str] = []
+
+    def subscribe(self, topic: str, qos: int) -> tuple[int, int]:
+        self.asked.append(topic)
+        if self.answer is not None:
+            self.session._replies[7] = [self.answer]
+        return 0, 7
+
+
+def _with_client(answer: object | None) -> tuple[MqttSession, _RefusingClient]:
+    s = MqttSession(BrokerUrl("127.0.0.1", 1883, "u", "p", protocol="mqtt"), connect_timeout=0.3)
+    client = _RefusingClient(s, answer)
+    s._client, s._connected = client, True
+    return s, client
+
+
+def test_a_refused_subscription_stops_the_consumer_with_the_broker_reason() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from sarra.errors import AccessRefused, BrokerError
+
+    s, client = _with_client(ReasonCode(PacketTypes.SUBACK, identifier=0x80))
+    refused = re.escape("refused the subscription to $share/q/x/v03/#")
+    with pytest.raises(AccessRefused, match=refused):
+        s._subscribe("q", ["x/v03/#"])
+    s, client = _with_client(ReasonCode(PacketTypes.SUBACK, identifier=1))
+    s._subscribe("q", ["x/v03/#"])  # granted QoS 1
+    assert client.asked == ["$share/q/x/v03/#"]
+    s, client = _with_client(None)
+    with pytest.raises(BrokerError, match=re.escape("no SUBACK for $share/q/x/v03/# within 0.3s")):
+        s._subscribe("q", ["x/v03/#"])
