@@ -61,6 +61,7 @@ from bench.bench_core import (  # noqa: E402
     peer_versions,
     start_broker,
 )
+from bench.bench_core import warm_up as core_warm_up  # noqa: E402
 from bench.peers import TreeSampler, log_timestamps, process_tree  # noqa: E402
 from tests.interop.peers import (  # noqa: E402
     SR3_DOWNLOADED_LINE,
@@ -504,10 +505,8 @@ def environment(args: argparse.Namespace) -> Iterator[Ctx]:
 
 
 def warm_up() -> None:
-    """Import our commands once so that their bytecode is cached, like the peers' is."""
-    for name in ("sr_post", "sr_sarra", "sr_subscribe"):
-        subprocess.run([ours_bin(name), "--help"], env=ours_env(), check=True,
-                       capture_output=True)  # fmt: skip
+    """Our package byte-compiled and each command run once (see bench_core.warm_up)."""
+    core_warm_up(("sr_post", "sr_sarra", "sr_subscribe"))
 
 
 def med(runs: list[PumpFigures], f: Callable[[PumpFigures], float]) -> float:
