@@ -151,6 +151,8 @@ def test_a_shovel_from_rabbitmq_to_mosquitto_survives_a_mosquitto_restart(
             _publish(rabbitmq, wires[:200])
             wait_for(lambda: tap.poll(0.1) >= 50, 30, "the first copies")
             tap.session.close()
+            # its acks are in (see wait_disconnected): a copy it gets twice is the shovel's
+            mosquitto.wait_disconnected(f"{tap.queue}_00")
             mosquitto.stop()  # the destination goes away mid-stream
             _publish(rabbitmq, wires[200:])
             time.sleep(2)

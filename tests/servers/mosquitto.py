@@ -89,6 +89,24 @@ class Mosquitto:
                 raise AssertionError(f"no subscription of {queue} within {timeout}s")
             time.sleep(0.05)
 
+    def wait_disconnected(self, client_id: str, timeout: float = 10.0) -> None:
+        """Wait until Mosquitto has handled the disconnection of ``client_id``, and so every
+        packet the client sent before it (its PUBACKs: a broker stopped sooner drops them
+        unread and sends those deliveries again after its restart)."""
+        cid = re.escape(client_id)
+        # a DISCONNECT, or the socket closed without one (paho does either)
+        gone = re.compile(
+            rf"Client {cid} (disconnected|closed its connection)|on client {cid}, disconnecting"
+        )
+        deadline = time.monotonic() + timeout
+        while not gone.search(self.log_tail(1 << 20)):
+            if time.monotonic() > deadline:
+                seen = [x for x in self.log_tail(1 << 20).splitlines() if client_id in x]
+                raise AssertionError(
+                    f"{client_id} not seen disconnecting within {timeout}s: {seen[-5:]}"
+                )
+            time.sleep(0.02)
+
     def log_tail(self, limit: int = 4000) -> str:
         try:
             return (self.base_dir / "mosquitto.log").read_text(errors="replace")[-limit:]
