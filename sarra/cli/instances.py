@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 #: how often a Windows instance looks for its stop request (seconds)
 STOP_POLL = 0.5
+#: environment variable telling an instance process it runs under a supervisor
+#: (:mod:`sarra.cli.supervisor`; defined here so an instance need not import that module)
+SUPERVISED_ENV = "SARRA_SUPERVISED"
 
 
 class State(enum.StrEnum):
