@@ -41,7 +41,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -271,6 +270,8 @@ def spawn(
     All launches run in parallel; each is given ``timeout`` seconds to report that its pid
     file is written.
     """
+    import subprocess  # only where instances are started: not in each instance's start-up
+
     if sys.platform == "win32":
         return _spawn_detached(instances, launcher, env, timeout)
     procs: list[tuple[Instance, subprocess.Popen[bytes]]] = []
@@ -314,6 +315,8 @@ def _spawn_detached(
 ) -> dict[int, str | None]:
     """Windows: each instance is launched detached, in its own process group, and is the
     instance itself; it has started once its pid file names it."""
+    import subprocess
+
     flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(
         subprocess, "CREATE_NEW_PROCESS_GROUP", 0
     )

@@ -14,7 +14,6 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -647,6 +646,8 @@ def convert(ctx: Context, configs: Sequence[str]) -> int:
 
 def edit(ctx: Context, configs: Sequence[str]) -> int:
     """Open the config in $EDITOR (default vi)."""
+    import subprocess  # only the edit verb runs a program
+
     found = cf.find_config(ctx.runtime.config_dir(), ctx.name, configs[0])
     editor = shlex.split(os.environ.get("EDITOR") or "vi")
     return subprocess.run([*editor, str(found.path)], check=False).returncode
