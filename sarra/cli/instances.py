@@ -41,7 +41,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -56,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: how often a Windows instance looks for its stop request (seconds)
 STOP_POLL = 0.5
+#: environment variable telling an instance process it runs under a supervisor
+#: (:mod:`sarra.cli.supervisor`; defined here so an instance need not import that module)
+SUPERVISED_ENV = "SARRA_SUPERVISED"
 
 
 class State(enum.StrEnum):
@@ -268,6 +270,8 @@ def spawn(
     All launches run in parallel; each is given ``timeout`` seconds to report that its pid
     file is written.
     """
+    import subprocess  # only where instances are started: not in each instance's start-up
+
     if sys.platform == "win32":
         return _spawn_detached(instances, launcher, env, timeout)
     procs: list[tuple[Instance, subprocess.Popen[bytes]]] = []
@@ -311,6 +315,8 @@ def _spawn_detached(
 ) -> dict[int, str | None]:
     """Windows: each instance is launched detached, in its own process group, and is the
     instance itself; it has started once its pid file names it."""
+    import subprocess
+
     flags = getattr(subprocess, "DETACHED_PROCESS", 0) | getattr(
         subprocess, "CREATE_NEW_PROCESS_GROUP", 0
     )

@@ -27,6 +27,7 @@ from sarra.cli import verbs
 from sarra.cli.account import become_system_account
 from sarra.cli.downcause import clear_exit_note, reason_of, write_exit_note
 from sarra.cli.instances import (
+    SUPERVISED_ENV,
     Instance,
     daemonize,
     remove_pid_file,
@@ -51,7 +52,6 @@ from sarra.cli.runtime import (
     default_runtime,
 )
 from sarra.cli.signals import install_stop_handlers
-from sarra.cli.supervisor import SUPERVISED_ENV, set_parent_death_signal
 from sarra.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     :func:`sarra.cli.instances.daemonize`), logs to its rotating file and runs the component
     until SIGTERM. The pid file is removed when the instance stops on request; after a crash it
     stays, so ``status`` shows a stale pid and ``sanity`` restarts the instance. Under
-    ``supervise`` (:data:`sarra.cli.supervisor.SUPERVISED_ENV` names the supervisor's pid) it
+    ``supervise`` (:data:`sarra.cli.instances.SUPERVISED_ENV` names the supervisor's pid) it
     does not detach, logs to stderr for the service manager, and stops with its supervisor.
     """
     rt = runtime if runtime is not None else default_runtime()
@@ -204,6 +204,8 @@ def instance_main(component: str, number: int, config: str, runtime: Runtime | N
     restore = install_stop_handlers(stop)
     supervisor = os.environ.get(SUPERVISED_ENV, "")
     if supervisor.isdigit():  # a child of ``supervise``: stays attached, logs to stderr
+        from sarra.cli.supervisor import set_parent_death_signal
+
         set_parent_death_signal(int(supervisor))
         write_pid_file(inst.pid_path, os.getpid())
         handler = setup_console_logging(

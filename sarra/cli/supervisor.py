@@ -44,13 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from sarra.cli.instances import Instance, process_matches, read_pid_file, write_pid_file
+from sarra.cli.instances import (
+    SUPERVISED_ENV,
+    Instance,
+    process_matches,
+    read_pid_file,
+    write_pid_file,
+)
 from sarra.errors import ConfigError, LocalError
 
 log = logging.getLogger(__name__)
 
-#: environment variable telling an instance process it runs under a supervisor
-SUPERVISED_ENV = "SARRA_SUPERVISED"
 #: seconds a child must live for its back-off to start again at 1 s
 HEALTHY_AFTER = 60.0
 MAX_BACKOFF = 60.0

@@ -14,14 +14,13 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sarra.cli import configs as cf
 from sarra.cli.downcause import why_down
@@ -38,11 +37,13 @@ from sarra.cli.instances import (
 from sarra.cli.logs import instance_tag, redact, remove_handler, setup_console_logging
 from sarra.cli.runtime import ARGV_ENV, CommandLine, Runtime
 from sarra.cli.signals import install_stop_handlers
-from sarra.cli.supervisor import Planned, Supervisor, plan_entry, request_restart, supervisor_of
 from sarra.components.base import Component
 from sarra.config.convert import convert_text
 from sarra.config.settings import Settings
 from sarra.errors import ConfigError, SarraError
+
+if TYPE_CHECKING:
+    from sarra.cli.supervisor import Planned
 
 _log = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ def is_disabled(ctx: Context, arg: str) -> bool:
 
 def supervised(ctx: Context, config: str) -> int | None:
     """The pid of the supervisor (``supervise``, a service) running ``config``, or None."""
+    from sarra.cli.supervisor import supervisor_of  # not needed by an instance's start-up
+
     return supervisor_of(ctx.runtime.state_dir(ctx.name, config), ctx.name, config)
 
 
@@ -268,6 +271,8 @@ def restart(ctx: Context, configs: Sequence[str]) -> int:
         if boss is None:
             own.append(arg)
             continue
+        from sarra.cli.supervisor import request_restart
+
         request_restart(ctx.runtime.state_dir(ctx.name, config), ctx.name, config, boss)
         ctx.say(config, f"restart asked of supervisor pid {boss}")
     if own:
@@ -450,6 +455,8 @@ def supervise(ctx: Context, configs: Sequence[str]) -> int:
 
 def planned(ctx: Context, arg: str) -> Planned:
     """What ``supervise`` runs for configuration ``arg``. Raises ConfigError."""
+    from sarra.cli.supervisor import plan_entry
+
     config, cfg = load(ctx, arg)
     return plan_entry(
         ctx.name,
@@ -464,6 +471,8 @@ def planned(ctx: Context, arg: str) -> Planned:
 
 def run_supervisor(plan: Callable[[], list[Planned]], runtime: Runtime) -> int:
     """Run a :class:`Supervisor` over ``plan`` in this process, logging to stderr."""
+    from sarra.cli.supervisor import Supervisor
+
     handler = setup_console_logging(context="supervisor", loglevel="info")
     try:
         return Supervisor(plan, runtime.launcher, runtime.stop_timeout).run()
@@ -637,6 +646,8 @@ def convert(ctx: Context, configs: Sequence[str]) -> int:
 
 def edit(ctx: Context, configs: Sequence[str]) -> int:
     """Open the config in $EDITOR (default vi)."""
+    import subprocess  # only the edit verb runs a program
+
     found = cf.find_config(ctx.runtime.config_dir(), ctx.name, configs[0])
     editor = shlex.split(os.environ.get("EDITOR") or "vi")
     return subprocess.run([*editor, str(found.path)], check=False).returncode

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sarra.broker.base import Broker, BrokerUrl
 from sarra.broker.mqtt import MqttSession
@@ -47,7 +48,6 @@ from sarra.components.common import (
 )
 from sarra.config.loader import resolve_queue_name
 from sarra.config.settings import Settings
-from sarra.flow.bandwidth import Bandwidth, open_bandwidth
 from sarra.flow.engine import (
     ConsumingLoop,
     InlineWorker,
@@ -64,6 +64,9 @@ from sarra.flow.ratelimit import TokenBucket, byte_limiter, byte_rate, message_l
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Notice
+
+if TYPE_CHECKING:
+    from sarra.flow.bandwidth import Bandwidth
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +227,12 @@ class ConsumerComponent:
         )
         if run.limiter is not None:
             log.info("transfers capped at %d bytes/s", run.limiter.rate)
-        run.bandwidth = open_bandwidth(s, s.component, run.limiter, stop)
+        if s.bandwidth or s.bandwidth_shared:  # else open_bandwidth has nothing to open
+            # imported here: it (and its Redis store, sarra.flow.sharedstore) serves the
+            # pump-wide caps only, not worth every instance's start-up
+            from sarra.flow.bandwidth import open_bandwidth
+
+            run.bandwidth = open_bandwidth(s, s.component, run.limiter, stop)
         if run.bandwidth is not None:
             log.info("pump-wide bandwidth caps in %s", run.bandwidth.store)
         flow = self.build(run)

@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from sarra.broker.base import BrokerNode, BrokerUrl
-from sarra.config import winacl
 from sarra.errors import ConfigError, CredentialsError
 
 DEFAULT_PORTS = {
@@ -246,6 +245,8 @@ class CredentialStore:
                 path=str(file),
             )
         if check_mode and sys.platform == "win32":
+            from sarra.config import winacl  # Windows only: not in a POSIX start-up
+
             try:
                 problem = winacl.acl_problem(str(file))
             except OSError as exc:

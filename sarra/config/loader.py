@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -621,6 +620,8 @@ def resolve_queue_name(cfg: _Named, env: Mapping[str, str] | None = None) -> str
         pass
     except OSError as exc:
         raise ConfigError(f"cannot read queue name: {exc}", path=str(file)) from exc
+    import secrets  # only to name a new queue: not in every start-up (hmac, random, base64)
+
     digits = f"{secrets.randbelow(10**8):08d}.{secrets.randbelow(10**8):08d}"
     suffix = f".{cfg.get('queue_suffix')}" if cfg.get("queue_suffix") else ""
     fresh = f"q_{user}.sr_{cfg.component}.{name}.{digits}{suffix}"

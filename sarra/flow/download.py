@@ -22,14 +22,12 @@ from urllib.parse import urlsplit
 from sarra.codec.timestamps import parse_timestamp
 from sarra.errors import MalformedMessage, PolicyRefused, SarraError
 from sarra.flow import baseurl
-from sarra.flow.bandwidth import Bandwidth
 from sarra.flow.baseurl import SUBSCRIBER_REFUSED, HostGuard, resolve_host
 from sarra.flow.hooks import Plugins
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.partial import PartReceiver, block_paths
 from sarra.flow.plugin_get import PluginGetTransport
-from sarra.flow.quota import QuotaGuard
 from sarra.flow.ratelimit import Limiter, TokenBucket, read_size, throttled
 from sarra.flow.wholefile import WholeFileResult, download_to, is_unchanged
 from sarra.flow.work import PartState, Staged, WorkItem
@@ -46,6 +44,8 @@ from sarra.transfer.url import origin_of, retrieval_url
 
 if TYPE_CHECKING:
     from sarra.config.credentials import Credential
+    from sarra.flow.bandwidth import Bandwidth
+    from sarra.flow.quota import QuotaGuard
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sarra.codec import v02
 from sarra.errors import IntegrityError, MalformedMessage, MessageError
-from sarra.flow.bandwidth import Bandwidth
 from sarra.flow.ratelimit import Limiter, TokenBucket, read_size, throttled
 from sarra.flow.wholefile import download_to
 from sarra.flow.work import PartState, WorkItem
@@ -33,6 +32,9 @@ from sarra.parts.arithmetic import parse_part_suffix, part_suffix
 from sarra.parts.tracker import DEFAULT_EXPIRY, Marked, MarkStatus, PartTracker, Ticket
 from sarra.transfer.base import Transport
 from sarra.transfer.chunks import aligned_chunks
+
+if TYPE_CHECKING:
+    from sarra.flow.bandwidth import Bandwidth
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,6 @@ from sarra.errors import (
     SarraError,
     TransferError,
 )
-from sarra.flow.bandwidth import Bandwidth
 from sarra.flow.hooks import Plugins, transfer_by_plugin
 from sarra.flow.ratelimit import TokenBucket, throttle_callback
 from sarra.flow.work import WorkItem
@@ -63,6 +62,7 @@ from sarra.transfer.url import server_path
 
 if TYPE_CHECKING:
     from sarra.config.credentials import Credential
+    from sarra.flow.bandwidth import Bandwidth
 
 log = logging.getLogger(__name__)
 

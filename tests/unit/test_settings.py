@@ -96,3 +96,83 @@ def test_values_set_in_a_file_and_on_the_command_line_are_typed(
     assert s.get("ex") == "xpublic" and s.get("no_such_option", 1) == 1
     with pytest.raises(AttributeError):
         s.prefetch = 1  # type: ignore[misc]
+
+
+def _as_dataclass_builds_it() -> Any:
+    """Settings as ``@dataclass(frozen=True, slots=True, kw_only=True)`` builds it from the same
+    fields: the yardstick for the methods gen_settings.py writes out."""
+    body = "".join(f"    {name}: {kind}\n" for name, kind in Settings.__annotations__.items())
+    source = (
+        "from __future__ import annotations\n"
+        "from dataclasses import dataclass\n"
+        "from sarra.config.settings_base import SettingsBase\n"
+        "@dataclass(frozen=True, slots=True, kw_only=True)\n"
+        "class Settings(SettingsBase):\n"
+        '    """A loaded configuration of one component, typed: one field per valued option."""\n'
+        f"{body}"
+    )
+    namespace: dict[str, Any] = {"__name__": "sarra.config.settings"}
+    exec(source, namespace)
+    return namespace["Settings"]
+
+
+def _outcome(call: Any) -> tuple[object, ...]:
+    try:
+        return ("returned", call())
+    except Exception as exc:
+        return ("raised", type(exc), str(exc))
+
+
+def test_the_written_out_methods_are_what_dataclass_builds(env: dict[str, str]) -> None:
+    import copy
+    import dataclasses
+    import functools
+    import inspect
+
+    ref = _as_dataclass_builds_it()
+
+    def described(cls: Any) -> list[tuple[object, ...]]:
+        return [
+            (f.name, f.type, f.init, f.repr, f.hash, f.compare, f.kw_only, f.metadata, f.default)
+            for f in dataclasses.fields(cls)
+        ] + [(f.default_factory,) for f in dataclasses.fields(cls)]
+
+    assert described(Settings) == described(ref)
+    assert repr(Settings.__dataclass_params__) == repr(ref.__dataclass_params__)  # type: ignore[attr-defined]
+    assert set(vars(Settings)) == set(vars(ref))
+    assert (Settings.__slots__, Settings.__match_args__) == (ref.__slots__, ref.__match_args__)
+    assert Settings.__mro__[1:] == ref.__mro__[1:] and dataclasses.is_dataclass(Settings)
+    params = [
+        (p.name, p.kind, p.default, p.annotation)
+        for p in inspect.signature(Settings).parameters.values()
+    ]
+    assert params == [
+        (p.name, p.kind, p.default, p.annotation)
+        for p in inspect.signature(ref).parameters.values()
+    ]
+
+    s = load_settings("subscribe", None, env=env)
+    values = {f.name: getattr(s, f.name) for f in dataclasses.fields(Settings)}
+    r = ref(**values)
+    assert repr(s) == repr(r)
+    other = dataclasses.replace(s, prefetch=s.prefetch + 1)
+    assert repr(other) == repr(dataclasses.replace(r, prefetch=r.prefetch + 1))
+    assert isinstance(other, Settings) and other.prefetch == s.prefetch + 1
+    assert (s == dataclasses.replace(s), s == other, s != other) == (True, False, True)
+    assert r == dataclasses.replace(r)
+    assert s.__eq__(r) is NotImplemented and s.__eq__(1) is NotImplemented
+    assert _outcome(lambda: hash(s)) == _outcome(lambda: hash(r))  # unhashable mappingproxy
+    hashable = {"plugins": (), "headers_add": (), "declared": ()}
+    assert hash(dataclasses.replace(s, **hashable)) == hash(dataclasses.replace(r, **hashable))
+    assert _outcome(lambda: repr(copy.copy(s))) == _outcome(lambda: repr(copy.copy(r)))
+    for name in ("prefetch", "no_such_field"):
+        assert _outcome(functools.partial(setattr, s, name, 1)) == _outcome(
+            functools.partial(setattr, r, name, 1)
+        )
+        assert _outcome(functools.partial(delattr, s, name)) == _outcome(
+            functools.partial(delattr, r, name)
+        )
+    assert _outcome(lambda: Settings()) == _outcome(lambda: ref())
+    assert _outcome(lambda: Settings(**values, extra=1)) == _outcome(lambda: ref(**values, extra=1))
+    del values["hostname"]
+    assert _outcome(lambda: Settings(**values)) == _outcome(lambda: ref(**values))
