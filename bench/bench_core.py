@@ -725,7 +725,12 @@ def by_side(rows: list[dict[str, Any]], bench: str) -> dict[str, dict[str, Any]]
     return {r["side"]: r for r in rows if r["bench"] == bench}
 
 
-def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
+def print_table(
+    rows: list[dict[str, Any]], targets: dict[str, float], dest_fs: str = "tmpfs"
+) -> None:
+    """The table, the ratios to sr3 and to the floor, and the issue's verdicts. A target
+    stated for one file system (subscribe: 70 % of the floor on a tmpfs; two instances: 1.5x
+    one on the disk) is judged only in a run on that file system (``dest_fs``)."""
     head = (f"{'bench':<10} {'side':<8} {'count':>5} {'wall s':>7} {'rate':>8} "
             f"{'steady':>8} {'% floor':>7} {'MiB/inst':>8}  unit")  # fmt: skip
     print(head)
@@ -773,9 +778,11 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
             if side == "ours" and bench == "post":
                 met = "met" if steady is not None and steady >= 0.5 else "NOT met"
                 note = f" (target: steady >= 50 %: {met})"
-            elif side == "ours":
+            elif side == "ours" and dest_fs == "tmpfs":
                 met = "met" if rate is not None and rate >= 0.7 else "NOT met"
                 note = f" (target on a tmpfs: rate >= 70 %: {met})"
+            elif side == "ours":
+                note = " (the 70 % target is for a tmpfs: not judged on this run's disk)"
             print(f"  {bench} {side_label(side, bench)}: rate {pct(rate)}, steady {pct(steady)} "
                   f"of the {'ceiling' if bench == 'post' else 'floor'}{note}")  # fmt: skip
     by = by_side(rows, "subscribe")
@@ -783,9 +790,13 @@ def print_table(rows: list[dict[str, Any]], targets: dict[str, float]) -> None:
         if our_instances(side) > 1 and "ours" in by:
             o = by["ours"]
             x = ratio(r["rate"], o["rate"])
-            met = "met" if x is not None and x >= 1.5 else "NOT met"
-            print(f"instances: ours x{r['instances']} / ours x1: rate x{fmt_ratio(x)} (target "
-                  f"on the disk >= 1.5: {met}), steady "
+            if dest_fs == "disk":
+                met = "met" if x is not None and x >= 1.5 else "NOT met"
+                verdict = f"target on the disk >= 1.5: {met}"
+            else:
+                verdict = "the 1.5 target is for the disk: not judged on this run's tmpfs"
+            print(f"instances: ours x{r['instances']} / ours x1: rate x{fmt_ratio(x)} "
+                  f"({verdict}), steady "
                   f"x{fmt_ratio(ratio(r['steady_rate'], o['steady_rate']))}; peak RSS per "
                   f"instance {r['peak_rss_mib']:.1f} vs {o['peak_rss_mib']:.1f} MiB")  # fmt: skip
 
@@ -973,7 +984,7 @@ def main() -> int:
     print(f"{args.files} files x {args.size} B; destinations and state on {args.dest_fs} "
           f"({state_fs}); host {platform.node()}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}; total {time.time() - started:.0f}s")  # fmt: skip
-    print_table(rows, {"post": 7.0, "subscribe": 3.0})
+    print_table(rows, {"post": 7.0, "subscribe": 3.0}, args.dest_fs)
     for side, subs in sub_runs.items():
         if subs:
             print(f"  subscribe {side_label(side, 'subscribe')}: {subs[0].settings}; start-up "
