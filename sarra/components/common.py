@@ -30,6 +30,8 @@ from sarra.flow.heartbeat import HeartbeatFile
 from sarra.flow.metrics import MetricsWriter, metrics_name
 from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
+from sarra.localfs import groupsync
+from sarra.localfs.groupsync import GroupSync
 from sarra.notice import Notice
 
 if TYPE_CHECKING:
@@ -393,3 +395,13 @@ class MaskResolver(Generic[T]):
         if "${" in directory:
             directory = expand_directory(directory, source=notice.header("source"))
         return self.make(directory, rel)
+
+
+def group_sync_for(s: Settings, state_dir: Path) -> GroupSync | None:
+    """The file-system barrier of a downloading configuration's batches, shared by its
+    instances (``sync_barrier filesystem``, the default, where the platform has ``syncfs``;
+    :mod:`sarra.localfs.groupsync`), or None: each batch's own fsyncs alone
+    (``sync_barrier files``, or no ``syncfs``)."""
+    if s.sync_barrier != "filesystem" or not groupsync.available():
+        return None
+    return GroupSync(state_dir)

@@ -22,7 +22,12 @@ from pathlib import Path
 
 from sarra.broker.admin import ensure_exchanges
 from sarra.broker.base import Broker
-from sarra.components.common import MaskResolver, broker_url, download_settings
+from sarra.components.common import (
+    MaskResolver,
+    broker_url,
+    download_settings,
+    group_sync_for,
+)
 from sarra.components.runner import Bindings, ConsumerComponent, Flow, Instance, default_bindings
 from sarra.config import paths
 from sarra.config.quota import quota_table
@@ -140,6 +145,8 @@ class SarraComponent(ConsumerComponent):
             parts_state=Path(s.parts_dir) if s.parts_dir else run.state_dir,
             inplace=s.inplace,  # off by default on a pump: segments kept
             batch_commit=True,
+            # one syncfs per barrier, shared by the instances (sync_barrier filesystem)
+            group_sync=group_sync_for(s, run.state_dir),
             interrupt=run.stop,
             limiter=run.limiter,
             quota=guard,

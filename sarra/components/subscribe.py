@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sarra.components.common import MaskResolver, download_settings
+from sarra.components.common import MaskResolver, download_settings, group_sync_for
 from sarra.components.runner import ConsumerComponent, Flow, Instance
 from sarra.flow.download import Destination, Downloader
 from sarra.flow.journal import InflightJournal
 from sarra.flow.nodupe import DuplicateCache
 from sarra.flow.sharedstore import SharedDuplicateCache, open_store
-from sarra.localfs import groupsync
-from sarra.localfs.groupsync import GroupSync
 
 
 class SubscribeComponent(ConsumerComponent):
@@ -42,10 +40,8 @@ class SubscribeComponent(ConsumerComponent):
             parts_state=Path(s.parts_dir) if s.parts_dir else run.state_dir,
             inplace=s.inplace,
             batch_commit=True,
-            # instances of this configuration share their barriers (one syncfs for all)
-            group_sync=(
-                GroupSync(run.state_dir) if s.instances > 1 and groupsync.available() else None
-            ),
+            # one syncfs per barrier, shared by the instances (sync_barrier filesystem)
+            group_sync=group_sync_for(s, run.state_dir),
             interrupt=run.stop,
             limiter=run.limiter,
             bandwidth=run.bandwidth,

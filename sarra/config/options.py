@@ -597,6 +597,16 @@ OPTIONS: tuple[Option, ...] = (
        "locks (default: the instance's state directory); pump nodes writing one shared tree "
        "set it to one directory on that shared file system, so blocks landing on different "
        "nodes complete the file once", frozenset({"subscribe", "sarra"}), metavar="DIR"),
+    _o("sync_barrier", S, "filesystem",
+       "how each batch of downloads is made durable before its renames and acks: "
+       "filesystem (one syncfs(2) of the destination's file system per barrier, shared by "
+       "the instances of the configuration, then every file's and directory's own fsync, "
+       "which finds nothing left to write: the fewest journal commits and the least CPU on "
+       "a disk, but it also writes back what other programs left unwritten on that file "
+       "system), or files (only the batch's own files and directories are fsync'd: other "
+       "writers' data is never waited for, at the cost of a journal commit per few files). "
+       "Linux; elsewhere files is what is done", frozenset({"subscribe", "sarra"}),
+       choices=("filesystem", "files")),
     _o("overwrite", B, False,
        "download a whole file even when the local copy has its size, checksum and mtime "
        "(off: skip it, report 304; blocks of a file in parts are always skipped)",

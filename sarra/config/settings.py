@@ -65,6 +65,7 @@ class Settings(SettingsBase):
     inplace: bool
     part_expiry: float
     parts_dir: str | None
+    sync_barrier: str
     overwrite: bool
     delete: bool
     discard: bool
@@ -244,6 +245,7 @@ class Settings(SettingsBase):
         inplace: bool,
         part_expiry: float,
         parts_dir: str | None,
+        sync_barrier: str,
         overwrite: bool,
         delete: bool,
         discard: bool,
@@ -421,6 +423,7 @@ class Settings(SettingsBase):
         _set(self, "inplace", inplace)
         _set(self, "part_expiry", part_expiry)
         _set(self, "parts_dir", parts_dir)
+        _set(self, "sync_barrier", sync_barrier)
         _set(self, "overwrite", overwrite)
         _set(self, "delete", delete)
         _set(self, "discard", discard)
@@ -613,6 +616,7 @@ _NAMES = (
     "inplace",
     "part_expiry",
     "parts_dir",
+    "sync_barrier",
     "overwrite",
     "delete",
     "discard",
@@ -794,6 +798,7 @@ def _values(s: Any) -> tuple[Any, ...]:
         s.inplace,
         s.part_expiry,
         s.parts_dir,
+        s.sync_barrier,
         s.overwrite,
         s.delete,
         s.discard,

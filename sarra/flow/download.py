@@ -635,9 +635,10 @@ class Downloader:
         whole file system, and one journal commit instead of one per file), then each
         rename. The renames are made durable by ``sync`` (directory fsyncs) before anything
         is reported or acked, so a crash at any point leaves either no final name or a final
-        name over complete, durable data. With ``group_sync`` (several instances) a
-        ``syncfs`` shared with the other instances comes before each of the two fsync
-        rounds, which then find nothing left to write (:mod:`sarra.localfs.groupsync`).
+        name over complete, durable data. With ``group_sync`` (``sync_barrier filesystem``,
+        the default) a ``syncfs`` shared with the configuration's other instances comes
+        before each of the two fsync rounds, which then find nothing left to write
+        (:mod:`sarra.localfs.groupsync`).
         An item whose file cannot be placed gets that outcome instead, its ``error`` set for
         the loop to decide between the retry queue and a drop (``on_failure``).
 
@@ -650,7 +651,7 @@ class Downloader:
         started = time.monotonic()
         files = [i.staged.inflight for i in staged if i.staged is not None]
         if self.group_sync is not None:
-            # one syncfs shared with the other instances; the fsyncs below then find the data
+            # one syncfs, shared with any other instances; the fsyncs below then find the data
             # written and the journal committed (the guarantee stays theirs)
             written = time.monotonic_ns()
             devs = {os.fstat(f.fd).st_dev: f.fd for f in files}

@@ -41,8 +41,14 @@ windows:
 
 A wrong skip could therefore only cost time: the per-file fsyncs that follow would do the
 writing themselves. Nothing here is used on a platform without ``syncfs`` (anything but
-Linux), nor with a single instance, where there is nobody to share with and a ``syncfs`` would
-also write back other programs' dirty data for nothing.
+Linux), nor with ``sync_barrier files``. A single instance uses it too (the default,
+``sync_barrier filesystem``): one ``syncfs`` writes the batch back in one pass and one journal
+commit, where the per-file fsyncs alone cost a commit every few files and the thread
+hand-offs of running them concurrently. Measured on this project's 2-core VM and ext4 disk
+(``bench/run pump``, 1000 files): the sarra's system CPU for the run fell from 0.98 s to
+0.44-0.47 s, and the flow went from 457 to 610-635 files/s. The price is that a ``syncfs``
+also writes back what other programs left unwritten on that file system, and waits for it:
+where another writer keeps much data dirty there, ``sync_barrier files`` avoids that wait.
 """
 
 from __future__ import annotations

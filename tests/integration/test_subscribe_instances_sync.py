@@ -133,3 +133,46 @@ def test_two_instances_share_barriers_and_ack_only_durable_files(  # type: ignor
                 # the renames before it were made durable by a barrier first
                 assert not since_barrier["rename"], f"acked a rename before a barrier: {seq}"
                 since_barrier["ack"] = True
+
+
+@pytest.mark.parametrize(("line", "shared"), [("", True), ("sync_barrier files\n", False)])
+def test_one_instance_uses_the_syncfs_barrier_unless_told_files(  # type: ignore[no-untyped-def]
+    site, nginx, tmp_path, monkeypatch, line, shared
+):
+    """A single instance takes the shared syncfs barrier by default (sync_barrier
+    filesystem); ``sync_barrier files`` leaves each batch to its own fsyncs. Every file
+    arrives intact and is acked either way."""
+    events = Events()
+    barrier, ack = GroupSync.barrier, ConsumingLoop._ack
+
+    def traced_barrier(self: GroupSync, fd: int, written: int) -> bool:
+        ran = barrier(self, fd, written)
+        events.add("barrier")
+        return ran
+
+    def traced_ack(self: ConsumingLoop, acks: list[Any]) -> None:
+        if acks:
+            events.add("ack", len(acks))
+        ack(self, acks)
+
+    monkeypatch.setattr(GroupSync, "barrier", traced_barrier)
+    monkeypatch.setattr(ConsumingLoop, "_ack", traced_ack)
+
+    tag = unique("one")
+    src = nginx.root / tag
+    names = [f"d{i % 2}/f{i:03d}.bin" for i in range(40)]
+    for i, rel in enumerate(names):
+        p = src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i % 251]) * (700 + 53 * i))
+    dest = tmp_path / "dest"
+    queue = f"q_guest.{tag}"
+    name = site.mirror_subscription(tag, dest, f"prefetch 10\nqueue_name {queue}\n{line}")
+    with running_instances(site, name, 1):
+        wait_for(lambda: _consumers(site, queue) == 1, 60, "the instance consuming")
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: events.acked >= len(names), timeout=60, what="every file acked")
+    assert md5_tree(dest) == md5_tree(src)
+    assert not [p for p in dest.rglob("*") if p.is_file() and "~sr" in p.name]
+    barriers = sum(seq.count("barrier") for seq in events.by_thread.values())
+    assert (barriers > 0) is shared, f"{barriers} shared barriers with {line!r}"

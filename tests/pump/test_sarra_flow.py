@@ -102,6 +102,14 @@ def test_a_source_notice_is_policed_placed_and_reannounced_for_a_subscriber_behi
 
         forged = [e for e in read_events(events_path(home.env)) if e.get("kind") == "forged_source"]
         assert any(e.get("exchange") == f"xs_mallory{tag}" for e in forged), forged
+        # sync_barrier filesystem (the default): the batches of both flows took the syncfs
+        # barrier, whose record of completed syncfs calls is in each configuration's state
+        from sarra.localfs import groupsync
+
+        records = list((home.root / "state").rglob("syncfs_*.state"))
+        if groupsync.available():
+            assert {r.parent.parent.name for r in records} == {"sarra", "subscribe"}, records
+            assert all(r.read_text().split()[2] == "completed" for r in records), records
 
 
 def test_a_sarra_killed_after_placing_files_still_announces_every_one_after_restart(

@@ -209,3 +209,59 @@ def test_a_failed_syncfs_raises_and_records_nothing(tmp_path: Path) -> None:
         assert sync.calls == 1
     finally:
         os.close(fd)
+
+
+# -- the option: sync_barrier ----------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, component: str, text: str) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "config" / component).mkdir(parents=True, exist_ok=True)
+    env = {
+        "SR_CONFIG_DIR": str(tmp_path / "config"),
+        "SR_STATE_DIR": str(tmp_path / "state"),
+        "HOME": str(tmp_path),
+    }
+    path = tmp_path / "config" / component / "f.conf"
+    path.write_text("broker amqp://guest@localhost/\n" + text)
+    return path, env
+
+
+@pytest.mark.parametrize("component", ["subscribe", "sarra"])
+def test_one_instance_shares_a_syncfs_barrier_by_default_and_files_opts_out(
+    tmp_path: Path, component: str
+) -> None:
+    from sarra.components.common import group_sync_for
+    from sarra.config.settings import Settings
+
+    _path, env = _settings(tmp_path, component, "")
+    default = Settings.load(component, "f", (), env=env)
+    assert default.sync_barrier == "filesystem" and default.instances == 1
+    shared = group_sync_for(default, tmp_path / "state1")
+    assert isinstance(shared, GroupSync)
+
+    _path, env = _settings(tmp_path, component, "sync_barrier files\ninstances 3\n")
+    opted_out = Settings.load(component, "f", (), env=env)
+    assert opted_out.sync_barrier == "files"
+    assert group_sync_for(opted_out, tmp_path / "state2") is None
+
+
+def test_an_unknown_sync_barrier_is_refused_with_file_line_and_reason(tmp_path: Path) -> None:
+    from sarra.config.loader import load_config
+    from sarra.errors import ConfigError
+
+    path, env = _settings(tmp_path, "subscribe", "sync_barrier journal\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config("subscribe", "f", (), env=env)
+    error = caught.value
+    assert (error.path, error.line, error.option) == (str(path), 2, "sync_barrier")
+    assert "expected one of filesystem, files" in str(error)
+
+
+def test_sync_barrier_is_named_as_ignored_where_nothing_downloads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sarra.config.loader import load_config
+
+    path, env = _settings(tmp_path, "post", "sync_barrier files\n")
+    load_config("post", "f", (), env=env)
+    assert f"{path}:2: option 'sync_barrier' is ignored by post" in caplog.text
