@@ -220,6 +220,8 @@ def ours_plan(ctx: Ctx, n: Names, home: Path, paths: list[Path]) -> Plan:
     dest = home / "dest"
     sarra_q, sub_q = f"q_guest.pump.sarra.{n.tag}", f"q_guest.pump.sub.{n.tag}"
     threads = [f"transfer_threads {ctx.threads}"] if ctx.threads else []
+    # BENCH_EXTRA: ;-separated lines added to our sarra's and subscriber's configs
+    threads += [line for line in os.environ.get("BENCH_EXTRA", "").split(";") if line.strip()]
 
     def write(component: str, lines: list[str]) -> Path:
         path = conf / component / "bench.conf"
