@@ -279,6 +279,12 @@ def warm_up(commands: tuple[str, ...] = ("sr_post", "sr_subscribe")) -> None:
                        capture_output=True)  # fmt: skip
 
 
+def bench_extra() -> list[str]:
+    """``BENCH_EXTRA``: ;-separated lines added to our subscriber's configuration (A/B runs,
+    e.g. ``BENCH_EXTRA='sync_barrier files'``); printed with the side's settings."""
+    return [line.strip() for line in os.environ.get("BENCH_EXTRA", "").split(";") if line.strip()]
+
+
 def ours_bin(name: str) -> str:
     return str(ROOT / ".venv" / "bin" / name)
 
@@ -470,11 +476,12 @@ class Runner:
                 *([f"transfer_threads {ctx.threads}"] if ctx.threads else []),
                 *([f"instances {self.instances}"] if self.daemon else []),
                 "mirror on", "base_url_private on",  # the bench web server is on loopback
-                f"directory {dest}", "accept .*",
+                f"directory {dest}", "accept .*", *bench_extra(),
             ])  # fmt: skip
             self.settings = (f"{'sr_subscribe start' if self.daemon else 'foreground'}, "
                              f"{self.instances} instance(s), transfer_threads "
-                             f"{ctx.threads or 'default (4)'}, report_back off")  # fmt: skip
+                             f"{ctx.threads or 'default (4)'}, report_back off"
+                             + "".join(f"; {line}" for line in bench_extra()))  # fmt: skip
         elif side == "floor":
             self.settings = "bench/floor.py: prefetch 200, syncfs and ack per 100 files"
         elif side == "sr2":
