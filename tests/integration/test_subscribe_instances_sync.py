@@ -37,6 +37,31 @@ class Events:
                 self.acked += n
 
 
+def traced(monkeypatch: pytest.MonkeyPatch) -> Events:
+    """Record every flow thread's shared barriers, renames and acks, in order."""
+    events = Events()
+    barrier, commit, ack = GroupSync.barrier, InflightFile.commit, ConsumingLoop._ack
+
+    def traced_barrier(self: GroupSync, fd: int, written: int) -> bool:
+        ran = barrier(self, fd, written)
+        events.add("barrier")
+        return ran
+
+    def traced_commit(self: InflightFile, *a: Any, **k: Any) -> None:
+        commit(self, *a, **k)
+        events.add("rename")
+
+    def traced_ack(self: ConsumingLoop, acks: list[Any]) -> None:
+        if acks:
+            events.add("ack", len(acks))
+        ack(self, acks)
+
+    monkeypatch.setattr(GroupSync, "barrier", traced_barrier)
+    monkeypatch.setattr(InflightFile, "commit", traced_commit)
+    monkeypatch.setattr(ConsumingLoop, "_ack", traced_ack)
+    return events
+
+
 def _consumers(site: Any, queue: str) -> int:
     probe = BrokerSession(site.broker_url(), name="probe")
     probe.connect()
@@ -79,26 +104,7 @@ def running_instances(site: Any, name: str, count: int) -> Iterator[None]:
 def test_two_instances_share_barriers_and_ack_only_durable_files(  # type: ignore[no-untyped-def]
     site, nginx, tmp_path, monkeypatch
 ):
-    events = Events()
-    barrier, commit, ack = GroupSync.barrier, InflightFile.commit, ConsumingLoop._ack
-
-    def traced_barrier(self: GroupSync, fd: int, written: int) -> bool:
-        ran = barrier(self, fd, written)
-        events.add("barrier")
-        return ran
-
-    def traced_commit(self: InflightFile, *a: Any, **k: Any) -> None:
-        commit(self, *a, **k)
-        events.add("rename")
-
-    def traced_ack(self: ConsumingLoop, acks: list[Any]) -> None:
-        if acks:
-            events.add("ack", len(acks))
-        ack(self, acks)
-
-    monkeypatch.setattr(GroupSync, "barrier", traced_barrier)
-    monkeypatch.setattr(InflightFile, "commit", traced_commit)
-    monkeypatch.setattr(ConsumingLoop, "_ack", traced_ack)
+    events = traced(monkeypatch)
 
     tag = unique("inst")
     src = nginx.root / tag
@@ -142,21 +148,7 @@ def test_one_instance_uses_the_syncfs_barrier_unless_told_files(  # type: ignore
     """A single instance takes the shared syncfs barrier by default (sync_barrier
     filesystem); ``sync_barrier files`` leaves each batch to its own fsyncs. Every file
     arrives intact and is acked either way."""
-    events = Events()
-    barrier, ack = GroupSync.barrier, ConsumingLoop._ack
-
-    def traced_barrier(self: GroupSync, fd: int, written: int) -> bool:
-        ran = barrier(self, fd, written)
-        events.add("barrier")
-        return ran
-
-    def traced_ack(self: ConsumingLoop, acks: list[Any]) -> None:
-        if acks:
-            events.add("ack", len(acks))
-        ack(self, acks)
-
-    monkeypatch.setattr(GroupSync, "barrier", traced_barrier)
-    monkeypatch.setattr(ConsumingLoop, "_ack", traced_ack)
+    events = traced(monkeypatch)
 
     tag = unique("one")
     src = nginx.root / tag
