@@ -30,14 +30,13 @@ from sarra.flow.heartbeat import HeartbeatFile
 from sarra.flow.metrics import MetricsWriter, metrics_name
 from sarra.flow.posting import PostSettings
 from sarra.flow.retryqueue import RetryQueue
-from sarra.localfs import groupsync
-from sarra.localfs.groupsync import GroupSync
 from sarra.notice import Notice
 
 if TYPE_CHECKING:
     # the download machinery (transports, parts, local files: ~30 ms of imports) is loaded
     # by the components that download, not by sr_post, which only needs this module's rest
     from sarra.flow.download import DownloadSettings
+    from sarra.localfs.groupsync import GroupSync
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +401,9 @@ def group_sync_for(s: Settings, state_dir: Path) -> GroupSync | None:
     instances (``sync_barrier filesystem``, the default, where the platform has ``syncfs``;
     :mod:`sarra.localfs.groupsync`), or None: each batch's own fsyncs alone
     (``sync_barrier files``, or no ``syncfs``)."""
+    # imported here: only the downloading components need it (and its ctypes)
+    from sarra.localfs import groupsync
+
     if s.sync_barrier != "filesystem" or not groupsync.available():
         return None
-    return GroupSync(state_dir)
+    return groupsync.GroupSync(state_dir)

@@ -69,3 +69,19 @@ def test_importing_the_consumers_runs_no_child_process() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_poster_loads_no_download_machinery() -> None:
+    """sr_post's start-up (``sarra.cli.main`` and its component) loads neither the download
+    flow nor the file-system barriers (and their ctypes): they are the downloaders' cost."""
+    probe = (
+        "import json, sys\n"
+        "import sarra.cli.main, sarra.components.post\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)  # fmt: skip
+    modules = set(json.loads(out.stdout.splitlines()[-1]))
+    assert "sarra.components.post" in modules
+    for heavy in ("sarra.flow.download", "sarra.localfs.groupsync", "ctypes"):
+        assert heavy not in modules, heavy
