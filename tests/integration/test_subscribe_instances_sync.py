@@ -101,28 +101,45 @@ def running_instances(site: Any, name: str, count: int) -> Iterator[None]:
         raise errors[0]
 
 
+def mirror_and_check(  # type: ignore[no-untyped-def]
+    site,
+    nginx,
+    tmp_path,
+    events: Events,
+    prefix: str,
+    *,
+    files: int,
+    dirs: int,
+    instances: int = 1,
+    extra: str = "",
+):
+    """Post ``files`` files of varied sizes in ``dirs`` directories to ``instances`` running
+    instances of a mirroring subscriber (prefetch 10, plus the ``extra`` lines); return once
+    every file is acked, each identical to its source and no in-flight name left."""
+    tag = unique(prefix)
+    src = nginx.root / tag
+    for i in range(files):
+        p = src / f"d{i % dirs}/f{i:03d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i % 251]) * (700 + 37 * i))
+    dest = tmp_path / "dest"
+    queue = f"q_guest.{tag}"
+    lines = f"instances {instances}\nprefetch 10\nqueue_name {queue}\n{extra}"
+    name = site.mirror_subscription(tag, dest, lines)
+    with running_instances(site, name, instances):
+        wait_for(lambda: _consumers(site, queue) == instances, 60, "every instance consuming")
+        assert post(site, nginx.base_url, nginx.root, [src]) == 0
+        wait_for(lambda: events.acked >= files, timeout=60, what="every file acked")
+    assert md5_tree(dest) == md5_tree(src)
+    assert not [p for p in dest.rglob("*") if p.is_file() and "~sr" in p.name]
+
+
 def test_two_instances_share_barriers_and_ack_only_durable_files(  # type: ignore[no-untyped-def]
     site, nginx, tmp_path, monkeypatch
 ):
     events = traced(monkeypatch)
 
-    tag = unique("inst")
-    src = nginx.root / tag
-    names = [f"d{i % 3}/f{i:03d}.bin" for i in range(120)]
-    for i, rel in enumerate(names):
-        p = src / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(bytes([i % 251]) * (1000 + 37 * i))
-    dest = tmp_path / "dest"
-    queue = f"q_guest.{tag}"
-    extra = f"instances 2\nprefetch 10\nqueue_name {queue}\n"
-    name = site.mirror_subscription(tag, dest, extra)
-    with running_instances(site, name, 2):
-        wait_for(lambda: _consumers(site, queue) == 2, 60, "both instances consuming")
-        assert post(site, nginx.base_url, nginx.root, [src]) == 0
-        wait_for(lambda: events.acked >= len(names), timeout=60, what="every file acked")
-    assert md5_tree(dest) == md5_tree(src)
-    assert not [p for p in dest.rglob("*") if p.is_file() and "~sr" in p.name]
+    mirror_and_check(site, nginx, tmp_path, events, "inst", files=120, dirs=3, instances=2)
     flows = [seq for seq in events.by_thread.values() if "rename" in seq or "ack" in seq]
     assert len(flows) == 2, "both instances placed files"
     for seq in flows:
@@ -150,21 +167,6 @@ def test_one_instance_uses_the_syncfs_barrier_unless_told_files(  # type: ignore
     arrives intact and is acked either way."""
     events = traced(monkeypatch)
 
-    tag = unique("one")
-    src = nginx.root / tag
-    names = [f"d{i % 2}/f{i:03d}.bin" for i in range(40)]
-    for i, rel in enumerate(names):
-        p = src / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(bytes([i % 251]) * (700 + 53 * i))
-    dest = tmp_path / "dest"
-    queue = f"q_guest.{tag}"
-    name = site.mirror_subscription(tag, dest, f"prefetch 10\nqueue_name {queue}\n{line}")
-    with running_instances(site, name, 1):
-        wait_for(lambda: _consumers(site, queue) == 1, 60, "the instance consuming")
-        assert post(site, nginx.base_url, nginx.root, [src]) == 0
-        wait_for(lambda: events.acked >= len(names), timeout=60, what="every file acked")
-    assert md5_tree(dest) == md5_tree(src)
-    assert not [p for p in dest.rglob("*") if p.is_file() and "~sr" in p.name]
+    mirror_and_check(site, nginx, tmp_path, events, "one", files=40, dirs=2, extra=line)
     barriers = sum(seq.count("barrier") for seq in events.by_thread.values())
     assert (barriers > 0) is shared, f"{barriers} shared barriers with {line!r}"
