@@ -8,11 +8,19 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from sarra.codec.fields import check_known_headers, check_text, data_parts, parse_checksum, shown
-from sarra.codec.paths import escape_relpath, logical_path, topic_for
+from sarra.codec.fields import (
+    PARTS_VALUE_MAX,
+    V03_NAMES,
+    check_known_headers,
+    check_text,
+    data_parts,
+    parse_checksum,
+    shown,
+)
+from sarra.codec.paths import cut_topic, escape_relpath, logical_path, topic_for
 from sarra.codec.timestamps import check_timestamp
 from sarra.errors import MalformedMessage
-from sarra.notice import Notice, frozen_headers
+from sarra.notice import Checksum, Notice, PartSpec, frozen_headers
 from sarra.parts.arithmetic import parse_part_suffix
 
 log = logging.getLogger(__name__)
@@ -144,3 +152,112 @@ def poster_rel_path(path: str) -> str:
     if "%20" in path or "%23" in path:
         log.warning("name %r contains %%20 or %%23: receivers will decode it", path)
     return "/" + escape_relpath(path.lstrip("/"))
+
+
+#: headers a poster computes for each file: never among a :class:`PostTemplate`'s constants
+_PER_FILE = frozenset(("mtime", "atime", "mode", "link", "parts", "sum", "oldname", "newname"))
+#: the constant headers that sr2's order (4.5) puts before the per-file ones
+_LEADING = ("to_clusters", "from_cluster", "source", "rename")
+
+
+class PostTemplate:
+    """What every data notice of one poster shares, checked once, so that a notice about one
+    file checks and builds only what varies: its path, times, mode, sum and parts.
+
+    Contract: :meth:`data_notice` returns a notice equal to what
+    :func:`sarra.codec.v02.make_notice` returns for the same fields, and refuses (with
+    :class:`MalformedMessage`) what it refuses (``tests/unit/test_post_template.py``
+    compares the two over names, headers and sizes), given that the caller made:
+
+    - ``pubtime``, ``mtime`` and ``atime`` with
+      :func:`~sarra.codec.timestamps.format_timestamp_ns` (valid by construction),
+    - ``mode`` as octal digits,
+    - ``checksum`` from a digest of the data (letter ``d`` or ``s``),
+    - ``parts`` with :func:`~sarra.parts.arithmetic.split` (``1`` or ``i``).
+
+    Construction raises :class:`MalformedMessage` when the shared fields would make every
+    notice invalid, or when they hold what only the general path handles (a constant header
+    named like a per-file one or a v03 field): the poster then uses ``make_notice``, which
+    refuses such notices one by one with the reason.
+    """
+
+    __slots__ = ("_base_url", "_exchange", "_leading", "_prefix", "_topic", "_trailing")
+
+    def __init__(
+        self,
+        *,
+        exchange: str,
+        topic_prefix: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        topic_override: str | None,
+    ) -> None:
+        for name, value in headers.items():
+            if name in _PER_FILE or name in V03_NAMES:
+                raise MalformedMessage(f"header {name!r} is set per notice")
+            check_text("header name", name)
+            check_text(f"header {shown(name)!r}", value)
+        self._base_url = poster_base_url(base_url)
+        check_text("baseUrl", self._base_url)
+        _check_base_url(self._base_url)
+        self._exchange = exchange
+        self._prefix = topic_prefix
+        self._topic: str | None = None
+        if topic_override is not None:
+            self._topic = cut_topic(
+                f"{topic_prefix}.{topic_override}" if topic_override else topic_prefix
+            )
+            check_text("topic", self._topic)
+        self._leading = tuple((k, headers[k]) for k in _LEADING if k in headers)
+        self._trailing = tuple((k, v) for k, v in headers.items() if k not in _LEADING)
+
+    def data_notice(
+        self,
+        path: str,
+        pubtime: str,
+        times: tuple[str, str] | None,
+        mode: str | None,
+        checksum: Checksum,
+        parts: PartSpec,
+    ) -> Notice:
+        """The notice for one block of the file at logical ``path`` (see the class contract);
+        ``times`` is (mtime, atime) or None.
+
+        Raises:
+            MalformedMessage: as :func:`~sarra.codec.v02.make_notice` would.
+        """
+        if checksum.letter not in ("d", "s") or parts.method not in ("1", "i"):
+            raise ValueError(f"outside the template's contract: {checksum.letter} {parts.method}")
+        rel_path = poster_rel_path(path)
+        check_text("relPath", rel_path)
+        if "\n" in rel_path or "\r" in rel_path:
+            raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
+        logical = logical_path(rel_path)
+        if not logical:
+            raise MalformedMessage(f"relPath {rel_path!r} names no file")
+        if "\0" in logical:
+            raise MalformedMessage("NUL in relPath")
+        if max(parts.block_size, parts.block_count, parts.file_size) > PARTS_VALUE_MAX:
+            raise MalformedMessage(f"parts value out of range in {parts.wire()!r}")
+        topic = self._topic
+        if topic is None:
+            topic = topic_for(self._prefix, path.lstrip("/"))
+        headers = dict(self._leading)
+        if times is not None:
+            headers["mtime"], headers["atime"] = times
+        if mode is not None:
+            headers["mode"] = mode
+        headers["parts"] = parts.wire()
+        headers["sum"] = checksum.wire()
+        headers.update(self._trailing)
+        return Notice(
+            exchange=self._exchange,
+            topic=topic,
+            pubtime=pubtime,
+            base_url=self._base_url,
+            rel_path=rel_path,
+            path=logical,
+            headers=frozen_headers(headers),
+            checksum=checksum,
+            parts=parts,
+        )

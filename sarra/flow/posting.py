@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sarra.broker.base import Broker
 from sarra.broker.session import backoff_delays
 from sarra.codec import v02, v03
+from sarra.codec.build import PostTemplate
 from sarra.codec.fields import has_lone_surrogate, shown
 from sarra.codec.timestamps import format_timestamp_ns, now_timestamp
 from sarra.config.masks import Mask, match
@@ -231,6 +232,30 @@ def _with_manifest(
     return out
 
 
+#: the sums whose data notices :class:`~sarra.codec.build.PostTemplate` builds
+TEMPLATE_SUMS = ("d", "s")
+
+
+def _template_for(settings: PostSettings) -> PostTemplate | None:
+    """The template of ``settings``' data notices, or None when its shared fields need the
+    general path (:func:`sarra.codec.v02.make_notice`, which then refuses each notice with
+    the reason, or builds it)."""
+    headers = dict(settings.headers)
+    if settings.rename:
+        headers["rename"] = settings.rename
+    try:
+        return PostTemplate(
+            exchange=settings.exchange,
+            topic_prefix=settings.topic_prefix,
+            base_url=settings.base_url,
+            headers=headers,
+            topic_override=settings.topic_override,
+        )
+    except MalformedMessage as e:
+        log.debug("data notices take the general path: %s", e)
+        return None
+
+
 #: directories whose announced-path prefix :class:`NoticeBuilder` keeps
 _DIR_PREFIX_MAX = 4096
 
@@ -243,6 +268,8 @@ class NoticeBuilder:
         self._base_dir = os.path.abspath(settings.base_dir) if settings.base_dir else None
         #: announced-path prefix per absolute directory (see :meth:`logical_path`)
         self._dir_prefix: dict[str, str | None] = {}
+        #: the checked shared fields of data notices, or None when they need the general path
+        self._template = _template_for(settings)
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -360,16 +387,28 @@ class NoticeBuilder:
             raise LocalError(f"{abs_path}: cannot read: {e.strerror}") from e
         if not statmod.S_ISREG(st.st_mode):
             raise LocalError(f"{abs_path}: not a regular file")
+        s = self.settings
         logical = self.logical_path(abs_path)
         pubtime = now_timestamp()
-        headers = self._headers(st, extra)
         size = st.st_size
-        blocks = split(size, effective_block_size(self.settings.blocksize, size))
+        blocks = split(size, effective_block_size(s.blocksize, size))
         sums = self._block_sums(abs_path, blocks, logical)
-        notices = [
-            self._notice(logical, checksum, spec, headers, pubtime)
-            for spec, checksum in zip(blocks, sums, strict=True)
-        ]
+        template = self._template
+        if template is not None and not extra and s.sum in TEMPLATE_SUMS:
+            times = None
+            if s.preserve_time:
+                times = (format_timestamp_ns(st.st_mtime_ns), format_timestamp_ns(st.st_atime_ns))
+            mode = "%o" % (st.st_mode & 0o7777) if s.preserve_mode else None
+            notices = [
+                template.data_notice(logical, pubtime, times, mode, checksum, spec)
+                for spec, checksum in zip(blocks, sums, strict=True)
+            ]
+        else:
+            headers = self._headers(st, extra)
+            notices = [
+                self._notice(logical, checksum, spec, headers, pubtime)
+                for spec, checksum in zip(blocks, sums, strict=True)
+            ]
         if self.settings.post_format == "v03" and len(blocks) > 1:
             notices = _with_manifest(notices, blocks, sums)
         if self.settings.randomize:
@@ -402,6 +441,10 @@ class NoticeBuilder:
         self, abs_path: str, blocks: Sequence[PartSpec], logical: str
     ) -> list[Checksum]:
         algo = self.settings.sum
+        if len(blocks) == 1 and algo in TEMPLATE_SUMS:  # the usual case first: a small file
+            spec = blocks[0]
+            if spec.method == "1" and spec.block_size <= SMALL_FILE:
+                return [Checksum(algo, self._small_sum(abs_path, spec.block_size, algo))]
         if algo == "n":
             return [name_sum("n", os.path.basename(logical))] * len(blocks)
         if algo == "0":
