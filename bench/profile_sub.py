@@ -4,8 +4,10 @@ Against one throwaway RabbitMQ and nginx (as ``bench_core.py``), for each side (
 ``sr_subscribe foreground`` instance; ``floor``: ``bench/floor.py subscribe``) and each file
 count, the same notices are queued and the subscriber is run under one of:
 
-* ``perf``: ``perf stat -e instructions:u,task-clock`` (user-space instructions of the whole
-  process tree, every thread);
+* ``perf``: ``perf stat -e instructions:u,task-clock,context-switches,cpu-migrations``
+  (user-space instructions where the machine has the hardware counter, CPU time, and the
+  thread switches, of the whole process tree, every thread; the last three are software
+  events, counted on any machine);
 * ``strace``: ``strace -c -f`` (system calls by name, every thread);
 * ``cprofile`` (ours only): cProfile in every thread (``bench/profwrap.py``), the merged
   stats written to the output directory.
@@ -50,7 +52,8 @@ def descendants(pid: int) -> list[int]:
 
 def prefix_for(how: str, out: Path) -> list[str]:
     if how == "perf":
-        return ["perf", "stat", "-x,", "-e", "instructions:u,task-clock", "-o", str(out), "--"]
+        events = "instructions:u,task-clock,context-switches,cpu-migrations"
+        return ["perf", "stat", "-x,", "-e", events, "-o", str(out), "--"]
     if how == "strace":
         return ["strace", "-c", "-f", "-o", str(out), "--"]
     if how == "callgrind":
