@@ -62,13 +62,7 @@ def build_notice(
         check_text("topic", topic)
     check_timestamp(pubtime)
     _check_base_url(base_url)
-    if not rel_path or " " in rel_path or "\n" in rel_path or "\r" in rel_path:
-        raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
-    path = logical_path(rel_path)
-    if not path:
-        raise MalformedMessage(f"relPath {rel_path!r} names no file")
-    if "\0" in path:
-        raise MalformedMessage("NUL in relPath")
+    path = _logical_of(rel_path)
     for name in ("mtime", "atime"):
         if name in headers:
             check_timestamp(headers[name])
@@ -104,6 +98,23 @@ def build_notice(
         parts=parts,
         v03_fields=v03_fields,
     )
+
+
+def _logical_of(rel_path: str) -> str:
+    """The logical path of a wire relPath (spec 3.4).
+
+    Raises:
+        MalformedMessage: the relPath is empty or holds a space or a line break, or its
+            path names no file or holds a NUL.
+    """
+    if not rel_path or " " in rel_path or "\n" in rel_path or "\r" in rel_path:
+        raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
+    path = logical_path(rel_path)
+    if not path:
+        raise MalformedMessage(f"relPath {rel_path!r} names no file")
+    if "\0" in path:
+        raise MalformedMessage("NUL in relPath")
+    return path
 
 
 @functools.lru_cache(maxsize=256)
@@ -230,13 +241,7 @@ class PostTemplate:
             raise ValueError(f"outside the template's contract: {checksum.letter} {parts.method}")
         rel_path = poster_rel_path(path)
         check_text("relPath", rel_path)
-        if "\n" in rel_path or "\r" in rel_path:
-            raise MalformedMessage(f"bad relPath {rel_path[:80]!r}")
-        logical = logical_path(rel_path)
-        if not logical:
-            raise MalformedMessage(f"relPath {rel_path!r} names no file")
-        if "\0" in logical:
-            raise MalformedMessage("NUL in relPath")
+        logical = _logical_of(rel_path)
         if max(parts.block_size, parts.block_count, parts.file_size) > PARTS_VALUE_MAX:
             raise MalformedMessage(f"parts value out of range in {parts.wire()!r}")
         topic = self._topic
