@@ -142,6 +142,9 @@ class Flow:
     inline: InlineWorker | None = None
     before_settle: Callable[[], None] | None = None
     commit_batch: Callable[[list[WorkItem]], None] | None = None
+    #: ``commit_batch`` and ``before_settle`` run in a thread of their own, beside the flow
+    #: thread (engine ``commit_async``)
+    commit_async: bool = False
     #: after each flush, with the items whose outcomes were made durable, reported and acked
     after_settle: Callable[[list[WorkItem]], None] | None = None
     housekeeping: Callable[[], None] | None = None
@@ -297,6 +300,7 @@ class ConsumerComponent:
             on_settled=flow.on_settled,
             before_settle=flow.before_settle,
             commit_batch=flow.commit_batch,
+            commit_async=flow.commit_async,
             after_settle=flow.after_settle,
             housekeeping=flow.housekeeping,
             heartbeat=heartbeat,

@@ -145,6 +145,7 @@ class SarraComponent(ConsumerComponent):
             parts_state=Path(s.parts_dir) if s.parts_dir else run.state_dir,
             inplace=s.inplace,  # off by default on a pump: segments kept
             batch_commit=True,
+            commit_thread=True,
             # one syncfs per barrier, shared by the instances (sync_barrier filesystem)
             group_sync=group_sync_for(s, run.state_dir),
             interrupt=run.stop,
@@ -178,6 +179,7 @@ class SarraComponent(ConsumerComponent):
             inline=republisher.work_inline,
             before_settle=before_settle,
             commit_batch=downloader.commit_batch,
+            commit_async=True,  # the barrier beside the flow thread (see Downloader)
             after_settle=lambda items: downloader.after_settle(items, run.report),
             housekeeping=housekeeping,
             abort=downloader.abort,

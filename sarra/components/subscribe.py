@@ -40,6 +40,7 @@ class SubscribeComponent(ConsumerComponent):
             parts_state=Path(s.parts_dir) if s.parts_dir else run.state_dir,
             inplace=s.inplace,
             batch_commit=True,
+            commit_thread=True,
             # one syncfs per barrier, shared by the instances (sync_barrier filesystem)
             group_sync=group_sync_for(s, run.state_dir),
             interrupt=run.stop,
@@ -59,6 +60,7 @@ class SubscribeComponent(ConsumerComponent):
             inline=downloader.work_inline,
             before_settle=downloader.sync,
             commit_batch=downloader.commit_batch,
+            commit_async=True,  # the barrier beside the flow thread (see Downloader)
             after_settle=lambda items: downloader.after_settle(items, run.report),
             housekeeping=housekeeping,
             abort=downloader.abort,

@@ -70,8 +70,9 @@ INLINE_TIMEOUT = 2.0
 #: how often (s) the watchdog of inline fetches looks
 _WATCH_EVERY = 0.25
 #: a batch barrier (the fsyncs of a batch commit) longer than this (s) stops inline fetches
-#: until one is quick again: the flow thread runs the barrier, so on a file system where
-#: durability costs time (a disk) downloads must go on in the pool meanwhile
+#: until one is quick again, when the flow thread runs the barrier: on a file system where
+#: durability costs time (a disk) downloads must go on in the pool meanwhile (not with
+#: ``commit_thread``: the barrier then runs beside the flow thread, which goes on fetching)
 INLINE_BARRIER_MAX = 0.005
 #: schemes fetched inline: a kept-alive HTTP connection costs nothing to reuse
 _INLINE_SCHEMES = ("http:", "https:")
@@ -135,6 +136,7 @@ class Downloader:
         parts_state: Path | None = None,
         inplace: bool = True,
         batch_commit: bool = False,
+        commit_thread: bool = False,
         group_sync: GroupSync | None = None,
         resolver: baseurl.Resolver = resolve_host,
         interrupt: threading.Event | None = None,
@@ -162,6 +164,9 @@ class Downloader:
         )
         #: stage verified whole files for :meth:`commit_batch` (the loop must call it)
         self.batch_commit = batch_commit
+        #: :meth:`commit_batch` runs in a thread of its own (the loop's ``commit_async``),
+        #: not in the flow thread: a slow barrier then does not stop inline fetches
+        self.commit_thread = commit_thread
         #: barriers shared with the other instances (:mod:`sarra.localfs.groupsync`), or None
         self.group_sync = group_sync
         self.journal = journal
@@ -315,7 +320,8 @@ class Downloader:
         Only when nothing may run between the transfer and the batch commit (no plugins,
         files staged for the commit), no byte rate limit nor bandwidth cap applies, and the
         last batch barrier was quick (:data:`INLINE_BARRIER_MAX`; on a disk the pool downloads
-        while the flow thread waits for the barrier).
+        while the flow thread waits for the barrier) or ran beside the flow thread
+        (``commit_thread``).
         """
         notice = item.notice
         parts = notice.parts
@@ -658,7 +664,8 @@ class Downloader:
             for fd in devs.values():
                 self.group_sync.barrier(fd, written)
         sync_files(files)
-        self._barrier_slow = time.monotonic() - started > INLINE_BARRIER_MAX
+        if not self.commit_thread:
+            self._barrier_slow = time.monotonic() - started > INLINE_BARRIER_MAX
         for item in staged:
             assert item.staged is not None
             inflight, rel = item.staged.inflight, item.staged.rel

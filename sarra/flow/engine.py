@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +143,7 @@ class ConsumingLoop:
         on_post: Callable[[WorkItem], bool] | None = None,
         metrics: FlowMetrics | None = None,
         inline: InlineWorker | None = None,
+        commit_async: bool = False,
     ) -> None:
         self.session = session
         #: work done in the flow thread when it says so (see :data:`InlineWorker`)
@@ -166,6 +167,16 @@ class ConsumingLoop:
         #: called at each flush with the items settled since the last one, before their
         #: outcomes are reported (it may change them); items stay pending while it raises
         self.commit_batch = commit_batch
+        #: ``commit_async``: each flush hands ``commit_batch`` (for the items settled since
+        #: the last one) and ``before_settle`` to a thread of their own, one flush at a time,
+        #: and this thread goes on consuming and working meanwhile (a barrier waiting for a
+        #: disk no longer stops the flow); what the flush covers is reported and acked here
+        #: once that thread returned (see :meth:`_flush_async`)
+        self._committer: ThreadPoolExecutor | None = None
+        if commit_batch is not None and commit_async:
+            self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        #: the flush under way in the committer thread, or None
+        self._commit: _Commit | None = None
         self._pending_items: list[WorkItem] = []
         self._pending_since = 0.0
         #: called at each flush, once the outcomes of ``items`` are durable, published,
@@ -386,6 +397,8 @@ class ConsumingLoop:
             clean = True
         finally:
             self._pool.shutdown(wait=True, cancel_futures=False)
+            if self._committer is not None:
+                self._committer.shutdown(wait=True, cancel_futures=False)
             if clean:
                 self._return_retries()
             self.session.close()
@@ -492,7 +505,7 @@ class ConsumingLoop:
         Workers wake the flow thread through a pipe, so finished transfers are settled (and
         acked, which reopens the prefetch window) at once, without busy polling.
         """
-        if self.session.poll(0) or not self._done.empty():
+        if self.session.poll(0) or not self._done.empty() or self._commit_finished():
             return
         fd = self.session.fileno()
         timeout = 0.5
@@ -501,14 +514,15 @@ class ConsumingLoop:
         if fd is None:  # TLS: short polls while transfers run
             self.session.poll(min(timeout, 0.002) if self._in_pool > 0 else timeout)
             return
-        if self._pending_items:  # wake in time to commit the batch
+        if self._pending_items and self._commit is None:  # wake in time to commit the batch
+            # (a commit under way wakes this thread when it returns: its batch waits for it)
             timeout = max(0.0, min(timeout, self._pending_since + BATCH_WAIT - time.monotonic()))
         wake = self._wakeup.fileno()
         # announced before the last look at the hand-back queue: a worker that hands an
         # item back after that look sees the flag and wakes the select (see _finished)
         self._sleeping = True
         try:
-            if not self._done.empty():
+            if not self._done.empty() or self._commit_finished():
                 return
             readable, _, _ = select.select([fd, wake], [], [], timeout)
         finally:
@@ -551,7 +565,7 @@ class ConsumingLoop:
             self._collect()
         self._collect()
         try:
-            self._flush_settled()
+            self._flush_settled(wait=True)
         except BrokerError as e:
             log.warning("could not settle on stop (%s): the broker will redeliver", e)
 
@@ -784,9 +798,13 @@ class ConsumingLoop:
         self.retry_queue.put(self.retry_queue.failed(entry, item.message, now))
         item.message += " (queued for retry)"
 
-    def _flush_settled(self) -> None:
+    def _flush_settled(self, *, wait: bool = False) -> None:
         """Make outcomes durable, publish pending reports (confirmed), then ack and settle
-        retry entries."""
+        retry entries. With a committer thread (``commit_async``) see :meth:`_flush_async`;
+        ``wait``: finish everything now (on stop)."""
+        if self._committer is not None:
+            self._flush_async(wait)
+            return
         if self._pending_items:
             assert self.commit_batch is not None
             try:
@@ -802,9 +820,7 @@ class ConsumingLoop:
                     # e.g. its file could not be placed at the commit: the same decision
                     item.requeue = self.requeue_after(item.error)
                 self._outcome(item)
-        if not (
-            self._settle_reports or self._settle_acks or self._settle_retries or self._settle_posts
-        ):
+        if not self._anything_settled():
             return
         if self.before_settle is not None:
             try:
@@ -812,6 +828,16 @@ class ConsumingLoop:
             except SarraError as e:
                 log.error("cannot make placed files durable (%s); acks wait", e)
                 return
+        self._send_settled()
+
+    def _anything_settled(self) -> bool:
+        return bool(
+            self._settle_reports or self._settle_acks or self._settle_retries or self._settle_posts
+        )
+
+    def _send_settled(self) -> None:
+        """Publish the settled outcomes' re-announcements and reports, then ack and settle
+        their retry entries, then ``after_settle``: once they are durable."""
         if self._settle_posts:  # re-announcements first: they are the work's outcome
             target = self.post_session or self.session
             if not target.connected:
@@ -852,6 +878,101 @@ class ConsumingLoop:
                     self.after_settle_failed,
                 )
 
+    # -- the committer thread (commit_async) ------------------------------------------------
+
+    def _flush_async(self, wait: bool) -> None:
+        """One flush at a time in the committer thread: when the one under way returned,
+        its outcomes are reported and acked here (:meth:`_finish_commit`); then everything
+        settled since it started goes to the next one (:meth:`_start_commit`). ``wait``:
+        wait for it, and for the next one too (on stop).
+
+        Ordering as without the thread: an ack only after its flush's ``commit_batch`` and
+        ``before_settle`` returned, so after the data barrier, the renames and the directory
+        fsyncs; an outcome settled while a flush is under way waits for the next one (the
+        directory fsyncs of that flush may have run before it was placed).
+        """
+        while True:
+            c = self._commit
+            if c is not None:
+                if not (wait or c.future.done()):
+                    return
+                if not self._finish_commit(c):
+                    return  # not committed: tried again at the next flush
+            if not (self._pending_items or self._anything_settled()):
+                return
+            self._start_commit()
+            if not wait:
+                return
+
+    def _commit_finished(self) -> bool:
+        return self._commit is not None and self._commit.future.done()
+
+    def _take_settled(self) -> _Settled:
+        """The outcomes settled so far, leaving none behind."""
+        taken = _Settled(
+            self._settle_reports, self._settle_posts, self._settle_acks,
+            self._settle_retries, self._settle_items,
+        )  # fmt: skip
+        self._settle_reports, self._settle_posts, self._settle_acks = [], [], []
+        self._settle_retries, self._settle_items = [], []
+        return taken
+
+    def _put_back_settled(self, older: _Settled) -> None:
+        """``older`` goes before the outcomes settled since."""
+        self._settle_reports[:0] = older.reports
+        self._settle_posts[:0] = older.posts
+        self._settle_acks[:0] = older.acks
+        self._settle_retries[:0] = older.retries
+        self._settle_items[:0] = older.items
+
+    def _start_commit(self) -> None:
+        assert self._committer is not None and self.commit_batch is not None
+        items, self._pending_items = self._pending_items, []
+        commit_batch, before_settle = self.commit_batch, self.before_settle
+
+        def durable() -> None:  # the committer thread
+            if items:
+                commit_batch(items)
+            if before_settle is not None:
+                before_settle()
+
+        future = self._committer.submit(durable)
+        self._commit = _Commit(future, items, self._take_settled())
+        future.add_done_callback(lambda _f: self._wake_if_sleeping())
+
+    def _wake_if_sleeping(self) -> None:
+        if self._sleeping:
+            self._wakeup.wake()
+
+    def _finish_commit(self, c: _Commit) -> bool:
+        """Report and ack what the flush ``c`` made durable; False when it failed (its
+        items and outcomes then wait for the next flush, in their order)."""
+        self._commit = None
+        try:
+            c.future.result()
+        except Exception as e:  # nothing of it is acked: all of it waits for the next flush
+            self._pending_items[:0] = c.items
+            self._put_back_settled(c.covered)
+            if not isinstance(e, SarraError):
+                raise  # a bug: the loop logs it and reconnects, as for any flush
+            log.error("cannot commit placed files (%s); acks wait", e)
+            return False
+        since = self._take_settled()  # settled meanwhile: not covered, for the next flush
+        self._put_back_settled(c.covered)
+        try:
+            for item in c.items:
+                if item.error is not None and not item.abandoned:
+                    # e.g. its file could not be placed at the commit: the same decision
+                    item.requeue = self.requeue_after(item.error)
+                self._outcome(item)
+            if self._anything_settled():
+                self._send_settled()
+        finally:
+            left = self._take_settled()  # what a failure left (a lost connection drops it)
+            self._put_back_settled(since)
+            self._put_back_settled(left)
+        return True
+
     def _lose_reports(self, count: int, error: BrokerNotFound) -> None:
         self._reports_lost += count
         now = time.monotonic()
@@ -891,6 +1012,12 @@ class ConsumingLoop:
         self._settle_posts = []
         # redelivered: handled again then (no source deleted, no copy discarded meanwhile)
         self._settle_items = [i for i in self._settle_items if i.delivery is None]
+        if self._commit is not None:  # the flush under way: the same for what it covers
+            covered = self._commit.covered
+            covered.reports, covered.posts = [], []
+            covered.items = [i for i in covered.items if i.delivery is None]
+            self._settle_acks.extend(covered.acks)  # counted and dropped below
+            covered.acks = []
         if self.post_session is not None:
             self.post_session.close()
         dropped = len(self._settle_acks)
@@ -1099,3 +1226,24 @@ _DEFAULT_MESSAGES = {
     503: "not allowed",
     507: "quota exceeded",
 }
+
+
+@dataclass(slots=True)
+class _Settled:
+    """Outcomes settled and not yet sent: what a flush covers (``commit_async``)."""
+
+    reports: list[WireMessage]
+    posts: list[WireMessage]
+    acks: list[Delivery]
+    retries: list[WorkItem]
+    items: list[WorkItem]
+
+
+@dataclass(slots=True)
+class _Commit:
+    """A flush under way in the committer thread: its future, the batch it commits and the
+    outcomes it makes durable."""
+
+    future: Future[None]
+    items: list[WorkItem]
+    covered: _Settled
