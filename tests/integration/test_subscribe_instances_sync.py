@@ -23,22 +23,44 @@ pytestmark = pytest.mark.skipif(not groupsync.available(), reason="Linux syncfs 
 
 
 class Events:
-    """What each flow thread did, in order: barrier, rename, ack."""
+    """Every shared barrier, rename and ack, in the order they happened, with the thread that
+    made it and the files it was about."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.by_thread: dict[int, list[str]] = {}
+        self.log: list[tuple[str, tuple[str, ...]]] = []
         self.acked = 0
 
-    def add(self, what: str, n: int = 0) -> None:
+    def add(self, what: str, names: tuple[str, ...] = ()) -> None:
         with self.lock:
             self.by_thread.setdefault(threading.get_ident(), []).append(what)
+            self.log.append((what, names))
             if what == "ack":
-                self.acked += n
+                self.acked += len(names)
+
+    def check_durable_before_ack(self) -> int:
+        """Each acked file was renamed, then a shared barrier ran, then it was acked (the
+        renames run in an instance's commit thread, the acks in its flow thread). Returns
+        how many acks were checked."""
+        renamed_at: dict[str, int] = {}
+        last_barrier = -1
+        checked = 0
+        for at, (what, names) in enumerate(self.log):
+            if what == "barrier":
+                last_barrier = at
+            elif what == "rename":
+                renamed_at[names[0]] = at
+            else:
+                for name in names:
+                    assert name in renamed_at, f"acked {name} before its rename"
+                    assert renamed_at[name] < last_barrier, f"acked {name} with no barrier since"
+                    checked += 1
+        return checked
 
 
 def traced(monkeypatch: pytest.MonkeyPatch) -> Events:
-    """Record every flow thread's shared barriers, renames and acks, in order."""
+    """Record every shared barrier, rename and ack, in order."""
     events = Events()
     barrier, commit, ack = GroupSync.barrier, InflightFile.commit, ConsumingLoop._ack
 
@@ -47,13 +69,14 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> Events:
         events.add("barrier")
         return ran
 
-    def traced_commit(self: InflightFile, *a: Any, **k: Any) -> None:
-        commit(self, *a, **k)
-        events.add("rename")
+    def traced_commit(self: InflightFile, rel: str, *a: Any, **k: Any) -> None:
+        commit(self, rel, *a, **k)
+        events.add("rename", (rel.rsplit("/", 1)[-1],))
 
     def traced_ack(self: ConsumingLoop, acks: list[Any]) -> None:
         if acks:
-            events.add("ack", len(acks))
+            names = tuple(d.message.body.decode().rsplit("/", 1)[-1] for d in acks)
+            events.add("ack", names)
         ack(self, acks)
 
     monkeypatch.setattr(GroupSync, "barrier", traced_barrier)
@@ -140,22 +163,12 @@ def test_two_instances_share_barriers_and_ack_only_durable_files(  # type: ignor
     events = traced(monkeypatch)
 
     mirror_and_check(site, nginx, tmp_path, events, "inst", files=120, dirs=3, instances=2)
-    flows = [seq for seq in events.by_thread.values() if "rename" in seq or "ack" in seq]
-    assert len(flows) == 2, "both instances placed files"
-    for seq in flows:
-        assert "barrier" in seq  # the group barrier is in use
-        since_barrier = {"rename": False, "ack": False}
-        for what in seq:
-            if what == "barrier":
-                since_barrier = {"rename": False, "ack": False}
-            elif what == "rename":
-                # the data barrier precedes the batch's renames: no rename right after an ack
-                assert not since_barrier["ack"], f"renamed with no barrier since an ack: {seq}"
-                since_barrier["rename"] = True
-            elif what == "ack":
-                # the renames before it were made durable by a barrier first
-                assert not since_barrier["rename"], f"acked a rename before a barrier: {seq}"
-                since_barrier["ack"] = True
+    renamers = [seq for seq in events.by_thread.values() if "rename" in seq]
+    ackers = [seq for seq in events.by_thread.values() if "ack" in seq]
+    assert len(renamers) == len(ackers) == 2, "both instances placed and acked files"
+    for seq in renamers:
+        assert seq[0] == "barrier", "a batch's data barrier comes before its renames"
+    assert events.check_durable_before_ack() >= 120
 
 
 @pytest.mark.parametrize(("line", "shared"), [("", True), ("sync_barrier files\n", False)])
