@@ -9,9 +9,8 @@ from pathlib import Path
 
 from sarra.broker.base import QueueSpec
 from sarra.broker.memory import MemoryBroker, MemorySession
-from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
-from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
+from tests.unit.memloop import memory_loop
 from tests.unit.test_engine_reconnect import _name, _wire
 
 
@@ -21,7 +20,6 @@ def test_after_settle_runs_after_the_durability_step_the_reports_and_the_acks(
     broker = MemoryBroker()
     session = MemorySession(broker, name="flow")
     events: list[tuple[str, object]] = []
-    stop = threading.Event()
 
     def work(item: WorkItem) -> None:
         item.settle(201 if _name(item) != "bad" else 499, "done")
@@ -33,24 +31,10 @@ def test_after_settle_runs_after_the_durability_step_the_reports_and_the_acks(
         reports = len(broker.ready("reports"))
         events.append(("after", (sorted(_name(i) for i in items), broker.unacked(), reports)))
 
-    loop = ConsumingLoop(
-        session,
-        LoopSettings(
-            queue=QueueSpec("q", (("xin", "#"),)),
-            prefetch=20,
-            threads=2,
-            attempts=1,
-            retry_ttl=0.0,
-            exchanges=("xin",),
-        ),
-        ReportSettings(True, "xr", "host", "user", None, None, None),
-        lambda _item: True,
-        work,
-        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
-        stop=stop,
-        before_settle=before_settle,
+    loop, stop = memory_loop(
+        session, tmp_path, work, reports=True, before_settle=before_settle,
         after_settle=after_settle,
-    )
+    )  # fmt: skip
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:
@@ -84,7 +68,6 @@ def test_after_settle_runs_after_the_durability_step_the_reports_and_the_acks(
 def test_a_failing_after_settle_is_counted_and_the_loop_goes_on(tmp_path: Path) -> None:
     broker = MemoryBroker()
     session = MemorySession(broker, name="flow")
-    stop = threading.Event()
     done: list[str] = []
 
     def work(item: WorkItem) -> None:
@@ -94,23 +77,7 @@ def test_a_failing_after_settle_is_counted_and_the_loop_goes_on(tmp_path: Path) 
     def after_settle(items: list[WorkItem]) -> None:
         raise RuntimeError("a bug in delete")
 
-    loop = ConsumingLoop(
-        session,
-        LoopSettings(
-            queue=QueueSpec("q", (("xin", "#"),)),
-            prefetch=20,
-            threads=1,
-            attempts=1,
-            retry_ttl=0.0,
-            exchanges=("xin",),
-        ),
-        ReportSettings(False, "xr", "host", "user", None, None, None),
-        lambda _item: True,
-        work,
-        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
-        stop=stop,
-        after_settle=after_settle,
-    )
+    loop, stop = memory_loop(session, tmp_path, work, threads=1, after_settle=after_settle)
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sarra.broker.base import QueueSpec
 from sarra.broker.memory import MemoryBroker, MemorySession
 from sarra.errors import LocalError
-from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
-from sarra.flow.retryqueue import RetryQueue
+from sarra.flow.engine import ConsumingLoop
 from sarra.flow.work import WorkItem
+from tests.unit.memloop import memory_loop, publisher
 from tests.unit.test_engine_reconnect import _name, _wait, _wire
 
 
@@ -56,22 +55,10 @@ def _run(
         commit(items)
         probe.committed.append([_name(i) for i in items])
 
-    stop = threading.Event()
-    loop = ConsumingLoop(
+    loop, stop = memory_loop(
         session,
-        LoopSettings(
-            queue=QueueSpec("q", (("xin", "#"),)),
-            prefetch=20,
-            threads=2,
-            attempts=1,
-            retry_ttl=0.0,
-            exchanges=("xin",),
-        ),
-        ReportSettings(False, "xr", "host", "user", None, None, None),
-        lambda item: True,
+        tmp_path,
         work,
-        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
-        stop=stop,
         commit_batch=commit_batch,
         before_settle=lambda: probe.synced_after.append(len(probe.committed)),
         inline=inline,
@@ -80,11 +67,7 @@ def _run(
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     try:
-        pub = broker.session("publisher")
-        pub.connect()
-        pub.declare_exchange("xin")
-        _wait(lambda: "q" in broker.queues, "the queue", lambda: None)
-        pub.publish([_wire(n) for n in names])
+        publisher(broker).publish([_wire(n) for n in names])
         if stop_first is not None:
             stop_first(stop)
         _wait(lambda: until(broker, probe), "the flow", lambda: (probe, broker.unacked()))

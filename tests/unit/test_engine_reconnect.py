@@ -24,6 +24,7 @@ from sarra.flow.engine import ConsumingLoop, LoopSettings, ReportSettings
 from sarra.flow.retryqueue import RetryQueue
 from sarra.flow.work import WorkItem
 from sarra.notice import Checksum, PartSpec, WireMessage
+from tests.unit.memloop import memory_loop
 
 
 def _name(item: WorkItem) -> str:
@@ -205,25 +206,7 @@ def test_inline_work_is_committed_and_acked_half_a_prefetch_window_at_a_time(
         batches.append([_name(i) for i in items])
         unacked_at_commit.append(broker.unacked())
 
-    stop = threading.Event()
-    loop = ConsumingLoop(
-        session,
-        LoopSettings(
-            queue=QueueSpec("q", (("xin", "#"),)),
-            prefetch=20,
-            threads=2,
-            attempts=1,
-            retry_ttl=0.0,
-            exchanges=("xin",),
-        ),
-        ReportSettings(False, "xr", "host", "user", None, None, None),
-        lambda item: True,
-        work,
-        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
-        stop=stop,
-        commit_batch=commit_batch,
-        inline=inline,
-    )
+    loop, stop = memory_loop(session, tmp_path, work, commit_batch=commit_batch, inline=inline)
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     names = [f"f{i:02d}" for i in range(50)]
