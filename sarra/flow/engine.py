@@ -511,8 +511,9 @@ class ConsumingLoop:
         timeout = 0.5
         if self._deferred:  # wake for the next delivery held by message_rate_max
             timeout = max(0.0, min(timeout, self._deferred[0][0] - time.monotonic()))
-        if fd is None:  # TLS: short polls while transfers run
-            self.session.poll(min(timeout, 0.002) if self._in_pool > 0 else timeout)
+        if fd is None:  # TLS: short polls while transfers or a commit run (nothing wakes it)
+            busy = self._in_pool > 0 or self._commit is not None
+            self.session.poll(min(timeout, 0.002) if busy else timeout)
             return
         if self._pending_items and self._commit is None:  # wake in time to commit the batch
             # (a commit under way wakes this thread when it returns: its batch waits for it)

@@ -4,9 +4,12 @@ the flow thread goes on consuming and working; acks still come only once they re
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from sarra.broker.memory import MemoryBroker, MemorySession
 from sarra.errors import LocalError
@@ -153,3 +156,35 @@ def test_a_stop_waits_for_the_commit_under_way_then_acks(tmp_path: Path) -> None
     assert sorted(n for b in probe.committed for n in b) == names
     assert broker.unacked() == 0 and broker.ready("q") == []
     assert loop.counts == {201: 8}
+
+
+def test_acks_follow_a_commit_at_once_when_the_session_cannot_wake_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session with no file descriptor (TLS; the in-memory one here) cannot be woken by the
+    commit thread: the loop polls it briefly while a commit is under way, so a batch's acks
+    follow the end of its commit at once, not after a full poll timeout (0.5 s)."""
+    names = [f"m{i:02d}" for i in range(40)]
+    ends: list[float] = []
+    acked_at: list[float] = []
+    real_ack = ConsumingLoop._ack
+
+    def timed_ack(self: ConsumingLoop, acks: list[object]) -> None:
+        if acks:
+            acked_at.append(time.monotonic())
+        real_ack(self, acks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ConsumingLoop, "_ack", timed_ack)
+
+    def commit(items: list[WorkItem]) -> None:
+        time.sleep(0.05)  # a barrier: the flow thread has gone idle by its end
+        ends.append(time.monotonic())
+
+    broker = MemoryBroker()
+    probe = Probe()
+    _run(
+        tmp_path, broker, names, commit,
+        lambda b, p: sum(map(len, p.committed)) == 40 and b.unacked() == 0, probe,
+    )  # fmt: skip
+    lags = [min(a - e for a in acked_at if a >= e) for e in ends]
+    assert max(lags) < 0.25, f"acks came {max(lags):.2f} s after their commit ended"
