@@ -442,17 +442,15 @@ class NoticeBuilder:
     ) -> list[Checksum]:
         algo = self.settings.sum
         if len(blocks) == 1 and algo in TEMPLATE_SUMS:  # the usual case first: a small file
-            spec = blocks[0]
-            if spec.method == "1" and spec.block_size <= SMALL_FILE:
-                return [Checksum(algo, self._small_sum(abs_path, spec.block_size, algo))]
+            spec = blocks[0]  # (or a growing file's first block)
+            if spec.offset == 0 and spec.length <= SMALL_FILE:
+                return [Checksum(algo, self._small_sum(abs_path, spec.length, algo))]
         if algo == "n":
             return [name_sum("n", os.path.basename(logical))] * len(blocks)
         if algo == "0":
             return [random_sum() for _ in blocks]
         if algo.startswith("z,"):
             return [Checksum("z", algo[2:])] * len(blocks)
-        if len(blocks) == 1 and blocks[0].length <= SMALL_FILE and blocks[0].offset == 0:
-            return [Checksum(algo, self._small_sum(abs_path, blocks[0].length, algo))]
         sums: list[Checksum] = []
         try:
             with open(abs_path, "rb", buffering=0) as f:
