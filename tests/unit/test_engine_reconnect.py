@@ -73,23 +73,7 @@ def test_a_connection_found_closed_does_not_let_a_new_delivery_ack_running_work(
         done.append(_name(item))
         item.settle(201, "done")
 
-    stop = threading.Event()
-    loop = ConsumingLoop(
-        session,
-        LoopSettings(
-            queue=QueueSpec("q", (("xin", "#"),)),
-            prefetch=20,
-            threads=4,
-            attempts=1,
-            retry_ttl=0.0,
-            exchanges=("xin",),
-        ),
-        ReportSettings(False, "xr", "host", "user", None, None, None),
-        select,
-        work,
-        RetryQueue(tmp_path / "retry.jsonl", ttl=0.0),
-        stop=stop,
-    )
+    loop, stop = memory_loop(session, tmp_path, work, select=select, threads=4)
 
     def state() -> object:
         return done, broker.unacked(), session.generation
